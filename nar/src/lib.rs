@@ -1,0 +1,1 @@
+//! `arca-nar`: Nix archives.

@@ -1,0 +1,1 @@
+//! `arca-store-core`: hashes, store paths, derivations.
