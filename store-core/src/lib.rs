@@ -1,1 +1,29 @@
-//! `arca-store-core`: hashes, store paths, derivations.
+//! `arca-store-core`: the vocabulary of a Nix store, with no I/O of its own.
+//!
+//! - [`hash`]: [`Hash`] (algorithm + digest) and every encoding Nix prints or accepts;
+//!   [`base32`] is Nix's own base-32.
+//! - [`store_path`]: [`StorePath`], [`StoreDir`] and the ways Nix computes a path from
+//!   content (source, text, fixed-output and derivation output paths).
+//!
+//! Not here: the registry, building, the daemon (higher crates), and the NAR format
+//! (`arca-nar`).
+//!
+//! ```
+//! use std::collections::BTreeSet;
+//! use arca_store_core::{Hash, HashAlgo, StoreDir};
+//!
+//! // The path `builtins.toFile "hello" "world"` gets in /nix/store.
+//! let store = StoreDir::default();
+//! let hash = Hash::digest(HashAlgo::Sha256, b"world");
+//! let path = store.make_text_path("hello", &hash, &BTreeSet::new()).unwrap();
+//! assert_eq!(path.name(), "hello");
+//! assert!(store.display(&path).starts_with("/nix/store/"));
+//! assert_eq!(Hash::parse(&hash.to_sri(), None).unwrap(), hash);
+//! ```
+
+pub mod base32;
+pub mod hash;
+pub mod store_path;
+
+pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
+pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};
