@@ -1,0 +1,6 @@
+derivation {
+  name = "plain";
+  system = "x86_64-linux";
+  builder = "/bin/sh";
+  args = [ "-c" "echo hello > $out" ];
+}
