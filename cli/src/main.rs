@@ -1,1 +1,78 @@
-fn main() {}
+//! `arca`: the command line front end. Thin by design: it parses arguments, calls the
+//! library crates and prints their results; every behaviour lives in a library first.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod derivation;
+mod hash;
+mod nar;
+mod store;
+
+/// Arca: a Nix-compatible store.
+#[derive(Parser)]
+#[command(name = "arca", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// The store to use: a directory ROOT holding ROOT/nix/store and ROOT/nix/var/nix
+    /// ('/' is the system store). Default: $ARCA_STORE, else $XDG_DATA_HOME/arca.
+    #[arg(long, global = true, value_name = "STORE")]
+    pub store: Option<String>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute and convert hashes.
+    #[command(subcommand)]
+    Hash(hash::HashCommand),
+    /// Create, inspect and unpack Nix archives.
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
+    /// Work with derivations.
+    #[command(subcommand)]
+    Derivation(derivation::DerivationCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let result = match cli.command {
+        Command::Hash(command) => hash::run(command),
+        Command::Nar(command) => nar::run(command),
+        Command::Derivation(command) => derivation::run(command, &cli.global),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, Nix's style: `error: <what went wrong>: <why>`.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}

@@ -22,8 +22,11 @@
 //! ```
 
 pub mod base32;
+pub mod derivation;
 pub mod hash;
+pub mod references;
 pub mod store_path;
 
+pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};

@@ -1,0 +1,61 @@
+//! Which store a command works on (`--store`, `$ARCA_STORE`, the embedded default).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+
+use crate::GlobalArgs;
+
+/// The physical root of a local store: files live under `ROOT/nix/store`, state under
+/// `ROOT/nix/var/nix`; the logical store dir stays `/nix/store`, as with Nix's
+/// `local?root=ROOT` stores.
+pub fn local_root(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
+    if let Some(store) = &global.store {
+        return parse_store_uri(store);
+    }
+    if let Some(root) = std::env::var_os("ARCA_STORE").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(root));
+    }
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/share")));
+    match data_home {
+        Some(dir) => Ok(dir.join("arca")),
+        None => bail!("no store given and neither $ARCA_STORE, $XDG_DATA_HOME nor $HOME is set"),
+    }
+}
+
+fn parse_store_uri(store: &str) -> anyhow::Result<PathBuf> {
+    if store.starts_with("unix://") || store == "daemon" {
+        bail!("store '{store}': daemon stores are not supported yet");
+    }
+    let root = store
+        .strip_prefix("local?root=")
+        .or_else(|| store.strip_prefix("local://"))
+        .unwrap_or(store);
+    if store == "local" {
+        return Ok(PathBuf::from("/"));
+    }
+    if !root.starts_with('/') {
+        bail!("store '{store}' must be an absolute path, 'local?root=/path' or 'local'");
+    }
+    Ok(PathBuf::from(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_uris_name_a_physical_root() {
+        assert_eq!(parse_store_uri("/tmp/r").unwrap(), PathBuf::from("/tmp/r"));
+        assert_eq!(
+            parse_store_uri("local?root=/tmp/r").unwrap(),
+            PathBuf::from("/tmp/r")
+        );
+        assert_eq!(parse_store_uri("local").unwrap(), PathBuf::from("/"));
+        assert!(parse_store_uri("relative/dir").is_err());
+        assert!(parse_store_uri("unix:///tmp/socket").is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! [`restore`]: unpacks a NAR into a new file system tree, as `nix-store --restore` does.
+
+use std::borrow::Cow;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::case_hack::CaseHackNames;
+use crate::encoder::BUFFER_SIZE;
+use crate::reader::{Event, Limits, NarReader, ReadError};
+
+/// How [`restore`] writes the tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Rename entries that collide case-insensitively with an earlier sibling to
+    /// `NAME~nix~case~hack~N` (see [`crate::CASE_HACK_SUFFIX`]).
+    pub case_hack: bool,
+    /// Bounds on the NAR being restored.
+    pub limits: Limits,
+}
+
+/// Errors from [`restore`].
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The NAR is malformed or could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The target of the restore already exists.
+    #[error("path '{}' already exists", path.display())]
+    TargetExists {
+        /// The target.
+        path: PathBuf,
+    },
+    /// Creating or writing a file, directory or symlink failed.
+    #[error("could not create '{}'", path.display())]
+    Io {
+        /// The path being created.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Restores the NAR read from `nar` at `target`, which must not exist (its parent must).
+///
+/// Modes match Nix: files are created `0666`, directories `0777`, both less the umask, and
+/// executable files then get `+x` for everyone. Every file is created with `O_EXCL` and
+/// every directory with `mkdir`, so nothing that already exists is overwritten or
+/// followed; since entry names cannot be empty, `.`, `..` or contain `/`, and duplicates
+/// are rejected, no restored symlink is ever traversed and nothing is written outside
+/// `target`. Contents are streamed with constant memory. The input must end with the NAR.
+///
+/// On error, the tree created so far is removed (best effort: a failure to remove it is
+/// not reported, the original error is).
+pub fn restore(
+    nar: impl Read,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<(), RestoreError> {
+    let reader = NarReader::new(
+        BufReader::with_capacity(BUFFER_SIZE, nar),
+        options.limits.clone(),
+    );
+    let mut restorer = Restorer {
+        path: target.to_owned(),
+        options,
+        directories: Vec::new(),
+        created_root: false,
+    };
+    let result = restorer.run(reader);
+    if result.is_err() && restorer.created_root {
+        remove_tree(target);
+    }
+    result
+}
+
+/// Removes a partially restored tree. `remove_dir_all` does not follow symlinks, so this
+/// deletes only what the restore created.
+fn remove_tree(target: &Path) {
+    let removed = match fs::symlink_metadata(target) {
+        Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(target),
+        Ok(_) => fs::remove_file(target),
+        Err(error) => Err(error),
+    };
+    // Nothing useful to do if cleaning up fails: the caller gets the original error.
+    drop(removed);
+}
+
+struct Restorer<'a> {
+    /// The path of the node being restored: entries are pushed and popped.
+    path: PathBuf,
+    options: &'a RestoreOptions,
+    /// One per open directory: the names given so far, when the case hack is on.
+    directories: Vec<Option<CaseHackNames>>,
+    created_root: bool,
+}
+
+impl Restorer<'_> {
+    fn run<R: io::BufRead>(&mut self, mut nar: NarReader<R>) -> Result<(), RestoreError> {
+        while let Some(event) = nar.next()? {
+            match event {
+                Event::Directory => {
+                    self.create(|path| fs::create_dir(path))?;
+                    let names = self.options.case_hack.then(CaseHackNames::default);
+                    self.directories.push(names);
+                }
+                Event::Entry { name } => {
+                    let disk_name = match self.directories.last_mut() {
+                        Some(Some(names)) => names.disk_name(name),
+                        _ => Cow::Borrowed(name),
+                    };
+                    self.path.push(OsStr::from_bytes(&disk_name));
+                }
+                Event::Regular { executable, .. } => {
+                    let mut file = self.create(|path| {
+                        OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o666)
+                            .open(path)
+                    })?;
+                    self.write_contents(&mut nar, &mut file)?;
+                    if executable {
+                        self.make_executable(&file)?;
+                    }
+                    self.end_node();
+                }
+                Event::Symlink { target } => {
+                    self.create(|path| {
+                        std::os::unix::fs::symlink(OsStr::from_bytes(target), path)
+                    })?;
+                    self.end_node();
+                }
+                Event::EndDirectory => {
+                    self.directories.pop();
+                    self.end_node();
+                }
+            }
+        }
+        nar.finish()?;
+        Ok(())
+    }
+
+    /// Creates the node at `self.path`, remembering whether it is the root, which must be
+    /// removed on error.
+    fn create<T>(
+        &mut self,
+        create: impl FnOnce(&Path) -> io::Result<T>,
+    ) -> Result<T, RestoreError> {
+        let is_root = self.directories.is_empty();
+        match create(&self.path) {
+            Ok(created) => {
+                self.created_root |= is_root;
+                Ok(created)
+            }
+            Err(error) if is_root && error.kind() == io::ErrorKind::AlreadyExists => {
+                Err(RestoreError::TargetExists {
+                    path: self.path.clone(),
+                })
+            }
+            Err(source) => Err(self.io_error(source)),
+        }
+    }
+
+    fn write_contents<R: io::BufRead>(
+        &self,
+        nar: &mut NarReader<R>,
+        file: &mut File,
+    ) -> Result<(), RestoreError> {
+        loop {
+            let chunk = nar.fill_contents()?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            file.write_all(chunk)
+                .map_err(|source| self.io_error(source))?;
+            let written = chunk.len();
+            nar.consume_contents(written);
+        }
+    }
+
+    /// Adds `+x` for everyone to the mode the file was created with, as Nix does, so the
+    /// umask still applies to reading and writing.
+    fn make_executable(&self, file: &File) -> Result<(), RestoreError> {
+        let mut permissions = file
+            .metadata()
+            .map_err(|source| self.io_error(source))?
+            .permissions();
+        permissions.set_mode(permissions.mode() | 0o111);
+        file.set_permissions(permissions)
+            .map_err(|source| self.io_error(source))
+    }
+
+    /// After a node: unless it is the root, `self.path` goes back to its directory.
+    fn end_node(&mut self) {
+        if !self.directories.is_empty() {
+            self.path.pop();
+        }
+    }
+
+    fn io_error(&self, source: io::Error) -> RestoreError {
+        RestoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::test_support::{directory_nar, encode, read_tree, strings, tree_strategy, Tree};
+    use crate::{dump_path, DumpOptions};
+
+    const TREE_NAR: &[u8] = include_bytes!("../tests/fixtures/tree.nar");
+
+    fn dump(path: &Path, options: &DumpOptions) -> Vec<u8> {
+        let mut nar = Vec::new();
+        dump_path(path, &mut nar, options).expect("dump succeeds");
+        nar
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn restores_nix_golden_tree_and_dumps_it_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("out");
+        restore(TREE_NAR, &target, &RestoreOptions::default()).expect("restore");
+        assert_eq!(dump(&target, &DumpOptions::default()), TREE_NAR);
+        assert_eq!(
+            fs::read_link(target.join("l")).expect("symlink"),
+            Path::new("a")
+        );
+        assert_eq!(fs::read(target.join("sub/e")).expect("file"), b"x\n");
+    }
+
+    #[test]
+    fn modes_match_nix_restore() {
+        // Nix creates files 0666 and directories 0777 less the umask, and adds +x for all
+        // to executables, so with any umask: read/write bits agree, x bits are all or none
+        // on files.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("out");
+        restore(TREE_NAR, &target, &RestoreOptions::default()).expect("restore");
+        let (executable, plain) = (mode(&target.join("a")), mode(&target.join("B")));
+        assert_eq!(executable & 0o111, 0o111);
+        assert_eq!(plain & 0o111, 0);
+        assert_eq!(executable & !0o111, plain);
+        assert_eq!(mode(&target.join("sub")) & !0o111, plain);
+    }
+
+    #[test]
+    fn refuses_an_existing_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let existing_dir = dir.path().join("dir");
+        fs::create_dir(&existing_dir).expect("mkdir");
+        let existing_link = dir.path().join("link");
+        symlink_to(&existing_dir, &existing_link);
+        for target in [&existing_dir, &existing_link] {
+            match restore(TREE_NAR, target, &RestoreOptions::default()) {
+                Err(RestoreError::TargetExists { path }) => assert_eq!(&path, target),
+                other => panic!("wrong result {other:?}"),
+            }
+        }
+        // Nothing was removed or written through the link.
+        assert!(existing_link.symlink_metadata().is_ok());
+        assert_eq!(fs::read_dir(&existing_dir).expect("dir").count(), 0);
+    }
+
+    fn symlink_to(target: &Path, link: &Path) {
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+
+    #[test]
+    fn a_symlink_followed_by_entries_cannot_escape() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        // Entry `a` is a symlink to `outside`, then `a` again as a directory holding `x`:
+        // if the second `a` were accepted, `a/x` would land in `outside`.
+        let mut nar = strings(&[b"nix-archive-1", b"(", b"type", b"directory"]);
+        nar.extend(strings(&[b"entry", b"(", b"name", b"a", b"node"]));
+        nar.extend(strings(&[b"(", b"type", b"symlink", b"target"]));
+        nar.extend(strings(&[outside.as_os_str().as_bytes(), b")", b")"]));
+        nar.extend(strings(&[b"entry", b"(", b"name", b"a", b"node"]));
+        nar.extend(strings(&[
+            b"(",
+            b"type",
+            b"directory",
+            b"entry",
+            b"(",
+            b"name",
+            b"x",
+        ]));
+        nar.extend(strings(&[
+            b"node",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+            b"",
+            b")",
+        ]));
+        nar.extend(strings(&[b")", b")", b")", b")"]));
+        let target = dir.path().join("out");
+        assert!(matches!(
+            restore(&nar[..], &target, &RestoreOptions::default()),
+            Err(RestoreError::Read(crate::ReadError::DuplicateEntry { .. }))
+        ));
+        assert_eq!(fs::read_dir(&outside).expect("dir").count(), 0);
+        assert!(!target.exists(), "the partial tree is removed");
+    }
+
+    #[test]
+    fn a_malformed_nar_leaves_no_target_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("out");
+        let truncated = &TREE_NAR[..TREE_NAR.len() - 20];
+        assert!(matches!(
+            restore(truncated, &target, &RestoreOptions::default()),
+            Err(RestoreError::Read(crate::ReadError::UnexpectedEof { .. }))
+        ));
+        assert!(target.symlink_metadata().is_err());
+
+        let unsorted = directory_nar(&[b"b", b"a"]);
+        assert!(restore(&unsorted[..], &target, &RestoreOptions::default()).is_err());
+        assert!(target.symlink_metadata().is_err());
+    }
+
+    #[test]
+    fn case_hack_renames_colliding_entries_and_dump_undoes_it() {
+        let nar = directory_nar(&[b"FOO", b"Foo", b"bar", b"foo"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("out");
+        let options = RestoreOptions {
+            case_hack: true,
+            ..RestoreOptions::default()
+        };
+        restore(&nar[..], &target, &options).expect("restore");
+        let mut names: Vec<String> = fs::read_dir(&target)
+            .expect("dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["FOO", "Foo~nix~case~hack~1", "bar", "foo~nix~case~hack~2"]
+        );
+        assert_eq!(dump(&target, &DumpOptions { case_hack: true }), nar);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn restore_then_dump_gives_the_same_nar(tree in tree_strategy()) {
+            let nar = encode(&tree);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let target = dir.path().join("out");
+            restore(&nar[..], &target, &RestoreOptions::default()).expect("restore");
+            prop_assert_eq!(read_tree(&target), tree);
+            prop_assert_eq!(dump(&target, &DumpOptions::default()), nar);
+        }
+    }
+
+    #[test]
+    fn executable_bit_round_trips() {
+        let tree = Tree::Directory(
+            [
+                (
+                    b"run".to_vec(),
+                    Tree::Regular {
+                        executable: true,
+                        contents: b"#!".to_vec(),
+                    },
+                ),
+                (
+                    b"data".to_vec(),
+                    Tree::Regular {
+                        executable: false,
+                        contents: vec![],
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("out");
+        restore(&encode(&tree)[..], &target, &RestoreOptions::default()).expect("restore");
+        assert_eq!(read_tree(&target), tree);
+    }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The one test command (README.md): formatting, lints, and every test, including the
+# interop tests that run real Nix beside arca.
+#
+# Real Nix (Debian's nix-bin, 2.8) is the oracle for the interop tests. When it is missing
+# and we can install it (root with apt-get), we do; otherwise the interop tests are
+# skipped and this script says so loudly at the end. Set ARCA_REQUIRE_NIX=1 to make a
+# missing Nix an error instead (CI does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+if ! command -v nix-store >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing the Nix oracle (nix-bin) with apt-get"
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static >/dev/null \
+      || echo "apt-get could not install nix-bin"
+  fi
+fi
+nix_skipped=0
+if command -v nix-store >/dev/null 2>&1; then
+  say "oracle: $(nix-store --version)"
+else
+  nix_skipped=1
+  if [ "${ARCA_REQUIRE_NIX:-0}" = 1 ]; then
+    echo "error: real Nix is required (ARCA_REQUIRE_NIX=1) but nix-store is not installed" >&2
+    exit 1
+  fi
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test"
+# The interop tests run the debug `arca` that this builds (or $ARCA_BIN when set).
+cargo test --workspace --locked
+
+if [ "$nix_skipped" = 1 ]; then
+  cat >&2 <<'MSG'
+
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! Real Nix (nix-store) is not installed and could not be installed:             !!
+!! the INTEROP TESTS AGAINST NIX WERE SKIPPED. Golden-vector tests still ran.     !!
+!! Install it with: apt-get install nix-bin busybox-static   (Debian, as root)    !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+MSG
+fi
+say "all tests passed"
