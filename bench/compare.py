@@ -62,16 +62,22 @@ def generate_tree(root, files):
     return top
 
 
-def run(cmd, stdin=None, stdout=subprocess.DEVNULL, shell=False):
-    """Runs cmd; returns (seconds, peak RSS in KiB of the child)."""
+RSS_FILE = "/tmp/arca-bench-rss"
+
+
+def run(cmd, stdin=None, stdout=subprocess.DEVNULL):
+    """Runs cmd; returns (seconds, peak RSS in KiB of the command).
+
+    The RSS comes from GNU time (a tiny process), because a child forked straight from
+    Python reports Python's own pages in ru_maxrss."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, shell=shell)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", RSS_FILE] + cmd,
+                          stdin=stdin, stdout=stdout)
     elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"benchmark command failed ({proc.returncode}): {cmd}")
-    return elapsed, usage.ru_maxrss
+    with open(RSS_FILE) as f:
+        return elapsed, int(f.read().split()[-1])
 
 
 def measure(rows, label, tools, runs, prepare=None):
@@ -136,7 +142,8 @@ def main():
         return fn
 
     print("(times are medians; xN is the ratio to the first row of the group)")
-    for label, path, nar in (("1 GiB file", big, big_nar), (f"{args.files}-file tree", tree, tree_nar)):
+    big_label = f"{args.big_mib} MiB file" if args.big_mib < 1024 else f"{args.big_mib // 1024} GiB file"
+    for label, path, nar in ((big_label, big, big_nar), (f"{args.files}-file tree", tree, tree_nar)):
         ref = []
         if path == big:
             ref = [("cat FILE (limit)", lambda: run(["cat", big]))]

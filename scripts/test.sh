@@ -37,7 +37,9 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
-# The interop tests run the debug `arca` that this builds (or $ARCA_BIN when set).
+# The CLI and interop tests in tests/ run the debug `arca` (or $ARCA_BIN when set); cargo
+# does not build another package's binary for them, so build it first.
+cargo build --locked -p arca
 cargo test --workspace --locked
 
 if [ "$nix_skipped" = 1 ]; then

@@ -52,8 +52,12 @@ fn load(
         let path = store_dir.parse_path(&text)?;
         let root = crate::store::local_root(global)?;
         let physical = root.join(text.trim_start_matches('/'));
-        let bytes = std::fs::read(&physical)
-            .with_context(|| format!("cannot read derivation '{text}' from store '{}'", root.display()))?;
+        let bytes = std::fs::read(&physical).with_context(|| {
+            format!(
+                "cannot read derivation '{text}' from store '{}'",
+                root.display()
+            )
+        })?;
         let drv = Derivation::parse_drv_file(store_dir, &path, &bytes)
             .with_context(|| format!("cannot parse derivation '{text}'"))?;
         return Ok((path, drv));

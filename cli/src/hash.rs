@@ -101,7 +101,10 @@ pub fn run(command: HashCommand) -> anyhow::Result<()> {
                     .into_inner()
                     .map_err(|error| error.into_error())
                     .context("cannot flush the hasher")?;
-                println!("{}", hasher.finish().encode(args.encoding.encoding(), false));
+                println!(
+                    "{}",
+                    hasher.finish().encode(args.encoding.encoding(), false)
+                );
             }
         }
         HashCommand::File(args) => {

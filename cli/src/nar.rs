@@ -67,7 +67,12 @@ pub fn run(command: NarCommand) -> anyhow::Result<()> {
         }
         NarCommand::Restore(args) => {
             let stdin = io::stdin().lock();
-            arca_nar::restore(stdin, &args.dir, &RestoreOptions::default())?;
+            arca_nar::restore(stdin, &args.dir, &RestoreOptions::default()).with_context(|| {
+                format!(
+                    "cannot restore the NAR on stdin into '{}'",
+                    args.dir.display()
+                )
+            })?;
         }
         NarCommand::Ls(args) => ls(&args)?,
         NarCommand::Cat(args) => {
@@ -118,7 +123,8 @@ fn ls(args: &LsArgs) -> anyhow::Result<()> {
                 }
             }
             _ => {
-                let base = args.path.rsplit('/').find(|c| !c.is_empty()).unwrap_or(".");
+                // Nix prints the base name of the path asked for, which is empty for '/'.
+                let base = args.path.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
                 print_entry(&mut out, node, base, args.long)?;
             }
         }
@@ -127,7 +133,12 @@ fn ls(args: &LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_tree(out: &mut impl Write, node: &Listing, relative: &str, args: &LsArgs) -> io::Result<()> {
+fn print_tree(
+    out: &mut impl Write,
+    node: &Listing,
+    relative: &str,
+    args: &LsArgs,
+) -> io::Result<()> {
     print_entry(out, node, relative, args.long)?;
     if let (true, Listing::Directory { entries }) = (args.recursive, node) {
         for (name, child) in entries {
@@ -144,8 +155,14 @@ fn print_entry(out: &mut impl Write, node: &Listing, name: &str, long: bool) -> 
         return writeln!(out, "{name}");
     }
     match node {
-        Listing::Regular { executable, size, .. } => {
-            let mode = if *executable { "-r-xr-xr-x" } else { "-r--r--r--" };
+        Listing::Regular {
+            executable, size, ..
+        } => {
+            let mode = if *executable {
+                "-r-xr-xr-x"
+            } else {
+                "-r--r--r--"
+            };
             writeln!(out, "{mode} {size:>20} {name}")
         }
         Listing::Directory { .. } => writeln!(out, "dr-xr-xr-x {:>20} {name}", 0),
@@ -163,7 +180,11 @@ fn print_entry(out: &mut impl Write, node: &Listing, name: &str, long: bool) -> 
 fn to_json(node: &Listing, recursive: bool) -> serde_json::Value {
     use serde_json::{json, Map, Value};
     match node {
-        Listing::Regular { executable, size, nar_offset } => {
+        Listing::Regular {
+            executable,
+            size,
+            nar_offset,
+        } => {
             let mut object = Map::new();
             object.insert("type".into(), json!("regular"));
             object.insert("size".into(), json!(size));

@@ -24,7 +24,11 @@ pub fn fuzz_drv_parse(data: &[u8]) {
     let reparsed = Derivation::parse(&store_dir, name, printed.as_bytes())
         .unwrap_or_else(|e| panic!("printed derivation does not parse: {e}\n{printed}"));
     assert_eq!(reparsed, drv, "printed derivation parses differently");
-    assert_eq!(reparsed.to_aterm(&store_dir), printed, "printing is not stable");
+    assert_eq!(
+        reparsed.to_aterm(&store_dir),
+        printed,
+        "printing is not stable"
+    );
 
     // The JSON form carries the same derivation (when the name gives a valid .drv path).
     if let Ok(path) = derivation_path(&store_dir, &drv) {
@@ -40,7 +44,11 @@ pub fn fuzz_drv_parse(data: &[u8]) {
     let mut computed = drv;
     if compute_output_paths(&mut computed, &store_dir, any_input).is_ok() {
         let again = Derivation::parse(&store_dir, name, computed.to_aterm(&store_dir).as_bytes());
-        assert_eq!(again.as_ref(), Ok(&computed), "computed derivation does not re-parse");
+        assert_eq!(
+            again.as_ref(),
+            Ok(&computed),
+            "computed derivation does not re-parse"
+        );
     }
 }
 

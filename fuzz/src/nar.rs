@@ -53,5 +53,9 @@ fn reencode(data: &[u8]) -> Option<Vec<u8>> {
         encoded.unwrap_or_else(|error| panic!("the encoder rejects a parsed event: {error}"));
     }
     reader.finish().ok()?;
-    Some(encoder.finish().expect("a NAR parsed to its end is complete"))
+    Some(
+        encoder
+            .finish()
+            .expect("a NAR parsed to its end is complete"),
+    )
 }

@@ -47,8 +47,11 @@ fn fixture() -> &'static Fixture {
             let directory = tree.join(format!("dir{d}"));
             fs::create_dir_all(&directory).expect("mkdir");
             for f in 0..TREE_FILES_PER_DIRECTORY {
-                fs::write(directory.join(format!("file{f}")), format!("file {d}/{f}\n"))
-                    .expect("write a small file");
+                fs::write(
+                    directory.join(format!("file{f}")),
+                    format!("file {d}/{f}\n"),
+                )
+                .expect("write a small file");
             }
         }
         let scratch = dir.path().join("scratch");
@@ -73,9 +76,13 @@ fn dump(path: &Path) -> Vec<u8> {
 #[divan::bench]
 fn dump_large_file(bencher: Bencher) {
     let fixture = fixture();
-    bencher
-        .counter(BytesCount::new(LARGE_FILE_SIZE))
-        .bench(|| dump_path(&fixture.large_file, &mut io::sink(), &DumpOptions::default()));
+    bencher.counter(BytesCount::new(LARGE_FILE_SIZE)).bench(|| {
+        dump_path(
+            &fixture.large_file,
+            &mut io::sink(),
+            &DumpOptions::default(),
+        )
+    });
 }
 
 #[divan::bench]

@@ -153,7 +153,9 @@ struct OpenDirectory {
 #[derive(Debug)]
 pub struct NarEncoder<W: Write> {
     out: W,
-    buffer: Box<[u8]>,
+    /// Output not yet written to `out`: `buffered` bytes in use, grown on demand up to
+    /// [`BUFFER_SIZE`] so that encoding a small NAR costs no large allocation.
+    buffer: Vec<u8>,
     /// Bytes of `buffer` in use.
     buffered: usize,
     /// Bytes already handed to `out`.
@@ -168,7 +170,7 @@ impl<W: Write> NarEncoder<W> {
     pub fn new(out: W) -> Self {
         let mut encoder = NarEncoder {
             out,
-            buffer: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            buffer: Vec::new(),
             buffered: 0,
             flushed: 0,
             state: State::Node,
@@ -361,17 +363,17 @@ impl<W: Write> NarEncoder<W> {
         let mut remaining = size;
         let mut seen_end = false;
         while remaining > 0 {
-            if self.buffered == self.buffer.len() {
+            if self.buffered == BUFFER_SIZE {
                 self.flush_buffer()?;
             }
-            let room = self.buffer.len() - self.buffered;
+            let room = BUFFER_SIZE - self.buffered;
             // Ask for one byte more than declared when it fits, so that extra contents
             // show up in the same read.
             let want = match usize::try_from(remaining) {
                 Ok(remaining) if remaining < room => remaining + 1,
                 _ => room,
             };
-            let chunk = &mut self.buffer[self.buffered..self.buffered + want];
+            let chunk = self.room_for(want);
             let read = match contents.read(chunk) {
                 Ok(read) => read,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -422,15 +424,24 @@ impl<W: Write> NarEncoder<W> {
 
     fn put(&mut self, mut bytes: &[u8]) -> Result<(), EncodeError> {
         while !bytes.is_empty() {
-            if self.buffered == self.buffer.len() {
+            if self.buffered == BUFFER_SIZE {
                 self.flush_buffer()?;
             }
-            let take = bytes.len().min(self.buffer.len() - self.buffered);
-            self.buffer[self.buffered..self.buffered + take].copy_from_slice(&bytes[..take]);
+            let take = bytes.len().min(BUFFER_SIZE - self.buffered);
+            self.room_for(take).copy_from_slice(&bytes[..take]);
             self.buffered += take;
             bytes = &bytes[take..];
         }
         Ok(())
+    }
+
+    /// The `len` bytes of the buffer after those in use; `len` fits below [`BUFFER_SIZE`].
+    fn room_for(&mut self, len: usize) -> &mut [u8] {
+        let end = self.buffered + len;
+        if self.buffer.len() < end {
+            self.buffer.resize(end, 0);
+        }
+        &mut self.buffer[self.buffered..end]
     }
 
     fn flush_buffer(&mut self) -> Result<(), EncodeError> {

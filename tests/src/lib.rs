@@ -113,7 +113,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -122,7 +122,7 @@ impl Rng {
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -183,7 +183,7 @@ fn random_contents(rng: &mut Rng) -> Vec<u8> {
     } as usize;
     let mut contents = Vec::with_capacity(size);
     while contents.len() < size {
-        contents.extend_from_slice(&rng.next().to_le_bytes());
+        contents.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     contents.truncate(size);
     contents

@@ -180,6 +180,7 @@ fn bad_usage_exits_2() {
     assert_usage(&["nar", "dump-path"], Some("error: "));
     assert_usage(&["nar", "ls"], Some("error: "));
     assert_usage(&["nar", "ls", "--frobnicate", nar], Some("--frobnicate"));
+    assert_usage(&["derivation", "show"], Some("error: "));
     assert_usage(&["frobnicate"], Some("frobnicate"));
     assert_usage(&["hash", "frobnicate"], Some("frobnicate"));
     assert_usage(&[], None);

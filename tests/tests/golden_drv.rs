@@ -369,3 +369,71 @@ fn arca_derivation_show_prints_nix_show_derivation_json() {
         "arca derivation show of every .drv"
     );
 }
+
+/// The store form: `arca --store ROOT derivation show /nix/store/<drv>` reads
+/// `ROOT/nix/store/<drv>` (a chroot store, like Nix's `local?root=ROOT`).
+#[test]
+fn arca_derivation_show_reads_drvs_from_a_store_root() {
+    let all = drvs();
+    let root = tempfile::tempdir().unwrap();
+    let store_dir = root.path().join("nix/store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    for drv in &all {
+        std::fs::write(store_dir.join(&drv.base), &drv.bytes).unwrap();
+    }
+    for drv in &all {
+        let logical = store().display(&drv.path);
+        let output = arca(&[
+            "--store".as_ref(),
+            root.path().as_os_str(),
+            "derivation".as_ref(),
+            "show".as_ref(),
+            logical.as_ref(),
+        ]);
+        assert!(
+            output.status.success(),
+            "arca --store ROOT derivation show {logical}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let theirs = std::fs::read(&drv.json_file).unwrap();
+        assert!(
+            output.stdout == theirs,
+            "arca derivation show {logical}: differs from nix show-derivation"
+        );
+    }
+    // A .drv that is not in that store: a failed operation naming it.
+    let missing = "/nix/store/00000000000000000000000000000000-missing.drv";
+    let output = arca(&[
+        "--store".as_ref(),
+        root.path().as_os_str(),
+        "derivation".as_ref(),
+        "show".as_ref(),
+        missing.as_ref(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "missing drv: {stderr:?}");
+    assert!(output.stdout.is_empty(), "missing drv: printed on stdout");
+    assert!(
+        stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains(missing),
+        "missing drv: one `error: ` line naming it expected, got {stderr:?}"
+    );
+}
+
+/// A `.drv` whose bytes are not a derivation is a failed operation naming the file.
+#[test]
+fn arca_derivation_show_of_a_corrupt_drv_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let drv = drvs().into_iter().next().unwrap();
+    let corrupt = dir.path().join(&drv.base);
+    std::fs::write(&corrupt, &drv.bytes[..drv.bytes.len() / 2]).unwrap();
+    let output = arca(&["derivation".as_ref(), "show".as_ref(), corrupt.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "corrupt drv: {stderr:?}");
+    assert!(output.stdout.is_empty(), "corrupt drv: printed on stdout");
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.lines().count() == 1
+            && stderr.contains(corrupt.to_str().unwrap()),
+        "corrupt drv: one `error: ` line naming it expected, got {stderr:?}"
+    );
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{fixed_output_path, Derivation, DerivationOutput, OutputName};
 use crate::hash::{Hash, HashAlgo, HashError};
-use crate::store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};
+use crate::store_path::{validate_name, ContentAddressMethod, StoreDir, StorePath, StorePathError};
 
 /// A `.drv` text that is not a derivation Arca accepts, with the byte offset at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +61,7 @@ pub enum ParseErrorKind {
         found: String,
         expected: String,
     },
-    #[error("derivation name '{name}' does not give valid output paths")]
+    #[error("derivation name '{name}' is not a valid store path name")]
     InvalidName {
         name: String,
         #[source]
@@ -359,6 +359,12 @@ impl<'a> Parser<'a> {
     }
 
     fn derivation(mut self, name: &str) -> Result<Derivation> {
+        // Nix requires a derivation's name to be a store path name; checked first so that
+        // no derivation with a name that cannot form its paths is ever returned.
+        validate_name(name).map_err(|source| {
+            let name = name.to_owned();
+            self.error(0, ParseErrorKind::InvalidName { name, source })
+        })?;
         self.expect("Derive([")?;
         let mut outputs = BTreeMap::new();
         self.list(|p| {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::aterm::{output_from_fields, OutputFields, OutputSource};
 use super::{Derivation, OutputName, ParseErrorKind};
-use crate::store_path::{StoreDir, StorePath};
+use crate::store_path::{validate_name, StoreDir, StorePath};
 
 /// One derivation in the JSON form. Store paths are full paths (they include the store
 /// dir). Fields that `arca derivation add` can do without are optional when reading.
@@ -121,6 +121,12 @@ impl DerivationJson {
             derivation: name.clone(),
             kind,
         };
+        validate_name(&name).map_err(|source| {
+            invalid(ParseErrorKind::InvalidName {
+                name: name.clone(),
+                source,
+            })
+        })?;
         let parse_path = |path: &str| {
             store_dir.parse_path(path).map_err(|source| {
                 invalid(ParseErrorKind::InvalidStorePath {

@@ -408,6 +408,17 @@ fn rejects_fixed_output_whose_path_is_not_its_hash() {
 }
 
 #[test]
+fn rejects_names_that_are_not_store_path_names() {
+    for name in ["", "a/b", "."] {
+        let error = Derivation::parse(&store(), name, SIMPLE.as_bytes()).unwrap_err();
+        assert!(
+            matches!(error.kind, ParseErrorKind::InvalidName { .. }),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn rejects_drv_file_paths_without_drv_suffix() {
     let path = StorePath::from_base_name("q7h9fwmlpazsdirgpw3nsp169zjmdmzf-x").unwrap();
     let error = Derivation::parse_drv_file(&store(), &path, SIMPLE.as_bytes()).unwrap_err();
