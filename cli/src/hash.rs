@@ -1,7 +1,7 @@
 //! `arca hash path|file|convert`.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read};
+use std::io::{self, Read};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -94,13 +94,10 @@ pub fn run(command: HashCommand) -> anyhow::Result<()> {
     match command {
         HashCommand::Path(args) => {
             for path in &args.paths {
-                let mut hasher = BufWriter::with_capacity(1 << 16, Hasher::new(args.algo));
-                // The error names the file at fault; no context needed.
+                // The NAR encoder buffers its output; the hasher takes it directly. Errors
+                // name the file at fault, so no context is added.
+                let mut hasher = Hasher::new(args.algo);
                 arca_nar::dump_path(path, &mut hasher, &arca_nar::DumpOptions::default())?;
-                let hasher = hasher
-                    .into_inner()
-                    .map_err(|error| error.into_error())
-                    .context("cannot flush the hasher")?;
                 println!(
                     "{}",
                     hasher.finish().encode(args.encoding.encoding(), false)

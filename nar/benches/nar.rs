@@ -1,6 +1,6 @@
 //! Hot paths of the crate: dumping and parsing one large file and a tree of many small
-//! files. Run with `cargo bench -p arca-nar`; compare whole commands against Nix with the
-//! `nar-tool` example (see BENCHMARKS.md).
+//! files. Run with `cargo bench -p arca-nar`; whole commands are compared against Nix by
+//! `bench/compare.sh` (see BENCHMARKS.md).
 
 use std::fs;
 use std::io;

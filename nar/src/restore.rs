@@ -57,11 +57,12 @@ pub enum RestoreError {
 /// every directory with `mkdir`, so nothing that already exists is overwritten or
 /// followed; since entry names cannot be empty, `.`, `..` or contain `/`, and duplicates
 /// are rejected, no restored symlink is ever traversed and nothing is written outside
-/// `target`. Contents are streamed with constant memory. The input must end with the NAR.
+/// `target`. The input must end with the NAR.
 ///
-/// Small files and symlinks are created by worker threads, in batches, while the NAR is
-/// parsed (see `restore/batch.rs`); this is what makes restoring many small files faster
-/// than Nix, which makes the same syscalls on one thread.
+/// Small files (up to 64 KiB) and symlinks are created by worker threads, in batches of
+/// up to 1 MiB, while the NAR is parsed (see `restore/batch.rs`): this is what makes
+/// restoring many small files faster than Nix, which makes the same syscalls on one
+/// thread. Memory stays bounded by a few batches per core; larger files are streamed.
 ///
 /// On error, the tree created so far is removed (best effort: a failure to remove it is
 /// not reported, the original error is).

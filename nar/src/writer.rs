@@ -110,7 +110,6 @@ pub fn dump_path(
         encoder: NarEncoder::new(out),
         path: path.to_owned(),
         options,
-        threads: prefetch::threads(),
     };
     dumper.dump(file_type)?;
     let size = dumper.encoder.position();
@@ -143,8 +142,6 @@ struct Dumper<'a, W: Write> {
     /// buffer serves the whole tree.
     path: PathBuf,
     options: &'a DumpOptions,
-    /// Threads for reading small files ahead (see `writer/prefetch.rs`).
-    threads: usize,
 }
 
 impl<W: Write> Dumper<'_, W> {
@@ -206,7 +203,7 @@ impl<W: Write> Dumper<'_, W> {
             .begin_directory()
             .map_err(|error| encode_error(&self.path, error))?;
         for chunk in entries.chunks(prefetch::CHUNK) {
-            let mut prefetched = prefetch::prefetch(&self.path, chunk, self.threads);
+            let mut prefetched = prefetch::prefetch(&self.path, chunk);
             for (index, entry) in chunk.iter().enumerate() {
                 self.encoder
                     .entry(entry.nar_name())

@@ -353,7 +353,7 @@ impl io::Write for Hasher {
 
 /// A blake3 key for Arca's internal content-addressed bookkeeping (for example the
 /// `.links` directory of the optimiser). Never written where Nix reads: Nix's formats use
-/// [`Hash`].
+/// [`Hash`](struct@Hash).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContentKey([u8; 32]);
 

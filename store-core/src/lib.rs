@@ -1,12 +1,15 @@
 //! `arca-store-core`: the vocabulary of a Nix store, with no I/O of its own.
 //!
-//! - [`hash`]: [`Hash`] (algorithm + digest) and every encoding Nix prints or accepts;
+//! - [`hash`]: [`Hash`](struct@Hash) (algorithm + digest) and every encoding Nix prints or accepts;
 //!   [`base32`] is Nix's own base-32.
 //! - [`store_path`]: [`StorePath`], [`StoreDir`] and the ways Nix computes a path from
 //!   content (source, text, fixed-output and derivation output paths).
+//! - [`derivation`]: [`Derivation`], the ATerm `.drv` format (parse and print, byte for
+//!   byte), hashDerivationModulo and output paths, and the `nix show-derivation` JSON.
+//! - [`references`]: a one-pass scanner for store path hash parts in a byte stream.
 //!
 //! Not here: the registry, building, the daemon (higher crates), and the NAR format
-//! (`arca-nar`).
+//! (`arca-nar`). Nothing here touches a store on disk: callers pass bytes and loaders in.
 //!
 //! ```
 //! use std::collections::BTreeSet;

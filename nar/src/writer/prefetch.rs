@@ -12,6 +12,7 @@ use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::thread;
 
 use super::{DirectoryEntry, DumpError};
@@ -58,22 +59,21 @@ impl Chunk {
     }
 }
 
-/// How many threads to use: all cores, a few at most.
-pub(super) fn threads() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+/// How many threads to use: all cores, a few at most. Asked once: the answer costs a few
+/// syscalls (cgroup quotas).
+fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS)))
 }
 
 /// Reads ahead the regular files of `entries` (a chunk of the directory at `directory`),
 /// or returns `None` if there are too few for threads to pay off.
-pub(super) fn prefetch(
-    directory: &Path,
-    entries: &[DirectoryEntry],
-    threads: usize,
-) -> Option<Chunk> {
+pub(super) fn prefetch(directory: &Path, entries: &[DirectoryEntry]) -> Option<Chunk> {
     let files = entries.iter().filter(|e| e.file_type.is_file()).count();
-    if threads < 2 || files < MIN_FILES {
+    if files < MIN_FILES || threads() < 2 {
         return None;
     }
+    let threads = threads();
     let part_len = entries.len().div_ceil(threads);
     let parts: Vec<(Vec<u8>, Vec<Prefetched>)> = thread::scope(|scope| {
         let mut parts = entries.chunks(part_len);
