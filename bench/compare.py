@@ -40,7 +40,7 @@ def generate_big_file(path, mib):
 def generate_tree(root, files):
     """`files` small files (0..4 KiB, some executable, some symlinks) in a tree of
     directories 3 levels deep, 20 entries per directory at the leaves."""
-    stamp = os.path.join(root, ".complete")
+    stamp = os.path.join(root, f".complete-{files}")
     if os.path.exists(stamp):
         return os.path.join(root, "tree")
     if os.path.exists(root):
