@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use arca_store_core::derivation::{derivation_path, show_derivations_json, Derivation};
+use arca_store_core::derivation::{
+    derivation_path, show_derivations_json, Derivation, DerivationJson,
+};
 use arca_store_core::{StoreDir, StorePath};
 use clap::{Args, Subcommand};
 
@@ -16,6 +18,12 @@ pub enum DerivationCommand {
     /// A DRV in the store dir (/nix/store/…) is read from the store given by --store;
     /// any other file is read as it is and keyed by the store path it would have.
     Show(ShowArgs),
+    /// Add a derivation given as JSON on stdin (the shape `nix show-derivation` prints,
+    /// for one derivation, keyed by its path or bare) to the store; prints its path.
+    ///
+    /// Output paths and the env entries named after outputs may be empty: they are then
+    /// computed by hashDerivationModulo from the input derivations in the store.
+    Add,
 }
 
 #[derive(Args)]
@@ -27,6 +35,7 @@ pub struct ShowArgs {
 pub fn run(command: DerivationCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     match command {
         DerivationCommand::Show(args) => show(&args, global),
+        DerivationCommand::Add => add(global),
     }
 }
 
@@ -81,4 +90,54 @@ fn load(
         .with_context(|| format!("cannot parse derivation '{}'", argument.display()))?;
     let path = derivation_path(store_dir, &drv)?;
     Ok((path, drv))
+}
+
+fn add(global: &GlobalArgs) -> anyhow::Result<()> {
+    let store = crate::store_commands::open_store(global)?;
+    let store_dir = StoreDir::default();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+        .context("cannot read the derivation JSON from stdin")?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).context("the derivation JSON on stdin is malformed")?;
+    // Either `{ "<drv path>": {…} }` as `nix show-derivation` prints it, or the bare object.
+    let (given_path, object) = match value.as_object() {
+        Some(map) if map.len() == 1 && !map.contains_key("outputs") => {
+            let (key, inner) = map.iter().next().expect("a map of length one has an entry");
+            (Some(store_dir.parse_path(key)?), inner.clone())
+        }
+        _ => (None, value),
+    };
+    let name = given_path.as_ref().and_then(Derivation::name_from_drv_path);
+    let json: DerivationJson =
+        serde_json::from_value(object).context("the derivation JSON on stdin is invalid")?;
+    let mut drv = json.into_derivation(&store_dir, name)?;
+    let given = drv.clone();
+    store.compute_output_paths(&mut drv)?;
+    for (output, computed) in &drv.outputs {
+        if let Some(given_path) = given.outputs.get(output).and_then(|o| o.path()) {
+            if Some(given_path) != computed.path() {
+                bail!(
+                    "output '{output}' has path '{}', but its inputs give '{}'",
+                    store_dir.display(given_path),
+                    computed
+                        .path()
+                        .map(|p| store_dir.display(p))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    let path = store.add_derivation(&drv)?;
+    if let Some(given_path) = given_path {
+        if given_path != path {
+            bail!(
+                "derivation is keyed by '{}' but its contents give '{}'",
+                store_dir.display(&given_path),
+                store_dir.display(&path)
+            );
+        }
+    }
+    println!("{}", store_dir.display(&path));
+    Ok(())
 }

@@ -9,6 +9,7 @@ mod derivation;
 mod hash;
 mod nar;
 mod store;
+mod store_commands;
 
 /// Arca: a Nix-compatible store.
 #[derive(Parser)]
@@ -43,6 +44,11 @@ enum Command {
     /// Work with derivations.
     #[command(subcommand)]
     Derivation(derivation::DerivationCommand),
+    /// Add, query, export, import, verify and delete store paths.
+    #[command(subcommand)]
+    Store(store_commands::StoreCommand),
+    /// Show information about store paths (== `nix path-info`).
+    PathInfo(store_commands::PathInfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,8 @@ fn main() -> ExitCode {
         Command::Hash(command) => hash::run(command),
         Command::Nar(command) => nar::run(command),
         Command::Derivation(command) => derivation::run(command, &cli.global),
+        Command::Store(command) => store_commands::run(command, &cli.global),
+        Command::PathInfo(args) => store_commands::path_info(&args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

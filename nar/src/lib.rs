@@ -68,7 +68,7 @@ pub use encoder::{EncodeError, NarEncoder};
 pub use format::{InvalidNameReason, InvalidTargetReason};
 pub use listing::{cat, list, CatError, Listing};
 pub use reader::{Contents, Event, Limits, NarReader, ReadError};
-pub use restore::{restore, RestoreError, RestoreOptions};
+pub use restore::{restore, restore_embedded, RestoreError, RestoreOptions};
 pub use writer::{dump_path, DumpError, DumpOptions};
 
 /// Parses the whole NAR read from `nar`, checks that the input ends with it, and returns

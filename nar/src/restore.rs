@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -71,10 +71,28 @@ pub fn restore(
     target: &Path,
     options: &RestoreOptions,
 ) -> Result<(), RestoreError> {
-    let reader = NarReader::new(
-        BufReader::with_capacity(BUFFER_SIZE, nar),
-        options.limits.clone(),
-    );
+    let mut reader = BufReader::with_capacity(BUFFER_SIZE, nar);
+    restore_nar(&mut reader, target, options, true).map(drop)
+}
+
+/// Restores the NAR at the start of `nar` at `target`, like [`restore`], but reads
+/// nothing past the NAR's last byte and accepts whatever follows it: for NARs embedded
+/// in a larger stream (the export format, the daemon protocol). Returns the NAR's size.
+pub fn restore_embedded(
+    nar: &mut impl BufRead,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<u64, RestoreError> {
+    restore_nar(nar, target, options, false)
+}
+
+fn restore_nar(
+    nar: &mut impl BufRead,
+    target: &Path,
+    options: &RestoreOptions,
+    require_eof: bool,
+) -> Result<u64, RestoreError> {
+    let mut reader = NarReader::new(nar, options.limits.clone());
     let mut created_root = false;
     let result = thread::scope(|scope| {
         let mut restorer = Restorer {
@@ -84,7 +102,7 @@ pub fn restore(
             created_root: &mut created_root,
             batcher: Batcher::new(scope),
         };
-        let parsed = restorer.run(reader);
+        let parsed = restorer.run(&mut reader);
         let batcher = restorer.batcher;
         match parsed {
             Ok(()) => batcher.finish(),
@@ -92,6 +110,13 @@ pub fn restore(
                 batcher.abandon();
                 Err(error)
             }
+        }
+    });
+    let result = result.and_then(|()| {
+        if require_eof {
+            Ok(reader.finish()?)
+        } else {
+            Ok(reader.read_to_end()?)
         }
     });
     if result.is_err() && created_root {
@@ -124,7 +149,7 @@ struct Restorer<'a, 'scope, 'env> {
 }
 
 impl Restorer<'_, '_, '_> {
-    fn run<R: io::BufRead>(&mut self, mut nar: NarReader<R>) -> Result<(), RestoreError> {
+    fn run<R: io::BufRead>(&mut self, nar: &mut NarReader<R>) -> Result<(), RestoreError> {
         while let Some(event) = nar.next()? {
             match event {
                 Event::Directory => {
@@ -141,9 +166,9 @@ impl Restorer<'_, '_, '_> {
                 }
                 Event::Regular { executable, size } => {
                     if self.is_root() || size > SMALL_FILE {
-                        self.write_file(executable, &mut nar)?;
+                        self.write_file(executable, nar)?;
                     } else {
-                        self.batcher.add_file(&self.path, executable, &mut nar)?;
+                        self.batcher.add_file(&self.path, executable, nar)?;
                     }
                     self.end_node();
                 }
@@ -161,7 +186,6 @@ impl Restorer<'_, '_, '_> {
                 }
             }
         }
-        nar.finish()?;
         Ok(())
     }
 

@@ -11,9 +11,8 @@ use crate::case_hack;
 use crate::encoder::{EncodeError, NarEncoder};
 use crate::format::show;
 
-mod prefetch;
-
-use prefetch::{Chunk, Prefetched};
+mod read_ahead;
+mod walk;
 
 /// How [`dump_path`] reads the tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,9 +91,10 @@ pub enum DumpError {
 /// sorted by the bytes of their names, so the output is byte-identical to
 /// `nix-store --dump`. File contents are streamed with constant memory, and a file whose
 /// size changes while it is read is an error rather than a silently wrong NAR. `out` need
-/// not be buffered. In directories with many files, small files are read ahead on all
-/// cores (see `writer/prefetch.rs`), which is what makes dumping many small files faster
-/// than Nix, which makes the same syscalls on one thread.
+/// not be buffered. With several cores, a directory is walked on one thread while small
+/// files are read ahead on others and encoded in order on the calling thread (see
+/// `writer/read_ahead.rs`), which is what makes dumping many small files faster than Nix,
+/// which makes the same syscalls on one thread.
 pub fn dump_path(
     path: &Path,
     out: &mut impl Write,
@@ -111,7 +111,10 @@ pub fn dump_path(
         path: path.to_owned(),
         options,
     };
-    dumper.dump(file_type)?;
+    match read_ahead::Config::for_this_machine() {
+        Some(config) if file_type.is_dir() => dumper.dump_with_read_ahead(&config)?,
+        _ => dumper.dump(file_type)?,
+    }
     let size = dumper.encoder.position();
     dumper
         .encoder
@@ -121,6 +124,7 @@ pub fn dump_path(
 }
 
 /// One directory entry, sorted by its name in the NAR.
+#[derive(Debug)]
 struct DirectoryEntry {
     /// The name on disk.
     disk_name: OsString,
@@ -147,10 +151,7 @@ struct Dumper<'a, W: Write> {
 impl<W: Write> Dumper<'_, W> {
     fn dump(&mut self, file_type: FileType) -> Result<(), DumpError> {
         if file_type.is_symlink() {
-            let target = fs::read_link(&self.path).map_err(|source| self.io_error(source))?;
-            self.encoder
-                .symlink(target.as_os_str().as_bytes())
-                .map_err(|error| encode_error(&self.path, error))
+            self.dump_symlink()
         } else if file_type.is_dir() {
             self.dump_directory()
         } else if file_type.is_file() {
@@ -160,6 +161,17 @@ impl<W: Write> Dumper<'_, W> {
                 path: self.path.clone(),
             })
         }
+    }
+
+    fn dump_symlink(&mut self) -> Result<(), DumpError> {
+        let target = fs::read_link(&self.path).map_err(|source| self.io_error(source))?;
+        self.encode_symlink(&target)
+    }
+
+    fn encode_symlink(&mut self, target: &Path) -> Result<(), DumpError> {
+        self.encoder
+            .symlink(target.as_os_str().as_bytes())
+            .map_err(|error| encode_error(&self.path, error))
     }
 
     fn dump_regular(&mut self) -> Result<(), DumpError> {
@@ -198,87 +210,21 @@ impl<W: Write> Dumper<'_, W> {
     }
 
     fn dump_directory(&mut self) -> Result<(), DumpError> {
-        let entries = self.read_directory()?;
+        let entries = read_directory(&self.path, self.options)?;
         self.encoder
             .begin_directory()
             .map_err(|error| encode_error(&self.path, error))?;
-        for chunk in entries.chunks(prefetch::CHUNK) {
-            let mut prefetched = prefetch::prefetch(&self.path, chunk);
-            for (index, entry) in chunk.iter().enumerate() {
-                self.encoder
-                    .entry(entry.nar_name())
-                    .map_err(|error| encode_error(&self.path, error))?;
-                self.path.push(&entry.disk_name);
-                match &mut prefetched {
-                    Some(chunk) => self.dump_prefetched(chunk, index, entry.file_type)?,
-                    None => self.dump(entry.file_type)?,
-                }
-                self.path.pop();
-            }
+        for entry in &entries {
+            self.encoder
+                .entry(entry.nar_name())
+                .map_err(|error| encode_error(&self.path, error))?;
+            self.path.push(&entry.disk_name);
+            self.dump(entry.file_type)?;
+            self.path.pop();
         }
         self.encoder
             .end_directory()
             .map_err(|error| encode_error(&self.path, error))
-    }
-
-    fn dump_prefetched(
-        &mut self,
-        chunk: &mut Chunk,
-        index: usize,
-        file_type: FileType,
-    ) -> Result<(), DumpError> {
-        match std::mem::replace(&mut chunk.entries[index], Prefetched::Skipped) {
-            Prefetched::Skipped => self.dump(file_type),
-            Prefetched::Read {
-                executable,
-                part,
-                contents,
-            } => {
-                let contents = chunk.contents(part, contents);
-                self.encoder
-                    .regular(executable, contents.len() as u64, &mut &contents[..])
-                    .map_err(|error| encode_error(&self.path, error))
-            }
-            Prefetched::Opened { mut file, metadata } => self.dump_open_file(&mut file, &metadata),
-            Prefetched::Failed(error) => Err(error),
-        }
-    }
-
-    /// The entries of the directory at `self.path`, in NAR order.
-    fn read_directory(&self) -> Result<Vec<DirectoryEntry>, DumpError> {
-        let mut entries = Vec::new();
-        for entry in fs::read_dir(&self.path).map_err(|source| self.io_error(source))? {
-            let entry = entry.map_err(|source| self.io_error(source))?;
-            // `file_type` comes from the directory listing (d_type) on most file systems,
-            // which saves a stat per directory and symlink.
-            let file_type = entry.file_type().map_err(|source| DumpError::Io {
-                path: entry.path(),
-                source,
-            })?;
-            let disk_name = entry.file_name();
-            let nar_name_len = if self.options.case_hack {
-                case_hack::strip(disk_name.as_bytes()).len()
-            } else {
-                disk_name.len()
-            };
-            entries.push(DirectoryEntry {
-                disk_name,
-                nar_name_len,
-                file_type,
-            });
-        }
-        entries.sort_unstable_by(|a, b| a.nar_name().cmp(b.nar_name()));
-        if let Some(pair) = entries
-            .windows(2)
-            .find(|pair| pair[0].nar_name() == pair[1].nar_name())
-        {
-            // Only the case hack can make two names equal.
-            return Err(DumpError::CaseHackCollision {
-                path: self.path.clone(),
-                name: pair[0].nar_name().to_vec(),
-            });
-        }
-        Ok(entries)
     }
 
     fn io_error(&self, source: io::Error) -> DumpError {
@@ -287,6 +233,47 @@ impl<W: Write> Dumper<'_, W> {
             source,
         }
     }
+}
+
+/// The entries of the directory at `path`, in NAR order.
+fn read_directory(path: &Path, options: &DumpOptions) -> Result<Vec<DirectoryEntry>, DumpError> {
+    let mut entries = Vec::new();
+    let io_error = |source| DumpError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    for entry in fs::read_dir(path).map_err(io_error)? {
+        let entry = entry.map_err(io_error)?;
+        // `file_type` comes from the directory listing (d_type) on most file systems,
+        // which saves a stat per directory and symlink.
+        let file_type = entry.file_type().map_err(|source| DumpError::Io {
+            path: entry.path(),
+            source,
+        })?;
+        let disk_name = entry.file_name();
+        let nar_name_len = if options.case_hack {
+            case_hack::strip(disk_name.as_bytes()).len()
+        } else {
+            disk_name.len()
+        };
+        entries.push(DirectoryEntry {
+            disk_name,
+            nar_name_len,
+            file_type,
+        });
+    }
+    entries.sort_unstable_by(|a, b| a.nar_name().cmp(b.nar_name()));
+    if let Some(pair) = entries
+        .windows(2)
+        .find(|pair| pair[0].nar_name() == pair[1].nar_name())
+    {
+        // Only the case hack can make two names equal.
+        return Err(DumpError::CaseHackCollision {
+            path: path.to_owned(),
+            name: pair[0].nar_name().to_vec(),
+        });
+    }
+    Ok(entries)
 }
 
 fn encode_error(path: &Path, error: EncodeError) -> DumpError {

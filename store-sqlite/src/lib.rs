@@ -1,6 +1,42 @@
 //! `arca-store-sqlite`: the local store — Nix's SQLite path registry (`db.sqlite` with
-//! Nix's exact schema), `LocalStore` over a physical root, garbage collection and
-//! store optimisation.
+//! Nix's exact schema) and [`LocalStore`], a store on the local file system that real Nix
+//! can open as `local?root=ROOT`.
 //!
-//! Not filled yet: this crate holds its place in the crate map (see ARCHITECTURE.md) and
-//! exports nothing. It will depend on `arca-store-core` and `arca-nar` only.
+//! - [`LocalStore`]: open a store under a physical root; add paths (`add_path`,
+//!   `add_fixed_file`, `add_text_path`, `add_nar_embedded`) atomically; query through
+//!   the [`arca_store_core::Store`] trait and [`LocalStore::registry`].
+//! - [`registry::Registry`]: the SQLite registry itself.
+//!
+//! Every path enters the store through a staging name and becomes valid in one
+//! transaction after it is complete (see `staging.rs`): a crash leaves either nothing or
+//! a complete, valid path.
+//!
+//! ```
+//! use arca_store_core::Store;
+//! use arca_store_sqlite::LocalStore;
+//!
+//! let root = tempfile::tempdir()?;
+//! let store = LocalStore::open(root.path())?;
+//! let source = root.path().join("hello.txt");
+//! std::fs::write(&source, "hello\n")?;
+//! let path = store.add_path(&source, "hello.txt")?;
+//! assert!(store.is_valid_path(&path)?);
+//! let info = store.query_path_info(&path)?.expect("just added");
+//! assert_eq!(info.nar_size, 120);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod canonicalise;
+mod derivations;
+mod error;
+mod export;
+mod hashing;
+mod local_store;
+mod lock;
+pub mod registry;
+mod staging;
+mod verify;
+
+pub use error::StoreError;
+pub use local_store::{LocalStore, StoreOptions};
+pub use verify::{VerifyOptions, VerifyProblem, VerifyReport};

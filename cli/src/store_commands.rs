@@ -1,0 +1,430 @@
+//! `arca store …` and `arca path-info`: the local store.
+
+use std::collections::BTreeSet;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use arca_store_core::{dependency_order, HashAlgo, Store, StoreDir, StorePath};
+use arca_store_sqlite::{LocalStore, VerifyOptions, VerifyProblem};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::GlobalArgs;
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Add files or trees to the store (== `nix-store --add`); prints one path per argument.
+    AddPath(AddPathArgs),
+    /// Add a regular file as a flat fixed-output path (== `nix-store --add-fixed sha256`).
+    AddFile(AddFileArgs),
+    /// Write paths in Nix's export format to stdout (== `nix-store --export`).
+    Export(PathsArgs),
+    /// Import an export archive from stdin (== `nix-store --import`); prints the paths.
+    Import,
+    /// Query the registry (== `nix-store -q`).
+    Query(QueryArgs),
+    /// Check the store against the registry (== `nix-store --verify`).
+    Verify(VerifyArgs),
+    /// Delete paths that nothing refers to (== `nix-store --delete`).
+    Delete(PathsArgs),
+}
+
+#[derive(Args)]
+pub struct AddPathArgs {
+    /// Name of the store path (default: the file's base name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct AddFileArgs {
+    /// Name of the store path (default: the file's base name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Hash algorithm of the fixed-output path.
+    #[arg(long = "type", default_value = "sha256", value_parser = parse_algo)]
+    algo: HashAlgo,
+    file: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PathsArgs {
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+#[group(id = "query", required = true, multiple = false)]
+pub struct QueryFlags {
+    /// Paths each path refers to.
+    #[arg(long)]
+    references: bool,
+    /// Paths that refer to each path.
+    #[arg(long)]
+    referrers: bool,
+    /// The closure of the paths (dependencies first).
+    #[arg(long, short = 'R')]
+    requisites: bool,
+    /// Paths that refer to the paths, transitively.
+    #[arg(long)]
+    referrers_closure: bool,
+    /// The derivation each path was built by.
+    #[arg(long)]
+    deriver: bool,
+    /// The output paths of derivations.
+    #[arg(long)]
+    outputs: bool,
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    flags: QueryFlags,
+    /// With --requisites: add the outputs of derivations in the closure.
+    #[arg(long)]
+    include_outputs: bool,
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Re-hash every path and compare with the registry.
+    #[arg(long)]
+    check_contents: bool,
+    /// Fix what can be fixed.
+    #[arg(long)]
+    repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Paths to check (default: all).
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PathInfoArgs {
+    /// Print JSON (the shape of `nix path-info --json`).
+    #[arg(long)]
+    json: bool,
+    /// Apply to the closure of the paths.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Print the NAR size.
+    #[arg(short = 's', long)]
+    size: bool,
+    /// Print the closure size.
+    #[arg(short = 'S', long)]
+    closure_size: bool,
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+fn parse_algo(text: &str) -> Result<HashAlgo, String> {
+    HashAlgo::from_name(text).map_err(|error| error.to_string())
+}
+
+/// Opens the local store named by `--store` (or the default one).
+pub fn open_store(global: &GlobalArgs) -> anyhow::Result<LocalStore> {
+    let root = crate::store::local_root(global)?;
+    LocalStore::open(&root)
+        .with_context(|| format!("cannot open the store at '{}'", root.display()))
+}
+
+/// Turns a command-line argument into a store path: a path in the store dir (or below a
+/// store path), or a symlink to one such as a `result` link (followed like Nix does).
+pub fn parse_path_arg(store_dir: &StoreDir, argument: &str) -> anyhow::Result<StorePath> {
+    let mut current = PathBuf::from(argument);
+    for _ in 0..32 {
+        let text = current.to_string_lossy().into_owned();
+        if text.starts_with(&format!("{store_dir}/")) {
+            return Ok(store_dir.parse_path_prefix(&text)?.0);
+        }
+        let target = std::fs::read_link(&current)
+            .with_context(|| format!("path '{argument}' is not in the Nix store"))?;
+        current = match current.parent() {
+            Some(parent) if target.is_relative() => parent.join(target),
+            _ => target,
+        };
+    }
+    bail!("too many levels of symbolic links in '{argument}'")
+}
+
+fn parse_paths(store: &LocalStore, arguments: &[String]) -> anyhow::Result<BTreeSet<StorePath>> {
+    arguments
+        .iter()
+        .map(|a| parse_path_arg(store.store_dir(), a))
+        .collect()
+}
+
+fn require_valid(store: &LocalStore, paths: &BTreeSet<StorePath>) -> anyhow::Result<()> {
+    for path in paths {
+        if !store.is_valid_path(path)? {
+            bail!("path '{}' is not valid", store.store_dir().display(path));
+        }
+    }
+    Ok(())
+}
+
+fn default_name(path: &Path, name: &Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = name {
+        return Ok(name.clone());
+    }
+    let base = path
+        .file_name()
+        .with_context(|| format!("'{}' has no file name; pass --name", path.display()))?;
+    Ok(base.to_string_lossy().into_owned())
+}
+
+pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let store = open_store(global)?;
+    let store_dir = store.store_dir().clone();
+    let mut out = BufWriter::new(io::stdout().lock());
+    match command {
+        StoreCommand::AddPath(args) => {
+            for source in &args.paths {
+                let name = default_name(source, &args.name)?;
+                let path = store.add_path(source, &name)?;
+                writeln!(out, "{}", store_dir.display(&path))?;
+            }
+        }
+        StoreCommand::AddFile(args) => {
+            let name = default_name(&args.file, &args.name)?;
+            let path = store.add_fixed_file(&args.file, &name, args.algo)?;
+            writeln!(out, "{}", store_dir.display(&path))?;
+        }
+        StoreCommand::Export(args) => {
+            let paths = parse_paths(&store, &args.paths)?;
+            require_valid(&store, &paths)?;
+            store.export_paths(&paths, &mut out)?;
+        }
+        StoreCommand::Import => {
+            let mut input = BufReader::with_capacity(1 << 16, io::stdin().lock());
+            for path in store.import_paths(&mut input)? {
+                writeln!(out, "{}", store_dir.display(&path))?;
+            }
+        }
+        StoreCommand::Query(args) => query(&store, &args, &mut out)?,
+        StoreCommand::Verify(args) => {
+            let paths = if args.paths.is_empty() {
+                None
+            } else {
+                Some(parse_paths(&store, &args.paths)?)
+            };
+            let options = VerifyOptions {
+                check_contents: args.check_contents,
+                repair: args.repair,
+            };
+            let report = store.verify(paths.as_ref(), options)?;
+            print_report(&store_dir, &report, args.json, &mut out)?;
+            out.flush()?;
+            if !report.is_clean() {
+                bail!("the store has {} problem(s)", report.problems.len());
+            }
+        }
+        StoreCommand::Delete(args) => {
+            let paths = parse_paths(&store, &args.paths)?;
+            // Referrers first, so that deleting a path and what refers to it works.
+            let order = dependency_order(&paths, |p| store.query_references(p))?;
+            for path in order.iter().rev() {
+                store.delete_path(path)?;
+                writeln!(out, "deleted '{}'", store_dir.display(path))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let store_dir = store.store_dir();
+    let paths = parse_paths(store, &args.paths)?;
+    require_valid(store, &paths)?;
+    let flags = &args.flags;
+    if flags.deriver {
+        for path in &paths {
+            match store.query_path_info(path)?.and_then(|info| info.deriver) {
+                Some(deriver) => writeln!(out, "{}", store_dir.display(&deriver))?,
+                None => writeln!(out, "unknown-deriver")?,
+            }
+        }
+        return Ok(());
+    }
+    if flags.outputs {
+        for path in &paths {
+            for output in store.query_derivation_outputs(path)?.values() {
+                writeln!(out, "{}", store_dir.display(output))?;
+            }
+        }
+        return Ok(());
+    }
+    let mut result = BTreeSet::new();
+    if flags.references {
+        for path in &paths {
+            result.extend(store.query_references(path)?);
+        }
+    } else if flags.referrers {
+        for path in &paths {
+            result.extend(store.query_referrers(path)?);
+        }
+    } else if flags.requisites {
+        result = store.registry().requisites(&paths, args.include_outputs)?;
+    } else if flags.referrers_closure {
+        result = store.registry().referrers_closure(&paths)?;
+    }
+    // Nix prints these sets dependencies first.
+    for path in dependency_order(&result, |p| store.query_references(p))? {
+        writeln!(out, "{}", store_dir.display(&path))?;
+    }
+    Ok(())
+}
+
+fn print_report(
+    store_dir: &StoreDir,
+    report: &arca_store_sqlite::VerifyReport,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let describe = |problem: &VerifyProblem| match problem {
+        VerifyProblem::Missing { path, repaired } => json!({
+            "kind": "missing", "path": store_dir.display(path), "repaired": repaired,
+        }),
+        VerifyProblem::Modified {
+            path,
+            expected,
+            actual,
+        } => json!({
+            "kind": "modified", "path": store_dir.display(path),
+            "expected": expected.to_string(), "actual": actual.to_string(),
+        }),
+        VerifyProblem::DanglingReference { path, reference } => json!({
+            "kind": "dangling-reference", "path": store_dir.display(path),
+            "reference": store_dir.display(reference),
+        }),
+    };
+    if json {
+        let problems: Vec<Value> = report.problems.iter().map(describe).collect();
+        writeln!(
+            out,
+            "{}",
+            json!({"checked": report.checked, "problems": problems})
+        )?;
+        return Ok(());
+    }
+    for problem in &report.problems {
+        let line = match problem {
+            VerifyProblem::Missing {
+                path,
+                repaired: false,
+            } => {
+                format!("path '{}' disappeared", store_dir.display(path))
+            }
+            VerifyProblem::Missing {
+                path,
+                repaired: true,
+            } => {
+                format!(
+                    "path '{}' disappeared, removed from the registry",
+                    store_dir.display(path)
+                )
+            }
+            VerifyProblem::Modified {
+                path,
+                expected,
+                actual,
+            } => format!(
+                "path '{}' was modified! expected hash '{expected}', got '{actual}'",
+                store_dir.display(path)
+            ),
+            VerifyProblem::DanglingReference { path, reference } => format!(
+                "path '{}' refers to invalid path '{}'",
+                store_dir.display(path),
+                store_dir.display(reference)
+            ),
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `arca path-info`.
+pub fn path_info(args: &PathInfoArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let store = open_store(global)?;
+    let store_dir = store.store_dir().clone();
+    let mut paths = parse_paths(&store, &args.paths)?;
+    require_valid(&store, &paths)?;
+    if args.recursive {
+        paths = store.query_closure(&paths)?;
+    }
+    let mut out = BufWriter::new(io::stdout().lock());
+    let closure_size = |path: &StorePath| -> anyhow::Result<u64> {
+        let closure = store.query_closure(&BTreeSet::from([path.clone()]))?;
+        let mut total = 0;
+        for member in &closure {
+            total += store.query_path_info(member)?.map_or(0, |i| i.nar_size);
+        }
+        Ok(total)
+    };
+    if args.json {
+        let mut entries = Vec::new();
+        for path in &paths {
+            let Some(info) = store.query_path_info(path)? else {
+                continue;
+            };
+            let mut object = Map::new();
+            object.insert("path".into(), json!(store_dir.display(path)));
+            object.insert("narHash".into(), json!(info.nar_hash.to_sri()));
+            object.insert("narSize".into(), json!(info.nar_size));
+            let references: Vec<String> = info
+                .references
+                .iter()
+                .map(|r| store_dir.display(r))
+                .collect();
+            object.insert("references".into(), json!(references));
+            if let Some(ca) = &info.ca {
+                object.insert("ca".into(), json!(ca.to_string()));
+            }
+            if args.closure_size {
+                object.insert("closureSize".into(), json!(closure_size(path)?));
+            }
+            if let Some(deriver) = &info.deriver {
+                object.insert("deriver".into(), json!(store_dir.display(deriver)));
+            }
+            object.insert("registrationTime".into(), json!(info.registration_time));
+            if info.ultimate {
+                object.insert("ultimate".into(), json!(true));
+            }
+            if !info.signatures.is_empty() {
+                object.insert("signatures".into(), json!(info.signatures));
+            }
+            entries.push(Value::Object(object));
+        }
+        writeln!(out, "{}", Value::Array(entries))?;
+    } else {
+        let width = paths
+            .iter()
+            .map(|p| store_dir.display(p).len())
+            .max()
+            .unwrap_or(0);
+        for path in &paths {
+            let shown = store_dir.display(path);
+            write!(out, "{shown}")?;
+            if args.size || args.closure_size {
+                write!(out, "{}", " ".repeat(width - shown.len()))?;
+            }
+            if args.size {
+                let size = store.query_path_info(path)?.map_or(0, |i| i.nar_size);
+                write!(out, "\t{size:>11}")?;
+            }
+            if args.closure_size {
+                write!(out, "\t{:>11}", closure_size(path)?)?;
+            }
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

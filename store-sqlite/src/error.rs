@@ -1,0 +1,91 @@
+//! The local store's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use arca_store_core::{ContentAddressError, Hash, HashError, StorePathError};
+use thiserror::Error;
+
+/// Everything that can go wrong in the local store. Each variant names the path, file or
+/// input at fault.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("I/O error on '{path}': {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("registry error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "the registry at '{path}' has schema version {found}; this Arca reads version {expected}"
+    )]
+    SchemaVersion {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+    },
+    #[error("corrupt registry entry for '{path}': {reason}")]
+    CorruptRegistry { path: String, reason: String },
+    #[error(transparent)]
+    StorePath(#[from] StorePathError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    ContentAddress(#[from] ContentAddressError),
+    #[error("path '{0}' is not valid")]
+    InvalidPath(String),
+    #[error("path '{path}' refers to '{reference}', which is not valid")]
+    MissingReference { path: String, reference: String },
+    #[error("NAR of '{path}' has hash {actual}, expected {expected}")]
+    NarHashMismatch {
+        path: String,
+        // Boxed: two sha512-sized digests would make every Result in the crate large.
+        expected: Box<Hash>,
+        actual: Box<Hash>,
+    },
+    #[error("NAR of '{path}' has {actual} bytes, expected {expected}")]
+    NarSizeMismatch {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("path '{path}' is claimed to be content-addressed but its content gives '{computed}'")]
+    ContentAddressMismatch { path: String, computed: String },
+    #[error("malformed NAR for '{path}': {source}")]
+    Nar {
+        path: String,
+        source: arca_nar::ReadError,
+    },
+    #[error("cannot restore NAR for '{path}': {source}")]
+    Restore {
+        path: String,
+        source: arca_nar::RestoreError,
+    },
+    #[error("cannot serialise '{path}': {source}")]
+    Dump {
+        path: String,
+        source: arca_nar::DumpError,
+    },
+    #[error("cannot delete '{path}': it is still referenced by '{referrer}'")]
+    StillReferenced { path: String, referrer: String },
+    #[error("refusing to add '{path}': it is a hard link to a file that the caller does not own")]
+    ForeignHardLink { path: PathBuf },
+    #[error("malformed export archive: {0}")]
+    BadExport(String),
+    #[error("cycle detected in the references of '{path}' from '{reference}'")]
+    ReferenceCycle { path: String, reference: String },
+    #[error("invalid hash part '{0}'")]
+    InvalidHashPart(String),
+}
+
+/// Attaches the file at fault to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T, StoreError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,507 @@
+//! `LocalStore`: a Nix store on the local file system, with Nix's layout under a physical
+//! root (`ROOT/nix/store`, `ROOT/nix/var/nix`), readable by real Nix as
+//! `local?root=ROOT`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arca_nar::{DumpOptions, NarEncoder, RestoreOptions};
+use arca_store_core::derivation::Derivation;
+use arca_store_core::{
+    ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StoreDir,
+    StorePath,
+};
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
+
+use crate::canonicalise::{canonicalise, Owner};
+use crate::derivations::output_rows;
+use crate::error::{IoContext, StoreError};
+use crate::hashing::HashingReader;
+use crate::lock::PathLock;
+use crate::registry::Registry;
+use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
+
+/// How a [`LocalStore`] behaves.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The logical store directory (`/nix/store`).
+    pub store_dir: StoreDir,
+    /// Flush a new path to disk (`syncfs`) before it becomes valid, so that it survives
+    /// a power loss, not only a crash of the process.
+    pub durable: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            store_dir: StoreDir::default(),
+            durable: true,
+        }
+    }
+}
+
+/// A local store. Cheap to share between threads (`&self` everywhere); several processes
+/// may open the same root at once.
+#[derive(Debug)]
+pub struct LocalStore {
+    store_dir: StoreDir,
+    /// `ROOT/nix/store` (or wherever the logical store dir lands under the root).
+    physical_store: PathBuf,
+    staging_dir: PathBuf,
+    state_dir: PathBuf,
+    registry: Mutex<Registry>,
+    owner: Owner,
+    durable: bool,
+    /// Held (shared) while the store is open, as Nix holds `db/big-lock`.
+    _big_lock: File,
+}
+
+impl LocalStore {
+    /// Opens the store under `root`, creating it if needed, with default options.
+    pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
+        LocalStore::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens the store under `root`: creates the layout, opens the registry, takes the
+    /// big lock (shared) and removes what crashed writers left behind.
+    pub fn open_with(root: &Path, options: StoreOptions) -> Result<LocalStore, StoreError> {
+        let physical_store = root.join(options.store_dir.as_str().trim_start_matches('/'));
+        let state_dir = root.join("nix/var/nix");
+        for dir in [
+            physical_store.clone(),
+            state_dir.join("db"),
+            state_dir.join("gcroots"),
+            state_dir.join("profiles"),
+            state_dir.join("temproots"),
+            state_dir.join("log/nix/drvs"),
+        ] {
+            fs::create_dir_all(&dir).at(&dir)?;
+        }
+        let staging_dir = physical_store.join(STAGING_DIR);
+        fs::create_dir_all(&staging_dir).at(&staging_dir)?;
+        let big_lock_path = state_dir.join("db/big-lock");
+        let big_lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&big_lock_path)
+            .at(&big_lock_path)?;
+        read_lock(&big_lock).at(&big_lock_path)?;
+        let registry = Registry::open(&state_dir.join("db"), options.store_dir.clone())?;
+        let owner = nix::unistd::geteuid().is_root().then_some((0, 0));
+        let store = LocalStore {
+            store_dir: options.store_dir,
+            physical_store,
+            staging_dir,
+            state_dir,
+            registry: Mutex::new(registry),
+            owner,
+            durable: options.durable,
+            _big_lock: big_lock,
+        };
+        clean_stale(&store.staging_dir, &store.physical_store, |path| {
+            store.registry().is_valid(path)
+        })?;
+        Ok(store)
+    }
+
+    /// `ROOT/nix/store`: where the files of store paths are.
+    pub fn physical_store(&self) -> &Path {
+        &self.physical_store
+    }
+
+    /// `ROOT/nix/var/nix`: the registry, roots, logs.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Where the files of `path` are on disk.
+    pub fn physical_path(&self, path: &StorePath) -> PathBuf {
+        self.physical_store.join(path.as_str())
+    }
+
+    /// The registry, for queries and registrations that go beyond the [`Store`] trait.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the registry cannot leave it inconsistent: every change
+        // is one SQLite transaction, rolled back if not committed.
+        self.registry
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Adds the tree at `source` as `nix-store --add` does: recursive sha256, content
+    /// address `fixed:r:sha256`, no references. A path already valid costs one read of
+    /// `source` (to hash it) and no writes.
+    pub fn add_path(&self, source: &Path, name: &str) -> Result<StorePath, StoreError> {
+        let (nar_hash, nar_size) = hash_nar_of(source)?;
+        let ca = ContentAddress::Fixed {
+            method: ContentAddressMethod::Recursive,
+            hash: nar_hash.clone(),
+        };
+        let path = ca.store_path(&self.store_dir, name, &BTreeSet::new(), false)?;
+        if self.registry().is_valid(&path)? {
+            return Ok(path);
+        }
+        let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
+        info.ca = Some(ca);
+        self.write_path(&info, |tree| {
+            // Copy by streaming the NAR of the source into a restore: one read of the
+            // source, with exactly the semantics (symlinks kept, exec bits) of a NAR.
+            copy_via_nar(source, tree)
+        })?;
+        Ok(path)
+    }
+
+    /// Adds a regular file as a flat fixed-output path (`nix-store --add-fixed ALGO`).
+    pub fn add_fixed_file(
+        &self,
+        source: &Path,
+        name: &str,
+        algo: HashAlgo,
+    ) -> Result<StorePath, StoreError> {
+        let metadata = fs::metadata(source).at(source)?;
+        if !metadata.is_file() {
+            return Err(StoreError::Io {
+                path: source.to_owned(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        let file_hash = hash_file(source, algo)?;
+        let ca = ContentAddress::Fixed {
+            method: ContentAddressMethod::Flat,
+            hash: file_hash,
+        };
+        let path = ca.store_path(&self.store_dir, name, &BTreeSet::new(), false)?;
+        if self.registry().is_valid(&path)? {
+            return Ok(path);
+        }
+        let (nar_hash, nar_size) = hash_nar_of(source)?;
+        let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
+        info.ca = Some(ca);
+        self.write_path(&info, |tree| copy_via_nar(source, tree))?;
+        Ok(path)
+    }
+
+    /// Adds `contents` as a text path (`builtins.toFile`, `.drv` files).
+    pub fn add_text_path(
+        &self,
+        name: &str,
+        contents: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        let hash = Hash::digest(HashAlgo::Sha256, contents);
+        let path = self.store_dir.make_text_path(name, &hash, references)?;
+        if self.registry().is_valid(&path)? {
+            return Ok(path);
+        }
+        let mut nar = Vec::with_capacity(contents.len() + 128);
+        let mut encoder = NarEncoder::new(&mut nar);
+        encoder
+            .regular(false, contents.len() as u64, &mut &contents[..])
+            .and_then(|()| encoder.finish().map(drop))
+            .map_err(|error| StoreError::Io {
+                path: PathBuf::from(self.store_dir.display(&path)),
+                source: io::Error::other(error),
+            })?;
+        let mut info = PathInfo::new(
+            path.clone(),
+            Hash::digest(HashAlgo::Sha256, &nar),
+            nar.len() as u64,
+        );
+        info.references = references.clone();
+        info.ca = Some(ContentAddress::Text(hash));
+        self.write_path(&info, |tree| fs::write(tree, contents).at(tree))?;
+        Ok(path)
+    }
+
+    /// Adds a path from a NAR stream (`nix-store --import`, the daemon, substitution).
+    /// `nar` must be positioned at the NAR; exactly the NAR is consumed from it. The NAR
+    /// is hashed while it is unpacked (never held in memory) and must match `info`.
+    pub fn add_nar_embedded(
+        &self,
+        info: &PathInfo,
+        nar: &mut impl BufRead,
+    ) -> Result<(), StoreError> {
+        let display = self.store_dir.display(&info.path);
+        self.check_references(info)?;
+        if self.registry().is_valid(&info.path)? {
+            // Already there: consume the NAR to keep the stream in step, write nothing.
+            arca_nar::NarReader::new(&mut *nar, arca_nar::Limits::default())
+                .read_to_end()
+                .map_err(|source| StoreError::Nar {
+                    path: display,
+                    source,
+                })?;
+            return Ok(());
+        }
+        let mut hashing = HashingReader::new(nar);
+        self.write_path_with(info, |tree| {
+            arca_nar::restore_embedded(&mut hashing, tree, &RestoreOptions::default()).map_err(
+                |source| StoreError::Restore {
+                    path: display.clone(),
+                    source,
+                },
+            )?;
+            let (hash, size) = hashing.result();
+            if size != info.nar_size {
+                return Err(StoreError::NarSizeMismatch {
+                    path: display.clone(),
+                    expected: info.nar_size,
+                    actual: size,
+                });
+            }
+            if hash != info.nar_hash {
+                return Err(StoreError::NarHashMismatch {
+                    path: display.clone(),
+                    expected: Box::new(info.nar_hash.clone()),
+                    actual: Box::new(hash),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Registers an already-checked path: the common tail of every add. `write` fills
+    /// the staging tree; then the tree is canonicalised, flushed, renamed into place and
+    /// registered, all under the path's lock.
+    fn write_path(
+        &self,
+        info: &PathInfo,
+        write: impl FnOnce(&Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.check_references(info)?;
+        self.write_path_with(info, write)
+    }
+
+    fn write_path_with(
+        &self,
+        info: &PathInfo,
+        write: impl FnOnce(&Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // Lock before writing, so that two writers of one path copy it once: the second
+        // waits here and then finds it valid.
+        let _path_lock = self.lock_path(&info.path)?;
+        if self.registry().is_valid(&info.path)? {
+            return Ok(());
+        }
+        let staged = Staged::new(&self.staging_dir)?;
+        write(staged.tree())?;
+        self.commit(staged, info)
+    }
+
+    /// Takes the lock of `path` (`<store>/<base name>.lock`, as Nix names it).
+    pub(crate) fn lock_path(&self, path: &StorePath) -> Result<PathLock, StoreError> {
+        PathLock::acquire(&self.physical_store.join(format!("{}.lock", path.as_str())))
+    }
+
+    /// A fresh staging tree, for writers that learn the path only after writing (import).
+    pub(crate) fn stage(&self) -> Result<Staged, StoreError> {
+        Staged::new(&self.staging_dir)
+    }
+
+    /// Makes a staged tree the valid path `info.path`: canonicalise, flush, rename into
+    /// place, register. The caller holds the path's lock and has seen it invalid.
+    pub(crate) fn commit(&self, staged: Staged, info: &PathInfo) -> Result<(), StoreError> {
+        let destination = self.physical_path(&info.path);
+        canonicalise(staged.tree(), self.owner)?;
+        if self.durable {
+            sync_filesystem(&self.staging_dir)?;
+        }
+        // An unregistered leftover at the final name (a crash of real Nix, or of a writer
+        // killed before staging existed) is garbage: replace it.
+        remove_tree(&destination).at(&destination)?;
+        staged.publish(&info.path, &destination)?;
+        let mut info = info.clone();
+        if info.registration_time == 0 {
+            info.registration_time = now();
+        }
+        // As Nix does for every `.drv` that becomes valid, however it arrives: record its
+        // outputs, in the same transaction.
+        let outputs = if info.path.is_derivation() {
+            let bytes = fs::read(&destination).at(&destination)?;
+            let drv = Derivation::parse_drv_file(&self.store_dir, &info.path, &bytes).map_err(
+                |error| StoreError::CorruptRegistry {
+                    path: self.store_dir.display(&info.path),
+                    reason: error.to_string(),
+                },
+            )?;
+            vec![(info.path.clone(), output_rows(&drv))]
+        } else {
+            Vec::new()
+        };
+        self.registry()
+            .register(std::slice::from_ref(&info), &outputs)?;
+        staged.finish();
+        Ok(())
+    }
+
+    pub(crate) fn check_references(&self, info: &PathInfo) -> Result<(), StoreError> {
+        let registry = self.registry();
+        for reference in info.references.iter().filter(|r| **r != info.path) {
+            if !registry.is_valid(reference)? {
+                return Err(StoreError::MissingReference {
+                    path: self.store_dir.display(&info.path),
+                    reference: self.store_dir.display(reference),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for LocalStore {
+    type Error = StoreError;
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    fn is_valid_path(&self, path: &StorePath) -> Result<bool, StoreError> {
+        self.registry().is_valid(path)
+    }
+
+    fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, StoreError> {
+        self.registry().path_info(path)
+    }
+
+    fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.registry().referrers(path)
+    }
+
+    fn query_valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.registry().valid_derivers(path)
+    }
+
+    fn query_derivation_outputs(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<String, StorePath>, StoreError> {
+        self.registry().derivation_outputs(drv)
+    }
+
+    fn query_path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>, StoreError> {
+        self.registry().path_from_hash_part(hash_part)
+    }
+
+    fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), StoreError> {
+        let mut reader = BufReader::with_capacity(1 << 16, nar);
+        self.add_nar_embedded(info, &mut reader)
+    }
+
+    fn add_text(
+        &self,
+        name: &str,
+        contents: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        self.add_text_path(name, contents, references)
+    }
+
+    fn nar_from_path(&self, path: &StorePath, out: &mut dyn Write) -> Result<(), StoreError> {
+        if !self.registry().is_valid(path)? {
+            return Err(StoreError::InvalidPath(self.store_dir.display(path)));
+        }
+        let mut out = out;
+        arca_nar::dump_path(&self.physical_path(path), &mut out, &DumpOptions::default())
+            .map(drop)
+            .map_err(|source| StoreError::Dump {
+                path: self.store_dir.display(path),
+                source,
+            })
+    }
+
+    fn query_references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.registry().references(path)
+    }
+
+    fn query_closure(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.registry().requisites(paths, false)
+    }
+}
+
+/// sha256 and size of the NAR of `source`.
+fn hash_nar_of(source: &Path) -> Result<(Hash, u64), StoreError> {
+    let mut hasher = Hasher::new(HashAlgo::Sha256);
+    let size =
+        arca_nar::dump_path(source, &mut hasher, &DumpOptions::default()).map_err(|error| {
+            StoreError::Dump {
+                path: source.display().to_string(),
+                source: error,
+            }
+        })?;
+    Ok((hasher.finish(), size))
+}
+
+fn hash_file(source: &Path, algo: HashAlgo) -> Result<Hash, StoreError> {
+    let mut file = File::open(source).at(source)?;
+    let mut hasher = Hasher::new(algo);
+    io::copy(&mut file, &mut hasher).at(source)?;
+    Ok(hasher.finish())
+}
+
+/// Copies `source` to `target` with NAR semantics, streaming the NAR through a pipe
+/// from a dumping thread to the restore.
+fn copy_via_nar(source: &Path, target: &Path) -> Result<(), StoreError> {
+    let (reader, writer) = io::pipe().at(target)?;
+    std::thread::scope(|scope| {
+        let dumper = scope.spawn(move || {
+            let mut writer = writer;
+            arca_nar::dump_path(source, &mut writer, &DumpOptions::default())
+        });
+        let restored = arca_nar::restore(reader, target, &RestoreOptions::default());
+        let dumped = dumper
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        dumped.map_err(|error| StoreError::Dump {
+            path: source.display().to_string(),
+            source: error,
+        })?;
+        restored.map_err(|error| StoreError::Restore {
+            path: target.display().to_string(),
+            source: error,
+        })
+    })
+}
+
+/// Flushes the file system holding `dir` (one `syncfs` for a whole path, instead of an
+/// fsync per file).
+fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
+    let handle = File::open(dir).at(dir)?;
+    nix::unistd::syncfs(handle.as_raw_fd())
+        .map_err(io::Error::from)
+        .at(dir)
+}
+
+/// Takes a shared fcntl lock (as Nix does on `big-lock` while a store is open).
+fn read_lock(file: &File) -> io::Result<()> {
+    let request = libc::flock {
+        l_type: libc::F_RDLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    loop {
+        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLKW(&request)) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

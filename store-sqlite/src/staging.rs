@@ -1,0 +1,185 @@
+//! Staging: where a path is written before it becomes visible under its final name.
+//!
+//! Every path enters the store as `<store>/.arca-staging/<nonce>` (the tree) guarded by
+//! `<store>/.arca-staging/<nonce>.lock`, which its writer holds from start to finish and
+//! into which it writes the final base name just before the rename. The protocol:
+//!
+//! 1. write and canonicalise the tree under its staging name (fsync it when durable);
+//! 2. record the final name in the lock file;
+//! 3. rename the tree to its final name;
+//! 4. register it in one transaction;
+//! 5. delete the lock file and release it.
+//!
+//! A crash anywhere leaves a lock file nobody holds. [`clean_stale`] (run when a store is
+//! opened) takes each such lock, deletes the staged tree and, when the final name exists
+//! but was never registered (a crash between 3 and 4), the unregistered path too. So a
+//! path is either absent or complete and valid, never half there.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arca_store_core::StorePath;
+
+use crate::error::{IoContext, StoreError};
+use crate::lock::PathLock;
+
+/// The staging directory's name inside the physical store directory.
+pub const STAGING_DIR: &str = ".arca-staging";
+
+/// One staged path being written.
+#[derive(Debug)]
+pub struct Staged {
+    tree: PathBuf,
+    lock_path: PathBuf,
+    lock: Option<PathLock>,
+}
+
+impl Staged {
+    /// Reserves a fresh staging name in `staging_dir`.
+    pub fn new(staging_dir: &Path) -> Result<Staged, StoreError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let nonce = format!(
+            "{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let lock_path = staging_dir.join(format!("{nonce}.lock"));
+        let lock = PathLock::acquire(&lock_path)?;
+        Ok(Staged {
+            tree: staging_dir.join(nonce),
+            lock_path,
+            lock: Some(lock),
+        })
+    }
+
+    /// Where to write the tree.
+    pub fn tree(&self) -> &Path {
+        &self.tree
+    }
+
+    /// Moves the staged tree to `destination` (the final name of `path`), after
+    /// recording the name so that a crash before registration can be undone.
+    pub fn publish(&self, path: &StorePath, destination: &Path) -> Result<(), StoreError> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(&self.lock_path)
+            .at(&self.lock_path)?;
+        file.write_all(path.as_str().as_bytes())
+            .at(&self.lock_path)?;
+        file.sync_data().at(&self.lock_path)?;
+        fs::rename(&self.tree, destination).at(destination)
+    }
+
+    /// The path is registered: forget it (the lock file goes away with the lock).
+    pub fn finish(mut self) {
+        self.lock.take();
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            // Abandoned before publishing (an error): remove what was staged. A tree
+            // already renamed is not here any more, and is cleaned by `clean_stale`
+            // at the next open since its lock file (with the final name) is left behind
+            // only if we crash; on an ordinary error path we remove it now.
+            let _ = remove_tree(&self.tree);
+            if let Ok(name) = fs::read_to_string(&self.lock_path) {
+                if !name.is_empty() {
+                    if let Some(parent) = self.tree.parent().and_then(Path::parent) {
+                        let _ = remove_tree(&parent.join(name));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Cleans up after writers that crashed: see the module documentation. `is_valid` tells
+/// whether a base name is registered.
+pub fn clean_stale(
+    staging_dir: &Path,
+    store: &Path,
+    is_valid: impl Fn(&StorePath) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let entries = match fs::read_dir(staging_dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(StoreError::Io {
+                path: staging_dir.to_owned(),
+                source: error,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.at(staging_dir)?;
+        let name = entry.file_name();
+        let Some(nonce) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        let lock_path = entry.path();
+        let Some(lock) = PathLock::try_acquire(&lock_path)? else {
+            continue; // its writer is alive
+        };
+        let mut recorded = String::new();
+        if let Ok(mut file) = File::open(&lock_path) {
+            let _ = file.seek(SeekFrom::Start(0));
+            let _ = file.read_to_string(&mut recorded);
+        }
+        if let Ok(path) = StorePath::from_base_name(recorded.trim()) {
+            let destination = store.join(path.as_str());
+            if destination.symlink_metadata().is_ok() && !is_valid(&path)? {
+                remove_tree(&destination).at(&destination)?;
+            }
+        }
+        let tree = staging_dir.join(nonce);
+        remove_tree(&tree).at(&tree)?;
+        drop(lock);
+    }
+    // Trees whose lock file is gone (crash between unlinking the lock and... nothing
+    // else creates them): anything without a lock file is garbage.
+    for entry in fs::read_dir(staging_dir).at(staging_dir)? {
+        let entry = entry.at(staging_dir)?;
+        let path = entry.path();
+        let lock_exists = staging_dir
+            .join(format!("{}.lock", entry.file_name().to_string_lossy()))
+            .exists();
+        if path.extension().is_none_or(|e| e != "lock") && !lock_exists {
+            remove_tree(&path).at(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a tree of read-only directories (store paths are 0555) without following
+/// symlinks. Missing is fine.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if !metadata.is_dir() {
+        return fs::remove_file(path);
+    }
+    // Make every directory writable first, so the removal works when not root.
+    let mut pending = vec![path.to_owned()];
+    while let Some(dir) = pending.pop() {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    fs::remove_dir_all(path)
+}
