@@ -164,6 +164,37 @@ def main():
         ], args.runs, prepare=clean)
     clean()
 
+    # The local store: adding the tree to an empty store, then adding it again when it is
+    # already valid (Nix copies it again; Arca only hashes it).
+    nix_root = os.path.join(args.work, "nix-root")
+    arca_root = os.path.join(args.work, "arca-root")
+    nix_env = dict(os.environ, NIX_CONFIG="substituters =")
+
+    def fresh_stores():
+        for root in (nix_root, arca_root):
+            if os.path.lexists(root):
+                subprocess.run(["chmod", "-R", "u+w", root], check=True)
+                subprocess.run(["rm", "-rf", root], check=True)
+
+    def nix_add():
+        start = time.perf_counter()
+        subprocess.run(["nix-store", "--store", f"local?root={nix_root}", "--add", tree],
+                       stdout=subprocess.DEVNULL, env=nix_env, check=True)
+        return time.perf_counter() - start, 0
+
+    measure(rows, f"add-path {args.files}-file tree", [
+        ("nix-store --add", nix_add),
+        ("arca store add-path", lambda: run([arca, "--store", arca_root, "store", "add-path", tree])),
+    ], args.runs, prepare=fresh_stores)
+    fresh_stores()
+    nix_add()
+    run([arca, "--store", arca_root, "store", "add-path", tree])
+    measure(rows, f"re-add valid {args.files}-file tree", [
+        ("nix-store --add", nix_add),
+        ("arca store add-path", lambda: run([arca, "--store", arca_root, "store", "add-path", tree])),
+    ], args.runs)
+    fresh_stores()
+
     print()
     print("| operation | tool | median | ratio | peak RSS |")
     print("|---|---|---|---|---|")

@@ -125,7 +125,12 @@ fn write_nix_input(file: &Path) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
     for info in infos() {
         writeln!(out, "{}", dir.display(&info.path))?;
-        writeln!(out, "{}:{}", info.nar_hash.algo(), info.nar_hash.to_base16())?;
+        writeln!(
+            out,
+            "{}:{}",
+            info.nar_hash.algo(),
+            info.nar_hash.to_base16()
+        )?;
         writeln!(out, "{}", info.nar_size)?;
         writeln!(out)?; // no deriver
         writeln!(out, "{}", info.references.len())?;

@@ -16,8 +16,6 @@ use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StoreDir,
     StorePath,
 };
-use nix::fcntl::{fcntl, FcntlArg};
-use nix::libc;
 
 use crate::canonicalise::{canonicalise, Owner};
 use crate::derivations::output_rows;
@@ -58,7 +56,7 @@ pub struct LocalStore {
     registry: Mutex<Registry>,
     owner: Owner,
     durable: bool,
-    /// Held (shared) while the store is open, as Nix holds `db/big-lock`.
+    /// Held (shared, flock) while the store is open, as Nix holds `db/big-lock`.
     _big_lock: File,
 }
 
@@ -93,7 +91,8 @@ impl LocalStore {
             .truncate(false)
             .open(&big_lock_path)
             .at(&big_lock_path)?;
-        read_lock(&big_lock).at(&big_lock_path)?;
+        // Shared while open; Nix takes it exclusively only to upgrade the schema.
+        big_lock.lock_shared().at(&big_lock_path)?;
         let registry = Registry::open(&state_dir.join("db"), options.store_dir.clone())?;
         let owner = nix::unistd::geteuid().is_root().then_some((0, 0));
         let store = LocalStore {
@@ -480,24 +479,6 @@ fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     nix::unistd::syncfs(handle.as_raw_fd())
         .map_err(io::Error::from)
         .at(dir)
-}
-
-/// Takes a shared fcntl lock (as Nix does on `big-lock` while a store is open).
-fn read_lock(file: &File) -> io::Result<()> {
-    let request = libc::flock {
-        l_type: libc::F_RDLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    loop {
-        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLKW(&request)) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(errno) => return Err(errno.into()),
-        }
-    }
 }
 
 fn now() -> i64 {

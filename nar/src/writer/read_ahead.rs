@@ -13,9 +13,10 @@
 //! - the calling thread receives the batches in the order the walker made them, one
 //!   channel per batch, and encodes them.
 //!
-//! Memory stays bounded: at most [`Config::in_flight`] batches exist at once, and a
-//! batch reads ahead at most [`Config::batch_bytes`] of contents (plus one file); what
-//! it leaves, and large files, the encoder reads or streams itself. Errors are items in
+//! Memory stays bounded: at most [`Config::in_flight`] batches wait for the encoder (and
+//! three more are being filled, read or encoded), and a batch reads ahead at most
+//! [`Config::batch_bytes`] of contents (plus one file); what it leaves, and large files,
+//! the encoder reads or streams itself. Errors are items in
 //! the batches, so the encoder meets them in the order a sequential dump would.
 
 use std::fs::{self, File, Metadata};
@@ -63,18 +64,15 @@ impl Config {
         let cores = *CORES.get_or_init(|| {
             thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
         });
-        let env = |name: &str, default: usize| -> usize {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        }; // TEMP-TUNING
         (cores > 1).then(|| Config {
-            readers: env("ARCA_READERS", cores),
-            batch_work: env("ARCA_BATCH", 64),
-            batch_items: 256,
+            // The walker and the encoder need little CPU next to the readers' syscalls.
+            readers: cores,
+            // Few enough handovers that their wake-ups cost little, small enough that
+            // all threads get going early in the walk.
+            batch_work: 128,
+            batch_items: 512,
             batch_bytes: 1024 * 1024,
-            in_flight: env("ARCA_INFLIGHT", 2 * cores + 2),
+            in_flight: 2 * cores,
         })
     }
 }

@@ -747,9 +747,9 @@ proptest! {
             seen
         };
         let referrers_of = |i: usize| (0..n).filter(|&k| dag.references[k].contains(&i)).collect::<Vec<_>>();
-        for i in 0..n {
-            prop_assert_eq!(registry.referrers(&paths[i]).unwrap(), set(referrers_of(i).into_iter().collect()));
-            prop_assert_eq!(registry.references(&paths[i]).unwrap(), set(dag.references[i].clone()));
+        for (i, path) in paths.iter().enumerate() {
+            prop_assert_eq!(registry.referrers(path).unwrap(), set(referrers_of(i).into_iter().collect()));
+            prop_assert_eq!(registry.references(path).unwrap(), set(dag.references[i].clone()));
         }
         let roots: BTreeSet<usize> = roots.into_iter().map(|r| r % n).collect();
         let root_paths = set(roots.clone());

@@ -59,7 +59,7 @@ fn configs() -> Vec<Config> {
     configs
 }
 
-fn dumper<W: Write>(root: &Path, out: W, options: &DumpOptions) -> Dumper<'_, W> {
+fn dumper<'a, W: Write>(root: &Path, out: W, options: &'a DumpOptions) -> Dumper<'a, W> {
     Dumper {
         encoder: NarEncoder::new(out),
         path: root.to_owned(),
@@ -114,9 +114,8 @@ fn set_mode(path: &Path, mode: u32) {
 /// files, more than one batch holds open.
 fn benchmark_tree(root: &Path, files: usize) {
     for i in 0..files {
-        let dir = root.join(format!("d{}/e{}/f{}", i / 60, (i / 12) % 5, (i / 3) % 4));
-        fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join(format!("file-{i}"));
+        let path = benchmark_path(root, i);
+        fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
         match i % 50 {
             7 => symlink(format!("file-{}", i - 1), &path).expect("symlink"),
             8 => symlink("..", &path).expect("symlink"),
@@ -133,6 +132,17 @@ fn benchmark_tree(root: &Path, files: usize) {
     }
 }
 
+/// Where `benchmark_tree` puts file `i`: symlinks are those with `i % 50 == 7`, large
+/// files those with `i % 50` in 20..=25.
+fn benchmark_path(root: &Path, i: usize) -> PathBuf {
+    root.join(format!(
+        "d{}/e{}/f{}/file-{i}",
+        i / 60,
+        (i / 12) % 5,
+        (i / 3) % 4
+    ))
+}
+
 #[test]
 fn read_ahead_across_directories_gives_the_model_nar() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -140,7 +150,11 @@ fn read_ahead_across_directories_gives_the_model_nar() {
     let model = encode(&read_tree(dir.path()));
     assert_eq!(dump_sequential(dir.path()).expect("dump"), model);
     for config in configs() {
-        assert_eq!(dump_with(dir.path(), &config).expect("dump"), model, "{config:?}");
+        assert_eq!(
+            dump_with(dir.path(), &config).expect("dump"),
+            model,
+            "{config:?}"
+        );
     }
 }
 
@@ -156,7 +170,11 @@ fn deep_narrow_trees_and_empty_directories() {
     }
     let model = encode(&read_tree(dir.path()));
     for config in configs() {
-        assert_eq!(dump_with(dir.path(), &config).expect("dump"), model, "{config:?}");
+        assert_eq!(
+            dump_with(dir.path(), &config).expect("dump"),
+            model,
+            "{config:?}"
+        );
     }
 }
 
@@ -181,7 +199,11 @@ fn symlinks_are_archived_not_followed() {
     fs::write(root.join("a/b/plain"), "plain").expect("write");
     let model = encode(&read_tree(&root));
     for config in configs() {
-        assert_eq!(dump_with(&root, &config).expect("dump"), model, "{config:?}");
+        assert_eq!(
+            dump_with(&root, &config).expect("dump"),
+            model,
+            "{config:?}"
+        );
     }
 }
 
@@ -278,33 +300,33 @@ fn read_errors_come_in_nar_order_whichever_batch_is_read_first() {
 }
 
 #[test]
-fn entries_swapped_after_the_walk_are_errors_at_their_place() {
+fn a_file_swapped_for_a_symlink_after_the_walk_is_an_error_at_its_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     benchmark_tree(dir.path(), 200);
     let batches = walk_batches(dir.path(), &tiny(1));
-    // A file swapped for a symlink to a directory: opening follows it (std has no
-    // O_NOFOLLOW, nor had Nix 2.8), and finds no regular file.
-    let file = dir.path().join("d1/e1/f1/file-75");
+    // Opening follows the new symlink (std has no O_NOFOLLOW, nor had Nix 2.8) and finds
+    // a directory. A later swap of a symlink for a file, read first, must not win.
+    let file = benchmark_path(dir.path(), 74);
     fs::remove_file(&file).expect("rm");
     symlink("..", &file).expect("symlink");
-    // A later symlink swapped for a file: it is no symlink any more.
-    let link = dir.path().join("d2/e0/f1/file-157");
+    let link = benchmark_path(dir.path(), 157);
     fs::remove_file(&link).expect("rm");
     fs::write(&link, "now a file").expect("write");
     match read_backwards_and_encode(dir.path(), batches) {
         Err(DumpError::UnsupportedFileType { path }) => assert_eq!(path, file),
         other => panic!("wrong result {other:?}"),
     }
+}
 
-    // Without the first swap, the second is the error.
+#[test]
+fn a_symlink_swapped_for_a_file_after_the_walk_is_an_error_at_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    benchmark_tree(dir.path(), 200);
     let batches = walk_batches(dir.path(), &tiny(1));
+    let link = benchmark_path(dir.path(), 157);
     fs::remove_file(&link).expect("rm");
-    symlink("file-156", &link).expect("symlink");
-    let batches_with_link = walk_batches(dir.path(), &tiny(1));
-    drop(batches);
-    fs::remove_file(&link).expect("rm");
-    fs::write(&link, "a file again").expect("write");
-    match read_backwards_and_encode(dir.path(), batches_with_link) {
+    fs::write(&link, "now a file").expect("write");
+    match read_backwards_and_encode(dir.path(), batches) {
         Err(DumpError::Io { path, source }) => {
             assert_eq!(path, link);
             assert_eq!(source.kind(), io::ErrorKind::InvalidInput);
@@ -333,7 +355,10 @@ fn files_that_change_size_are_errors() {
         }))
     ));
     let mut file = File::open(&path).expect("open");
-    assert!(matches!(read_exactly(&mut file, 5, &mut buffer), Ok(Ok(()))));
+    assert!(matches!(
+        read_exactly(&mut file, 5, &mut buffer),
+        Ok(Ok(()))
+    ));
     assert_eq!(buffer, b"kept12345");
 }
 
