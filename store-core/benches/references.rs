@@ -72,7 +72,7 @@ fn text() -> Vec<u8> {
             out.extend_from_slice(words[(rng.next() % words.len() as u64) as usize].as_bytes());
             out.push(b' ');
         }
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             out.extend_from_slice(b"/nix/store/");
             out.extend_from_slice(refs[(rng.next() % 16) as usize].as_bytes());
             out.extend_from_slice(b"-bash-5.1/bin/sh");

@@ -424,7 +424,15 @@ impl Store for LocalStore {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        self.registry().requisites(paths, false)
+        let registry = self.registry();
+        // The trait skips invalid starting paths; the registry refuses them.
+        let mut valid = BTreeSet::new();
+        for path in paths {
+            if registry.is_valid(path)? {
+                valid.insert(path.clone());
+            }
+        }
+        registry.requisites(&valid, false)
     }
 }
 
