@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod derivation;
 mod hash;
 mod nar;
+mod progress;
 mod store;
 mod store_commands;
 

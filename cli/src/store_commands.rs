@@ -187,7 +187,9 @@ pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         StoreCommand::AddPath(args) => {
             for source in &args.paths {
                 let name = default_name(source, &args.name)?;
-                let path = store.add_path(source, &name)?;
+                let bar = crate::progress::AddBar::new(source);
+                let path = store.add_path_with_progress(source, &name, &|p| bar.update(p))?;
+                bar.finish();
                 writeln!(out, "{}", store_dir.display(&path))?;
             }
         }

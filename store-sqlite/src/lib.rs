@@ -38,5 +38,5 @@ mod staging;
 mod verify;
 
 pub use error::StoreError;
-pub use local_store::{LocalStore, StoreOptions};
+pub use local_store::{AddProgress, LocalStore, StoreOptions};
 pub use verify::{VerifyOptions, VerifyProblem, VerifyReport};

@@ -25,6 +25,15 @@ use crate::lock::PathLock;
 use crate::registry::Registry;
 use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
 
+/// How far [`LocalStore::add_path_with_progress`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddProgress {
+    /// Hashing the source: NAR bytes so far (the total is not known yet).
+    Hashing { bytes: u64 },
+    /// Copying into the store: NAR bytes so far, of `total`.
+    Copying { bytes: u64, total: u64 },
+}
+
 /// How a [`LocalStore`] behaves.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -139,7 +148,19 @@ impl LocalStore {
     /// address `fixed:r:sha256`, no references. A path already valid costs one read of
     /// `source` (to hash it) and no writes.
     pub fn add_path(&self, source: &Path, name: &str) -> Result<StorePath, StoreError> {
-        let (nar_hash, nar_size) = hash_nar_of(source)?;
+        self.add_path_with_progress(source, name, &|_| {})
+    }
+
+    /// [`LocalStore::add_path`], telling `progress` how far it got (for a progress bar).
+    pub fn add_path_with_progress(
+        &self,
+        source: &Path,
+        name: &str,
+        progress: &(dyn Fn(AddProgress) + Sync),
+    ) -> Result<StorePath, StoreError> {
+        let (nar_hash, nar_size) = hash_nar_of(source, &|bytes| {
+            progress(AddProgress::Hashing { bytes });
+        })?;
         let ca = ContentAddress::Fixed {
             method: ContentAddressMethod::Recursive,
             hash: nar_hash.clone(),
@@ -153,7 +174,21 @@ impl LocalStore {
         self.write_path(&info, |tree| {
             // Copy by streaming the NAR of the source into a restore: one read of the
             // source, with exactly the semantics (symlinks kept, exec bits) of a NAR.
-            copy_via_nar(source, tree)
+            let copied = copy_via_nar(source, tree, &|bytes| {
+                progress(AddProgress::Copying {
+                    bytes,
+                    total: nar_size,
+                });
+            })?;
+            // The source may have changed since it was hashed: what is stored must be
+            // what is registered.
+            if copied != (info.nar_hash.clone(), info.nar_size) {
+                return Err(StoreError::Io {
+                    path: source.to_owned(),
+                    source: io::Error::other("the path changed while it was being added"),
+                });
+            }
+            Ok(())
         })?;
         Ok(path)
     }
@@ -181,10 +216,19 @@ impl LocalStore {
         if self.registry().is_valid(&path)? {
             return Ok(path);
         }
-        let (nar_hash, nar_size) = hash_nar_of(source)?;
+        let (nar_hash, nar_size) = hash_nar_of(source, &|_| {})?;
         let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
         info.ca = Some(ca);
-        self.write_path(&info, |tree| copy_via_nar(source, tree))?;
+        self.write_path(&info, |tree| {
+            let copied = copy_via_nar(source, tree, &|_| {})?;
+            if copied != (info.nar_hash.clone(), info.nar_size) {
+                return Err(StoreError::Io {
+                    path: source.to_owned(),
+                    source: io::Error::other("the file changed while it was being added"),
+                });
+            }
+            Ok(())
+        })?;
         Ok(path)
     }
 
@@ -437,16 +481,15 @@ impl Store for LocalStore {
 }
 
 /// sha256 and size of the NAR of `source`.
-fn hash_nar_of(source: &Path) -> Result<(Hash, u64), StoreError> {
-    let mut hasher = Hasher::new(HashAlgo::Sha256);
-    let size =
-        arca_nar::dump_path(source, &mut hasher, &DumpOptions::default()).map_err(|error| {
-            StoreError::Dump {
-                path: source.display().to_string(),
-                source: error,
-            }
-        })?;
-    Ok((hasher.finish(), size))
+fn hash_nar_of(source: &Path, progress: &dyn Fn(u64)) -> Result<(Hash, u64), StoreError> {
+    let mut sink = HashingWriter::new(io::sink(), progress);
+    arca_nar::dump_path(source, &mut sink, &DumpOptions::default()).map_err(|error| {
+        StoreError::Dump {
+            path: source.display().to_string(),
+            source: error,
+        }
+    })?;
+    Ok(sink.result())
 }
 
 fn hash_file(source: &Path, algo: HashAlgo) -> Result<Hash, StoreError> {
@@ -457,27 +500,77 @@ fn hash_file(source: &Path, algo: HashAlgo) -> Result<Hash, StoreError> {
 }
 
 /// Copies `source` to `target` with NAR semantics, streaming the NAR through a pipe
-/// from a dumping thread to the restore.
-fn copy_via_nar(source: &Path, target: &Path) -> Result<(), StoreError> {
+/// from a dumping thread to the restore; returns the sha256 and size of that NAR.
+fn copy_via_nar(
+    source: &Path,
+    target: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Hash, u64), StoreError> {
     let (reader, writer) = io::pipe().at(target)?;
     std::thread::scope(|scope| {
         let dumper = scope.spawn(move || {
-            let mut writer = writer;
+            let mut writer = HashingWriter::new(writer, progress);
             arca_nar::dump_path(source, &mut writer, &DumpOptions::default())
+                .map(|_| writer.result())
         });
+        // If the restore fails, dropping the reader makes the dumper's next write fail
+        // (EPIPE), so it cannot block forever.
         let restored = arca_nar::restore(reader, target, &RestoreOptions::default());
         let dumped = dumper
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        dumped.map_err(|error| StoreError::Dump {
-            path: source.display().to_string(),
-            source: error,
-        })?;
         restored.map_err(|error| StoreError::Restore {
             path: target.display().to_string(),
             source: error,
+        })?;
+        dumped.map_err(|error| StoreError::Dump {
+            path: source.display().to_string(),
+            source: error,
         })
     })
+}
+
+/// A writer that hashes (sha256) and counts what passes through to `inner`, reporting
+/// the count to `progress` every MiB.
+struct HashingWriter<'a, W> {
+    inner: W,
+    hasher: Hasher,
+    count: u64,
+    reported: u64,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<'a, W: Write> HashingWriter<'a, W> {
+    fn new(inner: W, progress: &'a dyn Fn(u64)) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(HashAlgo::Sha256),
+            count: 0,
+            reported: 0,
+            progress,
+        }
+    }
+
+    fn result(&self) -> (Hash, u64) {
+        (self.hasher.clone().finish(), self.count)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        self.count += written as u64;
+        if self.count - self.reported >= 1 << 20 {
+            self.reported = self.count;
+            (self.progress)(self.count);
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Flushes the file system holding `dir` (one `syncfs` for a whole path, instead of an
