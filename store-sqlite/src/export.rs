@@ -16,6 +16,8 @@ use arca_store_core::{dependency_order, PathInfo, Store, StorePath};
 
 use crate::error::{IoContext, StoreError};
 use crate::hashing::HashingReader;
+use crate::lock::PathLock;
+use crate::staging::Staged;
 use crate::LocalStore;
 
 const EXPORT_MAGIC: u64 = 0x4558_494e;
@@ -75,12 +77,24 @@ impl LocalStore {
     /// Imports an export archive, returning the paths it held in order. Paths already
     /// valid are skipped (their NAR is read and dropped). Each path must refer only to
     /// valid paths or to paths earlier in the archive.
+    ///
+    /// Paths are committed in batches (one `syncfs`, one transaction per batch): a crash
+    /// loses at most the batch being written, and never leaves a partial path.
     pub fn import_paths(&self, input: &mut impl BufRead) -> Result<Vec<StorePath>, StoreError> {
         let mut imported = Vec::new();
+        let mut batch = Batch::default();
         loop {
             match read_u64(input)? {
-                0 => return Ok(imported),
-                1 => imported.push(self.import_one(input)?),
+                0 => {
+                    self.commit_import_batch(&mut batch)?;
+                    return Ok(imported);
+                }
+                1 => {
+                    imported.push(self.import_one(input, &mut batch)?);
+                    if batch.is_full() {
+                        self.commit_import_batch(&mut batch)?;
+                    }
+                }
                 other => {
                     return Err(StoreError::BadExport(format!(
                         "expected 0 or 1 before path {}, got {other}",
@@ -91,7 +105,24 @@ impl LocalStore {
         }
     }
 
-    fn import_one(&self, input: &mut impl BufRead) -> Result<StorePath, StoreError> {
+    fn commit_import_batch(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        let entries = std::mem::take(&mut batch.entries);
+        batch.paths.clear();
+        batch.bytes = 0;
+        let (items, locks): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .map(|(staged, info, lock)| ((staged, info), lock))
+            .unzip();
+        let committed = self.commit_batch(items);
+        drop(locks);
+        committed
+    }
+
+    fn import_one(
+        &self,
+        input: &mut impl BufRead,
+        batch: &mut Batch,
+    ) -> Result<StorePath, StoreError> {
         let staged = self.stage()?;
         let mut hashing = HashingReader::new(input);
         let nar_size =
@@ -131,13 +162,34 @@ impl LocalStore {
         let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
         info.references = references;
         info.deriver = deriver;
-        let _lock = self.lock_path(&path)?;
+        if batch.paths.contains(&path) {
+            return Ok(path); // twice in one archive: `staged` is dropped and removed
+        }
+        let lock = self.lock_path(&path)?;
         if self.is_valid_path(&path)? {
             return Ok(path); // `staged` is dropped: its tree is removed
         }
-        self.check_references(&info)?;
-        self.commit(staged, &info)?;
+        self.check_references_with(&info, &batch.paths)?;
+        batch.bytes += nar_size;
+        batch.paths.insert(path.clone());
+        batch.entries.push((staged, info, lock));
         Ok(path)
+    }
+}
+
+/// Paths of an import staged and locked, waiting to be committed together.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<(Staged, PathInfo, PathLock)>,
+    /// The paths of `entries`.
+    paths: BTreeSet<StorePath>,
+    bytes: u64,
+}
+
+impl Batch {
+    /// Bounds what one batch holds: locks and descriptors, and what a crash can lose.
+    fn is_full(&self) -> bool {
+        self.entries.len() >= 1000 || self.bytes >= 256 << 20
     }
 }
 

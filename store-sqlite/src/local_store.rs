@@ -352,43 +352,68 @@ impl LocalStore {
     /// Makes a staged tree the valid path `info.path`: canonicalise, flush, rename into
     /// place, register. The caller holds the path's lock and has seen it invalid.
     pub(crate) fn commit(&self, staged: Staged, info: &PathInfo) -> Result<(), StoreError> {
-        let destination = self.physical_path(&info.path);
-        canonicalise(staged.tree(), self.owner)?;
+        self.commit_batch(vec![(staged, info.clone())])
+    }
+
+    /// Commits several staged paths at once: one `syncfs` and one registry transaction
+    /// for all of them (what makes importing thousands of small paths cheap). The caller
+    /// holds every path's lock and has seen each invalid. On error, every path of the
+    /// batch is removed again (the `Staged` values do it when dropped).
+    pub(crate) fn commit_batch(&self, batch: Vec<(Staged, PathInfo)>) -> Result<(), StoreError> {
+        for (staged, info) in &batch {
+            canonicalise(staged.tree(), self.owner)?;
+            staged.record_target(&info.path)?;
+        }
         if self.durable {
             sync_filesystem(&self.staging_dir)?;
         }
-        // An unregistered leftover at the final name (a crash of real Nix, or of a writer
-        // killed before staging existed) is garbage: replace it.
-        remove_tree(&destination).at(&destination)?;
-        staged.publish(&info.path, &destination)?;
-        let mut info = info.clone();
-        if info.registration_time == 0 {
-            info.registration_time = now();
+        let mut infos = Vec::with_capacity(batch.len());
+        let mut outputs = Vec::new();
+        for (staged, info) in &batch {
+            let destination = self.physical_path(&info.path);
+            // An unregistered leftover at the final name (a crash of real Nix, or of a
+            // writer killed before staging existed) is garbage: replace it.
+            remove_tree(&destination).at(&destination)?;
+            staged.publish(&destination)?;
+            let mut info = info.clone();
+            if info.registration_time == 0 {
+                info.registration_time = now();
+            }
+            // As Nix does for every `.drv` that becomes valid, however it arrives: record
+            // its outputs, in the same transaction.
+            if info.path.is_derivation() {
+                let bytes = fs::read(&destination).at(&destination)?;
+                let drv = Derivation::parse_drv_file(&self.store_dir, &info.path, &bytes).map_err(
+                    |error| StoreError::CorruptRegistry {
+                        path: self.store_dir.display(&info.path),
+                        reason: error.to_string(),
+                    },
+                )?;
+                outputs.push((info.path.clone(), output_rows(&drv)));
+            }
+            infos.push(info);
         }
-        // As Nix does for every `.drv` that becomes valid, however it arrives: record its
-        // outputs, in the same transaction.
-        let outputs = if info.path.is_derivation() {
-            let bytes = fs::read(&destination).at(&destination)?;
-            let drv = Derivation::parse_drv_file(&self.store_dir, &info.path, &bytes).map_err(
-                |error| StoreError::CorruptRegistry {
-                    path: self.store_dir.display(&info.path),
-                    reason: error.to_string(),
-                },
-            )?;
-            vec![(info.path.clone(), output_rows(&drv))]
-        } else {
-            Vec::new()
-        };
-        self.registry()
-            .register(std::slice::from_ref(&info), &outputs)?;
-        staged.finish();
+        self.registry().register(&infos, &outputs)?;
+        for (staged, _) in batch {
+            staged.finish();
+        }
         Ok(())
     }
 
     pub(crate) fn check_references(&self, info: &PathInfo) -> Result<(), StoreError> {
+        self.check_references_with(info, &BTreeSet::new())
+    }
+
+    /// Every reference of `info` (but itself) must be valid or among `pending` (paths
+    /// about to be registered in the same transaction).
+    pub(crate) fn check_references_with(
+        &self,
+        info: &PathInfo,
+        pending: &BTreeSet<StorePath>,
+    ) -> Result<(), StoreError> {
         let registry = self.registry();
         for reference in info.references.iter().filter(|r| **r != info.path) {
-            if !registry.is_valid(reference)? {
+            if !pending.contains(reference) && !registry.is_valid(reference)? {
                 return Err(StoreError::MissingReference {
                     path: self.store_dir.display(&info.path),
                     reference: self.store_dir.display(reference),

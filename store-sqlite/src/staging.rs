@@ -4,8 +4,9 @@
 //! `<store>/.arca-staging/<nonce>.lock`, which its writer holds from start to finish and
 //! into which it writes the final base name just before the rename. The protocol:
 //!
-//! 1. write and canonicalise the tree under its staging name (fsync it when durable);
-//! 2. record the final name in the lock file;
+//! 1. write and canonicalise the tree under its staging name, record the final name in
+//!    the lock file, and flush both (`syncfs`, once for a whole batch, when durable);
+//! 2. (nothing else may happen between flushing and renaming);
 //! 3. rename the tree to its final name;
 //! 4. register it in one transaction;
 //! 5. delete the lock file and release it.
@@ -64,16 +65,19 @@ impl Staged {
         &self.tree
     }
 
-    /// Moves the staged tree to `destination` (the final name of `path`), after
-    /// recording the name so that a crash before registration can be undone.
-    pub fn publish(&self, path: &StorePath, destination: &Path) -> Result<(), StoreError> {
+    /// Records the final name of the staged tree in its lock file, so that a crash after
+    /// the rename can be undone. Made durable by the caller's `syncfs` before the rename.
+    pub fn record_target(&self, path: &StorePath) -> Result<(), StoreError> {
         let mut file = fs::OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(&self.lock_path)
             .at(&self.lock_path)?;
-        file.write_all(path.as_str().as_bytes())
-            .at(&self.lock_path)?;
-        file.sync_data().at(&self.lock_path)?;
+        file.write_all(path.as_str().as_bytes()).at(&self.lock_path)
+    }
+
+    /// Moves the staged tree to `destination`, its final name (recorded before).
+    pub fn publish(&self, destination: &Path) -> Result<(), StoreError> {
         fs::rename(&self.tree, destination).at(destination)
     }
 
