@@ -106,6 +106,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=50000)
+    parser.add_argument("--import-paths", type=int, default=20000)
     args = parser.parse_args()
     arca = os.path.abspath(args.arca)
     os.makedirs(args.work, exist_ok=True)
@@ -193,6 +194,27 @@ def main():
         ("nix-store --add", nix_add),
         ("arca store add-path", lambda: run([arca, "--store", arca_root, "store", "add-path", tree])),
     ], args.runs)
+    fresh_stores()
+
+    # Importing an export of many small paths with references (bench/gen_export.py).
+    export = os.path.join(args.work, f"export-{args.import_paths}")
+    if not os.path.exists(export):
+        with open(export + ".tmp", "wb") as out:
+            subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gen_export.py"),
+                            str(args.import_paths)], stdout=out, check=True)
+        os.rename(export + ".tmp", export)
+
+    def import_with(cmd):
+        def fn():
+            with open(export, "rb") as f:
+                return run(cmd, stdin=f)
+        return fn
+
+    measure(rows, f"import {args.import_paths}-path export", [
+        ("nix-store --import", import_with(["env", "NIX_CONFIG=substituters =", "nix-store",
+                                            "--store", f"local?root={nix_root}", "--import"])),
+        ("arca store import", import_with([arca, "--store", arca_root, "store", "import"])),
+    ], args.runs, prepare=fresh_stores)
     fresh_stores()
 
     print()

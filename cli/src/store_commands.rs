@@ -256,9 +256,18 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
         return Ok(());
     }
     if flags.outputs {
+        // As Nix: a derivation gives its outputs (in path order), anything else itself.
         for path in &paths {
-            for output in store.query_derivation_outputs(path)?.values() {
-                writeln!(out, "{}", store_dir.display(output))?;
+            if path.is_derivation() {
+                let outputs: BTreeSet<StorePath> = store
+                    .query_derivation_outputs(path)?
+                    .into_values()
+                    .collect();
+                for output in &outputs {
+                    writeln!(out, "{}", store_dir.display(output))?;
+                }
+            } else {
+                writeln!(out, "{}", store_dir.display(path))?;
             }
         }
         return Ok(());

@@ -96,7 +96,7 @@ pub enum HashError {
     WrongLength { text: String, algo: HashAlgo },
     #[error("invalid base16 in hash '{0}'")]
     InvalidBase16(String),
-    #[error("invalid nix-base32 in hash '{text}': {source}")]
+    #[error("invalid nix-base32 in hash '{text}'")]
     InvalidBase32 {
         text: String,
         source: base32::Base32Error,

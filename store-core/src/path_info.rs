@@ -28,7 +28,7 @@ pub enum ContentAddressError {
     UnknownKind(String),
     #[error("text content address '{0}' must use sha256")]
     TextNotSha256(String),
-    #[error("invalid hash in content address '{text}': {source}")]
+    #[error("invalid hash in content address '{text}'")]
     Hash { text: String, source: HashError },
 }
 

@@ -10,9 +10,9 @@ use thiserror::Error;
 /// input at fault.
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("I/O error on '{path}': {source}")]
+    #[error("I/O error on '{path}'")]
     Io { path: PathBuf, source: io::Error },
-    #[error("registry error: {0}")]
+    #[error("registry error")]
     Sqlite(#[from] rusqlite::Error),
     #[error(
         "the registry at '{path}' has schema version {found}; this Arca reads version {expected}"
@@ -49,17 +49,17 @@ pub enum StoreError {
     },
     #[error("path '{path}' is claimed to be content-addressed but its content gives '{computed}'")]
     ContentAddressMismatch { path: String, computed: String },
-    #[error("malformed NAR for '{path}': {source}")]
+    #[error("malformed NAR for '{path}'")]
     Nar {
         path: String,
         source: arca_nar::ReadError,
     },
-    #[error("cannot restore NAR for '{path}': {source}")]
+    #[error("cannot restore NAR for '{path}'")]
     Restore {
         path: String,
         source: arca_nar::RestoreError,
     },
-    #[error("cannot serialise '{path}': {source}")]
+    #[error("cannot serialise '{path}'")]
     Dump {
         path: String,
         source: arca_nar::DumpError,

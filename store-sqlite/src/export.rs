@@ -165,7 +165,15 @@ impl LocalStore {
         if batch.paths.contains(&path) {
             return Ok(path); // twice in one archive: `staged` is dropped and removed
         }
-        let lock = self.lock_path(&path)?;
+        // Waiting for a lock while holding the batch's locks could deadlock with another
+        // import taking the same paths in another order: commit (and release) first.
+        let lock = match self.try_lock_path(&path)? {
+            Some(lock) => lock,
+            None => {
+                self.commit_import_batch(batch)?;
+                self.lock_path(&path)?
+            }
+        };
         if self.is_valid_path(&path)? {
             return Ok(path); // `staged` is dropped: its tree is removed
         }
@@ -205,8 +213,18 @@ fn write_string(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
 
 fn read_u64(input: &mut impl Read) -> Result<u64, StoreError> {
     let mut bytes = [0u8; 8];
-    input.read_exact(&mut bytes).at("<import stream>")?;
+    read_exact(input, &mut bytes)?;
     Ok(u64::from_le_bytes(bytes))
+}
+
+/// `read_exact` that calls an early end what it is: a truncated archive.
+fn read_exact(input: &mut impl Read, buffer: &mut [u8]) -> Result<(), StoreError> {
+    match input.read_exact(buffer) {
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(StoreError::BadExport("the archive is truncated".to_owned()))
+        }
+        result => result.at("<import stream>"),
+    }
 }
 
 fn read_text(input: &mut impl Read) -> Result<String, StoreError> {
@@ -218,7 +236,7 @@ fn read_text(input: &mut impl Read) -> Result<String, StoreError> {
     }
     let len = len as usize;
     let mut bytes = vec![0u8; len + (8 - len % 8) % 8];
-    input.read_exact(&mut bytes).at("<import stream>")?;
+    read_exact(input, &mut bytes)?;
     if bytes[len..].iter().any(|&b| b != 0) {
         return Err(StoreError::BadExport(
             "non-zero padding in a string".to_owned(),

@@ -344,6 +344,11 @@ impl LocalStore {
         PathLock::acquire(&self.physical_store.join(format!("{}.lock", path.as_str())))
     }
 
+    /// Takes the lock of `path` if nobody holds it.
+    pub(crate) fn try_lock_path(&self, path: &StorePath) -> Result<Option<PathLock>, StoreError> {
+        PathLock::try_acquire(&self.physical_store.join(format!("{}.lock", path.as_str())))
+    }
+
     /// A fresh staging tree, for writers that learn the path only after writing (import).
     pub(crate) fn stage(&self) -> Result<Staged, StoreError> {
         Staged::new(&self.staging_dir)

@@ -28,11 +28,7 @@ fn store_path(hash_char: char, name: &str) -> StorePath {
 }
 
 fn good_info(path: StorePath, nar: &[u8]) -> PathInfo {
-    PathInfo::new(
-        path,
-        Hash::digest(HashAlgo::Sha256, nar),
-        nar.len() as u64,
-    )
+    PathInfo::new(path, Hash::digest(HashAlgo::Sha256, nar), nar.len() as u64)
 }
 
 /// Entries of the physical store directory, but for the staging directory itself.
@@ -61,13 +57,20 @@ fn assert_untouched(
     before: &BTreeSet<String>,
     valid_before: &BTreeSet<StorePath>,
 ) {
-    assert!(!store.is_valid_path(path).unwrap(), "{path:?} not registered");
+    assert!(
+        !store.is_valid_path(path).unwrap(),
+        "{path:?} not registered"
+    );
     assert!(store.query_path_info(path).unwrap().is_none());
     assert!(
         store.physical_path(path).symlink_metadata().is_err(),
         "nothing at the final name of {path:?}"
     );
-    assert_eq!(&store_entries(store), before, "no new files in the store dir");
+    assert_eq!(
+        &store_entries(store),
+        before,
+        "no new files in the store dir"
+    );
     assert!(
         staging_entries(store).is_empty(),
         "staging leftovers: {:?}",
@@ -104,7 +107,10 @@ fn a_correct_nar_is_added() {
     assert_eq!(stored.references, info.references);
     let mut again = Vec::new();
     store.nar_from_path(&path, &mut again).unwrap();
-    assert!(again == nar, "the stored path dumps to the NAR it was added from");
+    assert!(
+        again == nar,
+        "the stored path dumps to the NAR it was added from"
+    );
     assert!(staging_entries(&store).is_empty());
     assert!(!store
         .physical_store()
@@ -176,10 +182,7 @@ fn missing_reference_is_refused_and_leaves_nothing() {
     let mut info = good_info(store_path('8', "self"), &nar);
     info.references = BTreeSet::from([info.path.clone()]);
     store.add_nar(&info, &mut &nar[..]).unwrap();
-    assert_eq!(
-        store.query_references(&info.path).unwrap(),
-        info.references
-    );
+    assert_eq!(store.query_references(&info.path).unwrap(), info.references);
 }
 
 #[test]
@@ -197,15 +200,15 @@ fn truncated_and_corrupt_nars_are_refused_and_leave_nothing() {
     corrupt[tag] ^= 0x20; // "Contents": not a NAR keyword
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated in the middle", nar[..nar.len() / 2].to_vec()),
-        ("truncated before the last byte", nar[..nar.len() - 1].to_vec()),
+        (
+            "truncated before the last byte",
+            nar[..nar.len() - 1].to_vec(),
+        ),
         ("empty", Vec::new()),
         ("a corrupt tag", corrupt),
     ];
     for (index, (what, bytes)) in cases.into_iter().enumerate() {
-        let path = store_path(
-            ['a', 'b', 'c', 'd'][index],
-            &format!("bad-nar-{index}"),
-        );
+        let path = store_path(['a', 'b', 'c', 'd'][index], &format!("bad-nar-{index}"));
         // Claim the metadata of the good NAR: only the stream is wrong.
         let info = good_info(path.clone(), &nar);
         let result = store.add_nar(&info, &mut &bytes[..]);

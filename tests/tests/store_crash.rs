@@ -1,0 +1,338 @@
+//! Crash safety: `kill -9` of `arca store add-path` of a large tree and of `arca store
+//! import` of a big export, at random moments (seeded, printed on failure). After each
+//! kill the next open of the store (`arca store verify --check-contents`) must find it
+//! clean: every registered path complete (its NAR hash, recomputed here independently,
+//! matches the registry), no staging leftovers, no unregistered path at a final name;
+//! and the same add or import then succeeds. Needs no Nix.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_nar::DumpOptions;
+use arca_store_core::{HashAlgo, Hasher};
+use arca_tests::{arca_bin, fixture, random_tree, Rng};
+
+const KILLS: u64 = 15;
+
+const DIAMOND: &[&str] = &[
+    "/nix/store/clrspwp4prknbnvjpg5g0pr45fz837r0-diamond-base.drv",
+    "/nix/store/jva2yzzjbhxg6fxraj95m2yd5fmls2h4-diamond-left.drv",
+    "/nix/store/599w7b698zhnc0nyr4mivxjcjfbriq75-diamond-right.drv",
+    "/nix/store/vavpr4y1argqqs3ypp9fgzgjb48cvisw-diamond-top.drv",
+];
+
+/// A scratch directory on tmpfs when there is one (a kill -9 is a process crash, not a
+/// power loss: the file system does not matter, and tmpfs keeps the test fast).
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn arca_cmd(root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(arca_bin());
+    command.arg("--store").arg(root).args(args);
+    command
+}
+
+fn arca_ok(root: &Path, args: &[&str], stdin: Option<&Path>) -> Vec<u8> {
+    let mut command = arca_cmd(root, args);
+    command.stdin(match stdin {
+        Some(file) => Stdio::from(fs::File::open(file).unwrap()),
+        None => Stdio::null(),
+    });
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "arca {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sql(db: &Path, query: &str) -> Vec<String> {
+    let output = match Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(db)
+        .arg(query)
+        .output()
+    {
+        Ok(output) => output,
+        Err(_) => Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys\n\
+                 db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
+                 for row in db.execute(sys.argv[2]):\n    print('|'.join(str(c) for c in row))",
+            )
+            .arg(db)
+            .arg(query)
+            .output()
+            .expect("sqlite3 or python3 is installed"),
+    };
+    assert!(
+        output.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    lines(&output.stdout)
+}
+
+/// A tree of 3000 files in 30 directories, with executables and symlinks.
+fn large_tree(path: &Path) {
+    fs::create_dir(path).unwrap();
+    for d in 0..30 {
+        let dir = path.join(format!("dir-{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            let file = dir.join(format!("file-{f}"));
+            fs::write(&file, format!("{d}/{f} ").repeat(1 + (d * f) % 40)).unwrap();
+            if f % 10 == 0 {
+                fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        symlink(format!("dir-{d}/file-0"), path.join(format!("link-{d}"))).unwrap();
+    }
+}
+
+/// Runs `args` and kills it with SIGKILL after `delay` (if it is still running).
+/// Returns whether it finished before the kill.
+fn run_and_kill(root: &Path, args: &[&str], stdin: Option<&Path>, delay: Duration) -> bool {
+    let mut command = arca_cmd(root, args);
+    command
+        .stdin(match stdin {
+            Some(file) => Stdio::from(fs::File::open(file).unwrap()),
+            None => Stdio::null(),
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(delay);
+    let finished = child.try_wait().unwrap().is_some();
+    if !finished {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    finished
+}
+
+/// The checks after a crash. `context` names the seed and delay for the failure message.
+fn assert_recovered(root: &Path, context: &str) {
+    if !root.join("nix/var/nix/db/db.sqlite").exists() {
+        // Killed before the store was even created: opening it now must work.
+        arca_ok(root, &["store", "verify"], None);
+    }
+    // The next open cleans up; verify must then be clean.
+    let output: Output = arca_cmd(root, &["store", "verify", "--check-contents"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty(),
+        "{context}: verify after the crash: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let store = root.join("nix/store");
+    let staging: Vec<_> = fs::read_dir(store.join(".arca-staging"))
+        .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        staging.is_empty(),
+        "{context}: staging leftovers survive the next open: {staging:?}"
+    );
+    let db = root.join("nix/var/nix/db/db.sqlite");
+    let registered: BTreeSet<String> = sql(&db, "select path from ValidPaths")
+        .into_iter()
+        .collect();
+    for entry in fs::read_dir(&store).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.ends_with(".lock") {
+            continue;
+        }
+        assert!(
+            registered.contains(&format!("/nix/store/{name}")),
+            "{context}: an unregistered path at a final name: {name}"
+        );
+    }
+    // Every registered path is complete: its NAR hash, recomputed here, is the one
+    // registered.
+    for row in sql(&db, "select path, hash, narSize from ValidPaths") {
+        let mut fields = row.split('|');
+        let (path, hash, size) = (
+            fields.next().unwrap(),
+            fields.next().unwrap(),
+            fields.next().unwrap(),
+        );
+        let physical = root.join(path.trim_start_matches('/'));
+        let mut hasher = Hasher::new(HashAlgo::Sha256);
+        let nar_size = arca_nar::dump_path(&physical, &mut hasher, &DumpOptions::default())
+            .unwrap_or_else(|e| panic!("{context}: registered {path} cannot be read: {e}"));
+        let actual = format!("sha256:{}", hasher.finish().to_base16());
+        assert_eq!(actual, hash, "{context}: registered {path} is incomplete");
+        assert_eq!(nar_size.to_string(), size, "{context}: NAR size of {path}");
+    }
+    let registered_again: BTreeSet<String> = sql(&db, "select path from ValidPaths")
+        .into_iter()
+        .collect();
+    assert_eq!(registered, registered_again);
+}
+
+/// Random delays over `0..1.2 × full` (some kills land after the end: those runs must
+/// simply be complete).
+fn delays(seed: u64, full: Duration) -> Vec<Duration> {
+    let mut rng = Rng::new(seed);
+    let span = (full.as_micros() as u64 * 12 / 10).max(1000);
+    (0..KILLS)
+        .map(|_| Duration::from_micros(rng.below(span)))
+        .collect()
+}
+
+#[test]
+fn kill_9_during_add_path_of_a_large_tree() {
+    let scratch = scratch_dir();
+    let tree = scratch.path().join("large-tree");
+    large_tree(&tree);
+    let tree_arg = tree.to_str().unwrap();
+
+    // Calibrate: how long a complete add takes here.
+    let calibration = scratch.path().join("calibration");
+    let started = Instant::now();
+    let expected = lines(&arca_ok(
+        &calibration,
+        &["store", "add-path", tree_arg],
+        None,
+    ));
+    let full = started.elapsed();
+    assert_eq!(expected.len(), 1);
+
+    let seed = 0xadd;
+    let mut killed = 0;
+    for (index, delay) in delays(seed, full).into_iter().enumerate() {
+        let context = format!("add-path, seed {seed:#x}, kill {index} after {delay:?}");
+        let root = scratch.path().join(format!("root-{index}"));
+        // Half the time, the store exists and has content before the crash.
+        if index % 2 == 1 {
+            for drv in &DIAMOND[..2] {
+                let base = drv.strip_prefix("/nix/store/").unwrap();
+                let json = fixture(&format!("drvs/{base}.json"));
+                arca_ok(&root, &["derivation", "add"], Some(&json));
+            }
+        }
+        if !run_and_kill(&root, &["store", "add-path", tree_arg], None, delay) {
+            killed += 1;
+        }
+        assert_recovered(&root, &context);
+        // The same add succeeds afterwards, and gives the same path.
+        let again = lines(&arca_ok(&root, &["store", "add-path", tree_arg], None));
+        assert_eq!(again, expected, "{context}");
+        assert_recovered(&root, &format!("{context}, after adding again"));
+        chmod_and_remove(&root);
+    }
+    eprintln!("add-path: a full add takes {full:?}; {killed} of {KILLS} runs were killed");
+    assert!(
+        killed >= KILLS / 2,
+        "most runs were killed before they finished"
+    );
+}
+
+#[test]
+fn kill_9_during_import_of_a_big_export() {
+    let scratch = scratch_dir();
+    // The source: the diamond derivations (with references) and 150 trees.
+    let source = scratch.path().join("source");
+    for drv in DIAMOND {
+        let base = drv.strip_prefix("/nix/store/").unwrap();
+        arca_ok(
+            &source,
+            &["derivation", "add"],
+            Some(&fixture(&format!("drvs/{base}.json"))),
+        );
+    }
+    let trees_dir = scratch.path().join("trees");
+    fs::create_dir(&trees_dir).unwrap();
+    let mut trees = Vec::new();
+    for seed in 0..150u64 {
+        let tree = trees_dir.join(format!("tree-{seed}"));
+        if seed % 50 == 0 {
+            large_tree(&tree);
+        } else {
+            random_tree(9000 + seed, &tree).unwrap();
+        }
+        trees.push(tree.to_str().unwrap().to_owned());
+    }
+    let tree_args: Vec<&str> = trees.iter().map(String::as_str).collect();
+    let mut paths = lines(&arca_ok(
+        &source,
+        &[&["store", "add-path"][..], &tree_args].concat(),
+        None,
+    ));
+    paths.extend(DIAMOND.iter().map(|d| d.to_string()));
+    let path_args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let export = scratch.path().join("big.export");
+    fs::write(
+        &export,
+        arca_ok(
+            &source,
+            &[&["store", "export"][..], &path_args].concat(),
+            None,
+        ),
+    )
+    .unwrap();
+
+    let calibration = scratch.path().join("calibration");
+    let started = Instant::now();
+    arca_ok(&calibration, &["store", "import"], Some(&export));
+    let full = started.elapsed();
+    let all: BTreeSet<String> = paths.iter().cloned().collect();
+
+    let seed = 0x1e9;
+    let mut killed = 0;
+    for (index, delay) in delays(seed, full).into_iter().enumerate() {
+        let context = format!("import, seed {seed:#x}, kill {index} after {delay:?}");
+        let root = scratch.path().join(format!("root-{index}"));
+        if !run_and_kill(&root, &["store", "import"], Some(&export), delay) {
+            killed += 1;
+        }
+        assert_recovered(&root, &context);
+        let printed = lines(&arca_ok(&root, &["store", "import"], Some(&export)));
+        assert_eq!(printed.len(), paths.len(), "{context}");
+        assert_recovered(&root, &format!("{context}, after importing again"));
+        let db = root.join("nix/var/nix/db/db.sqlite");
+        let registered: BTreeSet<String> = sql(&db, "select path from ValidPaths")
+            .into_iter()
+            .collect();
+        assert_eq!(registered, all, "{context}: everything imported in the end");
+        chmod_and_remove(&root);
+    }
+    eprintln!("import: a full import takes {full:?}; {killed} of {KILLS} runs were killed");
+    assert!(
+        killed >= KILLS / 2,
+        "most runs were killed before they finished"
+    );
+}
+
+/// Removes a store root (its directories are read-only).
+fn chmod_and_remove(root: &PathBuf) {
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("u+w")
+        .arg(root)
+        .status();
+    let _ = fs::remove_dir_all(root);
+}
