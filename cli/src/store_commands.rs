@@ -311,9 +311,9 @@ fn print_report(
             "kind": "modified", "path": store_dir.display(path),
             "expected": expected.to_string(), "actual": actual.to_string(),
         }),
-        VerifyProblem::DanglingReference { path, reference } => json!({
+        VerifyProblem::DanglingReference { path, missing_id } => json!({
             "kind": "dangling-reference", "path": store_dir.display(path),
-            "reference": store_dir.display(reference),
+            "missingId": missing_id,
         }),
     };
     if json {
@@ -350,10 +350,9 @@ fn print_report(
                 "path '{}' was modified! expected hash '{expected}', got '{actual}'",
                 store_dir.display(path)
             ),
-            VerifyProblem::DanglingReference { path, reference } => format!(
-                "path '{}' refers to invalid path '{}'",
-                store_dir.display(path),
-                store_dir.display(reference)
+            VerifyProblem::DanglingReference { path, missing_id } => format!(
+                "path '{}' refers to registry row {missing_id}, which does not exist",
+                store_dir.display(path)
             ),
         };
         writeln!(out, "{line}")?;

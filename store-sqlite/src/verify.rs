@@ -1,6 +1,8 @@
 //! Checking the store against its registry (`nix-store --verify`) and deleting paths.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::fs;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arca_nar::DumpOptions;
 use arca_store_core::{Hash, HashAlgo, Hasher, Store, StorePath};
@@ -31,12 +33,9 @@ pub enum VerifyProblem {
         expected: Hash,
         actual: Hash,
     },
-    /// A registered reference is not valid (the registry's foreign keys make this
-    /// impossible unless the database was edited behind our back).
-    DanglingReference {
-        path: StorePath,
-        reference: StorePath,
-    },
+    /// A registered reference points at a registry row that is gone (the registry's
+    /// foreign keys make this impossible unless the database was edited without them).
+    DanglingReference { path: StorePath, missing_id: i64 },
 }
 
 /// The outcome of `verify`: empty when the store is consistent.
@@ -54,56 +53,122 @@ impl VerifyReport {
 
 impl LocalStore {
     /// Verifies every valid path (or only `paths`, when given).
+    ///
+    /// Like Nix, existence is checked against one listing of the store directory, not a
+    /// `stat` per path; contents are re-hashed on all cores.
     pub fn verify(
         &self,
         paths: Option<&BTreeSet<StorePath>>,
         options: VerifyOptions,
     ) -> Result<VerifyReport, StoreError> {
-        let all = match paths {
-            Some(paths) => paths.clone(),
-            None => self.registry().all_valid_paths()?,
+        let mut entries = self.registry().all_nar_hashes()?;
+        if let Some(wanted) = paths {
+            for path in wanted {
+                if !self.is_valid_path(path)? {
+                    return Err(StoreError::InvalidPath(self.store_dir().display(path)));
+                }
+            }
+            entries.retain(|(path, _, _)| wanted.contains(path));
+        }
+        let mut report = VerifyReport {
+            checked: entries.len(),
+            problems: Vec::new(),
         };
-        let mut report = VerifyReport::default();
-        for path in &all {
-            let Some(info) = self.query_path_info(path)? else {
-                return Err(StoreError::InvalidPath(self.store_dir().display(path)));
-            };
-            report.checked += 1;
-            for reference in &info.references {
-                if !self.is_valid_path(reference)? {
-                    report.problems.push(VerifyProblem::DanglingReference {
-                        path: path.clone(),
-                        reference: reference.clone(),
-                    });
-                }
-            }
-            let physical = self.physical_path(path);
-            if physical.symlink_metadata().is_err() {
-                let repaired = options.repair && self.delete_path(path).is_ok();
-                report.problems.push(VerifyProblem::Missing {
-                    path: path.clone(),
-                    repaired,
-                });
-                continue;
-            }
-            if options.check_contents {
-                let mut hasher = Hasher::new(HashAlgo::Sha256);
-                let size = arca_nar::dump_path(&physical, &mut hasher, &DumpOptions::default())
-                    .map_err(|source| StoreError::Dump {
-                        path: self.store_dir().display(path),
-                        source,
-                    })?;
-                let actual = hasher.finish();
-                if actual != info.nar_hash || size != info.nar_size {
-                    report.problems.push(VerifyProblem::Modified {
-                        path: path.clone(),
-                        expected: info.nar_hash.clone(),
-                        actual,
-                    });
-                }
+        for (path, missing_id) in self.registry().dangling_references()? {
+            if entries.iter().any(|(p, _, _)| *p == path) {
+                report
+                    .problems
+                    .push(VerifyProblem::DanglingReference { path, missing_id });
             }
         }
+        let present = self.store_listing()?;
+        let (existing, missing): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|(path, _, _)| present.contains(path.as_str()));
+        for (path, _, _) in missing {
+            let repaired = options.repair && self.delete_path(&path).is_ok();
+            report
+                .problems
+                .push(VerifyProblem::Missing { path, repaired });
+        }
+        if options.check_contents {
+            report.problems.extend(self.check_contents(&existing)?);
+        }
         Ok(report)
+    }
+
+    /// The names in the physical store directory.
+    fn store_listing(&self) -> Result<HashSet<String>, StoreError> {
+        let store = self.physical_store();
+        let mut names = HashSet::new();
+        for entry in fs::read_dir(store).at(store)? {
+            let entry = entry.at(store)?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.insert(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Re-hashes `entries` on all cores, returning the modified ones in input order.
+    fn check_contents(
+        &self,
+        entries: &[(StorePath, Hash, u64)],
+    ) -> Result<Vec<VerifyProblem>, StoreError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let next = AtomicUsize::new(0);
+        let results: Vec<Result<Vec<(usize, VerifyProblem)>, StoreError>> =
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| scope.spawn(|| self.hash_some(entries, &next)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
+        let mut problems = Vec::new();
+        for result in results {
+            problems.extend(result?);
+        }
+        problems.sort_by_key(|(index, _)| *index);
+        Ok(problems.into_iter().map(|(_, problem)| problem).collect())
+    }
+
+    /// One worker of `check_contents`: takes entries by index until none are left.
+    fn hash_some(
+        &self,
+        entries: &[(StorePath, Hash, u64)],
+        next: &AtomicUsize,
+    ) -> Result<Vec<(usize, VerifyProblem)>, StoreError> {
+        let mut problems = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some((path, expected, size)) = entries.get(index) else {
+                return Ok(problems);
+            };
+            let mut hasher = Hasher::new(HashAlgo::Sha256);
+            let actual_size = arca_nar::dump_path(
+                &self.physical_path(path),
+                &mut hasher,
+                &DumpOptions::default(),
+            )
+            .map_err(|source| StoreError::Dump {
+                path: self.store_dir().display(path),
+                source,
+            })?;
+            let actual = hasher.finish();
+            if actual != *expected || (*size != 0 && actual_size != *size) {
+                problems.push((
+                    index,
+                    VerifyProblem::Modified {
+                        path: path.clone(),
+                        expected: expected.clone(),
+                        actual,
+                    },
+                ));
+            }
+        }
     }
 
     /// Deletes a valid path that no other valid path refers to: unregisters it (the

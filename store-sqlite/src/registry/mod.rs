@@ -303,6 +303,58 @@ impl Registry {
         })
     }
 
+    /// Every valid path with its NAR hash and size, in one query (for verification).
+    pub fn all_nar_hashes(&self) -> Result<Vec<(StorePath, Hash, u64)>, StoreError> {
+        retry(|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("select path, hash, narSize from ValidPaths")?;
+            let mut rows = stmt.query([])?;
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let full = Column { row, path: "" }
+                    .text(0, "path")?
+                    .unwrap_or_default();
+                let column = Column { row, path: full };
+                let hash_text = column
+                    .text(1, "hash")?
+                    .ok_or_else(|| corrupt(full, "hash is NULL"))?;
+                let hash = Hash::parse(hash_text, None)
+                    .map_err(|e| corrupt(full, format!("bad hash '{hash_text}': {e}")))?;
+                let size = match column.int(2, "narSize")? {
+                    None => 0,
+                    Some(n) => {
+                        u64::try_from(n).map_err(|_| corrupt(full, format!("narSize {n}")))?
+                    }
+                };
+                entries.push((self.parse_path(full, full)?, hash, size));
+            }
+            Ok(entries)
+        })
+    }
+
+    /// References whose target row is gone (`referrer`, missing id): impossible while
+    /// SQLite enforces the foreign keys, so anything here means the database was edited
+    /// without them.
+    pub fn dangling_references(&self) -> Result<Vec<(StorePath, i64)>, StoreError> {
+        retry(|| {
+            let mut stmt = self.conn.prepare_cached(
+                "select v.path, r.reference from Refs r join ValidPaths v on v.id = r.referrer \
+                 where not exists (select 1 from ValidPaths t where t.id = r.reference)",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut dangling = Vec::new();
+            while let Some(row) = rows.next()? {
+                let full = Column { row, path: "" }
+                    .text(0, "path")?
+                    .unwrap_or_default();
+                let missing = Column { row, path: full }.int(1, "reference")?.unwrap_or(0);
+                dangling.push((self.parse_path(full, full)?, missing));
+            }
+            Ok(dangling)
+        })
+    }
+
     /// The closure of `roots` under references (`nix-store -q --requisites`). With
     /// `include_outputs`, the valid outputs of every derivation in the closure and their
     /// closures are added too. Fails with [`StoreError::InvalidPath`] on an invalid root.
