@@ -410,7 +410,16 @@ mod tests {
             names,
             ["FOO", "Foo~nix~case~hack~1", "bar", "foo~nix~case~hack~2"]
         );
-        assert_eq!(dump(&target, &DumpOptions { case_hack: true }), nar);
+        assert_eq!(
+            dump(
+                &target,
+                &DumpOptions {
+                    case_hack: true,
+                    ..Default::default()
+                }
+            ),
+            nar
+        );
     }
 
     proptest! {

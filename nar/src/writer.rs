@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, FileType, Metadata};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::case_hack;
@@ -19,6 +19,11 @@ mod walk;
 pub struct DumpOptions {
     /// Strip Nix's `~nix~case~hack~N` suffixes from names (see [`crate::CASE_HACK_SUFFIX`]).
     pub case_hack: bool,
+    /// Refuse regular files that have other hard links and are not owned by this user
+    /// ([`DumpError::ForeignHardLink`]). A store that archives files on behalf of a user
+    /// sets it to that user, so that a hard link to a file the user may not read (Nix's
+    /// `/etc/shadow` attack) is never copied into a world-readable store.
+    pub hard_link_owner: Option<u32>,
 }
 
 /// Errors from [`dump_path`]. Each names the path at fault.
@@ -59,6 +64,13 @@ pub enum DumpError {
         path: PathBuf,
         /// Its size when archiving began.
         expected: u64,
+    },
+    /// A regular file with other hard links, owned by someone other than
+    /// [`DumpOptions::hard_link_owner`].
+    #[error("refusing to archive '{}': it is a hard link to a file owned by another user", path.display())]
+    ForeignHardLink {
+        /// The file.
+        path: PathBuf,
     },
     /// A fifo, socket or device, which a NAR cannot represent.
     #[error("file '{}' has an unsupported type", path.display())]
@@ -111,7 +123,7 @@ pub fn dump_path(
         path: path.to_owned(),
         options,
     };
-    match read_ahead::Config::for_this_machine() {
+    match read_ahead::Config::for_this_machine(options) {
         Some(config) if file_type.is_dir() => dumper.dump_with_read_ahead(&config)?,
         _ => dumper.dump(file_type)?,
     }
@@ -121,6 +133,28 @@ pub fn dump_path(
         .finish()
         .map_err(|error| encode_error(path, error))?;
     Ok(size)
+}
+
+/// Checks that the file opened at `path` is a regular file that may be archived (see
+/// [`DumpOptions::hard_link_owner`]).
+fn check_regular_file(
+    path: &Path,
+    metadata: &Metadata,
+    hard_link_owner: Option<u32>,
+) -> Result<(), DumpError> {
+    if !metadata.is_file() {
+        return Err(DumpError::UnsupportedFileType {
+            path: path.to_owned(),
+        });
+    }
+    if let Some(owner) = hard_link_owner {
+        if metadata.nlink() > 1 && metadata.uid() != owner {
+            return Err(DumpError::ForeignHardLink {
+                path: path.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One directory entry, sorted by its name in the NAR.
@@ -185,11 +219,7 @@ impl<W: Write> Dumper<'_, W> {
     }
 
     fn dump_open_file(&mut self, file: &mut File, metadata: &Metadata) -> Result<(), DumpError> {
-        if !metadata.is_file() {
-            return Err(DumpError::UnsupportedFileType {
-                path: self.path.clone(),
-            });
-        }
+        check_regular_file(&self.path, metadata, self.options.hard_link_owner)?;
         let executable = metadata.permissions().mode() & 0o111 != 0;
         let size = metadata.len();
         self.encoder
@@ -497,7 +527,10 @@ mod tests {
             .collect()
         };
         assert_eq!(
-            entries(DumpOptions { case_hack: true }),
+            entries(DumpOptions {
+                case_hack: true,
+                ..Default::default()
+            }),
             [b"Foo".to_vec(), b"foo".to_vec()]
         );
         assert_eq!(
@@ -512,8 +545,43 @@ mod tests {
         fs::write(dir.path().join("foo"), "1").expect("write");
         fs::write(dir.path().join("foo~nix~case~hack~1"), "2").expect("write");
         assert!(matches!(
-            dump(dir.path(), &DumpOptions { case_hack: true }),
+            dump(dir.path(), &DumpOptions { case_hack: true, ..Default::default() }),
             Err(DumpError::CaseHackCollision { name, .. }) if name == b"foo"
         ));
+    }
+
+    #[test]
+    fn hard_links_owned_by_others_are_refused_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        // Enough files that the read-ahead path is taken too on a multi-core machine.
+        for i in 0..100 {
+            fs::write(tree.join(format!("f{i:03}")), "x").unwrap();
+        }
+        fs::hard_link(tree.join("f050"), dir.path().join("outside-link")).unwrap();
+        let uid = fs::metadata(tree.join("f050")).unwrap().uid();
+        let mut out = Vec::new();
+        assert!(dump_path(&tree, &mut out, &DumpOptions::default()).is_ok());
+        let own = DumpOptions {
+            hard_link_owner: Some(uid),
+            ..Default::default()
+        };
+        assert!(dump_path(&tree, &mut Vec::new(), &own).is_ok());
+        let other = DumpOptions {
+            hard_link_owner: Some(uid.wrapping_add(1)),
+            ..Default::default()
+        };
+        let error = dump_path(&tree, &mut Vec::new(), &other).unwrap_err();
+        assert!(
+            matches!(&error, DumpError::ForeignHardLink { path } if path.ends_with("f050")),
+            "{error:?}"
+        );
+        // A single file as the root goes through the sequential path.
+        let error = dump_path(&tree.join("f050"), &mut Vec::new(), &other).unwrap_err();
+        assert!(
+            matches!(error, DumpError::ForeignHardLink { .. }),
+            "{error:?}"
+        );
     }
 }

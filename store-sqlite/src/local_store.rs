@@ -510,10 +510,19 @@ impl Store for LocalStore {
     }
 }
 
+/// How a user's tree is read when it is added: hard links to files the adding user does
+/// not own are refused (see [`DumpOptions::hard_link_owner`]).
+fn source_dump_options() -> DumpOptions {
+    DumpOptions {
+        hard_link_owner: Some(nix::unistd::geteuid().as_raw()),
+        ..DumpOptions::default()
+    }
+}
+
 /// sha256 and size of the NAR of `source`.
 fn hash_nar_of(source: &Path, progress: &dyn Fn(u64)) -> Result<(Hash, u64), StoreError> {
     let mut sink = HashingWriter::new(io::sink(), progress);
-    arca_nar::dump_path(source, &mut sink, &DumpOptions::default()).map_err(|error| {
+    arca_nar::dump_path(source, &mut sink, &source_dump_options()).map_err(|error| {
         StoreError::Dump {
             path: source.display().to_string(),
             source: error,
@@ -540,7 +549,7 @@ fn copy_via_nar(
     std::thread::scope(|scope| {
         let dumper = scope.spawn(move || {
             let mut writer = HashingWriter::new(writer, progress);
-            arca_nar::dump_path(source, &mut writer, &DumpOptions::default())
+            arca_nar::dump_path(source, &mut writer, &source_dump_options())
                 .map(|_| writer.result())
         });
         // If the restore fails, dropping the reader makes the dumper's next write fail

@@ -28,7 +28,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 
-use super::{encode_error, walk, DirectoryEntry, DumpError, Dumper};
+use super::{
+    check_regular_file, encode_error, walk, DirectoryEntry, DumpError, DumpOptions, Dumper,
+};
 
 #[cfg(test)]
 mod tests;
@@ -53,12 +55,14 @@ pub(super) struct Config {
     pub(super) batch_bytes: usize,
     /// Batches handed over but not yet encoded, at most.
     pub(super) in_flight: usize,
+    /// [`DumpOptions::hard_link_owner`], checked by the readers.
+    pub(super) hard_link_owner: Option<u32>,
 }
 
 impl Config {
     /// The configuration for this machine, or `None` if it has one core, where threads
     /// would only add overhead.
-    pub(super) fn for_this_machine() -> Option<Config> {
+    pub(super) fn for_this_machine(options: &DumpOptions) -> Option<Config> {
         // Asked once: the answer costs a few syscalls (cgroup quotas).
         static CORES: OnceLock<usize> = OnceLock::new();
         let cores = *CORES.get_or_init(|| {
@@ -73,6 +77,7 @@ impl Config {
             batch_items: 512,
             batch_bytes: 1024 * 1024,
             in_flight: 2 * cores,
+            hard_link_owner: options.hard_link_owner,
         })
     }
 }
@@ -275,7 +280,7 @@ impl Batch {
         for item in &mut self.items {
             match item {
                 Item::Regular { path, fetched } if self.contents.len() < config.batch_bytes => {
-                    *fetched = read_file(path, &mut self.contents, &mut opened);
+                    *fetched = read_file(path, &mut self.contents, &mut opened, config);
                 }
                 Item::Symlink { path, target } => {
                     *target = Some(fs::read_link(&*path).map_err(|source| DumpError::Io {
@@ -291,7 +296,7 @@ impl Batch {
 
 /// Reads the file at `path` into `buffer` if it is small; opens it if it is large and
 /// fewer than [`OPEN_PER_BATCH`] files are `opened` already.
-fn read_file(path: &Path, buffer: &mut Vec<u8>, opened: &mut usize) -> Fetched {
+fn read_file(path: &Path, buffer: &mut Vec<u8>, opened: &mut usize, config: &Config) -> Fetched {
     let io_error = |source| {
         Fetched::Failed(DumpError::Io {
             path: path.to_owned(),
@@ -307,10 +312,8 @@ fn read_file(path: &Path, buffer: &mut Vec<u8>, opened: &mut usize) -> Fetched {
         Ok(opened_file) => opened_file,
         Err(source) => return io_error(source),
     };
-    if !metadata.is_file() {
-        return Fetched::Failed(DumpError::UnsupportedFileType {
-            path: path.to_owned(),
-        });
+    if let Err(error) = check_regular_file(path, &metadata, config.hard_link_owner) {
+        return Fetched::Failed(error);
     }
     let size = metadata.len();
     if size > SMALL_FILE {

@@ -24,6 +24,7 @@ fn tiny(readers: usize) -> Config {
         batch_items: 3,
         batch_bytes: 100,
         in_flight: 1,
+        hard_link_owner: None,
     }
 }
 
@@ -37,6 +38,7 @@ fn configs() -> Vec<Config> {
         batch_items: 1,
         batch_bytes: usize::MAX,
         in_flight: 2,
+        hard_link_owner: None,
     });
     configs.push(Config {
         readers: 2,
@@ -44,6 +46,7 @@ fn configs() -> Vec<Config> {
         batch_items: 100_000,
         batch_bytes: usize::MAX,
         in_flight: 1,
+        hard_link_owner: None,
     });
     configs.push(Config {
         batch_bytes: 0,
@@ -55,6 +58,7 @@ fn configs() -> Vec<Config> {
         batch_items: 16,
         batch_bytes: 4096,
         in_flight: 8,
+        hard_link_owner: None,
     });
     configs
 }
@@ -234,7 +238,10 @@ fn a_case_hack_collision_deep_in_the_tree_comes_in_order() {
     let bad = dir.path().join("d2/e0/f2");
     fs::write(bad.join("x"), "1").expect("write");
     fs::write(bad.join("x~nix~case~hack~1"), "2").expect("write");
-    let options = DumpOptions { case_hack: true };
+    let options = DumpOptions {
+        case_hack: true,
+        ..Default::default()
+    };
     for config in configs() {
         let mut dumper = dumper(dir.path(), Vec::new(), &options);
         match dumper.dump_with_read_ahead(&config) {
@@ -412,6 +419,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
             batch_items,
             batch_bytes,
             in_flight,
+            hard_link_owner: None,
         },
     )
 }
