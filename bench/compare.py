@@ -215,6 +215,30 @@ def main():
                                             "--store", f"local?root={nix_root}", "--import"])),
         ("arca store import", import_with([arca, "--store", arca_root, "store", "import"])),
     ], args.runs, prepare=fresh_stores)
+
+    # Queries and verification on the imported stores (both hold the same paths now).
+    run(["env", "NIX_CONFIG=substituters =", "nix-store", "--store", f"local?root={nix_root}",
+         "--import"], stdin=open(export, "rb"))
+    run([arca, "--store", arca_root, "store", "import"], stdin=open(export, "rb"))
+    closure_root = subprocess.run(
+        [arca, "--store", arca_root, "store", "import"], stdin=open(export, "rb"),
+        capture_output=True, check=True).stdout.decode().splitlines()[min(4999, args.import_paths - 1)]
+    nix_q = ["env", "NIX_CONFIG=substituters =", "nix-store", "--store", f"local?root={nix_root}"]
+    measure(rows, "requisites (5,000-path closure)", [
+        ("nix-store -q --requisites", lambda: run(nix_q + ["-q", "--requisites", closure_root])),
+        ("arca store query --requisites",
+         lambda: run([arca, "--store", arca_root, "store", "query", "--requisites", closure_root])),
+    ], args.runs)
+    measure(rows, f"verify {args.import_paths}-path store", [
+        ("nix-store --verify", lambda: run(nix_q + ["--verify"], stdout=subprocess.DEVNULL)),
+        ("arca store verify", lambda: run([arca, "--store", arca_root, "store", "verify"])),
+    ], args.runs)
+    measure(rows, f"verify --check-contents {args.import_paths}-path store", [
+        ("nix-store --verify --check-contents",
+         lambda: run(nix_q + ["--verify", "--check-contents"])),
+        ("arca store verify --check-contents",
+         lambda: run([arca, "--store", arca_root, "store", "verify", "--check-contents"])),
+    ], args.runs)
     fresh_stores()
 
     print()

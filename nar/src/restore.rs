@@ -15,7 +15,7 @@ use crate::reader::{Event, Limits, NarReader, ReadError};
 
 mod batch;
 
-use batch::{create_file, make_executable, Batcher, SMALL_FILE};
+use batch::{create_file, finish_file, Batcher, SMALL_FILE};
 
 /// How [`restore`] writes the tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +25,12 @@ pub struct RestoreOptions {
     pub case_hack: bool,
     /// Bounds on the NAR being restored.
     pub limits: Limits,
+    /// Give regular files the metadata of a Nix store right away — mode 0444 or 0555 and
+    /// times at second 1 of the epoch — instead of Nix's restore modes (0666/0777 less the
+    /// umask). Set through the open file, this saves a store two path lookups per file
+    /// when it canonicalises afterwards. Directories and symlinks are left to the caller:
+    /// a directory's time changes while it is filled, and std cannot set a symlink's.
+    pub canonical_metadata: bool,
 }
 
 /// Errors from [`restore`].
@@ -100,7 +106,7 @@ fn restore_nar(
             options,
             directories: Vec::new(),
             created_root: &mut created_root,
-            batcher: Batcher::new(scope),
+            batcher: Batcher::new(scope, options.canonical_metadata),
         };
         let parsed = restorer.run(&mut reader);
         let batcher = restorer.batcher;
@@ -232,10 +238,8 @@ impl Restorer<'_, '_, '_> {
             let written = chunk.len();
             nar.consume_contents(written);
         }
-        if executable {
-            make_executable(&file).map_err(|source| self.io_error(source))?;
-        }
-        Ok(())
+        finish_file(&file, executable, self.options.canonical_metadata)
+            .map_err(|source| self.io_error(source))
     }
 
     /// After a node: unless it is the root, `self.path` goes back to its directory.
@@ -526,5 +530,41 @@ mod tests {
         let target = dir.path().join("out");
         restore(&encode(&tree)[..], &target, &RestoreOptions::default()).expect("restore");
         assert_eq!(read_tree(&target), tree);
+    }
+
+    #[test]
+    fn canonical_metadata_gives_store_modes_and_times() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        fs::create_dir(&source).unwrap();
+        // Enough small files that worker threads create some of them.
+        for i in 0..300 {
+            fs::write(source.join(format!("f{i:03}")), "x").unwrap();
+        }
+        fs::write(source.join("big"), vec![7u8; 100_000]).unwrap();
+        fs::set_permissions(source.join("f007"), fs::Permissions::from_mode(0o750)).unwrap();
+        let mut nar = Vec::new();
+        crate::dump_path(&source, &mut nar, &Default::default()).unwrap();
+        let target = dir.path().join("target");
+        let options = RestoreOptions {
+            canonical_metadata: true,
+            ..Default::default()
+        };
+        restore(&nar[..], &target, &options).unwrap();
+        for entry in fs::read_dir(&target).unwrap() {
+            let metadata = entry.unwrap().metadata().unwrap();
+            let expected = if metadata.mode() & 0o111 != 0 {
+                0o555
+            } else {
+                0o444
+            };
+            assert_eq!(metadata.mode() & 0o7777, expected);
+            assert_eq!((metadata.mtime(), metadata.mtime_nsec()), (1, 0));
+        }
+        assert_eq!(
+            fs::metadata(target.join("f007")).unwrap().mode() & 0o7777,
+            0o555
+        );
     }
 }

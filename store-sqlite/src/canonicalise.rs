@@ -19,6 +19,15 @@ use crate::error::{IoContext, StoreError};
 /// `None` to keep the adding user's.
 pub type Owner = Option<(u32, u32)>;
 
+/// How the store restores NARs: files get canonical metadata as they are written, which
+/// leaves [`canonicalise`] only directories and symlinks to change.
+pub fn store_restore_options() -> arca_nar::RestoreOptions {
+    arca_nar::RestoreOptions {
+        canonical_metadata: true,
+        ..Default::default()
+    }
+}
+
 /// Makes every entry under `root` (inclusive) canonical.
 pub fn canonicalise(root: &Path, owner: Owner) -> Result<(), StoreError> {
     // Directories are finished after their children (post-order), so that fixing a

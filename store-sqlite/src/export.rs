@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
 
-use arca_nar::RestoreOptions;
 use arca_store_core::{dependency_order, PathInfo, Store, StorePath};
 
+use crate::canonicalise::store_restore_options;
 use crate::error::{IoContext, StoreError};
 use crate::hashing::HashingReader;
 use crate::lock::PathLock;
@@ -126,7 +126,7 @@ impl LocalStore {
         let staged = self.stage()?;
         let mut hashing = HashingReader::new(input);
         let nar_size =
-            arca_nar::restore_embedded(&mut hashing, staged.tree(), &RestoreOptions::default())
+            arca_nar::restore_embedded(&mut hashing, staged.tree(), &store_restore_options())
                 .map_err(|source| StoreError::Restore {
                     path: "<import stream>".to_owned(),
                     source,

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arca_nar::{DumpOptions, NarEncoder, RestoreOptions};
+use arca_nar::{DumpOptions, NarEncoder};
 use arca_store_core::derivation::Derivation;
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StoreDir,
     StorePath,
 };
 
-use crate::canonicalise::{canonicalise, Owner};
+use crate::canonicalise::{canonicalise, store_restore_options, Owner};
 use crate::derivations::output_rows;
 use crate::error::{IoContext, StoreError};
 use crate::hashing::HashingReader;
@@ -286,7 +286,7 @@ impl LocalStore {
         }
         let mut hashing = HashingReader::new(nar);
         self.write_path_with(info, |tree| {
-            arca_nar::restore_embedded(&mut hashing, tree, &RestoreOptions::default()).map_err(
+            arca_nar::restore_embedded(&mut hashing, tree, &store_restore_options()).map_err(
                 |source| StoreError::Restore {
                     path: display.clone(),
                     source,
@@ -554,7 +554,7 @@ fn copy_via_nar(
         });
         // If the restore fails, dropping the reader makes the dumper's next write fail
         // (EPIPE), so it cannot block forever.
-        let restored = arca_nar::restore(reader, target, &RestoreOptions::default());
+        let restored = arca_nar::restore(reader, target, &store_restore_options());
         let dumped = dumper
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

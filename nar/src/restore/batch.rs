@@ -8,7 +8,7 @@
 //! back to back in one buffer, so no allocation is made per file.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, FileTimes, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, Scope, ScopedJoinHandle};
+use std::time::{Duration, SystemTime};
 
 use super::RestoreError;
 use crate::reader::NarReader;
@@ -44,7 +45,7 @@ struct Node {
 
 #[derive(Debug, Clone, Copy)]
 enum NodeKind {
-    File { executable: bool },
+    File { executable: bool, canonical: bool },
     Symlink,
 }
 
@@ -78,13 +79,13 @@ impl Batch {
 
 fn create_node(path: &Path, kind: NodeKind, data: &[u8]) -> io::Result<()> {
     match kind {
-        NodeKind::File { executable } => {
+        NodeKind::File {
+            executable,
+            canonical,
+        } => {
             let mut file = create_file(path)?;
             file.write_all(data)?;
-            if executable {
-                make_executable(&file)?;
-            }
-            Ok(())
+            finish_file(&file, executable, canonical)
         }
         NodeKind::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(data), path),
     }
@@ -100,12 +101,24 @@ pub(super) fn create_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Adds `+x` for everyone to the mode the file was created with, as Nix does, so the
-/// umask still applies to reading and writing.
-pub(super) fn make_executable(file: &File) -> io::Result<()> {
-    let mut permissions = file.metadata()?.permissions();
-    permissions.set_mode(permissions.mode() | 0o111);
-    file.set_permissions(permissions)
+/// Gives a written file its final metadata. As Nix does, an executable file gets `+x` for
+/// everyone on top of the mode it was created with, so the umask still applies to reading
+/// and writing. With `canonical` (see [`super::RestoreOptions::canonical_metadata`]) the
+/// mode is 0444 or 0555 and the times second 1 of the epoch, set through the open file so
+/// that no path is looked up again.
+pub(super) fn finish_file(file: &File, executable: bool, canonical: bool) -> io::Result<()> {
+    if canonical {
+        let mode = if executable { 0o555 } else { 0o444 };
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        let one = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        return file.set_times(FileTimes::new().set_accessed(one).set_modified(one));
+    }
+    if executable {
+        let mut permissions = file.metadata()?.permissions();
+        permissions.set_mode(permissions.mode() | 0o111);
+        file.set_permissions(permissions)?;
+    }
+    Ok(())
 }
 
 struct Workers<'scope> {
@@ -120,15 +133,18 @@ pub(super) struct Batcher<'scope, 'env> {
     cancelled: Arc<AtomicBool>,
     workers: Option<Workers<'scope>>,
     batch: Batch,
+    /// Files get canonical metadata (see `RestoreOptions::canonical_metadata`).
+    canonical: bool,
 }
 
 impl<'scope, 'env> Batcher<'scope, 'env> {
-    pub(super) fn new(scope: &'scope Scope<'scope, 'env>) -> Self {
+    pub(super) fn new(scope: &'scope Scope<'scope, 'env>, canonical: bool) -> Self {
         Batcher {
             scope,
             cancelled: Arc::new(AtomicBool::new(false)),
             workers: None,
             batch: Batch::default(),
+            canonical,
         }
     }
 
@@ -151,7 +167,10 @@ impl<'scope, 'env> Batcher<'scope, 'env> {
             nar.consume_contents(len);
         }
         let data = start..self.batch.bytes.len();
-        let kind = NodeKind::File { executable };
+        let kind = NodeKind::File {
+            executable,
+            canonical: self.canonical,
+        };
         self.batch.nodes.push(Node { path, data, kind });
         self.send_if_full()
     }
