@@ -94,6 +94,15 @@ fn requisites_5k_closure_in_100k_db(bencher: divan::Bencher) {
     bencher.bench_local(|| registry.requisites(&roots, false).unwrap());
 }
 
+/// Referrers of one path in the 100k db (Nix 2.8 costs about 40 µs per referrer query).
+#[divan::bench(sample_count = 50)]
+fn referrers_of_one_path_in_100k_db(bencher: divan::Bencher) {
+    let registry = Registry::open(big_db(), StoreDir::default()).expect("open registry");
+    let path = store_path(GROUP / 2);
+    assert!(!registry.referrers(&path).unwrap().is_empty());
+    bencher.bench_local(|| registry.referrers(&path).unwrap());
+}
+
 /// The alternative we measured against: one recursive CTE, paths parsed the same way.
 #[divan::bench(sample_count = 20)]
 fn requisites_5k_closure_in_100k_db_recursive_cte(bencher: divan::Bencher) {
