@@ -1,5 +1,6 @@
 //! Shared helpers for Arca's integration tests: locating the `arca` binary and real Nix,
-//! reading the golden fixtures, and generating random trees from a seed. The tests
+//! reading the golden fixtures ([`golden`]), running `arca` on a store root and reading
+//! its registry ([`store`]), and generating random trees from a seed. The tests
 //! themselves are in `tests/tests/`.
 
 use std::ffi::OsStr;
@@ -9,6 +10,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+pub mod golden;
+pub mod store;
+
+/// The `NIX_CONFIG` the tests run real Nix with: substituters off (there is no network)
+/// and the `nix` command enabled.
+pub const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command";
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -53,6 +61,18 @@ pub fn arca(args: &[&OsStr]) -> Output {
         .expect("arca can be spawned")
 }
 
+/// Runs `arca` with `args` (see [`arca`]) and returns its stdout, panicking with its
+/// stderr when it fails.
+pub fn arca_ok(args: &[&OsStr]) -> Vec<u8> {
+    let output = arca(args);
+    assert!(
+        output.status.success(),
+        "arca {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// Whether real Nix is installed. When it is not, the calling test should return early:
 /// this prints a loud notice, and panics instead when `ARCA_REQUIRE_NIX=1` (CI), so a
 /// skipped interop test can never pass unnoticed there.
@@ -79,10 +99,7 @@ pub fn nix(program: &str, args: &[&OsStr], stdin: Option<&[u8]>) -> Vec<u8> {
     let mut command = Command::new(program);
     command
         .args(args)
-        .env(
-            "NIX_CONFIG",
-            "substituters =\nexperimental-features = nix-command",
-        )
+        .env("NIX_CONFIG", NIX_CONFIG)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -187,6 +204,18 @@ fn random_contents(rng: &mut Rng) -> Vec<u8> {
     }
     contents.truncate(size);
     contents
+}
+
+/// Writes the random trees of `seeds` (see [`random_tree`]) as `dir/tree-<seed>`;
+/// returns their paths.
+pub fn make_trees(dir: &Path, seeds: std::ops::Range<u64>) -> Vec<PathBuf> {
+    seeds
+        .map(|seed| {
+            let path = dir.join(format!("tree-{seed}"));
+            random_tree(seed, &path).expect("random tree is written");
+            path
+        })
+        .collect()
 }
 
 /// Writes a random tree (a regular file, a symlink or a directory of nested entries) at

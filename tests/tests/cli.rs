@@ -6,27 +6,16 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use arca_tests::golden::fixture_trees;
 use arca_tests::{arca, arca_bin, fixture, nix, nix_available};
 use serde_json::Value;
 
-fn trees() -> Vec<(String, Value)> {
-    let path = fixture("trees.json");
-    let manifest: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
-    manifest["trees"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(key, tree)| (key.clone(), tree.clone()))
-        .collect()
-}
-
 /// Trees with a committed NAR: (key, manifest entry, NAR file).
 fn nar_trees() -> Vec<(String, Value, PathBuf)> {
-    let all: Vec<_> = trees()
+    let all: Vec<_> = fixture_trees()
         .into_iter()
         .filter_map(|(key, tree)| {
             let nar = fixture(tree["nar"].as_str()?);
@@ -48,18 +37,7 @@ fn run(args: &[OsString]) -> Output {
 
 /// Runs arca with `stdin` as its standard input.
 fn run_with_stdin(args: &[&OsStr], stdin: &[u8]) -> Output {
-    let mut child = Command::new(arca_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("arca can be spawned");
-    let mut pipe = child.stdin.take().unwrap();
-    // arca may exit before reading everything (an error): ignore EPIPE.
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    child.wait_with_output().unwrap()
+    arca_tests::store::run(Command::new(arca_bin()).args(args), stdin)
 }
 
 fn ok(output: &Output, what: &str) -> Vec<u8> {
@@ -402,6 +380,29 @@ fn strip_json_newline(arca_out: &[u8], nix_out: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Prints every mismatch found comparing `arca` with Nix (to stderr, in full).
+fn print_mismatches(mismatches: &[String]) {
+    for mismatch in mismatches {
+        eprintln!("{mismatch}");
+    }
+}
+
+/// Fails, listing the first 30, when comparing `command`'s outputs with Nix's found
+/// `mismatches` among `compared` outputs.
+fn assert_no_mismatches(mismatches: &[String], compared: usize, command: &str) {
+    assert!(
+        mismatches.is_empty(),
+        "{} of {compared} `{command}` outputs differ from Nix's:\n{}",
+        mismatches.len(),
+        mismatches
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[test]
 fn nar_ls_is_byte_identical_to_nix_nar_ls() {
     if !nix_available("nar_ls_is_byte_identical_to_nix_nar_ls") {
@@ -465,21 +466,9 @@ fn nar_ls_is_byte_identical_to_nix_nar_ls() {
             }
         }
     }
-    for mismatch in &mismatches {
-        eprintln!("{mismatch}");
-    }
+    print_mismatches(&mismatches);
     assert!(compared > 400, "compared only {compared} listings");
-    assert!(
-        mismatches.is_empty(),
-        "{} of {compared} `arca nar ls` outputs differ from Nix's:\n{}",
-        mismatches.len(),
-        mismatches
-            .iter()
-            .take(30)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_mismatches(&mismatches, compared, "arca nar ls");
 }
 
 #[test]
@@ -519,21 +508,9 @@ fn nar_cat_is_byte_identical_to_nix_nar_cat() {
             }
         }
     }
-    for mismatch in &mismatches {
-        eprintln!("{mismatch}");
-    }
+    print_mismatches(&mismatches);
     assert!(compared > 200, "compared only {compared} files");
-    assert!(
-        mismatches.is_empty(),
-        "{} of {compared} `arca nar cat` outputs differ from Nix's:\n{}",
-        mismatches.len(),
-        mismatches
-            .iter()
-            .take(30)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_no_mismatches(&mismatches, compared, "arca nar cat");
 }
 
 /// Restores every fixture NAR (with Nix, so this does not depend on arca's restore) and

@@ -13,30 +13,10 @@ use arca_store_core::derivation::{
     compute_output_paths, derivation_path, hash_derivation_modulo, parse_show_derivation_json,
     show_derivations_json, ModuloHashCache,
 };
-use arca_store_core::{Derivation, DerivationOutput, Hash, StoreDir, StorePath};
+use arca_store_core::{Derivation, DerivationOutput, Hash, StorePath};
+use arca_tests::golden::{fixture_json, parse_store_path, store, text};
 use arca_tests::{arca, fixture};
 use serde_json::Value;
-
-fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixture("drvs.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("field '{key}' is a string in {value}"))
-}
-
-fn store() -> StoreDir {
-    StoreDir::default()
-}
-
-fn parse_path(path: &str) -> StorePath {
-    store()
-        .parse_path(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 /// One `.drv` of the fixtures.
 struct Drv {
@@ -48,14 +28,14 @@ struct Drv {
 }
 
 fn drvs() -> Vec<Drv> {
-    let manifest = manifest();
+    let manifest = fixture_json("drvs.json");
     let drvs: Vec<Drv> = manifest["drvs"]
         .as_object()
         .unwrap()
         .iter()
         .map(|(base, entry)| Drv {
             base: base.clone(),
-            path: parse_path(text(entry, "path")),
+            path: parse_store_path(text(entry, "path")),
             bytes: std::fs::read(fixture(text(entry, "file"))).unwrap(),
             json_file: fixture(text(entry, "show_derivation_file")),
             entry: entry.clone(),
@@ -165,11 +145,11 @@ fn show_derivation_json_reads_back_to_the_same_derivation() {
 
 #[test]
 fn case_manifests_agree_with_the_drv_files() {
-    let manifest = manifest();
+    let manifest = fixture_json("drvs.json");
     let cases = manifest["cases"].as_object().unwrap();
     assert!(cases.len() >= 25, "drvs.json has lost cases");
     for (case, entry) in cases {
-        let path = parse_path(text(entry, "drv_path"));
+        let path = parse_store_path(text(entry, "drv_path"));
         let drv = load(&path).unwrap_or_else(|e| panic!("case {case}: {e}"));
         // `nix-instantiate` printed the path (with `!output` when the first output is
         // not `out`, which the sorted `.drv` cannot tell).
@@ -214,7 +194,7 @@ fn case_manifests_agree_with_the_drv_files() {
 /// their hash but get a wrong path, which must be recomputed.
 fn blank_outputs(drv: &Derivation) -> Derivation {
     let mut blank = drv.clone();
-    let wrong = parse_path("/nix/store/00000000000000000000000000000000-wrong");
+    let wrong = parse_store_path("/nix/store/00000000000000000000000000000000-wrong");
     for (name, output) in blank.outputs.iter_mut() {
         match output {
             DerivationOutput::Fixed { path, .. } => *path = wrong.clone(),
@@ -260,7 +240,7 @@ fn output_paths_computed_from_blanked_drvs_equal_nix_instantiate() {
 
 #[test]
 fn fod_dependent_pair_shares_output_paths_through_hash_derivation_modulo() {
-    let manifest = manifest();
+    let manifest = fixture_json("drvs.json");
     let facts = manifest["facts"].as_array().unwrap();
     let fact = facts
         .iter()
@@ -271,7 +251,7 @@ fn fod_dependent_pair_shares_output_paths_through_hash_derivation_modulo() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| parse_path(p.as_str().unwrap()))
+        .map(|p| parse_store_path(p.as_str().unwrap()))
         .collect();
     assert_eq!(fods.len(), 2);
     assert_ne!(fods[0], fods[1]);
@@ -293,7 +273,7 @@ fn fod_dependent_pair_shares_output_paths_through_hash_derivation_modulo() {
     let mut dependents = Vec::new();
     for case in fact["cases"].as_array().unwrap() {
         let entry = &manifest_cases[case.as_str().unwrap()];
-        let path = parse_path(text(entry, "drv_path"));
+        let path = parse_store_path(text(entry, "drv_path"));
         dependents.push((path.clone(), load(&path).unwrap()));
     }
     assert_ne!(dependents[0].0, dependents[1].0);

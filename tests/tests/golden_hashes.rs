@@ -8,20 +8,9 @@ use std::ffi::OsStr;
 use std::io::Write;
 
 use arca_store_core::{base32, Encoding, Hash, HashAlgo, Hasher};
-use arca_tests::{arca, fixture};
+use arca_tests::arca;
+use arca_tests::golden::{fixture_json, text};
 use serde_json::Value;
-
-fn manifest() -> Value {
-    let path = fixture("hashes.json");
-    let text = std::fs::read_to_string(&path).expect("hashes.json is readable");
-    serde_json::from_str(&text).expect("hashes.json is JSON")
-}
-
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("field '{key}' is a string in {value}"))
-}
 
 fn decode_hex(hex: &str) -> Vec<u8> {
     assert!(hex.len().is_multiple_of(2), "odd-length hex '{hex}'");
@@ -33,7 +22,7 @@ fn decode_hex(hex: &str) -> Vec<u8> {
 
 /// Every vector as (name, input bytes, {algo: {encoding: text}}).
 fn vectors() -> Vec<(String, Vec<u8>, BTreeMap<HashAlgo, Value>)> {
-    let manifest = manifest();
+    let manifest = fixture_json("hashes.json");
     let vectors = manifest["vectors"].as_array().expect("vectors is a list");
     assert!(vectors.len() >= 14, "hashes.json has lost vectors");
     vectors
@@ -293,7 +282,7 @@ fn run_arca(args: &[String]) -> std::process::Output {
 
 #[test]
 fn arca_hash_convert_agrees_with_every_nix_conversion() {
-    let manifest = manifest();
+    let manifest = fixture_json("hashes.json");
     let conversions = manifest["conversions"]
         .as_array()
         .expect("conversions is a list");

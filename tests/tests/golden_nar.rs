@@ -13,32 +13,13 @@ use arca_nar::{
     RestoreOptions,
 };
 use arca_store_core::{Hash, HashAlgo, Hasher};
-use arca_tests::{arca, fixture};
+use arca_tests::golden::{fixture_trees, text};
+use arca_tests::{arca_ok, fixture};
 use serde_json::{json, Value};
-
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("field '{key}' is a string in {value}"))
-}
-
-/// Every tree of trees.json as (key, manifest entry).
-fn trees() -> Vec<(String, Value)> {
-    let path = fixture("trees.json");
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let trees: Vec<(String, Value)> = manifest["trees"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(key, tree)| (key.clone(), tree.clone()))
-        .collect();
-    assert!(trees.len() >= 30, "trees.json has lost trees");
-    trees
-}
 
 /// The trees with a committed NAR, with its bytes.
 fn committed() -> Vec<(String, Value, Vec<u8>)> {
-    let all: Vec<(String, Value, Vec<u8>)> = trees()
+    let all: Vec<(String, Value, Vec<u8>)> = fixture_trees()
         .into_iter()
         .filter_map(|(key, tree)| {
             let nar = std::fs::read(fixture(tree["nar"].as_str()?)).unwrap();
@@ -350,7 +331,7 @@ fn big_file_contents() -> Vec<u8> {
 }
 
 fn big_file_tree() -> Value {
-    let (_, tree) = trees()
+    let (_, tree) = fixture_trees()
         .into_iter()
         .find(|(key, _)| key == "big-file")
         .expect("trees.json has big-file");
@@ -536,16 +517,6 @@ fn mutated_fixture_nars_fail_with_the_specific_error_everywhere() {
 }
 
 // ---- Through the `arca` command ---------------------------------------------------------
-
-fn arca_ok(args: &[&OsStr]) -> Vec<u8> {
-    let output = arca(args);
-    assert!(
-        output.status.success(),
-        "arca {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
 
 #[test]
 fn arca_dump_path_and_hash_path_of_restored_trees_equal_the_manifest() {

@@ -6,38 +6,17 @@
 use std::collections::BTreeSet;
 
 use arca_store_core::store_path::validate_name;
-use arca_store_core::{ContentAddressMethod, Hash, HashAlgo, StoreDir, StorePath, StorePathError};
+use arca_store_core::{ContentAddressMethod, Hash, HashAlgo, StorePath, StorePathError};
 use arca_tests::fixture;
+use arca_tests::golden::{fixture_json, fixture_trees, parse_store_path, store, text};
 use serde_json::Value;
-
-fn load(name: &str) -> Value {
-    let path = fixture(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("field '{key}' is a string in {value}"))
-}
-
-fn store() -> StoreDir {
-    StoreDir::default()
-}
-
-fn parse(path: &str) -> StorePath {
-    store()
-        .parse_path(path)
-        .unwrap_or_else(|e| panic!("'{path}' parses as a store path: {e}"))
-}
 
 fn references(value: &Value) -> BTreeSet<StorePath> {
     value
         .as_array()
         .expect("references is a list")
         .iter()
-        .map(|path| parse(path.as_str().unwrap()))
+        .map(|path| parse_store_path(path.as_str().unwrap()))
         .collect()
 }
 
@@ -84,17 +63,11 @@ fn regular_file_contents(nar: &[u8]) -> Vec<u8> {
     contents
 }
 
+/// Every tree of trees.json, whose store directory must be `/nix/store`.
 fn trees() -> Vec<(String, Value)> {
-    let manifest = load("trees.json");
+    let manifest = fixture_json("trees.json");
     assert_eq!(text(&manifest, "store_dir"), "/nix/store");
-    let trees: Vec<(String, Value)> = manifest["trees"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(key, tree)| (key.clone(), tree.clone()))
-        .collect();
-    assert!(trees.len() >= 30, "trees.json has lost trees");
-    trees
+    fixture_trees()
 }
 
 fn manifest_hash(forms: &Value, algo: HashAlgo) -> Hash {
@@ -118,7 +91,11 @@ fn make_source_path_of_every_tree_equals_nix_store_add() {
             text(&tree, "store_path"),
             "tree {key}"
         );
-        assert_eq!(parse(text(&tree, "store_path")), path, "tree {key}: parse");
+        assert_eq!(
+            parse_store_path(text(&tree, "store_path")),
+            path,
+            "tree {key}: parse"
+        );
         assert_eq!(
             format!("fixed:r:sha256:{}", nar_sha256.to_base32()),
             text(&tree, "store_path_ca"),
@@ -185,7 +162,7 @@ fn make_fixed_output_path_of_every_tree_equals_nix_store_add_fixed() {
 
 #[test]
 fn fixed_output_paths_other_than_recursive_sha256_refuse_references() {
-    let some_ref = parse("/nix/store/q08jdnslwmh8s254bj9fdacl84hzw6hc-ok");
+    let some_ref = parse_store_path("/nix/store/q08jdnslwmh8s254bj9fdacl84hzw6hc-ok");
     let refs: BTreeSet<StorePath> = [some_ref].into();
     let hash = Hash::digest(HashAlgo::Sha1, b"x");
     assert_eq!(
@@ -201,7 +178,7 @@ fn fixed_output_paths_other_than_recursive_sha256_refuse_references() {
 
 #[test]
 fn name_rules_accept_and_reject_exactly_as_nix_does() {
-    let manifest = load("trees.json");
+    let manifest = fixture_json("trees.json");
     let rules = manifest["name_rules"].as_array().unwrap();
     let (mut valid, mut invalid) = (0, 0);
     for rule in rules {
@@ -219,7 +196,7 @@ fn name_rules_accept_and_reject_exactly_as_nix_does() {
             let path = made.unwrap_or_else(|e| panic!("name {name:?}: {e}"));
             assert_eq!(store().display(&path), text(rule, "store_path"), "{name:?}");
             assert_eq!(path.name(), name);
-            assert_eq!(parse(text(rule, "store_path")), path);
+            assert_eq!(parse_store_path(text(rule, "store_path")), path);
             continue;
         }
         invalid += 1;
@@ -287,7 +264,7 @@ fn name_length_boundary_is_211() {
 
 #[test]
 fn every_drv_path_is_the_text_path_of_its_bytes_and_references() {
-    let manifest = load("drvs.json");
+    let manifest = fixture_json("drvs.json");
     assert_eq!(text(&manifest, "store_dir"), "/nix/store");
     let drvs = manifest["drvs"].as_object().unwrap();
     assert!(drvs.len() >= 30, "drvs.json has lost .drv files");
@@ -296,7 +273,7 @@ fn every_drv_path_is_the_text_path_of_its_bytes_and_references() {
         assert_eq!(bytes.len() as u64, drv["size"].as_u64().unwrap(), "{base}");
         let sha256 = Hash::digest(HashAlgo::Sha256, &bytes);
         assert_eq!(sha256.to_base16(), text(drv, "sha256"), "{base}: sha256");
-        let expected = parse(text(drv, "path"));
+        let expected = parse_store_path(text(drv, "path"));
         assert_eq!(expected.as_str(), base, "{base}: key is the base name");
         assert!(expected.is_derivation());
         let refs = references(&drv["references"]);
@@ -333,7 +310,7 @@ fn every_drv_path_is_the_text_path_of_its_bytes_and_references() {
 
 #[test]
 fn every_input_source_path_matches_its_content_address() {
-    let manifest = load("drvs.json");
+    let manifest = fixture_json("drvs.json");
     let sources = manifest["sources"].as_object().unwrap();
     let (mut text_paths, mut source_paths) = (0, 0);
     for (base, source) in sources {
@@ -345,7 +322,7 @@ fn every_input_source_path_matches_its_content_address() {
         );
         let nar_sha256 = Hash::digest(HashAlgo::Sha256, &nar);
         assert_eq!(nar_sha256.to_sri(), text(source, "nar_hash"), "{base}");
-        let expected = parse(text(source, "path"));
+        let expected = parse_store_path(text(source, "path"));
         assert_eq!(expected.as_str(), base);
         let refs = references(&source["references"]);
         let ca = text(source, "ca");

@@ -4,31 +4,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use arca_tests::{arca, nix, nix_available, random_tree};
+use arca_tests::{arca_ok, make_trees, nix, nix_available};
 
 const TREES: u64 = 200;
-
-fn make_trees(dir: &Path, seeds: std::ops::Range<u64>) -> Vec<PathBuf> {
-    seeds
-        .map(|seed| {
-            let path = dir.join(format!("tree-{seed}"));
-            random_tree(seed, &path).expect("random tree is written");
-            path
-        })
-        .collect()
-}
-
-fn arca_ok(args: &[&OsStr]) -> Vec<u8> {
-    let output = arca(args);
-    assert!(
-        output.status.success(),
-        "arca {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
 
 #[test]
 fn dump_path_is_byte_identical_to_nix_store_dump() {

@@ -16,12 +16,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use arca_tests::{arca_bin, fixture, nix, nix_available, random_tree, workspace_root};
+use arca_tests::golden::fixture_json;
+use arca_tests::store::{
+    assert_arca_verify_clean, derivation_json, lines, run, sql, staging_leftovers, Root,
+};
+use arca_tests::{make_trees, nix, nix_available, workspace_root, NIX_CONFIG};
 use serde_json::Value;
 
 /// Fixture derivations, by `.nix` file, instantiated by Nix for the tests, in an order
@@ -55,56 +58,28 @@ const NIX_VERIFY_PROGRESS: &[&str] = &[
     "checking store hashes...",
 ];
 
-const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command";
-
-/// A physical store root in a temporary directory.
-struct Root {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
+/// What the tests ask of a [`Root`] beyond Arca: real Nix on it, and the checks that
+/// both verify it clean.
+trait NixRoot {
+    /// `local?root=ROOT`, the root as a Nix store URI.
+    fn uri(&self) -> String;
+    /// Runs `nix-store --store local?root=ROOT ARGS` (panics on failure).
+    fn nix_store(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8>;
+    fn instantiate(&self, file: &str) -> String;
+    /// `nix-store --verify --check-contents` must succeed and report nothing.
+    fn assert_nix_verifies_clean(&self);
+    /// `arca store verify --check-contents` (also with `--json`) must succeed and report
+    /// nothing.
+    fn assert_arca_verifies_clean(&self);
+    /// Nothing left in the staging directory.
+    fn assert_no_staging_leftovers(&self);
 }
 
-impl Root {
-    fn new() -> Root {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("root");
-        Root { _dir: dir, path }
-    }
-
+impl NixRoot for Root {
     fn uri(&self) -> String {
         format!("local?root={}", self.path.display())
     }
 
-    fn store(&self) -> PathBuf {
-        self.path.join("nix/store")
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path.join("nix/var/nix/db/db.sqlite")
-    }
-
-    /// Runs `arca --store ROOT ARGS` with `stdin`.
-    fn arca_raw(&self, args: &[&str], stdin: &[u8]) -> Output {
-        run(
-            Command::new(arca_bin())
-                .arg("--store")
-                .arg(&self.path)
-                .args(args),
-            stdin,
-        )
-    }
-
-    fn arca_ok(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-        let output = self.arca_raw(args, stdin);
-        assert!(
-            output.status.success(),
-            "arca --store {} {args:?} failed: {}",
-            self.path.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    }
-
-    /// Runs `nix-store --store local?root=ROOT ARGS` (panics on failure).
     fn nix_store(&self, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
         let uri = self.uri();
         let mut all: Vec<&OsStr> = vec!["--store".as_ref(), uri.as_ref()];
@@ -126,12 +101,6 @@ impl Root {
         line.split('!').next().unwrap().to_owned()
     }
 
-    /// Every valid path, from the registry itself.
-    fn valid_paths(&self) -> Vec<String> {
-        sql(&self.db(), "select path from ValidPaths order by path")
-    }
-
-    /// `nix-store --verify --check-contents` must succeed and report nothing.
     fn assert_nix_verifies_clean(&self) {
         let uri = self.uri();
         let output = run(
@@ -161,17 +130,8 @@ impl Root {
         );
     }
 
-    /// `arca store verify --check-contents` must succeed and report nothing.
     fn assert_arca_verifies_clean(&self) {
-        let output = self.arca_raw(&["store", "verify", "--check-contents"], b"");
-        assert!(
-            output.status.success() && output.stdout.is_empty(),
-            "arca store verify --check-contents on {}: status {}, stdout {}, stderr {}",
-            self.path.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_arca_verify_clean(&self.path, "arca store verify");
         let json = self.arca_ok(&["store", "verify", "--check-contents", "--json"], b"");
         let report: Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(report["problems"], Value::Array(vec![]), "{report}");
@@ -182,88 +142,14 @@ impl Root {
         );
     }
 
-    /// Nothing left in the staging directory.
     fn assert_no_staging_leftovers(&self) {
-        let staging = self.store().join(".arca-staging");
-        if let Ok(entries) = fs::read_dir(&staging) {
-            let left: Vec<_> = entries.map(|e| e.unwrap().file_name()).collect();
-            assert!(
-                left.is_empty(),
-                "leftovers in {}: {left:?}",
-                staging.display()
-            );
-        }
+        let left = staging_leftovers(&self.path);
+        assert!(
+            left.is_empty(),
+            "leftovers in {}: {left:?}",
+            self.store().join(".arca-staging").display()
+        );
     }
-}
-
-fn run(command: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the command can be spawned");
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.to_vec();
-    // Feed stdin from a thread: the command may fill its stdout pipe before reading.
-    let feeder = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let output = child.wait_with_output().expect("the command runs");
-    feeder.join().unwrap();
-    output
-}
-
-/// Runs an SQL query on a registry (sqlite3, else python3's sqlite3), one row per line.
-fn sql(db: &Path, query: &str) -> Vec<String> {
-    let output = Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(db)
-        .arg(query)
-        .output();
-    let output = match output {
-        Ok(output) => output,
-        Err(_) => Command::new("python3")
-            .arg("-c")
-            .arg(
-                "import sqlite3, sys\n\
-                 db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
-                 for row in db.execute(sys.argv[2]):\n    print('|'.join(str(c) for c in row))",
-            )
-            .arg(db)
-            .arg(query)
-            .output()
-            .expect("sqlite3 or python3 is installed"),
-    };
-    assert!(
-        output.status.success(),
-        "query {query:?} on {} failed: {}",
-        db.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn lines(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn make_trees(dir: &Path, seeds: std::ops::Range<u64>) -> Vec<PathBuf> {
-    seeds
-        .map(|seed| {
-            let path = dir.join(format!("tree-{seed}"));
-            random_tree(seed, &path).unwrap();
-            path
-        })
-        .collect()
 }
 
 fn make_flat_files(dir: &Path, count: usize) -> Vec<PathBuf> {
@@ -285,11 +171,7 @@ fn path_strs(paths: &[PathBuf]) -> Vec<&str> {
 /// The `.drv.json` fixture of `drv` (as `nix show-derivation` prints it) with the output
 /// paths and the env entries named after outputs blanked.
 fn blanked_derivation_json(drv: &str, keyed: bool) -> Vec<u8> {
-    let base = drv.strip_prefix("/nix/store/").unwrap();
-    let file = fixture(&format!("drvs/{base}.json"));
-    let text = fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("fixture {} is readable: {e}", file.display()));
-    let mut value: Value = serde_json::from_str(&text).unwrap();
+    let mut value: Value = serde_json::from_slice(&derivation_json(drv)).unwrap();
     let object = value[drv].as_object_mut().expect("keyed by its drv path");
     let output_names: Vec<String> = object["outputs"]
         .as_object()
@@ -317,8 +199,7 @@ fn blanked_derivation_json(drv: &str, keyed: bool) -> Vec<u8> {
 /// checked against the recorded fixtures.
 fn nix_source_root() -> (Root, Vec<String>) {
     let source = Root::new();
-    let manifest: Value =
-        serde_json::from_str(&fs::read_to_string(fixture("drvs.json")).unwrap()).unwrap();
+    let manifest = fixture_json("drvs.json");
     let mut tops = Vec::new();
     for file in FIXTURES {
         let drv = source.instantiate(file);
@@ -379,7 +260,7 @@ fn populate_with_arca(root: &Root, scratch: &Path) -> ArcaContents {
     for (index, top) in tops.iter().enumerate() {
         // Alternate between the keyed shape `nix show-derivation` prints and a bare object.
         let json = blanked_derivation_json(top, index % 2 == 0);
-        let output = root.arca_raw(&["derivation", "add"], &json);
+        let output = root.arca(&["derivation", "add"], &json);
         assert!(
             output.status.success(),
             "arca derivation add of {top} failed: {}",
@@ -409,7 +290,7 @@ fn assert_queries_agree(root: &Root) {
         for query in QUERIES {
             let flag = format!("--{query}");
             let theirs = root.nix_store(&["-q", &flag, path], None);
-            let ours = root.arca_raw(&["store", "query", &flag, path], b"");
+            let ours = root.arca(&["store", "query", &flag, path], b"");
             if !ours.status.success() || ours.stdout != theirs {
                 differences.push(format!(
                     "{flag} {path}:\n  nix:  {:?}\n  arca: {:?} {}",
@@ -428,7 +309,7 @@ fn assert_queries_agree(root: &Root) {
         .collect();
     for flag in ["--requisites", "--referrers", "--references"] {
         let theirs = root.nix_store(&[&["-q", flag][..], &drvs].concat(), None);
-        let ours = root.arca_raw(&[&["store", "query", flag][..], &drvs].concat(), b"");
+        let ours = root.arca(&[&["store", "query", flag][..], &drvs].concat(), b"");
         if ours.stdout != theirs {
             differences.push(format!(
                 "{flag} of all {} derivations at once:\n  nix:  {:?}\n  arca: {:?} {}",
@@ -531,12 +412,8 @@ fn arca_filled_store_verifies_in_nix_and_queries_agree() {
                  on d.drv = v.id where v.path = '{drv}' order by d.id"
             ),
         );
-        let base = drv.strip_prefix("/nix/store/").unwrap();
-        let fixture_json: Value = serde_json::from_str(
-            &fs::read_to_string(fixture(&format!("drvs/{base}.json"))).unwrap(),
-        )
-        .unwrap();
-        let expected: Vec<String> = fixture_json[drv.as_str()]["outputs"]
+        let drv_json: Value = serde_json::from_slice(&derivation_json(drv)).unwrap();
+        let expected: Vec<String> = drv_json[drv.as_str()]["outputs"]
             .as_object()
             .unwrap()
             .iter()

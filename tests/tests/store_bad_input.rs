@@ -7,124 +7,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 
-use arca_tests::{arca_bin, fixture, random_tree};
+use arca_tests::random_tree;
+use arca_tests::store::{
+    add_derivation, assert_arca_verify_clean, lines, sql, staging_leftovers, Root, DIAMOND,
+};
 
 const EXPORT_MAGIC: u64 = 0x4558_494e;
-
-/// The diamond fixture's derivations, inputs first.
-const DIAMOND: &[&str] = &[
-    "/nix/store/clrspwp4prknbnvjpg5g0pr45fz837r0-diamond-base.drv",
-    "/nix/store/jva2yzzjbhxg6fxraj95m2yd5fmls2h4-diamond-left.drv",
-    "/nix/store/599w7b698zhnc0nyr4mivxjcjfbriq75-diamond-right.drv",
-    "/nix/store/vavpr4y1argqqs3ypp9fgzgjb48cvisw-diamond-top.drv",
-];
-
-struct Root {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Root {
-    fn new() -> Root {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("root");
-        Root { _dir: dir, path }
-    }
-
-    /// A new root, created and opened once (so that it has an empty registry).
-    fn empty() -> Root {
-        let root = Root::new();
-        root.arca_ok(&["store", "verify"], b"");
-        root
-    }
-
-    fn arca(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(arca_bin())
-            .arg("--store")
-            .arg(&self.path)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        let input = stdin.to_vec();
-        // arca may stop reading at the first error: ignore EPIPE.
-        let feeder = std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-        let output = child.wait_with_output().unwrap();
-        feeder.join().unwrap();
-        output
-    }
-
-    fn arca_ok(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-        let output = self.arca(args, stdin);
-        assert!(
-            output.status.success(),
-            "arca {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    }
-
-    fn lines(&self, args: &[&str]) -> Vec<String> {
-        String::from_utf8(self.arca_ok(args, b""))
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.path.join("nix/store")
-    }
-
-    fn valid_paths(&self) -> Vec<String> {
-        sql(
-            &self.path.join("nix/var/nix/db/db.sqlite"),
-            "select path from ValidPaths order by path",
-        )
-    }
-}
-
-/// Runs an SQL query on a registry (sqlite3, else python3's sqlite3), one row per line.
-fn sql(db: &Path, query: &str) -> Vec<String> {
-    let output = match Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(db)
-        .arg(query)
-        .output()
-    {
-        Ok(output) => output,
-        Err(_) => Command::new("python3")
-            .arg("-c")
-            .arg(
-                "import sqlite3, sys\n\
-                 db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
-                 for row in db.execute(sys.argv[2]):\n    print('|'.join(str(c) for c in row))",
-            )
-            .arg(db)
-            .arg(query)
-            .output()
-            .expect("sqlite3 or python3 is installed"),
-    };
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 /// Everything observable about a store: valid paths, their references and referrers,
 /// the entries of the store directory and of the staging directory.
@@ -154,7 +44,7 @@ fn snapshot(root: &Root) -> Snapshot {
             })
             .unwrap_or_default()
     };
-    let db = root.path.join("nix/var/nix/db/db.sqlite");
+    let db = root.db();
     let mut rows = sql(&db, "select * from ValidPaths order by id");
     rows.extend(sql(&db, "select * from Refs order by referrer, reference"));
     rows.extend(sql(&db, "select * from DerivationOutputs order by drv, id"));
@@ -162,7 +52,7 @@ fn snapshot(root: &Root) -> Snapshot {
         valid,
         queries,
         entries: list(&root.store()),
-        staging: list(&root.store().join(".arca-staging")),
+        staging: staging_leftovers(&root.path).into_iter().collect(),
         rows,
     }
 }
@@ -171,10 +61,7 @@ fn snapshot(root: &Root) -> Snapshot {
 /// `root`; returns the tree paths.
 fn populate(root: &Root, scratch: &Path, seeds: std::ops::Range<u64>) -> Vec<String> {
     for drv in DIAMOND {
-        let base = drv.strip_prefix("/nix/store/").unwrap();
-        let json = fs::read(fixture(&format!("drvs/{base}.json"))).unwrap();
-        let printed = root.arca_ok(&["derivation", "add"], &json);
-        assert_eq!(String::from_utf8_lossy(&printed).trim(), *drv);
+        add_derivation(&root.path, drv);
     }
     let mut trees = Vec::new();
     for seed in seeds {
@@ -192,7 +79,7 @@ fn populate(root: &Root, scratch: &Path, seeds: std::ops::Range<u64>) -> Vec<Str
         .into_iter()
         .chain(trees.iter().map(String::as_str))
         .collect();
-    root.lines(&args)
+    lines(&root.arca_ok(&args, b""))
 }
 
 fn export(root: &Root, paths: &[&str]) -> Vec<u8> {
@@ -291,13 +178,7 @@ fn assert_refused(
             .collect::<Vec<_>>(),
         after.staging
     );
-    let verify = root.arca(&["store", "verify", "--check-contents"], b"");
-    assert!(
-        verify.status.success() && verify.stdout.is_empty(),
-        "{case}: verify after the refused import: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_arca_verify_clean(&root.path, &format!("{case}: after the refused import"));
 }
 
 fn assert_messages(messages: &[String]) {

@@ -9,101 +9,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arca_tests::{arca_bin, fixture, random_tree, Rng};
-
-const DIAMOND: &[&str] = &[
-    "/nix/store/clrspwp4prknbnvjpg5g0pr45fz837r0-diamond-base.drv",
-    "/nix/store/jva2yzzjbhxg6fxraj95m2yd5fmls2h4-diamond-left.drv",
-    "/nix/store/599w7b698zhnc0nyr4mivxjcjfbriq75-diamond-right.drv",
-    "/nix/store/vavpr4y1argqqs3ypp9fgzgjb48cvisw-diamond-top.drv",
-];
+use arca_tests::store::{
+    add_derivation, arca_cmd, arca_ok, assert_arca_verify_clean, lines, registry_db, run,
+    scratch_dir, sql, staging_leftovers, DIAMOND,
+};
+use arca_tests::{random_tree, Rng};
 
 const WRITERS: usize = 8;
-
-/// A scratch directory on tmpfs when there is one: the point is contention between
-/// processes, not the speed of the disk (which is slow on shared CI machines).
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-fn arca_cmd(root: &Path) -> Command {
-    let mut command = Command::new(arca_bin());
-    command.arg("--store").arg(root);
-    command
-}
-
-fn run(command: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = pipe.write_all(&input);
-    });
-    let output = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    output
-}
-
-fn arca_ok(root: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let output = run(arca_cmd(root).args(args), stdin);
-    assert!(
-        output.status.success(),
-        "arca {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
-fn lines(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn sql(db: &Path, query: &str) -> Vec<String> {
-    let output = match Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(db)
-        .arg(query)
-        .output()
-    {
-        Ok(output) => output,
-        Err(_) => Command::new("python3")
-            .arg("-c")
-            .arg(
-                "import sqlite3, sys\n\
-                 db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
-                 for row in db.execute(sys.argv[2]):\n    print('|'.join(str(c) for c in row))",
-            )
-            .arg(db)
-            .arg(query)
-            .output()
-            .expect("sqlite3 or python3 is installed"),
-    };
-    assert!(
-        output.status.success(),
-        "{query}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    lines(&output.stdout)
-}
 
 /// Trees to add: random ones, and a few larger ones (hundreds of files) so that writers
 /// overlap in time.
@@ -130,10 +47,7 @@ fn make_trees(dir: &Path, count: u64) -> Vec<PathBuf> {
 
 fn add_diamond(root: &Path) {
     for drv in DIAMOND {
-        let base = drv.strip_prefix("/nix/store/").unwrap();
-        let json = fs::read(fixture(&format!("drvs/{base}.json"))).unwrap();
-        let printed = arca_ok(root, &["derivation", "add"], &json);
-        assert_eq!(String::from_utf8_lossy(&printed).trim(), *drv);
+        add_derivation(root, drv);
     }
 }
 
@@ -148,13 +62,8 @@ fn leftovers(root: &Path) -> Vec<String> {
             found.push(name);
         }
     }
-    if let Ok(entries) = fs::read_dir(store.join(".arca-staging")) {
-        for entry in entries {
-            found.push(format!(
-                ".arca-staging/{}",
-                entry.unwrap().file_name().to_string_lossy()
-            ));
-        }
+    for entry in staging_leftovers(root) {
+        found.push(format!(".arca-staging/{entry}"));
     }
     found
 }
@@ -162,7 +71,7 @@ fn leftovers(root: &Path) -> Vec<String> {
 /// The registry is consistent: no duplicate rows, foreign keys hold, SQLite's own
 /// integrity check passes, and the store directory holds exactly the valid paths.
 fn assert_registry_consistent(root: &Path, expected_paths: &BTreeSet<String>) {
-    let db = root.join("nix/var/nix/db/db.sqlite");
+    let db = registry_db(root);
     assert_eq!(sql(&db, "pragma integrity_check"), ["ok"]);
     assert_eq!(sql(&db, "pragma foreign_key_check"), Vec::<String>::new());
     assert_eq!(
@@ -198,19 +107,6 @@ fn assert_registry_consistent(root: &Path, expected_paths: &BTreeSet<String>) {
     assert_eq!(
         on_disk, valid,
         "the store directory holds exactly the valid paths"
-    );
-}
-
-fn assert_verify_clean(root: &Path) {
-    let output = run(
-        arca_cmd(root).args(["store", "verify", "--check-contents"]),
-        b"",
-    );
-    assert!(
-        output.status.success() && output.stdout.is_empty(),
-        "verify --check-contents: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
     );
 }
 
@@ -357,7 +253,7 @@ fn eight_writers_with_overlapping_trees_and_a_querier() {
         let mut all: BTreeSet<String> = expected.iter().cloned().collect();
         all.extend(DIAMOND.iter().map(|d| d.to_string()));
         assert_registry_consistent(&root, &all);
-        assert_verify_clean(&root);
+        assert_arca_verify_clean(&root, "after the concurrent runs");
         assert_eq!(
             leftovers(&root),
             Vec::<String>::new(),
@@ -443,7 +339,7 @@ fn concurrent_imports_of_the_same_paths_in_opposite_orders() {
         }
         let all: BTreeSet<String> = paths.iter().cloned().collect();
         assert_registry_consistent(&root, &all);
-        assert_verify_clean(&root);
+        assert_arca_verify_clean(&root, "after the concurrent runs");
         assert_eq!(leftovers(&root), Vec::<String>::new());
     }
 }

@@ -9,89 +9,18 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arca_nar::DumpOptions;
 use arca_store_core::{HashAlgo, Hasher};
-use arca_tests::{arca_bin, fixture, random_tree, Rng};
+use arca_tests::store::{
+    add_derivation, arca_cmd, arca_ok, arca_ok_from, assert_arca_verify_clean, lines, registry_db,
+    scratch_dir, sql, staging_leftovers, DIAMOND,
+};
+use arca_tests::{random_tree, Rng};
 
 const KILLS: u64 = 15;
-
-const DIAMOND: &[&str] = &[
-    "/nix/store/clrspwp4prknbnvjpg5g0pr45fz837r0-diamond-base.drv",
-    "/nix/store/jva2yzzjbhxg6fxraj95m2yd5fmls2h4-diamond-left.drv",
-    "/nix/store/599w7b698zhnc0nyr4mivxjcjfbriq75-diamond-right.drv",
-    "/nix/store/vavpr4y1argqqs3ypp9fgzgjb48cvisw-diamond-top.drv",
-];
-
-/// A scratch directory on tmpfs when there is one (a kill -9 is a process crash, not a
-/// power loss: the file system does not matter, and tmpfs keeps the test fast).
-fn scratch_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-fn arca_cmd(root: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(arca_bin());
-    command.arg("--store").arg(root).args(args);
-    command
-}
-
-fn arca_ok(root: &Path, args: &[&str], stdin: Option<&Path>) -> Vec<u8> {
-    let mut command = arca_cmd(root, args);
-    command.stdin(match stdin {
-        Some(file) => Stdio::from(fs::File::open(file).unwrap()),
-        None => Stdio::null(),
-    });
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "arca {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
-fn lines(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn sql(db: &Path, query: &str) -> Vec<String> {
-    let output = match Command::new("sqlite3")
-        .arg("-readonly")
-        .arg(db)
-        .arg(query)
-        .output()
-    {
-        Ok(output) => output,
-        Err(_) => Command::new("python3")
-            .arg("-c")
-            .arg(
-                "import sqlite3, sys\n\
-                 db = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
-                 for row in db.execute(sys.argv[2]):\n    print('|'.join(str(c) for c in row))",
-            )
-            .arg(db)
-            .arg(query)
-            .output()
-            .expect("sqlite3 or python3 is installed"),
-    };
-    assert!(
-        output.status.success(),
-        "{query}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    lines(&output.stdout)
-}
 
 /// A tree of 3000 files in 30 directories, with executables and symlinks.
 fn large_tree(path: &Path) {
@@ -110,15 +39,18 @@ fn large_tree(path: &Path) {
     }
 }
 
+/// `path`, opened, as standard input.
+fn file(path: &Path) -> Stdio {
+    Stdio::from(fs::File::open(path).unwrap())
+}
+
 /// Runs `args` and kills it with SIGKILL after `delay` (if it is still running).
 /// Returns whether it finished before the kill.
 fn run_and_kill(root: &Path, args: &[&str], stdin: Option<&Path>, delay: Duration) -> bool {
-    let mut command = arca_cmd(root, args);
+    let mut command = arca_cmd(root);
     command
-        .stdin(match stdin {
-            Some(file) => Stdio::from(fs::File::open(file).unwrap()),
-            None => Stdio::null(),
-        })
+        .args(args)
+        .stdin(stdin.map_or_else(Stdio::null, file))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = command.spawn().unwrap();
@@ -133,30 +65,19 @@ fn run_and_kill(root: &Path, args: &[&str], stdin: Option<&Path>, delay: Duratio
 
 /// The checks after a crash. `context` names the seed and delay for the failure message.
 fn assert_recovered(root: &Path, context: &str) {
-    if !root.join("nix/var/nix/db/db.sqlite").exists() {
+    let db = registry_db(root);
+    if !db.exists() {
         // Killed before the store was even created: opening it now must work.
-        arca_ok(root, &["store", "verify"], None);
+        arca_ok(root, &["store", "verify"], b"");
     }
     // The next open cleans up; verify must then be clean.
-    let output: Output = arca_cmd(root, &["store", "verify", "--check-contents"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success() && output.stdout.is_empty(),
-        "{context}: verify after the crash: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_arca_verify_clean(root, &format!("{context}: after the crash"));
     let store = root.join("nix/store");
-    let staging: Vec<_> = fs::read_dir(store.join(".arca-staging"))
-        .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
+    let staging = staging_leftovers(root);
     assert!(
         staging.is_empty(),
         "{context}: staging leftovers survive the next open: {staging:?}"
     );
-    let db = root.join("nix/var/nix/db/db.sqlite");
     let registered: BTreeSet<String> = sql(&db, "select path from ValidPaths")
         .into_iter()
         .collect();
@@ -216,7 +137,7 @@ fn kill_9_during_add_path_of_a_large_tree() {
     let expected = lines(&arca_ok(
         &calibration,
         &["store", "add-path", tree_arg],
-        None,
+        b"",
     ));
     let full = started.elapsed();
     assert_eq!(expected.len(), 1);
@@ -229,9 +150,7 @@ fn kill_9_during_add_path_of_a_large_tree() {
         // Half the time, the store exists and has content before the crash.
         if index % 2 == 1 {
             for drv in &DIAMOND[..2] {
-                let base = drv.strip_prefix("/nix/store/").unwrap();
-                let json = fixture(&format!("drvs/{base}.json"));
-                arca_ok(&root, &["derivation", "add"], Some(&json));
+                add_derivation(&root, drv);
             }
         }
         if !run_and_kill(&root, &["store", "add-path", tree_arg], None, delay) {
@@ -239,7 +158,7 @@ fn kill_9_during_add_path_of_a_large_tree() {
         }
         assert_recovered(&root, &context);
         // The same add succeeds afterwards, and gives the same path.
-        let again = lines(&arca_ok(&root, &["store", "add-path", tree_arg], None));
+        let again = lines(&arca_ok(&root, &["store", "add-path", tree_arg], b""));
         assert_eq!(again, expected, "{context}");
         assert_recovered(&root, &format!("{context}, after adding again"));
         chmod_and_remove(&root);
@@ -257,12 +176,7 @@ fn kill_9_during_import_of_a_big_export() {
     // The source: the diamond derivations (with references) and 150 trees.
     let source = scratch.path().join("source");
     for drv in DIAMOND {
-        let base = drv.strip_prefix("/nix/store/").unwrap();
-        arca_ok(
-            &source,
-            &["derivation", "add"],
-            Some(&fixture(&format!("drvs/{base}.json"))),
-        );
+        add_derivation(&source, drv);
     }
     let trees_dir = scratch.path().join("trees");
     fs::create_dir(&trees_dir).unwrap();
@@ -280,7 +194,7 @@ fn kill_9_during_import_of_a_big_export() {
     let mut paths = lines(&arca_ok(
         &source,
         &[&["store", "add-path"][..], &tree_args].concat(),
-        None,
+        b"",
     ));
     paths.extend(DIAMOND.iter().map(|d| d.to_string()));
     let path_args: Vec<&str> = paths.iter().map(String::as_str).collect();
@@ -290,14 +204,14 @@ fn kill_9_during_import_of_a_big_export() {
         arca_ok(
             &source,
             &[&["store", "export"][..], &path_args].concat(),
-            None,
+            b"",
         ),
     )
     .unwrap();
 
     let calibration = scratch.path().join("calibration");
     let started = Instant::now();
-    arca_ok(&calibration, &["store", "import"], Some(&export));
+    arca_ok_from(&calibration, &["store", "import"], file(&export));
     let full = started.elapsed();
     let all: BTreeSet<String> = paths.iter().cloned().collect();
 
@@ -310,11 +224,10 @@ fn kill_9_during_import_of_a_big_export() {
             killed += 1;
         }
         assert_recovered(&root, &context);
-        let printed = lines(&arca_ok(&root, &["store", "import"], Some(&export)));
+        let printed = lines(&arca_ok_from(&root, &["store", "import"], file(&export)));
         assert_eq!(printed.len(), paths.len(), "{context}");
         assert_recovered(&root, &format!("{context}, after importing again"));
-        let db = root.join("nix/var/nix/db/db.sqlite");
-        let registered: BTreeSet<String> = sql(&db, "select path from ValidPaths")
+        let registered: BTreeSet<String> = sql(&registry_db(&root), "select path from ValidPaths")
             .into_iter()
             .collect();
         assert_eq!(registered, all, "{context}: everything imported in the end");
