@@ -32,9 +32,9 @@ impl LocalStore {
         let mut cache = ModuloHashCache::new();
         cache
             .compute_output_paths(self.store_dir(), drv, |path| self.read_derivation(path))
-            .map_err(|error| StoreError::CorruptRegistry {
+            .map_err(|error| StoreError::InvalidDerivation {
                 path: drv.name.clone(),
-                reason: error.to_string(),
+                source: Box::new(error),
             })
     }
 

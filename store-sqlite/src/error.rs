@@ -66,8 +66,11 @@ pub enum StoreError {
     },
     #[error("cannot delete '{path}': it is still referenced by '{referrer}'")]
     StillReferenced { path: String, referrer: String },
-    #[error("refusing to add '{path}': it is a hard link to a file that the caller does not own")]
-    ForeignHardLink { path: PathBuf },
+    #[error("derivation '{path}' is invalid")]
+    InvalidDerivation {
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("malformed export archive: {0}")]
     BadExport(String),
     #[error("cycle detected in the references of '{path}' from '{reference}'")]

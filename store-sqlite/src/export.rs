@@ -78,7 +78,7 @@ impl LocalStore {
     /// valid are skipped (their NAR is read and dropped). Each path must refer only to
     /// valid paths or to paths earlier in the archive.
     ///
-    /// Paths are committed in batches (one `syncfs`, one transaction per batch): a crash
+    /// Paths are committed in batches (one `syncfs`, one transaction per batch of up to 200 paths): a crash
     /// loses at most the batch being written, and never leaves a partial path.
     pub fn import_paths(&self, input: &mut impl BufRead) -> Result<Vec<StorePath>, StoreError> {
         let mut imported = Vec::new();
@@ -197,7 +197,9 @@ struct Batch {
 impl Batch {
     /// Bounds what one batch holds: locks and descriptors, and what a crash can lose.
     fn is_full(&self) -> bool {
-        self.entries.len() >= 1000 || self.bytes >= 256 << 20
+        // Each entry holds two open files (its staging lock and its path lock): 200
+        // entries stay well below the usual limit of 1024 descriptors.
+        self.entries.len() >= 200 || self.bytes >= 256 << 20
     }
 }
 

@@ -200,7 +200,9 @@ impl LocalStore {
         name: &str,
         algo: HashAlgo,
     ) -> Result<StorePath, StoreError> {
-        let metadata = fs::metadata(source).at(source)?;
+        // A flat path holds a file's bytes: follow symlinks to the file, as Nix does.
+        let source = &fs::canonicalize(source).at(source)?;
+        let metadata = fs::symlink_metadata(source).at(source)?;
         if !metadata.is_file() {
             return Err(StoreError::Io {
                 path: source.to_owned(),
@@ -210,7 +212,7 @@ impl LocalStore {
         let file_hash = hash_file(source, algo)?;
         let ca = ContentAddress::Fixed {
             method: ContentAddressMethod::Flat,
-            hash: file_hash,
+            hash: file_hash.clone(),
         };
         let path = ca.store_path(&self.store_dir, name, &BTreeSet::new(), false)?;
         if self.registry().is_valid(&path)? {
@@ -221,7 +223,11 @@ impl LocalStore {
         info.ca = Some(ca);
         self.write_path(&info, |tree| {
             let copied = copy_via_nar(source, tree, &|_| {})?;
-            if copied != (info.nar_hash.clone(), info.nar_size) {
+            // The file may have changed since either hash: what is stored must be what
+            // the path is named after and what is registered.
+            if copied != (info.nar_hash.clone(), info.nar_size)
+                || hash_file(tree, algo)? != file_hash
+            {
                 return Err(StoreError::Io {
                     path: source.to_owned(),
                     source: io::Error::other("the file changed while it was being added"),
@@ -274,8 +280,11 @@ impl LocalStore {
     ) -> Result<(), StoreError> {
         let display = self.store_dir.display(&info.path);
         self.check_references(info)?;
+        // The lock comes first: a writer that finds the path valid only after waiting
+        // must still consume the NAR, or the caller's stream (a daemon connection) would
+        // be left in the middle of it.
+        let _path_lock = self.lock_path(&info.path)?;
         if self.registry().is_valid(&info.path)? {
-            // Already there: consume the NAR to keep the stream in step, write nothing.
             arca_nar::NarReader::new(&mut *nar, arca_nar::Limits::default())
                 .read_to_end()
                 .map_err(|source| StoreError::Nar {
@@ -285,7 +294,7 @@ impl LocalStore {
             return Ok(());
         }
         let mut hashing = HashingReader::new(nar);
-        self.write_path_with(info, |tree| {
+        self.write_locked(info, |tree| {
             arca_nar::restore_embedded(&mut hashing, tree, &store_restore_options()).map_err(
                 |source| StoreError::Restore {
                     path: display.clone(),
@@ -334,6 +343,16 @@ impl LocalStore {
         if self.registry().is_valid(&info.path)? {
             return Ok(());
         }
+        self.write_locked(info, write)
+    }
+
+    /// Stages, writes and commits `info.path`; the caller holds its lock and has seen it
+    /// invalid.
+    fn write_locked(
+        &self,
+        info: &PathInfo,
+        write: impl FnOnce(&Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let staged = Staged::new(&self.staging_dir)?;
         write(staged.tree())?;
         self.commit(staged, info)
@@ -387,11 +406,11 @@ impl LocalStore {
             // As Nix does for every `.drv` that becomes valid, however it arrives: record
             // its outputs, in the same transaction.
             if info.path.is_derivation() {
-                let bytes = fs::read(&destination).at(&destination)?;
+                let bytes = read_derivation_file(&destination)?;
                 let drv = Derivation::parse_drv_file(&self.store_dir, &info.path, &bytes).map_err(
-                    |error| StoreError::CorruptRegistry {
+                    |error| StoreError::InvalidDerivation {
                         path: self.store_dir.display(&info.path),
-                        reason: error.to_string(),
+                        source: Box::new(error),
                     },
                 )?;
                 outputs.push((info.path.clone(), output_rows(&drv)));
@@ -558,14 +577,17 @@ fn copy_via_nar(
         let dumped = dumper
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // The dumper's error first: when reading the source fails, the restore only sees
+        // a NAR cut short, which would hide the real cause.
+        let dumped = dumped.map_err(|error| StoreError::Dump {
+            path: source.display().to_string(),
+            source: error,
+        })?;
         restored.map_err(|error| StoreError::Restore {
             path: target.display().to_string(),
             source: error,
         })?;
-        dumped.map_err(|error| StoreError::Dump {
-            path: source.display().to_string(),
-            source: error,
-        })
+        Ok(dumped)
     })
 }
 
@@ -619,6 +641,23 @@ fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     nix::unistd::syncfs(handle.as_raw_fd())
         .map_err(io::Error::from)
         .at(dir)
+}
+
+/// Reads a `.drv` that is becoming valid: a regular file of sane size (an archive could
+/// carry a multi-GiB "derivation").
+fn read_derivation_file(file: &Path) -> Result<Vec<u8>, StoreError> {
+    const MAX_DRV: u64 = 64 << 20;
+    let metadata = fs::symlink_metadata(file).at(file)?;
+    if !metadata.is_file() || metadata.len() > MAX_DRV {
+        return Err(StoreError::Io {
+            path: file.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a derivation must be a regular file of at most 64 MiB",
+            ),
+        });
+    }
+    fs::read(file).at(file)
 }
 
 fn now() -> i64 {

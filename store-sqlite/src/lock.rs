@@ -6,8 +6,13 @@
 //! description, so two threads of one process, each opening the file, exclude each other
 //! too.
 //!
-//! As Nix does, the holder deletes the lock file before releasing it; a waiter that then
-//! gets the lock on the deleted file sees a link count of 0 and starts over on a new file.
+//! As Nix does, the holder marks the lock file stale (writes `d` into it) and deletes it
+//! before releasing it; a waiter that then gets the lock on that file sees the mark (or
+//! a link count of 0) and starts over on a new file. Nix waiters check the mark, so the
+//! protocol holds between Arca and Nix writers of one store too.
+//!
+//! Staging locks ([`PathLock::acquire_staging`]) carry data (the final name of a staged
+//! path), so for them only the link count tells a stale file.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -22,43 +27,69 @@ pub struct PathLock {
     file: File,
 }
 
+/// Which files a lock is taken on, which decides how a stale file is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `<store path>.lock`, shared with Nix: empty while live, `d` once stale.
+    StorePath,
+    /// A staging lock, holding the final name of the staged path.
+    Staging,
+}
+
 impl PathLock {
-    /// Blocks until this thread holds the lock file `lock_path` exclusively.
+    /// Blocks until this thread holds the store-path lock file `lock_path`.
     pub fn acquire(lock_path: &Path) -> Result<PathLock, StoreError> {
-        loop {
-            let file = open_lock_file(lock_path)?;
-            file.lock().at(lock_path)?;
-            if let Some(lock) = PathLock::unless_orphaned(lock_path, file)? {
-                return Ok(lock);
-            }
-        }
+        PathLock::take(lock_path, Kind::StorePath, true)
+            .map(|lock| lock.expect("a blocking lock is always taken"))
     }
 
-    /// Takes the lock if nobody holds it, else returns `None` at once.
+    /// Takes the store-path lock if nobody holds it, else returns `None` at once.
     pub fn try_acquire(lock_path: &Path) -> Result<Option<PathLock>, StoreError> {
-        loop {
-            let file = open_lock_file(lock_path)?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => return Ok(None),
-                Err(TryLockError::Error(error)) => return Err(error).at(lock_path),
-            }
-            if let Some(lock) = PathLock::unless_orphaned(lock_path, file)? {
-                return Ok(Some(lock));
-            }
-        }
+        PathLock::take(lock_path, Kind::StorePath, false)
     }
 
-    /// The previous holder may have deleted the file after we opened it: then our lock
-    /// is on an orphan, and someone else may already hold a lock on a new file.
-    fn unless_orphaned(lock_path: &Path, file: File) -> Result<Option<PathLock>, StoreError> {
-        if file.metadata().at(lock_path)?.nlink() == 0 {
-            return Ok(None);
+    /// Blocks until this thread holds the staging lock file `lock_path`.
+    pub fn acquire_staging(lock_path: &Path) -> Result<PathLock, StoreError> {
+        PathLock::take(lock_path, Kind::Staging, true)
+            .map(|lock| lock.expect("a blocking lock is always taken"))
+    }
+
+    /// Takes the staging lock if nobody holds it, else returns `None` at once.
+    pub fn try_acquire_staging(lock_path: &Path) -> Result<Option<PathLock>, StoreError> {
+        PathLock::take(lock_path, Kind::Staging, false)
+    }
+
+    fn take(lock_path: &Path, kind: Kind, wait: bool) -> Result<Option<PathLock>, StoreError> {
+        loop {
+            let file = open_lock_file(lock_path)?;
+            if wait {
+                file.lock().at(lock_path)?;
+            } else {
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(TryLockError::WouldBlock) => return Ok(None),
+                    Err(TryLockError::Error(error)) => return Err(error).at(lock_path),
+                }
+            }
+            // The previous holder may have marked and deleted the file after we opened
+            // it: then our lock is on an orphan, and someone else may already hold a lock
+            // on a new file.
+            let metadata = file.metadata().at(lock_path)?;
+            if metadata.nlink() == 0 {
+                continue;
+            }
+            if kind == Kind::StorePath && metadata.len() != 0 {
+                // Marked stale but still there: its holder died between marking and
+                // deleting. We hold the lock on it, so nobody else can be using it:
+                // delete it for them and start over.
+                let _ = std::fs::remove_file(lock_path);
+                continue;
+            }
+            return Ok(Some(PathLock {
+                lock_path: lock_path.to_owned(),
+                file,
+            }));
         }
-        Ok(Some(PathLock {
-            lock_path: lock_path.to_owned(),
-            file,
-        }))
     }
 }
 
@@ -75,9 +106,11 @@ fn open_lock_file(lock_path: &Path) -> Result<File, StoreError> {
 
 impl Drop for PathLock {
     fn drop(&mut self) {
-        // Delete first, then unlock (closing the file does): a waiter that wins the
-        // orphaned file notices (link count 0) and retries. A failure to delete only
-        // leaves clutter behind.
+        // Mark stale, delete, then unlock (closing the file does): a waiter that wins the
+        // orphaned file sees the mark or the link count and retries. Failures here only
+        // leave clutter behind, which the next holder reuses.
+        let _ = self.file.set_len(0);
+        let _ = std::io::Write::write_all(&mut self.file, b"d");
         let _ = std::fs::remove_file(&self.lock_path);
         let _ = self.file.unlock();
     }
@@ -120,5 +153,27 @@ mod tests {
         assert!(PathLock::try_acquire(&lock_path).unwrap().is_none());
         drop(held);
         assert!(PathLock::try_acquire(&lock_path).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_lock_file_left_marked_stale_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("z.lock");
+        // What a holder that died between marking and deleting leaves behind.
+        std::fs::write(&lock_path, "d").unwrap();
+        let lock = PathLock::acquire(&lock_path).unwrap();
+        assert_eq!(std::fs::metadata(&lock_path).unwrap().len(), 0);
+        drop(lock);
+        assert!(!lock_path.exists());
+    }
+
+    #[test]
+    fn staging_locks_keep_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("s.lock");
+        std::fs::write(&lock_path, "0123-name").unwrap();
+        let lock = PathLock::try_acquire_staging(&lock_path).unwrap().unwrap();
+        assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), "0123-name");
+        drop(lock);
     }
 }

@@ -52,7 +52,7 @@ impl Staged {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let lock_path = staging_dir.join(format!("{nonce}.lock"));
-        let lock = PathLock::acquire(&lock_path)?;
+        let lock = PathLock::acquire_staging(&lock_path)?;
         Ok(Staged {
             tree: staging_dir.join(nonce),
             lock_path,
@@ -130,7 +130,7 @@ pub fn clean_stale(
             continue;
         };
         let lock_path = entry.path();
-        let Some(lock) = PathLock::try_acquire(&lock_path)? else {
+        let Some(lock) = PathLock::try_acquire_staging(&lock_path)? else {
             continue; // its writer is alive
         };
         let mut recorded = String::new();
@@ -139,9 +139,14 @@ pub fn clean_stale(
             let _ = file.read_to_string(&mut recorded);
         }
         if let Ok(path) = StorePath::from_base_name(recorded.trim()) {
-            let destination = store.join(path.as_str());
-            if destination.symlink_metadata().is_ok() && !is_valid(&path)? {
-                remove_tree(&destination).at(&destination)?;
+            // Another writer may be publishing the same path right now (it holds the
+            // path's lock from before its rename until after it registers): leave it be.
+            let path_lock = store.join(format!("{}.lock", path.as_str()));
+            if let Some(_held) = PathLock::try_acquire(&path_lock)? {
+                let destination = store.join(path.as_str());
+                if destination.symlink_metadata().is_ok() && !is_valid(&path)? {
+                    remove_tree(&destination).at(&destination)?;
+                }
             }
         }
         let tree = staging_dir.join(nonce);
@@ -186,4 +191,37 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
         }
     }
     fs::remove_dir_all(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_removes_an_unregistered_path_only_when_nobody_is_publishing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        let staging = store.join(STAGING_DIR);
+        fs::create_dir(&staging).unwrap();
+        let path = StorePath::from_base_name(&format!("{}-x", "0".repeat(32))).unwrap();
+        let destination = store.join(path.as_str());
+        let never_valid = |_: &StorePath| Ok(false);
+
+        // A crashed writer renamed `path` into place but never registered it, while a
+        // second writer is publishing the same path right now (it holds the path lock).
+        fs::create_dir(&destination).unwrap();
+        fs::write(staging.join("1-crashed.lock"), path.as_str()).unwrap();
+        let publishing = PathLock::acquire(&store.join(format!("{}.lock", path.as_str()))).unwrap();
+        clean_stale(&staging, store, never_valid).unwrap();
+        assert!(destination.exists(), "a path being published is left alone");
+        assert!(!staging.join("1-crashed.lock").exists());
+        drop(publishing);
+
+        // Nobody publishes it any more: the unregistered path is garbage.
+        fs::write(staging.join("2-crashed.lock"), path.as_str()).unwrap();
+        fs::create_dir(staging.join("2-crashed")).unwrap();
+        clean_stale(&staging, store, never_valid).unwrap();
+        assert!(!destination.exists());
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+    }
 }

@@ -86,7 +86,7 @@ impl LocalStore {
             .into_iter()
             .partition(|(path, _, _)| present.contains(path.as_str()));
         for (path, _, _) in missing {
-            let repaired = options.repair && self.delete_path(&path).is_ok();
+            let repaired = options.repair && self.forget_missing(&path)?;
             report
                 .problems
                 .push(VerifyProblem::Missing { path, repaired });
@@ -168,6 +168,21 @@ impl LocalStore {
                     },
                 ));
             }
+        }
+    }
+
+    /// Unregisters a valid path whose files are gone (the repair of `verify`), unless
+    /// something still refers to it. Under the path's lock, so that a path re-added since
+    /// the store was listed is left alone. Returns whether it was unregistered.
+    fn forget_missing(&self, path: &StorePath) -> Result<bool, StoreError> {
+        let _lock = self.lock_path(path)?;
+        if self.physical_path(path).symlink_metadata().is_ok() || !self.is_valid_path(path)? {
+            return Ok(false);
+        }
+        match self.registry().unregister(path) {
+            Ok(()) => Ok(true),
+            Err(StoreError::StillReferenced { .. }) => Ok(false),
+            Err(error) => Err(error),
         }
     }
 
