@@ -82,7 +82,12 @@ impl LocalStore {
     /// loses at most the batch being written, and never leaves a partial path.
     pub fn import_paths(&self, input: &mut impl BufRead) -> Result<Vec<StorePath>, StoreError> {
         let mut imported = Vec::new();
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            entries: Vec::new(),
+            max_entries: batch_limit(),
+            paths: BTreeSet::new(),
+            bytes: 0,
+        };
         loop {
             match read_u64(input)? {
                 0 => {
@@ -185,10 +190,23 @@ impl LocalStore {
     }
 }
 
+/// How many paths one import batch may hold. Each holds two open files (its staging
+/// lock and its path lock), so the batch must fit the process's descriptor limit with
+/// room to spare (the usual soft limit is 1024); more than 1000 gains nothing.
+fn batch_limit() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let usable = soft.saturating_sub(256) / 2;
+    usize::try_from(usable)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1000)
+}
+
 /// Paths of an import staged and locked, waiting to be committed together.
-#[derive(Default)]
 struct Batch {
     entries: Vec<(Staged, PathInfo, PathLock)>,
+    /// Most entries per batch: see [`batch_limit`].
+    max_entries: usize,
     /// The paths of `entries`.
     paths: BTreeSet<StorePath>,
     bytes: u64,
@@ -197,9 +215,7 @@ struct Batch {
 impl Batch {
     /// Bounds what one batch holds: locks and descriptors, and what a crash can lose.
     fn is_full(&self) -> bool {
-        // Each entry holds two open files (its staging lock and its path lock): 200
-        // entries stay well below the usual limit of 1024 descriptors.
-        self.entries.len() >= 200 || self.bytes >= 256 << 20
+        self.entries.len() >= self.max_entries || self.bytes >= 256 << 20
     }
 }
 

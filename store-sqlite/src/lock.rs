@@ -25,6 +25,7 @@ use crate::error::{IoContext, StoreError};
 pub struct PathLock {
     lock_path: PathBuf,
     file: File,
+    kind: Kind,
 }
 
 /// Which files a lock is taken on, which decides how a stale file is recognised.
@@ -88,6 +89,7 @@ impl PathLock {
             return Ok(Some(PathLock {
                 lock_path: lock_path.to_owned(),
                 file,
+                kind,
             }));
         }
     }
@@ -109,8 +111,11 @@ impl Drop for PathLock {
         // Mark stale, delete, then unlock (closing the file does): a waiter that wins the
         // orphaned file sees the mark or the link count and retries. Failures here only
         // leave clutter behind, which the next holder reuses.
-        let _ = self.file.set_len(0);
-        let _ = std::io::Write::write_all(&mut self.file, b"d");
+        // Only store-path locks are shared with Nix and need its mark; staging locks are
+        // Arca's own, where the link count suffices (and a write per lock costs).
+        if self.kind == Kind::StorePath {
+            let _ = std::io::Write::write_all(&mut self.file, b"d");
+        }
         let _ = std::fs::remove_file(&self.lock_path);
         let _ = self.file.unlock();
     }
