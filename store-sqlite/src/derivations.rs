@@ -1,7 +1,7 @@
 //! Derivations in the local store: `.drv` files as text paths, their DerivationOutputs
 //! rows, and output paths computed from the input derivations already in the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use arca_store_core::derivation::{derivation_path, Derivation, ModuloHashCache};
 use arca_store_core::{Store, StorePath};
@@ -43,14 +43,11 @@ impl LocalStore {
     /// in the same transaction. Returns the `.drv`'s path.
     pub fn add_derivation(&self, drv: &Derivation) -> Result<StorePath, StoreError> {
         let text = drv.to_aterm(self.store_dir());
-        let references: BTreeSet<StorePath> = drv
-            .input_srcs
-            .iter()
-            .chain(drv.input_drvs.keys())
-            .cloned()
-            .collect();
-        let path =
-            self.add_text_path(&format!("{}.drv", drv.name), text.as_bytes(), &references)?;
+        let path = self.add_text_path(
+            &format!("{}.drv", drv.name),
+            text.as_bytes(),
+            &drv.drv_references(),
+        )?;
         debug_assert_eq!(Ok(&path), derivation_path(self.store_dir(), drv).as_ref());
         Ok(path)
     }

@@ -180,16 +180,10 @@ pub fn derivation_path(
     drv: &Derivation,
 ) -> Result<StorePath, StorePathError> {
     let text = drv.to_aterm(store_dir);
-    let references: BTreeSet<StorePath> = drv
-        .input_srcs
-        .iter()
-        .chain(drv.input_drvs.keys())
-        .cloned()
-        .collect();
     store_dir.make_text_path(
         &format!("{}.drv", drv.name),
         &Hash::digest(HashAlgo::Sha256, text.as_bytes()),
-        &references,
+        &drv.drv_references(),
     )
 }
 

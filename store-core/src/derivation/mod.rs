@@ -237,6 +237,16 @@ impl Derivation {
         }
     }
 
+    /// The references of this derivation's `.drv` file: its input sources and input
+    /// derivations.
+    pub fn drv_references(&self) -> BTreeSet<StorePath> {
+        self.input_srcs
+            .iter()
+            .chain(self.input_drvs.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Whether this is a fixed-output derivation (its outputs' hashes are known in advance).
     pub fn is_fixed_output(&self) -> bool {
         matches!(self.kind(), Ok(DerivationKind::Fixed))
