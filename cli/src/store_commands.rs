@@ -282,7 +282,19 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
             result.extend(store.query_referrers(path)?);
         }
     } else if flags.requisites {
-        result = store.registry().requisites(&paths, args.include_outputs)?;
+        // The walk hands back each path's references too, so the ordering below needs no
+        // further queries.
+        let graph = store
+            .registry()
+            .requisites_graph(&paths, args.include_outputs)?;
+        let closure: BTreeSet<StorePath> = graph.keys().cloned().collect();
+        let order = dependency_order(&closure, |p| {
+            Ok::<_, anyhow::Error>(graph.get(p).cloned().unwrap_or_default())
+        })?;
+        for path in order {
+            writeln!(out, "{}", store_dir.display(&path))?;
+        }
+        return Ok(());
     } else if flags.referrers_closure {
         result = store.registry().referrers_closure(&paths)?;
     }

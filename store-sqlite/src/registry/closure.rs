@@ -8,7 +8,7 @@
 //! visited ids and needs a second join for the paths). The walk also stays in Rust
 //! for `include_outputs` and the referrers direction.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use arca_store_core::StorePath;
 
@@ -33,6 +33,45 @@ impl Registry {
         roots: &BTreeSet<StorePath>,
         direction: Direction,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
+        self.walk(roots, direction, None)
+    }
+
+    /// The closure under references, each path with its references: what printing a
+    /// closure in dependency order needs, got from the walk itself instead of one more
+    /// query per path.
+    pub(super) fn closure_graph(
+        &self,
+        roots: &BTreeSet<StorePath>,
+        include_outputs: bool,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreError> {
+        let mut edges = Vec::new();
+        let closure = self.walk(
+            roots,
+            Direction::References { include_outputs },
+            Some(&mut edges),
+        )?;
+        let mut graph: BTreeMap<StorePath, BTreeSet<StorePath>> = closure
+            .into_iter()
+            .map(|path| (path, BTreeSet::new()))
+            .collect();
+        for (referrer, reference) in edges {
+            if let Some(references) = graph.get_mut(&referrer) {
+                references.insert(reference);
+            }
+        }
+        Ok(graph)
+    }
+
+    /// The walk behind both: when `edges` is given, every reference edge met (referrer,
+    /// reference) is recorded (the DerivationOutputs edges of `include_outputs` are not
+    /// references and are not recorded).
+    fn walk(
+        &self,
+        roots: &BTreeSet<StorePath>,
+        direction: Direction,
+        mut edges_out: Option<&mut Vec<(StorePath, StorePath)>>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let mut paths_by_id: HashMap<i64, StorePath> = HashMap::new();
         let tx = self.conn.unchecked_transaction()?;
         let mut seen: HashSet<i64> = HashSet::new();
         let mut closure = BTreeSet::new();
@@ -43,6 +82,9 @@ impl Registry {
             if seen.insert(id) {
                 closure.insert(root.clone());
                 pending.push(id);
+                if edges_out.is_some() {
+                    paths_by_id.insert(id, root.clone());
+                }
             }
         }
 
@@ -71,19 +113,34 @@ impl Registry {
 
         while let Some(id) = pending.pop() {
             let statements = std::iter::once(&mut edges).chain(outputs.as_mut());
-            for stmt in statements {
+            for (index, stmt) in statements.enumerate() {
+                let is_reference = index == 0;
                 let mut rows = stmt.query([id])?;
                 while let Some(row) = rows.next()? {
                     let column = Column { row, path: "" };
                     let next = column
                         .int(0, "id")?
                         .ok_or_else(|| corrupt("", "ValidPaths.id is NULL"))?;
+                    let recording = is_reference && edges_out.is_some();
                     if seen.insert(next) {
                         let full = column
                             .text(1, "path")?
                             .ok_or_else(|| corrupt("", "ValidPaths.path is NULL"))?;
-                        closure.insert(self.parse_path(full, full)?);
+                        let path = self.parse_path(full, full)?;
+                        if edges_out.is_some() {
+                            paths_by_id.insert(next, path.clone());
+                        }
+                        closure.insert(path);
                         pending.push(next);
+                    }
+                    if recording {
+                        if let (Some(out), Some(from), Some(to)) = (
+                            edges_out.as_deref_mut(),
+                            paths_by_id.get(&id),
+                            paths_by_id.get(&next),
+                        ) {
+                            out.push((from.clone(), to.clone()));
+                        }
                     }
                 }
             }

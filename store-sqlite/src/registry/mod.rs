@@ -303,6 +303,17 @@ impl Registry {
         })
     }
 
+    /// [`Registry::requisites`], each path with its references (the edges of the
+    /// closure), in the same single walk: enough to print the closure in dependency order
+    /// without a query per path.
+    pub fn requisites_graph(
+        &self,
+        roots: &BTreeSet<StorePath>,
+        include_outputs: bool,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreError> {
+        retry(|| self.closure_graph(roots, include_outputs))
+    }
+
     /// Every valid path with its NAR hash and size, in one query (for verification).
     pub fn all_nar_hashes(&self) -> Result<Vec<(StorePath, Hash, u64)>, StoreError> {
         retry(|| {
