@@ -3,7 +3,7 @@
 //! `local?root=ROOT`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use crate::canonicalise::{canonicalise, store_restore_options, Owner};
 use crate::derivations::output_rows;
 use crate::error::{IoContext, StoreError};
 use crate::hashing::HashingReader;
-use crate::lock::PathLock;
+use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
 use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
 
@@ -93,13 +93,7 @@ impl LocalStore {
         let staging_dir = physical_store.join(STAGING_DIR);
         fs::create_dir_all(&staging_dir).at(&staging_dir)?;
         let big_lock_path = state_dir.join("db/big-lock");
-        let big_lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&big_lock_path)
-            .at(&big_lock_path)?;
+        let big_lock = open_lock_file(&big_lock_path)?;
         // Shared while open; Nix takes it exclusively only to upgrade the schema.
         big_lock.lock_shared().at(&big_lock_path)?;
         let registry = Registry::open(&state_dir.join("db"), options.store_dir.clone())?;

@@ -95,7 +95,9 @@ impl PathLock {
     }
 }
 
-fn open_lock_file(lock_path: &Path) -> Result<File, StoreError> {
+/// Opens (creating, mode 0600, never truncating) a lock file, as Nix opens its lock files
+/// and `db/big-lock`.
+pub(crate) fn open_lock_file(lock_path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
         .read(true)
         .write(true)

@@ -13,6 +13,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::retry::retry;
 use crate::error::{IoContext, StoreError};
+use crate::lock::open_lock_file;
 
 /// The registry schema version Nix 2.8 writes into `db/schema` (and the only one we read).
 pub const NIX_SCHEMA_VERSION: u32 = 10;
@@ -99,15 +100,7 @@ pub fn prepare_db_dir(db_dir: &Path) -> Result<DbDirState, StoreError> {
     };
 
     // Nix opens (creating) the big lock with mode 0600 and never truncates it.
-    let big_lock = db_dir.join("big-lock");
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&big_lock)
-        .at(&big_lock)?;
+    open_lock_file(&db_dir.join("big-lock"))?;
 
     // Like Nix, failing to reserve space is not an error: the file only helps GC later.
     let _ = ensure_reserved(&db_dir.join("reserved"));
