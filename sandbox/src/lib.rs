@@ -1,6 +1,55 @@
-//! `arca-sandbox`: run a command in an isolated Linux root (user, mount, pid, net, uts and
-//! ipc namespaces; fork then unshare; pivot_root; bind-mounted inputs).
+//! `arca-sandbox`: run a command in an isolated Linux root.
 //!
-//! Not filled yet: this crate holds its place in the crate map (see ARCHITECTURE.md) and
-//! exports nothing. It knows nothing about Nix and depends on no other project crate; it
-//! is the one place where raw syscalls and `unsafe` will live.
+//! A [`SandboxSpec`] describes the program and the root it sees: bind mounts (read-only
+//! or writable, files or directories, optional), tmpfs mounts, fresh files and
+//! directories, the user it runs as, its host name, whether it has a network, and limits.
+//! [`run`] builds that root and runs the program in it:
+//!
+//! - `fork` (never `clone` or `vfork` from a multi-threaded caller), then `unshare` of the
+//!   mount, pid, network, UTS and IPC namespaces, and of a user namespace when the caller
+//!   is not root (or when asked), whose id maps the parent writes (`setgroups` denied);
+//! - a second fork makes pid 1 of the new pid namespace, which mounts a tmpfs root, lays
+//!   out `/dev`, `/proc` and the spec's mounts, `pivot_root`s into it and detaches the old
+//!   root (no path back to the host remains), seals the root read-only, sets the host
+//!   name, brings up loopback, switches to the sandbox user, drops every capability, sets
+//!   `no_new_privs`, installs Nix's seccomp filter, closes inherited descriptors and
+//!   executes the program;
+//! - the program is pid 1 of its namespace: when it ends the kernel kills everything it
+//!   left behind, and [`run`] returns only once all of it is gone. Timeouts, silence and
+//!   output limits kill the whole namespace (and the cgroup, when one could be made).
+//!
+//! It is not a container runtime (no images, no overlay file systems, no seccomp
+//! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
+//!
+//! All `unsafe` code of the crate is in two modules: `child` (what runs between `fork`
+//! and `execve`) and `sys` (`wait4`). Each block carries a `// SAFETY:` comment.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use arca_sandbox::{run, Mount, Outcome, SandboxSpec};
+//!
+//! let spec = SandboxSpec::new("/bin/busybox", ["sh", "-c", "echo hello from $(hostname)"])
+//!     .mount(Mount::bind_ro("/usr/bin/busybox", "/bin/busybox"))
+//!     .env("PATH", "/bin");
+//! let mut output = Vec::new();
+//! let report = run(&spec, &mut output)?;
+//! assert_eq!(report.outcome, Outcome::Exited(0));
+//! assert_eq!(output, b"hello from localhost\n");
+//! # Ok::<(), arca_sandbox::SandboxError>(())
+//! ```
+
+mod cgroup;
+mod child;
+mod error;
+mod outcome;
+mod plan;
+mod run;
+mod seccomp;
+mod spec;
+mod sys;
+
+pub use error::{SandboxError, SetupStep};
+pub use outcome::{CgroupUsage, Outcome, Report, Usage};
+pub use run::run;
+pub use spec::{standard_etc, CgroupMode, Devices, Identity, Limits, Mount, Network, SandboxSpec, UserNamespace};

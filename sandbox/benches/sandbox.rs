@@ -1,0 +1,2 @@
+//! Placeholder; filled by the benchmark work.
+fn main() {}

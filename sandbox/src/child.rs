@@ -1,0 +1,522 @@
+//! The two forked processes that build the sandbox. Everything here runs after `fork()`
+//! in a possibly multi-threaded parent, so it only makes system calls on data prepared
+//! beforehand ([`Plan`]): no allocation, no locks, no `std` I/O. Errors travel as
+//! fixed-size records over pipes (see [`Record`]).
+//!
+//! ```text
+//! parent ──fork──▶ keeper (host pid namespace)
+//!                    │ unshare(user?, mount, pid, net?, uts, ipc)
+//!                    │ ◀── id maps written by the parent, then "go"
+//!                    └─fork─▶ init (pid 1 of the new pid namespace)
+//!                               mounts, pivot_root, identity, caps, seccomp, execve
+//! ```
+//!
+//! The keeper stays outside the new pid namespace only to wait for init and report its
+//! status; init *is* the program after `execve`, so when it ends the kernel kills every
+//! other process of the namespace.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CStr, OsStr};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, pivot_root, setresgid, setresuid, Gid, Uid};
+use seccompiler::BpfProgram;
+
+use crate::plan::{Op, Plan};
+
+/// What the child reports, as a fixed 16-byte record: `[tag, step, op, value]`, each a
+/// native-endian 32-bit integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// The keeper has unshared its namespaces and waits for its id maps.
+    Ready,
+    /// Host pid of init.
+    InitPid(i32),
+    /// Raw wait status of init.
+    InitStatus(i32),
+    /// A setup step failed: step code, op index (for `Step::Layout`), errno.
+    Failed(Step, u32, i32),
+}
+
+pub(crate) const RECORD_LEN: usize = 16;
+
+impl Record {
+    fn encode(self) -> [u8; RECORD_LEN] {
+        let (tag, step, op, value) = match self {
+            Record::Ready => (1u32, 0u32, 0u32, 0i32),
+            Record::InitPid(pid) => (2, 0, 0, pid),
+            Record::InitStatus(status) => (3, 0, 0, status),
+            Record::Failed(step, op, errno) => (4, step as u32, op, errno),
+        };
+        let mut out = [0u8; RECORD_LEN];
+        out[0..4].copy_from_slice(&tag.to_ne_bytes());
+        out[4..8].copy_from_slice(&step.to_ne_bytes());
+        out[8..12].copy_from_slice(&op.to_ne_bytes());
+        out[12..16].copy_from_slice(&value.to_ne_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8; RECORD_LEN]) -> Option<Record> {
+        let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let value = word(12) as i32;
+        match word(0) {
+            1 => Some(Record::Ready),
+            2 => Some(Record::InitPid(value)),
+            3 => Some(Record::InitStatus(value)),
+            4 => Some(Record::Failed(Step::from_code(word(4))?, word(8), value)),
+            _ => None,
+        }
+    }
+}
+
+/// The steps a child can fail at (the parent turns them into [`crate::SetupStep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Step {
+    Unshare = 1,
+    ForkInit,
+    PrivateMounts,
+    RootTmpfs,
+    Layout,
+    PivotRoot,
+    SealRoot,
+    Hostname,
+    Loopback,
+    Identity,
+    Capabilities,
+    Seccomp,
+    Chdir,
+    Exec,
+    FileDescriptors,
+}
+
+impl Step {
+    fn from_code(code: u32) -> Option<Step> {
+        const ALL: [Step; 15] = [
+            Step::Unshare,
+            Step::ForkInit,
+            Step::PrivateMounts,
+            Step::RootTmpfs,
+            Step::Layout,
+            Step::PivotRoot,
+            Step::SealRoot,
+            Step::Hostname,
+            Step::Loopback,
+            Step::Identity,
+            Step::Capabilities,
+            Step::Seccomp,
+            Step::Chdir,
+            Step::Exec,
+            Step::FileDescriptors,
+        ];
+        ALL.into_iter().find(|step| *step as u32 == code)
+    }
+}
+
+/// The descriptors the children use, all opened `O_CLOEXEC` by the parent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildFds {
+    /// Keeper → parent records.
+    pub status: RawFd,
+    /// Parent → keeper "go" byte.
+    pub go: RawFd,
+    /// Init → parent failure record; its end-of-file means `execve` succeeded.
+    pub exec: RawFd,
+    /// The program's stdout and stderr.
+    pub output: RawFd,
+    /// The program's stdin.
+    pub dev_null: RawFd,
+}
+
+/// Everything the children read, prepared by the parent before `fork()`.
+pub(crate) struct ChildContext<'a> {
+    pub plan: &'a Plan,
+    pub fds: ChildFds,
+    pub parent_pid: libc::pid_t,
+    pub caller_is_root: bool,
+    pub filters: &'a [BpfProgram],
+    pub bounding: &'a [caps::Capability],
+    /// `argv` and `envp` as null-terminated pointer arrays into `plan`.
+    pub argv: &'a [*const c_char],
+    pub envp: &'a [*const c_char],
+}
+
+type StepResult<T = ()> = Result<T, (Step, u32, Errno)>;
+
+fn at<T>(step: Step, result: nix::Result<T>) -> StepResult<T> {
+    result.map_err(|errno| (step, 0, errno))
+}
+
+/// Forks the keeper. Returns its pid in the parent; never returns in the child.
+pub(crate) fn fork_keeper(context: &ChildContext<'_>) -> nix::Result<libc::pid_t> {
+    // SAFETY: the parent may be multi-threaded. The child only runs `keeper`, which makes
+    // raw system calls on memory prepared before the fork (the plan, pointer arrays and
+    // compiled filters are borrowed, not built) and ends in `_exit` or `execve`.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => keeper(context),
+    }
+}
+
+fn keeper(context: &ChildContext<'_>) -> ! {
+    let fds = context.fds;
+    if let Err((step, op, errno)) = keeper_steps(context) {
+        send(fds.status, Record::Failed(step, op, errno as i32));
+    }
+    exit(1)
+}
+
+fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
+    let fds = context.fds;
+    let plan = context.plan;
+    // Die with the thread that forked us: nothing outlives a crashed supervisor.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if nix::unistd::getppid().as_raw() != context.parent_pid {
+        exit(1);
+    }
+    // Another thread of the parent may have forked with descriptors of its own open;
+    // keep only ours, or a concurrent run could hold our output pipe open.
+    close_all_except(&[fds.status, fds.go, fds.exec, fds.output, fds.dev_null])
+        .map_err(|errno| (Step::FileDescriptors, 0, errno))?;
+
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if plan.isolate_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if plan.unshare_user {
+        if context.caller_is_root {
+            // Leave no supplementary group of root behind (setgroups is denied later).
+            at(Step::Identity, nix::unistd::setgroups(&[]))?;
+        }
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    at(Step::Unshare, unshare(flags))?;
+    send(fds.status, Record::Ready);
+    let mut go = [0u8; 1];
+    loop {
+        // SAFETY: reads one byte into a stack buffer.
+        let n = unsafe { libc::read(fds.go, go.as_mut_ptr().cast(), 1) };
+        match n {
+            1 => break,
+            -1 if Errno::last() == Errno::EINTR => continue,
+            // The parent gave up (its end closed without "go").
+            _ => exit(1),
+        }
+    }
+
+    // SAFETY: this process is single-threaded (it is a fork child), so the second fork
+    // has none of the hazards of the first; init, too, only makes system calls.
+    let init = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            if let Err((step, op, errno)) = init_steps(context) {
+                send(fds.exec, Record::Failed(step, op, errno as i32));
+            }
+            exit(127)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+        Err(errno) => return Err((Step::ForkInit, 0, errno)),
+    };
+    for fd in [fds.exec, fds.output, fds.dev_null] {
+        // SAFETY: closing descriptors this process owns and no longer uses.
+        unsafe { libc::close(fd) };
+    }
+    send(fds.status, Record::InitPid(init));
+    // Learn init's status without reaping it: while it is an unreaped zombie its pid
+    // cannot be reused, so the parent may kill it by pid until it has read the status
+    // and closed the "go" pipe. (A zombie init also means the kernel has already killed
+    // and reaped every other process of its pid namespace.)
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child, writing into the siginfo_t we own.
+        let r = unsafe { libc::waitid(libc::P_PID, init as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == 0 {
+            break;
+        }
+        if Errno::last() != Errno::EINTR {
+            exit(1);
+        }
+    }
+    // SAFETY: waitid filled in a SIGCHLD siginfo, whose status/code fields are valid.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    let wait_status = if code == libc::CLD_EXITED { (status & 0xff) << 8 } else { status & 0x7f };
+    send(fds.status, Record::InitStatus(wait_status));
+    // Wait for the parent to let go of the pid (end-of-file), then reap.
+    loop {
+        // SAFETY: reads into a stack buffer.
+        let n = unsafe { libc::read(fds.go, go.as_mut_ptr().cast(), 1) };
+        if n == 0 || (n < 0 && Errno::last() != Errno::EINTR) {
+            break;
+        }
+    }
+    let mut raw = 0;
+    // SAFETY: reaps our own child with a stack out-parameter.
+    while unsafe { libc::waitpid(init, &mut raw, 0) } < 0 && Errno::last() == Errno::EINTR {}
+    exit(0)
+}
+
+/// Pid 1 of the sandbox: builds the root, becomes the sandbox user, executes the program.
+fn init_steps(context: &ChildContext<'_>) -> StepResult {
+    let fds = context.fds;
+    let plan = context.plan;
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    at(Step::FileDescriptors, nix::unistd::setsid().map(drop))?;
+    reset_signals();
+    for (from, to) in [(fds.dev_null, 0), (fds.output, 1), (fds.output, 2)] {
+        // SAFETY: dup2 on descriptors this process owns.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err((Step::FileDescriptors, 0, Errno::last()));
+        }
+    }
+
+    let none: Option<&CStr> = None;
+    at(Step::PrivateMounts, mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none))?;
+    at(
+        Step::RootTmpfs,
+        mount(Some(c"tmpfs"), plan.root.as_c_str(), Some(c"tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(c"mode=0755")),
+    )?;
+    for (index, op) in plan.ops.iter().enumerate() {
+        apply(op).map_err(|errno| (Step::Layout, index as u32, errno))?;
+    }
+
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
+    // leaves no path back to the host (unlike chroot, which `..` games escape).
+    at(Step::PivotRoot, chdir(plan.root.as_c_str()))?;
+    at(Step::PivotRoot, pivot_root(c".", c"."))?;
+    at(Step::PivotRoot, umount2(c".", MntFlags::MNT_DETACH))?;
+    at(Step::PivotRoot, chdir(c"/"))?;
+    at(
+        Step::SealRoot,
+        mount(
+            none,
+            c"/",
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            none,
+        ),
+    )?;
+
+    at(Step::Hostname, nix::unistd::sethostname(OsStr::from_bytes(&plan.hostname)))?;
+    // SAFETY: pointer and length of a live byte vector.
+    if unsafe { libc::setdomainname(plan.domainname.as_ptr().cast(), plan.domainname.len()) } != 0 {
+        return Err((Step::Hostname, 0, Errno::last()));
+    }
+    if plan.isolate_network {
+        loopback_up().map_err(|errno| (Step::Loopback, 0, errno))?;
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
+
+    // The bounding set needs CAP_SETPCAP to shrink, so it goes before the identity
+    // switch; a capability unknown to this kernel is not in the set anyway.
+    for cap in context.bounding {
+        if caps::has_cap(None, caps::CapSet::Bounding, *cap).unwrap_or(false) {
+            caps::drop(None, caps::CapSet::Bounding, *cap).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
+        }
+    }
+    caps::clear(None, caps::CapSet::Ambient).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
+    if !plan.unshare_user {
+        at(Step::Identity, nix::unistd::setgroups(&[]))?;
+    }
+    at(Step::Identity, setresgid(Gid::from_raw(plan.gid), Gid::from_raw(plan.gid), Gid::from_raw(plan.gid)))?;
+    at(Step::Identity, setresuid(Uid::from_raw(plan.uid), Uid::from_raw(plan.uid), Uid::from_raw(plan.uid)))?;
+    for set in [caps::CapSet::Effective, caps::CapSet::Inheritable, caps::CapSet::Permitted] {
+        caps::clear(None, set).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
+    }
+    at(Step::Chdir, chdir(plan.cwd.as_c_str()))?;
+
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err((Step::Seccomp, 0, Errno::last()));
+    }
+    for filter in context.filters {
+        seccompiler::apply_filter(filter).map_err(|_| (Step::Seccomp, 0, Errno::last()))?;
+    }
+
+    // Everything but stdio closes on exec (the exec pipe already does).
+    close_on_exec_from(3).map_err(|errno| (Step::FileDescriptors, 0, errno))?;
+    // SAFETY: program, argv and envp are NUL-terminated strings and null-terminated
+    // pointer arrays built by the parent and alive for the whole call.
+    unsafe { libc::execve(plan.program.as_ptr(), context.argv.as_ptr(), context.envp.as_ptr()) };
+    Err((Step::Exec, 0, Errno::last()))
+}
+
+fn apply(op: &Op) -> nix::Result<()> {
+    match op {
+        Op::Mkdir { path, mode } => {
+            // SAFETY: a NUL-terminated path.
+            if unsafe { libc::mkdir(path.as_ptr(), *mode) } != 0 && Errno::last() != Errno::EEXIST {
+                return Err(Errno::last());
+            }
+            // mkdir applies the umask; the mode is the spec's.
+            // SAFETY: a NUL-terminated path.
+            Errno::result(unsafe { libc::chmod(path.as_ptr(), *mode) }).map(drop)
+        }
+        Op::Touch { path } => {
+            // SAFETY: a NUL-terminated path; the descriptor is closed right away.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o444) };
+            if fd < 0 {
+                return Err(Errno::last());
+            }
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+            Ok(())
+        }
+        Op::Mount { source, target, fstype, flags, data } => {
+            mount(source.as_deref(), target.as_c_str(), fstype.as_deref(), *flags, data.as_deref())
+        }
+        Op::WriteFile { path, contents, mode } => {
+            // SAFETY: a NUL-terminated path.
+            let fd = unsafe {
+                libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, *mode)
+            };
+            if fd < 0 {
+                return Err(Errno::last());
+            }
+            let written = write_all(fd, contents);
+            // SAFETY: a NUL-terminated path (fchmod: the umask shaped the open mode).
+            let chmod = unsafe { libc::fchmod(fd, *mode) };
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+            written?;
+            Errno::result(chmod).map(drop)
+        }
+        Op::Symlink { target, link } => {
+            // SAFETY: two NUL-terminated paths.
+            Errno::result(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }).map(drop)
+        }
+        Op::ChmodIgnoringErrors { path, mode } => {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::chmod(path.as_ptr(), *mode) };
+            Ok(())
+        }
+    }
+}
+
+/// `ip link set lo up` in the new network namespace.
+fn loopback_up() -> nix::Result<()> {
+    // SAFETY: creates a socket we close below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+        *slot = *byte as c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own; the union member
+    // used is the flags one these requests define.
+    let result = unsafe {
+        if libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) < 0 {
+            Err(Errno::last())
+        } else {
+            request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(socket) };
+    result
+}
+
+/// Default dispositions and an empty signal mask: the parent's (ignored SIGPIPE, blocked
+/// signals of a runtime) must not leak into the program.
+fn reset_signals() {
+    for signal in 1..libc::SIGRTMAX() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: installing SIG_DFL is async-signal-safe and always valid.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+    // SAFETY: an empty set on the stack, initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Closes every descriptor from 3 up except `keep` (at most 8 of them).
+fn close_all_except(keep: &[RawFd]) -> nix::Result<()> {
+    let mut sorted = [RawFd::MAX; 8];
+    let count = keep.len().min(sorted.len());
+    sorted[..count].copy_from_slice(&keep[..count]);
+    sorted[..count].sort_unstable();
+    let mut next: RawFd = 3;
+    for &fd in &sorted[..count] {
+        if fd > next {
+            close_range(next as u32, (fd - 1) as u32, 0)?;
+        }
+        if fd >= next {
+            next = fd + 1;
+        }
+    }
+    close_range(next as u32, u32::MAX, 0)
+}
+
+fn close_on_exec_from(first: RawFd) -> nix::Result<()> {
+    close_range(first as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int)
+}
+
+fn close_range(first: u32, last: u32, flags: libc::c_int) -> nix::Result<()> {
+    // SAFETY: close_range only acts on this process's descriptor table.
+    Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+}
+
+fn write_all(fd: RawFd, mut bytes: &[u8]) -> nix::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: pointer and length of a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            return Err(Errno::last());
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+fn send(fd: RawFd, record: Record) {
+    // A failed report leaves the parent reading end-of-file, which it treats as a
+    // failure of the child; nothing more can be done from here.
+    let _ = write_all(fd, &record.encode());
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent.
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        for record in [
+            Record::Ready,
+            Record::InitPid(4242),
+            Record::InitStatus(9),
+            Record::Failed(Step::Layout, 17, libc::EPERM),
+            Record::Failed(Step::FileDescriptors, 0, libc::EBADF),
+        ] {
+            assert_eq!(Record::decode(&record.encode()), Some(record));
+        }
+        assert_eq!(Record::decode(&[0xff; RECORD_LEN]), None);
+    }
+}

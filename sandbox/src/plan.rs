@@ -1,0 +1,349 @@
+//! The spec turned into a list of syscalls with every argument ready (`CString`s, flags,
+//! file contents), so that the forked child only walks the list: after `fork()` in a
+//! multi-threaded parent the child may not allocate or take locks (see `child.rs`).
+
+use std::collections::BTreeSet;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sys::stat::{stat, SFlag};
+use nix::sys::statvfs::{statvfs, FsFlags};
+
+use crate::error::SandboxError;
+use crate::spec::{Mount, Network, SandboxSpec, UserNamespace};
+
+/// One step of building the root, with paths under the staging root.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Mkdir { path: CString, mode: u32 },
+    /// An empty file to mount a file on.
+    Touch { path: CString },
+    Mount { source: Option<CString>, target: CString, fstype: Option<CString>, flags: MsFlags, data: Option<CString> },
+    WriteFile { path: CString, contents: Vec<u8>, mode: u32 },
+    Symlink { target: CString, link: CString },
+    /// Best effort (devpts may make `ptmx` mode 0 on some kernels).
+    ChmodIgnoringErrors { path: CString, mode: u32 },
+}
+
+/// Everything the child needs, prepared before the fork.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub root: CString,
+    pub ops: Vec<Op>,
+    /// What each op does, for error messages (same index as `ops`).
+    pub descriptions: Vec<String>,
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: CString,
+    pub hostname: Vec<u8>,
+    pub domainname: Vec<u8>,
+    pub unshare_user: bool,
+    pub isolate_network: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub umask: u32,
+}
+
+const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
+
+impl Plan {
+    pub fn new(spec: &SandboxSpec, root: &Path, caller_is_root: bool) -> Result<Plan, SandboxError> {
+        let mut builder = Builder { root: root.to_path_buf(), ops: Vec::new(), descriptions: Vec::new(), dirs: BTreeSet::new() };
+        builder.dirs.insert(PathBuf::from("/"));
+        builder.dev(spec.devices.kvm)?;
+        if spec.proc {
+            builder.dir(Path::new("/proc"), 0o555)?;
+            builder.push(
+                Op::Mount {
+                    source: Some(c"proc".into()),
+                    target: builder.host(Path::new("/proc"))?,
+                    fstype: Some(c"proc".into()),
+                    flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    data: None,
+                },
+                "mounting /proc".into(),
+            );
+        }
+        for mount in &spec.mounts {
+            builder.mount(mount)?;
+        }
+
+        let program = cstring("program", spec.program.as_os_str())?;
+        if spec.args.is_empty() {
+            return Err(invalid("args", "", "argv must hold at least argv[0]"));
+        }
+        let argv = spec.args.iter().map(|a| cstring("args", a)).collect::<Result<_, _>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|(name, value)| {
+                if name.is_empty() || name.as_bytes().contains(&b'=') {
+                    return Err(invalid("env", &name.to_string_lossy(), "a variable name must be non-empty and hold no '='"));
+                }
+                let mut entry = name.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                cstring("env", OsStr::from_bytes(&entry))
+            })
+            .collect::<Result<_, _>>()?;
+        check_absolute("cwd", &spec.cwd)?;
+        for (field, name) in [("hostname", &spec.hostname), ("domainname", &spec.domainname)] {
+            if name.len() > 64 || name.contains('\0') {
+                return Err(invalid(field, name, "must be at most 64 bytes without NUL"));
+            }
+        }
+        let (domainname, hostname) = (spec.domainname.as_bytes(), spec.hostname.as_bytes());
+        Ok(Plan {
+            root: cstring("root", root.as_os_str())?,
+            ops: builder.ops,
+            descriptions: builder.descriptions,
+            program,
+            argv,
+            envp,
+            cwd: cstring("cwd", spec.cwd.as_os_str())?,
+            hostname: hostname.to_vec(),
+            // The kernel's "no domain name" is the empty string, which uname shows as
+            // "(none)"; keep that spelling meaning "unset".
+            domainname: if domainname == b"(none)" { Vec::new() } else { domainname.to_vec() },
+            unshare_user: spec.user_namespace == UserNamespace::Always || !caller_is_root,
+            isolate_network: spec.network == Network::Isolated,
+            uid: spec.identity.uid,
+            gid: spec.identity.gid,
+            umask: spec.umask & 0o777,
+        })
+    }
+}
+
+struct Builder {
+    root: PathBuf,
+    ops: Vec<Op>,
+    descriptions: Vec<String>,
+    /// Directories already created (inside paths), so each is made once.
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Builder {
+    fn push(&mut self, op: Op, description: String) {
+        self.ops.push(op);
+        self.descriptions.push(description);
+    }
+
+    /// The staging-root path of an inside path.
+    fn host(&self, inside: &Path) -> Result<CString, SandboxError> {
+        let relative = inside.strip_prefix("/").unwrap_or(inside);
+        let joined = if relative.as_os_str().is_empty() { self.root.clone() } else { self.root.join(relative) };
+        cstring("target", joined.as_os_str())
+    }
+
+    /// `mkdir -p` of an inside path: every missing ancestor (0755), then the path.
+    fn dir(&mut self, inside: &Path, mode: u32) -> Result<(), SandboxError> {
+        self.parents(inside)?;
+        if self.dirs.insert(inside.to_path_buf()) {
+            let path = self.host(inside)?;
+            self.push(Op::Mkdir { path, mode }, format!("creating directory {}", inside.display()));
+        }
+        Ok(())
+    }
+
+    fn parents(&mut self, inside: &Path) -> Result<(), SandboxError> {
+        if let Some(parent) = inside.parent() {
+            if !self.dirs.contains(parent) {
+                self.dir(parent, 0o755)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dev(&mut self, kvm: bool) -> Result<(), SandboxError> {
+        self.dir(Path::new("/dev"), 0o755)?;
+        let mut devices: Vec<&str> = DEVICES.to_vec();
+        if kvm && Path::new("/dev/kvm").exists() {
+            devices.push("kvm");
+        }
+        for device in devices {
+            let inside = PathBuf::from("/dev").join(device);
+            let target = self.host(&inside)?;
+            self.push(Op::Touch { path: target.clone() }, format!("creating {}", inside.display()));
+            self.push(
+                Op::Mount {
+                    source: Some(cstring("device", inside.as_os_str())?),
+                    target,
+                    fstype: None,
+                    flags: MsFlags::MS_BIND,
+                    data: None,
+                },
+                format!("bind-mounting {}", inside.display()),
+            );
+        }
+        self.dir(Path::new("/dev/pts"), 0o755)?;
+        self.push(
+            Op::Mount {
+                source: Some(c"devpts".into()),
+                target: self.host(Path::new("/dev/pts"))?,
+                fstype: Some(c"devpts".into()),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                data: Some(c"newinstance,ptmxmode=0666,mode=0620".into()),
+            },
+            "mounting a private devpts on /dev/pts".into(),
+        );
+        self.push(
+            Op::ChmodIgnoringErrors { path: self.host(Path::new("/dev/pts/ptmx"))?, mode: 0o666 },
+            "making /dev/pts/ptmx usable".into(),
+        );
+        self.dir(Path::new("/dev/shm"), 0o1777)?;
+        self.push(
+            Op::Mount {
+                source: Some(c"shm".into()),
+                target: self.host(Path::new("/dev/shm"))?,
+                fstype: Some(c"tmpfs".into()),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                data: Some(c"mode=1777".into()),
+            },
+            "mounting a tmpfs on /dev/shm".into(),
+        );
+        for (link, target) in [
+            ("ptmx", "/dev/pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            let inside = PathBuf::from("/dev").join(link);
+            self.push(
+                Op::Symlink { target: cstring("symlink", OsStr::new(target))?, link: self.host(&inside)? },
+                format!("linking {} to {target}", inside.display()),
+            );
+        }
+        Ok(())
+    }
+
+    fn mount(&mut self, mount: &Mount) -> Result<(), SandboxError> {
+        let inside = mount.target();
+        check_absolute("mount target", inside)?;
+        if inside == Path::new("/") {
+            return Err(invalid("mount target", "/", "the root itself cannot be replaced"));
+        }
+        match mount {
+            Mount::Bind { source, target, writable, optional } => {
+                check_absolute("bind source", source)?;
+                let source_c = cstring("bind source", source.as_os_str())?;
+                let (is_dir, locked) = match (stat(source.as_path()), statvfs(source.as_path())) {
+                    (Ok(st), Ok(vfs)) => {
+                        (SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR, locked_flags(vfs.flags()))
+                    }
+                    _ if *optional => return Ok(()),
+                    _ => return Err(SandboxError::MissingSource { path: source.clone() }),
+                };
+                if is_dir {
+                    self.dir(target, 0o755)?;
+                } else {
+                    self.parents(target)?;
+                    let path = self.host(target)?;
+                    self.push(Op::Touch { path }, format!("creating {}", target.display()));
+                }
+                let target_c = self.host(target)?;
+                let what = format!("bind-mounting {} on {}", source.display(), target.display());
+                self.push(
+                    Op::Mount {
+                        source: Some(source_c),
+                        target: target_c.clone(),
+                        fstype: None,
+                        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                        data: None,
+                    },
+                    what.clone(),
+                );
+                // A bind mount takes its flags from the source mount; a remount sets
+                // ours. Flags the kernel locks in a user namespace (nosuid, nodev,
+                // noexec, atime) must be repeated or the remount is refused.
+                let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | locked;
+                if !writable {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                self.push(
+                    Op::Mount { source: None, target: target_c, fstype: None, flags, data: None },
+                    format!("{what} (remounting {})", if *writable { "nosuid" } else { "read-only" }),
+                );
+            }
+            Mount::Tmpfs { target, mode } => {
+                self.dir(target, 0o755)?;
+                let data = cstring("tmpfs", OsStr::new(&format!("mode={:o}", mode & 0o7777)))?;
+                let path = self.host(target)?;
+                self.push(
+                    Op::Mount {
+                        source: Some(c"tmpfs".into()),
+                        target: path,
+                        fstype: Some(c"tmpfs".into()),
+                        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        data: Some(data),
+                    },
+                    format!("mounting a tmpfs on {}", target.display()),
+                );
+            }
+            Mount::Dir { target, mode } => {
+                self.parents(target)?;
+                self.dirs.insert(target.clone());
+                let path = self.host(target)?;
+                self.push(Op::Mkdir { path, mode: *mode & 0o7777 }, format!("creating directory {}", target.display()));
+            }
+            Mount::File { target, contents, mode } => {
+                self.parents(target)?;
+                let path = self.host(target)?;
+                self.push(
+                    Op::WriteFile { path, contents: contents.clone(), mode: *mode & 0o7777 },
+                    format!("writing {}", target.display()),
+                );
+            }
+            Mount::Symlink { link, target } => {
+                self.parents(link)?;
+                let path = self.host(link)?;
+                self.push(
+                    Op::Symlink { target: cstring("symlink target", target.as_os_str())?, link: path },
+                    format!("linking {} to {}", link.display(), target.display()),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-mount flags a user namespace locks on a bind of a mount with these flags.
+fn locked_flags(flags: FsFlags) -> MsFlags {
+    let mut locked = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+    ] {
+        if flags.contains(fs) {
+            locked |= ms;
+        }
+    }
+    locked
+}
+
+fn check_absolute(field: &'static str, path: &Path) -> Result<(), SandboxError> {
+    let normal = path.is_absolute()
+        && path.components().skip(1).all(|c| matches!(c, Component::Normal(_)))
+        && !path.as_os_str().as_bytes().ends_with(b"/.");
+    if normal {
+        Ok(())
+    } else {
+        Err(invalid(field, &path.to_string_lossy(), "must be an absolute path without '.' or '..'"))
+    }
+}
+
+fn cstring(field: &'static str, value: &OsStr) -> Result<CString, SandboxError> {
+    CString::new(value.as_bytes()).map_err(|_| invalid(field, &value.to_string_lossy(), "contains a NUL byte"))
+}
+
+fn invalid(field: &'static str, value: &str, reason: &'static str) -> SandboxError {
+    SandboxError::InvalidSpec { field, value: value.to_string(), reason }
+}

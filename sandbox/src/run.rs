@@ -1,0 +1,416 @@
+//! The parent side of a run: prepare, fork the keeper, write the id maps, then supervise
+//! the program (output, limits) until every process of the sandbox is gone.
+
+use std::ffi::c_char;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{pipe2, Pid};
+use seccompiler::BpfProgram;
+
+use crate::cgroup::Cgroup;
+use crate::child::{fork_keeper, ChildContext, ChildFds, Record, Step, RECORD_LEN};
+use crate::error::{SandboxError, SetupStep};
+use crate::outcome::{Outcome, Report, Usage};
+use crate::plan::Plan;
+use crate::spec::{CgroupMode, SandboxSpec};
+use crate::sys;
+
+/// Runs `spec.program` in a fresh sandbox and waits until it and every process it started
+/// are gone. Its stdout and stderr, merged, are written to `output` as they arrive (up to
+/// [`crate::Limits::max_output_bytes`]); its stdin is `/dev/null`.
+///
+/// Safe to call from many threads at once: each run forks a single-threaded keeper
+/// process that makes only system calls on data prepared here.
+pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, SandboxError> {
+    let start = Instant::now();
+    let caller_is_root = nix::unistd::geteuid().is_root();
+    let staging = StagingDir::create()?;
+    let plan = Plan::new(spec, staging.path(), caller_is_root)?;
+    let filters: &[BpfProgram] = if spec.seccomp { seccomp_filters()? } else { &[] };
+    let argv = pointer_array(&plan.argv);
+    let envp = pointer_array(&plan.envp);
+    let cgroup = match spec.cgroup {
+        CgroupMode::Off => None,
+        CgroupMode::Auto => Cgroup::create().ok(),
+        CgroupMode::Required => Some(Cgroup::create().map_err(|err| SandboxError::Cgroup(err.to_string()))?),
+    };
+
+    let (status_read, status_write) = pipe()?;
+    let (go_read, go_write) = pipe()?;
+    let (exec_read, exec_write) = pipe()?;
+    let (output_read, output_write) = pipe()?;
+    let dev_null: OwnedFd = File::open("/dev/null").map_err(|e| host("opening /dev/null", e))?.into();
+    let context = ChildContext {
+        plan: &plan,
+        fds: ChildFds {
+            status: status_write.as_raw_fd(),
+            go: go_read.as_raw_fd(),
+            exec: exec_write.as_raw_fd(),
+            output: output_write.as_raw_fd(),
+            dev_null: dev_null.as_raw_fd(),
+        },
+        parent_pid: nix::unistd::getpid().as_raw(),
+        caller_is_root,
+        filters,
+        bounding: bounding_set(),
+        argv: &argv,
+        envp: &envp,
+    };
+    let keeper = fork_keeper(&context).map_err(|errno| host("forking", errno.into()))?;
+    let mut children = Children { keeper, init: None, go: Some(go_write), reaped: false };
+    drop((status_write, go_read, exec_write, output_write, dev_null));
+    let mut status = File::from(status_read);
+    let mut exec = File::from(exec_read);
+
+    expect(&mut status, &plan, Record::Ready)?;
+    if plan.unshare_user {
+        write_id_maps(spec, keeper)?;
+    }
+    let cgroup = match cgroup.map(|c| c.add(keeper).map(|()| c)) {
+        Some(Ok(cgroup)) => Some(cgroup),
+        Some(Err(err)) if spec.cgroup == CgroupMode::Required => return Err(SandboxError::Cgroup(err.to_string())),
+        _ => None,
+    };
+    children.go().write_all(b"g").map_err(|e| host("starting the sandbox", e))?;
+    match read_record(&mut status)? {
+        Some(Record::InitPid(pid)) => children.init = Some(pid),
+        other => return Err(unexpected(other, &plan)),
+    }
+    // End-of-file without a record: init reached execve.
+    if let Some(record) = read_record(&mut exec)? {
+        return Err(unexpected(Some(record), &plan));
+    }
+
+    let supervised = supervise(spec, start, &mut children, output_read, &mut status, cgroup.as_ref(), output);
+    let usage = children.reap().map_err(|errno| host("waiting for the sandbox", errno.into()))?;
+    let (outcome, output_bytes) = supervised?;
+    Ok(Report {
+        outcome,
+        output_bytes,
+        elapsed: start.elapsed(),
+        usage: Usage { cgroup: cgroup.as_ref().map(Cgroup::usage), ..usage },
+    })
+}
+
+/// Passes output on and enforces the limits until init's status arrives and the output
+/// pipe is closed (which, init being pid 1 of its namespace, means every process is gone).
+fn supervise(
+    spec: &SandboxSpec,
+    start: Instant,
+    children: &mut Children,
+    output_read: OwnedFd,
+    status: &mut File,
+    cgroup: Option<&Cgroup>,
+    output: &mut dyn Write,
+) -> Result<(Outcome, u64), SandboxError> {
+    let limits = spec.limits;
+    let deadline = limits.timeout.map(|t| start + t);
+    let mut last_output = Instant::now();
+    let mut pipe = Some(File::from(output_read));
+    let mut init_status: Option<i32> = None;
+    let mut killed: Option<Outcome> = None;
+    let mut writer_error: Option<io::Error> = None;
+    let mut total: u64 = 0;
+    let mut buffer = vec![0u8; 64 * 1024];
+
+    let kill_all = |children: &Children, reason: Outcome, killed: &mut Option<Outcome>| {
+        if killed.is_none() {
+            *killed = Some(reason);
+        }
+        children.kill_init();
+        if let Some(cgroup) = cgroup {
+            cgroup.kill();
+        }
+    };
+
+    while pipe.is_some() || init_status.is_none() {
+        let now = Instant::now();
+        let mut wait: Option<Duration> = None;
+        if killed.is_none() {
+            if let Some(deadline) = deadline {
+                if now >= deadline {
+                    kill_all(children, Outcome::TimedOut(limits.timeout.unwrap_or_default()), &mut killed);
+                    continue;
+                }
+                wait = Some(deadline - now);
+            }
+            if let Some(silence) = limits.silence_timeout {
+                let quiet_until = last_output + silence;
+                if now >= quiet_until {
+                    kill_all(children, Outcome::Silent(silence), &mut killed);
+                    continue;
+                }
+                wait = Some(wait.map_or(quiet_until - now, |w| w.min(quiet_until - now)));
+            }
+        }
+        let timeout = match wait {
+            None => PollTimeout::NONE,
+            // Round up so a wake-up never comes a millisecond early and spins.
+            Some(w) => PollTimeout::try_from(w.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX),
+        };
+        let mut fds = Vec::with_capacity(2);
+        if let Some(out) = &pipe {
+            fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+        }
+        if init_status.is_none() {
+            fds.push(PollFd::new(status.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(host("polling the sandbox", errno.into())),
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        let output_ready = pipe.is_some() && ready(&fds[0]);
+        let status_ready = init_status.is_none() && ready(&fds[fds.len() - 1]);
+        drop(fds);
+
+        if output_ready {
+            let out = pipe.as_mut().expect("output_ready implies the pipe is open");
+            let n = match out.read(&mut buffer) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(host("reading the sandbox's output", err)),
+            };
+            if n == 0 {
+                pipe = None;
+            } else {
+                last_output = Instant::now();
+                let allowed = match limits.max_output_bytes {
+                    Some(max) => max.saturating_sub(total).min(n as u64) as usize,
+                    None => n,
+                };
+                total += n as u64;
+                if killed.is_none() && allowed > 0 {
+                    if let Err(err) = output.write_all(&buffer[..allowed]) {
+                        writer_error = Some(err);
+                        // Nobody reads what it prints: stop it rather than block it.
+                        kill_all(children, Outcome::Signaled(libc::SIGKILL), &mut killed);
+                    }
+                }
+                if let Some(max) = limits.max_output_bytes {
+                    if total > max {
+                        kill_all(children, Outcome::OutputLimit(max), &mut killed);
+                    }
+                }
+            }
+        }
+        if status_ready {
+            match read_record(status)? {
+                Some(Record::InitStatus(raw)) => {
+                    init_status = Some(raw);
+                    // init is a zombie now: release its pid to the keeper.
+                    children.init = None;
+                    children.go = None;
+                }
+                _ => return Err(host("supervising the sandbox", io::Error::other("the keeper process died"))),
+            }
+        }
+    }
+    if let Some(err) = writer_error {
+        return Err(SandboxError::Output(err));
+    }
+    let raw = init_status.expect("the loop ends only once init's status is known");
+    let outcome = killed.unwrap_or(if libc::WIFSIGNALED(raw) {
+        Outcome::Signaled(libc::WTERMSIG(raw))
+    } else {
+        Outcome::Exited(libc::WEXITSTATUS(raw))
+    });
+    Ok((outcome, total))
+}
+
+/// The keeper and init processes of one run. Dropping it (on any early return) kills
+/// the sandbox and reaps the keeper.
+struct Children {
+    keeper: i32,
+    /// Init's pid while it may be killed by pid (not yet waited for by the keeper).
+    init: Option<i32>,
+    /// The parent's end of the "go" pipe; closing it lets the keeper reap init.
+    go: Option<OwnedFd>,
+    reaped: bool,
+}
+
+impl Children {
+    fn go(&self) -> File {
+        let fd = self.go.as_ref().expect("the go pipe is open until init's status is read");
+        File::from(fd.try_clone().expect("duplicating a pipe descriptor"))
+    }
+
+    fn kill_init(&self) {
+        if let Some(init) = self.init {
+            // Killing pid 1 of the namespace kills every process in it.
+            let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+        }
+    }
+
+    fn reap(&mut self) -> Result<Usage, Errno> {
+        self.go = None;
+        let usage = sys::wait_with_usage(self.keeper)?;
+        self.reaped = true;
+        Ok(usage)
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.kill_init();
+        let _ = kill(Pid::from_raw(self.keeper), Signal::SIGKILL);
+        self.go = None;
+        let _ = sys::wait_with_usage(self.keeper);
+    }
+}
+
+/// Writes `setgroups`, `uid_map` and `gid_map` of the keeper's new user namespace.
+fn write_id_maps(spec: &SandboxSpec, keeper: i32) -> Result<(), SandboxError> {
+    let (host_uid, host_gid) =
+        spec.host_ids.unwrap_or_else(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
+    let proc = PathBuf::from(format!("/proc/{keeper}"));
+    let identity = &spec.identity;
+    for (file, contents) in [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("{} {host_uid} 1\n", identity.uid)),
+        ("gid_map", format!("{} {host_gid} 1\n", identity.gid)),
+    ] {
+        std::fs::write(proc.join(file), contents).map_err(|err| {
+            let errno = Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO));
+            if errno == Errno::EPERM {
+                SandboxError::UserNamespacesUnavailable { errno }
+            } else {
+                SandboxError::Setup { step: SetupStep::IdMaps, errno }
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn expect(status: &mut File, plan: &Plan, wanted: Record) -> Result<(), SandboxError> {
+    match read_record(status)? {
+        Some(record) if record == wanted => Ok(()),
+        other => Err(unexpected(other, plan)),
+    }
+}
+
+/// The error for a record other than the one expected (normally a failure report).
+fn unexpected(record: Option<Record>, plan: &Plan) -> SandboxError {
+    let Some(Record::Failed(step, op, errno)) = record else {
+        return host("starting the sandbox", io::Error::other("a sandbox process died during setup"));
+    };
+    let errno = Errno::from_raw(errno);
+    let user_namespace_refused = matches!(errno, Errno::EPERM | Errno::EINVAL | Errno::ENOSPC | Errno::EUSERS);
+    let step = match step {
+        Step::Unshare if plan.unshare_user && user_namespace_refused => {
+            return SandboxError::UserNamespacesUnavailable { errno };
+        }
+        Step::Unshare => SetupStep::Unshare,
+        Step::ForkInit => SetupStep::ForkInit,
+        Step::PrivateMounts => SetupStep::PrivateMounts,
+        Step::RootTmpfs => SetupStep::RootTmpfs,
+        Step::Layout => SetupStep::Layout(
+            plan.descriptions.get(op as usize).cloned().unwrap_or_else(|| format!("layout step {op}")),
+        ),
+        Step::PivotRoot => SetupStep::PivotRoot,
+        Step::SealRoot => SetupStep::SealRoot,
+        Step::Hostname => SetupStep::Hostname,
+        Step::Loopback => SetupStep::Loopback,
+        Step::Identity => SetupStep::Identity,
+        Step::Capabilities => SetupStep::Capabilities,
+        Step::Seccomp => SetupStep::Seccomp,
+        Step::Chdir => SetupStep::Chdir(PathBuf::from(std::ffi::OsStr::from_bytes(plan.cwd.to_bytes()))),
+        Step::Exec => SetupStep::Exec(PathBuf::from(std::ffi::OsStr::from_bytes(plan.program.to_bytes()))),
+        Step::FileDescriptors => SetupStep::FileDescriptors,
+    };
+    SandboxError::Setup { step, errno }
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+/// Reads one record; `None` at end-of-file.
+fn read_record(pipe: &mut File) -> Result<Option<Record>, SandboxError> {
+    let mut bytes = [0u8; RECORD_LEN];
+    let mut filled = 0;
+    while filled < RECORD_LEN {
+        match pipe.read(&mut bytes[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(host("reading from the sandbox", io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(host("reading from the sandbox", err)),
+        }
+    }
+    Record::decode(&bytes)
+        .map(Some)
+        .ok_or_else(|| host("reading from the sandbox", io::Error::other("malformed record")))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|errno| host("creating a pipe", errno.into()))
+}
+
+fn host(context: &str, source: io::Error) -> SandboxError {
+    SandboxError::Host { context: context.to_string(), source }
+}
+
+fn pointer_array(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+}
+
+fn seccomp_filters() -> Result<&'static [BpfProgram], SandboxError> {
+    static FILTERS: OnceLock<Result<Vec<BpfProgram>, String>> = OnceLock::new();
+    match FILTERS.get_or_init(|| crate::seccomp::filters().map_err(|err| err.to_string())) {
+        Ok(filters) => Ok(filters),
+        Err(message) => Err(host("compiling the seccomp filter", io::Error::other(message.clone()))),
+    }
+}
+
+fn bounding_set() -> &'static [caps::Capability] {
+    static ALL: OnceLock<Vec<caps::Capability>> = OnceLock::new();
+    ALL.get_or_init(|| caps::all().into_iter().collect())
+}
+
+/// The empty directory the root tmpfs is mounted on (inside the private mount namespace
+/// only; on the host it stays empty) and removed after the run.
+struct StagingDir {
+    path: PathBuf,
+}
+
+impl StagingDir {
+    fn create() -> Result<StagingDir, SandboxError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "arca-sandbox-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            // Left by a crashed run of a process with the same pid.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(host(&format!("creating {}", path.display()), err)),
+        }
+        Ok(StagingDir { path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
