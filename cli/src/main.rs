@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build;
 mod derivation;
 mod hash;
 mod nar;
@@ -50,6 +51,10 @@ enum Command {
     Store(store_commands::StoreCommand),
     /// Show information about store paths (== `nix path-info`).
     PathInfo(store_commands::PathInfoArgs),
+    /// Build derivations in the sandbox and print their output paths.
+    Build(build::BuildArgs),
+    /// Print the build log of a derivation or output (== `nix-store -l`).
+    Log(build::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,8 @@ fn main() -> ExitCode {
         Command::Derivation(command) => derivation::run(command, &cli.global),
         Command::Store(command) => store_commands::run(command, &cli.global),
         Command::PathInfo(args) => store_commands::path_info(&args, &cli.global),
+        Command::Build(args) => build::build(&args, &cli.global),
+        Command::Log(args) => build::log(&args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,7 +22,11 @@ impl Cgroup {
     pub fn create() -> io::Result<Cgroup> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let base = own_cgroup()?;
-        let name = format!("arca-sandbox-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "arca-sandbox-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let path = base.join(name);
         fs::create_dir(&path)?;
         Ok(Cgroup { path })
@@ -40,8 +44,14 @@ impl Cgroup {
         }
         // Kernels before 5.14 have no cgroup.kill.
         if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            for pid in procs
+                .lines()
+                .filter_map(|line| line.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -51,14 +61,20 @@ impl Cgroup {
         let cpu_time = fs::read_to_string(self.path.join("cpu.stat"))
             .ok()
             .and_then(|stat| {
-                stat.lines()
-                    .find_map(|line| line.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
+                stat.lines().find_map(|line| {
+                    line.strip_prefix("usage_usec ")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
             })
             .map(Duration::from_micros)
             .unwrap_or_default();
-        let memory_peak_bytes =
-            fs::read_to_string(self.path.join("memory.peak")).ok().and_then(|v| v.trim().parse::<u64>().ok());
-        CgroupUsage { cpu_time, memory_peak_bytes }
+        let memory_peak_bytes = fs::read_to_string(self.path.join("memory.peak"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        CgroupUsage {
+            cpu_time,
+            memory_peak_bytes,
+        }
     }
 }
 
@@ -87,14 +103,19 @@ fn own_cgroup() -> io::Result<PathBuf> {
         .lines()
         .find_map(|line| {
             let (fields, rest) = line.split_once(" - ")?;
-            (rest.split(' ').next()? == "cgroup2").then(|| fields.split(' ').nth(4).map(unescape_octal))?
+            (rest.split(' ').next()? == "cgroup2")
+                .then(|| fields.split(' ').nth(4).map(unescape_octal))?
         })
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted"))?;
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no cgroup2 file system is mounted")
+        })?;
     let membership = fs::read_to_string("/proc/self/cgroup")?;
     let relative = membership
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "this process is in no cgroup v2"))?;
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "this process is in no cgroup v2")
+        })?;
     Ok(Path::new(&mount_point).join(relative.trim_start_matches('/')))
 }
 
@@ -104,8 +125,15 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);

@@ -61,7 +61,8 @@ impl Record {
     }
 
     pub(crate) fn decode(bytes: &[u8; RECORD_LEN]) -> Option<Record> {
-        let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let word =
+            |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let value = word(12) as i32;
         match word(0) {
             1 => Some(Record::Ready),
@@ -237,7 +238,14 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     loop {
         // SAFETY: waits for our own child, writing into the siginfo_t we own.
-        let r = unsafe { libc::waitid(libc::P_PID, init as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                init as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
         if r == 0 {
             break;
         }
@@ -247,7 +255,11 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     }
     // SAFETY: waitid filled in a SIGCHLD siginfo, whose status/code fields are valid.
     let (code, status) = unsafe { (info.si_code, info.si_status()) };
-    let wait_status = if code == libc::CLD_EXITED { (status & 0xff) << 8 } else { status & 0x7f };
+    let wait_status = if code == libc::CLD_EXITED {
+        (status & 0xff) << 8
+    } else {
+        status & 0x7f
+    };
     send(fds.status, Record::InitStatus(wait_status));
     // Wait for the parent to let go of the pid (end-of-file), then reap.
     loop {
@@ -278,11 +290,33 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         }
     }
 
+    if plan.unshare_user {
+        // Become the inside user before creating anything: files made by an id the user
+        // namespace does not map (host root, when root asked for another host id) fail
+        // with EOVERFLOW. The capabilities of the namespace stay: its root id is not the
+        // one being left, so the kernel's setuid rules do not clear them.
+        switch_identity(plan)?;
+    }
     let none: Option<&CStr> = None;
-    at(Step::PrivateMounts, mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none))?;
+    at(
+        Step::PrivateMounts,
+        mount(
+            none,
+            c"/",
+            none,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            none,
+        ),
+    )?;
     at(
         Step::RootTmpfs,
-        mount(Some(c"tmpfs"), plan.root.as_c_str(), Some(c"tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(c"mode=0755")),
+        mount(
+            Some(c"tmpfs"),
+            plan.root.as_c_str(),
+            Some(c"tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(c"mode=0755"),
+        ),
     )?;
     for (index, op) in plan.ops.iter().enumerate() {
         apply(op).map_err(|errno| (Step::Layout, index as u32, errno))?;
@@ -300,12 +334,19 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
             none,
             c"/",
             none,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
             none,
         ),
     )?;
 
-    at(Step::Hostname, nix::unistd::sethostname(OsStr::from_bytes(&plan.hostname)))?;
+    at(
+        Step::Hostname,
+        nix::unistd::sethostname(OsStr::from_bytes(&plan.hostname)),
+    )?;
     // SAFETY: pointer and length of a live byte vector.
     if unsafe { libc::setdomainname(plan.domainname.as_ptr().cast(), plan.domainname.len()) } != 0 {
         return Err((Step::Hostname, 0, Errno::last()));
@@ -319,16 +360,21 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     // switch; a capability unknown to this kernel is not in the set anyway.
     for cap in context.bounding {
         if caps::has_cap(None, caps::CapSet::Bounding, *cap).unwrap_or(false) {
-            caps::drop(None, caps::CapSet::Bounding, *cap).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
+            caps::drop(None, caps::CapSet::Bounding, *cap)
+                .map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
         }
     }
     caps::clear(None, caps::CapSet::Ambient).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
     if !plan.unshare_user {
+        // Real root: dropping to the inside user clears every capability.
         at(Step::Identity, nix::unistd::setgroups(&[]))?;
+        switch_identity(plan)?;
     }
-    at(Step::Identity, setresgid(Gid::from_raw(plan.gid), Gid::from_raw(plan.gid), Gid::from_raw(plan.gid)))?;
-    at(Step::Identity, setresuid(Uid::from_raw(plan.uid), Uid::from_raw(plan.uid), Uid::from_raw(plan.uid)))?;
-    for set in [caps::CapSet::Effective, caps::CapSet::Inheritable, caps::CapSet::Permitted] {
+    for set in [
+        caps::CapSet::Effective,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Permitted,
+    ] {
         caps::clear(None, set).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
     }
     at(Step::Chdir, chdir(plan.cwd.as_c_str()))?;
@@ -345,8 +391,20 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     close_on_exec_from(3).map_err(|errno| (Step::FileDescriptors, 0, errno))?;
     // SAFETY: program, argv and envp are NUL-terminated strings and null-terminated
     // pointer arrays built by the parent and alive for the whole call.
-    unsafe { libc::execve(plan.program.as_ptr(), context.argv.as_ptr(), context.envp.as_ptr()) };
+    unsafe {
+        libc::execve(
+            plan.program.as_ptr(),
+            context.argv.as_ptr(),
+            context.envp.as_ptr(),
+        )
+    };
     Err((Step::Exec, 0, Errno::last()))
+}
+
+fn switch_identity(plan: &Plan) -> StepResult {
+    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
+    at(Step::Identity, setresgid(gid, gid, gid))?;
+    at(Step::Identity, setresuid(uid, uid, uid))
 }
 
 fn apply(op: &Op) -> nix::Result<()> {
@@ -362,7 +420,13 @@ fn apply(op: &Op) -> nix::Result<()> {
         }
         Op::Touch { path } => {
             // SAFETY: a NUL-terminated path; the descriptor is closed right away.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o444) };
+            let fd = unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o444,
+                )
+            };
             if fd < 0 {
                 return Err(Errno::last());
             }
@@ -370,13 +434,31 @@ fn apply(op: &Op) -> nix::Result<()> {
             unsafe { libc::close(fd) };
             Ok(())
         }
-        Op::Mount { source, target, fstype, flags, data } => {
-            mount(source.as_deref(), target.as_c_str(), fstype.as_deref(), *flags, data.as_deref())
-        }
-        Op::WriteFile { path, contents, mode } => {
+        Op::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => mount(
+            source.as_deref(),
+            target.as_c_str(),
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        Op::WriteFile {
+            path,
+            contents,
+            mode,
+        } => {
             // SAFETY: a NUL-terminated path.
             let fd = unsafe {
-                libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, *mode)
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    *mode,
+                )
             };
             if fd < 0 {
                 return Err(Errno::last());
@@ -468,7 +550,11 @@ fn close_all_except(keep: &[RawFd]) -> nix::Result<()> {
 }
 
 fn close_on_exec_from(first: RawFd) -> nix::Result<()> {
-    close_range(first as u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int)
+    close_range(
+        first as u32,
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+    )
 }
 
 fn close_range(first: u32, last: u32, flags: libc::c_int) -> nix::Result<()> {

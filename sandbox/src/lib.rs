@@ -52,4 +52,6 @@ mod sys;
 pub use error::{SandboxError, SetupStep};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
 pub use run::run;
-pub use spec::{standard_etc, CgroupMode, Devices, Identity, Limits, Mount, Network, SandboxSpec, UserNamespace};
+pub use spec::{
+    standard_etc, CgroupMode, Devices, Identity, Limits, Mount, Network, SandboxSpec, UserNamespace,
+};

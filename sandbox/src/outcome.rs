@@ -31,11 +31,19 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Exited(code) => write!(f, "exited with status {code}"),
             Outcome::Signaled(signal) => write!(f, "killed by signal {signal}"),
-            Outcome::TimedOut(limit) => write!(f, "timed out after {} seconds", limit.as_secs_f64()),
-            Outcome::Silent(limit) => {
-                write!(f, "timed out after {} seconds of silence", limit.as_secs_f64())
+            Outcome::TimedOut(limit) => {
+                write!(f, "timed out after {} seconds", limit.as_secs_f64())
             }
-            Outcome::OutputLimit(limit) => write!(f, "killed after more than {limit} bytes of output"),
+            Outcome::Silent(limit) => {
+                write!(
+                    f,
+                    "timed out after {} seconds of silence",
+                    limit.as_secs_f64()
+                )
+            }
+            Outcome::OutputLimit(limit) => {
+                write!(f, "killed after more than {limit} bytes of output")
+            }
         }
     }
 }

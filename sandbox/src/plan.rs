@@ -17,14 +17,35 @@ use crate::spec::{Mount, Network, SandboxSpec, UserNamespace};
 /// One step of building the root, with paths under the staging root.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Mkdir { path: CString, mode: u32 },
+    Mkdir {
+        path: CString,
+        mode: u32,
+    },
     /// An empty file to mount a file on.
-    Touch { path: CString },
-    Mount { source: Option<CString>, target: CString, fstype: Option<CString>, flags: MsFlags, data: Option<CString> },
-    WriteFile { path: CString, contents: Vec<u8>, mode: u32 },
-    Symlink { target: CString, link: CString },
+    Touch {
+        path: CString,
+    },
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: MsFlags,
+        data: Option<CString>,
+    },
+    WriteFile {
+        path: CString,
+        contents: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
     /// Best effort (devpts may make `ptmx` mode 0 on some kernels).
-    ChmodIgnoringErrors { path: CString, mode: u32 },
+    ChmodIgnoringErrors {
+        path: CString,
+        mode: u32,
+    },
 }
 
 /// Everything the child needs, prepared before the fork.
@@ -50,8 +71,17 @@ pub(crate) struct Plan {
 const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
 
 impl Plan {
-    pub fn new(spec: &SandboxSpec, root: &Path, caller_is_root: bool) -> Result<Plan, SandboxError> {
-        let mut builder = Builder { root: root.to_path_buf(), ops: Vec::new(), descriptions: Vec::new(), dirs: BTreeSet::new() };
+    pub fn new(
+        spec: &SandboxSpec,
+        root: &Path,
+        caller_is_root: bool,
+    ) -> Result<Plan, SandboxError> {
+        let mut builder = Builder {
+            root: root.to_path_buf(),
+            ops: Vec::new(),
+            descriptions: Vec::new(),
+            dirs: BTreeSet::new(),
+        };
         builder.dirs.insert(PathBuf::from("/"));
         builder.dev(spec.devices.kvm)?;
         if spec.proc {
@@ -75,13 +105,21 @@ impl Plan {
         if spec.args.is_empty() {
             return Err(invalid("args", "", "argv must hold at least argv[0]"));
         }
-        let argv = spec.args.iter().map(|a| cstring("args", a)).collect::<Result<_, _>>()?;
+        let argv = spec
+            .args
+            .iter()
+            .map(|a| cstring("args", a))
+            .collect::<Result<_, _>>()?;
         let envp = spec
             .env
             .iter()
             .map(|(name, value)| {
                 if name.is_empty() || name.as_bytes().contains(&b'=') {
-                    return Err(invalid("env", &name.to_string_lossy(), "a variable name must be non-empty and hold no '='"));
+                    return Err(invalid(
+                        "env",
+                        &name.to_string_lossy(),
+                        "a variable name must be non-empty and hold no '='",
+                    ));
                 }
                 let mut entry = name.as_bytes().to_vec();
                 entry.push(b'=');
@@ -90,7 +128,10 @@ impl Plan {
             })
             .collect::<Result<_, _>>()?;
         check_absolute("cwd", &spec.cwd)?;
-        for (field, name) in [("hostname", &spec.hostname), ("domainname", &spec.domainname)] {
+        for (field, name) in [
+            ("hostname", &spec.hostname),
+            ("domainname", &spec.domainname),
+        ] {
             if name.len() > 64 || name.contains('\0') {
                 return Err(invalid(field, name, "must be at most 64 bytes without NUL"));
             }
@@ -107,7 +148,11 @@ impl Plan {
             hostname: hostname.to_vec(),
             // The kernel's "no domain name" is the empty string, which uname shows as
             // "(none)"; keep that spelling meaning "unset".
-            domainname: if domainname == b"(none)" { Vec::new() } else { domainname.to_vec() },
+            domainname: if domainname == b"(none)" {
+                Vec::new()
+            } else {
+                domainname.to_vec()
+            },
             unshare_user: spec.user_namespace == UserNamespace::Always || !caller_is_root,
             isolate_network: spec.network == Network::Isolated,
             uid: spec.identity.uid,
@@ -134,7 +179,11 @@ impl Builder {
     /// The staging-root path of an inside path.
     fn host(&self, inside: &Path) -> Result<CString, SandboxError> {
         let relative = inside.strip_prefix("/").unwrap_or(inside);
-        let joined = if relative.as_os_str().is_empty() { self.root.clone() } else { self.root.join(relative) };
+        let joined = if relative.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(relative)
+        };
         cstring("target", joined.as_os_str())
     }
 
@@ -143,7 +192,10 @@ impl Builder {
         self.parents(inside)?;
         if self.dirs.insert(inside.to_path_buf()) {
             let path = self.host(inside)?;
-            self.push(Op::Mkdir { path, mode }, format!("creating directory {}", inside.display()));
+            self.push(
+                Op::Mkdir { path, mode },
+                format!("creating directory {}", inside.display()),
+            );
         }
         Ok(())
     }
@@ -166,7 +218,12 @@ impl Builder {
         for device in devices {
             let inside = PathBuf::from("/dev").join(device);
             let target = self.host(&inside)?;
-            self.push(Op::Touch { path: target.clone() }, format!("creating {}", inside.display()));
+            self.push(
+                Op::Touch {
+                    path: target.clone(),
+                },
+                format!("creating {}", inside.display()),
+            );
             self.push(
                 Op::Mount {
                     source: Some(cstring("device", inside.as_os_str())?),
@@ -190,7 +247,10 @@ impl Builder {
             "mounting a private devpts on /dev/pts".into(),
         );
         self.push(
-            Op::ChmodIgnoringErrors { path: self.host(Path::new("/dev/pts/ptmx"))?, mode: 0o666 },
+            Op::ChmodIgnoringErrors {
+                path: self.host(Path::new("/dev/pts/ptmx"))?,
+                mode: 0o666,
+            },
             "making /dev/pts/ptmx usable".into(),
         );
         self.dir(Path::new("/dev/shm"), 0o1777)?;
@@ -213,7 +273,10 @@ impl Builder {
         ] {
             let inside = PathBuf::from("/dev").join(link);
             self.push(
-                Op::Symlink { target: cstring("symlink", OsStr::new(target))?, link: self.host(&inside)? },
+                Op::Symlink {
+                    target: cstring("symlink", OsStr::new(target))?,
+                    link: self.host(&inside)?,
+                },
                 format!("linking {} to {target}", inside.display()),
             );
         }
@@ -224,18 +287,33 @@ impl Builder {
         let inside = mount.target();
         check_absolute("mount target", inside)?;
         if inside == Path::new("/") {
-            return Err(invalid("mount target", "/", "the root itself cannot be replaced"));
+            return Err(invalid(
+                "mount target",
+                "/",
+                "the root itself cannot be replaced",
+            ));
         }
         match mount {
-            Mount::Bind { source, target, writable, optional } => {
+            Mount::Bind {
+                source,
+                target,
+                writable,
+                optional,
+            } => {
                 check_absolute("bind source", source)?;
                 let source_c = cstring("bind source", source.as_os_str())?;
                 let (is_dir, locked) = match (stat(source.as_path()), statvfs(source.as_path())) {
-                    (Ok(st), Ok(vfs)) => {
-                        (SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR, locked_flags(vfs.flags()))
-                    }
+                    (Ok(st), Ok(vfs)) => (
+                        SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+                            == SFlag::S_IFDIR,
+                        locked_flags(vfs.flags()),
+                    ),
                     _ if *optional => return Ok(()),
-                    _ => return Err(SandboxError::MissingSource { path: source.clone() }),
+                    _ => {
+                        return Err(SandboxError::MissingSource {
+                            path: source.clone(),
+                        })
+                    }
                 };
                 if is_dir {
                     self.dir(target, 0o755)?;
@@ -259,13 +337,26 @@ impl Builder {
                 // A bind mount takes its flags from the source mount; a remount sets
                 // ours. Flags the kernel locks in a user namespace (nosuid, nodev,
                 // noexec, atime) must be repeated or the remount is refused.
-                let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | locked;
+                let mut flags = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | locked;
                 if !writable {
                     flags |= MsFlags::MS_RDONLY;
                 }
                 self.push(
-                    Op::Mount { source: None, target: target_c, fstype: None, flags, data: None },
-                    format!("{what} (remounting {})", if *writable { "nosuid" } else { "read-only" }),
+                    Op::Mount {
+                        source: None,
+                        target: target_c,
+                        fstype: None,
+                        flags,
+                        data: None,
+                    },
+                    format!(
+                        "{what} (remounting {})",
+                        if *writable { "nosuid" } else { "read-only" }
+                    ),
                 );
             }
             Mount::Tmpfs { target, mode } => {
@@ -287,13 +378,27 @@ impl Builder {
                 self.parents(target)?;
                 self.dirs.insert(target.clone());
                 let path = self.host(target)?;
-                self.push(Op::Mkdir { path, mode: *mode & 0o7777 }, format!("creating directory {}", target.display()));
+                self.push(
+                    Op::Mkdir {
+                        path,
+                        mode: *mode & 0o7777,
+                    },
+                    format!("creating directory {}", target.display()),
+                );
             }
-            Mount::File { target, contents, mode } => {
+            Mount::File {
+                target,
+                contents,
+                mode,
+            } => {
                 self.parents(target)?;
                 let path = self.host(target)?;
                 self.push(
-                    Op::WriteFile { path, contents: contents.clone(), mode: *mode & 0o7777 },
+                    Op::WriteFile {
+                        path,
+                        contents: contents.clone(),
+                        mode: *mode & 0o7777,
+                    },
                     format!("writing {}", target.display()),
                 );
             }
@@ -301,7 +406,10 @@ impl Builder {
                 self.parents(link)?;
                 let path = self.host(link)?;
                 self.push(
-                    Op::Symlink { target: cstring("symlink target", target.as_os_str())?, link: path },
+                    Op::Symlink {
+                        target: cstring("symlink target", target.as_os_str())?,
+                        link: path,
+                    },
                     format!("linking {} to {}", link.display(), target.display()),
                 );
             }
@@ -331,19 +439,31 @@ fn locked_flags(flags: FsFlags) -> MsFlags {
 
 fn check_absolute(field: &'static str, path: &Path) -> Result<(), SandboxError> {
     let normal = path.is_absolute()
-        && path.components().skip(1).all(|c| matches!(c, Component::Normal(_)))
+        && path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, Component::Normal(_)))
         && !path.as_os_str().as_bytes().ends_with(b"/.");
     if normal {
         Ok(())
     } else {
-        Err(invalid(field, &path.to_string_lossy(), "must be an absolute path without '.' or '..'"))
+        Err(invalid(
+            field,
+            &path.to_string_lossy(),
+            "must be an absolute path without '.' or '..'",
+        ))
     }
 }
 
 fn cstring(field: &'static str, value: &OsStr) -> Result<CString, SandboxError> {
-    CString::new(value.as_bytes()).map_err(|_| invalid(field, &value.to_string_lossy(), "contains a NUL byte"))
+    CString::new(value.as_bytes())
+        .map_err(|_| invalid(field, &value.to_string_lossy(), "contains a NUL byte"))
 }
 
 fn invalid(field: &'static str, value: &str, reason: &'static str) -> SandboxError {
-    SandboxError::InvalidSpec { field, value: value.to_string(), reason }
+    SandboxError::InvalidSpec {
+        field,
+        value: value.to_string(),
+        reason,
+    }
 }

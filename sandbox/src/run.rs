@@ -5,6 +5,7 @@ use std::ffi::c_char;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -36,20 +37,28 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     let caller_is_root = nix::unistd::geteuid().is_root();
     let staging = StagingDir::create()?;
     let plan = Plan::new(spec, staging.path(), caller_is_root)?;
-    let filters: &[BpfProgram] = if spec.seccomp { seccomp_filters()? } else { &[] };
+    let filters: &[BpfProgram] = if spec.seccomp {
+        seccomp_filters()?
+    } else {
+        &[]
+    };
     let argv = pointer_array(&plan.argv);
     let envp = pointer_array(&plan.envp);
     let cgroup = match spec.cgroup {
         CgroupMode::Off => None,
         CgroupMode::Auto => Cgroup::create().ok(),
-        CgroupMode::Required => Some(Cgroup::create().map_err(|err| SandboxError::Cgroup(err.to_string()))?),
+        CgroupMode::Required => {
+            Some(Cgroup::create().map_err(|err| SandboxError::Cgroup(err.to_string()))?)
+        }
     };
 
     let (status_read, status_write) = pipe()?;
     let (go_read, go_write) = pipe()?;
     let (exec_read, exec_write) = pipe()?;
     let (output_read, output_write) = pipe()?;
-    let dev_null: OwnedFd = File::open("/dev/null").map_err(|e| host("opening /dev/null", e))?.into();
+    let dev_null: OwnedFd = File::open("/dev/null")
+        .map_err(|e| host("opening /dev/null", e))?
+        .into();
     let context = ChildContext {
         plan: &plan,
         fds: ChildFds {
@@ -67,7 +76,12 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         envp: &envp,
     };
     let keeper = fork_keeper(&context).map_err(|errno| host("forking", errno.into()))?;
-    let mut children = Children { keeper, init: None, go: Some(go_write), reaped: false };
+    let mut children = Children {
+        keeper,
+        init: None,
+        go: Some(go_write),
+        reaped: false,
+    };
     drop((status_write, go_read, exec_write, output_write, dev_null));
     let mut status = File::from(status_read);
     let mut exec = File::from(exec_read);
@@ -78,10 +92,14 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     }
     let cgroup = match cgroup.map(|c| c.add(keeper).map(|()| c)) {
         Some(Ok(cgroup)) => Some(cgroup),
-        Some(Err(err)) if spec.cgroup == CgroupMode::Required => return Err(SandboxError::Cgroup(err.to_string())),
+        Some(Err(err)) if spec.cgroup == CgroupMode::Required => {
+            return Err(SandboxError::Cgroup(err.to_string()))
+        }
         _ => None,
     };
-    children.go().write_all(b"g").map_err(|e| host("starting the sandbox", e))?;
+    children
+        .start()
+        .map_err(|errno| host("starting the sandbox", errno.into()))?;
     match read_record(&mut status)? {
         Some(Record::InitPid(pid)) => children.init = Some(pid),
         other => return Err(unexpected(other, &plan)),
@@ -91,14 +109,27 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         return Err(unexpected(Some(record), &plan));
     }
 
-    let supervised = supervise(spec, start, &mut children, output_read, &mut status, cgroup.as_ref(), output);
-    let usage = children.reap().map_err(|errno| host("waiting for the sandbox", errno.into()))?;
+    let supervised = supervise(
+        spec,
+        start,
+        &mut children,
+        output_read,
+        &mut status,
+        cgroup.as_ref(),
+        output,
+    );
+    let usage = children
+        .reap()
+        .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
     let (outcome, output_bytes) = supervised?;
     Ok(Report {
         outcome,
         output_bytes,
         elapsed: start.elapsed(),
-        usage: Usage { cgroup: cgroup.as_ref().map(Cgroup::usage), ..usage },
+        usage: Usage {
+            cgroup: cgroup.as_ref().map(Cgroup::usage),
+            ..usage
+        },
     })
 }
 
@@ -139,7 +170,11 @@ fn supervise(
         if killed.is_none() {
             if let Some(deadline) = deadline {
                 if now >= deadline {
-                    kill_all(children, Outcome::TimedOut(limits.timeout.unwrap_or_default()), &mut killed);
+                    kill_all(
+                        children,
+                        Outcome::TimedOut(limits.timeout.unwrap_or_default()),
+                        &mut killed,
+                    );
                     continue;
                 }
                 wait = Some(deadline - now);
@@ -156,8 +191,10 @@ fn supervise(
         let timeout = match wait {
             None => PollTimeout::NONE,
             // Round up so a wake-up never comes a millisecond early and spins.
-            Some(w) => PollTimeout::try_from(w.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX),
+            Some(w) => {
+                PollTimeout::try_from(w.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
         };
         let mut fds = Vec::with_capacity(2);
         if let Some(out) = &pipe {
@@ -177,7 +214,9 @@ fn supervise(
         drop(fds);
 
         if output_ready {
-            let out = pipe.as_mut().expect("output_ready implies the pipe is open");
+            let out = pipe
+                .as_mut()
+                .expect("output_ready implies the pipe is open");
             let n = match out.read(&mut buffer) {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -214,7 +253,12 @@ fn supervise(
                     children.init = None;
                     children.go = None;
                 }
-                _ => return Err(host("supervising the sandbox", io::Error::other("the keeper process died"))),
+                _ => {
+                    return Err(host(
+                        "supervising the sandbox",
+                        io::Error::other("the keeper process died"),
+                    ))
+                }
             }
         }
     }
@@ -242,9 +286,13 @@ struct Children {
 }
 
 impl Children {
-    fn go(&self) -> File {
-        let fd = self.go.as_ref().expect("the go pipe is open until init's status is read");
-        File::from(fd.try_clone().expect("duplicating a pipe descriptor"))
+    /// Tells the keeper its id maps are written: fork init.
+    fn start(&self) -> Result<(), Errno> {
+        let fd = self
+            .go
+            .as_ref()
+            .expect("the go pipe is open until init's status is read");
+        nix::unistd::write(fd, b"g").map(drop)
     }
 
     fn kill_init(&self) {
@@ -276,8 +324,12 @@ impl Drop for Children {
 
 /// Writes `setgroups`, `uid_map` and `gid_map` of the keeper's new user namespace.
 fn write_id_maps(spec: &SandboxSpec, keeper: i32) -> Result<(), SandboxError> {
-    let (host_uid, host_gid) =
-        spec.host_ids.unwrap_or_else(|| (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()));
+    let (host_uid, host_gid) = spec.host_ids.unwrap_or_else(|| {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
     let proc = PathBuf::from(format!("/proc/{keeper}"));
     let identity = &spec.identity;
     for (file, contents) in [
@@ -287,10 +339,15 @@ fn write_id_maps(spec: &SandboxSpec, keeper: i32) -> Result<(), SandboxError> {
     ] {
         std::fs::write(proc.join(file), contents).map_err(|err| {
             let errno = Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO));
-            if errno == Errno::EPERM {
+            // Mapping one's own ids is what any user may do; refusing it means the
+            // kernel refuses user namespaces. Other host ids need privilege.
+            if errno == Errno::EPERM && spec.host_ids.is_none() {
                 SandboxError::UserNamespacesUnavailable { errno }
             } else {
-                SandboxError::Setup { step: SetupStep::IdMaps, errno }
+                SandboxError::Setup {
+                    step: SetupStep::IdMaps,
+                    errno,
+                }
             }
         })?;
     }
@@ -307,10 +364,16 @@ fn expect(status: &mut File, plan: &Plan, wanted: Record) -> Result<(), SandboxE
 /// The error for a record other than the one expected (normally a failure report).
 fn unexpected(record: Option<Record>, plan: &Plan) -> SandboxError {
     let Some(Record::Failed(step, op, errno)) = record else {
-        return host("starting the sandbox", io::Error::other("a sandbox process died during setup"));
+        return host(
+            "starting the sandbox",
+            io::Error::other("a sandbox process died during setup"),
+        );
     };
     let errno = Errno::from_raw(errno);
-    let user_namespace_refused = matches!(errno, Errno::EPERM | Errno::EINVAL | Errno::ENOSPC | Errno::EUSERS);
+    let user_namespace_refused = matches!(
+        errno,
+        Errno::EPERM | Errno::EINVAL | Errno::ENOSPC | Errno::EUSERS
+    );
     let step = match step {
         Step::Unshare if plan.unshare_user && user_namespace_refused => {
             return SandboxError::UserNamespacesUnavailable { errno };
@@ -320,7 +383,10 @@ fn unexpected(record: Option<Record>, plan: &Plan) -> SandboxError {
         Step::PrivateMounts => SetupStep::PrivateMounts,
         Step::RootTmpfs => SetupStep::RootTmpfs,
         Step::Layout => SetupStep::Layout(
-            plan.descriptions.get(op as usize).cloned().unwrap_or_else(|| format!("layout step {op}")),
+            plan.descriptions
+                .get(op as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("layout step {op}")),
         ),
         Step::PivotRoot => SetupStep::PivotRoot,
         Step::SealRoot => SetupStep::SealRoot,
@@ -329,14 +395,16 @@ fn unexpected(record: Option<Record>, plan: &Plan) -> SandboxError {
         Step::Identity => SetupStep::Identity,
         Step::Capabilities => SetupStep::Capabilities,
         Step::Seccomp => SetupStep::Seccomp,
-        Step::Chdir => SetupStep::Chdir(PathBuf::from(std::ffi::OsStr::from_bytes(plan.cwd.to_bytes()))),
-        Step::Exec => SetupStep::Exec(PathBuf::from(std::ffi::OsStr::from_bytes(plan.program.to_bytes()))),
+        Step::Chdir => SetupStep::Chdir(PathBuf::from(std::ffi::OsStr::from_bytes(
+            plan.cwd.to_bytes(),
+        ))),
+        Step::Exec => SetupStep::Exec(PathBuf::from(std::ffi::OsStr::from_bytes(
+            plan.program.to_bytes(),
+        ))),
         Step::FileDescriptors => SetupStep::FileDescriptors,
     };
     SandboxError::Setup { step, errno }
 }
-
-use std::os::unix::ffi::OsStrExt;
 
 /// Reads one record; `None` at end-of-file.
 fn read_record(pipe: &mut File) -> Result<Option<Record>, SandboxError> {
@@ -345,15 +413,23 @@ fn read_record(pipe: &mut File) -> Result<Option<Record>, SandboxError> {
     while filled < RECORD_LEN {
         match pipe.read(&mut bytes[filled..]) {
             Ok(0) if filled == 0 => return Ok(None),
-            Ok(0) => return Err(host("reading from the sandbox", io::ErrorKind::UnexpectedEof.into())),
+            Ok(0) => {
+                return Err(host(
+                    "reading from the sandbox",
+                    io::ErrorKind::UnexpectedEof.into(),
+                ))
+            }
             Ok(n) => filled += n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(host("reading from the sandbox", err)),
         }
     }
-    Record::decode(&bytes)
-        .map(Some)
-        .ok_or_else(|| host("reading from the sandbox", io::Error::other("malformed record")))
+    Record::decode(&bytes).map(Some).ok_or_else(|| {
+        host(
+            "reading from the sandbox",
+            io::Error::other("malformed record"),
+        )
+    })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
@@ -361,18 +437,28 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 }
 
 fn host(context: &str, source: io::Error) -> SandboxError {
-    SandboxError::Host { context: context.to_string(), source }
+    SandboxError::Host {
+        context: context.to_string(),
+        source,
+    }
 }
 
 fn pointer_array(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 fn seccomp_filters() -> Result<&'static [BpfProgram], SandboxError> {
     static FILTERS: OnceLock<Result<Vec<BpfProgram>, String>> = OnceLock::new();
     match FILTERS.get_or_init(|| crate::seccomp::filters().map_err(|err| err.to_string())) {
         Ok(filters) => Ok(filters),
-        Err(message) => Err(host("compiling the seccomp filter", io::Error::other(message.clone()))),
+        Err(message) => Err(host(
+            "compiling the seccomp filter",
+            io::Error::other(message.clone()),
+        )),
     }
 }
 
@@ -390,18 +476,20 @@ struct StagingDir {
 impl StagingDir {
     fn create() -> Result<StagingDir, SandboxError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "arca-sandbox-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        match std::fs::create_dir(&path) {
-            Ok(()) => {}
-            // Left by a crashed run of a process with the same pid.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(err) => return Err(host(&format!("creating {}", path.display()), err)),
+        // mkdir never follows a planted symlink and fails on any existing name (one left
+        // by a crashed run, or made by someone else in a shared /tmp): take the next.
+        loop {
+            let path = std::env::temp_dir().join(format!(
+                "arca-sandbox-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(StagingDir { path }),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(host(&format!("creating {}", path.display()), err)),
+            }
         }
-        Ok(StagingDir { path })
     }
 
     fn path(&self) -> &Path {

@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 /// The two filters (one per errno); both are installed.
@@ -76,7 +76,12 @@ fn chmod_syscalls() -> Vec<(i64, u8)> {
 
 fn xattr_syscalls() -> Vec<i64> {
     // setxattrat (Linux 6.13) has the same number on every architecture.
-    vec![libc::SYS_setxattr, libc::SYS_lsetxattr, libc::SYS_fsetxattr, 463]
+    vec![
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_fsetxattr,
+        463,
+    ]
 }
 
 #[cfg(target_arch = "x86_64")]

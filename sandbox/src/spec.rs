@@ -103,12 +103,22 @@ pub enum Mount {
 impl Mount {
     /// A read-only bind mount of `source` at `target`.
     pub fn bind_ro(source: impl Into<PathBuf>, target: impl Into<PathBuf>) -> Self {
-        Mount::Bind { source: source.into(), target: target.into(), writable: false, optional: false }
+        Mount::Bind {
+            source: source.into(),
+            target: target.into(),
+            writable: false,
+            optional: false,
+        }
     }
 
     /// A writable bind mount of `source` at `target`.
     pub fn bind_rw(source: impl Into<PathBuf>, target: impl Into<PathBuf>) -> Self {
-        Mount::Bind { source: source.into(), target: target.into(), writable: true, optional: false }
+        Mount::Bind {
+            source: source.into(),
+            target: target.into(),
+            writable: true,
+            optional: false,
+        }
     }
 
     /// The path inside the sandbox this entry creates.
@@ -205,7 +215,10 @@ pub enum CgroupMode {
 
 impl SandboxSpec {
     /// A spec running `program` with `args` (`argv[0]` included) and the default layout.
-    pub fn new(program: impl Into<PathBuf>, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+    pub fn new(
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
         let identity = Identity::default();
         let mut spec = SandboxSpec {
             program: program.into(),
@@ -227,7 +240,10 @@ impl SandboxSpec {
             umask: 0o022,
         };
         spec.mounts = standard_etc(&spec.identity);
-        spec.mounts.push(Mount::Tmpfs { target: "/tmp".into(), mode: 0o1777 });
+        spec.mounts.push(Mount::Tmpfs {
+            target: "/tmp".into(),
+            mode: 0o1777,
+        });
         spec
     }
 
@@ -269,8 +285,20 @@ pub fn standard_etc(identity: &Identity) -> Vec<Mount> {
     );
     let hosts = "127.0.0.1 localhost\n::1 localhost\n";
     vec![
-        Mount::File { target: "/etc/passwd".into(), contents: passwd.into_bytes(), mode: 0o444 },
-        Mount::File { target: "/etc/group".into(), contents: group.into_bytes(), mode: 0o444 },
-        Mount::File { target: "/etc/hosts".into(), contents: hosts.as_bytes().to_vec(), mode: 0o444 },
+        Mount::File {
+            target: "/etc/passwd".into(),
+            contents: passwd.into_bytes(),
+            mode: 0o444,
+        },
+        Mount::File {
+            target: "/etc/group".into(),
+            contents: group.into_bytes(),
+            mode: 0o444,
+        },
+        Mount::File {
+            target: "/etc/hosts".into(),
+            contents: hosts.as_bytes().to_vec(),
+            mode: 0o444,
+        },
     ]
 }

@@ -26,6 +26,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod built;
 mod canonicalise;
 mod derivations;
 mod error;
@@ -37,6 +38,8 @@ pub mod registry;
 mod staging;
 mod verify;
 
+pub use built::{copy_tree, nar_hash_of, BuildScratch, BuiltPath};
 pub use error::StoreError;
 pub use local_store::{AddProgress, LocalStore, StoreOptions};
+pub use lock::PathLock;
 pub use verify::{VerifyOptions, VerifyProblem, VerifyReport};

@@ -62,6 +62,7 @@ pub struct LocalStore {
     physical_store: PathBuf,
     staging_dir: PathBuf,
     state_dir: PathBuf,
+    log_dir: PathBuf,
     registry: Mutex<Registry>,
     owner: Owner,
     durable: bool,
@@ -80,13 +81,15 @@ impl LocalStore {
     pub fn open_with(root: &Path, options: StoreOptions) -> Result<LocalStore, StoreError> {
         let physical_store = root.join(options.store_dir.as_str().trim_start_matches('/'));
         let state_dir = root.join("nix/var/nix");
+        // Nix's logDir is `<root>/nix/var/log/nix`, beside (not inside) the state dir.
+        let log_dir = root.join("nix/var/log/nix/drvs");
         for dir in [
             physical_store.clone(),
             state_dir.join("db"),
             state_dir.join("gcroots"),
             state_dir.join("profiles"),
             state_dir.join("temproots"),
-            state_dir.join("log/nix/drvs"),
+            log_dir.clone(),
         ] {
             fs::create_dir_all(&dir).at(&dir)?;
         }
@@ -103,6 +106,7 @@ impl LocalStore {
             physical_store,
             staging_dir,
             state_dir,
+            log_dir,
             registry: Mutex::new(registry),
             owner,
             durable: options.durable,
@@ -122,6 +126,11 @@ impl LocalStore {
     /// `ROOT/nix/var/nix`: the registry, roots, logs.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// `ROOT/nix/var/log/nix/drvs`: build logs, laid out as Nix lays them out.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
     }
 
     /// Where the files of `path` are on disk.
@@ -352,6 +361,11 @@ impl LocalStore {
         self.commit(staged, info)
     }
 
+    /// Who store files belong to (root's store: root; otherwise the adding user's).
+    pub(crate) fn owner(&self) -> Owner {
+        self.owner
+    }
+
     /// Takes the lock of `path` (`<store>/<base name>.lock`, as Nix names it).
     pub(crate) fn lock_path(&self, path: &StorePath) -> Result<PathLock, StoreError> {
         PathLock::acquire(&self.physical_store.join(format!("{}.lock", path.as_str())))
@@ -533,7 +547,10 @@ fn source_dump_options() -> DumpOptions {
 }
 
 /// sha256 and size of the NAR of `source`.
-fn hash_nar_of(source: &Path, progress: &dyn Fn(u64)) -> Result<(Hash, u64), StoreError> {
+pub(crate) fn hash_nar_of(
+    source: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<(Hash, u64), StoreError> {
     let mut sink = HashingWriter::new(io::sink(), progress);
     arca_nar::dump_path(source, &mut sink, &source_dump_options()).map_err(|error| {
         StoreError::Dump {
@@ -553,17 +570,26 @@ fn hash_file(source: &Path, algo: HashAlgo) -> Result<Hash, StoreError> {
 
 /// Copies `source` to `target` with NAR semantics, streaming the NAR through a pipe
 /// from a dumping thread to the restore; returns the sha256 and size of that NAR.
-fn copy_via_nar(
+pub(crate) fn copy_via_nar(
     source: &Path,
     target: &Path,
     progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Hash, u64), StoreError> {
+    copy_via_nar_with(source, target, progress, &source_dump_options())
+}
+
+/// [`copy_via_nar`] with explicit dump options (whose files may be hard links).
+pub(crate) fn copy_via_nar_with(
+    source: &Path,
+    target: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+    options: &DumpOptions,
 ) -> Result<(Hash, u64), StoreError> {
     let (reader, writer) = io::pipe().at(target)?;
     std::thread::scope(|scope| {
         let dumper = scope.spawn(move || {
             let mut writer = HashingWriter::new(writer, progress);
-            arca_nar::dump_path(source, &mut writer, &source_dump_options())
-                .map(|_| writer.result())
+            arca_nar::dump_path(source, &mut writer, options).map(|_| writer.result())
         });
         // If the restore fails, dropping the reader makes the dumper's next write fail
         // (EPIPE), so it cannot block forever.

@@ -1,0 +1,158 @@
+//! The environment a builder sees, exactly as Nix 2.8 sets it (`initEnv`): the
+//! derivation's own variables over a fixed base, `passAsFile` variables turned into files
+//! in the build directory, and the build directory in every temporary-directory variable.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arca_store_core::derivation::Derivation;
+use arca_store_core::{Hash, HashAlgo, StoreDir};
+
+/// Where the build directory is inside the sandbox.
+pub const SANDBOX_BUILD_DIR: &str = "/build";
+
+/// What a builder starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildEnvironment {
+    /// Every variable, sorted by name (Nix keeps them in a sorted map too).
+    pub vars: BTreeMap<String, String>,
+    /// Files to create in the build directory first: (file name, contents).
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Computes the environment of `drv`'s builder. `impure` answers `impureEnvVars` of a
+/// fixed-output derivation from the caller's environment (unset variables become empty,
+/// as in Nix).
+pub fn build_environment(
+    drv: &Derivation,
+    store_dir: &StoreDir,
+    cores: u32,
+    impure: &dyn Fn(&str) -> Option<String>,
+) -> BuildEnvironment {
+    let mut vars = BTreeMap::new();
+    // Defaults a derivation may override.
+    vars.insert("PATH".to_string(), "/path-not-set".to_string());
+    vars.insert("HOME".to_string(), "/homeless-shelter".to_string());
+    vars.insert("NIX_STORE".to_string(), store_dir.as_str().to_string());
+    vars.insert("NIX_BUILD_CORES".to_string(), cores.to_string());
+
+    let pass_as_file: BTreeSet<&str> = drv
+        .env
+        .get("passAsFile")
+        .map(|names| names.split_whitespace().collect())
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    for (name, value) in &drv.env {
+        if pass_as_file.contains(name.as_str()) {
+            let file = format!(
+                ".attr-{}",
+                Hash::digest(HashAlgo::Sha256, name.as_bytes()).to_base32()
+            );
+            vars.insert(format!("{name}Path"), format!("{SANDBOX_BUILD_DIR}/{file}"));
+            files.push((file, value.clone().into_bytes()));
+        } else {
+            vars.insert(name.clone(), value.clone());
+        }
+    }
+    for name in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
+        vars.insert(name.to_string(), SANDBOX_BUILD_DIR.to_string());
+    }
+    if drv.is_fixed_output() {
+        if let Some(names) = drv.env.get("impureEnvVars") {
+            for name in names.split_whitespace() {
+                vars.insert(name.to_string(), impure(name).unwrap_or_default());
+            }
+        }
+    }
+    vars.insert("NIX_LOG_FD".to_string(), "2".to_string());
+    vars.insert("TERM".to_string(), "xterm-256color".to_string());
+    BuildEnvironment { vars, files }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arca_store_core::derivation::{DerivationOutput, OutputName};
+    use arca_store_core::StorePath;
+
+    fn drv(env: &[(&str, &str)]) -> Derivation {
+        let out = StorePath::from_base_name("vv6zc7aa5dmqwl4lhir98z10a6kd88hn-probe").unwrap();
+        Derivation {
+            name: "probe".into(),
+            outputs: [(
+                OutputName::out(),
+                DerivationOutput::InputAddressed { path: out },
+            )]
+            .into(),
+            input_drvs: Default::default(),
+            input_srcs: Default::default(),
+            system: "x86_64-linux".into(),
+            builder: "/bin/sh".into(),
+            args: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn environment_matches_what_nix_gives_a_builder() {
+        let env = build_environment(
+            &drv(&[
+                ("name", "probe"),
+                ("out", "/nix/store/x-probe"),
+                ("system", "x86_64-linux"),
+            ]),
+            &StoreDir::default(),
+            2,
+            &|_| None,
+        );
+        let expected: BTreeMap<String, String> = [
+            ("HOME", "/homeless-shelter"),
+            ("NIX_BUILD_CORES", "2"),
+            ("NIX_BUILD_TOP", "/build"),
+            ("NIX_LOG_FD", "2"),
+            ("NIX_STORE", "/nix/store"),
+            ("PATH", "/path-not-set"),
+            ("PWD", "/build"),
+            ("TEMP", "/build"),
+            ("TEMPDIR", "/build"),
+            ("TERM", "xterm-256color"),
+            ("TMP", "/build"),
+            ("TMPDIR", "/build"),
+            ("name", "probe"),
+            ("out", "/nix/store/x-probe"),
+            ("system", "x86_64-linux"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env.vars, expected);
+        assert!(env.files.is_empty());
+    }
+
+    #[test]
+    fn pass_as_file_moves_values_into_files_named_by_hash() {
+        let env = build_environment(
+            &drv(&[
+                ("passAsFile", "big"),
+                ("big", "lots of text"),
+                ("PATH", "/bin"),
+            ]),
+            &StoreDir::default(),
+            1,
+            &|_| None,
+        );
+        assert!(!env.vars.contains_key("big"));
+        let file = format!(
+            ".attr-{}",
+            Hash::digest(HashAlgo::Sha256, b"big").to_base32()
+        );
+        assert_eq!(env.vars["bigPath"], format!("/build/{file}"));
+        assert_eq!(env.files, vec![(file, b"lots of text".to_vec())]);
+        assert_eq!(
+            env.vars["PATH"], "/bin",
+            "the derivation overrides the default PATH"
+        );
+    }
+}

@@ -1,0 +1,719 @@
+//! One derivation, built as Nix builds it: lock the outputs, lay out the sandbox (input
+//! closure read-only at the store dir, a scratch store dir for the outputs, the build dir
+//! at `/build`), run the builder, then check, hash, scan and register its outputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use arca_nar::DumpOptions;
+use arca_sandbox::{Mount, Network, Outcome, SandboxSpec, UserNamespace};
+use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
+use arca_store_core::references::ReferenceScanner;
+use arca_store_core::{
+    ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StorePath,
+};
+use arca_store_sqlite::{BuiltPath, LocalStore};
+
+use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
+use crate::log::LogSink;
+use crate::types::{BuildError, BuildEvent, BuildOptions};
+
+/// What building one derivation came to.
+pub(crate) enum JobOutcome {
+    /// Outputs were valid already (possibly built by another process meanwhile).
+    AlreadyValid,
+    /// Built (or checked, or repaired) now.
+    Built,
+}
+
+/// Everything one build needs.
+pub(crate) struct Job<'a> {
+    pub store: &'a LocalStore,
+    pub drv_path: &'a StorePath,
+    pub drv: &'a Derivation,
+    pub options: &'a BuildOptions,
+    pub emit: &'a (dyn Fn(BuildEvent) + Sync),
+}
+
+impl Job<'_> {
+    fn display(&self) -> String {
+        self.store.store_dir().display(self.drv_path)
+    }
+
+    /// The output paths of the derivation.
+    pub fn outputs(&self) -> Result<BTreeMap<OutputName, StorePath>, BuildError> {
+        self.drv
+            .outputs
+            .iter()
+            .map(|(name, output)| {
+                output.path().cloned().map(|path| (name.clone(), path)).ok_or_else(|| BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: format!("output '{name}' has no store path (content-addressed derivations are not supported)"),
+                })
+            })
+            .collect()
+    }
+
+    pub fn run(&self) -> Result<JobOutcome, BuildError> {
+        let store = self.store;
+        let outputs = self.outputs()?;
+        if self.drv.env.contains_key("__json") {
+            return Err(BuildError::Unsupported {
+                drv: self.display(),
+                reason: "structured attributes (__structuredAttrs) are not supported yet".into(),
+            });
+        }
+        let inputs = self.input_closure()?;
+
+        let output_paths: BTreeSet<StorePath> = outputs.values().cloned().collect();
+        let _locks = store.lock_paths(&output_paths)?;
+        // Another process may have built them while we waited for the locks.
+        let mut valid = BTreeSet::new();
+        for path in &output_paths {
+            if store.is_valid_path(path)? {
+                valid.insert(path.clone());
+            }
+        }
+        let rebuild: BTreeSet<StorePath> = if self.options.check {
+            if valid.len() != output_paths.len() {
+                return Err(BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: "some outputs are not valid, so checking is not possible".into(),
+                });
+            }
+            output_paths.clone()
+        } else if self.options.repair {
+            let mut broken: BTreeSet<StorePath> =
+                output_paths.difference(&valid).cloned().collect();
+            for path in &valid {
+                if !self.matches_registration(path)? {
+                    broken.insert(path.clone());
+                }
+            }
+            broken
+        } else {
+            output_paths.difference(&valid).cloned().collect()
+        };
+        if rebuild.is_empty() {
+            return Ok(JobOutcome::AlreadyValid);
+        }
+
+        (self.emit)(BuildEvent::Started {
+            drv: self.drv_path.clone(),
+        });
+        let drv_path = self.drv_path.clone();
+        let emit = self.emit;
+        let mut on_line = move |line: String| {
+            emit(BuildEvent::Log {
+                drv: drv_path.clone(),
+                line,
+            })
+        };
+        let mut log =
+            LogSink::create(store.log_dir(), self.drv_path, &mut on_line).map_err(|source| {
+                BuildError::BuildDir {
+                    path: store.log_dir().to_path_buf(),
+                    source,
+                }
+            })?;
+        let build_dir = BuildDir::create(&self.options.build_dir_parent, &self.drv.name)?;
+        let result = self.build_in(&outputs, &inputs, &rebuild, &valid, &build_dir, &mut log);
+        let tail = log.tail();
+        if let Err(error) = &result {
+            log.note(&format!("error: {error}"));
+            if self.options.keep_failed {
+                log.note(&format!(
+                    "note: keeping build directory '{}'",
+                    build_dir.path.display()
+                ));
+                build_dir.keep();
+            }
+        }
+        let _ = log.finish();
+        result.map_err(|error| with_tail(error, tail))
+    }
+
+    /// The derivation's inputs (sources and the wanted outputs of input derivations),
+    /// closed under references.
+    fn input_closure(&self) -> Result<BTreeSet<StorePath>, BuildError> {
+        let store = self.store;
+        let mut inputs = self.drv.input_srcs.clone();
+        for (input_drv, names) in &self.drv.input_drvs {
+            let dependency = store.read_derivation(input_drv)?;
+            for name in names {
+                let path = dependency
+                    .outputs
+                    .get(name)
+                    .and_then(DerivationOutput::path)
+                    .ok_or_else(|| BuildError::Unsupported {
+                        drv: self.display(),
+                        reason: format!(
+                            "input '{}' has no output '{name}'",
+                            store.store_dir().display(input_drv)
+                        ),
+                    })?;
+                inputs.insert(path.clone());
+            }
+        }
+        for input in &inputs {
+            if !store.is_valid_path(input)? {
+                return Err(BuildError::MissingInput {
+                    drv: self.display(),
+                    input: store.store_dir().display(input),
+                });
+            }
+        }
+        Ok(store.registry().requisites(&inputs, false)?)
+    }
+
+    /// Whether a valid path's files still have the registered NAR hash.
+    fn matches_registration(&self, path: &StorePath) -> Result<bool, BuildError> {
+        let registered = self.store.query_path_info(path)?;
+        let actual = arca_store_sqlite::nar_hash_of(&self.store.physical_path(path)).ok();
+        Ok(matches!((registered, actual), (Some(info), Some((hash, _))) if info.nar_hash == hash))
+    }
+
+    fn build_in(
+        &self,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        inputs: &BTreeSet<StorePath>,
+        rebuild: &BTreeSet<StorePath>,
+        valid: &BTreeSet<StorePath>,
+        build_dir: &BuildDir,
+        log: &mut LogSink<'_>,
+    ) -> Result<JobOutcome, BuildError> {
+        let store = self.store;
+        let store_dir = store.store_dir();
+        let scratch = store.build_scratch()?;
+        let is_root = nix::unistd::geteuid().is_root();
+        let (build_uid, build_gid) = if is_root {
+            self.options.build_ids
+        } else {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        };
+        let environment = build_environment(self.drv, store_dir, self.options.cores, &|name| {
+            std::env::var(name).ok()
+        });
+        for (name, contents) in &environment.files {
+            let file = build_dir.path.join(name);
+            fs::write(&file, contents).map_err(|source| BuildError::BuildDir {
+                path: file.clone(),
+                source,
+            })?;
+        }
+        if is_root {
+            for path in [scratch.path(), build_dir.path.as_path()] {
+                chown_tree(path, build_uid, build_gid).map_err(|source| BuildError::BuildDir {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+
+        let fixed_output = self.drv.is_fixed_output();
+        let builder_name = Path::new(&self.drv.builder).file_name().map_or_else(
+            || self.drv.builder.clone(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let mut spec = SandboxSpec::new(
+            &self.drv.builder,
+            std::iter::once(builder_name).chain(self.drv.args.iter().cloned()),
+        );
+        spec.env = environment
+            .vars
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into()))
+            .collect();
+        spec.cwd = PathBuf::from(SANDBOX_BUILD_DIR);
+        spec.user_namespace = UserNamespace::Always;
+        spec.host_ids = Some((build_uid, build_gid));
+        spec.devices.kvm = true;
+        spec.limits.timeout = self.options.timeout;
+        spec.limits.silence_timeout = self.options.max_silent_time;
+        spec.limits.max_output_bytes = self.options.max_log_size;
+        spec.network = if fixed_output {
+            Network::Host
+        } else {
+            Network::Isolated
+        };
+        spec.mounts
+            .push(Mount::bind_rw(scratch.path(), store_dir.as_str()));
+        for path in inputs {
+            spec.mounts.push(Mount::bind_ro(
+                store.physical_path(path),
+                store_dir.display(path),
+            ));
+        }
+        spec.mounts
+            .push(Mount::bind_rw(&build_dir.path, SANDBOX_BUILD_DIR));
+        if fixed_output {
+            for file in ["/etc/resolv.conf", "/etc/services"] {
+                spec.mounts.push(Mount::Bind {
+                    source: file.into(),
+                    target: file.into(),
+                    writable: false,
+                    optional: true,
+                });
+            }
+        }
+        for mount in self.sandbox_paths(inputs)? {
+            spec.mounts.push(mount);
+        }
+
+        let report = arca_sandbox::run(&spec, log)?;
+        let display = self.display();
+        match report.outcome {
+            Outcome::Exited(0) => {}
+            Outcome::Exited(code) => {
+                return Err(BuildError::BuilderFailed {
+                    drv: display,
+                    code,
+                    tail: Vec::new(),
+                })
+            }
+            Outcome::Signaled(signal) => {
+                return Err(BuildError::BuilderFailed {
+                    drv: display,
+                    code: 128 + signal,
+                    tail: Vec::new(),
+                })
+            }
+            limit => {
+                return Err(BuildError::Limit {
+                    drv: display,
+                    reason: limit.to_string(),
+                    tail: Vec::new(),
+                })
+            }
+        }
+
+        // Every process of the build is dead now (the sandbox guarantees it): nothing can
+        // change the outputs any more, except through a descriptor passed out, which is
+        // why a fixed output is copied below rather than moved.
+        let mut candidates: BTreeSet<StorePath> = inputs.clone();
+        candidates.extend(outputs.values().cloned());
+        let mut built = Vec::new();
+        for (name, path) in outputs {
+            if !rebuild.contains(path) {
+                continue;
+            }
+            let mut location = scratch.path().join(path.as_str());
+            if fs::symlink_metadata(&location).is_err() {
+                return Err(BuildError::MissingOutput {
+                    drv: self.display(),
+                    output: name.to_string(),
+                    path: store_dir.display(path),
+                });
+            }
+            if fixed_output {
+                let copy = scratch.path().join(format!(".copy-{}", path.as_str()));
+                arca_store_sqlite::copy_tree(&location, &copy, build_uid)?;
+                location = copy;
+            }
+            let info = self.output_info(path, &location, &candidates, build_uid)?;
+            built.push(BuiltPath { info, location });
+        }
+        self.check_reference_policy(outputs, &built)?;
+
+        if self.options.check {
+            let mut differences = Vec::new();
+            for output in &built {
+                let registered = store
+                    .query_path_info(&output.info.path)?
+                    .map(|info| info.nar_hash);
+                if let Some(registered) = registered {
+                    if registered != output.info.nar_hash {
+                        differences.push((
+                            store_dir.display(&output.info.path),
+                            registered,
+                            output.info.nar_hash.clone(),
+                        ));
+                    }
+                }
+            }
+            if !differences.is_empty() {
+                return Err(BuildError::NotDeterministic {
+                    drv: self.display(),
+                    differences,
+                });
+            }
+            return Ok(JobOutcome::Built);
+        }
+        let (replace, register): (Vec<BuiltPath>, Vec<BuiltPath>) = built
+            .into_iter()
+            .partition(|output| valid.contains(&output.info.path));
+        for output in replace {
+            store.replace_built(output)?;
+        }
+        store.register_built(register)?;
+        Ok(JobOutcome::Built)
+    }
+
+    /// Hashes and scans one output; checks a fixed output against its declared hash.
+    fn output_info(
+        &self,
+        path: &StorePath,
+        location: &Path,
+        candidates: &BTreeSet<StorePath>,
+        build_uid: u32,
+    ) -> Result<PathInfo, BuildError> {
+        let store_dir = self.store.store_dir();
+        let fixed = self.drv.outputs.values().find_map(|output| match output {
+            DerivationOutput::Fixed {
+                method,
+                hash,
+                path: fixed_path,
+            } if fixed_path == path => Some((*method, hash.clone())),
+            _ => None,
+        });
+        let by_hash_part: BTreeMap<&str, &StorePath> =
+            candidates.iter().map(|p| (p.hash_part(), p)).collect();
+        let scanner =
+            ReferenceScanner::new(by_hash_part.keys()).expect("store path hash parts are valid");
+        let mut sink = OutputSink {
+            nar: Hasher::new(HashAlgo::Sha256),
+            fixed: match &fixed {
+                Some((ContentAddressMethod::Recursive, hash))
+                    if hash.algo() != HashAlgo::Sha256 =>
+                {
+                    Some(Hasher::new(hash.algo()))
+                }
+                _ => None,
+            },
+            scanner,
+            size: 0,
+        };
+        let options = DumpOptions {
+            hard_link_owner: Some(build_uid),
+            ..Default::default()
+        };
+        arca_nar::dump_path(location, &mut sink, &options).map_err(|source| {
+            BuildError::Output {
+                drv: self.display(),
+                path: store_dir.display(path),
+                source,
+            }
+        })?;
+        let OutputSink {
+            nar,
+            fixed: fixed_hasher,
+            scanner,
+            size,
+        } = sink;
+        let nar_hash = nar.finish();
+        let references: BTreeSet<StorePath> = scanner
+            .finish()
+            .iter()
+            .filter_map(|part| by_hash_part.get(part.as_str()).map(|p| (*p).clone()))
+            .collect();
+
+        let mut info = PathInfo::new(path.clone(), nar_hash.clone(), size);
+        info.deriver = Some(self.drv_path.clone());
+        info.ultimate = true;
+        info.references = references;
+        if let Some((method, specified)) = fixed {
+            let got = match method {
+                ContentAddressMethod::Recursive => {
+                    fixed_hasher.map_or_else(|| nar_hash.clone(), Hasher::finish)
+                }
+                ContentAddressMethod::Flat => self.flat_hash(path, location, specified.algo())?,
+            };
+            if got != specified {
+                return Err(BuildError::HashMismatch {
+                    path: store_dir.display(path),
+                    specified: Box::new(specified),
+                    got: Box::new(got),
+                });
+            }
+            if !info.references.is_empty() {
+                return Err(BuildError::ForbiddenReferences {
+                    path: store_dir.display(path),
+                    paths: info
+                        .references
+                        .iter()
+                        .map(|r| store_dir.display(r))
+                        .collect(),
+                });
+            }
+            info.ca = Some(ContentAddress::Fixed {
+                method,
+                hash: specified,
+            });
+        }
+        Ok(info)
+    }
+
+    /// The hash of a flat fixed output: a regular, non-executable file's bytes.
+    fn flat_hash(
+        &self,
+        path: &StorePath,
+        location: &Path,
+        algo: HashAlgo,
+    ) -> Result<Hash, BuildError> {
+        let store_dir = self.store.store_dir();
+        let metadata = fs::symlink_metadata(location).map_err(|source| BuildError::BuildDir {
+            path: location.into(),
+            source,
+        })?;
+        if !metadata.is_file() || metadata.permissions().mode() & 0o111 != 0 {
+            return Err(BuildError::Unsupported {
+                drv: self.display(),
+                reason: format!(
+                    "output path '{}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)",
+                    store_dir.display(path)
+                ),
+            });
+        }
+        let mut hasher = Hasher::new(algo);
+        let mut file = fs::File::open(location).map_err(|source| BuildError::BuildDir {
+            path: location.into(),
+            source,
+        })?;
+        io::copy(&mut file, &mut hasher).map_err(|source| BuildError::BuildDir {
+            path: location.into(),
+            source,
+        })?;
+        Ok(hasher.finish())
+    }
+
+    /// `allowedReferences`, `allowedRequisites`, `disallowedReferences`,
+    /// `disallowedRequisites`: lists of store paths or output names.
+    fn check_reference_policy(
+        &self,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        built: &[BuiltPath],
+    ) -> Result<(), BuildError> {
+        let store_dir = self.store.store_dir();
+        let built_refs: BTreeMap<&StorePath, &BTreeSet<StorePath>> = built
+            .iter()
+            .map(|b| (&b.info.path, &b.info.references))
+            .collect();
+        for output in built {
+            for (variable, recursive, allow) in [
+                ("allowedReferences", false, true),
+                ("allowedRequisites", true, true),
+                ("disallowedReferences", false, false),
+                ("disallowedRequisites", true, false),
+            ] {
+                let Some(list) = self.drv.env.get(variable) else {
+                    continue;
+                };
+                let mut listed = BTreeSet::new();
+                for word in list.split_whitespace() {
+                    if let Some(path) = OutputName::new(word)
+                        .ok()
+                        .and_then(|name| outputs.get(&name))
+                    {
+                        listed.insert(path.clone());
+                    } else if let Ok(path) = store_dir.parse_path(word) {
+                        listed.insert(path);
+                    } else {
+                        return Err(BuildError::Unsupported {
+                            drv: self.display(),
+                            reason: format!("{variable} names '{word}', which is neither an output nor a store path"),
+                        });
+                    }
+                }
+                let used = if recursive {
+                    self.requisites(&output.info.path, &built_refs)?
+                } else {
+                    output.info.references.clone()
+                };
+                let bad: Vec<String> = used
+                    .iter()
+                    .filter(|path| listed.contains(*path) != allow)
+                    .map(|path| store_dir.display(path))
+                    .collect();
+                if !bad.is_empty() {
+                    return Err(BuildError::ForbiddenReferences {
+                        path: store_dir.display(&output.info.path),
+                        paths: bad,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The closure of a just-built output: through other new outputs, then the registry.
+    fn requisites(
+        &self,
+        start: &StorePath,
+        built_refs: &BTreeMap<&StorePath, &BTreeSet<StorePath>>,
+    ) -> Result<BTreeSet<StorePath>, BuildError> {
+        let mut closure = BTreeSet::from([start.clone()]);
+        let mut pending = vec![start.clone()];
+        let mut registered = BTreeSet::new();
+        while let Some(path) = pending.pop() {
+            match built_refs.get(&path) {
+                Some(references) => {
+                    for reference in references.iter() {
+                        if closure.insert(reference.clone()) {
+                            pending.push(reference.clone());
+                        }
+                    }
+                }
+                None => {
+                    registered.insert(path);
+                }
+            }
+        }
+        closure.extend(self.store.registry().requisites(&registered, false)?);
+        Ok(closure)
+    }
+}
+
+/// Tees a NAR into the hashers and the reference scanner.
+struct OutputSink {
+    nar: Hasher,
+    fixed: Option<Hasher>,
+    scanner: ReferenceScanner,
+    size: u64,
+}
+
+impl Write for OutputSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.nar.update(bytes);
+        if let Some(fixed) = &mut self.fixed {
+            fixed.update(bytes);
+        }
+        self.scanner.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Job<'_> {
+    /// Mounts for `sandbox-paths`: `path` or `target=source`, `?` for optional; a source
+    /// in this store brings its closure.
+    fn sandbox_paths(&self, inputs: &BTreeSet<StorePath>) -> Result<Vec<Mount>, BuildError> {
+        let store = self.store;
+        let mut mounts = Vec::new();
+        let mut store_paths = BTreeSet::new();
+        for entry in &self.options.sandbox_paths {
+            let (entry, optional) = match entry.strip_suffix('?') {
+                Some(entry) => (entry, true),
+                None => (entry.as_str(), false),
+            };
+            let (target, source) = entry.split_once('=').unwrap_or((entry, entry));
+            if let Ok(path) = store.store_dir().parse_path(source) {
+                store_paths.insert(path);
+                continue;
+            }
+            mounts.push(Mount::Bind {
+                source: source.into(),
+                target: target.into(),
+                writable: false,
+                optional,
+            });
+        }
+        if !store_paths.is_empty() {
+            for path in store.registry().requisites(&store_paths, false)? {
+                if !inputs.contains(&path) {
+                    mounts.push(Mount::bind_ro(
+                        store.physical_path(&path),
+                        store.store_dir().display(&path),
+                    ));
+                }
+            }
+        }
+        Ok(mounts)
+    }
+}
+
+/// The host side of `/build`: `<parent>/arca-build-<name>-<n>`, mode 0700, removed on drop
+/// unless kept.
+pub(crate) struct BuildDir {
+    pub path: PathBuf,
+    keep: std::cell::Cell<bool>,
+}
+
+impl BuildDir {
+    fn create(parent: &Path, name: &str) -> Result<BuildDir, BuildError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let path = parent.join(format!(
+                "arca-build-{name}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            match fs::create_dir(&path) {
+                Ok(()) => {
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(
+                        |source| BuildError::BuildDir {
+                            path: path.clone(),
+                            source,
+                        },
+                    )?;
+                    return Ok(BuildDir {
+                        path,
+                        keep: std::cell::Cell::new(false),
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(BuildError::BuildDir { path, source }),
+            }
+        }
+    }
+
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if !self.keep.get() {
+            let _ = make_writable(&self.path);
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn make_writable(root: &Path) -> io::Result<()> {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        if fs::symlink_metadata(&dir)?.is_dir() {
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+            for entry in fs::read_dir(&dir)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        if fs::symlink_metadata(&path)?.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Puts the log's last lines into a builder failure.
+fn with_tail(error: BuildError, tail: Vec<String>) -> BuildError {
+    match error {
+        BuildError::BuilderFailed { drv, code, .. } => {
+            BuildError::BuilderFailed { drv, code, tail }
+        }
+        BuildError::Limit { drv, reason, .. } => BuildError::Limit { drv, reason, tail },
+        other => other,
+    }
+}

@@ -1,0 +1,224 @@
+//! Build logs: stored bzip2-compressed where Nix stores them
+//! (`<log dir>/<first two characters of the .drv base name>/<the rest>.bz2`, so
+//! `nix-store -l` finds them), split into lines for the event stream, with terminal escape
+//! sequences filtered from what is displayed, and the last lines kept for error messages.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use arca_store_core::StorePath;
+
+/// How many trailing lines a failure message quotes (Nix's `log-lines` default).
+pub const TAIL_LINES: usize = 10;
+
+/// Where the log of `drv` is stored under `log_dir`.
+pub fn log_path(log_dir: &Path, drv: &StorePath) -> PathBuf {
+    let base = drv.as_str();
+    log_dir.join(&base[..2]).join(format!("{}.bz2", &base[2..]))
+}
+
+/// Reads a stored log back (decompressed).
+pub fn read_log(log_dir: &Path, drv: &StorePath) -> io::Result<Vec<u8>> {
+    let file = File::open(log_path(log_dir, drv))?;
+    let mut text = Vec::new();
+    bzip2::read::MultiBzDecoder::new(file).read_to_end(&mut text)?;
+    Ok(text)
+}
+
+/// The sink for one build's output: compresses into the log file, cuts lines for
+/// `on_line`, and remembers the last [`TAIL_LINES`] lines.
+pub(crate) struct LogSink<'a> {
+    file: Option<(bzip2::write::BzEncoder<File>, PathBuf, PathBuf)>,
+    partial: Vec<u8>,
+    tail: VecDeque<String>,
+    on_line: &'a mut dyn FnMut(String),
+}
+
+impl<'a> LogSink<'a> {
+    /// A sink writing the log of `drv` under `log_dir` (through a temporary name, so a
+    /// reader never sees half a log from an earlier build replaced).
+    pub fn create(
+        log_dir: &Path,
+        drv: &StorePath,
+        on_line: &'a mut dyn FnMut(String),
+    ) -> io::Result<LogSink<'a>> {
+        let path = log_path(log_dir, drv);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let temporary = path.with_extension(format!("bz2.tmp-{}", std::process::id()));
+        let file = File::create(&temporary)?;
+        Ok(LogSink {
+            file: Some((
+                bzip2::write::BzEncoder::new(file, bzip2::Compression::default()),
+                temporary,
+                path,
+            )),
+            partial: Vec::new(),
+            tail: VecDeque::with_capacity(TAIL_LINES + 1),
+            on_line,
+        })
+    }
+
+    /// Adds a line of Arca's own (a post-build failure) to the log, as Nix does.
+    pub fn note(&mut self, message: &str) {
+        let separator = if self.partial.is_empty() { "" } else { "\n" };
+        let _ = self.write_all(format!("{separator}{message}\n").as_bytes());
+    }
+
+    /// The last lines, oldest first.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+
+    /// Flushes the last partial line and finishes the compressed file.
+    pub fn finish(mut self) -> io::Result<PathBuf> {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+        let (encoder, temporary, path) = self.file.take().expect("finish is called once");
+        encoder.finish()?.sync_all()?;
+        fs::rename(&temporary, &path)?;
+        Ok(path)
+    }
+
+    fn line(&mut self, raw: &[u8]) {
+        let line = filter_escapes(raw);
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.clone());
+        (self.on_line)(line);
+    }
+}
+
+impl Write for LogSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if let Some((encoder, _, _)) = &mut self.file {
+            encoder.write_all(bytes)?;
+        }
+        let mut rest = bytes;
+        while let Some(newline) = memchr_newline(rest) {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..newline]);
+            self.line(&line);
+            rest = &rest[newline + 1..];
+        }
+        // A builder printing one endless line must not grow memory without bound: what
+        // is displayed of a line is cut at 64 KiB (the stored log keeps every byte).
+        let room = (64 * 1024usize).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&rest[..rest.len().min(room)]);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogSink<'_> {
+    fn drop(&mut self) {
+        if let Some((_, temporary, _)) = self.file.take() {
+            let _ = fs::remove_file(temporary);
+        }
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+/// What of a log line may reach a terminal: ANSI escape sequences (CSI `ESC [ ... final`,
+/// OSC `ESC ] ... BEL/ST`, two-byte `ESC x`) and other control characters are dropped,
+/// tabs become spaces up to the next multiple of 8, a carriage return starts the line
+/// over (as a terminal would show it), invalid UTF-8 is replaced.
+pub fn filter_escapes(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => {
+                    // Parameters and intermediates, then one final byte in @..~.
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' && chars.peek() == Some(&'\\') {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\t' => {
+                let width = out.chars().count();
+                out.extend(std::iter::repeat_n(' ', 8 - width % 8));
+            }
+            '\r' => out.clear(),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_and_controls_are_filtered() {
+        assert_eq!(filter_escapes(b"\x1b[1;31mred\x1b[0m text"), "red text");
+        assert_eq!(filter_escapes(b"\x1b]0;title\x07after"), "after");
+        assert_eq!(filter_escapes(b"\x1b]8;;http://x\x1b\\link"), "link");
+        assert_eq!(filter_escapes(b"a\tb"), "a       b");
+        assert_eq!(
+            filter_escapes(b"progress 10%\rprogress 100%"),
+            "progress 100%"
+        );
+        assert_eq!(
+            filter_escapes(b"bell\x07 and \x08backspace"),
+            "bell and backspace"
+        );
+        assert_eq!(filter_escapes(b"\xff\xfeok"), "\u{fffd}\u{fffd}ok");
+    }
+
+    #[test]
+    fn log_round_trips_and_lines_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let drv = StorePath::from_base_name("vv6zc7aa5dmqwl4lhir98z10a6kd88hn-probe.drv").unwrap();
+        let mut lines = Vec::new();
+        let mut on_line = |line: String| lines.push(line);
+        let mut sink = LogSink::create(dir.path(), &drv, &mut on_line).unwrap();
+        sink.write_all(b"one\ntw").unwrap();
+        sink.write_all(b"o\nthree").unwrap();
+        sink.note("error: it failed");
+        let tail = sink.tail();
+        let path = sink.finish().unwrap();
+        assert_eq!(
+            path,
+            dir.path()
+                .join("vv/6zc7aa5dmqwl4lhir98z10a6kd88hn-probe.drv.bz2")
+        );
+        assert_eq!(lines, ["one", "two", "three", "error: it failed"]);
+        assert_eq!(tail, lines);
+        assert_eq!(
+            read_log(dir.path(), &drv).unwrap(),
+            b"one\ntwo\nthree\nerror: it failed\n"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The goal graph and its scheduler: find what must be built, then build it in
+//! dependency order with up to `max_jobs` builds at once, each derivation once.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+
+use arca_store_core::derivation::{Derivation, OutputName};
+use arca_store_core::{Store, StorePath};
+use arca_store_sqlite::LocalStore;
+
+use crate::job::{Job, JobOutcome};
+use crate::types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};
+
+/// Builds `targets` (and whatever they need that is not valid) in `store`, calling
+/// `on_event` on the calling thread as things happen. Returns what became of every
+/// derivation that was looked at; a failure of one derivation is a
+/// [`BuildResult::Failed`] in the map, not an `Err` (which is kept for a failure to read
+/// the targets themselves).
+pub fn build(
+    store: &LocalStore,
+    targets: &[BuildTarget],
+    options: &BuildOptions,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<BTreeMap<StorePath, BuildResult>, BuildError> {
+    let graph = Graph::load(store, targets, options)?;
+    let mut results: BTreeMap<StorePath, BuildResult> = BTreeMap::new();
+    for (drv, node) in &graph.nodes {
+        if !node.needed {
+            results.insert(drv.clone(), BuildResult::AlreadyValid(node.outputs.clone()));
+        }
+    }
+    let to_build = graph.nodes.values().filter(|n| n.needed).count();
+    on_event(BuildEvent::Planned { to_build });
+
+    let state = Mutex::new(State::new(&graph));
+    let wake = Condvar::new();
+    let (events, receiver) = mpsc::channel::<BuildEvent>();
+    let finished: Mutex<Vec<(StorePath, BuildResult)>> = Mutex::new(Vec::new());
+    let workers = options.max_jobs.max(1).min(to_build.max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let events = events.clone();
+            let (state, wake, graph, finished) = (&state, &wake, &graph, &finished);
+            scope.spawn(move || {
+                let emit = move |event: BuildEvent| {
+                    let _ = events.send(event);
+                };
+                worker(store, graph, options, state, wake, finished, &emit);
+            });
+        }
+        drop(events);
+        for event in receiver {
+            on_event(event);
+        }
+    });
+    let state = state.into_inner().unwrap_or_else(|p| p.into_inner());
+    for (drv, result) in finished.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        results.insert(drv, result);
+    }
+    for (drv, because_of) in state.not_built {
+        results.insert(drv, BuildResult::NotBuilt { because_of });
+    }
+    Ok(results)
+}
+
+/// One derivation in the graph.
+struct Node {
+    drv: Derivation,
+    outputs: BTreeMap<OutputName, StorePath>,
+    /// Whether it must be built (some wanted output invalid, or `--check`/`--repair`).
+    needed: bool,
+    /// Needed input derivations.
+    dependencies: BTreeSet<StorePath>,
+}
+
+struct Graph {
+    nodes: BTreeMap<StorePath, Node>,
+}
+
+impl Graph {
+    /// Reads every derivation reachable from the targets and marks what must be built:
+    /// a derivation is needed when an output wanted of it is not valid; only then are
+    /// its inputs looked at (a valid output needs nothing built below it).
+    fn load(
+        store: &LocalStore,
+        targets: &[BuildTarget],
+        options: &BuildOptions,
+    ) -> Result<Graph, BuildError> {
+        let mut nodes: BTreeMap<StorePath, Node> = BTreeMap::new();
+        let mut wanted: BTreeMap<StorePath, BTreeSet<OutputName>> = BTreeMap::new();
+        let mut pending: VecDeque<(StorePath, Option<BTreeSet<OutputName>>, bool)> = targets
+            .iter()
+            .map(|t| (t.drv.clone(), t.outputs.clone(), true))
+            .collect();
+        while let Some((drv_path, outputs, is_target)) = pending.pop_front() {
+            if !nodes.contains_key(&drv_path) {
+                let drv = store.read_derivation(&drv_path)?;
+                let job_outputs = Job {
+                    store,
+                    drv_path: &drv_path,
+                    drv: &drv,
+                    options,
+                    emit: &|_| {},
+                }
+                .outputs()?;
+                nodes.insert(
+                    drv_path.clone(),
+                    Node {
+                        drv,
+                        outputs: job_outputs,
+                        needed: false,
+                        dependencies: BTreeSet::new(),
+                    },
+                );
+            }
+            let node = nodes.get_mut(&drv_path).expect("inserted above");
+            let names: BTreeSet<OutputName> =
+                outputs.unwrap_or_else(|| node.outputs.keys().cloned().collect());
+            let seen = wanted.entry(drv_path.clone()).or_default();
+            let new: Vec<OutputName> = names
+                .into_iter()
+                .filter(|n| seen.insert(n.clone()))
+                .collect();
+            if new.is_empty() || node.needed {
+                continue;
+            }
+            // `--check` and `--repair` apply to the targets themselves, like Nix.
+            let mut needed = is_target && (options.check || options.repair);
+            for name in &new {
+                match node.outputs.get(name) {
+                    Some(path) if store.is_valid_path(path)? => {}
+                    Some(_) => needed = true,
+                    None => {
+                        return Err(BuildError::Unsupported {
+                            drv: store.store_dir().display(&drv_path),
+                            reason: format!("it has no output '{name}'"),
+                        })
+                    }
+                }
+            }
+            if needed {
+                node.needed = true;
+                for (input, input_outputs) in &node.drv.input_drvs {
+                    node.dependencies.insert(input.clone());
+                    pending.push_back((input.clone(), Some(input_outputs.clone()), false));
+                }
+            }
+        }
+        // Inputs whose wanted outputs are all valid need not be waited for.
+        let needed: BTreeSet<StorePath> = nodes
+            .iter()
+            .filter(|(_, n)| n.needed)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for node in nodes.values_mut() {
+            node.dependencies.retain(|d| needed.contains(d));
+        }
+        Ok(Graph { nodes })
+    }
+}
+
+/// The scheduler's shared state.
+struct State {
+    /// Needed derivations not finished, with how many of their dependencies are pending.
+    waiting: BTreeMap<StorePath, usize>,
+    ready: VecDeque<StorePath>,
+    dependents: BTreeMap<StorePath, Vec<StorePath>>,
+    running: usize,
+    /// Stop starting builds (a failure without `--keep-going`).
+    stopped: bool,
+    not_built: BTreeMap<StorePath, Option<StorePath>>,
+}
+
+impl State {
+    fn new(graph: &Graph) -> State {
+        let mut waiting = BTreeMap::new();
+        let mut ready = VecDeque::new();
+        let mut dependents: BTreeMap<StorePath, Vec<StorePath>> = BTreeMap::new();
+        for (path, node) in graph.nodes.iter().filter(|(_, n)| n.needed) {
+            for dependency in &node.dependencies {
+                dependents
+                    .entry(dependency.clone())
+                    .or_default()
+                    .push(path.clone());
+            }
+            if node.dependencies.is_empty() {
+                ready.push_back(path.clone());
+            } else {
+                waiting.insert(path.clone(), node.dependencies.len());
+            }
+        }
+        State {
+            waiting,
+            ready,
+            dependents,
+            running: 0,
+            stopped: false,
+            not_built: BTreeMap::new(),
+        }
+    }
+
+    fn succeeded(&mut self, drv: &StorePath) {
+        for dependent in self.dependents.remove(drv).unwrap_or_default() {
+            if let Some(count) = self.waiting.get_mut(&dependent) {
+                *count -= 1;
+                if *count == 0 {
+                    self.waiting.remove(&dependent);
+                    self.ready.push_back(dependent);
+                }
+            }
+        }
+    }
+
+    /// Marks everything depending on `failed` (transitively) as not built.
+    fn failed(&mut self, failed: &StorePath, keep_going: bool) {
+        let mut pending = vec![failed.clone()];
+        while let Some(path) = pending.pop() {
+            for dependent in self.dependents.remove(&path).unwrap_or_default() {
+                if self.waiting.remove(&dependent).is_some() {
+                    self.not_built
+                        .insert(dependent.clone(), Some(failed.clone()));
+                    pending.push(dependent);
+                }
+            }
+        }
+        if !keep_going {
+            self.stopped = true;
+            for path in self
+                .ready
+                .drain(..)
+                .chain(std::mem::take(&mut self.waiting).into_keys())
+            {
+                self.not_built.entry(path).or_insert(None);
+            }
+        }
+    }
+}
+
+fn worker(
+    store: &LocalStore,
+    graph: &Graph,
+    options: &BuildOptions,
+    state: &Mutex<State>,
+    wake: &Condvar,
+    finished: &Mutex<Vec<(StorePath, BuildResult)>>,
+    emit: &(dyn Fn(BuildEvent) + Sync),
+) {
+    loop {
+        let drv_path = {
+            let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if guard.stopped && guard.running == 0 {
+                    wake.notify_all();
+                    return;
+                }
+                if !guard.stopped {
+                    if let Some(next) = guard.ready.pop_front() {
+                        guard.running += 1;
+                        break next;
+                    }
+                }
+                if guard.running == 0 && guard.ready.is_empty() {
+                    // Nothing runs and nothing is ready: all done (what still waits
+                    // depends on a failure and was marked already).
+                    wake.notify_all();
+                    return;
+                }
+                guard = wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let node = &graph.nodes[&drv_path];
+        let job = Job {
+            store,
+            drv_path: &drv_path,
+            drv: &node.drv,
+            options,
+            emit,
+        };
+        let result = match job.run() {
+            Ok(JobOutcome::Built) => {
+                emit(BuildEvent::Built {
+                    drv: drv_path.clone(),
+                    outputs: node.outputs.clone(),
+                });
+                BuildResult::Built(node.outputs.clone())
+            }
+            Ok(JobOutcome::AlreadyValid) => BuildResult::AlreadyValid(node.outputs.clone()),
+            Err(error) => {
+                emit(BuildEvent::Failed {
+                    drv: drv_path.clone(),
+                    message: error.to_string(),
+                });
+                BuildResult::Failed(error)
+            }
+        };
+        let ok = !matches!(result, BuildResult::Failed(_));
+        finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((drv_path.clone(), result));
+        let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+        guard.running -= 1;
+        if ok {
+            guard.succeeded(&drv_path);
+        } else {
+            guard.failed(&drv_path, options.keep_going);
+        }
+        wake.notify_all();
+    }
+}

@@ -1,0 +1,264 @@
+//! What a caller gives the builder (targets, options) and what it gets back (events,
+//! results, errors).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arca_sandbox::SandboxError;
+use arca_store_core::derivation::OutputName;
+use arca_store_core::{Hash, StorePath};
+use arca_store_sqlite::StoreError;
+
+/// One thing to build: a derivation and which of its outputs (all when `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildTarget {
+    /// The `.drv` store path (valid in the store).
+    pub drv: StorePath,
+    /// The outputs wanted; `None` means every output.
+    pub outputs: Option<BTreeSet<OutputName>>,
+}
+
+impl BuildTarget {
+    /// Every output of `drv`.
+    pub fn all(drv: StorePath) -> BuildTarget {
+        BuildTarget { drv, outputs: None }
+    }
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Builds at once (`--max-jobs`).
+    pub max_jobs: usize,
+    /// `NIX_BUILD_CORES` of each builder (`--cores`).
+    pub cores: u32,
+    /// Go on with what does not depend on a failed build (`--keep-going`).
+    pub keep_going: bool,
+    /// Keep the build directory of a failed build (`--keep-failed`).
+    pub keep_failed: bool,
+    /// Build again and compare with the valid outputs (`--check`); registers nothing.
+    pub check: bool,
+    /// Rebuild outputs whose contents no longer match their registered hash (`--repair`).
+    pub repair: bool,
+    /// Wall-clock limit per build (`--timeout`).
+    pub timeout: Option<Duration>,
+    /// Limit on a builder's silence (`--max-silent-time`).
+    pub max_silent_time: Option<Duration>,
+    /// Limit on a builder's output (`--max-log-size`).
+    pub max_log_size: Option<u64>,
+    /// Extra host paths in every sandbox (`sandbox-paths`): `path`, `target=source`, with
+    /// a `?` suffix for optional ones.
+    pub sandbox_paths: Vec<String>,
+    /// Where build directories are made (the system temporary directory by default).
+    pub build_dir_parent: PathBuf,
+    /// Host user and group the sandbox's build user maps to when running as root (an
+    /// unprivileged caller always maps its own ids).
+    pub build_ids: (u32, u32),
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            max_jobs: 1,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            keep_going: false,
+            keep_failed: false,
+            check: false,
+            repair: false,
+            timeout: None,
+            max_silent_time: None,
+            max_log_size: None,
+            sandbox_paths: Vec::new(),
+            build_dir_parent: std::env::temp_dir(),
+            // The first id of Nix's `auto-allocate-uids` range: no account uses it.
+            build_ids: (872_415_232, 872_415_232),
+        }
+    }
+}
+
+/// What happens during [`crate::build`], in order per derivation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildEvent {
+    /// The work is known: how many derivations will be built.
+    Planned {
+        /// Derivations to build.
+        to_build: usize,
+    },
+    /// A builder started.
+    Started {
+        /// The derivation.
+        drv: StorePath,
+    },
+    /// One line of a builder's output (escape sequences filtered).
+    Log {
+        /// The derivation.
+        drv: StorePath,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// A derivation was built (or checked) and its outputs registered.
+    Built {
+        /// The derivation.
+        drv: StorePath,
+        /// Its outputs.
+        outputs: BTreeMap<OutputName, StorePath>,
+    },
+    /// A derivation failed.
+    Failed {
+        /// The derivation.
+        drv: StorePath,
+        /// Why, in one message (with the last log lines).
+        message: String,
+    },
+}
+
+/// What became of one derivation.
+#[derive(Debug)]
+pub enum BuildResult {
+    /// Its outputs were valid already (or another process built them meanwhile).
+    AlreadyValid(BTreeMap<OutputName, StorePath>),
+    /// Built now.
+    Built(BTreeMap<OutputName, StorePath>),
+    /// It failed.
+    Failed(BuildError),
+    /// It was not built because an input failed (or the run stopped at a failure).
+    NotBuilt {
+        /// The failed derivation that stopped it, if any.
+        because_of: Option<StorePath>,
+    },
+}
+
+impl BuildResult {
+    /// The outputs, when it succeeded.
+    pub fn outputs(&self) -> Option<&BTreeMap<OutputName, StorePath>> {
+        match self {
+            BuildResult::AlreadyValid(outputs) | BuildResult::Built(outputs) => Some(outputs),
+            _ => None,
+        }
+    }
+}
+
+/// Why one derivation failed to build. Messages follow Nix's wording.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The store failed (reading the `.drv`, locking, registering).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The derivation is malformed or asks for something unsupported.
+    #[error("derivation '{drv}': {reason}")]
+    Unsupported {
+        /// The `.drv` path.
+        drv: String,
+        /// What.
+        reason: String,
+    },
+    /// An input the derivation needs is not valid.
+    #[error("cannot build '{drv}': input '{input}' is not valid")]
+    MissingInput {
+        /// The `.drv` path.
+        drv: String,
+        /// The missing path.
+        input: String,
+    },
+    /// The builder exited with a non-zero status or was killed by a signal.
+    #[error("builder for '{drv}' failed with exit code {code}{}", tail_text(tail))]
+    BuilderFailed {
+        /// The `.drv` path.
+        drv: String,
+        /// Exit status (or 128 + signal).
+        code: i32,
+        /// The last lines of its log.
+        tail: Vec<String>,
+    },
+    /// A limit was hit.
+    #[error("builder for '{drv}' {reason}{}", tail_text(tail))]
+    Limit {
+        /// The `.drv` path.
+        drv: String,
+        /// `timed out after N seconds`, ...
+        reason: String,
+        /// The last lines of its log.
+        tail: Vec<String>,
+    },
+    /// The builder did not produce an output.
+    #[error("builder for '{drv}' failed to produce output path for output '{output}' at '{path}'")]
+    MissingOutput {
+        /// The `.drv` path.
+        drv: String,
+        /// The output name.
+        output: String,
+        /// Its store path.
+        path: String,
+    },
+    /// A fixed-output derivation produced something else than declared.
+    #[error("hash mismatch in fixed-output derivation '{path}':\n  specified: {}\n     got:    {}", specified.to_sri(), got.to_sri())]
+    HashMismatch {
+        /// The output path.
+        path: String,
+        /// The declared hash.
+        specified: Box<Hash>,
+        /// The hash of what was built.
+        got: Box<Hash>,
+    },
+    /// An output refers to something it may not (allowed/disallowed references or
+    /// requisites, references of a fixed output).
+    #[error(
+        "output '{path}' is not allowed to refer to the following paths:{}",
+        list(paths)
+    )]
+    ForbiddenReferences {
+        /// The output path.
+        path: String,
+        /// The offending paths.
+        paths: Vec<String>,
+    },
+    /// `--check` found different contents.
+    #[error("derivation '{drv}' may not be deterministic:{}", differences.iter().map(|(path, expected, got)| format!("\n  output '{path}' differs: registered {}, rebuilt {}", expected.to_sri(), got.to_sri())).collect::<String>())]
+    NotDeterministic {
+        /// The `.drv` path.
+        drv: String,
+        /// Every differing output: path, registered hash, rebuilt hash.
+        differences: Vec<(String, Hash, Hash)>,
+    },
+    /// An output could not be read after the build (or holds a hard link to a file of
+    /// another user, or a file type a NAR cannot hold).
+    #[error("cannot read output '{path}' of '{drv}'")]
+    Output {
+        /// The `.drv` path.
+        drv: String,
+        /// The output path.
+        path: String,
+        /// Why.
+        #[source]
+        source: arca_nar::DumpError,
+    },
+    /// Preparing or cleaning the build directory failed.
+    #[error("build directory '{}'", path.display())]
+    BuildDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(";\nlast {} log lines:", tail.len());
+    for line in tail {
+        text.push_str("\n> ");
+        text.push_str(line);
+    }
+    text
+}
+
+fn list(paths: &[String]) -> String {
+    paths.iter().map(|p| format!("\n  {p}")).collect()
+}

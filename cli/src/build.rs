@@ -1,0 +1,249 @@
+//! `arca build` and `arca log`.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use arca_build::{BuildEvent, BuildOptions, BuildResult, BuildTarget};
+use arca_store_core::derivation::OutputName;
+use arca_store_core::{Store, StorePath};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::store_commands::{open_store, parse_path_arg};
+use crate::GlobalArgs;
+
+/// Build derivations (== `nix-store --realise DRV...`): prints the output paths.
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// `.drv` paths, optionally with outputs: `DRV^out,dev` (or `DRV!out`).
+    #[arg(required = true)]
+    derivations: Vec<String>,
+    /// Builds at once.
+    #[arg(long, short = 'j', default_value_t = 1)]
+    max_jobs: usize,
+    /// NIX_BUILD_CORES of each builder (default: the number of CPUs).
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Go on building what does not depend on a failure.
+    #[arg(long, short = 'k')]
+    keep_going: bool,
+    /// Keep the build directory of a failed build.
+    #[arg(long, short = 'K')]
+    keep_failed: bool,
+    /// Print build logs on stderr as they come.
+    #[arg(long = "print-build-logs", short = 'L')]
+    print_build_logs: bool,
+    /// Rebuild and compare with the valid outputs; register nothing.
+    #[arg(long)]
+    check: bool,
+    /// Rebuild outputs that no longer match their registered hash.
+    #[arg(long)]
+    repair: bool,
+    /// Seconds a build may take.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Seconds a builder may stay silent.
+    #[arg(long, value_name = "SECONDS")]
+    max_silent_time: Option<u64>,
+    /// Bytes of log a builder may write.
+    #[arg(long, value_name = "BYTES")]
+    max_log_size: Option<u64>,
+    /// Extra host paths in the sandbox: `PATH`, `TARGET=SOURCE`, `?` suffix if optional.
+    #[arg(long = "sandbox-path", value_name = "PATH")]
+    sandbox_paths: Vec<String>,
+}
+
+pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let store = open_store(global)?;
+    let mut targets = Vec::new();
+    for argument in &args.derivations {
+        let (path, outputs) = match argument.split_once(['^', '!']) {
+            Some((path, outputs)) if outputs != "*" => {
+                let names = outputs
+                    .split(',')
+                    .map(|name| {
+                        OutputName::new(name)
+                            .with_context(|| format!("bad output name in '{argument}'"))
+                    })
+                    .collect::<anyhow::Result<BTreeSet<_>>>()?;
+                (path, Some(names))
+            }
+            Some((path, _)) => (path, None),
+            None => (argument.as_str(), None),
+        };
+        let drv = parse_path_arg(store.store_dir(), path)?;
+        if !drv.is_derivation() {
+            bail!("'{}' is not a derivation", store.store_dir().display(&drv));
+        }
+        if !store.is_valid_path(&drv)? {
+            bail!("path '{}' is not valid", store.store_dir().display(&drv));
+        }
+        targets.push(BuildTarget { drv, outputs });
+    }
+    let mut options = BuildOptions {
+        max_jobs: args.max_jobs,
+        keep_going: args.keep_going,
+        keep_failed: args.keep_failed,
+        check: args.check,
+        repair: args.repair,
+        timeout: args.timeout.map(Duration::from_secs),
+        max_silent_time: args.max_silent_time.map(Duration::from_secs),
+        max_log_size: args.max_log_size,
+        sandbox_paths: args.sandbox_paths.clone(),
+        ..BuildOptions::default()
+    };
+    if let Some(cores) = args.cores {
+        options.cores = cores;
+    }
+
+    let store_dir = store.store_dir().clone();
+    let mut display = Display::new(args.print_build_logs);
+    let results = arca_build::build(&store, &targets, &options, &mut |event| {
+        display.event(&store_dir, event)
+    })?;
+    display.finish();
+
+    let mut failures = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    for target in &targets {
+        match results.get(&target.drv) {
+            Some(result) => match result.outputs() {
+                Some(outputs) => {
+                    for (name, path) in outputs {
+                        if target
+                            .outputs
+                            .as_ref()
+                            .is_none_or(|wanted| wanted.contains(name))
+                        {
+                            writeln!(stdout, "{}", store_dir.display(path))?;
+                        }
+                    }
+                }
+                None => failures.push(target.drv.clone()),
+            },
+            None => failures.push(target.drv.clone()),
+        }
+    }
+    let mut first_error = None;
+    for (drv, result) in &results {
+        if let BuildResult::Failed(error) = result {
+            eprintln!("error: {error}");
+            first_error.get_or_insert_with(|| store_dir.display(drv));
+        }
+    }
+    if !failures.is_empty() || first_error.is_some() {
+        let failed: Vec<String> = failures.iter().map(|d| store_dir.display(d)).collect();
+        bail!(
+            "build of {} failed",
+            if failed.is_empty() {
+                first_error.unwrap_or_default()
+            } else {
+                failed.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// How build events reach the user: a progress bar with the running builds on a
+/// terminal, plain lines otherwise; build logs with `-L`.
+struct Display {
+    bar: Option<ProgressBar>,
+    print_logs: bool,
+    running: BTreeSet<String>,
+    done: u64,
+}
+
+impl Display {
+    fn new(print_logs: bool) -> Display {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("[{pos}/{len} built] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Display {
+            bar,
+            print_logs,
+            running: BTreeSet::new(),
+            done: 0,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn event(&mut self, store_dir: &arca_store_core::StoreDir, event: BuildEvent) {
+        let name = |drv: &StorePath| drv.name().trim_end_matches(".drv").to_string();
+        match event {
+            BuildEvent::Planned { to_build } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(to_build as u64);
+                }
+                if to_build > 0 {
+                    self.say(&format!("these {to_build} derivations will be built"));
+                }
+            }
+            BuildEvent::Started { drv } => {
+                self.say(&format!("building '{}'...", store_dir.display(&drv)));
+                self.running.insert(name(&drv));
+            }
+            BuildEvent::Log { drv, line } => {
+                if self.print_logs {
+                    self.say(&format!("{}> {line}", name(&drv)));
+                }
+            }
+            BuildEvent::Built { drv, .. } | BuildEvent::Failed { drv, .. } => {
+                self.running.remove(&name(&drv));
+                self.done += 1;
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done);
+            bar.set_message(self.running.iter().cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Print the build log of a derivation or of an output it built (== `nix-store -l`).
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// A `.drv` path or an output path.
+    path: String,
+}
+
+pub fn log(args: &LogArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let store = open_store(global)?;
+    let path = parse_path_arg(store.store_dir(), &args.path)?;
+    let mut candidates = vec![path.clone()];
+    if !path.is_derivation() {
+        if let Some(info) = store.query_path_info(&path)? {
+            candidates.extend(info.deriver);
+        }
+        candidates.extend(store.query_valid_derivers(&path)?);
+    }
+    for drv in candidates {
+        if let Ok(text) = arca_build::read_log(store.log_dir(), &drv) {
+            std::io::stdout().lock().write_all(&text)?;
+            return Ok(());
+        }
+    }
+    bail!(
+        "build log of '{}' is not available",
+        store.store_dir().display(&path)
+    )
+}

@@ -1,0 +1,147 @@
+//! Paths a build produced: locking its outputs, a scratch place on the store's file
+//! system, and registering the outputs in one transaction.
+//!
+//! The build crate runs the builder with a scratch store directory (from
+//! [`LocalStore::build_scratch`]) bind-mounted at the logical store directory, hashes and
+//! scans the outputs there, and hands them to [`LocalStore::register_built`], which moves
+//! them into place with the same staging protocol as every other add: a crash leaves no
+//! half-registered output.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arca_store_core::{Hash, PathInfo, StorePath};
+
+use crate::error::{IoContext, StoreError};
+use crate::local_store::LocalStore;
+use crate::lock::PathLock;
+use crate::staging::{remove_tree, Staged};
+
+/// One output ready to be registered.
+#[derive(Debug, Clone)]
+pub struct BuiltPath {
+    /// What to register (NAR hash and references computed from `location`).
+    pub info: PathInfo,
+    /// Where the tree is now: inside a [`BuildScratch`] of the same store.
+    pub location: PathBuf,
+}
+
+/// A private directory under the store's staging area for one build's outputs (and the
+/// mount points of its inputs); removed with everything in it on drop. A crash leaves it
+/// to the staging cleanup of the next [`LocalStore::open`].
+#[derive(Debug)]
+pub struct BuildScratch {
+    staged: Option<Staged>,
+}
+
+impl BuildScratch {
+    /// The directory; it exists and is empty when made.
+    pub fn path(&self) -> &Path {
+        self.staged.as_ref().expect("present until drop").tree()
+    }
+}
+
+impl Drop for BuildScratch {
+    fn drop(&mut self) {
+        // Outputs moved out of it are gone already; the rest (mount points, a failed
+        // build's partial output) goes with the staging entry.
+        if let Some(staged) = self.staged.take() {
+            let _ = make_writable(staged.tree());
+            drop(staged);
+        }
+    }
+}
+
+/// Builders may leave read-only directories behind, which `remove_dir_all` cannot empty.
+fn make_writable(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let metadata = fs::symlink_metadata(&dir)?;
+        if metadata.is_dir() {
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+            for entry in fs::read_dir(&dir)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl LocalStore {
+    /// Locks the store paths a build is about to produce, in a fixed (sorted) order so
+    /// two processes locking overlapping sets cannot deadlock; blocks until all are held.
+    /// The locks are Nix's own (`<path>.lock`), so a real Nix building the same output
+    /// waits too.
+    pub fn lock_paths(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<PathLock>, StoreError> {
+        paths.iter().map(|path| self.lock_path(path)).collect()
+    }
+
+    /// A fresh scratch directory for one build, on the store's file system.
+    pub fn build_scratch(&self) -> Result<BuildScratch, StoreError> {
+        let staged = self.stage()?;
+        fs::create_dir(staged.tree()).at(staged.tree())?;
+        Ok(BuildScratch {
+            staged: Some(staged),
+        })
+    }
+
+    /// Makes built outputs valid: each tree is moved (renamed) from its scratch
+    /// location to a staging name, canonicalised, flushed and renamed into place, and all
+    /// are registered in one transaction. The caller holds every path's lock
+    /// ([`LocalStore::lock_paths`]) and computed each `info` from the tree as it is now;
+    /// nothing may be running that could still change it.
+    pub fn register_built(&self, built: Vec<BuiltPath>) -> Result<(), StoreError> {
+        let pending: BTreeSet<StorePath> = built.iter().map(|b| b.info.path.clone()).collect();
+        let mut batch = Vec::with_capacity(built.len());
+        for BuiltPath { info, location } in built {
+            self.check_references_with(&info, &pending)?;
+            let staged = self.stage()?;
+            fs::rename(&location, staged.tree()).at(&location)?;
+            batch.push((staged, info));
+        }
+        self.commit_batch(batch)
+    }
+
+    /// Replaces the files of a valid path with a rebuilt tree (`--repair`), recording the
+    /// rebuilt tree's NAR hash. The caller holds the path's lock.
+    pub fn replace_built(&self, built: BuiltPath) -> Result<(), StoreError> {
+        let destination = self.physical_path(&built.info.path);
+        let staged = self.stage()?;
+        fs::rename(&built.location, staged.tree()).at(&built.location)?;
+        crate::canonicalise::canonicalise(staged.tree(), self.owner())?;
+        remove_tree(&destination).at(&destination)?;
+        staged.record_target(&built.info.path)?;
+        staged.publish(&destination)?;
+        self.registry().update_nar_hash(
+            &built.info.path,
+            &built.info.nar_hash,
+            built.info.nar_size,
+        )?;
+        staged.finish();
+        Ok(())
+    }
+}
+
+/// The NAR hash Nix records for a tree: used by builders to check outputs.
+pub fn nar_hash_of(path: &Path) -> Result<(Hash, u64), StoreError> {
+    crate::local_store::hash_nar_of(path, &|_| {})
+}
+
+/// Copies a tree with NAR semantics (symlinks kept, never followed; new inodes), returning
+/// the NAR hash and size of what was copied. A fixed-output build's result is copied
+/// rather than moved, so that a process outside the sandbox holding a descriptor to the
+/// builder's files cannot change what gets registered (Nix's CVE-2024-27297).
+/// Hard links are copied only when owned by `hard_link_owner` (the build user).
+pub fn copy_tree(
+    source: &Path,
+    target: &Path,
+    hard_link_owner: u32,
+) -> Result<(Hash, u64), StoreError> {
+    let options = arca_nar::DumpOptions {
+        hard_link_owner: Some(hard_link_owner),
+        ..Default::default()
+    };
+    crate::local_store::copy_via_nar_with(source, target, &|_| {}, &options)
+}
