@@ -68,6 +68,18 @@ pub fn build_environment(
     BuildEnvironment { vars, files }
 }
 
+/// Whether a binary cache may be asked for the outputs of `drv` (`allowSubstitutes`,
+/// default true), as substitution (a later feature) must honour.
+pub fn substitutes_allowed(drv: &Derivation) -> bool {
+    drv.env.get("allowSubstitutes").is_none_or(|v| v == "1")
+}
+
+/// Whether `drv` asks to be built locally rather than on a remote builder
+/// (`preferLocalBuild`).
+pub fn prefers_local_build(drv: &Derivation) -> bool {
+    drv.env.get("preferLocalBuild").is_some_and(|v| v == "1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +141,15 @@ mod tests {
         .collect();
         assert_eq!(env.vars, expected);
         assert!(env.files.is_empty());
+    }
+
+    #[test]
+    fn substitution_flags_follow_nix_booleans() {
+        // Nix passes `true` as "1" and `false` as "" in a derivation's environment.
+        assert!(substitutes_allowed(&drv(&[])));
+        assert!(!substitutes_allowed(&drv(&[("allowSubstitutes", "")])));
+        assert!(prefers_local_build(&drv(&[("preferLocalBuild", "1")])));
+        assert!(!prefers_local_build(&drv(&[])));
     }
 
     #[test]

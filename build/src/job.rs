@@ -130,6 +130,10 @@ impl Job<'_> {
                     build_dir.path.display()
                 ));
                 build_dir.keep();
+                (self.emit)(BuildEvent::KeptBuildDir {
+                    drv: self.drv_path.clone(),
+                    path: build_dir.path.clone(),
+                });
             }
         }
         let _ = log.finish();

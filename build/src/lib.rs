@@ -36,7 +36,10 @@ mod log;
 mod scheduler;
 mod types;
 
-pub use environment::{build_environment, BuildEnvironment, SANDBOX_BUILD_DIR};
+pub use environment::{
+    build_environment, prefers_local_build, substitutes_allowed, BuildEnvironment,
+    SANDBOX_BUILD_DIR,
+};
 pub use log::{filter_escapes, log_path, read_log};
 pub use scheduler::build;
 pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};

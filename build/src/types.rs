@@ -104,6 +104,13 @@ pub enum BuildEvent {
         /// Its outputs.
         outputs: BTreeMap<OutputName, StorePath>,
     },
+    /// A failed build's directory was kept (`--keep-failed`).
+    KeptBuildDir {
+        /// The derivation.
+        drv: StorePath,
+        /// The directory on the host.
+        path: PathBuf,
+    },
     /// A derivation failed.
     Failed {
         /// The derivation.

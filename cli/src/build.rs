@@ -201,6 +201,12 @@ impl Display {
                     self.say(&format!("{}> {line}", name(&drv)));
                 }
             }
+            BuildEvent::KeptBuildDir { path, .. } => {
+                self.say(&format!(
+                    "note: keeping build directory '{}'",
+                    path.display()
+                ));
+            }
             BuildEvent::Built { drv, .. } | BuildEvent::Failed { drv, .. } => {
                 self.running.remove(&name(&drv));
                 self.done += 1;
