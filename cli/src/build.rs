@@ -189,7 +189,11 @@ impl Display {
                     bar.set_length(to_build as u64);
                 }
                 if to_build > 0 {
-                    self.say(&format!("these {to_build} derivations will be built"));
+                    self.say(&if to_build == 1 {
+                        "this derivation will be built".to_string()
+                    } else {
+                        format!("these {to_build} derivations will be built")
+                    });
                 }
             }
             BuildEvent::Started { drv } => {

@@ -78,7 +78,21 @@ impl Staged {
 
     /// Moves the staged tree to `destination`, its final name (recorded before).
     pub fn publish(&self, destination: &Path) -> Result<(), StoreError> {
-        fs::rename(&self.tree, destination).at(destination)
+        // Moving a directory to another parent rewrites its `..` entry, which needs write
+        // permission on the directory itself: a canonical (0555) tree can only be moved
+        // by root. Open it for the move and close it again right after; registration
+        // comes later, so a crash in between leaves an unregistered path for cleanup.
+        let metadata = fs::symlink_metadata(&self.tree).at(&self.tree)?;
+        let reopen = metadata.is_dir() && metadata.permissions().mode() & 0o200 == 0;
+        if reopen {
+            fs::set_permissions(&self.tree, fs::Permissions::from_mode(metadata.permissions().mode() | 0o200))
+                .at(&self.tree)?;
+        }
+        fs::rename(&self.tree, destination).at(destination)?;
+        if reopen {
+            fs::set_permissions(destination, metadata.permissions()).at(destination)?;
+        }
+        Ok(())
     }
 
     /// The path is registered: forget it (the lock file goes away with the lock).
