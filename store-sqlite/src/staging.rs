@@ -85,8 +85,11 @@ impl Staged {
         let metadata = fs::symlink_metadata(&self.tree).at(&self.tree)?;
         let reopen = metadata.is_dir() && metadata.permissions().mode() & 0o200 == 0;
         if reopen {
-            fs::set_permissions(&self.tree, fs::Permissions::from_mode(metadata.permissions().mode() | 0o200))
-                .at(&self.tree)?;
+            fs::set_permissions(
+                &self.tree,
+                fs::Permissions::from_mode(metadata.permissions().mode() | 0o200),
+            )
+            .at(&self.tree)?;
         }
         fs::rename(&self.tree, destination).at(destination)?;
         if reopen {

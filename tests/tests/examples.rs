@@ -10,7 +10,9 @@ use arca_tests::{arca_bin, workspace_root};
 
 /// Whether a static busybox is installed (the example's builder); says loudly when not.
 fn busybox_available(test: &str) -> bool {
-    let found = ["/usr/bin/busybox", "/bin/busybox"].iter().any(|p| Path::new(p).exists());
+    let found = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .any(|p| Path::new(p).exists());
     if !found {
         assert!(
             std::env::var("ARCA_REQUIRE_NIX").as_deref() != Ok("1"),
@@ -25,7 +27,14 @@ fn run_example(store: &Path, as_nobody: bool) -> (String, String) {
     let script = workspace_root().join("examples/build-hello.sh");
     let mut command = if as_nobody {
         let mut command = Command::new("setpriv");
-        command.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "bash"]);
+        command.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "bash",
+        ]);
         command
     } else {
         Command::new("bash")
@@ -35,21 +44,37 @@ fn run_example(store: &Path, as_nobody: bool) -> (String, String) {
         .arg("--store")
         .arg(store)
         .env("ARCA_BIN", arca_bin())
-        .env("HOME", store.parent().expect("the store is inside a temp dir"))
+        .env(
+            "HOME",
+            store.parent().expect("the store is inside a temp dir"),
+        )
         .output()
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "build-hello.sh failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "build-hello.sh failed:\n{stdout}\n{stderr}"
+    );
     (stdout, stderr)
 }
 
 fn check_hello(store: &Path, stdout: &str, stderr: &str) {
     let out = stdout.trim();
-    assert!(out.starts_with("/nix/store/") && out.ends_with("-hello"), "prints the output path: {stdout:?}");
-    let greeting = std::fs::read_to_string(store.join(out.trim_start_matches('/')).join("greeting")).unwrap();
-    assert_eq!(greeting, "Hello from hello, built by nixbld on localhost in a sandbox\n");
-    assert!(stderr.contains("hello> Hello from hello"), "-L shows the build log: {stderr}");
+    assert!(
+        out.starts_with("/nix/store/") && out.ends_with("-hello"),
+        "prints the output path: {stdout:?}"
+    );
+    let greeting =
+        std::fs::read_to_string(store.join(out.trim_start_matches('/')).join("greeting")).unwrap();
+    assert_eq!(
+        greeting,
+        "Hello from hello, built by nixbld on localhost in a sandbox\n"
+    );
+    assert!(
+        stderr.contains("hello> Hello from hello"),
+        "-L shows the build log: {stderr}"
+    );
 }
 
 #[test]
@@ -81,6 +106,7 @@ fn readme_example_builds_rootless_as_an_unprivileged_user() {
     let (stdout, stderr) = run_example(&store, true);
     check_hello(&store, &stdout, &stderr);
     // The store belongs to the user who built into it; the build user inside was 1000.
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(store.join("nix/store")).unwrap());
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(store.join("nix/store")).unwrap());
     assert_eq!(owner, 65534);
 }
