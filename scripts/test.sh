@@ -11,12 +11,13 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-if ! command -v nix-store >/dev/null 2>&1; then
+# The sandbox and build tests use a static busybox as their builder.
+if ! command -v nix-store >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the Nix oracle (nix-bin) with apt-get"
+    say "installing the Nix oracle (nix-bin) and busybox-static with apt-get"
     apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static >/dev/null \
-      || echo "apt-get could not install nix-bin"
+      || echo "apt-get could not install nix-bin busybox-static"
   fi
 fi
 nix_skipped=0
@@ -49,6 +50,15 @@ if [ "$nix_skipped" = 1 ]; then
 !! Real Nix (nix-store) is not installed and could not be installed:             !!
 !! the INTEROP TESTS AGAINST NIX WERE SKIPPED. Golden-vector tests still ran.     !!
 !! Install it with: apt-get install nix-bin busybox-static   (Debian, as root)    !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+MSG
+fi
+if [ "$(id -u)" != 0 ]; then
+  cat >&2 <<'MSG'
+
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! Not run as root: the SANDBOX TESTS THAT NEED ROOT WERE SKIPPED (each printed   !!
+!! "SKIPPED"). CI runs them as root with ARCA_REQUIRE_SANDBOX=1.                  !!
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 MSG
 fi

@@ -32,13 +32,23 @@ impl Cgroup {
         Ok(Cgroup { path })
     }
 
+    /// The cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn open_dir(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&self.path)?;
+        Ok(dir.into())
+    }
+
     /// Moves a process (and so its future children) into the cgroup.
     pub fn add(&self, pid: i32) -> io::Result<()> {
         fs::write(self.path.join("cgroup.procs"), pid.to_string())
     }
 
-    /// Kills every process in the cgroup.
-    pub fn kill(&self) {
+    /// Kills every process in the cgroup (a safety net when removing it).
+    fn kill(&self) {
         if fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
             return;
         }

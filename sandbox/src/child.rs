@@ -1,7 +1,13 @@
-//! The two forked processes that build the sandbox. Everything here runs after `fork()`
-//! in a possibly multi-threaded parent, so it only makes system calls on data prepared
+//! The two forked processes that build the sandbox. Everything here runs after a fork in
+//! a possibly multi-threaded parent, so it only makes system calls on data prepared
 //! beforehand ([`Plan`]): no allocation, no locks, no `std` I/O. Errors travel as
 //! fixed-size records over pipes (see [`Record`]).
+//!
+//! The keeper may be made by a raw `clone3` (straight into a cgroup) and init by a raw
+//! `clone`, which glibc does not see: its malloc and stdio locks may be copied held, and
+//! it still believes in the parent's threads, so glibc's set*id wrappers (which signal
+//! every thread and wait) would hang. Hence raw system calls for set*id, setgroups and
+//! capabilities, and nothing that allocates, even on error paths.
 //!
 //! ```text
 //! parent ──fork──▶ keeper (host pid namespace)
@@ -23,7 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::unistd::{chdir, pivot_root, setresgid, setresuid, Gid, Uid};
+use nix::unistd::{chdir, pivot_root};
 use seccompiler::BpfProgram;
 
 use crate::plan::{Op, Plan};
@@ -140,7 +146,8 @@ pub(crate) struct ChildContext<'a> {
     pub parent_pid: libc::pid_t,
     pub caller_is_root: bool,
     pub filters: &'a [BpfProgram],
-    pub bounding: &'a [caps::Capability],
+    /// The highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+    pub last_capability: u32,
     /// `argv` and `envp` as null-terminated pointer arrays into `plan`.
     pub argv: &'a [*const c_char],
     pub envp: &'a [*const c_char],
@@ -152,15 +159,86 @@ fn at<T>(step: Step, result: nix::Result<T>) -> StepResult<T> {
     result.map_err(|errno| (step, 0, errno))
 }
 
-/// Forks the keeper. Returns its pid in the parent; never returns in the child.
-pub(crate) fn fork_keeper(context: &ChildContext<'_>) -> nix::Result<libc::pid_t> {
+/// Forks the keeper: straight into `cgroup` (a cgroup v2 directory descriptor) when given
+/// and the kernel can (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7), else with `fork`.
+/// Returns its pid and whether it was born in the cgroup, in the parent; never returns in
+/// the child.
+///
+/// Moving a running process into a cgroup takes the write side of the kernel's
+/// threadgroup lock, which waits for an RCU grace period (measured: 5-10 ms); being born
+/// into it takes only the read side.
+pub(crate) fn fork_keeper(
+    context: &ChildContext<'_>,
+    cgroup: Option<RawFd>,
+) -> nix::Result<(libc::pid_t, bool)> {
+    if let Some(cgroup) = cgroup {
+        match clone_into_cgroup(cgroup) {
+            Ok(0) => keeper(context),
+            Ok(pid) => return Ok((pid, true)),
+            // An older kernel, or a cgroup that cannot take processes this way: fork,
+            // and let the parent move the keeper.
+            Err(_) => {}
+        }
+    }
     // SAFETY: the parent may be multi-threaded. The child only runs `keeper`, which makes
     // raw system calls on memory prepared before the fork (the plan, pointer arrays and
     // compiled filters are borrowed, not built) and ends in `_exit` or `execve`.
     match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Parent { child } => Ok((child.as_raw(), false)),
         nix::unistd::ForkResult::Child => keeper(context),
     }
+}
+
+/// `struct clone_args` of `clone3(2)` (the fields up to `cgroup`, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// A fork (own copy of memory, SIGCHLD to the parent) whose child starts in `cgroup`:
+/// 0 in the child, the child's pid in the parent.
+fn clone_into_cgroup(cgroup: RawFd) -> nix::Result<libc::pid_t> {
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: without CLONE_VM the child gets a copy of the address space and continues
+    // on its copy of this stack, as after fork. Unlike glibc's fork, no atfork handler
+    // runs and glibc's locks (malloc's among them) are copied in whatever state other
+    // threads held them: the child must not allocate or lock at all, and does not (it
+    // runs `keeper`, which makes raw system calls only, see the module docs).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    Errno::result(pid).map(|pid| pid as libc::pid_t)
+}
+
+/// A plain fork by system call (no glibc atfork handlers or locks): 0 in the child.
+fn raw_fork() -> nix::Result<libc::pid_t> {
+    // SAFETY: clone with only an exit signal is fork(2): the child has its own copy of
+    // memory and continues here. The caller is single-threaded (the keeper) and the
+    // child only makes raw system calls.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
+    Errno::result(pid).map(|pid| pid as libc::pid_t)
 }
 
 fn keeper(context: &ChildContext<'_>) -> ! {
@@ -195,7 +273,7 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     if plan.unshare_user {
         if context.caller_is_root {
             // Leave no supplementary group of root behind (setgroups is denied later).
-            at(Step::Identity, nix::unistd::setgroups(&[]))?;
+            drop_supplementary_groups().map_err(|errno| (Step::Identity, 0, errno))?;
         }
         flags |= CloneFlags::CLONE_NEWUSER;
     }
@@ -213,16 +291,17 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
         }
     }
 
-    // SAFETY: this process is single-threaded (it is a fork child), so the second fork
-    // has none of the hazards of the first; init, too, only makes system calls.
-    let init = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
+    // The keeper may have been made by a raw clone3 (see `fork_keeper`), so init is made
+    // by a raw fork too: glibc's fork would take locks another thread of the parent may
+    // have held at clone time.
+    let init = match raw_fork() {
+        Ok(0) => {
             if let Err((step, op, errno)) = init_steps(context) {
                 send(fds.exec, Record::Failed(step, op, errno as i32));
             }
             exit(127)
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+        Ok(pid) => pid,
         Err(errno) => return Err((Step::ForkInit, 0, errno)),
     };
     for fd in [fds.exec, fds.output, fds.dev_null] {
@@ -357,26 +436,15 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
 
     // The bounding set needs CAP_SETPCAP to shrink, so it goes before the identity
-    // switch; a capability unknown to this kernel is not in the set anyway.
-    for cap in context.bounding {
-        if caps::has_cap(None, caps::CapSet::Bounding, *cap).unwrap_or(false) {
-            caps::drop(None, caps::CapSet::Bounding, *cap)
-                .map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
-        }
-    }
-    caps::clear(None, caps::CapSet::Ambient).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
+    // switch. (Raw prctl/capset rather than the `caps` crate, whose error paths and
+    // `clear` allocate, which nothing may do here.)
+    drop_bounding_set(context.last_capability).map_err(|errno| (Step::Capabilities, 0, errno))?;
     if !plan.unshare_user {
         // Real root: dropping to the inside user clears every capability.
-        at(Step::Identity, nix::unistd::setgroups(&[]))?;
+        drop_supplementary_groups().map_err(|errno| (Step::Identity, 0, errno))?;
         switch_identity(plan)?;
     }
-    for set in [
-        caps::CapSet::Effective,
-        caps::CapSet::Inheritable,
-        caps::CapSet::Permitted,
-    ] {
-        caps::clear(None, set).map_err(|_| (Step::Capabilities, 0, Errno::last()))?;
-    }
+    clear_capabilities().map_err(|errno| (Step::Capabilities, 0, errno))?;
     at(Step::Chdir, chdir(plan.cwd.as_c_str()))?;
 
     // SAFETY: prctl with integer arguments only.
@@ -402,9 +470,28 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
 }
 
 fn switch_identity(plan: &Plan) -> StepResult {
-    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
-    at(Step::Identity, setresgid(gid, gid, gid))?;
-    at(Step::Identity, setresuid(uid, uid, uid))
+    let (uid, gid) = (plan.uid as libc::c_ulong, plan.gid as libc::c_ulong);
+    // Raw system calls, not glibc's wrappers: those broadcast the change to every thread
+    // glibc believes the process has (`__nptl_setxid`), and after a raw clone it still
+    // believes in the parent's threads and waits for them forever.
+    // SAFETY: setresgid/setresuid with integer arguments only.
+    let result = unsafe {
+        if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    };
+    result.map_err(|errno| (Step::Identity, 0, errno))
+}
+
+/// `setgroups(0, NULL)` by raw system call (see `switch_identity` for why not glibc's).
+fn drop_supplementary_groups() -> nix::Result<()> {
+    // SAFETY: an empty list: no memory is read.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })
+        .map(drop)
 }
 
 fn apply(op: &Op) -> nix::Result<()> {
@@ -481,6 +568,63 @@ fn apply(op: &Op) -> nix::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Empties the bounding and ambient sets: no program started from here can ever gain a
+/// capability, not even through a setuid-root or file-capability binary.
+fn drop_bounding_set(last_capability: u32) -> nix::Result<()> {
+    for capability in 0..=last_capability {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong, 0, 0, 0) } != 0
+        {
+            // EINVAL: a number this kernel does not know; nothing to drop.
+            if Errno::last() != Errno::EINVAL {
+                return Err(Errno::last());
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    let cleared = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(cleared).map(drop)
+}
+
+/// `struct __user_cap_header_struct` of `capset(2)`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct` of `capset(2)`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Empties the effective, permitted and inheritable sets of this process.
+fn clear_capabilities() -> nix::Result<()> {
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: capset reads the header and the two data words (version 3) we own.
+    Errno::result(unsafe {
+        libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr())
+    })
+    .map(drop)
 }
 
 /// `ip link set lo up` in the new network namespace.

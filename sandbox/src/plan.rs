@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use nix::sys::stat::{stat, SFlag};
@@ -146,13 +146,8 @@ impl Plan {
             envp,
             cwd: cstring("cwd", spec.cwd.as_os_str())?,
             hostname: hostname.to_vec(),
-            // The kernel's "no domain name" is the empty string, which uname shows as
-            // "(none)"; keep that spelling meaning "unset".
-            domainname: if domainname == b"(none)" {
-                Vec::new()
-            } else {
-                domainname.to_vec()
-            },
+            // "(none)" is the kernel's own initial value; Nix sets it explicitly too.
+            domainname: domainname.to_vec(),
             unshare_user: spec.user_namespace == UserNamespace::Always || !caller_is_root,
             isolate_network: spec.network == Network::Isolated,
             uid: spec.identity.uid,
@@ -438,12 +433,13 @@ fn locked_flags(flags: FsFlags) -> MsFlags {
 }
 
 fn check_absolute(field: &'static str, path: &Path) -> Result<(), SandboxError> {
-    let normal = path.is_absolute()
-        && path
-            .components()
-            .skip(1)
-            .all(|c| matches!(c, Component::Normal(_)))
-        && !path.as_os_str().as_bytes().ends_with(b"/.");
+    // Byte by byte: `Path::components` hides a `.` or an empty component.
+    let bytes = path.as_os_str().as_bytes();
+    let normal = bytes.first() == Some(&b'/')
+        && (bytes.len() == 1
+            || bytes[1..]
+                .split(|&b| b == b'/')
+                .all(|part| !part.is_empty() && part != b"." && part != b".."));
     if normal {
         Ok(())
     } else {

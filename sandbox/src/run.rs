@@ -37,6 +37,9 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     let caller_is_root = nix::unistd::geteuid().is_root();
     let staging = StagingDir::create()?;
     let plan = Plan::new(spec, staging.path(), caller_is_root)?;
+    if plan.unshare_user {
+        host_ids(spec)?;
+    }
     let filters: &[BpfProgram] = if spec.seccomp {
         seccomp_filters()?
     } else {
@@ -71,11 +74,15 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         parent_pid: nix::unistd::getpid().as_raw(),
         caller_is_root,
         filters,
-        bounding: bounding_set(),
+        last_capability: last_capability(),
         argv: &argv,
         envp: &envp,
     };
-    let keeper = fork_keeper(&context).map_err(|errno| host("forking", errno.into()))?;
+    let cgroup_dir = cgroup.as_ref().and_then(|c| c.open_dir().ok());
+    let (keeper, born_in_cgroup) =
+        fork_keeper(&context, cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()))
+            .map_err(|errno| host("forking", errno.into()))?;
+    drop(cgroup_dir);
     let mut children = Children {
         keeper,
         init: None,
@@ -90,12 +97,16 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     if plan.unshare_user {
         write_id_maps(spec, keeper)?;
     }
-    let cgroup = match cgroup.map(|c| c.add(keeper).map(|()| c)) {
-        Some(Ok(cgroup)) => Some(cgroup),
-        Some(Err(err)) if spec.cgroup == CgroupMode::Required => {
-            return Err(SandboxError::Cgroup(err.to_string()))
-        }
-        _ => None,
+    let cgroup = match cgroup {
+        Some(cgroup) if born_in_cgroup => Some(cgroup),
+        Some(cgroup) => match cgroup.add(keeper) {
+            Ok(()) => Some(cgroup),
+            Err(err) if spec.cgroup == CgroupMode::Required => {
+                return Err(SandboxError::Cgroup(err.to_string()))
+            }
+            Err(_) => None,
+        },
+        None => None,
     };
     children
         .start()
@@ -109,15 +120,7 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         return Err(unexpected(Some(record), &plan));
     }
 
-    let supervised = supervise(
-        spec,
-        start,
-        &mut children,
-        output_read,
-        &mut status,
-        cgroup.as_ref(),
-        output,
-    );
+    let supervised = supervise(spec, start, &mut children, output_read, &mut status, output);
     let usage = children
         .reap()
         .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
@@ -141,7 +144,6 @@ fn supervise(
     children: &mut Children,
     output_read: OwnedFd,
     status: &mut File,
-    cgroup: Option<&Cgroup>,
     output: &mut dyn Write,
 ) -> Result<(Outcome, u64), SandboxError> {
     let limits = spec.limits;
@@ -154,14 +156,14 @@ fn supervise(
     let mut total: u64 = 0;
     let mut buffer = vec![0u8; 64 * 1024];
 
+    // Killing init (pid 1 of its namespace) kills every process of the sandbox. The
+    // cgroup is not used for this: it holds the keeper too, and its `cgroup.kill` would
+    // take the keeper and init's status with it.
     let kill_all = |children: &Children, reason: Outcome, killed: &mut Option<Outcome>| {
         if killed.is_none() {
             *killed = Some(reason);
         }
         children.kill_init();
-        if let Some(cgroup) = cgroup {
-            cgroup.kill();
-        }
     };
 
     while pipe.is_some() || init_status.is_none() {
@@ -322,14 +324,33 @@ impl Drop for Children {
     }
 }
 
-/// Writes `setgroups`, `uid_map` and `gid_map` of the keeper's new user namespace.
-fn write_id_maps(spec: &SandboxSpec, keeper: i32) -> Result<(), SandboxError> {
-    let (host_uid, host_gid) = spec.host_ids.unwrap_or_else(|| {
-        (
+/// The host ids the sandbox user maps to: the spec's, else the caller's, except that root
+/// is never mapped (a process whose host uid is 0 passes the owner checks of
+/// `/proc/sys`, even without capabilities): root's default is nobody.
+fn host_ids(spec: &SandboxSpec) -> Result<(u32, u32), SandboxError> {
+    let ids = match spec.host_ids {
+        Some(ids) => ids,
+        None if nix::unistd::geteuid().is_root() => (NOBODY, NOBODY),
+        None => (
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
-        )
-    });
+        ),
+    };
+    if ids.0 == 0 {
+        return Err(SandboxError::InvalidSpec {
+            field: "host_ids",
+            value: format!("{ids:?}"),
+            reason: "the sandbox user must not map to host root",
+        });
+    }
+    Ok(ids)
+}
+
+const NOBODY: u32 = 65534;
+
+/// Writes `setgroups`, `uid_map` and `gid_map` of the keeper's new user namespace.
+fn write_id_maps(spec: &SandboxSpec, keeper: i32) -> Result<(), SandboxError> {
+    let (host_uid, host_gid) = host_ids(spec)?;
     let proc = PathBuf::from(format!("/proc/{keeper}"));
     let identity = &spec.identity;
     for (file, contents) in [
@@ -462,9 +483,16 @@ fn seccomp_filters() -> Result<&'static [BpfProgram], SandboxError> {
     }
 }
 
-fn bounding_set() -> &'static [caps::Capability] {
-    static ALL: OnceLock<Vec<caps::Capability>> = OnceLock::new();
-    ALL.get_or_init(|| caps::all().into_iter().collect())
+/// `/proc/sys/kernel/cap_last_cap`: every capability up to it is dropped in the sandbox
+/// (63, all that fit in the kernel's 64-bit sets, if the file cannot be read).
+fn last_capability() -> u32 {
+    static LAST: OnceLock<u32> = OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(63)
+    })
 }
 
 /// The empty directory the root tmpfs is mounted on (inside the private mount namespace

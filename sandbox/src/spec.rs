@@ -31,7 +31,9 @@ pub struct SandboxSpec {
     /// Whether to use a user namespace (always the case when the caller is not root).
     pub user_namespace: UserNamespace,
     /// Host-side user and group the inside identity maps to in a user namespace; `None`
-    /// means the caller's effective ids (the only choice for an unprivileged caller).
+    /// means the caller's effective ids (the only choice for an unprivileged caller), or
+    /// nobody (65534) for root. Host root itself is refused: a process whose host uid is 0
+    /// passes the owner checks of `/proc/sys` files even without capabilities.
     pub host_ids: Option<(u32, u32)>,
     /// Host name in the private UTS namespace.
     pub hostname: String,
