@@ -15,10 +15,10 @@ use arca_store_core::references::ReferenceScanner;
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StorePath,
 };
-use arca_store_sqlite::{BuiltPath, LocalStore};
+use arca_store_sqlite::{BuildScratch, BuiltPath, LocalStore};
 
 use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
-use crate::log::LogSink;
+use crate::log::{LogSink, PendingLog};
 use crate::types::{BuildError, BuildEvent, BuildOptions};
 
 /// What building one derivation came to.
@@ -57,7 +57,16 @@ impl Job<'_> {
             .collect()
     }
 
-    pub fn run(&self) -> Result<JobOutcome, BuildError> {
+    /// Builds the derivation. What is left to clean up (the scratch directory, the build
+    /// directory, compressing the log) comes back separately, so that the scheduler can
+    /// start what waited for this build first and clean up after.
+    pub fn run(&self) -> (Result<JobOutcome, BuildError>, Leftovers) {
+        let mut leftovers = Leftovers::default();
+        let result = self.run_with(&mut leftovers);
+        (result, leftovers)
+    }
+
+    fn run_with(&self, leftovers: &mut Leftovers) -> Result<JobOutcome, BuildError> {
         let store = self.store;
         let outputs = self.outputs()?;
         if self.drv.env.contains_key("__json") {
@@ -120,7 +129,9 @@ impl Job<'_> {
                 }
             })?;
         let build_dir = BuildDir::create(&self.options.build_dir_parent, &self.drv.name)?;
-        let result = self.build_in(&outputs, &inputs, &rebuild, &valid, &build_dir, &mut log);
+        let result = self.build_in(
+            &outputs, &inputs, &rebuild, &valid, &build_dir, &mut log, leftovers,
+        );
         let tail = log.tail();
         if let Err(error) = &result {
             log.note(&format!("error: {error}"));
@@ -136,7 +147,8 @@ impl Job<'_> {
                 });
             }
         }
-        let _ = log.finish();
+        leftovers.log = log.finish().ok();
+        leftovers.build_dir = Some(build_dir);
         result.map_err(|error| with_tail(error, tail))
     }
 
@@ -188,10 +200,11 @@ impl Job<'_> {
         valid: &BTreeSet<StorePath>,
         build_dir: &BuildDir,
         log: &mut LogSink<'_>,
+        leftovers: &mut Leftovers,
     ) -> Result<JobOutcome, BuildError> {
         let store = self.store;
         let store_dir = store.store_dir();
-        let scratch = store.build_scratch()?;
+        let scratch = leftovers.scratch.insert(store.build_scratch()?);
         let is_root = nix::unistd::geteuid().is_root();
         let (build_uid, build_gid) = if is_root {
             self.options.build_ids
@@ -632,6 +645,24 @@ impl Job<'_> {
             }
         }
         Ok(mounts)
+    }
+}
+
+/// What a finished job leaves to clean up; dropping it does the work.
+#[derive(Default)]
+pub(crate) struct Leftovers {
+    scratch: Option<BuildScratch>,
+    build_dir: Option<BuildDir>,
+    log: Option<PendingLog>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let _ = log.complete();
+        }
+        drop(self.scratch.take());
+        drop(self.build_dir.take());
     }
 }
 

@@ -17,6 +17,7 @@
 //!
 //! ```no_run
 //! use arca_build::{build, BuildOptions, BuildTarget};
+//! use arca_store_core::Store;
 //! use arca_store_sqlite::LocalStore;
 //!
 //! let store = LocalStore::open(std::path::Path::new("/tmp/arca-root"))?;

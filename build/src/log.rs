@@ -27,18 +27,19 @@ pub fn read_log(log_dir: &Path, drv: &StorePath) -> io::Result<Vec<u8>> {
     Ok(text)
 }
 
-/// The sink for one build's output: compresses into the log file, cuts lines for
-/// `on_line`, and remembers the last [`TAIL_LINES`] lines.
+/// The sink for one build's output: writes it (uncompressed) to a temporary file beside
+/// the log, cuts lines for `on_line`, and remembers the last [`TAIL_LINES`] lines. The
+/// compression happens in [`PendingLog::complete`], off the build's critical path.
 pub(crate) struct LogSink<'a> {
-    file: Option<(bzip2::write::BzEncoder<File>, PathBuf, PathBuf)>,
+    file: Option<(io::BufWriter<File>, PathBuf, PathBuf)>,
     partial: Vec<u8>,
     tail: VecDeque<String>,
     on_line: &'a mut dyn FnMut(String),
 }
 
 impl<'a> LogSink<'a> {
-    /// A sink writing the log of `drv` under `log_dir` (through a temporary name, so a
-    /// reader never sees half a log from an earlier build replaced).
+    /// A sink for the log of `drv` under `log_dir` (a reader never sees half a log: the
+    /// stored one appears by rename).
     pub fn create(
         log_dir: &Path,
         drv: &StorePath,
@@ -48,16 +49,10 @@ impl<'a> LogSink<'a> {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let temporary = path.with_extension(format!("bz2.tmp-{}", std::process::id()));
+        let temporary = path.with_extension(format!("raw-{}", std::process::id()));
         let file = File::create(&temporary)?;
         Ok(LogSink {
-            file: Some((
-                // Level 1 (100 kB blocks): logs are text, and level 9's 900 kB blocks make
-                // starting and finishing the encoder cost milliseconds per build.
-                bzip2::write::BzEncoder::new(file, bzip2::Compression::fast()),
-                temporary,
-                path,
-            )),
+            file: Some((io::BufWriter::new(file), temporary, path)),
             partial: Vec::new(),
             tail: VecDeque::with_capacity(TAIL_LINES + 1),
             on_line,
@@ -75,18 +70,21 @@ impl<'a> LogSink<'a> {
         self.tail.iter().cloned().collect()
     }
 
-    /// Flushes the last partial line and finishes the compressed file.
-    pub fn finish(mut self) -> io::Result<PathBuf> {
+    /// Passes on the last partial line and closes the raw log; [`PendingLog::complete`]
+    /// (or dropping it) stores it compressed.
+    pub fn finish(mut self) -> io::Result<PendingLog> {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.line(&line);
         }
-        let (encoder, temporary, path) = self.file.take().expect("finish is called once");
-        // Not flushed to disk: a log lost in a power cut costs nothing (Nix does not sync
-        // its logs either).
-        encoder.finish()?;
-        fs::rename(&temporary, &path)?;
-        Ok(path)
+        let (writer, raw, path) = self.file.take().expect("finish is called once");
+        writer
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        Ok(PendingLog {
+            raw: Some(raw),
+            path,
+        })
     }
 
     fn line(&mut self, raw: &[u8]) {
@@ -99,10 +97,49 @@ impl<'a> LogSink<'a> {
     }
 }
 
+/// A finished build's raw log, to be compressed into place.
+pub(crate) struct PendingLog {
+    raw: Option<PathBuf>,
+    path: PathBuf,
+}
+
+impl PendingLog {
+    /// Compresses the raw log into `<log>.bz2` (by rename, so readers never see half a
+    /// log) and removes the raw file. Not flushed to disk: a log lost in a power cut
+    /// costs nothing, and Nix does not sync its logs either.
+    pub fn complete(mut self) -> io::Result<PathBuf> {
+        let raw = self.raw.take().expect("completed once");
+        let result = compress(&raw, &self.path);
+        let _ = fs::remove_file(&raw);
+        result.map(|()| self.path.clone())
+    }
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        if let Some(raw) = self.raw.take() {
+            let _ = compress(&raw, &self.path);
+            let _ = fs::remove_file(&raw);
+        }
+    }
+}
+
+fn compress(raw: &Path, path: &Path) -> io::Result<()> {
+    let temporary = path.with_extension(format!("bz2.tmp-{}", std::process::id()));
+    let mut input = File::open(raw)?;
+    // Level 1 (100 kB blocks): logs are text, and level 9's 900 kB blocks make starting
+    // the encoder cost milliseconds.
+    let mut encoder =
+        bzip2::write::BzEncoder::new(File::create(&temporary)?, bzip2::Compression::fast());
+    io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?;
+    fs::rename(&temporary, path)
+}
+
 impl Write for LogSink<'_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        if let Some((encoder, _, _)) = &mut self.file {
-            encoder.write_all(bytes)?;
+        if let Some((writer, _, _)) = &mut self.file {
+            writer.write_all(bytes)?;
         }
         let mut rest = bytes;
         while let Some(newline) = memchr_newline(rest) {
@@ -212,7 +249,7 @@ mod tests {
         sink.write_all(b"o\nthree").unwrap();
         sink.note("error: it failed");
         let tail = sink.tail();
-        let path = sink.finish().unwrap();
+        let path = sink.finish().unwrap().complete().unwrap();
         assert_eq!(
             path,
             dir.path()

@@ -277,7 +277,8 @@ fn worker(
             options,
             emit,
         };
-        let result = match job.run() {
+        let (result, leftovers) = job.run();
+        let result = match result {
             Ok(JobOutcome::Built) => {
                 emit(BuildEvent::Built {
                     drv: drv_path.clone(),
@@ -307,5 +308,8 @@ fn worker(
             guard.failed(&drv_path, options.keep_going);
         }
         wake.notify_all();
+        drop(guard);
+        // Whatever waited for this build may start on another worker meanwhile.
+        drop(leftovers);
     }
 }
