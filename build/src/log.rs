@@ -65,9 +65,17 @@ impl<'a> LogSink<'a> {
         let _ = self.write_all(format!("{separator}{message}\n").as_bytes());
     }
 
-    /// The last lines, oldest first.
+    /// The last lines, oldest first, including an unfinished last line (a builder's
+    /// last words often lack their newline).
     pub fn tail(&self) -> Vec<String> {
-        self.tail.iter().cloned().collect()
+        let mut tail: Vec<String> = self.tail.iter().cloned().collect();
+        if !self.partial.is_empty() {
+            if tail.len() == TAIL_LINES {
+                tail.remove(0);
+            }
+            tail.push(filter_escapes(&self.partial));
+        }
+        tail
     }
 
     /// Passes on the last partial line and closes the raw log; [`PendingLog::complete`]
@@ -236,6 +244,22 @@ mod tests {
             "bell and backspace"
         );
         assert_eq!(filter_escapes(b"\xff\xfeok"), "\u{fffd}\u{fffd}ok");
+    }
+
+    #[test]
+    fn tail_includes_an_unfinished_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let drv = StorePath::from_base_name("vv6zc7aa5dmqwl4lhir98z10a6kd88hn-probe.drv").unwrap();
+        let mut on_line = |_: String| {};
+        let mut sink = LogSink::create(dir.path(), &drv, &mut on_line).unwrap();
+        for i in 0..20 {
+            writeln!(sink, "line {i}").unwrap();
+        }
+        sink.write_all(b"no newline").unwrap();
+        let tail = sink.tail();
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail.first().map(String::as_str), Some("line 11"));
+        assert_eq!(tail.last().map(String::as_str), Some("no newline"));
     }
 
     #[test]

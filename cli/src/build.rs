@@ -110,14 +110,19 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         match results.get(&target.drv) {
             Some(result) => match result.outputs() {
                 Some(outputs) => {
-                    for (name, path) in outputs {
-                        if target
-                            .outputs
-                            .as_ref()
-                            .is_none_or(|wanted| wanted.contains(name))
-                        {
-                            writeln!(stdout, "{}", store_dir.display(path))?;
-                        }
+                    // Per target, sorted by path, as `nix-store --realise` prints them.
+                    let printed: BTreeSet<String> = outputs
+                        .iter()
+                        .filter(|(name, _)| {
+                            target
+                                .outputs
+                                .as_ref()
+                                .is_none_or(|wanted| wanted.contains(*name))
+                        })
+                        .map(|(_, path)| store_dir.display(path))
+                        .collect();
+                    for path in printed {
+                        writeln!(stdout, "{path}")?;
                     }
                 }
                 None => failures.push(target.drv.clone()),
