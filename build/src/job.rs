@@ -109,6 +109,12 @@ impl Job<'_> {
         if rebuild.is_empty() {
             return Ok(JobOutcome::AlreadyValid);
         }
+        let work = Work {
+            outputs,
+            inputs,
+            rebuild,
+            valid,
+        };
 
         (self.emit)(BuildEvent::Started {
             drv: self.drv_path.clone(),
@@ -129,9 +135,7 @@ impl Job<'_> {
                 }
             })?;
         let build_dir = BuildDir::create(&self.options.build_dir_parent, &self.drv.name)?;
-        let result = self.build_in(
-            &outputs, &inputs, &rebuild, &valid, &build_dir, &mut log, leftovers,
-        );
+        let result = self.build_in(&work, &build_dir, &mut log, leftovers);
         let tail = log.tail();
         if let Err(error) = &result {
             log.note(&format!("error: {error}"));
@@ -194,16 +198,19 @@ impl Job<'_> {
 
     fn build_in(
         &self,
-        outputs: &BTreeMap<OutputName, StorePath>,
-        inputs: &BTreeSet<StorePath>,
-        rebuild: &BTreeSet<StorePath>,
-        valid: &BTreeSet<StorePath>,
+        work: &Work,
         build_dir: &BuildDir,
         log: &mut LogSink<'_>,
         leftovers: &mut Leftovers,
     ) -> Result<JobOutcome, BuildError> {
         let store = self.store;
         let store_dir = store.store_dir();
+        let Work {
+            outputs,
+            inputs,
+            rebuild,
+            valid,
+        } = work;
         let scratch = leftovers.scratch.insert(store.build_scratch()?);
         let is_root = nix::unistd::geteuid().is_root();
         let (build_uid, build_gid) = if is_root {
@@ -646,6 +653,18 @@ impl Job<'_> {
         }
         Ok(mounts)
     }
+}
+
+/// What a build works from, settled under the output locks before the builder runs.
+struct Work {
+    /// Every output of the derivation.
+    outputs: BTreeMap<OutputName, StorePath>,
+    /// The input closure.
+    inputs: BTreeSet<StorePath>,
+    /// The outputs to build now.
+    rebuild: BTreeSet<StorePath>,
+    /// The outputs valid before the build.
+    valid: BTreeSet<StorePath>,
 }
 
 /// What a finished job leaves to clean up; dropping it does the work.
