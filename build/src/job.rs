@@ -9,24 +9,26 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use arca_nar::DumpOptions;
-use arca_sandbox::{Mount, Network, Outcome, SandboxSpec, UserNamespace};
+use arca_sandbox::{CgroupMode, Mount, Network, Outcome, SandboxSpec, UserNamespace};
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::references::ReferenceScanner;
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StorePath,
 };
-use arca_store_sqlite::{BuildScratch, BuiltPath, LocalStore};
+use arca_store_sqlite::{BuildScratch, BuiltPath, LocalStore, PathLock, PublishedPaths};
 
 use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
 use crate::log::{LogSink, PendingLog};
+use crate::pending::Pending;
 use crate::types::{BuildError, BuildEvent, BuildOptions};
 
 /// What building one derivation came to.
 pub(crate) enum JobOutcome {
     /// Outputs were valid already (possibly built by another process meanwhile).
     AlreadyValid,
-    /// Built (or checked, or repaired) now.
-    Built,
+    /// Built (or checked, or repaired) now; new outputs are published and wait for the
+    /// group commit.
+    Built(Option<PublishedPaths>),
 }
 
 /// Everything one build needs.
@@ -36,6 +38,8 @@ pub(crate) struct Job<'a> {
     pub drv: &'a Derivation,
     pub options: &'a BuildOptions,
     pub emit: &'a (dyn Fn(BuildEvent) + Sync),
+    /// Outputs of this run that are published but not registered yet.
+    pub pending: &'a Pending,
 }
 
 impl Job<'_> {
@@ -78,7 +82,7 @@ impl Job<'_> {
         let inputs = self.input_closure()?;
 
         let output_paths: BTreeSet<StorePath> = outputs.values().cloned().collect();
-        let _locks = store.lock_paths(&output_paths)?;
+        let locks = store.lock_paths(&output_paths)?;
         // Another process may have built them while we waited for the locks.
         let mut valid = BTreeSet::new();
         for path in &output_paths {
@@ -109,11 +113,12 @@ impl Job<'_> {
         if rebuild.is_empty() {
             return Ok(JobOutcome::AlreadyValid);
         }
-        let work = Work {
+        let mut work = Work {
             outputs,
             inputs,
             rebuild,
             valid,
+            locks,
         };
 
         (self.emit)(BuildEvent::Started {
@@ -135,7 +140,7 @@ impl Job<'_> {
                 }
             })?;
         let build_dir = BuildDir::create(&self.options.build_dir_parent, &self.drv.name)?;
-        let result = self.build_in(&work, &build_dir, &mut log, leftovers);
+        let result = self.build_in(&mut work, &build_dir, &mut log, leftovers);
         let tail = log.tail();
         if let Err(error) = &result {
             log.note(&format!("error: {error}"));
@@ -179,14 +184,14 @@ impl Job<'_> {
             }
         }
         for input in &inputs {
-            if !store.is_valid_path(input)? {
+            if !self.pending.is_available(store, input)? {
                 return Err(BuildError::MissingInput {
                     drv: self.display(),
                     input: store.store_dir().display(input),
                 });
             }
         }
-        Ok(store.registry().requisites(&inputs, false)?)
+        Ok(self.pending.closure(store, &inputs)?)
     }
 
     /// Whether a valid path's files still have the registered NAR hash.
@@ -198,7 +203,7 @@ impl Job<'_> {
 
     fn build_in(
         &self,
-        work: &Work,
+        work: &mut Work,
         build_dir: &BuildDir,
         log: &mut LogSink<'_>,
         leftovers: &mut Leftovers,
@@ -210,7 +215,9 @@ impl Job<'_> {
             inputs,
             rebuild,
             valid,
+            locks,
         } = work;
+        let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
         let scratch = leftovers.scratch.insert(store.build_scratch()?);
         let is_root = nix::unistd::geteuid().is_root();
         let (build_uid, build_gid) = if is_root {
@@ -258,6 +265,11 @@ impl Job<'_> {
         spec.user_namespace = UserNamespace::Always;
         spec.host_ids = Some((build_uid, build_gid));
         spec.devices.kvm = true;
+        spec.cgroup = if self.options.use_cgroups {
+            CgroupMode::Auto
+        } else {
+            CgroupMode::Off
+        };
         spec.limits.timeout = self.options.timeout;
         spec.limits.silence_timeout = self.options.max_silent_time;
         spec.limits.max_output_bytes = self.options.max_log_size;
@@ -367,16 +379,20 @@ impl Job<'_> {
                     differences,
                 });
             }
-            return Ok(JobOutcome::Built);
+            return Ok(JobOutcome::Built(None));
         }
-        let (replace, register): (Vec<BuiltPath>, Vec<BuiltPath>) = built
-            .into_iter()
-            .partition(|output| valid.contains(&output.info.path));
-        for output in replace {
-            store.replace_built(output)?;
+        if self.options.repair {
+            let (replace, register): (Vec<BuiltPath>, Vec<BuiltPath>) = built
+                .into_iter()
+                .partition(|output| valid.contains(&output.info.path));
+            for output in replace {
+                store.replace_built(output)?;
+            }
+            store.register_built(register)?;
+            return Ok(JobOutcome::Built(None));
         }
-        store.register_built(register)?;
-        Ok(JobOutcome::Built)
+        let published = store.publish_built(built, std::mem::take(locks))?;
+        Ok(JobOutcome::Built(Some(published)))
     }
 
     /// Hashes and scans one output; checks a fixed output against its declared hash.
@@ -588,7 +604,7 @@ impl Job<'_> {
                 }
             }
         }
-        closure.extend(self.store.registry().requisites(&registered, false)?);
+        closure.extend(self.pending.closure(self.store, &registered)?);
         Ok(closure)
     }
 }
@@ -665,6 +681,8 @@ struct Work {
     rebuild: BTreeSet<StorePath>,
     /// The outputs valid before the build.
     valid: BTreeSet<StorePath>,
+    /// The outputs' path locks, held until they are registered.
+    locks: Vec<PathLock>,
 }
 
 /// What a finished job leaves to clean up; dropping it does the work.

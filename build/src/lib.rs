@@ -34,6 +34,7 @@
 mod environment;
 mod job;
 mod log;
+mod pending;
 mod scheduler;
 mod types;
 

@@ -7,9 +7,10 @@ use std::sync::{Condvar, Mutex};
 
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{Store, StorePath};
-use arca_store_sqlite::LocalStore;
+use arca_store_sqlite::{LocalStore, PublishedPaths};
 
 use crate::job::{Job, JobOutcome};
+use crate::pending::Pending;
 use crate::types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};
 
 /// Builds `targets` (and whatever they need that is not valid) in `store`, calling
@@ -37,18 +38,38 @@ pub fn build(
     let wake = Condvar::new();
     let (events, receiver) = mpsc::channel::<BuildEvent>();
     let finished: Mutex<Vec<(StorePath, BuildResult)>> = Mutex::new(Vec::new());
+    let pending = Pending::default();
+    let (commits, commit_queue) = mpsc::channel::<Commit>();
     let workers = options.max_jobs.max(1).min(to_build.max(1));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let events = events.clone();
-            let (state, wake, graph, finished) = (&state, &wake, &graph, &finished);
+            let commits = commits.clone();
+            let shared = Shared {
+                store,
+                graph: &graph,
+                options,
+                state: &state,
+                wake: &wake,
+                finished: &finished,
+                pending: &pending,
+            };
             scope.spawn(move || {
                 let emit = move |event: BuildEvent| {
                     let _ = events.send(event);
                 };
-                worker(store, graph, options, state, wake, finished, &emit);
+                worker(&shared, &commits, &emit);
             });
         }
+        drop(commits);
+        let committer_events = events.clone();
+        let (finished, pending) = (&finished, &pending);
+        scope.spawn(move || {
+            let emit = move |event: BuildEvent| {
+                let _ = committer_events.send(event);
+            };
+            committer(store, &commit_queue, pending, finished, &emit);
+        });
         drop(events);
         for event in receiver {
             on_event(event);
@@ -97,6 +118,7 @@ impl Graph {
             if !nodes.contains_key(&drv_path) {
                 let drv = store.read_derivation(&drv_path)?;
                 let job_outputs = Job {
+                    pending: &Pending::default(),
                     store,
                     drv_path: &drv_path,
                     drv: &drv,
@@ -237,15 +259,34 @@ impl State {
     }
 }
 
-fn worker(
-    store: &LocalStore,
-    graph: &Graph,
-    options: &BuildOptions,
-    state: &Mutex<State>,
-    wake: &Condvar,
-    finished: &Mutex<Vec<(StorePath, BuildResult)>>,
-    emit: &(dyn Fn(BuildEvent) + Sync),
-) {
+/// What every worker shares.
+struct Shared<'a> {
+    store: &'a LocalStore,
+    graph: &'a Graph,
+    options: &'a BuildOptions,
+    state: &'a Mutex<State>,
+    wake: &'a Condvar,
+    finished: &'a Mutex<Vec<(StorePath, BuildResult)>>,
+    pending: &'a Pending,
+}
+
+/// A built derivation whose outputs wait for the group commit.
+struct Commit {
+    drv: StorePath,
+    outputs: BTreeMap<OutputName, StorePath>,
+    published: PublishedPaths,
+}
+
+fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(BuildEvent) + Sync)) {
+    let Shared {
+        store,
+        graph,
+        options,
+        state,
+        wake,
+        finished,
+        pending,
+    } = *shared;
     loop {
         let drv_path = {
             let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -276,30 +317,44 @@ fn worker(
             drv: &node.drv,
             options,
             emit,
+            pending,
         };
         let (result, leftovers) = job.run();
         let result = match result {
-            Ok(JobOutcome::Built) => {
+            Ok(JobOutcome::Built(Some(published))) => {
+                // Dependents may start now; the committer registers the outputs and
+                // reports the build.
+                pending.insert(published.infos());
+                let _ = commits.send(Commit {
+                    drv: drv_path.clone(),
+                    outputs: node.outputs.clone(),
+                    published,
+                });
+                None
+            }
+            Ok(JobOutcome::Built(None)) => {
                 emit(BuildEvent::Built {
                     drv: drv_path.clone(),
                     outputs: node.outputs.clone(),
                 });
-                BuildResult::Built(node.outputs.clone())
+                Some(BuildResult::Built(node.outputs.clone()))
             }
-            Ok(JobOutcome::AlreadyValid) => BuildResult::AlreadyValid(node.outputs.clone()),
+            Ok(JobOutcome::AlreadyValid) => Some(BuildResult::AlreadyValid(node.outputs.clone())),
             Err(error) => {
                 emit(BuildEvent::Failed {
                     drv: drv_path.clone(),
                     message: error.to_string(),
                 });
-                BuildResult::Failed(error)
+                Some(BuildResult::Failed(error))
             }
         };
-        let ok = !matches!(result, BuildResult::Failed(_));
-        finished
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((drv_path.clone(), result));
+        let ok = !matches!(result, Some(BuildResult::Failed(_)));
+        if let Some(result) = result {
+            finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((drv_path.clone(), result));
+        }
         let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
         guard.running -= 1;
         if ok {
@@ -311,5 +366,67 @@ fn worker(
         drop(guard);
         // Whatever waited for this build may start on another worker meanwhile.
         drop(leftovers);
+    }
+}
+
+/// The group commit: registers published outputs in batches (whatever queued up while the
+/// last batch was being flushed), one `syncfs` and one transaction per batch, in the
+/// order the builds finished (dependencies first). Ends when every worker is done.
+fn committer(
+    store: &LocalStore,
+    queue: &mpsc::Receiver<Commit>,
+    pending: &Pending,
+    finished: &Mutex<Vec<(StorePath, BuildResult)>>,
+    emit: &(dyn Fn(BuildEvent) + Sync),
+) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter());
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut paths = Vec::new();
+        let mut merged: Option<PublishedPaths> = None;
+        for Commit {
+            drv,
+            outputs,
+            published,
+        } in batch
+        {
+            paths.extend(published.infos().map(|info| info.path.clone()));
+            match &mut merged {
+                Some(all) => all.merge(published),
+                None => merged = Some(published),
+            }
+            jobs.push((drv, outputs));
+        }
+        let registered = match merged {
+            Some(published) => store
+                .register_published(published)
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        pending.remove(paths.iter());
+        let mut finished = finished.lock().unwrap_or_else(|p| p.into_inner());
+        for (drv, outputs) in jobs {
+            match &registered {
+                Ok(()) => {
+                    emit(BuildEvent::Built {
+                        drv: drv.clone(),
+                        outputs: outputs.clone(),
+                    });
+                    finished.push((drv, BuildResult::Built(outputs)));
+                }
+                Err(message) => {
+                    let error = BuildError::Register {
+                        drv: store.store_dir().display(&drv),
+                        message: message.clone(),
+                    };
+                    emit(BuildEvent::Failed {
+                        drv: drv.clone(),
+                        message: error.to_string(),
+                    });
+                    finished.push((drv, BuildResult::Failed(error)));
+                }
+            }
+        }
     }
 }

@@ -104,6 +104,68 @@ impl LocalStore {
         self.commit_batch(batch)
     }
 
+    /// Moves built outputs to their final names without registering them yet, so that a
+    /// build that needs them can start at once while [`LocalStore::register_published`]
+    /// makes many of them valid with one flush and one transaction (group commit). Each
+    /// tree is canonicalised and its final name recorded in its staging lock file first,
+    /// so that a crash before registration leaves nothing valid and the next open removes
+    /// the unregistered path. `locks` (the outputs' path locks) are held until then.
+    pub fn publish_built(
+        &self,
+        built: Vec<BuiltPath>,
+        locks: Vec<PathLock>,
+    ) -> Result<PublishedPaths, StoreError> {
+        let mut entries = Vec::with_capacity(built.len());
+        for BuiltPath { info, location } in built {
+            let staged = self.stage()?;
+            fs::rename(&location, staged.tree()).at(&location)?;
+            crate::canonicalise::canonicalise(staged.tree(), self.owner())?;
+            staged.record_target(&info.path)?;
+            let destination = self.physical_path(&info.path);
+            remove_tree(&destination).at(&destination)?;
+            staged.publish(&destination)?;
+            entries.push((staged, info));
+        }
+        Ok(PublishedPaths { entries, locks })
+    }
+
+    /// Makes published outputs valid: one `syncfs` (when durable) so that no path is ever
+    /// registered before its files are on disk, then one transaction for all of them.
+    /// Every reference must be valid or among `published`. On error nothing is
+    /// registered and the published trees are removed.
+    pub fn register_published(&self, published: PublishedPaths) -> Result<(), StoreError> {
+        let pending: BTreeSet<StorePath> = published
+            .entries
+            .iter()
+            .map(|(_, info)| info.path.clone())
+            .collect();
+        for (_, info) in &published.entries {
+            self.check_references_with(info, &pending)?;
+        }
+        if self.durable() {
+            crate::local_store::sync_filesystem(self.physical_store())?;
+        }
+        let now = crate::local_store::now();
+        let infos: Vec<PathInfo> = published
+            .entries
+            .iter()
+            .map(|(_, info)| {
+                let mut info = info.clone();
+                if info.registration_time == 0 {
+                    info.registration_time = now;
+                }
+                info
+            })
+            .collect();
+        self.registry().register(&infos, &[])?;
+        let PublishedPaths { entries, locks } = published;
+        for (staged, _) in entries {
+            staged.finish();
+        }
+        drop(locks);
+        Ok(())
+    }
+
     /// Replaces the files of a valid path with a rebuilt tree (`--repair`), recording the
     /// rebuilt tree's NAR hash. The caller holds the path's lock.
     pub fn replace_built(&self, built: BuiltPath) -> Result<(), StoreError> {
@@ -121,6 +183,27 @@ impl LocalStore {
         )?;
         staged.finish();
         Ok(())
+    }
+}
+
+/// Built outputs at their final names, not valid yet (see
+/// [`LocalStore::publish_built`]). Dropping it without registering removes them.
+#[derive(Debug)]
+pub struct PublishedPaths {
+    entries: Vec<(Staged, PathInfo)>,
+    locks: Vec<PathLock>,
+}
+
+impl PublishedPaths {
+    /// What will be registered.
+    pub fn infos(&self) -> impl Iterator<Item = &PathInfo> {
+        self.entries.iter().map(|(_, info)| info)
+    }
+
+    /// Adds another set, to register both at once (it must come later in build order).
+    pub fn merge(&mut self, other: PublishedPaths) {
+        self.entries.extend(other.entries);
+        self.locks.extend(other.locks);
     }
 }
 

@@ -38,7 +38,7 @@ pub mod registry;
 mod staging;
 mod verify;
 
-pub use built::{copy_tree, nar_hash_of, BuildScratch, BuiltPath};
+pub use built::{copy_tree, nar_hash_of, BuildScratch, BuiltPath, PublishedPaths};
 pub use error::StoreError;
 pub use local_store::{AddProgress, LocalStore, StoreOptions};
 pub use lock::PathLock;

@@ -361,6 +361,11 @@ impl LocalStore {
         self.commit(staged, info)
     }
 
+    /// Whether new paths are flushed to disk before they become valid.
+    pub(crate) fn durable(&self) -> bool {
+        self.durable
+    }
+
     /// Who store files belong to (root's store: root; otherwise the adding user's).
     pub(crate) fn owner(&self) -> Owner {
         self.owner
@@ -656,7 +661,7 @@ impl<W: Write> Write for HashingWriter<'_, W> {
 
 /// Flushes the file system holding `dir` (one `syncfs` for a whole path, instead of an
 /// fsync per file).
-fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     let handle = File::open(dir).at(dir)?;
     nix::unistd::syncfs(handle.as_raw_fd())
         .map_err(io::Error::from)
@@ -680,7 +685,7 @@ fn read_derivation_file(file: &Path) -> Result<Vec<u8>, StoreError> {
     fs::read(file).at(file)
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

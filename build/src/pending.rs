@@ -1,0 +1,81 @@
+//! Outputs built in this run that are at their final names but not registered yet (see
+//! `LocalStore::publish_built`): the group commit makes them valid a little later, and
+//! builds that need them may start meanwhile. This overlay answers "is it there, and what
+//! does it refer to" for them; the registry answers for everything else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use arca_store_core::{PathInfo, Store, StorePath};
+use arca_store_sqlite::{LocalStore, StoreError};
+
+/// Published outputs and their references.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    paths: Mutex<BTreeMap<StorePath, BTreeSet<StorePath>>>,
+}
+
+impl Pending {
+    fn paths(&self) -> std::sync::MutexGuard<'_, BTreeMap<StorePath, BTreeSet<StorePath>>> {
+        self.paths
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Records published outputs (before anything that needs them is released).
+    pub fn insert<'a>(&self, infos: impl Iterator<Item = &'a PathInfo>) {
+        let mut paths = self.paths();
+        for info in infos {
+            paths.insert(info.path.clone(), info.references.clone());
+        }
+    }
+
+    /// Forgets outputs once they are registered (or failed to be).
+    pub fn remove<'a>(&self, done: impl Iterator<Item = &'a StorePath>) {
+        let mut paths = self.paths();
+        for path in done {
+            paths.remove(path);
+        }
+    }
+
+    /// Whether `path` is valid or published by this run.
+    pub fn is_available(&self, store: &LocalStore, path: &StorePath) -> Result<bool, StoreError> {
+        if self.paths().contains_key(path) {
+            return Ok(true);
+        }
+        // Published outputs become valid before they leave the overlay, so a path that
+        // just left it is found here.
+        store.is_valid_path(path)
+    }
+
+    /// The closure of `roots` under references: through published outputs first, then
+    /// the registry.
+    pub fn closure(
+        &self,
+        store: &LocalStore,
+        roots: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        let mut closure = roots.clone();
+        let mut registered = BTreeSet::new();
+        {
+            let paths = self.paths();
+            let mut walk: Vec<StorePath> = roots.iter().cloned().collect();
+            while let Some(path) = walk.pop() {
+                match paths.get(&path) {
+                    Some(references) => {
+                        for reference in references {
+                            if closure.insert(reference.clone()) {
+                                walk.push(reference.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        registered.insert(path);
+                    }
+                }
+            }
+        }
+        closure.extend(store.registry().requisites(&registered, false)?);
+        Ok(closure)
+    }
+}
