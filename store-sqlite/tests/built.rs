@@ -104,7 +104,7 @@ fn a_crash_between_publishing_and_registering_leaves_nothing_after_reopening() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&child.stdout);
     assert!(
-        child.status.success() && stdout.contains("1 passed"),
+        child.status.success() && stdout.contains("running 1 test"),
         "the child published and died: {stdout}"
     );
     let path = output("out");
