@@ -42,27 +42,39 @@ pub(crate) enum Record {
     Ready,
     /// Host pid of init.
     InitPid(i32),
-    /// Raw wait status of init.
-    InitStatus(i32),
+    /// Raw wait status of init, and the resource use of init and everything it reaped.
+    InitStatus(i32, InitUsage),
     /// A setup step failed: step code, op index (for `Step::Layout`), errno.
     Failed(Step, u32, i32),
 }
 
-pub(crate) const RECORD_LEN: usize = 16;
+/// CPU times (microseconds) and peak resident set (KiB) from `getrusage` semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct InitUsage {
+    pub user_us: u64,
+    pub system_us: u64,
+    pub max_rss_kib: u64,
+}
+
+/// `[tag, step, op, value]` as 32-bit words, then three 64-bit words (usage).
+pub(crate) const RECORD_LEN: usize = 40;
 
 impl Record {
     fn encode(self) -> [u8; RECORD_LEN] {
-        let (tag, step, op, value) = match self {
-            Record::Ready => (1u32, 0u32, 0u32, 0i32),
-            Record::InitPid(pid) => (2, 0, 0, pid),
-            Record::InitStatus(status) => (3, 0, 0, status),
-            Record::Failed(step, op, errno) => (4, step as u32, op, errno),
+        let (tag, step, op, value, usage) = match self {
+            Record::Ready => (1u32, 0u32, 0u32, 0i32, InitUsage::default()),
+            Record::InitPid(pid) => (2, 0, 0, pid, InitUsage::default()),
+            Record::InitStatus(status, usage) => (3, 0, 0, status, usage),
+            Record::Failed(step, op, errno) => (4, step as u32, op, errno, InitUsage::default()),
         };
         let mut out = [0u8; RECORD_LEN];
         out[0..4].copy_from_slice(&tag.to_ne_bytes());
         out[4..8].copy_from_slice(&step.to_ne_bytes());
         out[8..12].copy_from_slice(&op.to_ne_bytes());
         out[12..16].copy_from_slice(&value.to_ne_bytes());
+        out[16..24].copy_from_slice(&usage.user_us.to_ne_bytes());
+        out[24..32].copy_from_slice(&usage.system_us.to_ne_bytes());
+        out[32..40].copy_from_slice(&usage.max_rss_kib.to_ne_bytes());
         out
     }
 
@@ -73,7 +85,21 @@ impl Record {
         match word(0) {
             1 => Some(Record::Ready),
             2 => Some(Record::InitPid(value)),
-            3 => Some(Record::InitStatus(value)),
+            3 => {
+                let long = |i: usize| {
+                    let mut word = [0u8; 8];
+                    word.copy_from_slice(&bytes[i..i + 8]);
+                    u64::from_ne_bytes(word)
+                };
+                Some(Record::InitStatus(
+                    value,
+                    InitUsage {
+                        user_us: long(16),
+                        system_us: long(24),
+                        max_rss_kib: long(32),
+                    },
+                ))
+            }
             4 => Some(Record::Failed(Step::from_code(word(4))?, word(8), value)),
             _ => None,
         }
@@ -313,16 +339,22 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     // cannot be reused, so the parent may kill it by pid until it has read the status
     // and closed the "go" pipe. (A zombie init also means the kernel has already killed
     // and reaped every other process of its pid namespace.)
-    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    // SAFETY: siginfo_t and rusage are plain old data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: waits for our own child, writing into the siginfo_t we own.
+        // The raw system call takes a fifth argument glibc's waitid lacks: the resource
+        // use of init and of everything it reaped (filled in with WNOWAIT too).
+        // SAFETY: waits for our own child, writing into the siginfo_t and rusage we own.
         let r = unsafe {
-            libc::waitid(
+            libc::syscall(
+                libc::SYS_waitid,
                 libc::P_PID,
                 init as libc::id_t,
-                &mut info,
+                &mut info as *mut libc::siginfo_t,
                 libc::WEXITED | libc::WNOWAIT,
+                &mut usage as *mut libc::rusage,
             )
         };
         if r == 0 {
@@ -339,7 +371,13 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     } else {
         status & 0x7f
     };
-    send(fds.status, Record::InitStatus(wait_status));
+    let micros = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    let init_usage = InitUsage {
+        user_us: micros(usage.ru_utime),
+        system_us: micros(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+    };
+    send(fds.status, Record::InitStatus(wait_status, init_usage));
     // Wait for the parent to let go of the pid (end-of-file), then reap.
     loop {
         // SAFETY: reads into a stack buffer.
@@ -741,7 +779,14 @@ mod tests {
         for record in [
             Record::Ready,
             Record::InitPid(4242),
-            Record::InitStatus(9),
+            Record::InitStatus(
+                9,
+                InitUsage {
+                    user_us: 1,
+                    system_us: 2,
+                    max_rss_kib: 3,
+                },
+            ),
             Record::Failed(Step::Layout, 17, libc::EPERM),
             Record::Failed(Step::FileDescriptors, 0, libc::EBADF),
         ] {

@@ -21,8 +21,8 @@
 //! It is not a container runtime (no images, no overlay file systems, no seccomp
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
 //!
-//! All `unsafe` code of the crate is in two modules: `child` (what runs between `fork`
-//! and `execve`) and `sys` (`wait4`). Each block carries a `// SAFETY:` comment.
+//! All `unsafe` code of the crate is in one module, `child` (what runs between the forks
+//! and `execve`). Each block carries a `// SAFETY:` comment.
 //!
 //! # Example
 //!
@@ -47,7 +47,6 @@ mod plan;
 mod run;
 mod seccomp;
 mod spec;
-mod sys;
 
 pub use error::{SandboxError, SetupStep};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};

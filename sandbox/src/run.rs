@@ -19,12 +19,11 @@ use nix::unistd::{pipe2, Pid};
 use seccompiler::BpfProgram;
 
 use crate::cgroup::Cgroup;
-use crate::child::{fork_keeper, ChildContext, ChildFds, Record, Step, RECORD_LEN};
+use crate::child::{fork_keeper, ChildContext, ChildFds, InitUsage, Record, Step, RECORD_LEN};
 use crate::error::{SandboxError, SetupStep};
 use crate::outcome::{Outcome, Report, Usage};
 use crate::plan::Plan;
 use crate::spec::{CgroupMode, SandboxSpec};
-use crate::sys;
 
 /// Runs `spec.program` in a fresh sandbox and waits until it and every process it started
 /// are gone. Its stdout and stderr, merged, are written to `output` as they arrive (up to
@@ -121,17 +120,28 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     }
 
     let supervised = supervise(spec, start, &mut children, output_read, &mut status, output);
-    let usage = children
-        .reap()
-        .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
-    let (outcome, output_bytes) = supervised?;
+    let (outcome, output_bytes, init_usage) = supervised?;
+    if cgroup.is_some() {
+        // The cgroup can only be removed once the keeper has left it.
+        children
+            .reap()
+            .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
+    } else {
+        // Every process of the sandbox is gone (init is a zombie, so its namespace was
+        // emptied); the keeper only has to reap it and tear down the namespaces, which
+        // nobody needs to wait for.
+        children.reap_in_background();
+    }
+    let micros = Duration::from_micros;
     Ok(Report {
         outcome,
         output_bytes,
         elapsed: start.elapsed(),
         usage: Usage {
+            user_time: micros(init_usage.user_us),
+            system_time: micros(init_usage.system_us),
+            max_rss_bytes: init_usage.max_rss_kib.saturating_mul(1024),
             cgroup: cgroup.as_ref().map(Cgroup::usage),
-            ..usage
         },
     })
 }
@@ -145,12 +155,13 @@ fn supervise(
     output_read: OwnedFd,
     status: &mut File,
     output: &mut dyn Write,
-) -> Result<(Outcome, u64), SandboxError> {
+) -> Result<(Outcome, u64, InitUsage), SandboxError> {
     let limits = spec.limits;
     let deadline = limits.timeout.map(|t| start + t);
     let mut last_output = Instant::now();
     let mut pipe = Some(File::from(output_read));
     let mut init_status: Option<i32> = None;
+    let mut init_usage = InitUsage::default();
     let mut killed: Option<Outcome> = None;
     let mut writer_error: Option<io::Error> = None;
     let mut total: u64 = 0;
@@ -249,8 +260,9 @@ fn supervise(
         }
         if status_ready {
             match read_record(status)? {
-                Some(Record::InitStatus(raw)) => {
+                Some(Record::InitStatus(raw, usage)) => {
                     init_status = Some(raw);
+                    init_usage = usage;
                     // init is a zombie now: release its pid to the keeper.
                     children.init = None;
                     children.go = None;
@@ -273,7 +285,7 @@ fn supervise(
     } else {
         Outcome::Exited(libc::WEXITSTATUS(raw))
     });
-    Ok((outcome, total))
+    Ok((outcome, total, init_usage))
 }
 
 /// The keeper and init processes of one run. Dropping it (on any early return) kills
@@ -304,11 +316,27 @@ impl Children {
         }
     }
 
-    fn reap(&mut self) -> Result<Usage, Errno> {
+    fn reap(&mut self) -> Result<(), Errno> {
         self.go = None;
-        let usage = sys::wait_with_usage(self.keeper)?;
+        reap(self.keeper)?;
         self.reaped = true;
-        Ok(usage)
+        Ok(())
+    }
+
+    /// Lets a thread reap the keeper (falling back to reaping here if no thread can be
+    /// made), so that the caller does not wait for the namespaces' teardown.
+    fn reap_in_background(&mut self) {
+        self.go = None;
+        let keeper = self.keeper;
+        let spawned = std::thread::Builder::new()
+            .name("arca-sandbox-reaper".into())
+            .spawn(move || {
+                let _ = reap(keeper);
+            });
+        if spawned.is_err() {
+            let _ = reap(keeper);
+        }
+        self.reaped = true;
     }
 }
 
@@ -320,7 +348,7 @@ impl Drop for Children {
         self.kill_init();
         let _ = kill(Pid::from_raw(self.keeper), Signal::SIGKILL);
         self.go = None;
-        let _ = sys::wait_with_usage(self.keeper);
+        let _ = reap(self.keeper);
     }
 }
 
@@ -528,5 +556,15 @@ impl StagingDir {
 impl Drop for StagingDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Reaps the keeper (retrying on EINTR).
+fn reap(pid: i32) -> Result<(), Errno> {
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+            Err(Errno::EINTR) => continue,
+            result => return result.map(drop),
+        }
     }
 }

@@ -155,3 +155,29 @@ fn check_timeout(cgroup: CgroupMode) {
     );
     common::assert_no_survivors(&marker);
 }
+
+/// The report accounts for the program's CPU time and memory (from init's resource use,
+/// which covers every process it reaped), with and without a cgroup.
+#[test]
+fn usage_accounts_for_the_programs_cpu_time_and_memory() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    for cgroup in [CgroupMode::Auto, CgroupMode::Off] {
+        let mut spec = sh("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; (i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done)");
+        spec.cgroup = cgroup;
+        let (report, out) = run_ok(&spec);
+        assert_eq!(report.outcome, Outcome::Exited(0), "{out}");
+        let cpu = report.usage.user_time + report.usage.system_time;
+        assert!(
+            cpu >= Duration::from_millis(20),
+            "{cgroup:?}: {:?}",
+            report.usage
+        );
+        assert!(
+            report.usage.max_rss_bytes > 100 * 1024,
+            "{cgroup:?}: {:?}",
+            report.usage
+        );
+    }
+}
