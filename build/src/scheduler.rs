@@ -63,12 +63,12 @@ pub fn build(
         }
         drop(commits);
         let committer_events = events.clone();
-        let (finished, pending) = (&finished, &pending);
+        let (finished, pending, state) = (&finished, &pending, &state);
         scope.spawn(move || {
             let emit = move |event: BuildEvent| {
                 let _ = committer_events.send(event);
             };
-            committer(store, &commit_queue, pending, finished, &emit);
+            committer(store, state, &commit_queue, pending, finished, &emit);
         });
         drop(events);
         for event in receiver {
@@ -369,11 +369,15 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
     }
 }
 
+/// How long the committer gathers published outputs before flushing them.
+const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The group commit: registers published outputs in batches (whatever queued up while the
 /// last batch was being flushed), one `syncfs` and one transaction per batch, in the
 /// order the builds finished (dependencies first). Ends when every worker is done.
 fn committer(
     store: &LocalStore,
+    state: &Mutex<State>,
     queue: &mpsc::Receiver<Commit>,
     pending: &Pending,
     finished: &Mutex<Vec<(StorePath, BuildResult)>>,
@@ -381,7 +385,26 @@ fn committer(
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        batch.extend(queue.try_iter());
+        // Gather what finishes within a short window: fewer flushes, and fewer journal
+        // commits for the running builds to wait behind.
+        // Only while builds are running: with nothing in flight, nothing more is coming
+        // soon, and the last builds of a run must not wait.
+        let window = std::time::Instant::now() + COMMIT_WINDOW;
+        loop {
+            batch.extend(queue.try_iter());
+            let busy = state.lock().unwrap_or_else(|p| p.into_inner()).running > 0;
+            let Some(left) = window.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            if !busy {
+                break;
+            }
+            match queue.recv_timeout(left.min(std::time::Duration::from_millis(1))) {
+                Ok(commit) => batch.push(commit),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
         let mut jobs = Vec::with_capacity(batch.len());
         let mut paths = Vec::new();
         let mut merged: Option<PublishedPaths> = None;
