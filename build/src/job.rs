@@ -218,7 +218,13 @@ impl Job<'_> {
             locks,
         } = work;
         let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
-        let scratch = leftovers.scratch.insert(store.build_scratch()?);
+        let scratch = leftovers.scratch.insert(
+            store.build_scratch_for(
+                nix::unistd::geteuid()
+                    .is_root()
+                    .then_some(self.options.build_ids.1),
+            )?,
+        );
         let is_root = nix::unistd::geteuid().is_root();
         let (build_uid, build_gid) = if is_root {
             self.options.build_ids

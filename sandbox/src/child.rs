@@ -413,6 +413,7 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         // with EOVERFLOW. The capabilities of the namespace stay: its root id is not the
         // one being left, so the kernel's setuid rules do not clear them.
         switch_identity(plan)?;
+        rearm_parent_death(fds.go);
     }
     let none: Option<&CStr> = None;
     at(
@@ -481,6 +482,7 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         // Real root: dropping to the inside user clears every capability.
         drop_supplementary_groups().map_err(|errno| (Step::Identity, 0, errno))?;
         switch_identity(plan)?;
+        rearm_parent_death(fds.go);
     }
     clear_capabilities().map_err(|errno| (Step::Capabilities, 0, errno))?;
     at(Step::Chdir, chdir(plan.cwd.as_c_str()))?;
@@ -505,6 +507,24 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         )
     };
     Err((Step::Exec, 0, Errno::last()))
+}
+
+/// Asks again for SIGKILL when the keeper dies: the kernel forgets the request whenever
+/// the effective user changes. If the supervisor died meanwhile (the "go" pipe, which only
+/// it writes, hung up), there is nobody left to kill us: end here.
+fn rearm_parent_death(go: RawFd) {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let mut poll = libc::pollfd {
+        fd: go,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one descriptor we own, without waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    if ready > 0 && poll.revents & libc::POLLHUP != 0 {
+        exit(1);
+    }
 }
 
 fn switch_identity(plan: &Plan) -> StepResult {

@@ -297,6 +297,25 @@ impl Builder {
             } => {
                 check_absolute("bind source", source)?;
                 let source_c = cstring("bind source", source.as_os_str())?;
+                // A symlink is recreated, not followed (as Nix does): a store path that is
+                // a link to `/` must not bind the host's root.
+                if let Ok(link) = std::fs::read_link(source) {
+                    self.parents(target)?;
+                    let path = self.host(target)?;
+                    self.push(
+                        Op::Symlink {
+                            target: cstring("symlink target", link.as_os_str())?,
+                            link: path,
+                        },
+                        format!(
+                            "linking {} to {} (as {} is)",
+                            target.display(),
+                            link.display(),
+                            source.display()
+                        ),
+                    );
+                    return Ok(());
+                }
                 let (is_dir, locked) = match (stat(source.as_path()), statvfs(source.as_path())) {
                     (Ok(st), Ok(vfs)) => (
                         SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
@@ -324,7 +343,13 @@ impl Builder {
                         source: Some(source_c),
                         target: target_c.clone(),
                         fstype: None,
-                        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                        // A read-only bind takes no submounts along: the read-only remount
+                        // below only reaches the top mount.
+                        flags: if *writable {
+                            MsFlags::MS_BIND | MsFlags::MS_REC
+                        } else {
+                            MsFlags::MS_BIND
+                        },
                         data: None,
                     },
                     what.clone(),

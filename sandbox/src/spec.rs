@@ -59,7 +59,10 @@ pub struct SandboxSpec {
 /// parent directories are created (mode 0755).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mount {
-    /// Bind-mount a host file or directory (which one is read off the source).
+    /// Bind-mount a host file or directory (which one is read off the source). A source
+    /// that is a symlink is recreated as a symlink with the same target, never followed
+    /// (as Nix does); a read-only bind takes no submounts of the source along, a writable
+    /// one does.
     Bind {
         /// Host path.
         source: PathBuf,

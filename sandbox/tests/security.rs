@@ -717,3 +717,96 @@ fn only_standard_descriptors_reach_the_program() {
     // pid 1 is the shell, which has opened nothing itself at this point.
     assert_eq!(out, "0\n1\n2\n/dev/null\n");
 }
+
+/// Run by `nothing_survives_a_killed_supervisor` in a child process: a sandbox whose
+/// program sleeps under a marker given in the environment.
+#[test]
+#[ignore = "run by nothing_survives_a_killed_supervisor"]
+fn supervisor_to_be_killed() {
+    let Ok(marker) = std::env::var("ARCA_SANDBOX_TEST_MARKER") else {
+        return;
+    };
+    let mut spec = common::sh(&format!(
+        "sh -c 'sleep 30; true' {marker} & sh -c 'sleep 30; true' {marker}; true"
+    ));
+    spec.cgroup = arca_sandbox::CgroupMode::Off;
+    let _ = arca_sandbox::run(&spec, &mut std::io::sink());
+}
+
+/// If the process running `run()` dies (SIGKILL), the sandbox dies with it: the keeper by
+/// its parent-death signal, init by its own, which the switch to the build user would
+/// clear if it were not asked for again.
+#[test]
+fn nothing_survives_a_killed_supervisor() {
+    if !common::require_root() || common::busybox().is_none() {
+        return;
+    }
+    let marker = common::unique("arca-orphan-marker-");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "supervisor_to_be_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("ARCA_SANDBOX_TEST_MARKER", &marker)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while common::processes_with(&marker).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !common::processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    common::assert_no_survivors(&marker);
+}
+
+/// A bind source that is a symlink is recreated as a symlink, never followed: a "store
+/// path" that links to `/` shows the sandbox's own root, not the host's (in Nix too).
+#[test]
+fn symlink_bind_source_is_recreated_not_followed() {
+    if !common::require_root() || common::busybox().is_none() {
+        return;
+    }
+    let marker = common::host_marker();
+    let dir = common::tempdir();
+    let link = dir.path().join("evil-store-path");
+    std::os::unix::fs::symlink(marker.dir.path(), &link).unwrap();
+    let spec = common::sh("readlink /nix/store/evil; ls /nix/store/evil/ 2>&1; echo done")
+        .mount(arca_sandbox::Mount::bind_ro(&link, "/nix/store/evil"));
+    let (report, out) = common::run_ok(&spec);
+    assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0), "{out}");
+    assert!(
+        out.starts_with(&format!("{}\n", marker.dir.path().display())),
+        "{out}"
+    );
+    assert!(
+        !out.contains("host-only-marker"),
+        "the host directory leaked in: {out}"
+    );
+    assert!(out.ends_with("done\n"), "{out}");
+}
+
+/// A read-only bind does not bring the source's submounts along (they would stay
+/// writable: the read-only remount reaches the top mount only).
+#[test]
+fn read_only_bind_takes_no_writable_submounts() {
+    if !common::require_root() || common::busybox().is_none() {
+        return;
+    }
+    let spec = common::sh("ls /host-sys/fs/cgroup | head -1; grep -c host-sys /proc/mounts")
+        .mount(arca_sandbox::Mount::bind_ro("/sys", "/host-sys"));
+    let (report, out) = common::run_ok(&spec);
+    assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0), "{out}");
+    assert_eq!(out.lines().last(), Some("1"), "only the top mount: {out}");
+}

@@ -30,15 +30,20 @@ pub struct BuiltPath {
 /// A private directory under the store's staging area for one build's outputs (and the
 /// mount points of its inputs); removed with everything in it on drop. A crash leaves it
 /// to the staging cleanup of the next [`LocalStore::open`].
+///
+/// It is `<staging>/<nonce>/store`, where `<nonce>` is mode 0700 (0750 with the build
+/// group): other users cannot reach it, so a socket a builder makes among its outputs
+/// cannot hand a descriptor to one of their processes (Nix's CVE-2025-46416).
 #[derive(Debug)]
 pub struct BuildScratch {
     staged: Option<Staged>,
+    path: PathBuf,
 }
 
 impl BuildScratch {
     /// The directory; it exists and is empty when made.
     pub fn path(&self) -> &Path {
-        self.staged.as_ref().expect("present until drop").tree()
+        &self.path
     }
 }
 
@@ -78,12 +83,31 @@ impl LocalStore {
         paths.iter().map(|path| self.lock_path(path)).collect()
     }
 
-    /// A fresh scratch directory for one build, on the store's file system.
+    /// A fresh scratch directory for one build, on the store's file system, reachable by
+    /// its owner only.
     pub fn build_scratch(&self) -> Result<BuildScratch, StoreError> {
+        self.build_scratch_for(None)
+    }
+
+    /// [`LocalStore::build_scratch`], reachable by the group `build_group` too (the build
+    /// user's, when root builds as another user).
+    pub fn build_scratch_for(&self, build_group: Option<u32>) -> Result<BuildScratch, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let staged = self.stage()?;
-        fs::create_dir(staged.tree()).at(staged.tree())?;
+        let private = staged.tree();
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(private)
+            .at(private)?;
+        if let Some(group) = build_group {
+            std::os::unix::fs::lchown(private, None, Some(group)).at(private)?;
+            fs::set_permissions(private, fs::Permissions::from_mode(0o750)).at(private)?;
+        }
+        let path = private.join("store");
+        fs::create_dir(&path).at(&path)?;
         Ok(BuildScratch {
             staged: Some(staged),
+            path,
         })
     }
 

@@ -119,3 +119,26 @@ fn a_crash_between_publishing_and_registering_leaves_nothing_after_reopening() {
         .collect();
     assert!(staging.is_empty(), "staging leftovers: {staging:?}");
 }
+
+#[test]
+fn build_scratch_is_out_of_reach_of_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(root.path()).unwrap();
+    let scratch = store.build_scratch().unwrap();
+    let private = scratch.path().parent().unwrap();
+    assert_eq!(
+        fs::metadata(private).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    if nix_is_root() {
+        let shared = store.build_scratch_for(Some(12345)).unwrap();
+        let metadata = fs::metadata(shared.path().parent().unwrap()).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&metadata), 12345);
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o750);
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap()) == 0
+}
