@@ -63,12 +63,20 @@ pub fn build(
         }
         drop(commits);
         let committer_events = events.clone();
-        let (finished, pending, state) = (&finished, &pending, &state);
+        let shared = Shared {
+            store,
+            graph: &graph,
+            options,
+            state: &state,
+            wake: &wake,
+            finished: &finished,
+            pending: &pending,
+        };
         scope.spawn(move || {
             let emit = move |event: BuildEvent| {
                 let _ = committer_events.send(event);
             };
-            committer(store, state, &commit_queue, pending, finished, &emit);
+            committer(&shared, &commit_queue, &emit);
         });
         drop(events);
         for event in receiver {
@@ -319,7 +327,22 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
             emit,
             pending,
         };
-        let (result, leftovers) = job.run();
+        // A panic in one build must not leave the others waiting for it forever.
+        let (result, leftovers) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run())).unwrap_or_else(
+                |panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_string());
+                    let error = BuildError::Panicked {
+                        drv: store.store_dir().display(&drv_path),
+                        message,
+                    };
+                    (Err(error), Default::default())
+                },
+            );
         let result = match result {
             Ok(JobOutcome::Built(Some(published))) => {
                 // Dependents may start now; the committer registers the outputs and
@@ -376,13 +399,20 @@ const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 /// last batch was being flushed), one `syncfs` and one transaction per batch, in the
 /// order the builds finished (dependencies first). Ends when every worker is done.
 fn committer(
-    store: &LocalStore,
-    state: &Mutex<State>,
+    shared: &Shared<'_>,
     queue: &mpsc::Receiver<Commit>,
-    pending: &Pending,
-    finished: &Mutex<Vec<(StorePath, BuildResult)>>,
     emit: &(dyn Fn(BuildEvent) + Sync),
 ) {
+    let Shared {
+        store,
+        options,
+        state,
+        wake,
+        finished,
+        pending,
+        ..
+    } = *shared;
+    let keep_going = options.keep_going;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         // Gather what finishes within a short window: fewer flushes, and fewer journal
@@ -405,16 +435,33 @@ fn committer(
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        let mut jobs = Vec::with_capacity(batch.len());
-        let mut paths = Vec::new();
+        // Each commit's references must be valid already, or come from an earlier
+        // commit of the batch (or itself): one that fails the check fails alone, with
+        // what depends on it, and never takes the others down with it.
+        let all_paths: Vec<StorePath> = batch
+            .iter()
+            .flat_map(|commit| commit.published.infos().map(|info| info.path.clone()))
+            .collect();
+        let mut accepted: BTreeSet<StorePath> = BTreeSet::new();
+        let mut good = Vec::with_capacity(batch.len());
+        let mut failures = Vec::new();
+        for commit in batch {
+            match store.check_published(&commit.published, &accepted) {
+                Ok(()) => {
+                    accepted.extend(commit.published.infos().map(|info| info.path.clone()));
+                    good.push(commit);
+                }
+                Err(error) => failures.push((commit, error.to_string())),
+            }
+        }
+        let mut jobs = Vec::with_capacity(good.len());
         let mut merged: Option<PublishedPaths> = None;
         for Commit {
             drv,
             outputs,
             published,
-        } in batch
+        } in good
         {
-            paths.extend(published.infos().map(|info| info.path.clone()));
             match &mut merged {
                 Some(all) => all.merge(published),
                 None => merged = Some(published),
@@ -427,8 +474,8 @@ fn committer(
                 .map_err(|e| e.to_string()),
             None => Ok(()),
         };
-        pending.remove(paths.iter());
-        let mut finished = finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = Vec::new();
+        let mut finished_now = Vec::new();
         for (drv, outputs) in jobs {
             match &registered {
                 Ok(()) => {
@@ -436,20 +483,36 @@ fn committer(
                         drv: drv.clone(),
                         outputs: outputs.clone(),
                     });
-                    finished.push((drv, BuildResult::Built(outputs)));
+                    finished_now.push((drv, BuildResult::Built(outputs)));
                 }
-                Err(message) => {
-                    let error = BuildError::Register {
-                        drv: store.store_dir().display(&drv),
-                        message: message.clone(),
-                    };
-                    emit(BuildEvent::Failed {
-                        drv: drv.clone(),
-                        message: error.to_string(),
-                    });
-                    finished.push((drv, BuildResult::Failed(error)));
-                }
+                Err(message) => failed.push((drv, message.clone())),
             }
         }
+        for (commit, message) in failures {
+            failed.push((commit.drv, message));
+            // Dropping `commit.published` removes its outputs and releases their locks.
+        }
+        // Only now: a dependent must not look for a failed output in the registry before
+        // it has left the overlay, nor for a good one before it is registered.
+        pending.remove(all_paths.iter());
+        for (drv, message) in failed {
+            let error = BuildError::Register {
+                drv: store.store_dir().display(&drv),
+                message,
+            };
+            emit(BuildEvent::Failed {
+                drv: drv.clone(),
+                message: error.to_string(),
+            });
+            let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+            guard.failed(&drv, keep_going);
+            drop(guard);
+            wake.notify_all();
+            finished_now.push((drv, BuildResult::Failed(error)));
+        }
+        finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(finished_now);
     }
 }

@@ -237,6 +237,14 @@ pub enum BuildError {
         /// The store's error.
         message: String,
     },
+    /// A bug: building this derivation panicked (the run goes on without it).
+    #[error("internal error while building '{drv}': {message}")]
+    Panicked {
+        /// The `.drv` path.
+        drv: String,
+        /// The panic's message.
+        message: String,
+    },
     /// `--check` found different contents.
     #[error("derivation '{drv}' may not be deterministic:{}", differences.iter().map(|(path, expected, got)| format!("\n  output '{path}' differs: registered {}, rebuilt {}", expected.to_sri(), got.to_sri())).collect::<String>())]
     NotDeterministic {

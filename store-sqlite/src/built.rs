@@ -153,6 +153,21 @@ impl LocalStore {
         Ok(PublishedPaths { entries, locks })
     }
 
+    /// Checks that every reference of `published` is valid, or in `published` itself, or
+    /// in `also` (outputs that will be registered in the same transaction).
+    pub fn check_published(
+        &self,
+        published: &PublishedPaths,
+        also: &BTreeSet<StorePath>,
+    ) -> Result<(), StoreError> {
+        let mut pending = also.clone();
+        pending.extend(published.infos().map(|info| info.path.clone()));
+        for info in published.infos() {
+            self.check_references_with(info, &pending)?;
+        }
+        Ok(())
+    }
+
     /// Makes published outputs valid: one `syncfs` (when durable) so that no path is ever
     /// registered before its files are on disk, then one transaction for all of them.
     /// Every reference must be valid or among `published`. On error nothing is
