@@ -207,22 +207,67 @@ impl LocalStore {
 
     /// Replaces the files of a valid path with a rebuilt tree (`--repair`), recording the
     /// rebuilt tree's NAR hash. The caller holds the path's lock.
+    ///
+    /// The new tree and the old one trade places in one atomic `renameat2(RENAME_EXCHANGE)`,
+    /// so the path is never missing: a failure to record the new hash swaps them back,
+    /// and a crash leaves either tree in place (a wrong one shows up in `verify`). The
+    /// old tree is deleted last, from its staging name.
     pub fn replace_built(&self, built: BuiltPath) -> Result<(), StoreError> {
         let destination = self.physical_path(&built.info.path);
+        // No final name is recorded for this staging entry: dropping it removes only
+        // what is under the staging name (after the swap, the old tree).
         let staged = self.stage()?;
         fs::rename(&built.location, staged.tree()).at(&built.location)?;
         crate::canonicalise::canonicalise(staged.tree(), self.owner())?;
-        remove_tree(&destination).at(&destination)?;
-        staged.record_target(&built.info.path)?;
-        staged.publish(&destination)?;
-        self.registry().update_nar_hash(
+        if fs::symlink_metadata(&destination).is_err() {
+            // Nothing to swap with (a repair of a deleted path): a plain move.
+            staged.record_target(&built.info.path)?;
+            staged.publish(&destination)?;
+        } else {
+            exchange(staged.tree(), &destination)?;
+        }
+        if let Err(error) = self.registry().update_nar_hash(
             &built.info.path,
             &built.info.nar_hash,
             built.info.nar_size,
-        )?;
-        staged.finish();
+        ) {
+            if fs::symlink_metadata(staged.tree()).is_ok() {
+                let _ = exchange(staged.tree(), &destination);
+            }
+            return Err(error);
+        }
+        // `staged` now holds the old tree (or nothing): dropping it removes it.
+        drop(staged);
         Ok(())
     }
+}
+
+/// Swaps two trees atomically. Moving a directory to another parent rewrites its `..`,
+/// which needs write permission on it: canonical (0555) directories are opened for the
+/// swap and closed again.
+fn exchange(a: &Path, b: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let reopen = |path: &Path| -> Result<Option<fs::Permissions>, StoreError> {
+        let metadata = fs::symlink_metadata(path).at(path)?;
+        if metadata.is_dir() && metadata.permissions().mode() & 0o200 == 0 {
+            let mode = metadata.permissions().mode() | 0o200;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
+            return Ok(Some(metadata.permissions()));
+        }
+        Ok(None)
+    };
+    let (mode_a, mode_b) = (reopen(a)?, reopen(b)?);
+    nix::fcntl::renameat2(None, a, None, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+        .map_err(std::io::Error::from)
+        .at(b)?;
+    // The trees traded places, and their modes with them.
+    if let Some(mode) = mode_a {
+        fs::set_permissions(b, mode).at(b)?;
+    }
+    if let Some(mode) = mode_b {
+        fs::set_permissions(a, mode).at(a)?;
+    }
+    Ok(())
 }
 
 /// Built outputs at their final names, not valid yet (see

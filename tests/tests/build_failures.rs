@@ -435,3 +435,35 @@ fn keep_going_builds_what_does_not_depend_on_the_failure() {
     );
     assert_arca_verify_clean(&scratch.arca_root(), "after --keep-going");
 }
+
+/// `--repair` rebuilds an output whose files no longer match the registration and swaps
+/// the rebuilt tree in; a sound output is left alone.
+#[test]
+fn repair_restores_a_corrupted_output() {
+    let Some((scratch, bb)) = setup("repair_restores_a_corrupted_output") else {
+        return;
+    };
+    let drv = scratch.add_derivation(&bb, "fixme", "mkdir $out; echo good > $out/file", &[], &[]);
+    let out = scratch.arca_output(&drv);
+    scratch.arca_build_ok(&[&drv]);
+    let file = scratch.arca_physical(&out).join("file");
+    let dir = scratch.arca_physical(&out);
+    // Corrupt it as a careless admin would (the store is read-only by mode only).
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&file, "bad\n").unwrap();
+    let verify = scratch.arca(&["store", "verify", "--check-contents"]);
+    assert!(!verify.status.success(), "verify notices the corruption");
+
+    assert_eq!(scratch.arca_build_ok(&["--repair", &drv]), [out.clone()]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "good\n");
+    let verify = scratch.arca(&["store", "verify", "--check-contents"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let staging = scratch.arca_physical("/nix/store/.arca-staging");
+    let leftovers: Vec<_> = std::fs::read_dir(staging).unwrap().collect();
+    assert!(leftovers.is_empty(), "the old tree is gone: {leftovers:?}");
+}
