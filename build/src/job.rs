@@ -652,8 +652,28 @@ impl Job<'_> {
                 None => (entry.as_str(), false),
             };
             let (target, source) = entry.split_once('=').unwrap_or((entry, entry));
-            if let Ok(path) = store.store_dir().parse_path(source) {
+            // A source in the store brings the closure of its store path; the source
+            // itself is read where this store keeps its files.
+            if let Ok((path, below)) = store.store_dir().parse_path_prefix(source) {
+                if !store.is_valid_path(&path)? {
+                    if optional {
+                        continue;
+                    }
+                    return Err(BuildError::MissingInput {
+                        drv: self.display(),
+                        input: store.store_dir().display(&path),
+                    });
+                }
+                let physical = store.physical_path(&path).join(below);
                 store_paths.insert(path);
+                if target != source {
+                    mounts.push(Mount::Bind {
+                        source: physical,
+                        target: target.into(),
+                        writable: false,
+                        optional,
+                    });
+                }
                 continue;
             }
             mounts.push(Mount::Bind {

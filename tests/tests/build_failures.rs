@@ -467,3 +467,41 @@ fn repair_restores_a_corrupted_output() {
     let leftovers: Vec<_> = std::fs::read_dir(staging).unwrap().collect();
     assert!(leftovers.is_empty(), "the old tree is gone: {leftovers:?}");
 }
+
+/// `--sandbox-path TARGET=SOURCE` with a source inside a store path binds that file at
+/// the target and brings the store path's closure along, as Nix does.
+#[test]
+fn sandbox_path_from_the_store_is_bound_with_its_closure() {
+    let Some((scratch, bb)) = setup("sandbox_path_from_the_store_is_bound_with_its_closure") else {
+        return;
+    };
+    // Not an input of the derivation: it reaches the sandbox only through sandbox-paths.
+    let other = scratch.add_derivation(
+        &bb,
+        "other-tools",
+        "mkdir $out; echo tool > $out/t",
+        &[],
+        &[],
+    );
+    let other_out = scratch.arca_output(&other);
+    scratch.arca_build_ok(&[&other]);
+    let drv = scratch.add_derivation(
+        &bb,
+        "uses-sandbox-path",
+        &format!("/bin/sh -c 'cat {other_out}/t' > $out"),
+        &[("salt", "1")],
+        &[],
+    );
+    let out = scratch.arca_output(&drv);
+    scratch.arca_build_ok(&[
+        "--sandbox-path",
+        &format!("/bin/sh={bb}/busybox"),
+        "--sandbox-path",
+        &other_out,
+        &drv,
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(scratch.arca_physical(&out)).unwrap(),
+        "tool\n"
+    );
+}
