@@ -556,19 +556,44 @@ fn apply(op: &Op) -> nix::Result<()> {
     match op {
         Op::Mkdir { path, mode } => {
             // SAFETY: a NUL-terminated path.
-            if unsafe { libc::mkdir(path.as_ptr(), *mode) } != 0 && Errno::last() != Errno::EEXIST {
+            let created = unsafe { libc::mkdir(path.as_ptr(), *mode) } == 0;
+            if !created && Errno::last() != Errno::EEXIST {
                 return Err(Errno::last());
             }
-            // mkdir applies the umask; the mode is the spec's.
-            // SAFETY: a NUL-terminated path.
-            Errno::result(unsafe { libc::chmod(path.as_ptr(), *mode) }).map(drop)
+            // Never through a symlink (one planted in a writable bind would point the
+            // chmod at a host directory); an existing directory keeps its mode.
+            // SAFETY: a NUL-terminated path; the descriptor is closed below.
+            let fd = unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(Errno::last());
+            }
+            // mkdir applied the umask; the mode is the spec's.
+            // SAFETY: our own descriptor.
+            let result = if created {
+                unsafe { libc::fchmod(fd, *mode) }
+            } else {
+                0
+            };
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+            Errno::result(result).map(drop)
         }
         Op::Touch { path } => {
             // SAFETY: a NUL-terminated path; the descriptor is closed right away.
             let fd = unsafe {
+                // Not through a symlink, and without blocking on a fifo.
                 libc::open(
                     path.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    libc::O_RDONLY
+                        | libc::O_CREAT
+                        | libc::O_NOFOLLOW
+                        | libc::O_NONBLOCK
+                        | libc::O_CLOEXEC,
                     0o444,
                 )
             };

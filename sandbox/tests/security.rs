@@ -810,3 +810,41 @@ fn read_only_bind_takes_no_writable_submounts() {
     assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0), "{out}");
     assert_eq!(out.lines().last(), Some("1"), "only the top mount: {out}");
 }
+
+/// Layout steps never act through a symlink found in a writable bind: such a link can
+/// name a host directory or file, which the (root) setup must not chmod or create.
+#[test]
+fn layout_never_follows_symlinks_planted_in_a_writable_bind() {
+    if !common::require_root() || common::busybox().is_none() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let victim = common::tempdir();
+    std::fs::set_permissions(victim.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let planted = common::tempdir();
+    std::os::unix::fs::symlink(victim.path(), planted.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink(victim.path().join("created"), planted.path().join("file")).unwrap();
+
+    for extra in [
+        arca_sandbox::Mount::Dir {
+            target: "/w/sub".into(),
+            mode: 0o777,
+        },
+        arca_sandbox::Mount::bind_ro("/usr/bin/busybox", "/w/file"),
+    ] {
+        let spec = common::sh("true")
+            .mount(arca_sandbox::Mount::bind_rw(planted.path(), "/w"))
+            .mount(extra);
+        let _ = arca_sandbox::run(&spec, &mut std::io::sink());
+        let mode = std::fs::metadata(victim.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o755, "the host directory was not chmodded");
+        assert!(
+            !victim.path().join("created").exists(),
+            "no host file was created"
+        );
+    }
+}
