@@ -79,6 +79,24 @@ impl Job<'_> {
                 reason: "structured attributes (__structuredAttrs) are not supported yet".into(),
             });
         }
+        // Only this machine's platform: the seccomp filter kills 32-bit system calls, so
+        // not even i686-linux builds here (Nix's extra-platforms is not supported).
+        if self.drv.builder.starts_with("builtin:") {
+            return Err(BuildError::Unsupported {
+                drv: self.display(),
+                reason: format!(
+                    "the builtin builder '{}' is not supported yet",
+                    self.drv.builder
+                ),
+            });
+        }
+        if self.drv.system != host_system() {
+            return Err(BuildError::WrongSystem {
+                drv: self.display(),
+                system: self.drv.system.clone(),
+                host: host_system(),
+            });
+        }
         let inputs = self.input_closure()?;
 
         let output_paths: BTreeSet<StorePath> = outputs.values().cloned().collect();
@@ -320,9 +338,10 @@ impl Job<'_> {
                 })
             }
             Outcome::Signaled(signal) => {
-                return Err(BuildError::BuilderFailed {
+                return Err(BuildError::BuilderSignaled {
                     drv: display,
-                    code: 128 + signal,
+                    signal,
+                    name: signal_name(signal),
                     tail: Vec::new(),
                 })
             }
@@ -805,6 +824,32 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The description of a signal, as Nix prints it (`strsignal`: "Killed", "Segmentation
+/// fault").
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| match s {
+            nix::sys::signal::Signal::SIGKILL => "Killed",
+            nix::sys::signal::Signal::SIGSEGV => "Segmentation fault",
+            nix::sys::signal::Signal::SIGABRT => "Aborted",
+            nix::sys::signal::Signal::SIGTERM => "Terminated",
+            nix::sys::signal::Signal::SIGBUS => "Bus error",
+            nix::sys::signal::Signal::SIGILL => "Illegal instruction",
+            nix::sys::signal::Signal::SIGFPE => "Floating point exception",
+            nix::sys::signal::Signal::SIGINT => "Interrupt",
+            nix::sys::signal::Signal::SIGPIPE => "Broken pipe",
+            nix::sys::signal::Signal::SIGSYS => "Bad system call",
+            other => other.as_str(),
+        })
+        .unwrap_or("Unknown signal")
+        .to_string()
+}
+
+/// The Nix system name of this machine (`x86_64-linux`, `aarch64-linux`, ...).
+pub(crate) fn host_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
+}
+
 /// Puts the log's last lines into a builder failure.
 fn with_tail(error: BuildError, tail: Vec<String>) -> BuildError {
     match error {
@@ -812,6 +857,14 @@ fn with_tail(error: BuildError, tail: Vec<String>) -> BuildError {
             BuildError::BuilderFailed { drv, code, tail }
         }
         BuildError::Limit { drv, reason, .. } => BuildError::Limit { drv, reason, tail },
+        BuildError::BuilderSignaled {
+            drv, signal, name, ..
+        } => BuildError::BuilderSignaled {
+            drv,
+            signal,
+            name,
+            tail,
+        },
         other => other,
     }
 }

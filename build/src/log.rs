@@ -183,8 +183,8 @@ fn memchr_newline(bytes: &[u8]) -> Option<usize> {
 
 /// What of a log line may reach a terminal: ANSI escape sequences (CSI `ESC [ ... final`,
 /// OSC `ESC ] ... BEL/ST`, two-byte `ESC x`) and other control characters are dropped,
-/// tabs become spaces up to the next multiple of 8, a carriage return starts the line
-/// over (as a terminal would show it), invalid UTF-8 is replaced.
+/// tabs become spaces up to the next multiple of 8, carriage returns are dropped (as
+/// Nix does), invalid UTF-8 is replaced.
 pub fn filter_escapes(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(text.len());
@@ -217,7 +217,8 @@ pub fn filter_escapes(raw: &[u8]) -> String {
                 let width = out.chars().count();
                 out.extend(std::iter::repeat_n(' ', 8 - width % 8));
             }
-            '\r' => out.clear(),
+            // Nix's filter drops carriage returns (a CRLF line stays whole).
+            '\r' => {}
             c if c.is_control() => {}
             c => out.push(c),
         }
@@ -235,10 +236,7 @@ mod tests {
         assert_eq!(filter_escapes(b"\x1b]0;title\x07after"), "after");
         assert_eq!(filter_escapes(b"\x1b]8;;http://x\x1b\\link"), "link");
         assert_eq!(filter_escapes(b"a\tb"), "a       b");
-        assert_eq!(
-            filter_escapes(b"progress 10%\rprogress 100%"),
-            "progress 100%"
-        );
+        assert_eq!(filter_escapes(b"dos line\r"), "dos line");
         assert_eq!(
             filter_escapes(b"bell\x07 and \x08backspace"),
             "bell and backspace"

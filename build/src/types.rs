@@ -186,6 +186,31 @@ pub enum BuildError {
         /// The last lines of its log.
         tail: Vec<String>,
     },
+    /// The builder was killed by a signal (not by a limit).
+    #[error(
+        "builder for '{drv}' failed due to signal {signal} ({name}){}",
+        tail_text(tail)
+    )]
+    BuilderSignaled {
+        /// The `.drv` path.
+        drv: String,
+        /// The signal number.
+        signal: i32,
+        /// Its description, as `strsignal` gives it (`Killed`).
+        name: String,
+        /// The last lines of its log.
+        tail: Vec<String>,
+    },
+    /// The derivation is for another platform.
+    #[error("a '{system}' is required to build '{drv}', but I am a '{host}'")]
+    WrongSystem {
+        /// The `.drv` path.
+        drv: String,
+        /// The derivation's `system`.
+        system: String,
+        /// This machine's.
+        host: String,
+    },
     /// A limit was hit.
     #[error("builder for '{drv}' {reason}{}", tail_text(tail))]
     Limit {
@@ -290,4 +315,32 @@ fn tail_text(tail: &[String]) -> String {
 
 fn list(paths: &[String]) -> String {
     paths.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_nix_words_them() {
+        let signaled = BuildError::BuilderSignaled {
+            drv: "/nix/store/x-a.drv".into(),
+            signal: 9,
+            name: "Killed".into(),
+            tail: vec!["last words".into()],
+        };
+        assert_eq!(
+            signaled.to_string(),
+            "builder for '/nix/store/x-a.drv' failed due to signal 9 (Killed);\nlast 1 log lines:\n> last words"
+        );
+        let system = BuildError::WrongSystem {
+            drv: "/nix/store/x-a.drv".into(),
+            system: "aarch64-darwin".into(),
+            host: "x86_64-linux".into(),
+        };
+        assert_eq!(
+            system.to_string(),
+            "a 'aarch64-darwin' is required to build '/nix/store/x-a.drv', but I am a 'x86_64-linux'"
+        );
+    }
 }

@@ -455,7 +455,10 @@ fn repair_restores_a_corrupted_output() {
     let verify = scratch.arca(&["store", "verify", "--check-contents"]);
     assert!(!verify.status.success(), "verify notices the corruption");
 
-    assert_eq!(scratch.arca_build_ok(&["--repair", &drv]), [out.clone()]);
+    assert_eq!(
+        scratch.arca_build_ok(&["--repair", &drv]),
+        std::slice::from_ref(&out)
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "good\n");
     let verify = scratch.arca(&["store", "verify", "--check-contents"]);
     assert!(
