@@ -58,9 +58,11 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     let (go_read, go_write) = pipe()?;
     let (exec_read, exec_write) = pipe()?;
     let (output_read, output_write) = pipe()?;
-    let dev_null: OwnedFd = File::open("/dev/null")
-        .map_err(|e| host("opening /dev/null", e))?
-        .into();
+    let dev_null = above_stdio(
+        File::open("/dev/null")
+            .map_err(|e| host("opening /dev/null", e))?
+            .into(),
+    )?;
     let context = ChildContext {
         plan: &plan,
         fds: ChildFds {
@@ -482,7 +484,21 @@ fn read_record(pipe: &mut File) -> Result<Option<Record>, SandboxError> {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
-    pipe2(OFlag::O_CLOEXEC).map_err(|errno| host("creating a pipe", errno.into()))
+    let (read, write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|errno| host("creating a pipe", errno.into()))?;
+    Ok((above_stdio(read)?, above_stdio(write)?))
+}
+
+/// Moves a descriptor to 3 or above: a caller that runs with stdin, stdout or stderr
+/// closed gets those numbers back from `pipe`/`open`, and init's `dup2` onto 0-2 would
+/// then overwrite them.
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // `try_clone` duplicates with F_DUPFD_CLOEXEC from 3 up.
+    fd.try_clone()
+        .map_err(|err| host("moving a descriptor above 2", err))
 }
 
 fn host(context: &str, source: io::Error) -> SandboxError {
