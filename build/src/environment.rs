@@ -1,11 +1,15 @@
 //! The environment a builder sees, exactly as Nix 2.8 sets it (`initEnv`): the
 //! derivation's own variables over a fixed base, `passAsFile` variables turned into files
-//! in the build directory, and the build directory in every temporary-directory variable.
+//! in the build directory, and the build directory in every temporary-directory variable;
+//! or, with structured attributes, `.attrs.json` and `.attrs.sh` instead of the
+//! derivation's variables.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arca_store_core::derivation::Derivation;
-use arca_store_core::{Hash, HashAlgo, StoreDir};
+use arca_store_core::derivation::{Derivation, OutputName};
+use arca_store_core::{Hash, HashAlgo, StoreDir, StorePath};
+
+use crate::structured_attrs::structured_attrs;
 
 /// Where the build directory is inside the sandbox.
 pub const SANDBOX_BUILD_DIR: &str = "/build";
@@ -17,17 +21,21 @@ pub struct BuildEnvironment {
     pub vars: BTreeMap<String, String>,
     /// Files to create in the build directory first: (file name, contents).
     pub files: Vec<(String, Vec<u8>)>,
+    /// The structured attributes (with `outputs` filled in), when the derivation has them.
+    pub structured: Option<serde_json::Value>,
 }
 
-/// Computes the environment of `drv`'s builder. `impure` answers `impureEnvVars` of a
-/// fixed-output derivation from the caller's environment (unset variables become empty,
-/// as in Nix).
+/// Computes the environment of `drv`'s builder, whose outputs are `outputs`. `impure`
+/// answers `impureEnvVars` of a fixed-output derivation from the caller's environment
+/// (unset variables become empty, as in Nix). Fails only on malformed structured
+/// attributes.
 pub fn build_environment(
     drv: &Derivation,
+    outputs: &BTreeMap<OutputName, StorePath>,
     store_dir: &StoreDir,
     cores: u32,
     impure: &dyn Fn(&str) -> Option<String>,
-) -> BuildEnvironment {
+) -> Result<BuildEnvironment, String> {
     let mut vars = BTreeMap::new();
     // Defaults a derivation may override.
     vars.insert("PATH".to_string(), "/path-not-set".to_string());
@@ -41,7 +49,32 @@ pub fn build_environment(
         .map(|names| names.split_whitespace().collect())
         .unwrap_or_default();
     let mut files = Vec::new();
-    for (name, value) in &drv.env {
+    let structured = match drv.env.get("__json") {
+        Some(json) => {
+            let attrs = structured_attrs(json, outputs, store_dir)?;
+            // Nix 2.8 sets these to the build directory's host path, which a sandboxed
+            // builder cannot open (fixed in later Nix); the sandbox path is what works.
+            vars.insert(
+                "NIX_ATTRS_JSON_FILE".to_string(),
+                format!("{SANDBOX_BUILD_DIR}/.attrs.json"),
+            );
+            vars.insert(
+                "NIX_ATTRS_SH_FILE".to_string(),
+                format!("{SANDBOX_BUILD_DIR}/.attrs.sh"),
+            );
+            files.push((".attrs.json".to_string(), attrs.json.into_bytes()));
+            files.push((".attrs.sh".to_string(), attrs.shell.into_bytes()));
+            Some(attrs.value)
+        }
+        None => None,
+    };
+    // With structured attributes, none of the derivation's variables is passed.
+    let plain = if structured.is_some() {
+        BTreeMap::new()
+    } else {
+        drv.env.clone()
+    };
+    for (name, value) in &plain {
         if pass_as_file.contains(name.as_str()) {
             let file = format!(
                 ".attr-{}",
@@ -65,7 +98,11 @@ pub fn build_environment(
     }
     vars.insert("NIX_LOG_FD".to_string(), "2".to_string());
     vars.insert("TERM".to_string(), "xterm-256color".to_string());
-    BuildEnvironment { vars, files }
+    Ok(BuildEnvironment {
+        vars,
+        files,
+        structured,
+    })
 }
 
 /// Whether a binary cache may be asked for the outputs of `drv` (`allowSubstitutes`,
@@ -115,10 +152,12 @@ mod tests {
                 ("out", "/nix/store/x-probe"),
                 ("system", "x86_64-linux"),
             ]),
+            &BTreeMap::new(),
             &StoreDir::default(),
             2,
             &|_| None,
-        );
+        )
+        .unwrap();
         let expected: BTreeMap<String, String> = [
             ("HOME", "/homeless-shelter"),
             ("NIX_BUILD_CORES", "2"),
@@ -160,10 +199,12 @@ mod tests {
                 ("big", "lots of text"),
                 ("PATH", "/bin"),
             ]),
+            &BTreeMap::new(),
             &StoreDir::default(),
             1,
             &|_| None,
-        );
+        )
+        .unwrap();
         assert!(!env.vars.contains_key("big"));
         let file = format!(
             ".attr-{}",

@@ -73,12 +73,6 @@ impl Job<'_> {
     fn run_with(&self, leftovers: &mut Leftovers) -> Result<JobOutcome, BuildError> {
         let store = self.store;
         let outputs = self.outputs()?;
-        if self.drv.env.contains_key("__json") {
-            return Err(BuildError::Unsupported {
-                drv: self.display(),
-                reason: "structured attributes (__structuredAttrs) are not supported yet".into(),
-            });
-        }
         // Only this machine's platform: the seccomp filter kills 32-bit system calls, so
         // not even i686-linux builds here (Nix's extra-platforms is not supported).
         if self.drv.builder.starts_with("builtin:") {
@@ -252,9 +246,14 @@ impl Job<'_> {
                 nix::unistd::getegid().as_raw(),
             )
         };
-        let environment = build_environment(self.drv, store_dir, self.options.cores, &|name| {
-            std::env::var(name).ok()
-        });
+        let environment =
+            build_environment(self.drv, outputs, store_dir, self.options.cores, &|name| {
+                std::env::var(name).ok()
+            })
+            .map_err(|reason| BuildError::Unsupported {
+                drv: self.display(),
+                reason,
+            })?;
         for (name, contents) in &environment.files {
             let file = build_dir.path.join(name);
             fs::write(&file, contents).map_err(|source| BuildError::BuildDir {
@@ -280,6 +279,7 @@ impl Job<'_> {
             &self.drv.builder,
             std::iter::once(builder_name).chain(self.drv.args.iter().cloned()),
         );
+        let structured = environment.structured;
         spec.env = environment
             .vars
             .into_iter()
@@ -380,7 +380,7 @@ impl Job<'_> {
             let info = self.output_info(path, &location, &candidates, build_uid)?;
             built.push(BuiltPath { info, location });
         }
-        self.check_reference_policy(outputs, &built)?;
+        self.check_reference_policy(outputs, &built, structured.as_ref())?;
 
         if self.options.check {
             let mut differences = Vec::new();
@@ -553,6 +553,7 @@ impl Job<'_> {
         &self,
         outputs: &BTreeMap<OutputName, StorePath>,
         built: &[BuiltPath],
+        structured: Option<&serde_json::Value>,
     ) -> Result<(), BuildError> {
         let store_dir = self.store.store_dir();
         let built_refs: BTreeMap<&StorePath, &BTreeSet<StorePath>> = built
@@ -566,11 +567,30 @@ impl Job<'_> {
                 ("disallowedReferences", false, false),
                 ("disallowedRequisites", true, false),
             ] {
-                let Some(list) = self.drv.env.get(variable) else {
-                    continue;
+                // Structured attributes put the lists per output under `outputChecks`;
+                // otherwise they are space-separated variables for every output.
+                let words: Vec<String> = match structured {
+                    Some(attrs) => {
+                        let name = outputs
+                            .iter()
+                            .find(|(_, path)| **path == output.info.path)
+                            .map(|(name, _)| name.as_str())
+                            .unwrap_or_default();
+                        match attrs["outputChecks"][name][variable].as_array() {
+                            Some(list) => list
+                                .iter()
+                                .map(|v| v.as_str().unwrap_or_default().to_string())
+                                .collect(),
+                            None => continue,
+                        }
+                    }
+                    None => match self.drv.env.get(variable) {
+                        Some(list) => list.split_whitespace().map(str::to_string).collect(),
+                        None => continue,
+                    },
                 };
                 let mut listed = BTreeSet::new();
-                for word in list.split_whitespace() {
+                for word in words.iter().map(String::as_str) {
                     if let Some(path) = OutputName::new(word)
                         .ok()
                         .and_then(|name| outputs.get(&name))

@@ -10,8 +10,8 @@
 //! checked (fixed-output hashes, allowed/disallowed references), scanned for references,
 //! canonicalised and registered in one transaction with their deriver.
 //!
-//! Not supported yet: structured attributes (`__structuredAttrs`), content-addressed
-//! (floating) derivations, substitution, remote builds.
+//! Not supported yet: content-addressed (floating) derivations, `exportReferencesGraph`,
+//! builtin builders (`builtin:fetchurl`), substitution, remote builds.
 //!
 //! # Example
 //!
@@ -36,6 +36,7 @@ mod job;
 mod log;
 mod pending;
 mod scheduler;
+mod structured_attrs;
 mod types;
 
 pub use environment::{
@@ -44,4 +45,5 @@ pub use environment::{
 };
 pub use log::{filter_escapes, log_path, read_log};
 pub use scheduler::build;
+pub use structured_attrs::{structured_attrs, StructuredAttrs};
 pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};

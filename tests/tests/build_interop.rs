@@ -581,3 +581,42 @@ fn concurrent_builds_of_overlapping_graphs_build_each_derivation_once() {
     assert!(staging_leftovers(&scratch.arca_root()).is_empty());
     assert_arca_verify_clean(&scratch.arca_root(), "after concurrent builds");
 }
+
+/// Structured attributes: `.attrs.json`, `.attrs.sh`, the environment (all but Nix 2.8's
+/// host-path NIX_ATTRS_*_FILE values) and `outputChecks` as Nix gives them: the same
+/// output, NAR hash and all.
+#[test]
+fn structured_attributes_build_as_in_nix() {
+    if !tools_available("structured_attributes_build_as_in_nix") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let drvs = scratch.instantiate_for_both("structured.nix", &[], &["structured"]);
+    let outputs = assert_builds_like_nix(&scratch, &drvs);
+    let out = &outputs[0];
+    let attrs = std::fs::read_to_string(scratch.arca_physical(out).join(".attrs.json")).unwrap();
+    assert!(attrs.contains(r#""outputs":{"out":""#), "{attrs}");
+}
+
+/// `outputChecks` of structured attributes are enforced, as Nix enforces them.
+#[test]
+fn structured_output_checks_refuse_what_nix_refuses() {
+    if !tools_available("structured_output_checks_refuse_what_nix_refuses") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let drvs = scratch.instantiate_for_both("structured.nix", &[], &["forbidden"]);
+    let stderr = scratch.arca_build_fails(&[&drvs[0]]);
+    assert!(
+        stderr.contains("is not allowed to refer to the following paths"),
+        "{stderr}"
+    );
+    let nix = scratch.nix_store_output(&["--option", "sandbox", "true", "--realise", &drvs[0]]);
+    assert!(!nix.status.success(), "Nix refuses it too");
+    assert!(
+        String::from_utf8_lossy(&nix.stderr)
+            .contains("is not allowed to refer to the following paths"),
+        "{}",
+        String::from_utf8_lossy(&nix.stderr)
+    );
+}
