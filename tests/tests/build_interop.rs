@@ -620,3 +620,17 @@ fn structured_output_checks_refuse_what_nix_refuses() {
         String::from_utf8_lossy(&nix.stderr)
     );
 }
+
+/// `passAsFile`: the variable becomes `.attr-<hash>` in the build directory, named by
+/// `<name>Path`, exactly as under Nix (same output, NAR hash and all).
+#[test]
+fn pass_as_file_builds_as_in_nix() {
+    if !tools_available("pass_as_file_builds_as_in_nix") {
+        return;
+    }
+    let scratch = Scratch::new();
+    let drvs = scratch.instantiate_for_both("structured.nix", &[], &["passAsFile"]);
+    let outputs = assert_builds_like_nix(&scratch, &drvs);
+    let big = std::fs::read_to_string(scratch.arca_physical(&outputs[0]).join("big")).unwrap();
+    assert_eq!(big, "a value\nover two lines");
+}

@@ -2,7 +2,8 @@
 # the builder copies `.attrs.json` and `.attrs.sh` and dumps its environment (without the
 # NIX_ATTRS_*_FILE variables, which Nix 2.8 sets to a host path, see build/src/environment.rs)
 # into its output, so that Arca and Nix must write byte-identical files to get one NAR hash.
-# `outputChecks` holds the reference checks of structured derivations.
+# `outputChecks` holds the reference checks of structured derivations. `passAsFile` (for
+# derivations without structured attributes) moves variables into files.
 { bb }:
 let
   bbPath = builtins.path { path = bb; name = "bb"; };
@@ -48,5 +49,22 @@ in
       echo "$o ${bbPath}" > $o
     '' ];
     outputChecks.out.allowedReferences = [ ];
+  };
+
+  passAsFile = derivation {
+    name = "pass-as-file";
+    system = "x86_64-linux";
+    builder = "${bbPath}/busybox";
+    args = [ "sh" "-c" ''
+      mkdir $out
+      cp "$bigPath" $out/big
+      echo "$bigPath" > $out/big-path
+      ls -a > $out/listing
+      env | sort > $out/env
+    '' ];
+    PATH = "${bbPath}";
+    passAsFile = [ "big" ];
+    big = "a value\nover two lines";
+    small = "stays a variable";
   };
 }
