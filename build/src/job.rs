@@ -144,13 +144,16 @@ impl Job<'_> {
                 line,
             })
         };
-        let mut log =
-            LogSink::create(store.log_dir(), self.drv_path, &mut on_line).map_err(|source| {
-                BuildError::BuildDir {
-                    path: store.log_dir().to_path_buf(),
-                    source,
-                }
-            })?;
+        let mut log = LogSink::create(
+            store.log_dir(),
+            self.drv_path,
+            &self.options.build_dir_parent,
+            &mut on_line,
+        )
+        .map_err(|source| BuildError::BuildDir {
+            path: store.log_dir().to_path_buf(),
+            source,
+        })?;
         let build_dir = BuildDir::create(&self.options.build_dir_parent, &self.drv.name)?;
         let result = self.build_in(&mut work, &build_dir, &mut log, leftovers);
         let tail = log.tail();

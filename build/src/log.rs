@@ -40,17 +40,28 @@ pub(crate) struct LogSink<'a> {
 impl<'a> LogSink<'a> {
     /// A sink for the log of `drv` under `log_dir` (a reader never sees half a log: the
     /// stored one appears by rename).
+    ///
+    /// The raw log is written in `raw_dir` (the build directories' parent): off the
+    /// store's file system, whose journal the group commit keeps busy.
     pub fn create(
         log_dir: &Path,
         drv: &StorePath,
+        raw_dir: &Path,
         on_line: &'a mut dyn FnMut(String),
     ) -> io::Result<LogSink<'a>> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let path = log_path(log_dir, drv);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        let temporary = path.with_extension(format!("raw-{}", std::process::id()));
-        let file = File::create(&temporary)?;
+        let temporary = raw_dir.join(format!(
+            "arca-log-{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            drv.hash_part()
+        ));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
         Ok(LogSink {
             file: Some((io::BufWriter::new(file), temporary, path)),
             partial: Vec::new(),
@@ -133,6 +144,9 @@ impl Drop for PendingLog {
 }
 
 fn compress(raw: &Path, path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
     let temporary = path.with_extension(format!("bz2.tmp-{}", std::process::id()));
     let mut input = File::open(raw)?;
     // Level 1 (100 kB blocks): logs are text, and level 9's 900 kB blocks make starting
@@ -249,7 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let drv = StorePath::from_base_name("vv6zc7aa5dmqwl4lhir98z10a6kd88hn-probe.drv").unwrap();
         let mut on_line = |_: String| {};
-        let mut sink = LogSink::create(dir.path(), &drv, &mut on_line).unwrap();
+        let mut sink = LogSink::create(dir.path(), &drv, dir.path(), &mut on_line).unwrap();
         for i in 0..20 {
             writeln!(sink, "line {i}").unwrap();
         }
@@ -266,7 +280,7 @@ mod tests {
         let drv = StorePath::from_base_name("vv6zc7aa5dmqwl4lhir98z10a6kd88hn-probe.drv").unwrap();
         let mut lines = Vec::new();
         let mut on_line = |line: String| lines.push(line);
-        let mut sink = LogSink::create(dir.path(), &drv, &mut on_line).unwrap();
+        let mut sink = LogSink::create(dir.path(), &drv, dir.path(), &mut on_line).unwrap();
         sink.write_all(b"one\ntw").unwrap();
         sink.write_all(b"o\nthree").unwrap();
         sink.note("error: it failed");
