@@ -8,13 +8,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p arca
-work=/tmp/arca-bench
-if [ "$(id -u)" = 0 ]; then
-  work=/mnt/arca-bench
-  if ! mountpoint -q "$work"; then
-    img=/tmp/arca-bench.img
-    [ -f "$img" ] || { truncate -s 8G "$img" && mkfs.ext4 -q -F "$img"; }
-    mkdir -p "$work" && mount -o loop "$img" "$work"
-  fi
-fi
+. bench/bench-fs.sh
 exec python3 bench/compare.py --arca target/release/arca --work "$work" "$@"

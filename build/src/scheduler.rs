@@ -41,19 +41,19 @@ pub fn build(
     let pending = Pending::default();
     let (commits, commit_queue) = mpsc::channel::<Commit>();
     let workers = options.max_jobs.max(1).min(to_build.max(1));
+    let shared = Shared {
+        store,
+        graph: &graph,
+        options,
+        state: &state,
+        wake: &wake,
+        finished: &finished,
+        pending: &pending,
+    };
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let events = events.clone();
             let commits = commits.clone();
-            let shared = Shared {
-                store,
-                graph: &graph,
-                options,
-                state: &state,
-                wake: &wake,
-                finished: &finished,
-                pending: &pending,
-            };
             scope.spawn(move || {
                 let emit = move |event: BuildEvent| {
                     let _ = events.send(event);
@@ -63,15 +63,6 @@ pub fn build(
         }
         drop(commits);
         let committer_events = events.clone();
-        let shared = Shared {
-            store,
-            graph: &graph,
-            options,
-            state: &state,
-            wake: &wake,
-            finished: &finished,
-            pending: &pending,
-        };
         scope.spawn(move || {
             let emit = move |event: BuildEvent| {
                 let _ = committer_events.send(event);
@@ -267,7 +258,8 @@ impl State {
     }
 }
 
-/// What every worker shares.
+/// What every worker (and the committer) shares.
+#[derive(Clone, Copy)]
 struct Shared<'a> {
     store: &'a LocalStore,
     graph: &'a Graph,
