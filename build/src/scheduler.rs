@@ -54,21 +54,11 @@ pub fn build(
         for _ in 0..workers {
             let events = events.clone();
             let commits = commits.clone();
-            scope.spawn(move || {
-                let emit = move |event: BuildEvent| {
-                    let _ = events.send(event);
-                };
-                worker(&shared, &commits, &emit);
-            });
+            scope.spawn(move || worker(&shared, &commits, &forward_to(events)));
         }
         drop(commits);
         let committer_events = events.clone();
-        scope.spawn(move || {
-            let emit = move |event: BuildEvent| {
-                let _ = committer_events.send(event);
-            };
-            committer(&shared, &commit_queue, &emit);
-        });
+        scope.spawn(move || committer(&shared, &commit_queue, &forward_to(committer_events)));
         drop(events);
         for event in receiver {
             on_event(event);
@@ -82,6 +72,14 @@ pub fn build(
         results.insert(drv, BuildResult::NotBuilt { because_of });
     }
     Ok(results)
+}
+
+/// An event sink for a worker thread: events go to the caller's thread, which hands them
+/// to `on_event` (a closed channel means the run is over; nothing is left to tell).
+fn forward_to(events: mpsc::Sender<BuildEvent>) -> impl Fn(BuildEvent) + Sync {
+    move |event| {
+        let _ = events.send(event);
+    }
 }
 
 /// One derivation in the graph.
