@@ -9,6 +9,7 @@ mod build;
 mod derivation;
 mod hash;
 mod nar;
+mod optimise;
 mod progress;
 mod store;
 mod store_commands;

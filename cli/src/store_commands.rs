@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use arca_store_core::{dependency_order, HashAlgo, Store, StoreDir, StorePath};
-use arca_store_sqlite::{LocalStore, VerifyOptions, VerifyProblem};
+use arca_store_sqlite::{GcAction, GcOptions, GcReport, LocalStore, VerifyOptions, VerifyProblem};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
@@ -26,8 +26,62 @@ pub enum StoreCommand {
     Query(QueryArgs),
     /// Check the store against the registry (== `nix-store --verify`).
     Verify(VerifyArgs),
-    /// Delete paths that nothing refers to (== `nix-store --delete`).
-    Delete(PathsArgs),
+    /// Delete paths that are dead: no root keeps them and nothing refers to them
+    /// (== `nix-store --delete`).
+    Delete(DeleteArgs),
+    /// Delete every path no root keeps alive (== `nix-store --gc`).
+    Gc(GcArgs),
+    /// Hard-link identical files in the store (== `nix-store --optimise`).
+    Optimise(crate::optimise::OptimiseArgs),
+    /// Make LINK a symlink to PATH registered as a garbage collector root (==
+    /// `nix-store --realise PATH --add-root LINK`).
+    AddRoot(AddRootArgs),
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// Delete even paths that roots keep alive (only references are respected).
+    #[arg(long)]
+    ignore_liveness: bool,
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+#[group(id = "gc-action", multiple = false)]
+pub struct GcArgs {
+    /// Print the roots and the paths they keep alive, don't delete anything.
+    #[arg(long)]
+    print_roots: bool,
+    /// Print the live paths, don't delete anything.
+    #[arg(long)]
+    print_live: bool,
+    /// Print the paths that would be deleted, don't delete anything.
+    #[arg(long)]
+    print_dead: bool,
+    /// Same as --print-dead, with the bytes they take.
+    #[arg(long)]
+    dry_run: bool,
+    /// Stop after freeing this many bytes (suffixes K, M, G, T as Nix accepts).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_freed: Option<u64>,
+    /// Keep the outputs of live derivations (Nix's keep-outputs).
+    #[arg(long)]
+    keep_outputs: bool,
+    /// Don't keep the derivations of live outputs (Nix's keep-derivations = false).
+    #[arg(long)]
+    no_keep_derivations: bool,
+    /// Don't look for runtime roots in /proc.
+    #[arg(long)]
+    no_runtime_roots: bool,
+}
+
+#[derive(Args)]
+pub struct AddRootArgs {
+    /// The symlink to create (an indirect root, like a `result` link).
+    link: PathBuf,
+    /// The store path it points to.
+    path: String,
 }
 
 #[derive(Args)]
@@ -77,6 +131,9 @@ pub struct QueryFlags {
     /// The output paths of derivations.
     #[arg(long)]
     outputs: bool,
+    /// The garbage collector roots that keep the paths alive (`LINK -> PATH`).
+    #[arg(long)]
+    roots: bool,
 }
 
 #[derive(Args)]
@@ -229,12 +286,21 @@ pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         StoreCommand::Delete(args) => {
             let paths = parse_paths(&store, &args.paths)?;
-            // Referrers first, so that deleting a path and what refers to it works.
-            let order = dependency_order(&paths, |p| store.query_references(p))?;
-            for path in order.iter().rev() {
-                store.delete_path(path)?;
-                writeln!(out, "deleted '{}'", store_dir.display(path))?;
-            }
+            let options = GcOptions {
+                action: GcAction::DeleteSpecific(paths.into_iter().collect()),
+                ignore_liveness: args.ignore_liveness,
+                ..GcOptions::default()
+            };
+            let report = collect(&store, &options)?;
+            print_freed(&report, true, &mut out)?;
+        }
+        StoreCommand::Gc(args) => gc(&store, &args, &mut out)?,
+        StoreCommand::Optimise(args) => crate::optimise::optimise(&args, &store)?,
+        StoreCommand::AddRoot(args) => {
+            let path = parse_path_arg(&store_dir, &args.path)?;
+            require_valid(&store, &BTreeSet::from([path.clone()]))?;
+            let link = store.add_perm_root(&path, &args.link)?;
+            writeln!(out, "{}", link.display())?;
         }
     }
     out.flush()?;
@@ -268,6 +334,16 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
                 }
             } else {
                 writeln!(out, "{}", store_dir.display(path))?;
+            }
+        }
+        return Ok(());
+    }
+    if flags.roots {
+        // As Nix: the roots of everything that keeps the paths alive.
+        let keepers = store.registry().referrers_closure(&paths)?;
+        for root in store.find_roots(true)? {
+            if keepers.contains(&root.path) {
+                writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
             }
         }
         return Ok(());
@@ -449,4 +525,82 @@ pub fn path_info(args: &PathInfoArgs, global: &GlobalArgs) -> anyhow::Result<()>
     }
     out.flush()?;
     Ok(())
+}
+
+fn gc(store: &LocalStore, args: &GcArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let store_dir = store.store_dir();
+    if args.print_roots {
+        for root in store.find_roots(!args.no_runtime_roots)? {
+            writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
+        }
+        return Ok(());
+    }
+    let action = if args.print_live {
+        GcAction::ReturnLive
+    } else if args.print_dead || args.dry_run {
+        GcAction::ReturnDead
+    } else {
+        GcAction::DeleteDead
+    };
+    let deleting = action == GcAction::DeleteDead;
+    let options = GcOptions {
+        action,
+        max_freed: args.max_freed,
+        keep_outputs: args.keep_outputs,
+        keep_derivations: !args.no_keep_derivations,
+        runtime_roots: !args.no_runtime_roots,
+        ignore_liveness: false,
+    };
+    let report = collect(store, &options)?;
+    if deleting {
+        print_freed(&report, true, out)?;
+    } else {
+        for path in &report.paths {
+            writeln!(out, "{path}")?;
+        }
+        if args.dry_run {
+            eprintln!("{} store paths would be deleted", report.paths.len());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the collector with a progress bar on a terminal.
+fn collect(store: &LocalStore, options: &GcOptions) -> anyhow::Result<GcReport> {
+    let bar = crate::progress::GcBar::new();
+    let report = store.collect_garbage(options, &|p| bar.update(p));
+    bar.finish();
+    Ok(report?)
+}
+
+/// Nix's summary: each deleted path on stderr, then `N store paths deleted, X MiB freed`.
+fn print_freed(report: &GcReport, deleted: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    if deleted {
+        for path in &report.paths {
+            eprintln!("deleting '{path}'");
+        }
+    }
+    writeln!(
+        out,
+        "{} store paths deleted, {:.2} MiB freed",
+        report.paths.len(),
+        report.bytes_freed as f64 / (1024.0 * 1024.0)
+    )?;
+    Ok(())
+}
+
+/// A byte count with an optional K/M/G/T suffix (powers of 1024, as Nix).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.chars().last() {
+        Some('K' | 'k') => (&text[..text.len() - 1], 10),
+        Some('M' | 'm') => (&text[..text.len() - 1], 20),
+        Some('G' | 'g') => (&text[..text.len() - 1], 30),
+        Some('T' | 't') => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("'{text}' is not a byte count"))
 }

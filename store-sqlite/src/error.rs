@@ -77,6 +77,12 @@ pub enum StoreError {
     ReferenceCycle { path: String, reference: String },
     #[error("invalid hash part '{0}'")]
     InvalidHashPart(String),
+    #[error("cannot delete path '{0}' since it is still alive. To find out why, use: arca store query --roots {0}")]
+    StillAlive(String),
+    #[error("creating a garbage collector root ({}) in the store is forbidden", .0.display())]
+    RootInStore(PathBuf),
+    #[error("cannot create symlink '{}'; already exists", .0.display())]
+    RootExists(PathBuf),
 }
 
 /// Attaches the file at fault to an I/O error.

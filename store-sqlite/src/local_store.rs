@@ -20,6 +20,7 @@ use arca_store_core::{
 use crate::canonicalise::{canonicalise, store_restore_options, Owner};
 use crate::derivations::output_rows;
 use crate::error::{IoContext, StoreError};
+use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
@@ -66,6 +67,8 @@ pub struct LocalStore {
     registry: Mutex<Registry>,
     owner: Owner,
     durable: bool,
+    /// This handle's temporary roots: what it is adding or using stays alive.
+    temp_roots: TempRoots,
     /// Held (shared, flock) while the store is open, as Nix holds `db/big-lock`.
     _big_lock: File,
 }
@@ -101,7 +104,9 @@ impl LocalStore {
         big_lock.lock_shared().at(&big_lock_path)?;
         let registry = Registry::open(&state_dir.join("db"), options.store_dir.clone())?;
         let owner = nix::unistd::geteuid().is_root().then_some((0, 0));
+        let temp_roots = TempRoots::new(&state_dir, options.store_dir.clone());
         let store = LocalStore {
+            temp_roots,
             store_dir: options.store_dir,
             physical_store,
             staging_dir,
@@ -371,13 +376,22 @@ impl LocalStore {
         self.owner
     }
 
-    /// Takes the lock of `path` (`<store>/<base name>.lock`, as Nix names it).
+    /// This handle's temporary roots.
+    pub fn temp_roots(&self) -> &TempRoots {
+        &self.temp_roots
+    }
+
+    /// Takes the lock of `path` (`<store>/<base name>.lock`, as Nix names it), after
+    /// making it a temporary root: whatever the caller then finds (valid or not) stays
+    /// so until it is done.
     pub(crate) fn lock_path(&self, path: &StorePath) -> Result<PathLock, StoreError> {
+        self.add_temp_root(path)?;
         PathLock::acquire(&self.physical_store.join(format!("{}.lock", path.as_str())))
     }
 
     /// Takes the lock of `path` if nobody holds it.
     pub(crate) fn try_lock_path(&self, path: &StorePath) -> Result<Option<PathLock>, StoreError> {
+        self.add_temp_root(path)?;
         PathLock::try_acquire(&self.physical_store.join(format!("{}.lock", path.as_str())))
     }
 
@@ -448,6 +462,8 @@ impl LocalStore {
         info: &PathInfo,
         pending: &BTreeSet<StorePath>,
     ) -> Result<(), StoreError> {
+        // Rooted first, so that a reference seen valid stays valid until registered.
+        self.add_temp_roots(info.references.iter().filter(|r| !pending.contains(r)))?;
         let registry = self.registry();
         for reference in info.references.iter().filter(|r| **r != info.path) {
             if !pending.contains(reference) && !registry.is_valid(reference)? {

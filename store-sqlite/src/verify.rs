@@ -8,7 +8,7 @@ use arca_nar::DumpOptions;
 use arca_store_core::{Hash, HashAlgo, Hasher, Store, StorePath};
 
 use crate::error::{IoContext, StoreError};
-use crate::staging::remove_tree;
+use crate::gc::{GcAction, GcOptions};
 use crate::LocalStore;
 
 /// What `verify` should do.
@@ -186,17 +186,18 @@ impl LocalStore {
         }
     }
 
-    /// Deletes a valid path that no other valid path refers to: unregisters it (the
-    /// registry refuses while referrers exist), then removes its files. A crash in
-    /// between leaves unregistered files, which are garbage, never a valid path without
-    /// files.
+    /// Deletes a valid path that no other valid path refers to, whatever roots it has
+    /// (`nix-store --delete --ignore-liveness`), under the garbage collector's lock:
+    /// unregisters it (the registry refuses while referrers exist), then removes its
+    /// files. A crash in between leaves unregistered files, which are garbage, never a
+    /// valid path without files.
     pub fn delete_path(&self, path: &StorePath) -> Result<(), StoreError> {
-        let _lock = self.lock_path(path)?;
-        if !self.is_valid_path(path)? {
-            return Err(StoreError::InvalidPath(self.store_dir().display(path)));
-        }
-        self.registry().unregister(path)?;
-        let physical = self.physical_path(path);
-        remove_tree(&physical).at(&physical)
+        let options = GcOptions {
+            action: GcAction::DeleteSpecific(BTreeSet::from([path.clone()])),
+            ignore_liveness: true,
+            runtime_roots: false,
+            ..GcOptions::default()
+        };
+        self.collect_garbage(&options, &|_| {}).map(drop)
     }
 }

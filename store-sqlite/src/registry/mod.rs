@@ -28,6 +28,7 @@
 //!   leaves nothing written.
 
 mod closure;
+mod gc;
 mod retry;
 mod schema;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
 use crate::error::StoreError;
+pub use gc::PathGraph;
 use retry::retry;
 pub use schema::{NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA};
 

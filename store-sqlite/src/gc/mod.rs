@@ -1,0 +1,566 @@
+//! The garbage collector: roots of every kind Nix has, the live set computed over the
+//! whole registry loaded once, deletion that never leaves a valid path with a missing
+//! reference, and a locking protocol that keeps paths being added, built or used by
+//! other processes (Arca's or Nix's) alive.
+//!
+//! # Locking protocol
+//! 1. The collector takes `<state>/gc.lock` exclusively (one collector at a time; a
+//!    second one waits). Writers hold it shared only for the instant of appending a
+//!    temporary root to their file, so from here on no root reaches a file unseen.
+//! 2. It listens on `<state>/gc-socket/socket` *after* taking the lock (a collector
+//!    waiting for the lock must not steal the socket of the one running). A writer that
+//!    cannot get the shared lock sends its root there and retries until the socket
+//!    answers; see `temp_roots.rs`.
+//! 3. It reads the temporary roots files, then loads the registry as one graph
+//!    ([`PathGraph`]), and computes the live set from the roots under the state mutex;
+//!    roots arriving over the socket from then on are marked live (with their closure)
+//!    at once, under the same mutex.
+//! 4. It deletes dead paths referrers first, in batches: under the mutex it drops the
+//!    ones that became live and marks the rest *pending*; it unregisters them in one
+//!    transaction (which refuses any path a valid path still refers to, so a path
+//!    registered meanwhile with a reference to a dead path keeps that path alive);
+//!    then it takes each out of its store name (unlink, or rename into the trash) and
+//!    clears *pending*. A root for a pending path is acknowledged only after that, so
+//!    its sender then finds the path invalid and re-creates it instead of using a path
+//!    that is disappearing.
+//! 5. It sweeps the store directory for entries that are not valid paths: leftovers of
+//!    crashed writers, stale lock files. An entry whose hash part is a temporary root,
+//!    or whose `.lock` somebody holds (a writer between publishing and registering,
+//!    a build in progress), is left alone; the others are deleted under their lock.
+//! 6. It removes `.links` entries nothing uses any more, stops the socket and lets go
+//!    of the lock.
+//!
+//! A crash at any point leaves a consistent store: unregistration commits before any
+//! file is touched, so the worst case is unregistered files (swept by the next run)
+//! and trees in `<store>/.arca-trash` (emptied by the next run).
+
+mod remove;
+mod roots;
+mod server;
+mod temp_roots;
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arca_store_core::{Store, StorePath};
+
+use crate::error::{IoContext, StoreError};
+use crate::lock::{open_lock_file, PathLock};
+use crate::registry::PathGraph;
+use crate::staging::STAGING_DIR;
+use crate::LocalStore;
+use remove::{empty_trash, move_out, remove_tree_counting, MovedOut, TRASH_DIR};
+use roots::{find_link_roots, find_runtime_roots, parse_base_name, StoreLocation};
+pub use roots::{GcRoot, GcRootKind};
+use server::{Collector, Keep};
+pub use temp_roots::TempRoots;
+use temp_roots::{read_temp_roots, GC_LOCK};
+
+/// What a garbage collection does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GcAction {
+    /// Delete every dead path (`nix-store --gc`).
+    #[default]
+    DeleteDead,
+    /// Only list what would be deleted (`--print-dead`, `--dry-run`).
+    ReturnDead,
+    /// Only list the live paths (`--print-live`).
+    ReturnLive,
+    /// Delete exactly these paths, which must be dead (`nix-store --delete`).
+    DeleteSpecific(BTreeSet<StorePath>),
+}
+
+/// How a garbage collection runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub action: GcAction,
+    /// Stop once this many bytes are freed.
+    pub max_freed: Option<u64>,
+    /// Keep the outputs of live derivations (Nix's `keep-outputs`, default off).
+    pub keep_outputs: bool,
+    /// Keep the derivers of live outputs (Nix's `keep-derivations`, default on).
+    pub keep_derivations: bool,
+    /// Look for runtime roots in `/proc` (default on).
+    pub runtime_roots: bool,
+    /// With [`GcAction::DeleteSpecific`]: ignore roots, only refuse paths that other
+    /// valid paths refer to (`--ignore-liveness`).
+    pub ignore_liveness: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions {
+            action: GcAction::DeleteDead,
+            max_freed: None,
+            keep_outputs: false,
+            keep_derivations: true,
+            runtime_roots: true,
+            ignore_liveness: false,
+        }
+    }
+}
+
+/// What a garbage collection did or found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Full paths deleted (or dead, or live, by the action), sorted.
+    pub paths: Vec<String>,
+    /// Bytes freed by deleting files (0 when only listing).
+    pub bytes_freed: u64,
+    /// `.links` entries removed because nothing used them any more.
+    pub links_removed: u64,
+}
+
+/// How far a collection got (for a progress bar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcProgress {
+    /// Reading roots and the registry.
+    FindingRoots,
+    /// Deleting: `deleted` of `dead` paths, `bytes_freed` so far.
+    Deleting {
+        deleted: u64,
+        dead: u64,
+        bytes_freed: u64,
+    },
+    /// Removing unused `.links` entries.
+    PruningLinks,
+}
+
+/// Paths unregistered per transaction while deleting.
+const BATCH: usize = 256;
+
+impl LocalStore {
+    /// Makes `path` a temporary root of this store handle: no garbage collector deletes
+    /// it (or its closure) while the handle is open. See [`TempRoots::add`].
+    pub fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreError> {
+        self.temp_roots().add([path])
+    }
+
+    /// [`LocalStore::add_temp_root`] for several paths at once.
+    pub fn add_temp_roots<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<(), StoreError> {
+        self.temp_roots().add(paths)
+    }
+
+    /// Registers `link` (a symlink outside the store, e.g. a `result` link) as an
+    /// indirect root: `gcroots/auto/<base-32 sha1 of the link's path>` points to it, as
+    /// Nix names it. The link keeps its target alive for as long as it exists.
+    pub fn add_indirect_root(&self, link: &Path) -> Result<(), StoreError> {
+        let link = absolute(link)?;
+        let text = link.to_string_lossy();
+        let name = arca_store_core::Hash::digest(arca_store_core::HashAlgo::Sha1, text.as_bytes())
+            .to_base32();
+        let auto = self.state_dir().join("gcroots/auto");
+        fs::create_dir_all(&auto).at(&auto)?;
+        replace_symlink(&link, &auto.join(name))
+    }
+
+    /// Creates the symlink `link` to `path` and registers it as an indirect root (what
+    /// `nix-build -o`/`--add-root` do). An existing symlink into the store is replaced;
+    /// anything else at `link` is an error. Returns the absolute link.
+    pub fn add_perm_root(&self, path: &StorePath, link: &Path) -> Result<PathBuf, StoreError> {
+        let link = absolute(link)?;
+        let location = self.store_location();
+        if location.store_path_of(&link).is_some() {
+            return Err(StoreError::RootInStore(link));
+        }
+        self.add_temp_root(path)?;
+        if let Ok(metadata) = fs::symlink_metadata(&link) {
+            let into_store = metadata.file_type().is_symlink()
+                && fs::read_link(&link).is_ok_and(|t| location.store_path_of(&t).is_some());
+            if !into_store {
+                return Err(StoreError::RootExists(link));
+            }
+        }
+        replace_symlink(Path::new(&self.store_dir().display(path)), &link)?;
+        self.add_indirect_root(&link)?;
+        Ok(link)
+    }
+
+    /// Every root that keeps a valid path alive, sorted by link: the `gcroots` and
+    /// `profiles` trees, runtime roots (when `runtime`), temporary roots.
+    pub fn find_roots(&self, runtime: bool) -> Result<Vec<GcRoot>, StoreError> {
+        let mut roots = self.find_all_roots(runtime, false)?;
+        let registry = self.registry();
+        let mut valid = Vec::with_capacity(roots.len());
+        for root in roots.drain(..) {
+            if registry.is_valid(&root.path)? {
+                valid.push(root);
+            }
+        }
+        valid.sort();
+        Ok(valid)
+    }
+
+    fn find_all_roots(&self, runtime: bool, remove_stale: bool) -> Result<Vec<GcRoot>, StoreError> {
+        let location = self.store_location();
+        let mut roots = Vec::new();
+        find_link_roots(self.state_dir(), &location, remove_stale, &mut roots)?;
+        if runtime {
+            find_runtime_roots(&location, &mut roots);
+        }
+        for (owner, path) in read_temp_roots(self.state_dir(), self.store_dir())? {
+            roots.push(GcRoot {
+                link: format!("{{temp:{owner}}}"),
+                path,
+                kind: GcRootKind::Temporary,
+            });
+        }
+        Ok(roots)
+    }
+
+    fn store_location(&self) -> StoreLocation {
+        StoreLocation::new(self.store_dir(), self.physical_store())
+    }
+
+    /// Collects garbage: see the module documentation for what is deleted and how it is
+    /// kept safe against concurrent writers. `progress` hears how far it got.
+    pub fn collect_garbage(
+        &self,
+        options: &GcOptions,
+        progress: &dyn Fn(GcProgress),
+    ) -> Result<GcReport, StoreError> {
+        let lock_path = self.state_dir().join(GC_LOCK);
+        let gc_lock: File = open_lock_file(&lock_path)?;
+        if gc_lock.try_lock().is_err() {
+            tracing::warn!("waiting for the big garbage collector lock...");
+            gc_lock.lock().at(&lock_path)?;
+        }
+        let collector = Arc::new(Collector::new(Keep {
+            outputs: options.keep_outputs,
+            derivations: options.keep_derivations,
+        }));
+        let server = server::Server::start(self.state_dir(), self.store_dir().clone(), &collector)?;
+        let result = self.collect_locked(options, &collector, progress);
+        server.stop();
+        drop(gc_lock);
+        result
+    }
+
+    fn collect_locked(
+        &self,
+        options: &GcOptions,
+        collector: &Arc<Collector>,
+        progress: &dyn Fn(GcProgress),
+    ) -> Result<GcReport, StoreError> {
+        progress(GcProgress::FindingRoots);
+        let deleting = matches!(
+            options.action,
+            GcAction::DeleteDead | GcAction::DeleteSpecific(_)
+        );
+        let ignore_roots =
+            options.ignore_liveness && matches!(options.action, GcAction::DeleteSpecific(_));
+        let roots = if ignore_roots {
+            Vec::new()
+        } else {
+            self.find_all_roots(options.runtime_roots, deleting)?
+        };
+        let graph = Arc::new(self.registry().path_graph()?);
+        collector.install(&graph, &roots);
+
+        let store_dir = self.store_dir();
+        let mut report = GcReport::default();
+        match &options.action {
+            GcAction::ReturnLive => {
+                let live = collector.live_indices();
+                report.paths = live
+                    .into_iter()
+                    .map(|i| store_dir.display(&graph.paths[i as usize]))
+                    .collect();
+            }
+            GcAction::ReturnDead => {
+                let live = collector.live_indices().into_iter().collect::<HashSet<_>>();
+                report.paths = (0..graph.len() as u32)
+                    .filter(|i| !live.contains(i))
+                    .map(|i| store_dir.display(&graph.paths[i as usize]))
+                    .collect();
+                report
+                    .paths
+                    .extend(self.sweep_invalid(&graph, collector, false)?.0);
+            }
+            GcAction::DeleteDead => {
+                let targets: Vec<u32> = {
+                    let live = collector.live_indices().into_iter().collect::<HashSet<_>>();
+                    (0..graph.len() as u32)
+                        .filter(|i| !live.contains(i))
+                        .collect()
+                };
+                let trash = self.physical_store().join(TRASH_DIR);
+                empty_trash(&trash)?;
+                self.delete_in_order(&graph, collector, &targets, options, &mut report, progress)?;
+                if options.max_freed.is_none_or(|max| report.bytes_freed < max) {
+                    let (swept, freed) = self.sweep_invalid(&graph, collector, true)?;
+                    report.paths.extend(swept);
+                    report.bytes_freed += freed;
+                }
+                progress(GcProgress::PruningLinks);
+                let pruned = self.prune_links()?;
+                report.links_removed = pruned.files;
+                report.bytes_freed += pruned.bytes;
+            }
+            GcAction::DeleteSpecific(paths) => {
+                let mut targets = Vec::with_capacity(paths.len());
+                for path in paths {
+                    let index = graph
+                        .index_of(path)
+                        .ok_or_else(|| StoreError::InvalidPath(store_dir.display(path)))?;
+                    if collector.is_live(index) {
+                        return Err(StoreError::StillAlive(store_dir.display(path)));
+                    }
+                    targets.push(index);
+                }
+                let trash = self.physical_store().join(TRASH_DIR);
+                empty_trash(&trash)?;
+                self.delete_in_order(&graph, collector, &targets, options, &mut report, progress)?;
+                // Whatever could not go is still referenced by a path not deleted.
+                for path in paths {
+                    if self.registry().is_valid(path)? {
+                        let referrer = self
+                            .registry()
+                            .referrers(path)?
+                            .into_iter()
+                            .find(|r| r != path)
+                            .map(|r| store_dir.display(&r))
+                            .unwrap_or_default();
+                        return Err(StoreError::StillReferenced {
+                            path: store_dir.display(path),
+                            referrer,
+                        });
+                    }
+                }
+            }
+        }
+        report.paths.sort();
+        Ok(report)
+    }
+
+    /// Deletes `targets` (dead at the snapshot), referrers before references, in
+    /// batches of one transaction each. Paths that became live, or that a path
+    /// registered meanwhile refers to, stay.
+    fn delete_in_order(
+        &self,
+        graph: &PathGraph,
+        collector: &Collector,
+        targets: &[u32],
+        options: &GcOptions,
+        report: &mut GcReport,
+        progress: &dyn Fn(GcProgress),
+    ) -> Result<(), StoreError> {
+        let mut is_target = vec![false; graph.len()];
+        for &i in targets {
+            is_target[i as usize] = true;
+        }
+        // Referrers among the targets, per target (a self-reference does not count).
+        let mut referrers = vec![0u32; graph.len()];
+        for &i in targets {
+            for &r in graph.references(i) {
+                if r != i && is_target[r as usize] {
+                    referrers[r as usize] += 1;
+                }
+            }
+        }
+        let mut ready: VecDeque<u32> = targets
+            .iter()
+            .copied()
+            .filter(|&i| referrers[i as usize] == 0)
+            .collect();
+        let trash = self.physical_store().join(TRASH_DIR);
+        let batch_size = if options.max_freed.is_some() {
+            1
+        } else {
+            BATCH
+        };
+        let dead = targets.len() as u64;
+        let mut deleted = 0u64;
+        progress(GcProgress::Deleting {
+            deleted,
+            dead,
+            bytes_freed: 0,
+        });
+        while !ready.is_empty() {
+            let candidates: Vec<u32> = ready.drain(..batch_size.min(ready.len())).collect();
+            let batch = collector.begin_batch(&candidates);
+            if batch.is_empty() {
+                continue;
+            }
+            let paths: Vec<StorePath> = batch
+                .iter()
+                .map(|&i| graph.paths[i as usize].clone())
+                .collect();
+            let removed = match self.registry().unregister_many(&paths) {
+                Ok(removed) => removed,
+                Err(error) => {
+                    collector.end_batch(&batch, &[]);
+                    return Err(error);
+                }
+            };
+            let mut gone = Vec::with_capacity(batch.len());
+            let mut trees = Vec::new();
+            let mut failure = None;
+            for ((&index, path), &unregistered) in batch.iter().zip(&paths).zip(&removed) {
+                if !unregistered {
+                    continue;
+                }
+                gone.push(index);
+                if failure.is_some() {
+                    continue;
+                }
+                match move_out(&self.physical_path(path), &trash) {
+                    Ok(MovedOut::Gone(bytes)) => report.bytes_freed += bytes,
+                    Ok(MovedOut::Trash(tree)) => trees.push(tree),
+                    Err(error) => failure = Some(error),
+                }
+            }
+            collector.end_batch(&batch, &gone);
+            // Unregistered but not moved out: garbage for the next run's sweep.
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            for tree in trees {
+                report.bytes_freed += remove_tree_counting(&tree)?;
+            }
+            for &index in &gone {
+                deleted += 1;
+                report
+                    .paths
+                    .push(self.store_dir().display(&graph.paths[index as usize]));
+                for &r in graph.references(index) {
+                    if r != index && is_target[r as usize] {
+                        referrers[r as usize] -= 1;
+                        if referrers[r as usize] == 0 {
+                            ready.push_back(r);
+                        }
+                    }
+                }
+            }
+            progress(GcProgress::Deleting {
+                deleted,
+                dead,
+                bytes_freed: report.bytes_freed,
+            });
+            if options
+                .max_freed
+                .is_some_and(|max| report.bytes_freed >= max)
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries of the store directory that are not valid paths (leftovers of crashed
+    /// writers, stale lock files, junk), except the store's own directories and what
+    /// a live process is working on. Deletes them when `delete`. Returns their full
+    /// names and the bytes freed.
+    fn sweep_invalid(
+        &self,
+        graph: &PathGraph,
+        collector: &Collector,
+        delete: bool,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        let store = self.physical_store();
+        let trash = store.join(TRASH_DIR);
+        let mut swept = Vec::new();
+        let mut freed = 0;
+        let entries = fs::read_dir(store).at(store)?;
+        for entry in entries {
+            let entry = entry.at(store)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name == ".links" || name == STAGING_DIR || name == TRASH_DIR {
+                continue;
+            }
+            if let Some(path) = parse_base_name(&name) {
+                if graph
+                    .index_of(&path)
+                    .is_some_and(|i| !collector.is_deleted(i))
+                {
+                    continue; // valid (live, or kept because something refers to it)
+                }
+            }
+            if name
+                .get(..32)
+                .is_some_and(|hash_part| collector.is_temp_hash_part(hash_part))
+            {
+                continue;
+            }
+            let physical = entry.path();
+            if name.ends_with(".lock") {
+                if !delete {
+                    if !is_locked(&physical) {
+                        swept.push(format!("{}/{name}", self.store_dir().as_str()));
+                    }
+                    continue;
+                }
+                // Taking it and letting go deletes it, as every holder does.
+                if let Some(lock) = PathLock::try_acquire(&physical)? {
+                    drop(lock);
+                    swept.push(format!("{}/{name}", self.store_dir().as_str()));
+                }
+                continue;
+            }
+            let lock_path = store.join(format!("{name}.lock"));
+            if !delete {
+                if !is_locked(&lock_path) {
+                    swept.push(format!("{}/{name}", self.store_dir().as_str()));
+                }
+                continue;
+            }
+            let Some(_lock) = PathLock::try_acquire(&lock_path)? else {
+                continue; // being written or built right now
+            };
+            if let Some(path) = parse_base_name(&name) {
+                if self.registry().is_valid(&path)? {
+                    continue; // registered after our snapshot
+                }
+            }
+            match move_out(&physical, &trash)? {
+                MovedOut::Gone(bytes) => freed += bytes,
+                MovedOut::Trash(tree) => freed += remove_tree_counting(&tree)?,
+            }
+            swept.push(format!("{}/{name}", self.store_dir().as_str()));
+        }
+        Ok((swept, freed))
+    }
+}
+
+/// Whether somebody holds the lock file at `lock_path`, found without creating or
+/// deleting anything (for listings).
+fn is_locked(lock_path: &Path) -> bool {
+    let Ok(file) = File::open(lock_path) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// `path` made absolute against the working directory (not resolved: a root is the
+/// link itself).
+fn absolute(path: &Path) -> Result<PathBuf, StoreError> {
+    std::path::absolute(path).at(path)
+}
+
+/// Creates or replaces the symlink `link` → `target` atomically (a temporary name, then
+/// a rename).
+fn replace_symlink(target: &Path, link: &Path) -> Result<(), StoreError> {
+    let parent = link.parent().unwrap_or(Path::new("/"));
+    let temporary = parent.join(format!(
+        ".{}.tmp-{}",
+        link.file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(target, &temporary).at(&temporary)?;
+    fs::rename(&temporary, link).at(link)
+}
