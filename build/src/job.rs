@@ -198,6 +198,8 @@ impl Job<'_> {
                 inputs.insert(path.clone());
             }
         }
+        // Rooted first: an input seen valid keeps its closure until the build is over.
+        store.add_temp_roots(&inputs)?;
         for input in &inputs {
             if !self.pending.is_available(store, input)? {
                 return Err(BuildError::MissingInput {
@@ -697,6 +699,7 @@ impl Job<'_> {
             // A source in the store brings the closure of its store path; the source
             // itself is read where this store keeps its files.
             if let Ok((path, below)) = store.store_dir().parse_path_prefix(source) {
+                store.add_temp_root(&path)?;
                 if !store.is_valid_path(&path)? {
                     if optional {
                         continue;

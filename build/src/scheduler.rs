@@ -113,6 +113,9 @@ impl Graph {
             .collect();
         while let Some((drv_path, outputs, is_target)) = pending.pop_front() {
             if !nodes.contains_key(&drv_path) {
+                // Rooted before looking: what is seen valid stays valid (no collector
+                // deletes it) until this build is over.
+                store.add_temp_root(&drv_path)?;
                 let drv = store.read_derivation(&drv_path)?;
                 let job_outputs = Job {
                     pending: &Pending::default(),
@@ -123,6 +126,7 @@ impl Graph {
                     emit: &|_| {},
                 }
                 .outputs()?;
+                store.add_temp_roots(job_outputs.values())?;
                 nodes.insert(
                     drv_path.clone(),
                     Node {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -52,6 +53,11 @@ pub struct BuildArgs {
     /// Extra host paths in the sandbox: `PATH`, `TARGET=SOURCE`, `?` suffix if optional.
     #[arg(long = "sandbox-path", value_name = "PATH")]
     sandbox_paths: Vec<String>,
+    /// Make symlinks to the outputs that keep them alive as garbage collector roots, as
+    /// `nix-build -o` does: LINK for the first target's `out`, LINK-<output> for its
+    /// other outputs, LINK-2, LINK-2-<output>, … for the next targets.
+    #[arg(long, short = 'o', value_name = "LINK")]
+    out_link: Option<PathBuf>,
 }
 
 pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -106,10 +112,29 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    for target in &targets {
+    for (index, target) in targets.iter().enumerate() {
         match results.get(&target.drv) {
             Some(result) => match result.outputs() {
                 Some(outputs) => {
+                    if let Some(out_link) = &args.out_link {
+                        for (name, path) in outputs {
+                            if target
+                                .outputs
+                                .as_ref()
+                                .is_some_and(|wanted| !wanted.contains(name))
+                            {
+                                continue;
+                            }
+                            let mut link = out_link.as_os_str().to_owned();
+                            if index > 0 {
+                                link.push(format!("-{}", index + 1));
+                            }
+                            if name.as_str() != "out" {
+                                link.push(format!("-{name}"));
+                            }
+                            store.add_perm_root(path, Path::new(&link))?;
+                        }
+                    }
                     // Per target, sorted by path, as `nix-store --realise` prints them.
                     let printed: BTreeSet<String> = outputs
                         .iter()
