@@ -552,9 +552,9 @@ fn paths_added_and_rooted_during_collections_survive() {
                             // Re-add a prefix of a chain: each link's reference was
                             // rooted when it was added, so none may go missing.
                             let mut previous: Option<StorePath> = None;
-                            for i in 0..=upto {
+                            for (i, expected) in chains[chain][..=upto].iter().enumerate() {
                                 let path = add_link(&store, chain, i, previous.as_ref());
-                                assert_eq!(path, chains[chain][i]);
+                                assert_eq!(&path, expected);
                                 previous = Some(path);
                             }
                             let on_top = refer(
