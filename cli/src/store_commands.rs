@@ -48,20 +48,9 @@ pub struct DeleteArgs {
 }
 
 #[derive(Args)]
-#[group(id = "gc-action", multiple = false)]
 pub struct GcArgs {
-    /// Print the roots and the paths they keep alive, don't delete anything.
-    #[arg(long)]
-    print_roots: bool,
-    /// Print the live paths, don't delete anything.
-    #[arg(long)]
-    print_live: bool,
-    /// Print the paths that would be deleted, don't delete anything.
-    #[arg(long)]
-    print_dead: bool,
-    /// Same as --print-dead, with the bytes they take.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    action: GcActionArgs,
     /// Stop after freeing this many bytes (suffixes K, M, G, T as Nix accepts).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     max_freed: Option<u64>,
@@ -74,6 +63,24 @@ pub struct GcArgs {
     /// Don't look for runtime roots in /proc.
     #[arg(long)]
     no_runtime_roots: bool,
+}
+
+/// What `store gc` does instead of deleting (at most one).
+#[derive(Args)]
+#[group(id = "gc-action", multiple = false)]
+pub struct GcActionArgs {
+    /// Print the roots and the paths they keep alive, don't delete anything.
+    #[arg(long)]
+    print_roots: bool,
+    /// Print the live paths, don't delete anything.
+    #[arg(long)]
+    print_live: bool,
+    /// Print the paths that would be deleted, don't delete anything.
+    #[arg(long)]
+    print_dead: bool,
+    /// Same as --print-dead, and say how many paths that is.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -529,15 +536,15 @@ pub fn path_info(args: &PathInfoArgs, global: &GlobalArgs) -> anyhow::Result<()>
 
 fn gc(store: &LocalStore, args: &GcArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let store_dir = store.store_dir();
-    if args.print_roots {
+    if args.action.print_roots {
         for root in store.find_roots(!args.no_runtime_roots)? {
             writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
         }
         return Ok(());
     }
-    let action = if args.print_live {
+    let action = if args.action.print_live {
         GcAction::ReturnLive
-    } else if args.print_dead || args.dry_run {
+    } else if args.action.print_dead || args.action.dry_run {
         GcAction::ReturnDead
     } else {
         GcAction::DeleteDead
@@ -558,7 +565,7 @@ fn gc(store: &LocalStore, args: &GcArgs, out: &mut impl Write) -> anyhow::Result
         for path in &report.paths {
             writeln!(out, "{path}")?;
         }
-        if args.dry_run {
+        if args.action.dry_run {
             eprintln!("{} store paths would be deleted", report.paths.len());
         }
     }
