@@ -583,9 +583,11 @@ fn collect(store: &LocalStore, options: &GcOptions) -> anyhow::Result<GcReport> 
 /// Nix's summary: each deleted path on stderr, then `N store paths deleted, X MiB freed`.
 fn print_freed(report: &GcReport, deleted: bool, out: &mut impl Write) -> anyhow::Result<()> {
     if deleted {
+        let mut stderr = io::BufWriter::new(io::stderr().lock());
         for path in &report.paths {
-            eprintln!("deleting '{path}'");
+            writeln!(stderr, "deleting '{path}'")?;
         }
+        stderr.flush()?;
     }
     writeln!(
         out,

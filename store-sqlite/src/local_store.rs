@@ -174,6 +174,8 @@ impl LocalStore {
             hash: nar_hash.clone(),
         };
         let path = ca.store_path(&self.store_dir, name, &BTreeSet::new(), false)?;
+        // Rooted before looking: a path found valid stays so for this handle's life.
+        self.add_temp_root(&path)?;
         if self.registry().is_valid(&path)? {
             return Ok(path);
         }
@@ -223,6 +225,8 @@ impl LocalStore {
             hash: file_hash.clone(),
         };
         let path = ca.store_path(&self.store_dir, name, &BTreeSet::new(), false)?;
+        // Rooted before looking: a path found valid stays so for this handle's life.
+        self.add_temp_root(&path)?;
         if self.registry().is_valid(&path)? {
             return Ok(path);
         }
@@ -255,6 +259,8 @@ impl LocalStore {
     ) -> Result<StorePath, StoreError> {
         let hash = Hash::digest(HashAlgo::Sha256, contents);
         let path = self.store_dir.make_text_path(name, &hash, references)?;
+        // Rooted before looking: a path found valid stays so for this handle's life.
+        self.add_temp_root(&path)?;
         if self.registry().is_valid(&path)? {
             return Ok(path);
         }

@@ -42,7 +42,7 @@ mod temp_roots;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use arca_store_core::{Store, StorePath};
 
@@ -129,7 +129,22 @@ pub enum GcProgress {
 }
 
 /// Paths unregistered per transaction while deleting.
-const BATCH: usize = 256;
+const BATCH: usize = 2048;
+
+/// A batch of paths just unregistered (or not, where `unregistered` says so), to be
+/// taken out of the store.
+struct RemoveJob {
+    batch: Vec<u32>,
+    paths: Vec<StorePath>,
+    unregistered: Vec<bool>,
+}
+
+/// What removing a batch did.
+#[derive(Default)]
+struct Removed {
+    gone: Vec<u32>,
+    bytes: u64,
+}
 
 impl LocalStore {
     /// Makes `path` a temporary root of this store handle: no garbage collector deletes
@@ -363,17 +378,30 @@ impl LocalStore {
                 }
             }
         }
+        // The whole deletion order up front (Kahn's algorithm: a path comes after every
+        // target that refers to it), so that batches are full whatever the depth of the
+        // graph: a transaction rewrites most of the registry's pages, so a few large
+        // ones beat one per level of a long chain.
         let mut ready: VecDeque<u32> = targets
             .iter()
             .copied()
             .filter(|&i| referrers[i as usize] == 0)
             .collect();
+        let mut order = Vec::with_capacity(targets.len());
+        while let Some(index) = ready.pop_front() {
+            order.push(index);
+            for &r in graph.references(index) {
+                if r != index && is_target[r as usize] {
+                    referrers[r as usize] -= 1;
+                    if referrers[r as usize] == 0 {
+                        ready.push_back(r);
+                    }
+                }
+            }
+        }
+        // Left out of `order`: paths on a reference cycle, which only a hand-made
+        // registry has; the registry would refuse to unregister them anyway.
         let trash = self.physical_store().join(TRASH_DIR);
-        let batch_size = if options.max_freed.is_some() {
-            1
-        } else {
-            BATCH
-        };
         let dead = targets.len() as u64;
         let mut deleted = 0u64;
         progress(GcProgress::Deleting {
@@ -381,75 +409,152 @@ impl LocalStore {
             dead,
             bytes_freed: 0,
         });
-        while !ready.is_empty() {
-            let candidates: Vec<u32> = ready.drain(..batch_size.min(ready.len())).collect();
-            let batch = collector.begin_batch(&candidates);
-            if batch.is_empty() {
-                continue;
-            }
-            let paths: Vec<StorePath> = batch
-                .iter()
-                .map(|&i| graph.paths[i as usize].clone())
-                .collect();
-            let removed = match self.registry().unregister_many(&paths) {
-                Ok(removed) => removed,
-                Err(error) => {
-                    collector.end_batch(&batch, &[]);
-                    return Err(error);
-                }
-            };
-            let mut gone = Vec::with_capacity(batch.len());
-            let mut trees = Vec::new();
-            let mut failure = None;
-            for ((&index, path), &unregistered) in batch.iter().zip(&paths).zip(&removed) {
-                if !unregistered {
-                    continue;
-                }
-                gone.push(index);
-                if failure.is_some() {
-                    continue;
-                }
-                match move_out(&self.physical_path(path), &trash) {
-                    Ok(MovedOut::Gone(bytes)) => report.bytes_freed += bytes,
-                    Ok(MovedOut::Trash(tree)) => trees.push(tree),
-                    Err(error) => failure = Some(error),
-                }
-            }
-            collector.end_batch(&batch, &gone);
-            // Unregistered but not moved out: garbage for the next run's sweep.
-            if let Some(error) = failure {
-                return Err(error);
-            }
-            for tree in trees {
-                report.bytes_freed += remove_tree_counting(&tree)?;
-            }
-            for &index in &gone {
-                deleted += 1;
-                report
-                    .paths
-                    .push(self.store_dir().display(&graph.paths[index as usize]));
-                for &r in graph.references(index) {
-                    if r != index && is_target[r as usize] {
-                        referrers[r as usize] -= 1;
-                        if referrers[r as usize] == 0 {
-                            ready.push_back(r);
-                        }
+        // Unlinking is half the work and needs no registry: a second thread takes each
+        // unregistered batch out of the store while the next batch is unregistered.
+        // With --max-freed each batch is removed before the next is chosen.
+        let pipelined = options.max_freed.is_none();
+        std::thread::scope(|scope| -> Result<(), StoreError> {
+            let (to_remover, batches) = mpsc::sync_channel::<RemoveJob>(1);
+            let (results, removed_batches) = mpsc::channel::<Result<Removed, StoreError>>();
+            let trash = trash.as_path();
+            let remover = scope.spawn(move || {
+                for job in batches {
+                    let result = self.remove_batch(collector, trash, job);
+                    let failed = result.is_err();
+                    if results.send(result).is_err() || failed {
+                        return;
                     }
                 }
-            }
-            progress(GcProgress::Deleting {
-                deleted,
-                dead,
-                bytes_freed: report.bytes_freed,
             });
-            if options
-                .max_freed
-                .is_some_and(|max| report.bytes_freed >= max)
-            {
-                break;
+            let mut account = |result: Result<Removed, StoreError>,
+                               report: &mut GcReport|
+             -> Result<(), StoreError> {
+                let removed = result?;
+                report.bytes_freed += removed.bytes;
+                for index in removed.gone {
+                    deleted += 1;
+                    report
+                        .paths
+                        .push(self.store_dir().display(&graph.paths[index as usize]));
+                }
+                progress(GcProgress::Deleting {
+                    deleted,
+                    dead,
+                    bytes_freed: report.bytes_freed,
+                });
+                Ok(())
+            };
+            let mut next = 0;
+            let mut outcome = Ok(());
+            while next < order.len() {
+                // A full batch, or with --max-freed, as many as the registered sizes
+                // say are still to be freed (at least one).
+                let mut end = (next + BATCH).min(order.len());
+                if let Some(max) = options.max_freed {
+                    if report.bytes_freed >= max {
+                        break;
+                    }
+                    let mut budget = max - report.bytes_freed;
+                    end = next + 1;
+                    while end < order.len() && end - next < BATCH {
+                        budget = budget.saturating_sub(graph.nar_sizes[order[end - 1] as usize]);
+                        if budget == 0 {
+                            break;
+                        }
+                        end += 1;
+                    }
+                }
+                let candidates = &order[next..end];
+                next = end;
+                // Paths that became live stay, and with them (their referrers kept) the
+                // registry keeps what they refer to.
+                let batch = collector.begin_batch(candidates);
+                if batch.is_empty() {
+                    continue;
+                }
+                let paths: Vec<StorePath> = batch
+                    .iter()
+                    .map(|&i| graph.paths[i as usize].clone())
+                    .collect();
+                let unregistered = match self.registry().unregister_many(&paths) {
+                    Ok(unregistered) => unregistered,
+                    Err(error) => {
+                        collector.end_batch(&batch, &[]);
+                        outcome = Err(error);
+                        break;
+                    }
+                };
+                let job = RemoveJob {
+                    batch,
+                    paths,
+                    unregistered,
+                };
+                if pipelined {
+                    if to_remover.send(job).is_err() {
+                        break; // the remover failed: its error is in `removed_batches`
+                    }
+                    while let Ok(result) = removed_batches.try_recv() {
+                        if let Err(error) = account(result, report) {
+                            outcome = Err(error);
+                            break;
+                        }
+                    }
+                    if outcome.is_err() {
+                        break;
+                    }
+                } else if let Err(error) = account(self.remove_batch(collector, trash, job), report)
+                {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+            drop(to_remover);
+            let _ = remover.join();
+            for result in removed_batches.try_iter() {
+                if let Err(error) = account(result, report) {
+                    outcome = outcome.and(Err(error));
+                }
+            }
+            outcome
+        })
+    }
+
+    /// Takes an unregistered batch out of the store (see [`move_out`]), ends its
+    /// pending state, then removes the trees it moved to the trash.
+    fn remove_batch(
+        &self,
+        collector: &Collector,
+        trash: &Path,
+        job: RemoveJob,
+    ) -> Result<Removed, StoreError> {
+        let mut removed = Removed::default();
+        let mut trees = Vec::new();
+        let mut failure = None;
+        for ((&index, path), &unregistered) in
+            job.batch.iter().zip(&job.paths).zip(&job.unregistered)
+        {
+            if !unregistered {
+                continue;
+            }
+            removed.gone.push(index);
+            if failure.is_some() {
+                continue;
+            }
+            match move_out(&self.physical_path(path), trash) {
+                Ok(MovedOut::Gone(bytes)) => removed.bytes += bytes,
+                Ok(MovedOut::Trash(tree)) => trees.push(tree),
+                Err(error) => failure = Some(error),
             }
         }
-        Ok(())
+        collector.end_batch(&job.batch, &removed.gone);
+        // Unregistered but not moved out: garbage for the next run's sweep.
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        for tree in trees {
+            removed.bytes += remove_tree_counting(&tree)?;
+        }
+        Ok(removed)
     }
 
     /// Entries of the store directory that are not valid paths (leftovers of crashed

@@ -9,11 +9,13 @@
 //!   waiting. If it gets it, no collector is running: it appends to its file and lets go
 //!   of the lock. A collector that starts later reads the file.
 //! - If the lock is taken, a collector is running and has already read the files. The
-//!   process then sends `<path>\n` to the collector's socket `<state>/gc-socket/socket`
-//!   and waits for the byte `1`, which the collector sends only once the root is in its
-//!   live set (after finishing the deletion of that very path if it was under way, so
-//!   the process then sees the path invalid and re-creates it). It also appends to its
-//!   file, for later collectors.
+//!   process appends the root to its file first (for the collectors after this one:
+//!   appending after the acknowledgement, as Nix 2.8 does, leaves a window in which the
+//!   next collector starts, reads the file without the root and deletes the path), then
+//!   sends `<path>\n` to the collector's socket `<state>/gc-socket/socket` and waits for
+//!   the byte `1`, which the collector sends only once the root is in its live set
+//!   (after finishing the deletion of that very path if it was under way, so the
+//!   process then sees the path invalid and re-creates it).
 //! - A refused connection or a closed socket means the collector has finished: start
 //!   over.
 //! - The collector reads every file it can lock exclusively as stale (its owner died),
@@ -94,20 +96,31 @@ impl TempRoots {
             inner.gc_lock = Some(crate::lock::open_lock_file(&lock_path)?);
         }
         let mut attempts = 0u32;
+        let mut appended = false;
         loop {
             let gc_lock = inner.gc_lock.as_ref().expect("opened just above");
             match gc_lock.try_lock_shared() {
                 Ok(()) => {
                     // No collector runs, and none can start before we let go.
-                    let written = append(&mut inner, &full);
+                    let written = if appended {
+                        Ok(())
+                    } else {
+                        append(&mut inner, &full)
+                    };
                     let _ = inner.gc_lock.as_ref().map(File::unlock);
                     return written;
                 }
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(error)) => return Err(error).at(&lock_path),
             }
+            // Into the file first: a collector starting right after this one ends reads
+            // it (after the acknowledgement would be too late for that one).
+            if !appended {
+                append(&mut inner, &full)?;
+                appended = true;
+            }
             match self.tell_collector(&mut inner, &full) {
-                Ok(()) => return append(&mut inner, &full),
+                Ok(()) => return Ok(()),
                 Err(error) if is_collector_gone(&error) => {
                     inner.collector = None;
                     // The collector is between finishing and letting go of its lock.
