@@ -577,7 +577,11 @@ impl LocalStore {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if name == ".links" || name == STAGING_DIR || name == TRASH_DIR {
+            if name == ".links"
+                || name == crate::optimise::LINKS_DIR
+                || name == STAGING_DIR
+                || name == TRASH_DIR
+            {
                 continue;
             }
             if let Some(path) = parse_base_name(&name) {
