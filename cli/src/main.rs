@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod build;
+mod daemon;
 mod derivation;
 mod hash;
 mod nar;
@@ -56,6 +57,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Print the build log of a derivation or output (== `nix-store -l`).
     Log(build::LogArgs),
+    /// Serve the store to Nix clients over Nix's daemon protocol (== `nix-daemon`).
+    Daemon(daemon::DaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::PathInfo(args) => store_commands::path_info(&args, &cli.global),
         Command::Build(args) => build::build(&args, &cli.global),
         Command::Log(args) => build::log(&args, &cli.global),
+        Command::Daemon(args) => daemon::run(&args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

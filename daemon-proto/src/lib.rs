@@ -1,5 +1,37 @@
-//! `arca-daemon-proto`: Nix's daemon worker protocol (wire primitives, handshake, worker
-//! operations), as a server generic over the store and as a client.
+//! `arca-daemon-proto`: Nix's daemon worker protocol, so that real Nix clients (and
+//! Arca's) can use a store owned by `arca daemon`.
 //!
-//! Not filled yet: this crate holds its place in the crate map (see ARCHITECTURE.md) and
-//! exports nothing.
+//! - [`wire`]: the primitives (`u64`s, padded byte strings, string lists, framed
+//!   streams), decoded with [`wire::Limits`] so that no length from the wire sizes an
+//!   allocation before its bytes arrive.
+//! - [`protocol`]: magic numbers, versions (1.21, Nix 2.3, through 1.35), log codes and
+//!   operation numbers.
+//! - [`serve`]: one connection, from the handshake to the client hanging up, over any
+//!   [`DaemonStore`] (a [`arca_store_core::Store`] plus what the protocol needs beyond
+//!   it: adds from dumps, builds, roots, garbage collection); `LocalStore` is one.
+//!
+//! ```
+//! use arca_daemon_proto::{protocol, serve, wire::Limits, Peer};
+//!
+//! let root = tempfile::tempdir()?;
+//! let store = arca_store_sqlite::LocalStore::open(root.path())?;
+//! // A client that says hello with protocol 1.34 and hangs up.
+//! let mut hello = Vec::new();
+//! for word in [protocol::WORKER_MAGIC_1, protocol::version(1, 34), 0, 0] {
+//!     hello.extend_from_slice(&word.to_le_bytes());
+//! }
+//! let mut reply = Vec::new();
+//! serve(&store, &hello[..], &mut reply, Peer { trusted: true }, Limits::default())?;
+//! assert_eq!(&reply[..8], &protocol::WORKER_MAGIC_2.to_le_bytes());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod activation;
+pub mod backend;
+pub mod daemon;
+pub mod protocol;
+mod server;
+pub mod wire;
+
+pub use backend::{BuildMode, DaemonStore, DerivedPath, GcRequest, StoreOpError};
+pub use server::{serve, Peer, ServeError};

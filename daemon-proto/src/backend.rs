@@ -1,0 +1,489 @@
+//! What the server needs from a store beyond the [`Store`] trait, and its implementation
+//! for [`LocalStore`] (with builds through `arca-build`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use arca_build::{BuildOptions, BuildResult, BuildTarget};
+use arca_store_core::derivation::OutputName;
+use arca_store_core::{HashAlgo, PathInfo, Store, StoreDir, StorePath};
+use arca_store_sqlite::{GcAction, GcOptions, LocalStore, OptimiseOptions, VerifyOptions};
+
+/// An operation the store refused, with the message the client sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreOpError(String);
+
+impl StoreOpError {
+    pub fn new(message: impl Into<String>) -> StoreOpError {
+        StoreOpError(message.into())
+    }
+}
+
+fn refuse(error: impl std::fmt::Display) -> StoreOpError {
+    StoreOpError(error.to_string())
+}
+
+/// A path to build or check: a derivation with the outputs wanted (`None`: an opaque
+/// store path; an empty set: every output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedPath {
+    pub path: StorePath,
+    pub outputs: Option<BTreeSet<String>>,
+}
+
+impl DerivedPath {
+    /// Nix's legacy text form: `PATH` or `DRV!out1,out2` (`DRV!*` for all).
+    pub fn to_wire(&self, store_dir: &StoreDir) -> String {
+        let path = store_dir.display(&self.path);
+        match &self.outputs {
+            None => path,
+            Some(outputs) if outputs.is_empty() => format!("{path}!*"),
+            Some(outputs) => {
+                format!(
+                    "{path}!{}",
+                    outputs.iter().cloned().collect::<Vec<_>>().join(",")
+                )
+            }
+        }
+    }
+}
+
+/// Per target: `Ok(true)` built now, `Ok(false)` valid already, `Err(message)` failed.
+pub type BuildOutcomes = Vec<(DerivedPath, Result<bool, String>)>;
+
+/// How to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildMode {
+    Normal,
+    Repair,
+    Check,
+}
+
+/// What a garbage collection request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcRequest {
+    ReturnLive,
+    ReturnDead,
+    DeleteDead,
+    DeleteSpecific(BTreeSet<StorePath>),
+}
+
+/// A store the daemon can serve: the [`Store`] trait plus the operations Nix clients
+/// send that the trait has no word for. The defaults refuse, so a store that cannot
+/// build or collect garbage still serves queries and adds.
+pub trait DaemonStore: Store + Sync
+where
+    Self::Error: std::fmt::Display,
+{
+    /// Every output of `drv` with its path where known.
+    fn query_derivation_output_map(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
+        Ok(self
+            .query_derivation_outputs(drv)
+            .map_err(refuse)?
+            .into_iter()
+            .map(|(name, path)| (name, Some(path)))
+            .collect())
+    }
+
+    fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        Err(refuse(
+            "listing all valid paths is not supported by this store",
+        ))
+    }
+
+    /// Adds a content-addressed path from a dump: `method` is Nix's content address
+    /// method with algorithm (`text:sha256`, `fixed:sha256`, `fixed:r:sha256`, …); the
+    /// dump is the file's bytes for flat and text methods, a NAR for recursive ones.
+    fn add_dump(
+        &self,
+        name: &str,
+        method: &str,
+        references: &BTreeSet<StorePath>,
+        dump: &mut dyn Read,
+    ) -> Result<StorePath, StoreOpError>;
+
+    /// Adds a path from its NAR and metadata. `trusted` says the client may vouch for
+    /// it; otherwise only a correctly content-addressed path is accepted (there are no
+    /// signatures to check yet).
+    fn add_nar_checked(
+        &self,
+        info: &PathInfo,
+        nar: &mut dyn BufRead,
+        trusted: bool,
+    ) -> Result<(), StoreOpError>;
+
+    /// Builds `targets`; per target, `Ok(true)` when built now, `Ok(false)` when valid
+    /// already, `Err(message)` when it failed.
+    fn build_paths(
+        &self,
+        _targets: &[DerivedPath],
+        _mode: BuildMode,
+    ) -> Result<BuildOutcomes, StoreOpError> {
+        Err(refuse("building is not supported by this store"))
+    }
+
+    fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
+        if self.is_valid_path(path).map_err(refuse)? {
+            Ok(())
+        } else {
+            Err(refuse(format!(
+                "path '{}' is not valid",
+                self.store_dir().display(path)
+            )))
+        }
+    }
+
+    fn add_temp_root(&self, _path: &StorePath) -> Result<(), StoreOpError> {
+        Ok(())
+    }
+
+    fn add_indirect_root(&self, _link: &Path) -> Result<(), StoreOpError> {
+        Err(refuse(
+            "garbage collector roots are not supported by this store",
+        ))
+    }
+
+    fn add_perm_root(&self, _path: &StorePath, _link: &Path) -> Result<PathBuf, StoreOpError> {
+        Err(refuse(
+            "garbage collector roots are not supported by this store",
+        ))
+    }
+
+    /// Roots as (link, path); `censor` hides runtime and temporary roots' origins.
+    fn find_roots(&self, _censor: bool) -> Result<Vec<(String, StorePath)>, StoreOpError> {
+        Ok(Vec::new())
+    }
+
+    /// The paths deleted (or listed) and the bytes freed.
+    fn collect_garbage(
+        &self,
+        _request: GcRequest,
+        _max_freed: Option<u64>,
+    ) -> Result<(Vec<String>, u64), StoreOpError> {
+        Err(refuse("garbage collection is not supported by this store"))
+    }
+
+    fn optimise(&self) -> Result<(), StoreOpError> {
+        Err(refuse("optimisation is not supported by this store"))
+    }
+
+    /// Whether verification found errors.
+    fn verify_store(&self, _check_contents: bool, _repair: bool) -> Result<bool, StoreOpError> {
+        Err(refuse("verification is not supported by this store"))
+    }
+
+    fn add_signatures(
+        &self,
+        _path: &StorePath,
+        _signatures: &[String],
+    ) -> Result<(), StoreOpError> {
+        Err(refuse("signatures are not supported by this store yet"))
+    }
+
+    /// What building `targets` would build, and the targets it knows nothing about.
+    fn query_missing(
+        &self,
+        _targets: &[DerivedPath],
+    ) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), StoreOpError> {
+        Ok((BTreeSet::new(), BTreeSet::new()))
+    }
+}
+
+impl DaemonStore for LocalStore {
+    fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        self.registry().all_valid_paths().map_err(refuse)
+    }
+
+    fn query_derivation_output_map(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
+        let derivation = self.read_derivation(drv).map_err(refuse)?;
+        Ok(derivation
+            .outputs
+            .iter()
+            .map(|(name, output)| (name.as_str().to_owned(), output.path().cloned()))
+            .collect())
+    }
+
+    fn add_dump(
+        &self,
+        name: &str,
+        method: &str,
+        references: &BTreeSet<StorePath>,
+        dump: &mut dyn Read,
+    ) -> Result<StorePath, StoreOpError> {
+        let (method, algo) = method
+            .rsplit_once(':')
+            .ok_or_else(|| refuse(format!("invalid content address method '{method}'")))?;
+        let algo = HashAlgo::from_name(algo).map_err(refuse)?;
+        match method {
+            "text" => {
+                let mut contents = Vec::new();
+                dump.take(64 << 20)
+                    .read_to_end(&mut contents)
+                    .map_err(refuse)?;
+                self.add_text_path(name, &contents, references)
+                    .map_err(refuse)
+            }
+            "fixed" | "fixed:r" if !references.is_empty() => {
+                Err(refuse("a fixed-output path cannot have references"))
+            }
+            "fixed" => {
+                let spool = spool(self, dump)?;
+                self.add_fixed_file(spool.path(), name, algo)
+                    .map_err(refuse)
+            }
+            "fixed:r" if algo == HashAlgo::Sha256 => {
+                // Unpack, then add like `nix-store --add` (which hashes it again: the
+                // simple way to a correct path; the daemon's adds are rarely large).
+                let dir = tempfile::Builder::new()
+                    .prefix(".arca-daemon-add-")
+                    .tempdir_in(self.physical_store().join(".arca-staging"))
+                    .map_err(refuse)?;
+                let tree = dir.path().join("tree");
+                arca_nar::restore(
+                    &mut std::io::BufReader::new(dump),
+                    &tree,
+                    &arca_nar::RestoreOptions::default(),
+                )
+                .map_err(refuse)?;
+                self.add_path(&tree, name).map_err(refuse)
+            }
+            _ => Err(refuse(format!(
+                "content address method '{method}:{algo}' is not supported"
+            ))),
+        }
+    }
+
+    fn add_nar_checked(
+        &self,
+        info: &PathInfo,
+        nar: &mut dyn BufRead,
+        trusted: bool,
+    ) -> Result<(), StoreOpError> {
+        if !trusted && !info.is_content_addressed_correctly(self.store_dir()) {
+            return Err(refuse(format!(
+                "cannot add path '{}' because it lacks a signature by a trusted key",
+                self.store_dir().display(&info.path)
+            )));
+        }
+        self.add_nar_embedded(info, &mut BufReadRef(nar))
+            .map_err(refuse)
+    }
+
+    fn build_paths(
+        &self,
+        targets: &[DerivedPath],
+        mode: BuildMode,
+    ) -> Result<BuildOutcomes, StoreOpError> {
+        let mut builds = Vec::new();
+        let mut results = Vec::new();
+        for target in targets {
+            match &target.outputs {
+                Some(outputs) => {
+                    let outputs = if outputs.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            outputs
+                                .iter()
+                                .map(|o| OutputName::new(o))
+                                .collect::<Result<BTreeSet<_>, _>>()
+                                .map_err(refuse)?,
+                        )
+                    };
+                    builds.push(BuildTarget {
+                        drv: target.path.clone(),
+                        outputs,
+                    });
+                }
+                None => {
+                    // An opaque path must exist; a `.drv` stands for its outputs, as
+                    // old clients send it.
+                    if target.path.is_derivation() {
+                        builds.push(BuildTarget::all(target.path.clone()));
+                    } else {
+                        self.ensure_path(&target.path)?;
+                    }
+                }
+            }
+        }
+        let options = BuildOptions {
+            check: mode == BuildMode::Check,
+            repair: mode == BuildMode::Repair,
+            ..BuildOptions::default()
+        };
+        let built = if builds.is_empty() {
+            BTreeMap::new()
+        } else {
+            arca_build::build(self, &builds, &options, &mut |_| {}).map_err(refuse)?
+        };
+        let mut failure = None;
+        for target in targets {
+            let result = match built.get(&target.path) {
+                Some(BuildResult::Built(_)) => Ok(true),
+                Some(BuildResult::AlreadyValid(_)) => Ok(false),
+                Some(BuildResult::Failed(error)) => Err(error.to_string()),
+                Some(BuildResult::NotBuilt { because_of }) => Err(match because_of {
+                    Some(drv) => format!(
+                        "dependency '{}' failed to build",
+                        self.store_dir().display(drv)
+                    ),
+                    None => "not built".to_owned(),
+                }),
+                None => Ok(false),
+            };
+            if let Err(message) = &result {
+                failure.get_or_insert_with(|| message.clone());
+            }
+            results.push((target.clone(), result));
+        }
+        Ok(results)
+    }
+
+    fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
+        self.add_temp_root(path).map_err(refuse)?;
+        if self.is_valid_path(path).map_err(refuse)? {
+            return Ok(());
+        }
+        Err(refuse(format!(
+            "path '{}' is not valid",
+            self.store_dir().display(path)
+        )))
+    }
+
+    fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreOpError> {
+        LocalStore::add_temp_root(self, path).map_err(refuse)
+    }
+
+    fn add_indirect_root(&self, link: &Path) -> Result<(), StoreOpError> {
+        LocalStore::add_indirect_root(self, link).map_err(refuse)
+    }
+
+    fn add_perm_root(&self, path: &StorePath, link: &Path) -> Result<PathBuf, StoreOpError> {
+        LocalStore::add_perm_root(self, path, link).map_err(refuse)
+    }
+
+    fn find_roots(&self, censor: bool) -> Result<Vec<(String, StorePath)>, StoreOpError> {
+        Ok(LocalStore::find_roots(self, true)
+            .map_err(refuse)?
+            .into_iter()
+            .map(|root| {
+                let link = if censor
+                    && root.link.starts_with(['/', '{'])
+                    && root.kind != arca_store_sqlite::GcRootKind::Link
+                    && root.kind != arca_store_sqlite::GcRootKind::Indirect
+                    && root.kind != arca_store_sqlite::GcRootKind::File
+                {
+                    "{censored}".to_owned()
+                } else {
+                    root.link
+                };
+                (link, root.path)
+            })
+            .collect())
+    }
+
+    fn collect_garbage(
+        &self,
+        request: GcRequest,
+        max_freed: Option<u64>,
+    ) -> Result<(Vec<String>, u64), StoreOpError> {
+        let action = match request {
+            GcRequest::ReturnLive => GcAction::ReturnLive,
+            GcRequest::ReturnDead => GcAction::ReturnDead,
+            GcRequest::DeleteDead => GcAction::DeleteDead,
+            GcRequest::DeleteSpecific(paths) => GcAction::DeleteSpecific(paths),
+        };
+        let options = GcOptions {
+            action,
+            max_freed,
+            ..GcOptions::default()
+        };
+        let report = LocalStore::collect_garbage(self, &options, &|_| {}).map_err(refuse)?;
+        Ok((report.paths, report.bytes_freed))
+    }
+
+    fn optimise(&self) -> Result<(), StoreOpError> {
+        LocalStore::optimise(self, &OptimiseOptions::default(), &|_| {})
+            .map(drop)
+            .map_err(refuse)
+    }
+
+    fn verify_store(&self, check_contents: bool, repair: bool) -> Result<bool, StoreOpError> {
+        let report = self
+            .verify(
+                None,
+                VerifyOptions {
+                    check_contents,
+                    repair,
+                },
+            )
+            .map_err(refuse)?;
+        Ok(!report.is_clean())
+    }
+
+    fn query_missing(
+        &self,
+        targets: &[DerivedPath],
+    ) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), StoreOpError> {
+        let mut will_build = BTreeSet::new();
+        let mut unknown = BTreeSet::new();
+        for target in targets {
+            if target.outputs.is_some() || target.path.is_derivation() {
+                if !self.is_valid_path(&target.path).map_err(refuse)? {
+                    unknown.insert(target.path.clone());
+                    continue;
+                }
+                let outputs = self
+                    .query_derivation_outputs(&target.path)
+                    .map_err(refuse)?;
+                for path in outputs.values() {
+                    if !self.is_valid_path(path).map_err(refuse)? {
+                        will_build.insert(target.path.clone());
+                    }
+                }
+            } else if !self.is_valid_path(&target.path).map_err(refuse)? {
+                unknown.insert(target.path.clone());
+            }
+        }
+        Ok((will_build, unknown))
+    }
+}
+
+/// Spools a flat dump to a temporary file in the store's staging area (same file
+/// system, removed when dropped).
+fn spool(store: &LocalStore, dump: &mut dyn Read) -> Result<tempfile::NamedTempFile, StoreOpError> {
+    let mut file = tempfile::Builder::new()
+        .prefix(".arca-daemon-flat-")
+        .tempfile_in(store.physical_store().join(".arca-staging"))
+        .map_err(refuse)?;
+    std::io::copy(dump, &mut file).map_err(refuse)?;
+    file.flush().map_err(refuse)?;
+    Ok(file)
+}
+
+/// `&mut dyn BufRead` as a sized `BufRead`.
+struct BufReadRef<'a>(&'a mut dyn BufRead);
+
+impl Read for BufReadRef<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl BufRead for BufReadRef<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.0.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.0.consume(amount)
+    }
+}

@@ -1,0 +1,761 @@
+//! The server side of one connection: the handshake, then operations until the client
+//! hangs up. Generic over [`DaemonStore`]; one call of [`serve`] per connection, on its
+//! own thread, so a slow client holds up nobody else.
+//!
+//! An operation that fails is answered with `STDERR_ERROR` and the connection goes on;
+//! a request that cannot be decoded (garbage, a length over the limits, an unknown
+//! operation) is answered with an error and the connection is closed, since the stream
+//! can no longer be trusted to be in step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+use arca_store_core::{PathInfo, StorePath};
+
+use crate::backend::{BuildMode, DaemonStore, DerivedPath, GcRequest, StoreOpError};
+use crate::protocol::{self, gc_action, minor, stderr, Op};
+use crate::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
+
+/// Who is on the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Trusted users may import unsigned content as trusted, repair, add perm roots.
+    pub trusted: bool,
+}
+
+/// Why a connection ended other than by the client hanging up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("bad request: {0}")]
+    Wire(#[from] WireError),
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the client does not speak Nix's worker protocol (magic {0:#x})")]
+    BadMagic(u64),
+    #[error("the client's protocol version {0}.{1} is older than 1.21 (Nix 2.3)")]
+    TooOld(u64, u64),
+    #[error("unknown operation {0}")]
+    UnknownOp(u64),
+}
+
+struct Connection<'s, S, R, W: Write> {
+    store: &'s S,
+    peer: Peer,
+    from: WireReader<R>,
+    to: WireWriter<W>,
+    version: u64,
+}
+
+/// Serves one client on `input`/`output` until it hangs up.
+pub fn serve<S: DaemonStore>(
+    store: &S,
+    input: impl Read,
+    output: impl Write,
+    peer: Peer,
+    limits: Limits,
+) -> Result<(), ServeError> {
+    let mut from = WireReader::new(BufReader::with_capacity(64 << 10, input), limits);
+    let mut to = WireWriter::new(io::BufWriter::with_capacity(64 << 10, output));
+    let magic = from.read_u64()?;
+    if magic != protocol::WORKER_MAGIC_1 {
+        return Err(ServeError::BadMagic(magic));
+    }
+    to.write_u64(protocol::WORKER_MAGIC_2)?;
+    to.write_u64(protocol::MAX_VERSION)?;
+    to.flush()?;
+    let client = from.read_u64()?;
+    let version = client.min(protocol::MAX_VERSION);
+    if version < protocol::MIN_VERSION {
+        return Err(ServeError::TooOld(client >> 8, minor(client)));
+    }
+    if minor(version) >= 14 && from.read_u64()? != 0 {
+        from.read_u64()?; // obsolete CPU affinity
+    }
+    if minor(version) >= 11 {
+        from.read_u64()?; // obsolete reserveSpace
+    }
+    if minor(version) >= 33 {
+        to.write_str(concat!("arca ", env!("CARGO_PKG_VERSION")))?;
+    }
+    if minor(version) >= 35 {
+        // optional<TrustedFlag>: 1 trusted, 2 not trusted.
+        to.write_u64(if peer.trusted { 1 } else { 2 })?;
+    }
+    to.write_u64(stderr::LAST)?;
+    to.flush()?;
+
+    let mut connection = Connection {
+        store,
+        peer,
+        from,
+        to,
+        version,
+    };
+    loop {
+        let op = match connection.from.read_u64() {
+            Ok(op) => op,
+            Err(error) if error.is_disconnect() => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let Some(op) = Op::from_number(op) else {
+            let message = format!("invalid operation {op}");
+            connection.send_error(&message)?;
+            return Err(ServeError::UnknownOp(op));
+        };
+        match connection.perform(op) {
+            Ok(()) => {}
+            Err(Failure::Op(error)) => connection.send_error(&error.to_string())?,
+            Err(Failure::Fatal(error)) => {
+                // The request could not be read: say why, then hang up.
+                let _ = connection.send_error(&error.to_string());
+                return Err(error);
+            }
+        }
+        connection.to.flush()?;
+    }
+}
+
+/// How an operation failed.
+enum Failure {
+    /// The store refused: the connection goes on.
+    Op(StoreOpError),
+    /// The connection is out of step or gone.
+    Fatal(ServeError),
+}
+
+impl From<WireError> for Failure {
+    fn from(error: WireError) -> Failure {
+        Failure::Fatal(error.into())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(error: io::Error) -> Failure {
+        Failure::Fatal(error.into())
+    }
+}
+
+impl From<StoreOpError> for Failure {
+    fn from(error: StoreOpError) -> Failure {
+        Failure::Op(error)
+    }
+}
+
+fn op_error(error: impl std::fmt::Display) -> Failure {
+    Failure::Op(StoreOpError::new(error.to_string()))
+}
+
+impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
+    fn minor(&self) -> u64 {
+        minor(self.version)
+    }
+
+    /// `STDERR_ERROR` in the form the client's version expects.
+    fn send_error(&mut self, message: &str) -> io::Result<()> {
+        self.to.write_u64(stderr::ERROR)?;
+        if self.minor() >= 26 {
+            self.to.write_str("Error")?;
+            self.to.write_u64(0)?; // level: error
+            self.to.write_str("Error")?;
+            self.to.write_str(message)?;
+            self.to.write_u64(0)?; // no position
+            self.to.write_u64(0)?; // no traces
+        } else {
+            self.to.write_str(message)?;
+            self.to.write_u64(1)?; // exit status
+        }
+        self.to.flush()
+    }
+
+    fn last(&mut self) -> io::Result<()> {
+        self.to.write_u64(stderr::LAST)
+    }
+
+    fn read_path(&mut self) -> Result<StorePath, Failure> {
+        let text = self.from.read_string("store path")?;
+        self.store.store_dir().parse_path(&text).map_err(|error| {
+            Failure::Fatal(ServeError::Wire(invalid(&format!("'{text}': {error}"))))
+        })
+    }
+
+    fn read_paths(&mut self) -> Result<BTreeSet<StorePath>, Failure> {
+        let mut paths = BTreeSet::new();
+        for text in self.from.read_strings("store paths")? {
+            let path = self.store.store_dir().parse_path(&text).map_err(|error| {
+                Failure::Fatal(ServeError::Wire(invalid(&format!("'{text}': {error}"))))
+            })?;
+            paths.insert(path);
+        }
+        Ok(paths)
+    }
+
+    fn write_paths<'p>(
+        &mut self,
+        paths: impl ExactSizeIterator<Item = &'p StorePath>,
+    ) -> io::Result<()> {
+        let dir = self.store.store_dir().clone();
+        self.to.write_u64(paths.len() as u64)?;
+        for path in paths {
+            self.to.write_str(&dir.display(path))?;
+        }
+        Ok(())
+    }
+
+    fn write_optional_path(&mut self, path: Option<&StorePath>) -> io::Result<()> {
+        let text = path
+            .map(|p| self.store.store_dir().display(p))
+            .unwrap_or_default();
+        self.to.write_str(&text)
+    }
+
+    /// `UnkeyedValidPathInfo`.
+    fn write_info(&mut self, info: &PathInfo) -> io::Result<()> {
+        self.write_optional_path(info.deriver.as_ref())?;
+        self.to.write_str(&info.nar_hash.to_base16())?;
+        self.write_paths(info.references.iter())?;
+        self.to
+            .write_u64(u64::try_from(info.registration_time).unwrap_or(0))?;
+        self.to.write_u64(info.nar_size)?;
+        if self.minor() >= 16 {
+            self.to.write_bool(info.ultimate)?;
+            self.to.write_strings(info.signatures.iter())?;
+            let ca = info
+                .ca
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            self.to.write_str(&ca)?;
+        }
+        Ok(())
+    }
+
+    fn read_derived_paths(&mut self) -> Result<Vec<DerivedPath>, Failure> {
+        let mut targets = Vec::new();
+        for text in self.from.read_strings("derived paths")? {
+            let (path, outputs) = match text.split_once('!') {
+                Some((path, outputs)) => (path, Some(outputs)),
+                None => (text.as_str(), None),
+            };
+            let path = self.store.store_dir().parse_path(path).map_err(|error| {
+                Failure::Fatal(ServeError::Wire(invalid(&format!("'{text}': {error}"))))
+            })?;
+            let outputs = outputs.map(|outputs| {
+                if outputs == "*" {
+                    BTreeSet::new()
+                } else {
+                    outputs.split(',').map(str::to_owned).collect()
+                }
+            });
+            targets.push(DerivedPath { path, outputs });
+        }
+        Ok(targets)
+    }
+
+    fn read_build_mode(&mut self) -> Result<BuildMode, Failure> {
+        Ok(match self.from.read_u64()? {
+            protocol::build_mode::REPAIR => BuildMode::Repair,
+            protocol::build_mode::CHECK => BuildMode::Check,
+            _ => BuildMode::Normal,
+        })
+    }
+
+    fn perform(&mut self, op: Op) -> Result<(), Failure> {
+        let store = self.store;
+        match op {
+            Op::IsValidPath => {
+                let path = self.read_path()?;
+                let valid = store.is_valid_path(&path).map_err(op_error)?;
+                self.last()?;
+                self.to.write_bool(valid)?;
+            }
+            Op::QueryValidPaths => {
+                let paths = self.read_paths()?;
+                if self.minor() >= 27 {
+                    self.from.read_u64()?; // substitute: there are no substituters
+                }
+                let mut valid = BTreeSet::new();
+                for path in paths {
+                    if store.is_valid_path(&path).map_err(op_error)? {
+                        valid.insert(path);
+                    }
+                }
+                self.last()?;
+                self.write_paths(valid.iter())?;
+            }
+            Op::QuerySubstitutablePaths => {
+                self.read_paths()?;
+                self.last()?;
+                self.to.write_u64(0)?;
+            }
+            Op::QueryReferrers | Op::QueryValidDerivers | Op::QueryDerivationOutputs => {
+                let path = self.read_path()?;
+                let paths = match op {
+                    Op::QueryReferrers => store.query_referrers(&path).map_err(op_error)?,
+                    Op::QueryValidDerivers => {
+                        store.query_valid_derivers(&path).map_err(op_error)?
+                    }
+                    _ => store
+                        .query_derivation_outputs(&path)
+                        .map_err(op_error)?
+                        .into_values()
+                        .collect(),
+                };
+                self.last()?;
+                self.write_paths(paths.iter())?;
+            }
+            Op::QueryDerivationOutputNames => {
+                let path = self.read_path()?;
+                let outputs = store.query_derivation_outputs(&path).map_err(op_error)?;
+                self.last()?;
+                self.to.write_strings(outputs.keys())?;
+            }
+            Op::QueryDerivationOutputMap => {
+                let path = self.read_path()?;
+                let outputs: BTreeMap<String, Option<StorePath>> =
+                    store.query_derivation_output_map(&path)?;
+                self.last()?;
+                self.to.write_u64(outputs.len() as u64)?;
+                for (name, output) in &outputs {
+                    self.to.write_str(name)?;
+                    self.write_optional_path(output.as_ref())?;
+                }
+            }
+            Op::QueryDeriver => {
+                let path = self.read_path()?;
+                let info = store.query_path_info(&path).map_err(op_error)?;
+                let Some(info) = info else {
+                    return Err(op_error(format!(
+                        "path '{}' is not valid",
+                        store.store_dir().display(&path)
+                    )));
+                };
+                self.last()?;
+                self.write_optional_path(info.deriver.as_ref())?;
+            }
+            Op::QueryPathFromHashPart => {
+                let hash_part = self.from.read_string("hash part")?;
+                let path = store
+                    .query_path_from_hash_part(&hash_part)
+                    .map_err(op_error)?;
+                self.last()?;
+                self.write_optional_path(path.as_ref())?;
+            }
+            Op::QueryAllValidPaths => {
+                let paths = store.query_all_valid_paths()?;
+                self.last()?;
+                self.write_paths(paths.iter())?;
+            }
+            Op::QueryPathInfo => {
+                let path = self.read_path()?;
+                let info = store.query_path_info(&path).map_err(op_error)?;
+                self.last()?;
+                match info {
+                    Some(info) => {
+                        if self.minor() >= 17 {
+                            self.to.write_bool(true)?;
+                        }
+                        self.write_info(&info)?;
+                    }
+                    None if self.minor() >= 17 => self.to.write_bool(false)?,
+                    None => {
+                        return Err(op_error(format!(
+                            "path '{}' is not valid",
+                            store.store_dir().display(&path)
+                        )))
+                    }
+                }
+            }
+            Op::AddToStore => self.add_to_store()?,
+            Op::AddTextToStore => {
+                let name = self.from.read_string("name")?;
+                let text = self.from.read_bytes("text")?;
+                let references = self.read_paths()?;
+                let path = store
+                    .add_text(&name, &text, &references)
+                    .map_err(op_error)?;
+                self.last()?;
+                self.to.write_str(&store.store_dir().display(&path))?;
+            }
+            Op::AddToStoreNar => self.add_to_store_nar()?,
+            Op::AddMultipleToStore => self.add_multiple_to_store()?,
+            Op::NarFromPath => {
+                let path = self.read_path()?;
+                if !store.is_valid_path(&path).map_err(op_error)? {
+                    return Err(op_error(format!(
+                        "path '{}' is not valid",
+                        store.store_dir().display(&path)
+                    )));
+                }
+                self.last()?;
+                // The NAR follows the last message, raw (not framed).
+                store
+                    .nar_from_path(&path, self.to.get_mut())
+                    .map_err(|error| {
+                        Failure::Fatal(ServeError::Io(io::Error::other(error.to_string())))
+                    })?;
+            }
+            Op::BuildPaths | Op::BuildPathsWithResults => {
+                let targets = self.read_derived_paths()?;
+                let mode = self.read_build_mode()?;
+                if mode == BuildMode::Repair && !self.peer.trusted {
+                    return Err(op_error(
+                        "repairing is not allowed because you are not in 'trusted-users'",
+                    ));
+                }
+                let results = store.build_paths(&targets, mode)?;
+                if op == Op::BuildPaths {
+                    // Nix reports a failed build as the operation's error.
+                    if let Some(message) = results.iter().find_map(|(_, r)| r.as_ref().err()) {
+                        return Err(op_error(message));
+                    }
+                    self.last()?;
+                    self.to.write_u64(1)?;
+                } else {
+                    self.last()?;
+                    self.to.write_u64(results.len() as u64)?;
+                    for (target, result) in &results {
+                        self.to.write_str(&target.to_wire(store.store_dir()))?;
+                        self.write_build_result(result)?;
+                    }
+                }
+            }
+            Op::EnsurePath => {
+                let path = self.read_path()?;
+                store.ensure_path(&path)?;
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::AddTempRoot => {
+                let path = self.read_path()?;
+                store.add_temp_root(&path)?;
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::AddIndirectRoot => {
+                let link = self.from.read_string("link")?;
+                store.add_indirect_root(std::path::Path::new(&link))?;
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::AddPermRoot => {
+                let path = self.read_path()?;
+                let link = self.from.read_string("link")?;
+                if !self.peer.trusted {
+                    return Err(op_error("you are not privileged to create perm roots"));
+                }
+                let link = store.add_perm_root(&path, std::path::Path::new(&link))?;
+                self.last()?;
+                self.to.write_str(&link.to_string_lossy())?;
+            }
+            Op::SyncWithGc => {
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::FindRoots => {
+                let roots = store.find_roots(!self.peer.trusted)?;
+                self.last()?;
+                self.to.write_u64(roots.len() as u64)?;
+                for (link, path) in &roots {
+                    self.to.write_str(link)?;
+                    self.to.write_str(&store.store_dir().display(path))?;
+                }
+            }
+            Op::CollectGarbage => {
+                let action = self.from.read_u64()?;
+                let paths = self.read_paths()?;
+                let ignore_liveness = self.from.read_bool("ignore liveness")?;
+                let max_freed = self.from.read_u64()?;
+                for _ in 0..3 {
+                    self.from.read_u64()?; // obsolete
+                }
+                if ignore_liveness {
+                    return Err(op_error("you are not allowed to ignore liveness"));
+                }
+                let request = match action {
+                    gc_action::RETURN_LIVE => GcRequest::ReturnLive,
+                    gc_action::RETURN_DEAD => GcRequest::ReturnDead,
+                    gc_action::DELETE_DEAD => GcRequest::DeleteDead,
+                    gc_action::DELETE_SPECIFIC => GcRequest::DeleteSpecific(paths),
+                    other => {
+                        return Err(op_error(format!(
+                            "unknown garbage collector action {other}"
+                        )))
+                    }
+                };
+                let max_freed = (max_freed != u64::MAX && max_freed != 0).then_some(max_freed);
+                let (paths, freed) = store.collect_garbage(request, max_freed)?;
+                self.last()?;
+                self.to.write_strings(paths.iter())?;
+                self.to.write_u64(freed)?;
+                self.to.write_u64(0)?; // obsolete
+            }
+            Op::SetOptions => {
+                for _ in 0..12 {
+                    self.from.read_u64()?;
+                }
+                let overrides = self.from.read_list_len("options")?;
+                for _ in 0..overrides {
+                    self.from.read_string("option name")?;
+                    self.from.read_string("option value")?;
+                }
+                // Settings are the daemon's; a client's are not applied (an untrusted
+                // client may not change them, and the trusted ones Nix lets through
+                // have no effect on this store).
+                self.last()?;
+            }
+            Op::QuerySubstitutablePathInfo => {
+                self.read_path()?;
+                self.last()?;
+                self.to.write_u64(0)?;
+            }
+            Op::QuerySubstitutablePathInfos => {
+                if self.minor() < 22 {
+                    self.read_paths()?;
+                } else {
+                    let count = self.from.read_list_len("paths")?;
+                    for _ in 0..count {
+                        self.read_path()?;
+                        self.from.read_string("content address")?;
+                    }
+                }
+                self.last()?;
+                self.to.write_u64(0)?;
+            }
+            Op::OptimiseStore => {
+                store.optimise()?;
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::VerifyStore => {
+                let check_contents = self.from.read_bool("check contents")?;
+                let repair = self.from.read_bool("repair")?;
+                if repair && !self.peer.trusted {
+                    return Err(op_error("you are not privileged to repair paths"));
+                }
+                let errors = store.verify_store(check_contents, repair)?;
+                self.last()?;
+                self.to.write_bool(errors)?;
+            }
+            Op::AddSignatures => {
+                let path = self.read_path()?;
+                let signatures = self.from.read_strings("signatures")?;
+                store.add_signatures(&path, &signatures)?;
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::QueryMissing => {
+                let targets = self.read_derived_paths()?;
+                let (will_build, unknown) = store.query_missing(&targets)?;
+                self.last()?;
+                self.write_paths(will_build.iter())?;
+                self.to.write_u64(0)?; // will substitute: nothing
+                self.write_paths(unknown.iter())?;
+                self.to.write_u64(0)?; // download size
+                self.to.write_u64(0)?; // NAR size
+            }
+            Op::ExportPath
+            | Op::ImportPaths
+            | Op::BuildDerivation
+            | Op::RegisterDrvOutput
+            | Op::QueryRealisation
+            | Op::AddBuildLog => {
+                // The request's arguments are not read, so the stream is out of step.
+                return Err(Failure::Fatal(ServeError::Wire(invalid(&format!(
+                    "operation {op:?} is not supported by this daemon"
+                )))));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_build_result(&mut self, result: &Result<bool, String>) -> io::Result<()> {
+        let (status, message) = match result {
+            Ok(true) => (protocol::build_status::BUILT, String::new()),
+            Ok(false) => (protocol::build_status::ALREADY_VALID, String::new()),
+            Err(message) => (protocol::build_status::PERMANENT_FAILURE, message.clone()),
+        };
+        self.to.write_u64(status)?;
+        self.to.write_str(&message)?;
+        if self.minor() >= 29 {
+            self.to.write_u64(u64::from(result.is_ok()))?; // times built
+            self.to.write_bool(false)?; // non-deterministic
+            self.to.write_u64(0)?; // start time
+            self.to.write_u64(0)?; // stop time
+        }
+        if self.minor() >= 28 {
+            self.to.write_u64(0)?; // built outputs (realisations): none reported
+        }
+        Ok(())
+    }
+
+    /// `AddToStore`: a content-addressed path from a dump (1.25 and later: name, content
+    /// address method, references, repair, framed dump; before: the NAR inline).
+    fn add_to_store(&mut self) -> Result<(), Failure> {
+        let store = self.store;
+        if self.minor() < 25 {
+            let name = self.from.read_string("name")?;
+            let fixed = self.from.read_bool("fixed")?;
+            let recursive = self.from.read_u64()?;
+            let algo = self.from.read_string("hash algorithm")?;
+            let method = if !fixed || recursive == 1 {
+                "fixed:r:"
+            } else {
+                "fixed:"
+            };
+            let algo = if fixed { algo } else { "sha256".into() };
+            // The NAR (or flat contents) follows inline; a NAR is self-delimiting.
+            let result = store.add_dump(
+                &name,
+                &format!("{method}{algo}"),
+                &BTreeSet::new(),
+                &mut NarInline(self.from.get_mut()),
+            );
+            let path = result?;
+            self.last()?;
+            self.to.write_str(&store.store_dir().display(&path))?;
+            return Ok(());
+        }
+        let name = self.from.read_string("name")?;
+        let method = self.from.read_string("content address method")?;
+        let references = self.read_paths()?;
+        let _repair = self.from.read_bool("repair")?;
+        let max_frame = self.from.limits().max_frame;
+        let mut dump = FramedReader::new(self.from.get_mut(), max_frame);
+        let result = store.add_dump(&name, &method, &references, &mut dump);
+        // Whatever happened, the rest of the dump must be read to stay in step.
+        dump.drain()?;
+        let path = result?;
+        let info = store
+            .query_path_info(&path)
+            .map_err(op_error)?
+            .ok_or_else(|| op_error("the path just added is not valid"))?;
+        self.last()?;
+        self.to.write_str(&store.store_dir().display(&path))?;
+        self.write_info(&info)?;
+        Ok(())
+    }
+
+    fn read_path_info(&mut self, path: StorePath) -> Result<PathInfo, Failure> {
+        let deriver = self.from.read_string("deriver")?;
+        let nar_hash = self.from.read_string("NAR hash")?;
+        let references = self.read_paths()?;
+        let registration_time = self.from.read_u64()?;
+        let nar_size = self.from.read_u64()?;
+        let ultimate = self.from.read_bool("ultimate")?;
+        let signatures = self.from.read_strings("signatures")?;
+        let ca = self.from.read_string("content address")?;
+        let store_dir = self.store.store_dir();
+        let nar_hash =
+            arca_store_core::Hash::parse(&nar_hash, Some(arca_store_core::HashAlgo::Sha256))
+                .map_err(op_error)?;
+        let mut info = PathInfo::new(path, nar_hash, nar_size);
+        info.deriver = if deriver.is_empty() {
+            None
+        } else {
+            Some(store_dir.parse_path(&deriver).map_err(op_error)?)
+        };
+        info.references = references;
+        info.registration_time = i64::try_from(registration_time).unwrap_or(0);
+        // Only a trusted client may claim the path was built here.
+        info.ultimate = ultimate && self.peer.trusted;
+        info.signatures = signatures.into_iter().collect();
+        info.ca = if ca.is_empty() {
+            None
+        } else {
+            Some(arca_store_core::ContentAddress::parse(&ca).map_err(op_error)?)
+        };
+        Ok(info)
+    }
+
+    /// `AddToStoreNar`: a path with its metadata, then its NAR (framed from 1.23 on).
+    fn add_to_store_nar(&mut self) -> Result<(), Failure> {
+        let path = self.read_path()?;
+        let info = self.read_path_info(path);
+        let _repair = self.from.read_bool("repair")?;
+        let dont_check_signatures = self.from.read_bool("don't check signatures")?;
+        let trusted_import = self.peer.trusted && dont_check_signatures;
+        if self.minor() < 23 {
+            return Err(Failure::Fatal(ServeError::Wire(invalid(
+                "AddToStoreNar before protocol 1.23 is not supported",
+            ))));
+        }
+        let max_frame = self.from.limits().max_frame;
+        let mut framed = FramedReader::new(self.from.get_mut(), max_frame);
+        let result = match info {
+            Ok(info) => {
+                let mut nar = BufReader::new(&mut framed);
+                self.store.add_nar_checked(&info, &mut nar, trusted_import)
+            }
+            Err(Failure::Op(error)) => Err(error),
+            Err(fatal) => return Err(fatal),
+        };
+        framed.drain()?;
+        result?;
+        self.last()?;
+        Ok(())
+    }
+
+    /// `AddMultipleToStore`: a framed stream of a count, then for each path its info and
+    /// NAR.
+    fn add_multiple_to_store(&mut self) -> Result<(), Failure> {
+        let _repair = self.from.read_bool("repair")?;
+        let dont_check_signatures = self.from.read_bool("don't check signatures")?;
+        let trusted_import = self.peer.trusted && dont_check_signatures;
+        let limits = self.from.limits();
+        let store = self.store;
+        let peer = self.peer;
+        let version = self.version;
+        let result = {
+            let mut framed =
+                BufReader::new(FramedReader::new(self.from.get_mut(), limits.max_frame));
+            let outcome = (|| -> Result<(), Failure> {
+                let mut inner = Connection {
+                    store,
+                    peer,
+                    from: WireReader::new(&mut framed, limits),
+                    to: WireWriter::new(io::sink()),
+                    version,
+                };
+                let count = inner.from.read_u64()?;
+                for _ in 0..count {
+                    let path = inner.read_path()?;
+                    let info = inner.read_path_info(path)?;
+                    store.add_nar_checked(&info, inner.from.get_mut(), trusted_import)?;
+                }
+                Ok(())
+            })();
+            io::copy(&mut framed, &mut io::sink())?;
+            outcome
+        };
+        result?;
+        self.last()?;
+        Ok(())
+    }
+}
+
+/// A NAR read straight off the connection (protocols before 1.25): the backend reads
+/// exactly one NAR from it.
+struct NarInline<'a, R>(&'a mut R);
+
+impl<R: BufRead> Read for NarInline<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R: BufRead> BufRead for NarInline<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.0.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.0.consume(amount)
+    }
+}
+
+fn invalid(message: &str) -> WireError {
+    WireError::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        message.to_owned(),
+    ))
+}
