@@ -28,3 +28,8 @@ fn nar_parse_corpus_runs_clean() {
 fn drv_parse_corpus_runs_clean() {
     run_corpus("drv_parse", arca_fuzz::drv::fuzz_drv_parse);
 }
+
+#[test]
+fn daemon_requests_corpus_runs_clean() {
+    run_corpus("daemon_requests", arca_fuzz::daemon::fuzz_daemon_requests);
+}

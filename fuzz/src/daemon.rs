@@ -1,0 +1,121 @@
+//! The daemon server's request decoding: any byte stream a client sends (handshake,
+//! operations, framed dumps) ends the connection cleanly, never panics, and never makes
+//! the server allocate more than the limits allow.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, Read, Write};
+
+use arca_daemon_proto::wire::Limits;
+use arca_daemon_proto::{serve, DaemonStore, Peer, StoreOpError};
+use arca_store_core::{Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath};
+
+/// A store with one valid path that accepts and discards whatever is added.
+struct OnePathStore {
+    store_dir: StoreDir,
+    path: StorePath,
+}
+
+impl OnePathStore {
+    fn new() -> OnePathStore {
+        OnePathStore {
+            store_dir: StoreDir::default(),
+            path: StorePath::from_base_name("00000000000000000000000000000000-one")
+                .expect("a valid base name"),
+        }
+    }
+}
+
+impl Store for OnePathStore {
+    type Error = StoreOpError;
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    fn is_valid_path(&self, path: &StorePath) -> Result<bool, StoreOpError> {
+        Ok(*path == self.path)
+    }
+
+    fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, StoreOpError> {
+        Ok((*path == self.path)
+            .then(|| PathInfo::new(path.clone(), Hash::digest(HashAlgo::Sha256, b""), 8)))
+    }
+
+    fn query_referrers(&self, _: &StorePath) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        Ok(BTreeSet::new())
+    }
+
+    fn query_valid_derivers(&self, _: &StorePath) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        Ok(BTreeSet::new())
+    }
+
+    fn query_derivation_outputs(
+        &self,
+        _: &StorePath,
+    ) -> Result<BTreeMap<String, StorePath>, StoreOpError> {
+        Ok(BTreeMap::new())
+    }
+
+    fn query_path_from_hash_part(&self, _: &str) -> Result<Option<StorePath>, StoreOpError> {
+        Ok(None)
+    }
+
+    fn add_nar(&self, _: &PathInfo, nar: &mut dyn Read) -> Result<(), StoreOpError> {
+        drain(nar)
+    }
+
+    fn add_text(
+        &self,
+        name: &str,
+        _: &[u8],
+        _: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreOpError> {
+        StorePath::from_base_name(&format!("{}-{name}", "1".repeat(32)))
+            .map_err(|e| StoreOpError::new(e.to_string()))
+    }
+
+    fn nar_from_path(&self, _: &StorePath, out: &mut dyn Write) -> Result<(), StoreOpError> {
+        out.write_all(b"nar")
+            .map_err(|e| StoreOpError::new(e.to_string()))
+    }
+}
+
+fn drain(input: &mut dyn Read) -> Result<(), StoreOpError> {
+    io::copy(input, &mut io::sink())
+        .map(drop)
+        .map_err(|e| StoreOpError::new(e.to_string()))
+}
+
+impl DaemonStore for OnePathStore {
+    fn add_dump(
+        &self,
+        name: &str,
+        _: &str,
+        _: &BTreeSet<StorePath>,
+        dump: &mut dyn Read,
+    ) -> Result<StorePath, StoreOpError> {
+        drain(dump)?;
+        self.add_text(name, b"", &BTreeSet::new())
+    }
+
+    fn add_nar_checked(
+        &self,
+        _: &PathInfo,
+        nar: &mut dyn BufRead,
+        _: bool,
+    ) -> Result<(), StoreOpError> {
+        drain(nar)
+    }
+}
+
+/// Serves `data` as one client's whole stream; the first byte picks trusted or not.
+pub fn fuzz_daemon_requests(data: &[u8]) {
+    let store = OnePathStore::new();
+    let trusted = data.first().is_some_and(|b| b & 1 == 1);
+    let limits = Limits {
+        max_string: 1 << 16,
+        max_list: 1 << 10,
+        max_frame: 1 << 16,
+    };
+    let _ = serve(&store, data, io::sink(), Peer { trusted }, limits);
+}
