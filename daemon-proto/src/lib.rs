@@ -28,10 +28,12 @@
 
 mod activation;
 pub mod backend;
+mod client;
 pub mod daemon;
 pub mod protocol;
 mod server;
 pub mod wire;
 
 pub use backend::{BuildMode, DaemonStore, DerivedPath, GcRequest, StoreOpError};
+pub use client::{ClientError, DaemonClient};
 pub use server::{serve, Peer, ServeError};

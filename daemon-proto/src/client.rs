@@ -1,0 +1,443 @@
+//! The client side: [`DaemonClient`] implements the [`Store`] trait over a connection
+//! to `arca daemon` or `nix-daemon`, so code written against `Store` works on a store
+//! it cannot write directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Mutex;
+
+use arca_store_core::{ContentAddress, Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath};
+
+use crate::protocol::{self, minor, stderr, Op};
+use crate::wire::{FramedWriter, Limits, WireError, WireReader, WireWriter};
+
+/// What went wrong talking to a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("daemon connection: {0}")]
+    Wire(#[from] WireError),
+    #[error("daemon connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("the daemon does not speak Nix's worker protocol (magic {0:#x})")]
+    BadMagic(u64),
+    #[error("the daemon's protocol version {0}.{1} is older than 1.21")]
+    TooOld(u64, u64),
+    /// The daemon refused the operation; its message.
+    #[error("{0}")]
+    Daemon(String),
+    #[error("the daemon sent an invalid reply: {0}")]
+    BadReply(String),
+}
+
+struct Connection {
+    from: WireReader<BufReader<UnixStream>>,
+    to: WireWriter<BufWriter<UnixStream>>,
+    version: u64,
+}
+
+/// A store behind a daemon socket. One connection, used by one operation at a time
+/// (callers on several threads take turns).
+pub struct DaemonClient {
+    store_dir: StoreDir,
+    connection: Mutex<Connection>,
+    daemon_version: Option<String>,
+}
+
+impl std::fmt::Debug for DaemonClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonClient")
+            .field("store_dir", &self.store_dir)
+            .field("daemon_version", &self.daemon_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DaemonClient {
+    /// Connects to the daemon listening on `socket` and does the handshake.
+    pub fn connect(socket: &Path) -> Result<DaemonClient, ClientError> {
+        let stream = UnixStream::connect(socket)?;
+        DaemonClient::handshake(stream, StoreDir::default())
+    }
+
+    /// The handshake over an open stream (protocol 1.35 offered).
+    pub fn handshake(stream: UnixStream, store_dir: StoreDir) -> Result<DaemonClient, ClientError> {
+        let mut from = WireReader::new(BufReader::new(stream.try_clone()?), Limits::default());
+        let mut to = WireWriter::new(BufWriter::new(stream));
+        to.write_u64(protocol::WORKER_MAGIC_1)?;
+        to.flush()?;
+        let magic = from.read_u64()?;
+        if magic != protocol::WORKER_MAGIC_2 {
+            return Err(ClientError::BadMagic(magic));
+        }
+        let server = from.read_u64()?;
+        let version = server.min(protocol::MAX_VERSION);
+        if version < protocol::MIN_VERSION {
+            return Err(ClientError::TooOld(server >> 8, minor(server)));
+        }
+        to.write_u64(protocol::MAX_VERSION)?;
+        to.write_u64(0)?; // no CPU affinity
+        to.write_u64(0)?; // reserveSpace (obsolete)
+        to.flush()?;
+        let mut daemon_version = None;
+        if minor(version) >= 33 {
+            daemon_version = Some(from.read_string("daemon version")?);
+        }
+        if minor(version) >= 35 {
+            from.read_u64()?; // whether the daemon trusts us
+        }
+        let mut connection = Connection { from, to, version };
+        connection.process_stderr()?;
+        Ok(DaemonClient {
+            store_dir,
+            connection: Mutex::new(connection),
+            daemon_version,
+        })
+    }
+
+    /// The daemon's version string (protocol 1.33 and later).
+    pub fn daemon_version(&self) -> Option<&str> {
+        self.daemon_version.as_deref()
+    }
+
+    fn with<T>(
+        &self,
+        op: impl FnOnce(&mut Connection, &StoreDir) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        op(&mut connection, &self.store_dir)
+    }
+
+    fn parse_path(store_dir: &StoreDir, text: &str) -> Result<StorePath, ClientError> {
+        store_dir
+            .parse_path(text)
+            .map_err(|e| ClientError::BadReply(format!("'{text}': {e}")))
+    }
+
+    fn read_paths(
+        connection: &mut Connection,
+        store_dir: &StoreDir,
+    ) -> Result<BTreeSet<StorePath>, ClientError> {
+        connection
+            .from
+            .read_strings("store paths")?
+            .iter()
+            .map(|text| DaemonClient::parse_path(store_dir, text))
+            .collect()
+    }
+
+    fn read_optional_path(
+        connection: &mut Connection,
+        store_dir: &StoreDir,
+    ) -> Result<Option<StorePath>, ClientError> {
+        let text = connection.from.read_string("store path")?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        DaemonClient::parse_path(store_dir, &text).map(Some)
+    }
+
+    /// One path query: op, the path, the log, then `read`.
+    fn query<T>(
+        &self,
+        op: Op,
+        path: &StorePath,
+        read: impl FnOnce(&mut Connection, &StoreDir) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(op as u64)?;
+            connection.to.write_str(&store_dir.display(path))?;
+            connection.to.flush()?;
+            connection.process_stderr()?;
+            read(connection, store_dir)
+        })
+    }
+}
+
+impl Connection {
+    /// Reads log messages until `STDERR_LAST` (or the daemon's error).
+    fn process_stderr(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.from.read_u64()? {
+                stderr::LAST => return Ok(()),
+                stderr::ERROR => {
+                    let message = if minor(self.version) >= 26 {
+                        self.from.read_string("error type")?;
+                        self.from.read_u64()?; // level
+                        self.from.read_string("error name")?;
+                        let message = self.from.read_string("error message")?;
+                        let have_position = self.from.read_u64()?;
+                        if have_position != 0 {
+                            return Err(ClientError::BadReply(
+                                "error positions are not expected".into(),
+                            ));
+                        }
+                        let traces = self.from.read_list_len("error traces")?;
+                        for _ in 0..traces {
+                            self.from.read_u64()?;
+                            self.from.read_string("trace")?;
+                        }
+                        message
+                    } else {
+                        let message = self.from.read_string("error message")?;
+                        self.from.read_u64()?; // exit status
+                        message
+                    };
+                    return Err(ClientError::Daemon(message));
+                }
+                stderr::NEXT => {
+                    let line = self.from.read_string("log line")?;
+                    tracing::info!("{}", line.trim_end());
+                }
+                stderr::START_ACTIVITY => {
+                    self.from.read_u64()?; // id
+                    self.from.read_u64()?; // level
+                    self.from.read_u64()?; // type
+                    self.from.read_string("activity")?;
+                    self.read_fields()?;
+                    self.from.read_u64()?; // parent
+                }
+                stderr::STOP_ACTIVITY => {
+                    self.from.read_u64()?;
+                }
+                stderr::RESULT => {
+                    self.from.read_u64()?;
+                    self.from.read_u64()?;
+                    self.read_fields()?;
+                }
+                other => {
+                    return Err(ClientError::BadReply(format!(
+                        "unexpected log message code {other:#x}"
+                    )))
+                }
+            }
+        }
+    }
+
+    fn read_fields(&mut self) -> Result<(), ClientError> {
+        let count = self.from.read_list_len("fields")?;
+        for _ in 0..count {
+            match self.from.read_u64()? {
+                0 => {
+                    self.from.read_u64()?;
+                }
+                1 => {
+                    self.from.read_string("field")?;
+                }
+                other => return Err(ClientError::BadReply(format!("field type {other}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for DaemonClient {
+    type Error = ClientError;
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    fn is_valid_path(&self, path: &StorePath) -> Result<bool, ClientError> {
+        self.query(Op::IsValidPath, path, |connection, _| {
+            Ok(connection.from.read_bool("valid")?)
+        })
+    }
+
+    fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, ClientError> {
+        self.query(Op::QueryPathInfo, path, |connection, store_dir| {
+            if !connection.from.read_bool("valid")? {
+                return Ok(None);
+            }
+            let deriver = DaemonClient::read_optional_path(connection, store_dir)?;
+            let nar_hash = connection.from.read_string("NAR hash")?;
+            let nar_hash = Hash::parse(&nar_hash, Some(HashAlgo::Sha256))
+                .map_err(|e| ClientError::BadReply(e.to_string()))?;
+            let references = DaemonClient::read_paths(connection, store_dir)?;
+            let registration_time = connection.from.read_u64()?;
+            let nar_size = connection.from.read_u64()?;
+            let ultimate = connection.from.read_bool("ultimate")?;
+            let signatures = connection.from.read_strings("signatures")?;
+            let ca = connection.from.read_string("content address")?;
+            let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
+            info.deriver = deriver;
+            info.references = references;
+            info.registration_time = i64::try_from(registration_time).unwrap_or(i64::MAX);
+            info.ultimate = ultimate;
+            info.signatures = signatures.into_iter().collect();
+            info.ca = if ca.is_empty() {
+                None
+            } else {
+                Some(ContentAddress::parse(&ca).map_err(|e| ClientError::BadReply(e.to_string()))?)
+            };
+            Ok(Some(info))
+        })
+    }
+
+    fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, ClientError> {
+        self.query(Op::QueryReferrers, path, DaemonClient::read_paths)
+    }
+
+    fn query_valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, ClientError> {
+        self.query(Op::QueryValidDerivers, path, DaemonClient::read_paths)
+    }
+
+    fn query_derivation_outputs(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<String, StorePath>, ClientError> {
+        self.query(
+            Op::QueryDerivationOutputMap,
+            drv,
+            |connection, store_dir| {
+                let count = connection.from.read_list_len("outputs")?;
+                let mut outputs = BTreeMap::new();
+                for _ in 0..count {
+                    let name = connection.from.read_string("output name")?;
+                    if let Some(path) = DaemonClient::read_optional_path(connection, store_dir)? {
+                        outputs.insert(name, path);
+                    }
+                }
+                Ok(outputs)
+            },
+        )
+    }
+
+    fn query_path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>, ClientError> {
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::QueryPathFromHashPart as u64)?;
+            connection.to.write_str(hash_part)?;
+            connection.to.flush()?;
+            connection.process_stderr()?;
+            DaemonClient::read_optional_path(connection, store_dir)
+        })
+    }
+
+    fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), ClientError> {
+        self.with(|connection, store_dir| {
+            let to = &mut connection.to;
+            to.write_u64(Op::AddToStoreNar as u64)?;
+            to.write_str(&store_dir.display(&info.path))?;
+            let deriver = info
+                .deriver
+                .as_ref()
+                .map(|d| store_dir.display(d))
+                .unwrap_or_default();
+            to.write_str(&deriver)?;
+            to.write_str(&info.nar_hash.to_base16())?;
+            to.write_strings(
+                info.references
+                    .iter()
+                    .map(|r| store_dir.display(r))
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )?;
+            to.write_u64(u64::try_from(info.registration_time).unwrap_or(0))?;
+            to.write_u64(info.nar_size)?;
+            to.write_bool(info.ultimate)?;
+            to.write_strings(info.signatures.iter())?;
+            to.write_str(
+                &info
+                    .ca
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            )?;
+            to.write_bool(false)?; // repair
+            to.write_bool(true)?; // don't check signatures (honoured for trusted clients)
+            {
+                let mut framed = FramedWriter::new(to.get_mut());
+                io::copy(nar, &mut framed)?;
+                framed.finish()?;
+            }
+            to.flush()?;
+            connection.process_stderr()
+        })
+    }
+
+    fn add_text(
+        &self,
+        name: &str,
+        contents: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, ClientError> {
+        self.with(|connection, store_dir| {
+            let to = &mut connection.to;
+            to.write_u64(Op::AddTextToStore as u64)?;
+            to.write_str(name)?;
+            to.write_bytes(contents)?;
+            to.write_strings(
+                references
+                    .iter()
+                    .map(|r| store_dir.display(r))
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )?;
+            to.flush()?;
+            connection.process_stderr()?;
+            let path = connection.from.read_string("store path")?;
+            DaemonClient::parse_path(store_dir, &path)
+        })
+    }
+
+    fn nar_from_path(&self, path: &StorePath, out: &mut dyn Write) -> Result<(), ClientError> {
+        self.query(Op::NarFromPath, path, |connection, _| {
+            // The NAR follows raw: copy exactly one NAR, parsing it to know its end.
+            let mut tee = TeeBufRead {
+                inner: connection.from.get_mut(),
+                out,
+                error: None,
+            };
+            {
+                let mut reader = arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default());
+                while reader
+                    .next()
+                    .map_err(|e| ClientError::BadReply(format!("NAR: {e}")))?
+                    .is_some()
+                {}
+            }
+            match tee.error {
+                Some(error) => Err(error.into()),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+/// A `BufRead` that copies every byte consumed from `inner` to `out`: exactly what a
+/// parser reads, never more (so the connection stays in step).
+struct TeeBufRead<'a, R> {
+    inner: &'a mut R,
+    out: &'a mut dyn Write,
+    error: Option<io::Error>,
+}
+
+impl<R: BufRead> Read for TeeBufRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for TeeBufRead<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let Ok(buffer) = self.inner.fill_buf() {
+            let amount = amount.min(buffer.len());
+            if let Err(error) = self.out.write_all(&buffer[..amount]) {
+                self.error.get_or_insert(error);
+            }
+        }
+        self.inner.consume(amount);
+    }
+}
