@@ -4,7 +4,7 @@
 //! - [`wire`]: the primitives (`u64`s, padded byte strings, string lists, framed
 //!   streams), decoded with [`wire::Limits`] so that no length from the wire sizes an
 //!   allocation before its bytes arrive.
-//! - [`protocol`]: magic numbers, versions (1.21, Nix 2.3, through 1.35), log codes and
+//! - [`protocol`]: magic numbers, versions (1.21, Nix 2.3, through 1.37, Nix 2.20 and later), log codes and
 //!   operation numbers.
 //! - [`serve`]: one connection, from the handshake to the client hanging up, over any
 //!   [`DaemonStore`] (a [`arca_store_core::Store`] plus what the protocol needs beyond

@@ -582,6 +582,10 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             self.to.write_u64(0)?; // start time
             self.to.write_u64(0)?; // stop time
         }
+        if self.minor() >= 37 {
+            self.to.write_u64(0)?; // CPU time in user mode: not measured (optional)
+            self.to.write_u64(0)?; // CPU time in kernel mode: likewise
+        }
         if self.minor() >= 28 {
             self.to.write_u64(0)?; // built outputs (realisations): none reported
         }
