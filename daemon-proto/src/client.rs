@@ -61,8 +61,17 @@ impl DaemonClient {
         DaemonClient::handshake(stream, StoreDir::default())
     }
 
-    /// The handshake over an open stream (protocol 1.35 offered).
+    /// The handshake over an open stream, offering the newest protocol.
     pub fn handshake(stream: UnixStream, store_dir: StoreDir) -> Result<DaemonClient, ClientError> {
+        DaemonClient::handshake_at(stream, store_dir, protocol::MAX_VERSION)
+    }
+
+    /// The handshake offering protocol `offered` (to speak as an older client would).
+    pub fn handshake_at(
+        stream: UnixStream,
+        store_dir: StoreDir,
+        offered: u64,
+    ) -> Result<DaemonClient, ClientError> {
         let mut from = WireReader::new(BufReader::new(stream.try_clone()?), Limits::default());
         let mut to = WireWriter::new(BufWriter::new(stream));
         to.write_u64(protocol::WORKER_MAGIC_1)?;
@@ -72,13 +81,17 @@ impl DaemonClient {
             return Err(ClientError::BadMagic(magic));
         }
         let server = from.read_u64()?;
-        let version = server.min(protocol::MAX_VERSION);
+        let version = server.min(offered);
         if version < protocol::MIN_VERSION {
             return Err(ClientError::TooOld(server >> 8, minor(server)));
         }
-        to.write_u64(protocol::MAX_VERSION)?;
-        to.write_u64(0)?; // no CPU affinity
-        to.write_u64(0)?; // reserveSpace (obsolete)
+        to.write_u64(offered)?;
+        if minor(version) >= 14 {
+            to.write_u64(0)?; // no CPU affinity
+        }
+        if minor(version) >= 11 {
+            to.write_u64(0)?; // reserveSpace (obsolete)
+        }
         to.flush()?;
         let mut daemon_version = None;
         if minor(version) >= 33 {
@@ -88,7 +101,7 @@ impl DaemonClient {
             from.read_u64()?; // whether the daemon trusts us
         }
         let mut connection = Connection { from, to, version };
-        connection.process_stderr()?;
+        connection.process_stderr(None)?;
         Ok(DaemonClient {
             store_dir,
             connection: Mutex::new(connection),
@@ -99,6 +112,14 @@ impl DaemonClient {
     /// The daemon's version string (protocol 1.33 and later).
     pub fn daemon_version(&self) -> Option<&str> {
         self.daemon_version.as_deref()
+    }
+
+    /// The protocol version agreed on.
+    pub fn protocol_version(&self) -> u64 {
+        self.connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .version
     }
 
     fn with<T>(
@@ -149,18 +170,29 @@ impl DaemonClient {
             connection.to.write_u64(op as u64)?;
             connection.to.write_str(&store_dir.display(path))?;
             connection.to.flush()?;
-            connection.process_stderr()?;
+            connection.process_stderr(None)?;
             read(connection, store_dir)
         })
     }
 }
 
 impl Connection {
-    /// Reads log messages until `STDERR_LAST` (or the daemon's error).
-    fn process_stderr(&mut self) -> Result<(), ClientError> {
+    /// Reads log messages until `STDERR_LAST` (or the daemon's error), answering the
+    /// daemon's requests for data (`STDERR_READ`, old protocols) from `source`.
+    fn process_stderr(&mut self, mut source: Option<&mut dyn Read>) -> Result<(), ClientError> {
         loop {
             match self.from.read_u64()? {
                 stderr::LAST => return Ok(()),
+                stderr::READ => {
+                    let wanted = self.from.read_u64()?;
+                    let Some(source) = source.as_deref_mut() else {
+                        return Err(ClientError::BadReply("the daemon asked for data".into()));
+                    };
+                    let mut chunk = vec![0u8; wanted.min(64 << 10) as usize];
+                    let read = source.read(&mut chunk)?;
+                    self.to.write_bytes(&chunk[..read])?;
+                    self.to.flush()?;
+                }
                 stderr::ERROR => {
                     let message = if minor(self.version) >= 26 {
                         self.from.read_string("error type")?;
@@ -309,7 +341,7 @@ impl Store for DaemonClient {
             connection.to.write_u64(Op::QueryPathFromHashPart as u64)?;
             connection.to.write_str(hash_part)?;
             connection.to.flush()?;
-            connection.process_stderr()?;
+            connection.process_stderr(None)?;
             DaemonClient::read_optional_path(connection, store_dir)
         })
     }
@@ -346,13 +378,18 @@ impl Store for DaemonClient {
             )?;
             to.write_bool(false)?; // repair
             to.write_bool(true)?; // don't check signatures (honoured for trusted clients)
+            if minor(connection.version) < 23 {
+                // The daemon pulls the NAR while it adds it.
+                to.flush()?;
+                return connection.process_stderr(Some(nar));
+            }
             {
                 let mut framed = FramedWriter::new(to.get_mut());
                 io::copy(nar, &mut framed)?;
                 framed.finish()?;
             }
             to.flush()?;
-            connection.process_stderr()
+            connection.process_stderr(None)
         })
     }
 
@@ -375,7 +412,7 @@ impl Store for DaemonClient {
                     .iter(),
             )?;
             to.flush()?;
-            connection.process_stderr()?;
+            connection.process_stderr(None)?;
             let path = connection.from.read_string("store path")?;
             DaemonClient::parse_path(store_dir, &path)
         })

@@ -597,23 +597,38 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
     fn add_to_store(&mut self) -> Result<(), Failure> {
         let store = self.store;
         if self.minor() < 25 {
+            // Before 1.25: name, a "fixed" flag, a recursive flag, the algorithm, then
+            // always a NAR, inline (its end is found by parsing it).
             let name = self.from.read_string("name")?;
             let fixed = self.from.read_bool("fixed")?;
-            let recursive = self.from.read_u64()?;
+            let recursive = self.from.read_u64()? == 1;
             let algo = self.from.read_string("hash algorithm")?;
-            let method = if !fixed || recursive == 1 {
-                "fixed:r:"
+            let (recursive, algo) = if fixed {
+                (recursive, algo)
             } else {
-                "fixed:"
+                (true, "sha256".into())
             };
-            let algo = if fixed { algo } else { "sha256".into() };
-            // The NAR (or flat contents) follows inline; a NAR is self-delimiting.
-            let result = store.add_dump(
-                &name,
-                &format!("{method}{algo}"),
-                &BTreeSet::new(),
-                &mut NarInline(self.from.get_mut()),
-            );
+            let mut nar = spool_nar(self.from.get_mut())?;
+            let result = if recursive {
+                store.add_dump(
+                    &name,
+                    &format!("fixed:r:{algo}"),
+                    &BTreeSet::new(),
+                    &mut nar,
+                )
+            } else {
+                let mut reader =
+                    arca_nar::NarReader::new(io::BufReader::new(nar), arca_nar::Limits::default());
+                match reader.next() {
+                    Ok(Some(arca_nar::Event::Regular { .. })) => store.add_dump(
+                        &name,
+                        &format!("fixed:{algo}"),
+                        &BTreeSet::new(),
+                        &mut reader.contents(),
+                    ),
+                    _ => Err(StoreOpError::new("a flat path must be a regular file")),
+                }
+            };
             let path = result?;
             self.last()?;
             self.to.write_str(&store.store_dir().display(&path))?;
@@ -679,9 +694,22 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         let dont_check_signatures = self.from.read_bool("don't check signatures")?;
         let trusted_import = self.peer.trusted && dont_check_signatures;
         if self.minor() < 23 {
-            return Err(Failure::Fatal(ServeError::Wire(invalid(
-                "AddToStoreNar before protocol 1.23 is not supported",
-            ))));
+            // Before 1.23 the server pulls the NAR: `STDERR_READ` with a size, answered
+            // by a byte string, as often as it needs.
+            let info = match info {
+                Ok(info) => info,
+                Err(failure) => return Err(failure),
+            };
+            let max = self.from.limits().max_frame;
+            let mut pulled = io::BufReader::new(Pull {
+                from: self.from.get_mut(),
+                to: self.to.get_mut(),
+                max,
+            });
+            self.store
+                .add_nar_checked(&info, &mut pulled, trusted_import)?;
+            self.last()?;
+            return Ok(());
         }
         let max_frame = self.from.limits().max_frame;
         let mut framed = FramedReader::new(self.from.get_mut(), max_frame);
@@ -737,23 +765,91 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
     }
 }
 
-/// A NAR read straight off the connection (protocols before 1.25): the backend reads
-/// exactly one NAR from it.
-struct NarInline<'a, R>(&'a mut R);
+/// Reads exactly one NAR off the connection into an anonymous temporary file (the old
+/// `AddToStore` sends it inline, so only parsing finds its end), rewound.
+fn spool_nar(from: &mut impl BufRead) -> Result<std::fs::File, Failure> {
+    let mut file = tempfile::tempfile()?;
+    {
+        let mut tee = TeeBufRead {
+            inner: from,
+            out: &mut file,
+            error: None,
+        };
+        let mut reader = arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default());
+        reader
+            .read_to_end()
+            .map_err(|e| Failure::Fatal(ServeError::Wire(invalid(&format!("NAR: {e}")))))?;
+        if let Some(error) = tee.error {
+            return Err(error.into());
+        }
+    }
+    io::Seek::rewind(&mut file)?;
+    Ok(file)
+}
 
-impl<R: BufRead> Read for NarInline<'_, R> {
+/// A `BufRead` that copies every byte consumed from `inner` to `out`.
+struct TeeBufRead<'a, R, W> {
+    inner: &'a mut R,
+    out: &'a mut W,
+    error: Option<io::Error>,
+}
+
+impl<R: BufRead, W: Write> Read for TeeBufRead<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 
-impl<R: BufRead> BufRead for NarInline<'_, R> {
+impl<R: BufRead, W: Write> BufRead for TeeBufRead<'_, R, W> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.0.fill_buf()
+        self.inner.fill_buf()
     }
 
     fn consume(&mut self, amount: usize) {
-        self.0.consume(amount)
+        if let Ok(buffer) = self.inner.fill_buf() {
+            let amount = amount.min(buffer.len());
+            if let Err(error) = self.out.write_all(&buffer[..amount]) {
+                self.error.get_or_insert(error);
+            }
+        }
+        self.inner.consume(amount);
+    }
+}
+
+/// The data of a pre-1.23 `AddToStoreNar`, pulled from the client chunk by chunk.
+struct Pull<'a, R, W> {
+    from: &'a mut R,
+    to: &'a mut W,
+    max: u64,
+}
+
+impl<R: BufRead, W: Write> Read for Pull<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(self.max as usize) as u64;
+        self.to.write_all(&stderr::READ.to_le_bytes())?;
+        self.to.write_all(&want.to_le_bytes())?;
+        self.to.flush()?;
+        let mut len = [0u8; 8];
+        self.from.read_exact(&mut len)?;
+        let len = u64::from_le_bytes(len);
+        if len > want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the client sent more than asked",
+            ));
+        }
+        let len = len as usize;
+        self.from.read_exact(&mut buf[..len])?;
+        let mut padding = [0u8; 8];
+        self.from.read_exact(&mut padding[..(8 - len % 8) % 8])?;
+        if len == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(len)
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::os::unix::net::UnixStream;
 
 use arca_daemon_proto::wire::Limits;
-use arca_daemon_proto::{serve, DaemonClient, Peer};
+use arca_daemon_proto::{protocol, serve, DaemonClient, Peer};
 use arca_store_core::{Hash, HashAlgo, PathInfo, Store, StorePath};
 use arca_store_sqlite::LocalStore;
 
@@ -122,27 +122,39 @@ fn the_store_suite_passes_on_a_local_store() {
     exercise(&LocalStore::open(root.path()).unwrap());
 }
 
-#[test]
-fn the_store_suite_passes_through_the_daemon() {
+/// Runs the suite through `serve`, the client offering protocol 1.`minor`.
+fn through_the_daemon_at(minor: u64) {
     let root = tempfile::tempdir().unwrap();
     let (client_end, server_end) = UnixStream::pair().unwrap();
     let server_root = root.path().to_owned();
     let server = std::thread::spawn(move || {
         let store = LocalStore::open(&server_root).unwrap();
         let output = server_end.try_clone().unwrap();
-        serve(
-            &store,
-            &server_end,
-            output,
-            Peer { trusted: true },
-            Limits::default(),
-        )
+        let peer = Peer { trusted: true };
+        serve(&store, &server_end, output, peer, Limits::default())
     });
-    let client = DaemonClient::handshake(client_end, Default::default()).unwrap();
-    assert!(client.daemon_version().unwrap().starts_with("arca "));
+    let offered = protocol::version(1, minor);
+    let client = DaemonClient::handshake_at(client_end, Default::default(), offered).unwrap();
+    assert_eq!(client.protocol_version(), offered);
+    // The version string exists from 1.33 on.
+    assert_eq!(client.daemon_version().is_some(), minor >= 33, "1.{minor}");
     exercise(&client);
     drop(client);
     server.join().unwrap().unwrap();
+}
+
+#[test]
+fn the_store_suite_passes_through_the_daemon() {
+    through_the_daemon_at(protocol::MAX_VERSION & 0xff);
+}
+
+#[test]
+fn the_store_suite_passes_at_every_supported_protocol_version() {
+    // 1.21 (Nix 2.3) pulls NARs with STDERR_READ; 1.23 frames them; 1.26 changes errors;
+    // 1.33 adds the version string, 1.35 the trusted flag, 1.37 CPU times.
+    for minor in 21..=37 {
+        through_the_daemon_at(minor);
+    }
 }
 
 #[test]
