@@ -696,10 +696,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         if self.minor() < 23 {
             // Before 1.23 the server pulls the NAR: `STDERR_READ` with a size, answered
             // by a byte string, as often as it needs.
-            let info = match info {
-                Ok(info) => info,
-                Err(failure) => return Err(failure),
-            };
+            let info = info?;
             let max = self.from.limits().max_frame;
             let mut pulled = io::BufReader::new(Pull {
                 from: self.from.get_mut(),
