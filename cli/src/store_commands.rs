@@ -346,12 +346,10 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
         return Ok(());
     }
     if flags.roots {
-        // As Nix: the roots of everything that keeps the paths alive.
-        let keepers = store.registry().referrers_closure(&paths)?;
-        for root in store.find_roots(true)? {
-            if keepers.contains(&root.path) {
-                writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
-            }
+        // As Nix: the roots of everything that keeps the paths alive, with Nix's
+        // defaults (keep-derivations on, keep-outputs off).
+        for root in store.roots_of(&paths, false, true)? {
+            writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
         }
         return Ok(());
     }

@@ -15,6 +15,12 @@ pub(crate) const TRASH_DIR: &str = ".arca-trash";
 
 static TRASH_NAMES: AtomicU64 = AtomicU64::new(0);
 
+/// Whether this process runs as root (asked once: it does not change).
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
+}
+
 /// What moving a path out of its store name left to do.
 #[derive(Debug)]
 pub(crate) enum MovedOut {
@@ -37,7 +43,7 @@ pub(crate) fn move_out(physical: &Path, trash: &Path) -> Result<MovedOut, StoreE
     }
     // Moving a directory to another parent rewrites its `..`, which needs write
     // permission on it when not root (store directories are 0555).
-    if metadata.permissions().mode() & 0o200 == 0 {
+    if !is_root() && metadata.permissions().mode() & 0o200 == 0 {
         fs::set_permissions(physical, fs::Permissions::from_mode(0o755)).at(physical)?;
     }
     let name = physical
@@ -79,7 +85,8 @@ pub(crate) fn remove_tree_counting(root: &Path) -> Result<u64, StoreError> {
             freed += freed_by(&metadata);
             continue;
         }
-        if metadata.permissions().mode() & 0o700 != 0o700 {
+        // Root may empty a read-only directory; others must open it up first.
+        if !is_root() && metadata.permissions().mode() & 0o700 != 0o700 {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).at(&dir)?;
         }
         stack.push((dir.clone(), true));

@@ -195,16 +195,13 @@ impl Server {
         collector: &Arc<Collector>,
     ) -> Result<Server, StoreError> {
         let socket = state_dir.join(GC_SOCKET);
-        let dir = socket.parent().expect("the socket path has a parent");
-        fs::create_dir_all(dir).at(dir)?;
-        match fs::remove_file(&socket) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error).at(&socket),
-        }
-        let listener = UnixListener::bind(&socket).at(&socket)?;
+        // Bound under a temporary name and renamed over the socket path, so the path
+        // never goes missing: a client finding no socket would not wait for us.
+        let temporary = temporary_socket(&socket);
+        let listener = UnixListener::bind(&temporary).at(&temporary)?;
         // Any user's process may hand in roots, as with Nix.
-        fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).at(&socket)?;
+        fs::set_permissions(&temporary, fs::Permissions::from_mode(0o666)).at(&temporary)?;
+        fs::rename(&temporary, &socket).at(&socket)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
         let acceptor = {
@@ -233,7 +230,8 @@ impl Server {
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
-        let _ = fs::remove_file(&self.socket);
+        // The socket file stays: connecting to it is refused from now on, which makes
+        // clients retry and find the lock free (a missing file would not).
         for connection in self
             .connections
             .lock()
@@ -294,5 +292,40 @@ fn serve(stream: UnixStream, collector: &Collector, store_dir: &StoreDir) {
         if writer.write_all(b"1").is_err() {
             return;
         }
+    }
+}
+
+/// `<socket>.<pid>-<n>`: where a socket is bound before it is renamed into place.
+fn temporary_socket(socket: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut name = socket.as_os_str().to_owned();
+    name.push(format!(
+        ".{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    PathBuf::from(name)
+}
+
+/// Makes sure `<state>/gc-socket/socket` exists, without replacing one a running
+/// collector serves: a socket nobody listens on is created under a temporary name and
+/// linked into place only if the name is free.
+pub(super) fn ensure_socket_file(state_dir: &Path) -> Result<(), StoreError> {
+    let socket = state_dir.join(GC_SOCKET);
+    let dir = socket.parent().expect("the socket path has a parent");
+    fs::create_dir_all(dir).at(dir)?;
+    if fs::symlink_metadata(&socket).is_ok() {
+        return Ok(());
+    }
+    let temporary = temporary_socket(&socket);
+    let listener = UnixListener::bind(&temporary).at(&temporary)?;
+    drop(listener);
+    let _ = fs::set_permissions(&temporary, fs::Permissions::from_mode(0o666));
+    let linked = fs::hard_link(&temporary, &socket);
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error).at(&socket),
     }
 }
