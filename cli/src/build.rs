@@ -61,6 +61,9 @@ pub struct BuildArgs {
 }
 
 pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(client) = crate::store::daemon_client(global)? {
+        return build_through(&client, args);
+    }
     let store = open_store(global)?;
     let mut targets = Vec::new();
     for argument in &args.derivations {
@@ -286,4 +289,52 @@ pub fn log(args: &LogArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         "build log of '{}' is not available",
         store.store_dir().display(&path)
     )
+}
+
+/// `arca build --store unix://…`: the daemon builds (with its own settings); the output
+/// paths are printed as for a local build.
+fn build_through(client: &arca_daemon_proto::DaemonClient, args: &BuildArgs) -> anyhow::Result<()> {
+    let store_dir = client.store_dir().clone();
+    let mut targets = Vec::new();
+    for argument in &args.derivations {
+        let (path, outputs) = match argument.split_once(['^', '!']) {
+            Some((path, outputs)) if outputs != "*" => {
+                (path, outputs.split(',').map(str::to_owned).collect())
+            }
+            Some((path, _)) => (path, BTreeSet::new()),
+            None => (argument.as_str(), BTreeSet::new()),
+        };
+        let drv = parse_path_arg(&store_dir, path)?;
+        if !drv.is_derivation() {
+            bail!("'{}' is not a derivation", store_dir.display(&drv));
+        }
+        targets.push((drv, outputs));
+    }
+    let results = client.build_paths(&targets)?;
+    let mut failed = false;
+    for (target, result) in &results {
+        if let Err(message) = result {
+            eprintln!("error: building '{target}': {message}");
+            failed = true;
+        }
+    }
+    if failed {
+        bail!(
+            "build of {} derivation(s) failed",
+            results.iter().filter(|r| r.1.is_err()).count()
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    for (drv, wanted) in &targets {
+        let outputs = client.query_derivation_outputs(drv)?;
+        let printed: BTreeSet<String> = outputs
+            .iter()
+            .filter(|(name, _)| wanted.is_empty() || wanted.contains(*name))
+            .map(|(_, path)| store_dir.display(path))
+            .collect();
+        for path in printed {
+            writeln!(stdout, "{path}")?;
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ mod hash;
 mod nar;
 mod optimise;
 mod progress;
+mod remote;
 mod store;
 mod store_commands;
 

@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
+use arca_daemon_proto::DaemonClient;
 
 use crate::GlobalArgs;
 
@@ -26,9 +27,30 @@ pub fn local_root(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The daemon named by `--store unix://SOCKET` (or `daemon`: Nix's default socket),
+/// connected, or `None` for a local store.
+pub fn daemon_client(global: &GlobalArgs) -> anyhow::Result<Option<DaemonClient>> {
+    let Some(socket) = global.store.as_deref().and_then(daemon_socket) else {
+        return Ok(None);
+    };
+    let client = DaemonClient::connect(&socket)
+        .with_context(|| format!("cannot connect to the daemon at '{}'", socket.display()))?;
+    Ok(Some(client))
+}
+
+/// The socket of a daemon store URI (`unix:///path[?params]`, `daemon`).
+fn daemon_socket(store: &str) -> Option<PathBuf> {
+    if store == "daemon" {
+        return Some(PathBuf::from("/nix/var/nix/daemon-socket/socket"));
+    }
+    let rest = store.strip_prefix("unix://")?;
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    Some(PathBuf::from(path))
+}
+
 fn parse_store_uri(store: &str) -> anyhow::Result<PathBuf> {
-    if store.starts_with("unix://") || store == "daemon" {
-        bail!("store '{store}': daemon stores are not supported yet");
+    if daemon_socket(store).is_some() {
+        bail!("store '{store}': this command needs a local store, not a daemon");
     }
     let root = store
         .strip_prefix("local?root=")

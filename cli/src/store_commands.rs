@@ -42,27 +42,27 @@ pub enum StoreCommand {
 pub struct DeleteArgs {
     /// Delete even paths that roots keep alive (only references are respected).
     #[arg(long)]
-    ignore_liveness: bool,
+    pub(crate) ignore_liveness: bool,
     #[arg(required = true, value_name = "PATH")]
-    paths: Vec<String>,
+    pub(crate) paths: Vec<String>,
 }
 
 #[derive(Args)]
 pub struct GcArgs {
     #[command(flatten)]
-    action: GcActionArgs,
+    pub(crate) action: GcActionArgs,
     /// Stop after freeing this many bytes (suffixes K, M, G, T as Nix accepts).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    max_freed: Option<u64>,
+    pub(crate) max_freed: Option<u64>,
     /// Keep the outputs of live derivations (Nix's keep-outputs).
     #[arg(long)]
-    keep_outputs: bool,
+    pub(crate) keep_outputs: bool,
     /// Don't keep the derivations of live outputs (Nix's keep-derivations = false).
     #[arg(long)]
-    no_keep_derivations: bool,
+    pub(crate) no_keep_derivations: bool,
     /// Don't look for runtime roots in /proc.
     #[arg(long)]
-    no_runtime_roots: bool,
+    pub(crate) no_runtime_roots: bool,
 }
 
 /// What `store gc` does instead of deleting (at most one).
@@ -71,50 +71,50 @@ pub struct GcArgs {
 pub struct GcActionArgs {
     /// Print the roots and the paths they keep alive, don't delete anything.
     #[arg(long)]
-    print_roots: bool,
+    pub(crate) print_roots: bool,
     /// Print the live paths, don't delete anything.
     #[arg(long)]
-    print_live: bool,
+    pub(crate) print_live: bool,
     /// Print the paths that would be deleted, don't delete anything.
     #[arg(long)]
-    print_dead: bool,
+    pub(crate) print_dead: bool,
     /// Same as --print-dead, and say how many paths that is.
     #[arg(long)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Args)]
 pub struct AddRootArgs {
     /// The symlink to create (an indirect root, like a `result` link).
-    link: PathBuf,
+    pub(crate) link: PathBuf,
     /// The store path it points to.
-    path: String,
+    pub(crate) path: String,
 }
 
 #[derive(Args)]
 pub struct AddPathArgs {
     /// Name of the store path (default: the file's base name).
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[arg(required = true)]
-    paths: Vec<PathBuf>,
+    pub(crate) paths: Vec<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct AddFileArgs {
     /// Name of the store path (default: the file's base name).
     #[arg(long)]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Hash algorithm of the fixed-output path.
     #[arg(long = "type", default_value = "sha256", value_parser = parse_algo)]
-    algo: HashAlgo,
-    file: PathBuf,
+    pub(crate) algo: HashAlgo,
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Args)]
 pub struct PathsArgs {
     #[arg(required = true, value_name = "PATH")]
-    paths: Vec<String>,
+    pub(crate) paths: Vec<String>,
 }
 
 #[derive(Args)]
@@ -122,51 +122,51 @@ pub struct PathsArgs {
 pub struct QueryFlags {
     /// Paths each path refers to.
     #[arg(long)]
-    references: bool,
+    pub(crate) references: bool,
     /// Paths that refer to each path.
     #[arg(long)]
-    referrers: bool,
+    pub(crate) referrers: bool,
     /// The closure of the paths (dependencies first).
     #[arg(long, short = 'R')]
-    requisites: bool,
+    pub(crate) requisites: bool,
     /// Paths that refer to the paths, transitively.
     #[arg(long)]
-    referrers_closure: bool,
+    pub(crate) referrers_closure: bool,
     /// The derivation each path was built by.
     #[arg(long)]
-    deriver: bool,
+    pub(crate) deriver: bool,
     /// The output paths of derivations.
     #[arg(long)]
-    outputs: bool,
+    pub(crate) outputs: bool,
     /// The garbage collector roots that keep the paths alive (`LINK -> PATH`).
     #[arg(long)]
-    roots: bool,
+    pub(crate) roots: bool,
 }
 
 #[derive(Args)]
 pub struct QueryArgs {
     #[command(flatten)]
-    flags: QueryFlags,
+    pub(crate) flags: QueryFlags,
     /// With --requisites: add the outputs of derivations in the closure.
     #[arg(long)]
-    include_outputs: bool,
+    pub(crate) include_outputs: bool,
     #[arg(required = true, value_name = "PATH")]
-    paths: Vec<String>,
+    pub(crate) paths: Vec<String>,
 }
 
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Re-hash every path and compare with the registry.
     #[arg(long)]
-    check_contents: bool,
+    pub(crate) check_contents: bool,
     /// Fix what can be fixed.
     #[arg(long)]
-    repair: bool,
+    pub(crate) repair: bool,
     /// Print the report as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Paths to check (default: all).
-    paths: Vec<String>,
+    pub(crate) paths: Vec<String>,
 }
 
 #[derive(Args)]
@@ -217,14 +217,20 @@ pub fn parse_path_arg(store_dir: &StoreDir, argument: &str) -> anyhow::Result<St
     bail!("too many levels of symbolic links in '{argument}'")
 }
 
-fn parse_paths(store: &LocalStore, arguments: &[String]) -> anyhow::Result<BTreeSet<StorePath>> {
+pub fn parse_paths<S: Store>(
+    store: &S,
+    arguments: &[String],
+) -> anyhow::Result<BTreeSet<StorePath>> {
     arguments
         .iter()
         .map(|a| parse_path_arg(store.store_dir(), a))
         .collect()
 }
 
-fn require_valid(store: &LocalStore, paths: &BTreeSet<StorePath>) -> anyhow::Result<()> {
+pub fn require_valid<S: Store>(store: &S, paths: &BTreeSet<StorePath>) -> anyhow::Result<()>
+where
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
     for path in paths {
         if !store.is_valid_path(path)? {
             bail!("path '{}' is not valid", store.store_dir().display(path));
@@ -233,7 +239,7 @@ fn require_valid(store: &LocalStore, paths: &BTreeSet<StorePath>) -> anyhow::Res
     Ok(())
 }
 
-fn default_name(path: &Path, name: &Option<String>) -> anyhow::Result<String> {
+pub fn default_name(path: &Path, name: &Option<String>) -> anyhow::Result<String> {
     if let Some(name) = name {
         return Ok(name.clone());
     }
@@ -244,6 +250,9 @@ fn default_name(path: &Path, name: &Option<String>) -> anyhow::Result<String> {
 }
 
 pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(client) = crate::store::daemon_client(global)? {
+        return crate::remote::run(command, &client);
+    }
     let store = open_store(global)?;
     let store_dir = store.store_dir().clone();
     let mut out = BufWriter::new(io::stdout().lock());
@@ -455,10 +464,20 @@ fn print_report(
 
 /// `arca path-info`.
 pub fn path_info(args: &PathInfoArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let store = open_store(global)?;
+    match crate::store::daemon_client(global)? {
+        Some(client) => path_info_in(&client, args),
+        None => path_info_in(&open_store(global)?, args),
+    }
+}
+
+/// `path-info` on any store (local, or a daemon's).
+fn path_info_in<S: Store>(store: &S, args: &PathInfoArgs) -> anyhow::Result<()>
+where
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
     let store_dir = store.store_dir().clone();
-    let mut paths = parse_paths(&store, &args.paths)?;
-    require_valid(&store, &paths)?;
+    let mut paths = parse_paths(store, &args.paths)?;
+    require_valid(store, &paths)?;
     if args.recursive {
         paths = store.query_closure(&paths)?;
     }

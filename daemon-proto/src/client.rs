@@ -31,6 +31,9 @@ pub enum ClientError {
     BadReply(String),
 }
 
+/// A build target as the daemon named it, and whether it was built (or was valid).
+pub type TargetOutcome = (String, Result<(), String>);
+
 struct Connection {
     from: WireReader<BufReader<UnixStream>>,
     to: WireWriter<BufWriter<UnixStream>>,
@@ -172,6 +175,213 @@ impl DaemonClient {
             connection.to.flush()?;
             connection.process_stderr(None)?;
             read(connection, store_dir)
+        })
+    }
+}
+
+/// The operations beyond the [`Store`] trait that the `arca` command sends to a daemon.
+impl DaemonClient {
+    /// Adds a content-addressed path from a dump (`method`: `fixed:r:sha256` with a
+    /// NAR, `fixed:ALGO` with a file's bytes, `text:sha256` with a text), as
+    /// `nix-store --add` does through a daemon. Needs protocol 1.25.
+    pub fn add_dump(
+        &self,
+        name: &str,
+        method: &str,
+        references: &BTreeSet<StorePath>,
+        dump: &mut dyn Read,
+    ) -> Result<StorePath, ClientError> {
+        self.with(|connection, store_dir| {
+            if minor(connection.version) < 25 {
+                return Err(ClientError::Daemon(
+                    "the daemon's protocol is older than 1.25".into(),
+                ));
+            }
+            let to = &mut connection.to;
+            to.write_u64(Op::AddToStore as u64)?;
+            to.write_str(name)?;
+            to.write_str(method)?;
+            let references: Vec<String> = references.iter().map(|r| store_dir.display(r)).collect();
+            to.write_strings(references.iter())?;
+            to.write_bool(false)?; // repair
+            {
+                let mut framed = FramedWriter::new(to.get_mut());
+                io::copy(dump, &mut framed)?;
+                framed.finish()?;
+            }
+            to.flush()?;
+            connection.process_stderr(None)?;
+            let path = connection.from.read_string("store path")?;
+            let path = DaemonClient::parse_path(store_dir, &path)?;
+            // The path info follows; only the path is needed here.
+            DaemonClient::read_optional_path(connection, store_dir)?;
+            connection.from.read_string("NAR hash")?;
+            DaemonClient::read_paths(connection, store_dir)?;
+            connection.from.read_u64()?;
+            connection.from.read_u64()?;
+            connection.from.read_bool("ultimate")?;
+            connection.from.read_strings("signatures")?;
+            connection.from.read_string("content address")?;
+            Ok(path)
+        })
+    }
+
+    /// `CollectGarbage`: `action` is a [`protocol::gc_action`] value. Returns the paths
+    /// deleted (or listed) and the bytes freed.
+    pub fn collect_garbage(
+        &self,
+        action: u64,
+        paths: &BTreeSet<StorePath>,
+        max_freed: Option<u64>,
+    ) -> Result<(Vec<String>, u64), ClientError> {
+        self.with(|connection, store_dir| {
+            let to = &mut connection.to;
+            to.write_u64(Op::CollectGarbage as u64)?;
+            to.write_u64(action)?;
+            let paths: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
+            to.write_strings(paths.iter())?;
+            to.write_bool(false)?; // ignore liveness
+            to.write_u64(max_freed.unwrap_or(u64::MAX))?;
+            for _ in 0..3 {
+                to.write_u64(0)?;
+            }
+            to.flush()?;
+            connection.process_stderr(None)?;
+            let paths = connection.from.read_strings("paths")?;
+            let freed = connection.from.read_u64()?;
+            connection.from.read_u64()?;
+            Ok((paths, freed))
+        })
+    }
+
+    /// `FindRoots`: (link, path) pairs.
+    pub fn find_roots(&self) -> Result<Vec<(String, StorePath)>, ClientError> {
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::FindRoots as u64)?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            let count = connection.from.read_list_len("roots")?;
+            let mut roots = Vec::new();
+            for _ in 0..count {
+                let link = connection.from.read_string("link")?;
+                let path = connection.from.read_string("root")?;
+                roots.push((link, DaemonClient::parse_path(store_dir, &path)?));
+            }
+            Ok(roots)
+        })
+    }
+
+    /// An operation without arguments answered by a number.
+    fn simple(&self, op: Op) -> Result<u64, ClientError> {
+        self.with(|connection, _| {
+            connection.to.write_u64(op as u64)?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            Ok(connection.from.read_u64()?)
+        })
+    }
+
+    /// `OptimiseStore`.
+    pub fn optimise(&self) -> Result<(), ClientError> {
+        self.simple(Op::OptimiseStore).map(drop)
+    }
+
+    /// `VerifyStore`: whether the daemon found errors.
+    pub fn verify_store(&self, check_contents: bool, repair: bool) -> Result<bool, ClientError> {
+        self.with(|connection, _| {
+            connection.to.write_u64(Op::VerifyStore as u64)?;
+            connection.to.write_bool(check_contents)?;
+            connection.to.write_bool(repair)?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            Ok(connection.from.read_bool("errors")?)
+        })
+    }
+
+    /// `AddIndirectRoot`: the daemon registers `link` (which the caller created).
+    pub fn add_indirect_root(&self, link: &Path) -> Result<(), ClientError> {
+        self.with(|connection, _| {
+            connection.to.write_u64(Op::AddIndirectRoot as u64)?;
+            connection.to.write_str(&link.to_string_lossy())?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            connection.from.read_u64()?;
+            Ok(())
+        })
+    }
+
+    /// `AddTempRoot`: keeps `path` alive while this connection lasts.
+    pub fn add_temp_root(&self, path: &StorePath) -> Result<(), ClientError> {
+        self.query(Op::AddTempRoot, path, |connection, _| {
+            connection.from.read_u64()?;
+            Ok(())
+        })
+    }
+
+    /// `BuildPathsWithResults` for derivations (`DRV!out,…`, empty outputs = all):
+    /// per target, `Ok(())` or the failure message.
+    pub fn build_paths(
+        &self,
+        targets: &[(StorePath, BTreeSet<String>)],
+    ) -> Result<Vec<TargetOutcome>, ClientError> {
+        self.with(|connection, store_dir| {
+            let wire: Vec<String> = targets
+                .iter()
+                .map(|(drv, outputs)| {
+                    let outputs = if outputs.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        outputs.iter().cloned().collect::<Vec<_>>().join(",")
+                    };
+                    format!("{}!{outputs}", store_dir.display(drv))
+                })
+                .collect();
+            connection.to.write_u64(Op::BuildPathsWithResults as u64)?;
+            connection.to.write_strings(wire.iter())?;
+            connection.to.write_u64(protocol::build_mode::NORMAL)?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            let count = connection.from.read_list_len("build results")?;
+            let mut results = Vec::new();
+            let version = minor(connection.version);
+            for _ in 0..count {
+                let target = connection.from.read_string("derived path")?;
+                let status = connection.from.read_u64()?;
+                let message = connection.from.read_string("error message")?;
+                if version >= 29 {
+                    for _ in 0..4 {
+                        connection.from.read_u64()?;
+                    }
+                }
+                if version >= 37 {
+                    for _ in 0..2 {
+                        if connection.from.read_u64()? == 1 {
+                            connection.from.read_u64()?;
+                        }
+                    }
+                }
+                if version >= 28 {
+                    let outputs = connection.from.read_list_len("built outputs")?;
+                    for _ in 0..outputs {
+                        connection.from.read_string("output id")?;
+                        connection.from.read_string("realisation")?;
+                    }
+                }
+                // Built, substituted, already valid, resolved (0, 1, 2, 13) succeed.
+                let ok = matches!(status, 0 | 1 | 2 | 13);
+                results.push((target, if ok { Ok(()) } else { Err(message) }));
+            }
+            Ok(results)
+        })
+    }
+
+    /// `QueryAllValidPaths`.
+    pub fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, ClientError> {
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::QueryAllValidPaths as u64)?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            DaemonClient::read_paths(connection, store_dir)
         })
     }
 }

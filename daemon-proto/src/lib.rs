@@ -35,5 +35,5 @@ mod server;
 pub mod wire;
 
 pub use backend::{BuildMode, DaemonStore, DerivedPath, GcRequest, StoreOpError};
-pub use client::{ClientError, DaemonClient};
+pub use client::{ClientError, DaemonClient, TargetOutcome};
 pub use server::{serve, Peer, ServeError};

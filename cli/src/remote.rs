@@ -1,0 +1,245 @@
+//! `arca store …` against a daemon (`--store unix://SOCKET` or `--store daemon`): the
+//! same commands, carried out by the daemon through `DaemonClient`.
+
+use std::collections::BTreeSet;
+use std::io::{self, BufWriter, Write};
+
+use anyhow::{bail, Context};
+use arca_daemon_proto::protocol::gc_action;
+use arca_daemon_proto::DaemonClient;
+use arca_store_core::{dependency_order, Store, StorePath};
+
+use crate::store_commands::{
+    default_name, parse_path_arg, parse_paths, require_valid, QueryArgs, StoreCommand,
+};
+
+pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
+    let store_dir = client.store_dir().clone();
+    let mut out = BufWriter::new(io::stdout().lock());
+    match command {
+        StoreCommand::AddPath(args) => {
+            for source in &args.paths {
+                let name = default_name(source, &args.name)?;
+                // The NAR is produced on one side of a pipe while the daemon takes it.
+                let (mut reader, mut writer) = io::pipe()?;
+                let source_path = source.clone();
+                let dumper = std::thread::spawn(move || {
+                    let result = arca_nar::dump_path(
+                        &source_path,
+                        &mut writer,
+                        &arca_nar::DumpOptions::default(),
+                    );
+                    drop(writer);
+                    result
+                });
+                let added = client.add_dump(&name, "fixed:r:sha256", &BTreeSet::new(), &mut reader);
+                drop(reader);
+                let dumped = dumper.join().map_err(|_| anyhow::anyhow!("the NAR writer panicked"))?;
+                dumped.with_context(|| format!("cannot serialise '{}'", source.display()))?;
+                writeln!(out, "{}", store_dir.display(&added?))?;
+            }
+        }
+        StoreCommand::AddFile(args) => {
+            let name = default_name(&args.file, &args.name)?;
+            let mut file = std::fs::File::open(&args.file)
+                .with_context(|| format!("cannot open '{}'", args.file.display()))?;
+            let method = format!("fixed:{}", args.algo);
+            let path = client.add_dump(&name, &method, &BTreeSet::new(), &mut file)?;
+            writeln!(out, "{}", store_dir.display(&path))?;
+        }
+        StoreCommand::Export(args) => {
+            let paths = parse_paths(client, &args.paths)?;
+            require_valid(client, &paths)?;
+            export(client, &paths, &mut out)?;
+        }
+        StoreCommand::Import => bail!("importing through a daemon is not supported yet; use `nix-store --import` with the daemon, or a local store"),
+        StoreCommand::Query(args) => query(client, &args, &mut out)?,
+        StoreCommand::Verify(args) => {
+            if !args.paths.is_empty() || args.json {
+                bail!("through a daemon, verify checks the whole store and prints no report");
+            }
+            if client.verify_store(args.check_contents, args.repair)? {
+                bail!("the daemon's store has problems");
+            }
+        }
+        StoreCommand::Delete(args) => {
+            if args.ignore_liveness {
+                bail!("a daemon does not let clients ignore liveness");
+            }
+            let paths = parse_paths(client, &args.paths)?;
+            let (deleted, freed) = client.collect_garbage(gc_action::DELETE_SPECIFIC, &paths, None)?;
+            print_freed(&deleted, freed, &mut out)?;
+        }
+        StoreCommand::Gc(args) => {
+            if args.action.print_roots {
+                let mut roots = client.find_roots()?;
+                roots.sort();
+                for (link, path) in roots {
+                    writeln!(out, "{link} -> {}", store_dir.display(&path))?;
+                }
+            } else {
+                let action = if args.action.print_live {
+                    gc_action::RETURN_LIVE
+                } else if args.action.print_dead || args.action.dry_run {
+                    gc_action::RETURN_DEAD
+                } else {
+                    gc_action::DELETE_DEAD
+                };
+                let (paths, freed) = client.collect_garbage(action, &BTreeSet::new(), args.max_freed)?;
+                if action == gc_action::DELETE_DEAD {
+                    print_freed(&paths, freed, &mut out)?;
+                } else {
+                    for path in paths {
+                        writeln!(out, "{path}")?;
+                    }
+                }
+            }
+        }
+        StoreCommand::Optimise(_) => client.optimise()?,
+        StoreCommand::AddRoot(args) => {
+            let path = parse_path_arg(&store_dir, &args.path)?;
+            require_valid(client, &BTreeSet::from([path.clone()]))?;
+            // The link is ours to make; the daemon records it as an indirect root.
+            client.add_temp_root(&path)?;
+            let link = std::path::absolute(&args.link)?;
+            if link.symlink_metadata().is_ok() {
+                std::fs::remove_file(&link)
+                    .with_context(|| format!("cannot replace '{}'", link.display()))?;
+            }
+            std::os::unix::fs::symlink(store_dir.display(&path), &link)
+                .with_context(|| format!("cannot create '{}'", link.display()))?;
+            client.add_indirect_root(&link)?;
+            writeln!(out, "{}", link.display())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_freed(paths: &[String], freed: u64, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut stderr = BufWriter::new(io::stderr().lock());
+    for path in paths {
+        writeln!(stderr, "deleting '{path}'")?;
+    }
+    stderr.flush()?;
+    writeln!(
+        out,
+        "{} store paths deleted, {:.2} MiB freed",
+        paths.len(),
+        freed as f64 / (1024.0 * 1024.0)
+    )?;
+    Ok(())
+}
+
+/// Nix's export format, from what the daemon says about each path and its NAR.
+fn export(
+    client: &DaemonClient,
+    paths: &BTreeSet<StorePath>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let store_dir = client.store_dir();
+    let write_u64 = |out: &mut dyn Write, n: u64| out.write_all(&n.to_le_bytes());
+    let write_string = |out: &mut dyn Write, text: &str| -> io::Result<()> {
+        out.write_all(&(text.len() as u64).to_le_bytes())?;
+        out.write_all(text.as_bytes())?;
+        out.write_all(&[0u8; 8][..(8 - text.len() % 8) % 8])
+    };
+    for path in dependency_order(paths, |p| client.query_references(p))? {
+        let info = client
+            .query_path_info(&path)?
+            .with_context(|| format!("path '{}' is not valid", store_dir.display(&path)))?;
+        write_u64(out, 1)?;
+        client.nar_from_path(&path, out)?;
+        write_u64(out, 0x4558_494e)?; // "NIXE"
+        write_string(out, &store_dir.display(&path))?;
+        write_u64(out, info.references.len() as u64)?;
+        for reference in &info.references {
+            write_string(out, &store_dir.display(reference))?;
+        }
+        let deriver = info
+            .deriver
+            .map(|d| store_dir.display(&d))
+            .unwrap_or_default();
+        write_string(out, &deriver)?;
+        write_u64(out, 0)?;
+    }
+    write_u64(out, 0)?;
+    Ok(())
+}
+
+fn query(client: &DaemonClient, args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let store_dir = client.store_dir();
+    let paths = parse_paths(client, &args.paths)?;
+    require_valid(client, &paths)?;
+    let flags = &args.flags;
+    let print = |out: &mut dyn Write, set: &BTreeSet<StorePath>| -> anyhow::Result<()> {
+        for path in dependency_order(set, |p| client.query_references(p))? {
+            writeln!(out, "{}", store_dir.display(&path))?;
+        }
+        Ok(())
+    };
+    if flags.deriver {
+        for path in &paths {
+            match client.query_path_info(path)?.and_then(|info| info.deriver) {
+                Some(deriver) => writeln!(out, "{}", store_dir.display(&deriver))?,
+                None => writeln!(out, "unknown-deriver")?,
+            }
+        }
+    } else if flags.outputs {
+        for path in &paths {
+            if path.is_derivation() {
+                let outputs: BTreeSet<StorePath> = client
+                    .query_derivation_outputs(path)?
+                    .into_values()
+                    .collect();
+                for output in &outputs {
+                    writeln!(out, "{}", store_dir.display(output))?;
+                }
+            } else {
+                writeln!(out, "{}", store_dir.display(path))?;
+            }
+        }
+    } else if flags.references || flags.referrers {
+        let mut result = BTreeSet::new();
+        for path in &paths {
+            result.extend(if flags.references {
+                client.query_references(path)?
+            } else {
+                client.query_referrers(path)?
+            });
+        }
+        print(out, &result)?;
+    } else if flags.requisites {
+        let mut closure = client.query_closure(&paths)?;
+        if args.include_outputs {
+            for drv in closure.clone().iter().filter(|p| p.is_derivation()) {
+                for output in client.query_derivation_outputs(drv)?.into_values() {
+                    if client.is_valid_path(&output)? {
+                        closure.extend(client.query_closure(&BTreeSet::from([output]))?);
+                    }
+                }
+            }
+        }
+        print(out, &closure)?;
+    } else if flags.referrers_closure || flags.roots {
+        let mut closure = BTreeSet::new();
+        let mut pending: Vec<StorePath> = paths.iter().cloned().collect();
+        while let Some(path) = pending.pop() {
+            if closure.insert(path.clone()) {
+                pending.extend(client.query_referrers(&path)?);
+            }
+        }
+        if flags.roots {
+            let mut roots = client.find_roots()?;
+            roots.sort();
+            for (link, path) in roots {
+                if closure.contains(&path) {
+                    writeln!(out, "{link} -> {}", store_dir.display(&path))?;
+                }
+            }
+        } else {
+            print(out, &closure)?;
+        }
+    }
+    Ok(())
+}
