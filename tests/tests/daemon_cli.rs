@@ -1,0 +1,129 @@
+//! `arca --store unix://SOCKET …` against `arca daemon`: the commands give what they give
+//! on the local store (byte-identical exports, the same paths), and the daemon keeps
+//! serving other clients while one is connected. No Nix needed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_tests::arca_bin;
+use arca_tests::store::{lines, scratch_dir};
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(root: &Path, socket: &Path) -> Daemon {
+        let child = Command::new(arca_bin())
+            .args(["--store", root.to_str().unwrap(), "daemon", "--socket"])
+            .arg(socket)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            socket: socket.to_owned(),
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn arca(store: &str, args: &[&str]) -> Vec<u8> {
+    let output = Command::new(arca_bin())
+        .args(["--store", store])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "arca --store {store} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+#[test]
+fn store_commands_through_the_daemon_match_the_local_store() {
+    let scratch = scratch_dir();
+    let source = scratch.path().join("tree");
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    std::fs::write(source.join("sub/file"), b"through the daemon\n").unwrap();
+    std::fs::write(source.join("flat"), b"flat\n").unwrap();
+    let served = scratch.path().join("served");
+    let local = scratch.path().join("local");
+    let local = local.to_str().unwrap();
+    let daemon = Daemon::start(&served, &scratch.path().join("socket"));
+    let remote = daemon.uri();
+    let source_arg = source.to_str().unwrap();
+    let flat_arg = source.join("flat");
+    let flat_arg = flat_arg.to_str().unwrap();
+
+    // The same paths as a local add.
+    let added = lines(&arca(&remote, &["store", "add-path", source_arg]));
+    assert_eq!(added, lines(&arca(local, &["store", "add-path", source_arg])));
+    let flat = lines(&arca(&remote, &["store", "add-file", flat_arg]));
+    assert_eq!(flat, lines(&arca(local, &["store", "add-file", flat_arg])));
+    let path = &added[0];
+
+    // The daemon's export is byte for byte the local one, and so is path-info.
+    assert_eq!(
+        arca(&remote, &["store", "export", path]),
+        arca(local, &["store", "export", path])
+    );
+    let info = |store: &str| -> serde_json::Value {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&arca(store, &["path-info", "--json", path])).unwrap();
+        value[0]
+            .as_object_mut()
+            .unwrap()
+            .remove("registrationTime");
+        value
+    };
+    assert_eq!(info(&remote), info(local));
+    assert_eq!(
+        lines(&arca(&remote, &["store", "query", "--requisites", path])),
+        vec![path.clone()]
+    );
+    arca(&remote, &["store", "verify", "--check-contents"]);
+
+    // Roots and collection happen in the daemon's store.
+    let link = scratch.path().join("result");
+    arca(&remote, &["store", "add-root", link.to_str().unwrap(), path]);
+    let roots = lines(&arca(&remote, &["store", "query", "--roots", path]));
+    assert_eq!(roots, vec![format!("{} -> {path}", link.display())]);
+    let dead = lines(&arca(&remote, &["store", "gc", "--print-dead"]));
+    assert!(dead.contains(&flat[0]) && !dead.contains(path), "{dead:?}");
+    arca(&remote, &["store", "gc"]);
+    let served_str = served.to_str().unwrap();
+    drop(daemon);
+    assert_eq!(
+        lines(&arca(served_str, &["store", "query", "--requisites", path])),
+        vec![path.clone()]
+    );
+    let store_entries: Vec<String> = std::fs::read_dir(served.join("nix/store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert!(
+        !store_entries.iter().any(|name| flat[0].ends_with(name.as_str())),
+        "the unrooted flat path was collected: {store_entries:?}"
+    );
+}
