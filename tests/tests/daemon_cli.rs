@@ -24,7 +24,10 @@ impl Daemon {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Daemon {
@@ -77,7 +80,10 @@ fn store_commands_through_the_daemon_match_the_local_store() {
 
     // The same paths as a local add.
     let added = lines(&arca(&remote, &["store", "add-path", source_arg]));
-    assert_eq!(added, lines(&arca(local, &["store", "add-path", source_arg])));
+    assert_eq!(
+        added,
+        lines(&arca(local, &["store", "add-path", source_arg]))
+    );
     let flat = lines(&arca(&remote, &["store", "add-file", flat_arg]));
     assert_eq!(flat, lines(&arca(local, &["store", "add-file", flat_arg])));
     let path = &added[0];
@@ -90,10 +96,7 @@ fn store_commands_through_the_daemon_match_the_local_store() {
     let info = |store: &str| -> serde_json::Value {
         let mut value: serde_json::Value =
             serde_json::from_slice(&arca(store, &["path-info", "--json", path])).unwrap();
-        value[0]
-            .as_object_mut()
-            .unwrap()
-            .remove("registrationTime");
+        value[0].as_object_mut().unwrap().remove("registrationTime");
         value
     };
     assert_eq!(info(&remote), info(local));
@@ -105,7 +108,10 @@ fn store_commands_through_the_daemon_match_the_local_store() {
 
     // Roots and collection happen in the daemon's store.
     let link = scratch.path().join("result");
-    arca(&remote, &["store", "add-root", link.to_str().unwrap(), path]);
+    arca(
+        &remote,
+        &["store", "add-root", link.to_str().unwrap(), path],
+    );
     let roots = lines(&arca(&remote, &["store", "query", "--roots", path]));
     assert_eq!(roots, vec![format!("{} -> {path}", link.display())]);
     let dead = lines(&arca(&remote, &["store", "gc", "--print-dead"]));
@@ -123,7 +129,9 @@ fn store_commands_through_the_daemon_match_the_local_store() {
         .filter(|name| !name.starts_with('.'))
         .collect();
     assert!(
-        !store_entries.iter().any(|name| flat[0].ends_with(name.as_str())),
+        !store_entries
+            .iter()
+            .any(|name| flat[0].ends_with(name.as_str())),
         "the unrooted flat path was collected: {store_entries:?}"
     );
 }

@@ -199,15 +199,22 @@ impl LocalStore {
     /// Every root that keeps a valid path alive, sorted by link: the `gcroots` and
     /// `profiles` trees, runtime roots (when `runtime`), temporary roots.
     pub fn find_roots(&self, runtime: bool) -> Result<Vec<GcRoot>, StoreError> {
-        let mut roots = self.find_all_roots(runtime, false)?;
+        let roots = self.find_all_roots(runtime, false)?;
         let registry = self.registry();
         let mut valid = Vec::with_capacity(roots.len());
-        for root in roots.drain(..) {
-            if registry.is_valid(&root.path)? {
-                valid.push(root);
+        if roots.len() > 1000 {
+            // Build farms keep hundreds of thousands of roots: one read of the valid
+            // paths beats a query per root.
+            let all = registry.all_valid_paths()?;
+            valid.extend(roots.into_iter().filter(|root| all.contains(&root.path)));
+        } else {
+            for root in roots {
+                if registry.is_valid(&root.path)? {
+                    valid.push(root);
+                }
             }
         }
-        valid.sort();
+        valid.sort_unstable();
         // One root can be found twice (a profile generation is a link root and the
         // target of the profile's indirect link): print it once, as Nix does.
         valid.dedup_by(|a, b| a.link == b.link && a.path == b.path);
