@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod build;
+pub mod daemon;
 pub mod gc;
 pub mod golden;
 pub mod store;
