@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use arca_build::{BuildOptions, BuildResult, BuildTarget};
 use arca_store_core::derivation::OutputName;
-use arca_store_core::{HashAlgo, PathInfo, Store, StoreDir, StorePath};
+use arca_store_core::{
+    ContentAddress, ContentAddressMethod, HashAlgo, Hasher, PathInfo, Store, StoreDir, StorePath,
+};
 use arca_store_sqlite::{GcAction, GcOptions, LocalStore, OptimiseOptions, VerifyOptions};
 
 /// An operation the store refused, with the message the client sees.
@@ -239,21 +241,49 @@ impl DaemonStore for LocalStore {
                 self.add_fixed_file(spool.path(), name, algo)
                     .map_err(refuse)
             }
-            "fixed:r" if algo == HashAlgo::Sha256 => {
-                // Unpack, then add like `nix-store --add` (which hashes it again: the
-                // simple way to a correct path; the daemon's adds are rarely large).
-                let dir = tempfile::Builder::new()
-                    .prefix(".arca-daemon-add-")
-                    .tempdir_in(self.physical_store().join(".arca-staging"))
+            "fixed:r" => {
+                // Spool the NAR, hashing it for its NAR hash (sha256) and for its
+                // content address (`algo`) on the way; the path follows from the latter.
+                let mut spool = tempfile::Builder::new()
+                    .prefix(".arca-daemon-nar-")
+                    .tempfile_in(self.physical_store().join(".arca-staging"))
                     .map_err(refuse)?;
-                let tree = dir.path().join("tree");
-                arca_nar::restore(
-                    &mut std::io::BufReader::new(dump),
-                    &tree,
-                    &arca_nar::RestoreOptions::default(),
-                )
-                .map_err(refuse)?;
-                self.add_path(&tree, name).map_err(refuse)
+                let mut nar_hasher = Hasher::new(HashAlgo::Sha256);
+                let mut ca_hasher = Hasher::new(algo);
+                let mut size = 0u64;
+                let mut buffer = vec![0u8; 64 << 10];
+                loop {
+                    let read = dump.read(&mut buffer).map_err(refuse)?;
+                    if read == 0 {
+                        break;
+                    }
+                    let chunk = &buffer[..read];
+                    nar_hasher.update(chunk);
+                    ca_hasher.update(chunk);
+                    spool.write_all(chunk).map_err(refuse)?;
+                    size += read as u64;
+                }
+                let hash = ca_hasher.finish();
+                let path = self
+                    .store_dir()
+                    .make_fixed_output_path(
+                        name,
+                        ContentAddressMethod::Recursive,
+                        &hash,
+                        &BTreeSet::new(),
+                        false,
+                    )
+                    .map_err(refuse)?;
+                let mut info = PathInfo::new(path.clone(), nar_hasher.finish(), size);
+                info.ca = Some(ContentAddress::Fixed {
+                    method: ContentAddressMethod::Recursive,
+                    hash,
+                });
+                spool.flush().map_err(refuse)?;
+                let file = spool.reopen().map_err(refuse)?;
+                self.add_nar_embedded(&info, &mut std::io::BufReader::new(file))
+                    .map_err(refuse)?;
+                Ok(path)
             }
             _ => Err(refuse(format!(
                 "content address method '{method}:{algo}' is not supported"

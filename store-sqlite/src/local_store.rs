@@ -330,8 +330,74 @@ impl LocalStore {
                     actual: Box::new(hash),
                 });
             }
+            if let Some(ca) = &info.ca {
+                self.check_content_address(info, ca, tree)?;
+            }
             Ok(())
         })
+    }
+
+    /// A path that claims a content address must have the path that address gives, and
+    /// contents that hash to it (Nix: "ca hash mismatch importing path"): otherwise an
+    /// importer could register any contents under a content-addressed path, which is
+    /// trusted without a signature.
+    fn check_content_address(
+        &self,
+        info: &PathInfo,
+        ca: &ContentAddress,
+        tree: &Path,
+    ) -> Result<(), StoreError> {
+        let display = self.store_dir.display(&info.path);
+        if !info.is_content_addressed_correctly(&self.store_dir) {
+            return Err(StoreError::ContentAddressMismatch {
+                path: display,
+                computed: "a different store path".into(),
+            });
+        }
+        let file_hash = |algo: HashAlgo| -> Result<Hash, StoreError> {
+            let metadata = fs::symlink_metadata(tree).at(tree)?;
+            if !metadata.is_file() {
+                return Err(StoreError::ContentAddressMismatch {
+                    path: display.clone(),
+                    computed: "not a regular file, which a flat or text address needs".into(),
+                });
+            }
+            let mut hasher = Hasher::new(algo);
+            io::copy(&mut File::open(tree).at(tree)?, &mut hasher).at(tree)?;
+            Ok(hasher.finish())
+        };
+        let (expected, computed) = match ca {
+            ContentAddress::Text(hash) => (hash, file_hash(hash.algo())?),
+            ContentAddress::Fixed {
+                method: ContentAddressMethod::Flat,
+                hash,
+            } => (hash, file_hash(hash.algo())?),
+            ContentAddress::Fixed {
+                method: ContentAddressMethod::Recursive,
+                hash,
+            } => {
+                let computed = if hash.algo() == HashAlgo::Sha256 {
+                    info.nar_hash.clone()
+                } else {
+                    let mut hasher = Hasher::new(hash.algo());
+                    arca_nar::dump_path(tree, &mut hasher, &DumpOptions::default()).map_err(
+                        |source| StoreError::Dump {
+                            path: display.clone(),
+                            source,
+                        },
+                    )?;
+                    hasher.finish()
+                };
+                (hash, computed)
+            }
+        };
+        if *expected != computed {
+            return Err(StoreError::ContentAddressMismatch {
+                path: display,
+                computed: computed.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Registers an already-checked path: the common tail of every add. `write` fills

@@ -1526,7 +1526,6 @@ fn stdio_daemon(root: &Path, args: &[&str]) -> (std::process::Child, RawClient) 
 /// `good` with a file holding `evil`. (Real Nix's daemon, when installed, is checked to
 /// refuse it too.)
 #[test]
-#[ignore = "daemon bug: AddToStoreNar does not check that the content matches the content address"]
 fn content_that_does_not_match_its_content_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = StoreDir::new("/nix/store").unwrap();
@@ -1570,7 +1569,6 @@ fn content_that_does_not_match_its_content_address_is_refused() {
 /// `fixed:r:sha512`; before 1.25 "fixed" with `recursive` set), which real Nix's daemon
 /// takes (checked when installed).
 #[test]
-#[ignore = "daemon bug: AddToStore refuses recursive hashes other than sha256"]
 fn add_to_store_takes_recursive_hashes_other_than_sha256() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = StoreDir::new("/nix/store").unwrap();
