@@ -52,8 +52,18 @@ impl DerivedPath {
     }
 }
 
-/// Per target: `Ok(true)` built now, `Ok(false)` valid already, `Err(message)` failed.
-pub type BuildOutcomes = Vec<(DerivedPath, Result<bool, String>)>;
+/// Per target: what was built (or found valid), or why it failed.
+pub type BuildOutcomes = Vec<(DerivedPath, Result<Built, String>)>;
+
+/// A target that is there now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Built {
+    /// Built now, rather than found valid.
+    pub now: bool,
+    /// Its outputs as Nix's realisations name them: (`sha256:<hash modulo>!<output>`,
+    /// output path). Clients such as `nix build` take the output paths from these.
+    pub outputs: Vec<(String, StorePath)>,
+}
 
 /// How to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +129,7 @@ where
         trusted: bool,
     ) -> Result<(), StoreOpError>;
 
-    /// Builds `targets`; per target, `Ok(true)` when built now, `Ok(false)` when valid
-    /// already, `Err(message)` when it failed.
+    /// Builds `targets`; per target, what is there now or why it failed.
     fn build_paths(
         &self,
         _targets: &[DerivedPath],
@@ -354,11 +363,11 @@ impl DaemonStore for LocalStore {
         } else {
             arca_build::build(self, &builds, &options, &mut |_| {}).map_err(refuse)?
         };
-        let mut failure = None;
+        let mut hashes = arca_store_core::derivation::ModuloHashCache::new();
         for target in targets {
-            let result = match built.get(&target.path) {
-                Some(BuildResult::Built(_)) => Ok(true),
-                Some(BuildResult::AlreadyValid(_)) => Ok(false),
+            let outcome = match built.get(&target.path) {
+                Some(BuildResult::Built(outputs)) => Ok((true, outputs)),
+                Some(BuildResult::AlreadyValid(outputs)) => Ok((false, outputs)),
                 Some(BuildResult::Failed(error)) => Err(error.to_string()),
                 Some(BuildResult::NotBuilt { because_of }) => Err(match because_of {
                     Some(drv) => format!(
@@ -367,11 +376,28 @@ impl DaemonStore for LocalStore {
                     ),
                     None => "not built".to_owned(),
                 }),
-                None => Ok(false),
+                None => {
+                    results.push((target.clone(), Ok(Built::default())));
+                    continue;
+                }
             };
-            if let Err(message) = &result {
-                failure.get_or_insert_with(|| message.clone());
-            }
+            let result = match outcome {
+                Err(message) => Err(message),
+                Ok((now, outputs)) => {
+                    let hash = hashes
+                        .hash_of_path(self.store_dir(), &target.path, |p| self.read_derivation(p))
+                        .map_err(refuse)?;
+                    let wanted = target.outputs.as_ref().filter(|o| !o.is_empty());
+                    let outputs = outputs
+                        .iter()
+                        .filter(|(name, _)| wanted.is_none_or(|w| w.contains(name.as_str())))
+                        .map(|(name, path)| {
+                            (format!("sha256:{}!{name}", hash.to_base16()), path.clone())
+                        })
+                        .collect();
+                    Ok(Built { now, outputs })
+                }
+            };
             results.push((target.clone(), result));
         }
         Ok(results)
@@ -463,24 +489,40 @@ impl DaemonStore for LocalStore {
         &self,
         targets: &[DerivedPath],
     ) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), StoreOpError> {
+        // As Nix: a derivation with an output missing will be built, and so will every
+        // input derivation of it that has an output missing, transitively.
         let mut will_build = BTreeSet::new();
         let mut unknown = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut pending: Vec<StorePath> = Vec::new();
         for target in targets {
             if target.outputs.is_some() || target.path.is_derivation() {
-                if !self.is_valid_path(&target.path).map_err(refuse)? {
-                    unknown.insert(target.path.clone());
-                    continue;
-                }
-                let outputs = self
-                    .query_derivation_outputs(&target.path)
-                    .map_err(refuse)?;
-                for path in outputs.values() {
-                    if !self.is_valid_path(path).map_err(refuse)? {
-                        will_build.insert(target.path.clone());
-                    }
-                }
+                pending.push(target.path.clone());
             } else if !self.is_valid_path(&target.path).map_err(refuse)? {
                 unknown.insert(target.path.clone());
+            }
+        }
+        while let Some(drv) = pending.pop() {
+            if !seen.insert(drv.clone()) {
+                continue;
+            }
+            self.add_temp_root(&drv).map_err(refuse)?;
+            if !self.is_valid_path(&drv).map_err(refuse)? {
+                unknown.insert(drv);
+                continue;
+            }
+            let derivation = self.read_derivation(&drv).map_err(refuse)?;
+            let mut missing = false;
+            for output in derivation.outputs.values() {
+                if let Some(path) = output.path() {
+                    if !self.is_valid_path(path).map_err(refuse)? {
+                        missing = true;
+                    }
+                }
+            }
+            if missing {
+                will_build.insert(drv);
+                pending.extend(derivation.input_drvs.keys().cloned());
             }
         }
         Ok((will_build, unknown))

@@ -34,6 +34,6 @@ pub mod protocol;
 mod server;
 pub mod wire;
 
-pub use backend::{BuildMode, DaemonStore, DerivedPath, GcRequest, StoreOpError};
+pub use backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 pub use client::{ClientError, DaemonClient, TargetOutcome};
 pub use server::{serve, Peer, ServeError};

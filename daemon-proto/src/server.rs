@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 use arca_store_core::{PathInfo, StorePath};
 
-use crate::backend::{BuildMode, DaemonStore, DerivedPath, GcRequest, StoreOpError};
+use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 use crate::protocol::{self, gc_action, minor, stderr, Op};
 use crate::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
 
@@ -568,16 +568,17 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         Ok(())
     }
 
-    fn write_build_result(&mut self, result: &Result<bool, String>) -> io::Result<()> {
+    fn write_build_result(&mut self, result: &Result<Built, String>) -> io::Result<()> {
         let (status, message) = match result {
-            Ok(true) => (protocol::build_status::BUILT, String::new()),
-            Ok(false) => (protocol::build_status::ALREADY_VALID, String::new()),
+            Ok(built) if built.now => (protocol::build_status::BUILT, String::new()),
+            Ok(_) => (protocol::build_status::ALREADY_VALID, String::new()),
             Err(message) => (protocol::build_status::PERMANENT_FAILURE, message.clone()),
         };
         self.to.write_u64(status)?;
         self.to.write_str(&message)?;
         if self.minor() >= 29 {
-            self.to.write_u64(u64::from(result.is_ok()))?; // times built
+            let built_now = matches!(result, Ok(built) if built.now);
+            self.to.write_u64(u64::from(built_now))?; // times built
             self.to.write_bool(false)?; // non-deterministic
             self.to.write_u64(0)?; // start time
             self.to.write_u64(0)?; // stop time
@@ -587,7 +588,21 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             self.to.write_u64(0)?; // CPU time in kernel mode: likewise
         }
         if self.minor() >= 28 {
-            self.to.write_u64(0)?; // built outputs (realisations): none reported
+            // The realisations of the outputs, keyed by their id, as JSON with Nix's
+            // (sorted) keys and the output's base name.
+            let outputs = result
+                .as_ref()
+                .map(|b| b.outputs.as_slice())
+                .unwrap_or_default();
+            self.to.write_u64(outputs.len() as u64)?;
+            for (id, path) in outputs {
+                self.to.write_str(id)?;
+                let json = format!(
+                    "{{\"dependentRealisations\":{{}},\"id\":\"{id}\",\"outPath\":\"{}\",\"signatures\":[]}}",
+                    path.as_str()
+                );
+                self.to.write_str(&json)?;
+            }
         }
         Ok(())
     }

@@ -216,3 +216,48 @@ fn truncated_and_corrupt_nars_are_refused_and_leave_nothing() {
         assert_untouched(&store, &path, &before, &valid_before);
     }
 }
+
+/// An import claiming a content address must hash to it: otherwise anyone allowed to
+/// import content-addressed paths (trusted without a signature) could register any
+/// contents under them.
+#[test]
+fn imports_whose_contents_do_not_match_their_content_address_are_refused() {
+    use arca_store_core::{ContentAddress, Hash, HashAlgo, PathInfo};
+    let root = tempfile::tempdir().unwrap();
+    let store = arca_store_sqlite::LocalStore::open(root.path()).unwrap();
+    let nar_of = |contents: &[u8]| {
+        let mut nar = Vec::new();
+        let mut encoder = arca_nar::NarEncoder::new(&mut nar);
+        encoder
+            .regular(false, contents.len() as u64, &mut &contents[..])
+            .unwrap();
+        encoder.finish().unwrap();
+        nar
+    };
+    let good = Hash::digest(HashAlgo::Sha256, b"good");
+    let path = store
+        .store_dir()
+        .make_text_path("claimed", &good, &Default::default())
+        .unwrap();
+    let evil = nar_of(b"evil");
+    let mut info = PathInfo::new(
+        path.clone(),
+        Hash::digest(HashAlgo::Sha256, &evil),
+        evil.len() as u64,
+    );
+    info.ca = Some(ContentAddress::Text(good));
+    let error = store.add_nar_embedded(&info, &mut &evil[..]).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            arca_store_sqlite::StoreError::ContentAddressMismatch { .. }
+        ),
+        "{error:?}"
+    );
+    assert!(!arca_store_core::Store::is_valid_path(&store, &path).unwrap());
+    // The honest import of the same path goes through.
+    let honest = nar_of(b"good");
+    info.nar_hash = Hash::digest(HashAlgo::Sha256, &honest);
+    info.nar_size = honest.len() as u64;
+    store.add_nar_embedded(&info, &mut &honest[..]).unwrap();
+}
