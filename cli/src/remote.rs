@@ -210,17 +210,15 @@ fn query(client: &DaemonClient, args: &QueryArgs, out: &mut impl Write) -> anyho
         }
         print(out, &result)?;
     } else if flags.requisites {
-        let mut closure = client.query_closure(&paths)?;
-        if args.include_outputs {
-            for drv in closure.clone().iter().filter(|p| p.is_derivation()) {
-                for output in client.query_derivation_outputs(drv)?.into_values() {
-                    if client.is_valid_path(&output)? {
-                        closure.extend(client.query_closure(&BTreeSet::from([output]))?);
-                    }
-                }
-            }
+        let graph = client.closure_graph(&paths, args.include_outputs)?;
+        // Ordered from the graph at hand: no further round trips.
+        let members: BTreeSet<StorePath> = graph.keys().cloned().collect();
+        let order = dependency_order(&members, |p| {
+            Ok::<_, anyhow::Error>(graph.get(p).cloned().unwrap_or_default())
+        })?;
+        for path in order {
+            writeln!(out, "{}", store_dir.display(&path))?;
         }
-        print(out, &closure)?;
     } else if flags.referrers_closure || flags.roots {
         let mut closure = BTreeSet::new();
         let mut pending: Vec<StorePath> = paths.iter().cloned().collect();

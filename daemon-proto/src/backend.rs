@@ -108,6 +108,27 @@ where
         ))
     }
 
+    /// The closure of `paths` (with the valid outputs of derivations in it when
+    /// `include_outputs`), each member with its references: what `query --requisites`
+    /// needs, in one request (Arca's extension of the protocol).
+    fn closure_graph(
+        &self,
+        paths: &BTreeSet<StorePath>,
+        include_outputs: bool,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreOpError> {
+        if include_outputs {
+            return Err(refuse(
+                "closures with outputs are not supported by this store",
+            ));
+        }
+        let mut graph = BTreeMap::new();
+        for path in self.query_closure(paths).map_err(refuse)? {
+            let references = self.query_references(&path).map_err(refuse)?;
+            graph.insert(path, references);
+        }
+        Ok(graph)
+    }
+
     /// Adds a content-addressed path from a dump: `method` is Nix's content address
     /// method with algorithm (`text:sha256`, `fixed:sha256`, `fixed:r:sha256`, …); the
     /// dump is the file's bytes for flat and text methods, a NAR for recursive ones.
@@ -208,6 +229,22 @@ where
 impl DaemonStore for LocalStore {
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         self.registry().all_valid_paths().map_err(refuse)
+    }
+
+    fn closure_graph(
+        &self,
+        paths: &BTreeSet<StorePath>,
+        include_outputs: bool,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreOpError> {
+        let mut valid = BTreeSet::new();
+        for path in paths {
+            if self.is_valid_path(path).map_err(refuse)? {
+                valid.insert(path.clone());
+            }
+        }
+        self.registry()
+            .requisites_graph(&valid, include_outputs)
+            .map_err(refuse)
     }
 
     fn query_derivation_output_map(

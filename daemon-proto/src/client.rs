@@ -181,6 +181,100 @@ impl DaemonClient {
 
 /// The operations beyond the [`Store`] trait that the `arca` command sends to a daemon.
 impl DaemonClient {
+    /// The closure of `paths` (plus the valid outputs of its derivations when
+    /// `include_outputs`), each member with its references: one request to an Arca
+    /// daemon, a level of the graph per round trip to another.
+    pub fn closure_graph(
+        &self,
+        paths: &BTreeSet<StorePath>,
+        include_outputs: bool,
+    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, ClientError> {
+        if !self
+            .daemon_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("arca "))
+        {
+            let mut closure = self.query_closure_infos(paths)?;
+            if include_outputs {
+                let drvs: Vec<StorePath> = closure
+                    .keys()
+                    .filter(|p| p.is_derivation())
+                    .cloned()
+                    .collect();
+                for drv in drvs {
+                    let outputs: BTreeSet<StorePath> =
+                        self.query_derivation_outputs(&drv)?.into_values().collect();
+                    closure.extend(self.query_closure_infos(&outputs)?);
+                }
+            }
+            return Ok(closure
+                .into_iter()
+                .map(|(path, info)| (path, info.references))
+                .collect());
+        }
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::ArcaClosureGraph as u64)?;
+            let paths: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
+            connection.to.write_strings(paths.iter())?;
+            connection.to.write_bool(include_outputs)?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            let count = connection.from.read_list_len("closure")?;
+            let mut graph = BTreeMap::new();
+            for _ in 0..count {
+                let path = connection.from.read_string("store path")?;
+                let path = DaemonClient::parse_path(store_dir, &path)?;
+                let references = DaemonClient::read_paths(connection, store_dir)?;
+                graph.insert(path, references);
+            }
+            Ok(graph)
+        })
+    }
+
+    /// The closure of `paths` with every member's path info (invalid starting paths
+    /// are skipped), asked for a level of the graph at a time.
+    pub fn query_closure_infos(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeMap<StorePath, PathInfo>, ClientError> {
+        self.with(|connection, store_dir| {
+            let mut closure: BTreeMap<StorePath, PathInfo> = BTreeMap::new();
+            let mut round: BTreeSet<StorePath> = paths.clone();
+            while !round.is_empty() {
+                for path in &round {
+                    connection.to.write_u64(Op::QueryPathInfo as u64)?;
+                    connection.to.write_str(&store_dir.display(path))?;
+                }
+                connection.to.flush()?;
+                let mut next = BTreeSet::new();
+                let mut failure = None;
+                for path in &round {
+                    // Every reply is read, even after a failure, to stay in step.
+                    let reply = connection
+                        .process_stderr(None)
+                        .and_then(|()| read_path_info_reply(connection, store_dir, path));
+                    match reply {
+                        Ok(Some(info)) => {
+                            next.extend(info.references.iter().cloned());
+                            closure.insert(path.clone(), info);
+                        }
+                        Ok(None) => {}
+                        Err(ClientError::Daemon(message)) => {
+                            failure.get_or_insert(ClientError::Daemon(message));
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                if let Some(error) = failure {
+                    return Err(error);
+                }
+                next.retain(|path| !closure.contains_key(path));
+                round = next;
+            }
+            Ok(closure)
+        })
+    }
+
     /// Adds a content-addressed path from a dump (`method`: `fixed:r:sha256` with a
     /// NAR, `fixed:ALGO` with a file's bytes, `text:sha256` with a text), as
     /// `nix-store --add` does through a daemon. Needs protocol 1.25.
@@ -489,32 +583,18 @@ impl Store for DaemonClient {
 
     fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, ClientError> {
         self.query(Op::QueryPathInfo, path, |connection, store_dir| {
-            if !connection.from.read_bool("valid")? {
-                return Ok(None);
-            }
-            let deriver = DaemonClient::read_optional_path(connection, store_dir)?;
-            let nar_hash = connection.from.read_string("NAR hash")?;
-            let nar_hash = Hash::parse(&nar_hash, Some(HashAlgo::Sha256))
-                .map_err(|e| ClientError::BadReply(e.to_string()))?;
-            let references = DaemonClient::read_paths(connection, store_dir)?;
-            let registration_time = connection.from.read_u64()?;
-            let nar_size = connection.from.read_u64()?;
-            let ultimate = connection.from.read_bool("ultimate")?;
-            let signatures = connection.from.read_strings("signatures")?;
-            let ca = connection.from.read_string("content address")?;
-            let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
-            info.deriver = deriver;
-            info.references = references;
-            info.registration_time = i64::try_from(registration_time).unwrap_or(i64::MAX);
-            info.ultimate = ultimate;
-            info.signatures = signatures.into_iter().collect();
-            info.ca = if ca.is_empty() {
-                None
-            } else {
-                Some(ContentAddress::parse(&ca).map_err(|e| ClientError::BadReply(e.to_string()))?)
-            };
-            Ok(Some(info))
+            read_path_info_reply(connection, store_dir, path)
         })
+    }
+
+    /// The closure in rounds: every path of a round is asked for at once (pipelined on
+    /// the connection) and the replies read in order, so a closure of N paths costs a
+    /// round trip per level of the graph, not per path.
+    fn query_closure(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, ClientError> {
+        Ok(self.query_closure_infos(paths)?.into_keys().collect())
     }
 
     fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, ClientError> {
@@ -687,4 +767,37 @@ impl<R: BufRead> BufRead for TeeBufRead<'_, R> {
         }
         self.inner.consume(amount);
     }
+}
+
+/// The reply to `QueryPathInfo` (after the log): a validity flag, then the info.
+fn read_path_info_reply(
+    connection: &mut Connection,
+    store_dir: &StoreDir,
+    path: &StorePath,
+) -> Result<Option<PathInfo>, ClientError> {
+    if !connection.from.read_bool("valid")? {
+        return Ok(None);
+    }
+    let deriver = DaemonClient::read_optional_path(connection, store_dir)?;
+    let nar_hash = connection.from.read_string("NAR hash")?;
+    let nar_hash = Hash::parse(&nar_hash, Some(HashAlgo::Sha256))
+        .map_err(|e| ClientError::BadReply(e.to_string()))?;
+    let references = DaemonClient::read_paths(connection, store_dir)?;
+    let registration_time = connection.from.read_u64()?;
+    let nar_size = connection.from.read_u64()?;
+    let ultimate = connection.from.read_bool("ultimate")?;
+    let signatures = connection.from.read_strings("signatures")?;
+    let ca = connection.from.read_string("content address")?;
+    let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
+    info.deriver = deriver;
+    info.references = references;
+    info.registration_time = i64::try_from(registration_time).unwrap_or(i64::MAX);
+    info.ultimate = ultimate;
+    info.signatures = signatures.into_iter().collect();
+    info.ca = if ca.is_empty() {
+        None
+    } else {
+        Some(ContentAddress::parse(&ca).map_err(|e| ClientError::BadReply(e.to_string()))?)
+    };
+    Ok(Some(info))
 }

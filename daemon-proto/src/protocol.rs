@@ -95,6 +95,8 @@ ops! {
     AddBuildLog = 45,
     BuildPathsWithResults = 46,
     AddPermRoot = 47,
+    // Arca's own: sent only to a daemon whose version string starts with "arca ".
+    ArcaClosureGraph = 1000,
 }
 
 /// `GCOptions::GCAction` on the wire.

@@ -553,6 +553,17 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 self.to.write_u64(0)?; // download size
                 self.to.write_u64(0)?; // NAR size
             }
+            Op::ArcaClosureGraph => {
+                let paths = self.read_paths()?;
+                let include_outputs = self.from.read_bool("include outputs")?;
+                let graph = store.closure_graph(&paths, include_outputs)?;
+                self.last()?;
+                self.to.write_u64(graph.len() as u64)?;
+                for (path, references) in &graph {
+                    self.to.write_str(&store.store_dir().display(path))?;
+                    self.write_paths(references.iter())?;
+                }
+            }
             Op::ExportPath
             | Op::ImportPaths
             | Op::BuildDerivation

@@ -194,3 +194,48 @@ fn an_untrusted_client_cannot_import_an_input_addressed_path() {
     drop(client);
     server.join().unwrap().unwrap();
 }
+
+/// Arca's own closure request gives what the registry gives, in one round trip, and a
+/// client that falls back to per-level queries gets the same.
+#[test]
+fn closure_graphs_through_the_daemon_are_the_registry_s() {
+    let root = tempfile::tempdir().unwrap();
+    let local = LocalStore::open(root.path()).unwrap();
+    let mut previous: Option<StorePath> = None;
+    for i in 0..30 {
+        let references: BTreeSet<StorePath> = previous.iter().cloned().collect();
+        let text = format!(
+            "{i} {:?}",
+            previous.as_ref().map(|p| local.store_dir().display(p))
+        );
+        previous = Some(
+            local
+                .add_text(&format!("link-{i}"), text.as_bytes(), &references)
+                .unwrap(),
+        );
+    }
+    let top = BTreeSet::from([previous.unwrap()]);
+    let expected = local.registry().requisites_graph(&top, false).unwrap();
+    assert_eq!(expected.len(), 30);
+    // 1.25: no version string, so no extension: per-level queries. 1.37: one request.
+    for minor in [25, 37] {
+        let (client_end, server_end) = UnixStream::pair().unwrap();
+        let server_root = root.path().to_owned();
+        let server = std::thread::spawn(move || {
+            let store = LocalStore::open(&server_root).unwrap();
+            let output = server_end.try_clone().unwrap();
+            let peer = Peer { trusted: false };
+            serve(&store, &server_end, output, peer, Limits::default())
+        });
+        let client =
+            DaemonClient::handshake_at(client_end, Default::default(), protocol::version(1, minor))
+                .unwrap();
+        assert_eq!(client.closure_graph(&top, false).unwrap(), expected);
+        assert_eq!(
+            client.query_closure(&top).unwrap(),
+            expected.keys().cloned().collect()
+        );
+        drop(client);
+        server.join().unwrap().unwrap();
+    }
+}
