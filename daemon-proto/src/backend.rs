@@ -209,6 +209,13 @@ where
         Err(refuse("verification is not supported by this store"))
     }
 
+    /// Imports an export archive (`ImportPaths`, Nix 2.3's `nix-store --import`).
+    fn import_export(&self, _input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
+        Err(refuse(
+            "importing export archives is not supported by this store",
+        ))
+    }
+
     fn add_signatures(
         &self,
         _path: &StorePath,
@@ -520,6 +527,16 @@ impl DaemonStore for LocalStore {
             )
             .map_err(refuse)?;
         Ok(!report.is_clean())
+    }
+
+    fn add_signatures(&self, path: &StorePath, signatures: &[String]) -> Result<(), StoreOpError> {
+        self.registry()
+            .add_signatures(path, signatures)
+            .map_err(refuse)
+    }
+
+    fn import_export(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
+        self.import_paths(&mut BufReadRef(input)).map_err(refuse)
     }
 
     fn query_missing(

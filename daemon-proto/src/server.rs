@@ -201,6 +201,18 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         Ok(())
     }
 
+    fn write_paths_to<'p, T: Write>(
+        &self,
+        to: &mut WireWriter<T>,
+        paths: impl ExactSizeIterator<Item = &'p StorePath>,
+    ) -> io::Result<()> {
+        to.write_u64(paths.len() as u64)?;
+        for path in paths {
+            to.write_str(&self.store.store_dir().display(path))?;
+        }
+        Ok(())
+    }
+
     fn write_optional_path(&mut self, path: Option<&StorePath>) -> io::Result<()> {
         let text = path
             .map(|p| self.store.store_dir().display(p))
@@ -564,9 +576,59 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                     self.write_paths(references.iter())?;
                 }
             }
-            Op::ExportPath
-            | Op::ImportPaths
-            | Op::BuildDerivation
+            Op::ImportPaths => {
+                // Nix 2.3's `--import`: the server pulls the export archive.
+                if !self.peer.trusted {
+                    // Nothing was pulled yet, so refusing keeps the stream in step.
+                    return Err(op_error(
+                        "cannot import paths without signatures: you are not in 'trusted-users'",
+                    ));
+                }
+                let max = self.from.limits().max_frame;
+                let mut pulled = io::BufReader::new(Pull {
+                    from: self.from.get_mut(),
+                    to: self.to.get_mut(),
+                    max,
+                });
+                let paths = store.import_export(&mut pulled)?;
+                self.last()?;
+                self.write_paths(paths.iter())?;
+            }
+            Op::ExportPath => {
+                // Old clients: one path in the export format, sent as STDERR_WRITE chunks.
+                let path = self.read_path()?;
+                self.from.read_u64()?; // sign: there are no keys to sign with
+                let info = store
+                    .query_path_info(&path)
+                    .map_err(op_error)?
+                    .ok_or_else(|| {
+                        op_error(format!(
+                            "path '{}' is not valid",
+                            store.store_dir().display(&path)
+                        ))
+                    })?;
+                let mut export = Vec::new();
+                store.nar_from_path(&path, &mut export).map_err(op_error)?;
+                let mut tail = WireWriter::new(Vec::new());
+                tail.write_u64(0x4558_494e)?; // "NIXE"
+                tail.write_str(&store.store_dir().display(&path))?;
+                self.write_paths_to(&mut tail, info.references.iter())?;
+                let deriver = info
+                    .deriver
+                    .as_ref()
+                    .map(|d| store.store_dir().display(d))
+                    .unwrap_or_default();
+                tail.write_str(&deriver)?;
+                tail.write_u64(0)?; // no signature
+                export.extend_from_slice(&tail.into_inner());
+                for chunk in export.chunks(64 << 10) {
+                    self.to.write_u64(stderr::WRITE)?;
+                    self.to.write_bytes(chunk)?;
+                }
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::BuildDerivation
             | Op::RegisterDrvOutput
             | Op::QueryRealisation
             | Op::AddBuildLog => {

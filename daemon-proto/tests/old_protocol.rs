@@ -84,3 +84,116 @@ fn old_add_to_store_gives_the_paths_nix_store_add_gives() {
     assert!(rest.is_empty(), "nothing after the last reply");
     server.join().unwrap().unwrap();
 }
+
+/// Nix 2.3's `ImportPaths` (the daemon pulls the archive with `STDERR_READ`), the old
+/// `ExportPath` (the archive comes back in `STDERR_WRITE` chunks) and `AddSignatures`.
+#[test]
+fn import_export_and_signatures_as_old_clients_send_them() {
+    use std::collections::BTreeSet;
+    let source_root = tempfile::tempdir().unwrap();
+    let source = LocalStore::open(source_root.path()).unwrap();
+    let base =
+        arca_store_core::Store::add_text(&source, "base", b"base\n", &BTreeSet::new()).unwrap();
+    let text = format!("uses /nix/store/{}\n", base.as_str());
+    let top = arca_store_core::Store::add_text(
+        &source,
+        "top",
+        text.as_bytes(),
+        &BTreeSet::from([base.clone()]),
+    )
+    .unwrap();
+    let mut archive = Vec::new();
+    source
+        .export_paths(&BTreeSet::from([base.clone(), top.clone()]), &mut archive)
+        .unwrap();
+    let mut single = Vec::new();
+    source
+        .export_paths(&BTreeSet::from([top.clone()]), &mut single)
+        .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let server_root = root.path().to_owned();
+    let server = std::thread::spawn(move || {
+        let store = LocalStore::open(&server_root).unwrap();
+        let output = server_end.try_clone().unwrap();
+        serve(
+            &store,
+            &server_end,
+            output,
+            Peer { trusted: true },
+            Limits::default(),
+        )
+    });
+    let mut to = WireWriter::new(client.try_clone().unwrap());
+    let mut from = WireReader::new(std::io::BufReader::new(client), Limits::default());
+    to.write_u64(protocol::WORKER_MAGIC_1).unwrap();
+    assert_eq!(from.read_u64().unwrap(), protocol::WORKER_MAGIC_2);
+    from.read_u64().unwrap();
+    to.write_u64(protocol::version(1, 21)).unwrap();
+    to.write_u64(0).unwrap();
+    to.write_u64(0).unwrap();
+    assert_eq!(from.read_u64().unwrap(), protocol::stderr::LAST);
+
+    // ImportPaths: answer every STDERR_READ from the archive.
+    to.write_u64(protocol::Op::ImportPaths as u64).unwrap();
+    let mut offset = 0;
+    loop {
+        match from.read_u64().unwrap() {
+            protocol::stderr::READ => {
+                let wanted = from.read_u64().unwrap() as usize;
+                let end = (offset + wanted).min(archive.len());
+                to.write_bytes(&archive[offset..end]).unwrap();
+                offset = end;
+            }
+            protocol::stderr::LAST => break,
+            other => panic!("unexpected message {other:#x}"),
+        }
+    }
+    let imported = from.read_strings("paths").unwrap();
+    assert_eq!(
+        imported,
+        vec![
+            format!("/nix/store/{}", base.as_str()),
+            format!("/nix/store/{}", top.as_str())
+        ]
+    );
+
+    // ExportPath gives back what the source store exports for one path (without the
+    // archive's leading 1 and trailing 0).
+    to.write_u64(protocol::Op::ExportPath as u64).unwrap();
+    to.write_str(&format!("/nix/store/{}", top.as_str()))
+        .unwrap();
+    to.write_u64(0).unwrap();
+    let mut exported = Vec::new();
+    loop {
+        match from.read_u64().unwrap() {
+            protocol::stderr::WRITE => exported.extend(from.read_bytes("chunk").unwrap()),
+            protocol::stderr::LAST => break,
+            other => panic!("unexpected message {other:#x}"),
+        }
+    }
+    assert_eq!(from.read_u64().unwrap(), 1);
+    assert_eq!(exported, single[8..single.len() - 8]);
+
+    // AddSignatures, then the signatures are in the path info.
+    to.write_u64(protocol::Op::AddSignatures as u64).unwrap();
+    to.write_str(&format!("/nix/store/{}", top.as_str()))
+        .unwrap();
+    to.write_strings(["cache.example:c2lnbmF0dXJl"].iter())
+        .unwrap();
+    assert_eq!(from.read_u64().unwrap(), protocol::stderr::LAST);
+    assert_eq!(from.read_u64().unwrap(), 1);
+    to.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    from.get_mut().read_to_end(&mut rest).unwrap();
+    server.join().unwrap().unwrap();
+    let store = LocalStore::open(root.path()).unwrap();
+    let info = arca_store_core::Store::query_path_info(&store, &top)
+        .unwrap()
+        .unwrap();
+    assert!(
+        info.signatures.contains("cache.example:c2lnbmF0dXJl"),
+        "{info:?}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use arca_store_core::StorePath;
-use rusqlite::TransactionBehavior;
+use rusqlite::{OptionalExtension, TransactionBehavior};
 
 use super::{path_id, retry, Column, Registry};
 use crate::error::StoreError;
@@ -159,6 +159,46 @@ impl Registry {
         (graph.output_starts, graph.outputs) = compress(nodes, pairs);
         tx.finish()?;
         Ok(graph)
+    }
+
+    /// Adds `signatures` to the valid `path`'s (`nix store sign`, the daemon's
+    /// `AddSignatures`), keeping the ones it has.
+    pub fn add_signatures(
+        &mut self,
+        path: &StorePath,
+        signatures: &[String],
+    ) -> Result<(), StoreError> {
+        let full = self.store_dir.display(path);
+        let conn = &mut self.conn;
+        retry(|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<Option<String>> = tx
+                .prepare_cached("select sigs from ValidPaths where path = ?")?
+                .query_row([&full], |row| row.get(0))
+                .optional()?;
+            let Some(current) = current else {
+                return Err(StoreError::InvalidPath(full.clone()));
+            };
+            let mut all: std::collections::BTreeSet<&str> = current
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            all.extend(
+                signatures
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !s.is_empty()),
+            );
+            let joined = all.into_iter().collect::<Vec<_>>().join(" ");
+            tx.prepare_cached("update ValidPaths set sigs = ? where path = ?")?
+                .execute(rusqlite::params![
+                    (!joined.is_empty()).then_some(joined),
+                    full
+                ])?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Unregisters `paths` in this order, in one transaction: each one that no valid
