@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-use arca_store_core::{PathInfo, StorePath};
+use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
+use arca_store_core::{ContentAddressMethod, Hash, HashAlgo, PathInfo, StorePath};
 
 use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 use crate::protocol::{self, gc_action, minor, stderr, Op};
@@ -261,6 +262,62 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             targets.push(DerivedPath { path, outputs });
         }
         Ok(targets)
+    }
+
+    /// A `BasicDerivation`: outputs (name, path, hash algorithm, hash), input sources,
+    /// platform, builder, arguments, environment; its name comes from `drv_path`.
+    fn read_basic_derivation(&mut self, drv_path: &StorePath) -> Result<Derivation, Failure> {
+        let bad = |what: String| Failure::Fatal(ServeError::Wire(invalid(&what)));
+        let name = drv_path
+            .name()
+            .strip_suffix(".drv")
+            .ok_or_else(|| bad(format!("'{}' is not a derivation", drv_path.as_str())))?
+            .to_owned();
+        let mut outputs = BTreeMap::new();
+        for _ in 0..self.from.read_list_len("outputs")? {
+            let output = self.from.read_string("output name")?;
+            let path = self.from.read_string("output path")?;
+            let algo = self.from.read_string("output hash algorithm")?;
+            let hash = self.from.read_string("output hash")?;
+            let path = self
+                .store
+                .store_dir()
+                .parse_path(&path)
+                .map_err(|e| bad(e.to_string()))?;
+            let output_value = if algo.is_empty() {
+                DerivationOutput::InputAddressed { path }
+            } else {
+                let (method, algo) = match algo.strip_prefix("r:") {
+                    Some(algo) => (ContentAddressMethod::Recursive, algo),
+                    None => (ContentAddressMethod::Flat, algo.as_str()),
+                };
+                let algo = HashAlgo::from_name(algo).map_err(|e| bad(e.to_string()))?;
+                let hash = Hash::from_base16(algo, &hash).map_err(|e| bad(e.to_string()))?;
+                DerivationOutput::Fixed { method, hash, path }
+            };
+            let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
+            outputs.insert(output, output_value);
+        }
+        let input_srcs = self.read_paths()?;
+        let system = self.from.read_string("platform")?;
+        let builder = self.from.read_string("builder")?;
+        let args = self.from.read_strings("arguments")?;
+        let mut env = BTreeMap::new();
+        for _ in 0..self.from.read_list_len("environment")? {
+            let key = self.from.read_string("variable")?;
+            let value = self.from.read_string("value")?;
+            env.insert(key, value);
+        }
+        Ok(Derivation {
+            name,
+            outputs,
+            input_drvs: BTreeMap::new(),
+            input_srcs,
+            system,
+            builder,
+            args,
+            env,
+        })
     }
 
     fn read_build_mode(&mut self) -> Result<BuildMode, Failure> {
@@ -628,10 +685,20 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 self.last()?;
                 self.to.write_u64(1)?;
             }
-            Op::BuildDerivation
-            | Op::RegisterDrvOutput
-            | Op::QueryRealisation
-            | Op::AddBuildLog => {
+            Op::BuildDerivation => {
+                let drv_path = self.read_path()?;
+                let drv = self.read_basic_derivation(&drv_path)?;
+                let mode = self.read_build_mode()?;
+                if !self.peer.trusted {
+                    return Err(op_error(
+                        "you are not privileged to build input-addressed derivations",
+                    ));
+                }
+                let result = store.build_derivation(&drv, mode)?;
+                self.last()?;
+                self.write_build_result(&result)?;
+            }
+            Op::RegisterDrvOutput | Op::QueryRealisation | Op::AddBuildLog => {
                 // The request's arguments are not read, so the stream is out of step.
                 return Err(Failure::Fatal(ServeError::Wire(invalid(&format!(
                     "operation {op:?} is not supported by this daemon"

@@ -1,0 +1,159 @@
+//! `BuildDerivation`, what a remote builder receives: the derivation itself (not its
+//! `.drv` path in the store), built in the sandbox, refused to untrusted clients.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufReader, Read};
+use std::os::unix::net::UnixStream;
+
+use arca_daemon_proto::wire::{Limits, WireReader, WireWriter};
+use arca_daemon_proto::{protocol, serve, Peer};
+use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
+use arca_store_core::Store;
+use arca_store_sqlite::LocalStore;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Sends one `BuildDerivation` for `drv` (named by `drv_path`) and returns the build
+/// result's status and message, or the daemon's error.
+fn build_derivation(
+    root: &std::path::Path,
+    drv_path: &str,
+    drv: &Derivation,
+    trusted: bool,
+) -> Result<(u64, String), String> {
+    let (client, server_end) = UnixStream::pair().unwrap();
+    let server_root = root.to_owned();
+    let server = std::thread::spawn(move || {
+        let store = LocalStore::open(&server_root).unwrap();
+        let output = server_end.try_clone().unwrap();
+        serve(
+            &store,
+            &server_end,
+            output,
+            Peer { trusted },
+            Limits::default(),
+        )
+    });
+    let mut to = WireWriter::new(client.try_clone().unwrap());
+    let mut from = WireReader::new(BufReader::new(client), Limits::default());
+    to.write_u64(protocol::WORKER_MAGIC_1).unwrap();
+    from.read_u64().unwrap();
+    from.read_u64().unwrap();
+    to.write_u64(protocol::version(1, 34)).unwrap();
+    to.write_u64(0).unwrap();
+    to.write_u64(0).unwrap();
+    from.read_string("version").unwrap();
+    assert_eq!(from.read_u64().unwrap(), protocol::stderr::LAST);
+
+    to.write_u64(protocol::Op::BuildDerivation as u64).unwrap();
+    to.write_str(drv_path).unwrap();
+    to.write_u64(drv.outputs.len() as u64).unwrap();
+    for (name, output) in &drv.outputs {
+        to.write_str(name.as_str()).unwrap();
+        to.write_str(&format!("/nix/store/{}", output.path().unwrap().as_str()))
+            .unwrap();
+        to.write_str("").unwrap();
+        to.write_str("").unwrap();
+    }
+    let sources: Vec<String> = drv
+        .input_srcs
+        .iter()
+        .map(|p| format!("/nix/store/{}", p.as_str()))
+        .collect();
+    to.write_strings(sources.iter()).unwrap();
+    to.write_str(&drv.system).unwrap();
+    to.write_str(&drv.builder).unwrap();
+    to.write_strings(drv.args.iter()).unwrap();
+    to.write_u64(drv.env.len() as u64).unwrap();
+    for (key, value) in &drv.env {
+        to.write_str(key).unwrap();
+        to.write_str(value).unwrap();
+    }
+    to.write_u64(protocol::build_mode::NORMAL).unwrap();
+    let reply = loop {
+        match from.read_u64().unwrap() {
+            protocol::stderr::LAST => {
+                let status = from.read_u64().unwrap();
+                let message = from.read_string("message").unwrap();
+                for _ in 0..4 {
+                    from.read_u64().unwrap();
+                }
+                assert_eq!(from.read_u64().unwrap(), 0, "no realisations");
+                break Ok((status, message));
+            }
+            protocol::stderr::ERROR => {
+                from.read_string("type").unwrap();
+                from.read_u64().unwrap();
+                from.read_string("name").unwrap();
+                let message = from.read_string("message").unwrap();
+                from.read_u64().unwrap();
+                from.read_u64().unwrap();
+                break Err(message);
+            }
+            protocol::stderr::NEXT => {
+                from.read_string("log").unwrap();
+            }
+            other => panic!("unexpected message {other:#x}"),
+        }
+    };
+    to.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    from.get_mut().read_to_end(&mut rest).unwrap();
+    server.join().unwrap().unwrap();
+    reply
+}
+
+#[test]
+fn a_trusted_client_gets_a_sent_derivation_built() {
+    if !std::path::Path::new(BUSYBOX).is_file() {
+        eprintln!("SKIPPED a_trusted_client_gets_a_sent_derivation_built: no {BUSYBOX}");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let bb_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(BUSYBOX, bb_dir.path().join("busybox")).unwrap();
+    let store = LocalStore::open(root.path()).unwrap();
+    let bb = store.add_path(bb_dir.path(), "bb").unwrap();
+    let bb_full = store.store_dir().display(&bb);
+    // A derivation as a client's store has it: output paths computed there.
+    let mut drv = Derivation {
+        name: "sent".into(),
+        outputs: BTreeMap::from([(OutputName::out(), DerivationOutput::Deferred)]),
+        input_drvs: BTreeMap::new(),
+        input_srcs: BTreeSet::from([bb.clone()]),
+        system: "x86_64-linux".into(),
+        builder: format!("{bb_full}/busybox"),
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo built remotely > $out".into(),
+        ],
+        env: BTreeMap::from([
+            ("builder".into(), format!("{bb_full}/busybox")),
+            ("name".into(), "sent".into()),
+            ("out".into(), String::new()),
+            ("system".into(), "x86_64-linux".into()),
+            ("PATH".into(), bb_full.clone()),
+        ]),
+    };
+    store.compute_output_paths(&mut drv).unwrap();
+    let out = drv.outputs[&OutputName::out()].path().unwrap().clone();
+    drop(store);
+    // The client's .drv path: never added to this store.
+    let drv_path = format!("/nix/store/{}-sent.drv", "a".repeat(32));
+
+    let refused = build_derivation(root.path(), &drv_path, &drv, false).unwrap_err();
+    assert!(refused.contains("not privileged"), "{refused}");
+
+    let (status, message) = build_derivation(root.path(), &drv_path, &drv, true).unwrap();
+    assert_eq!(
+        (status, message.as_str()),
+        (protocol::build_status::BUILT, "")
+    );
+    let store = LocalStore::open(root.path()).unwrap();
+    assert!(store.is_valid_path(&out).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(store.physical_path(&out)).unwrap(),
+        "built remotely\n"
+    );
+}
