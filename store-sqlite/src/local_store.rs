@@ -43,6 +43,9 @@ pub struct StoreOptions {
     /// Flush a new path to disk (`syncfs`) before it becomes valid, so that it survives
     /// a power loss, not only a crash of the process.
     pub durable: bool,
+    /// Hard-link the files of every path added to identical files already in the store
+    /// (Nix's `auto-optimise-store`), right after it becomes valid.
+    pub auto_optimise: bool,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +53,7 @@ impl Default for StoreOptions {
         StoreOptions {
             store_dir: StoreDir::default(),
             durable: true,
+            auto_optimise: false,
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct LocalStore {
     registry: Mutex<Registry>,
     owner: Owner,
     durable: bool,
+    auto_optimise: bool,
     /// This handle's temporary roots: what it is adding or using stays alive.
     temp_roots: TempRoots,
     /// Held (shared, flock) while the store is open, as Nix holds `db/big-lock`.
@@ -115,6 +120,7 @@ impl LocalStore {
             registry: Mutex::new(registry),
             owner,
             durable: options.durable,
+            auto_optimise: options.auto_optimise,
             _big_lock: big_lock,
         };
         clean_stale(&store.staging_dir, &store.physical_store, |path| {
@@ -519,6 +525,19 @@ impl LocalStore {
         self.registry().register(&infos, &outputs)?;
         for (staged, _) in batch {
             staged.finish();
+        }
+        if self.auto_optimise {
+            // The paths are valid already: a failure to link only costs space.
+            for info in &infos {
+                if let Err(error) =
+                    self.optimise_path(&info.path, &crate::OptimiseOptions::default())
+                {
+                    tracing::warn!(
+                        "cannot optimise '{}': {error}",
+                        self.store_dir.display(&info.path)
+                    );
+                }
+            }
         }
         Ok(())
     }

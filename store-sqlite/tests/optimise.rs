@@ -607,3 +607,42 @@ fn kill_9_during_optimise_leaves_a_store_that_verifies() {
     assert_fully_linked(&store);
     assert_canonical(&store);
 }
+
+/// With `auto_optimise`, a path is linked to identical files as it is added (Nix's
+/// `auto-optimise-store`), and an explicit optimise later finds nothing left to do.
+#[test]
+fn auto_optimise_links_files_as_paths_are_added() {
+    let root = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        durable: false,
+        auto_optimise: true,
+        ..StoreOptions::default()
+    };
+    let store = LocalStore::open_with(root.path(), options).unwrap();
+    let shared: &[u8] = b"the same bytes in both paths\n";
+    let first = add_tree(
+        &store,
+        scratch.path(),
+        "first",
+        &[("a", shared, false), ("x", b"1", false)],
+    );
+    let second = add_tree(
+        &store,
+        scratch.path(),
+        "second",
+        &[("b", shared, false), ("y", b"2", false)],
+    );
+    assert_eq!(
+        inode(&store.physical_path(&first).join("a")),
+        inode(&store.physical_path(&second).join("b")),
+        "the shared file is one inode"
+    );
+    assert_ne!(
+        inode(&store.physical_path(&first).join("x")),
+        inode(&store.physical_path(&second).join("y"))
+    );
+    assert_eq!(optimise(&store).files_linked, 0);
+    assert_verifies_clean(&store, "after auto-optimise");
+    assert_canonical(&store);
+}
