@@ -4,14 +4,18 @@
 //! temporary roots live exactly as long as the connection, and a slow, stuck or
 //! panicking client holds up nobody else.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arca_store_sqlite::{LocalStore, StoreOptions};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Group, Uid, User};
 
@@ -89,15 +93,62 @@ pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Serves connections from `listener` for ever, each on its own thread.
+/// How long in-flight operations may take to finish after SIGTERM before the daemon
+/// exits anyway (every operation is atomic: one cut short leaves nothing behind).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves connections from `listener`, each on its own thread, until SIGTERM or SIGINT:
+/// then it stops accepting, ends idle connections, gives operations under way
+/// [`SHUTDOWN_GRACE`] to finish, and returns.
 pub fn run(root: &Path, listener: UnixListener, options: DaemonOptions) -> Result<(), DaemonError> {
     // Opened once up front so that a broken store is reported at start.
     LocalStore::open_with(root, options.store.clone()).map_err(|source| DaemonError::Store {
         root: root.to_owned(),
         source,
     })?;
+    // Blocked here, before any thread starts, so that every thread inherits the mask
+    // and only the waiting thread below receives them.
+    let signals = {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        set
+    };
+    if let Err(error) = signals.thread_block() {
+        tracing::warn!("cannot block SIGTERM for a clean shutdown: {error}");
+    }
+    let stopping = Arc::new(AtomicBool::new(false));
+    let wake = listener
+        .local_addr()
+        .ok()
+        .and_then(|address| address.as_pathname().map(Path::to_owned));
+    {
+        let stopping = Arc::clone(&stopping);
+        let spawned = std::thread::Builder::new()
+            .name("arca-daemon-signals".into())
+            .spawn(move || {
+                if signals.wait().is_ok() {
+                    stopping.store(true, Ordering::SeqCst);
+                    // Wake the accept loop.
+                    if let Some(socket) = wake {
+                        let _ = UnixStream::connect(socket);
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!("cannot watch for SIGTERM: {error}");
+        }
+    }
     let options = Arc::new(options);
+    // Each connection's stream, to end idle ones at shutdown; a connection removes
+    // its own entry when it ends, so descriptors do not pile up.
+    let connections: Arc<Mutex<HashMap<u64, UnixStream>>> = Arc::default();
+    let mut next_id = 0u64;
+    let mut threads = Vec::new();
     for stream in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
         let stream = match stream {
             Ok(stream) => stream,
             Err(error) => {
@@ -105,14 +156,44 @@ pub fn run(root: &Path, listener: UnixListener, options: DaemonOptions) -> Resul
                 continue;
             }
         };
+        let id = next_id;
+        next_id += 1;
+        if let Ok(clone) = stream.try_clone() {
+            connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, clone);
+        }
         let root = root.to_owned();
         let options = Arc::clone(&options);
-        let spawned = std::thread::Builder::new()
+        let registered = Arc::clone(&connections);
+        match std::thread::Builder::new()
             .name("arca-daemon-connection".into())
-            .spawn(move || connection(&root, stream, &options));
-        if let Err(error) = spawned {
-            tracing::warn!("cannot start a thread for a connection: {error}");
+            .spawn(move || {
+                connection(&root, stream, &options);
+                registered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            }) {
+            Ok(thread) => threads.push(thread),
+            Err(error) => tracing::warn!("cannot start a thread for a connection: {error}"),
         }
+        threads.retain(|t| !t.is_finished());
+    }
+    // Shutting down: no new requests are read (a connection waiting for its next
+    // operation ends at once); operations under way finish, within the grace period.
+    tracing::info!("shutting down");
+    for stream in connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+    {
+        let _ = stream.shutdown(Shutdown::Read);
+    }
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    while threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
 }

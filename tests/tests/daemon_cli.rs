@@ -135,3 +135,49 @@ fn store_commands_through_the_daemon_match_the_local_store() {
         "the unrooted flat path was collected: {store_entries:?}"
     );
 }
+
+/// SIGTERM: the daemon stops accepting, ends connections waiting for their next
+/// request, exits 0, and the store is whole.
+#[test]
+fn sigterm_shuts_the_daemon_down_cleanly() {
+    let scratch = scratch_dir();
+    let served = scratch.path().join("served");
+    let mut daemon = Daemon::start(&served, &scratch.path().join("socket"));
+    let remote = daemon.uri();
+    let file = scratch.path().join("file");
+    std::fs::write(&file, b"before the signal\n").unwrap();
+    let added = lines(&arca(
+        &remote,
+        &["store", "add-file", file.to_str().unwrap()],
+    ));
+    // An idle client stays connected while the signal comes.
+    let idle = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    drop(idle);
+    let served = served.to_str().unwrap();
+    arca(served, &["store", "verify", "--check-contents"]);
+    assert_eq!(
+        lines(&arca(
+            served,
+            &["store", "query", "--requisites", &added[0]]
+        )),
+        added
+    );
+}
