@@ -181,3 +181,76 @@ fn sigterm_shuts_the_daemon_down_cleanly() {
         added
     );
 }
+
+/// systemd socket activation: a socket passed as fd 3 with `LISTEN_PID`/`LISTEN_FDS` is
+/// served, and no socket of the daemon's own is made. The launcher (Python, which does
+/// what systemd does: bind, listen, set the variables, exec keeping the pid) stands in
+/// for systemd.
+#[test]
+fn a_socket_passed_by_systemd_is_served() {
+    let scratch = scratch_dir();
+    let served = scratch.path().join("served");
+    let socket = scratch.path().join("activated");
+    let launcher = format!(
+        "import os, socket\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind({socket:?})\n\
+         s.listen(16)\n\
+         os.dup2(s.fileno(), 3)\n\
+         os.set_inheritable(3, True)\n\
+         os.environ['LISTEN_PID'] = str(os.getpid())\n\
+         os.environ['LISTEN_FDS'] = '1'\n\
+         os.execv({arca:?}, [{arca:?}, '--store', {served:?}, 'daemon'])\n",
+        socket = socket.to_str().unwrap(),
+        arca = arca_bin().to_str().unwrap(),
+        served = served.to_str().unwrap(),
+    );
+    let mut child = match Command::new("python3").arg("-c").arg(&launcher).spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("SKIPPED a_socket_passed_by_systemd_is_served: no python3 ({error})");
+            return;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let remote = format!("unix://{}", socket.display());
+    let file = scratch.path().join("file");
+    std::fs::write(&file, b"activated\n").unwrap();
+    let added = loop {
+        // Bounded: a socket nobody accepts on would leave the client waiting.
+        let output = Command::new("timeout")
+            .arg("10")
+            .arg(arca_bin())
+            .args([
+                "--store",
+                &remote,
+                "store",
+                "add-file",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        if output.status.success() {
+            break lines(&output.stdout);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the activated daemon never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !served.join("nix/var/nix/daemon-socket/socket").exists(),
+        "the daemon used systemd's socket, not one of its own"
+    );
+    let served = served.to_str().unwrap();
+    assert_eq!(
+        lines(&arca(
+            served,
+            &["store", "query", "--requisites", &added[0]]
+        )),
+        added
+    );
+}
