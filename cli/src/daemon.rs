@@ -26,6 +26,13 @@ pub struct DaemonArgs {
     /// Users who are trusted (Nix's trusted-users; default root).
     #[arg(long, value_delimiter = ',', value_name = "USERS")]
     trusted_users: Option<Vec<String>>,
+    /// Don't flush each added path to disk before it becomes valid (Nix's behaviour:
+    /// faster adds, but a power loss may leave valid paths with missing files).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Hard-link the files of added paths to identical ones (auto-optimise-store).
+    #[arg(long)]
+    auto_optimise: bool,
 }
 
 pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -37,6 +44,8 @@ pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(users) = &args.trusted_users {
         options.trusted_users = users.clone();
     }
+    options.store.durable = !args.no_fsync;
+    options.store.auto_optimise = args.auto_optimise;
     if args.stdio {
         return Ok(daemon::serve_stdio(&root, args.trusted, &options)?);
     }

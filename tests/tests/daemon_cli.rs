@@ -16,9 +16,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Path, socket: &Path) -> Daemon {
+        Daemon::start_with(root, socket, &[])
+    }
+
+    fn start_with(root: &Path, socket: &Path, extra: &[&str]) -> Daemon {
         let child = Command::new(arca_bin())
             .args(["--store", root.to_str().unwrap(), "daemon", "--socket"])
             .arg(socket)
+            .args(extra)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -253,4 +258,46 @@ fn a_socket_passed_by_systemd_is_served() {
         )),
         added
     );
+}
+
+/// `--auto-optimise` (with `--no-fsync`, Nix's flush-nothing behaviour): files of paths
+/// added through the daemon are hard-linked to identical ones as they arrive.
+#[test]
+fn a_daemon_can_auto_optimise_what_it_adds() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = scratch_dir();
+    let served = scratch.path().join("served");
+    let daemon = Daemon::start_with(
+        &served,
+        &scratch.path().join("socket"),
+        &["--no-fsync", "--auto-optimise"],
+    );
+    let remote = daemon.uri();
+    let mut added = Vec::new();
+    for name in ["one", "two"] {
+        let tree = scratch.path().join(name);
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("same"), b"identical bytes\n").unwrap();
+        std::fs::write(tree.join("own"), name).unwrap();
+        added.extend(lines(&arca(
+            &remote,
+            &["store", "add-path", tree.to_str().unwrap()],
+        )));
+    }
+    let physical = |path: &str, file: &str| {
+        served
+            .join("nix/store")
+            .join(path.trim_start_matches("/nix/store/"))
+            .join(file)
+    };
+    let inode = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    assert_eq!(
+        inode(&physical(&added[0], "same")),
+        inode(&physical(&added[1], "same"))
+    );
+    assert_ne!(
+        inode(&physical(&added[0], "own")),
+        inode(&physical(&added[1], "own"))
+    );
+    arca(&remote, &["store", "verify", "--check-contents"]);
 }
