@@ -59,6 +59,10 @@ fn load(
     let text = argument.to_string_lossy();
     if text.starts_with(&format!("{store_dir}/")) {
         let path = store_dir.parse_path(&text)?;
+        if let Some(client) = crate::store::daemon_client(global)? {
+            let drv = crate::remote::read_derivation(&client, &path)?;
+            return Ok((path, drv));
+        }
         let root = crate::store::local_root(global)?;
         let physical = root.join(text.trim_start_matches('/'));
         let bytes = std::fs::read(&physical).with_context(|| {
@@ -93,7 +97,11 @@ fn load(
 }
 
 fn add(global: &GlobalArgs) -> anyhow::Result<()> {
-    let store = crate::store_commands::open_store(global)?;
+    let client = crate::store::daemon_client(global)?;
+    let store = match client {
+        Some(_) => None,
+        None => Some(crate::store_commands::open_store(global)?),
+    };
     let store_dir = StoreDir::default();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
@@ -113,7 +121,17 @@ fn add(global: &GlobalArgs) -> anyhow::Result<()> {
         serde_json::from_value(object).context("the derivation JSON on stdin is invalid")?;
     let mut drv = json.into_derivation(&store_dir, name)?;
     let given = drv.clone();
-    store.compute_output_paths(&mut drv)?;
+    match (&store, &client) {
+        (Some(store), _) => store.compute_output_paths(&mut drv)?,
+        (None, Some(client)) => {
+            arca_store_core::derivation::ModuloHashCache::new()
+                .compute_output_paths(&store_dir, &mut drv, |path| {
+                    crate::remote::read_derivation(client, path)
+                })
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+        }
+        (None, None) => unreachable!("one of the two stores is open"),
+    }
     for (output, computed) in &drv.outputs {
         if let Some(given_path) = given.outputs.get(output).and_then(|o| o.path()) {
             if Some(given_path) != computed.path() {
@@ -128,7 +146,18 @@ fn add(global: &GlobalArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let path = store.add_derivation(&drv)?;
+    let path = match (&store, &client) {
+        (Some(store), _) => store.add_derivation(&drv)?,
+        (None, Some(client)) => {
+            use arca_store_core::Store;
+            client.add_text(
+                &format!("{}.drv", drv.name),
+                drv.to_aterm(&store_dir).as_bytes(),
+                &drv.drv_references(),
+            )?
+        }
+        (None, None) => unreachable!("one of the two stores is open"),
+    };
     if let Some(given_path) = given_path {
         if given_path != path {
             bail!(

@@ -34,7 +34,9 @@ pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
                 });
                 let added = client.add_dump(&name, "fixed:r:sha256", &BTreeSet::new(), &mut reader);
                 drop(reader);
-                let dumped = dumper.join().map_err(|_| anyhow::anyhow!("the NAR writer panicked"))?;
+                let dumped = dumper
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the NAR writer panicked"))?;
                 dumped.with_context(|| format!("cannot serialise '{}'", source.display()))?;
                 writeln!(out, "{}", store_dir.display(&added?))?;
             }
@@ -52,7 +54,12 @@ pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
             require_valid(client, &paths)?;
             export(client, &paths, &mut out)?;
         }
-        StoreCommand::Import => bail!("importing through a daemon is not supported yet; use `nix-store --import` with the daemon, or a local store"),
+        StoreCommand::Import => {
+            let mut input = io::BufReader::with_capacity(1 << 16, io::stdin().lock());
+            for path in import(client, &mut input)? {
+                writeln!(out, "{}", store_dir.display(&path))?;
+            }
+        }
         StoreCommand::Query(args) => query(client, &args, &mut out)?,
         StoreCommand::Verify(args) => {
             if !args.paths.is_empty() || args.json {
@@ -67,7 +74,8 @@ pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
                 bail!("a daemon does not let clients ignore liveness");
             }
             let paths = parse_paths(client, &args.paths)?;
-            let (deleted, freed) = client.collect_garbage(gc_action::DELETE_SPECIFIC, &paths, None)?;
+            let (deleted, freed) =
+                client.collect_garbage(gc_action::DELETE_SPECIFIC, &paths, None)?;
             print_freed(&deleted, freed, &mut out)?;
         }
         StoreCommand::Gc(args) => {
@@ -85,7 +93,8 @@ pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
                 } else {
                     gc_action::DELETE_DEAD
                 };
-                let (paths, freed) = client.collect_garbage(action, &BTreeSet::new(), args.max_freed)?;
+                let (paths, freed) =
+                    client.collect_garbage(action, &BTreeSet::new(), args.max_freed)?;
                 if action == gc_action::DELETE_DEAD {
                     print_freed(&paths, freed, &mut out)?;
                 } else {
@@ -240,4 +249,124 @@ fn query(client: &DaemonClient, args: &QueryArgs, out: &mut impl Write) -> anyho
         }
     }
     Ok(())
+}
+
+/// Reads a `.drv` through the daemon: its NAR is one regular file, the ATerm text.
+pub fn read_derivation(
+    client: &DaemonClient,
+    path: &StorePath,
+) -> anyhow::Result<arca_store_core::derivation::Derivation> {
+    let store_dir = client.store_dir();
+    let mut nar = Vec::new();
+    client.nar_from_path(path, &mut nar)?;
+    let mut reader = arca_nar::NarReader::new(&nar[..], arca_nar::Limits::default());
+    let mut text = Vec::new();
+    match reader.next()? {
+        Some(arca_nar::Event::Regular { .. }) => {
+            io::Read::read_to_end(&mut reader.contents(), &mut text)?;
+        }
+        _ => bail!("'{}' is not a derivation file", store_dir.display(path)),
+    }
+    Ok(
+        arca_store_core::derivation::Derivation::parse_drv_file(store_dir, path, &text)
+            .with_context(|| format!("cannot parse derivation '{}'", store_dir.display(path)))?,
+    )
+}
+
+/// Imports an export archive through the daemon: each NAR is spooled (its metadata
+/// comes after it in the archive, the daemon needs it before), then sent with it.
+fn import(client: &DaemonClient, input: &mut impl io::BufRead) -> anyhow::Result<Vec<StorePath>> {
+    let store_dir = client.store_dir();
+    let read_u64 = |input: &mut dyn io::Read| -> io::Result<u64> {
+        let mut bytes = [0u8; 8];
+        input.read_exact(&mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    };
+    let read_string = |input: &mut dyn io::Read| -> anyhow::Result<String> {
+        let len = read_u64(input)?;
+        if len > 4096 {
+            bail!("malformed export archive: a string of {len} bytes");
+        }
+        let mut bytes = vec![0u8; len as usize];
+        input.read_exact(&mut bytes)?;
+        let mut padding = [0u8; 8];
+        input.read_exact(&mut padding[..(8 - bytes.len() % 8) % 8])?;
+        Ok(String::from_utf8(bytes).context("malformed export archive: a string is not UTF-8")?)
+    };
+    let mut imported = Vec::new();
+    loop {
+        match read_u64(input)? {
+            0 => return Ok(imported),
+            1 => {}
+            other => bail!("malformed export archive: marker {other}"),
+        }
+        // Spool the NAR, hashing it on the way.
+        let mut spool = tempfile::tempfile()?;
+        let mut hasher = arca_store_core::Hasher::new(arca_store_core::HashAlgo::Sha256);
+        let size = {
+            let mut tee = Tee {
+                input: &mut *input,
+                outputs: (&mut spool, &mut hasher),
+            };
+            arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default())
+                .read_to_end()
+                .context("malformed NAR in the export archive")?
+        };
+        if read_u64(input)? != 0x4558_494e {
+            bail!("malformed export archive: no NIXE marker after a NAR");
+        }
+        let path = store_dir.parse_path(&read_string(input)?)?;
+        let mut references = BTreeSet::new();
+        for _ in 0..read_u64(input)?.min(1 << 20) {
+            references.insert(store_dir.parse_path(&read_string(input)?)?);
+        }
+        let deriver = read_string(input)?;
+        if read_u64(input)? != 0 {
+            bail!("signed export archives are not supported");
+        }
+        let mut info = arca_store_core::PathInfo::new(path.clone(), hasher.finish(), size);
+        info.references = references;
+        info.deriver = if deriver.is_empty() {
+            None
+        } else {
+            Some(store_dir.parse_path(&deriver)?)
+        };
+        if !client.is_valid_path(&path)? {
+            io::Seek::rewind(&mut spool)?;
+            client.add_nar(&info, &mut spool)?;
+        }
+        imported.push(path);
+    }
+}
+
+/// A `BufRead` that copies what is consumed from `input` into a file and a hasher.
+struct Tee<'a, R> {
+    input: &'a mut R,
+    outputs: (&'a mut std::fs::File, &'a mut arca_store_core::Hasher),
+}
+
+impl<R: io::BufRead> io::Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = io::BufRead::fill_buf(self)?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl<R: io::BufRead> io::BufRead for Tee<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.input.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let Ok(buffer) = self.input.fill_buf() {
+            let amount = amount.min(buffer.len());
+            // A failed spool write surfaces when the daemon checks the NAR hash.
+            let _ = self.outputs.0.write_all(&buffer[..amount]);
+            self.outputs.1.update(&buffer[..amount]);
+        }
+        self.input.consume(amount);
+    }
 }

@@ -301,3 +301,67 @@ fn a_daemon_can_auto_optimise_what_it_adds() {
     );
     arca(&remote, &["store", "verify", "--check-contents"]);
 }
+
+/// `store import`, `derivation add` and `derivation show` through a daemon give what
+/// they give locally.
+#[test]
+fn import_and_derivations_through_the_daemon() {
+    let scratch = scratch_dir();
+    let local = scratch.path().join("local");
+    let local = local.to_str().unwrap();
+    let daemon = Daemon::start(
+        &scratch.path().join("served"),
+        &scratch.path().join("socket"),
+    );
+    let remote = daemon.uri();
+    // A closure with a reference, exported from a local store.
+    let dep_file = scratch.path().join("dep");
+    std::fs::write(&dep_file, b"dependency\n").unwrap();
+    let dep = lines(&arca(
+        local,
+        &["store", "add-file", dep_file.to_str().unwrap()],
+    ))
+    .remove(0);
+    let drv_json = serde_json::json!({
+        "name": "uses-dep",
+        "outputs": { "out": { "path": "" } },
+        "inputSrcs": [dep],
+        "inputDrvs": {},
+        "system": "x86_64-linux",
+        "builder": "/bin/sh",
+        "args": ["-c", "true"],
+        "env": { "out": "", "dep": dep },
+    })
+    .to_string();
+    let add_derivation = |store: &str| {
+        let mut child = Command::new(arca_bin())
+            .args(["--store", store, "derivation", "add"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), drv_json.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        lines(&output.stdout)
+    };
+    let drv = add_derivation(local);
+    let export = arca(local, &["store", "export", &dep, &drv[0]]);
+    let mut child = Command::new(arca_bin())
+        .args(["--store", &remote, "store", "import"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &export).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(lines(&output.stdout), vec![dep.clone(), drv[0].clone()]);
+    assert_eq!(arca(&remote, &["store", "export", &dep, &drv[0]]), export);
+    // The same derivation added through the daemon gets the same path and JSON.
+    assert_eq!(add_derivation(&remote), drv);
+    assert_eq!(
+        arca(&remote, &["derivation", "show", &drv[0]]),
+        arca(local, &["derivation", "show", &drv[0]])
+    );
+}
