@@ -267,10 +267,8 @@ pub fn read_derivation(
         }
         _ => bail!("'{}' is not a derivation file", store_dir.display(path)),
     }
-    Ok(
-        arca_store_core::derivation::Derivation::parse_drv_file(store_dir, path, &text)
-            .with_context(|| format!("cannot parse derivation '{}'", store_dir.display(path)))?,
-    )
+    arca_store_core::derivation::Derivation::parse_drv_file(store_dir, path, &text)
+        .with_context(|| format!("cannot parse derivation '{}'", store_dir.display(path)))
 }
 
 /// Imports an export archive through the daemon: each NAR is spooled (its metadata
@@ -291,7 +289,7 @@ fn import(client: &DaemonClient, input: &mut impl io::BufRead) -> anyhow::Result
         input.read_exact(&mut bytes)?;
         let mut padding = [0u8; 8];
         input.read_exact(&mut padding[..(8 - bytes.len() % 8) % 8])?;
-        Ok(String::from_utf8(bytes).context("malformed export archive: a string is not UTF-8")?)
+        String::from_utf8(bytes).context("malformed export archive: a string is not UTF-8")
     };
     let mut imported = Vec::new();
     loop {
