@@ -6,6 +6,7 @@ use std::io::{self, BufWriter, Write};
 
 use anyhow::{bail, Context};
 use arca_daemon_proto::protocol::gc_action;
+use arca_daemon_proto::wire::TeeBufRead;
 use arca_daemon_proto::DaemonClient;
 use arca_store_core::{dependency_order, Store, StorePath};
 
@@ -302,13 +303,18 @@ fn import(client: &DaemonClient, input: &mut impl io::BufRead) -> anyhow::Result
         let mut spool = tempfile::tempfile()?;
         let mut hasher = arca_store_core::Hasher::new(arca_store_core::HashAlgo::Sha256);
         let size = {
-            let mut tee = Tee {
-                input: &mut *input,
-                outputs: (&mut spool, &mut hasher),
+            let mut out = SpoolAndHash {
+                spool: &mut spool,
+                hasher: &mut hasher,
             };
-            arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default())
+            let mut tee = TeeBufRead::new(&mut *input, &mut out);
+            let size = arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default())
                 .read_to_end()
-                .context("malformed NAR in the export archive")?
+                .context("malformed NAR in the export archive")?;
+            if let Some(error) = tee.error.take() {
+                return Err(error).context("cannot spool a NAR of the export archive");
+            }
+            size
         };
         if read_u64(input)? != 0x4558_494e {
             bail!("malformed export archive: no NIXE marker after a NAR");
@@ -337,34 +343,20 @@ fn import(client: &DaemonClient, input: &mut impl io::BufRead) -> anyhow::Result
     }
 }
 
-/// A `BufRead` that copies what is consumed from `input` into a file and a hasher.
-struct Tee<'a, R> {
-    input: &'a mut R,
-    outputs: (&'a mut std::fs::File, &'a mut arca_store_core::Hasher),
+/// Writes everything to a spool file and a hasher at once.
+struct SpoolAndHash<'a> {
+    spool: &'a mut std::fs::File,
+    hasher: &'a mut arca_store_core::Hasher,
 }
 
-impl<R: io::BufRead> io::Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = io::BufRead::fill_buf(self)?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        io::BufRead::consume(self, n);
-        Ok(n)
-    }
-}
-
-impl<R: io::BufRead> io::BufRead for Tee<'_, R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.input.fill_buf()
+impl Write for SpoolAndHash<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.spool.write_all(buf)?;
+        self.hasher.update(buf);
+        Ok(buf.len())
     }
 
-    fn consume(&mut self, amount: usize) {
-        if let Ok(buffer) = self.input.fill_buf() {
-            let amount = amount.min(buffer.len());
-            // A failed spool write surfaces when the daemon checks the NAR hash.
-            let _ = self.outputs.0.write_all(&buffer[..amount]);
-            self.outputs.1.update(&buffer[..amount]);
-        }
-        self.input.consume(amount);
+    fn flush(&mut self) -> io::Result<()> {
+        self.spool.flush()
     }
 }

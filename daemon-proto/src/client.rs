@@ -3,7 +3,7 @@
 //! it cannot write directly.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Mutex;
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use arca_store_core::{ContentAddress, Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath};
 
 use crate::protocol::{self, minor, stderr, Op};
-use crate::wire::{FramedWriter, Limits, WireError, WireReader, WireWriter};
+use crate::wire::{FramedWriter, Limits, TeeBufRead, WireError, WireReader, WireWriter};
 
 /// What went wrong talking to a daemon.
 #[derive(Debug, thiserror::Error)]
@@ -711,11 +711,7 @@ impl Store for DaemonClient {
     fn nar_from_path(&self, path: &StorePath, out: &mut dyn Write) -> Result<(), ClientError> {
         self.query(Op::NarFromPath, path, |connection, _| {
             // The NAR follows raw: copy exactly one NAR, parsing it to know its end.
-            let mut tee = TeeBufRead {
-                inner: connection.from.get_mut(),
-                out,
-                error: None,
-            };
+            let mut tee = TeeBufRead::new(connection.from.get_mut(), out);
             {
                 let mut reader = arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default());
                 while reader
@@ -729,43 +725,6 @@ impl Store for DaemonClient {
                 None => Ok(()),
             }
         })
-    }
-}
-
-/// A `BufRead` that copies every byte consumed from `inner` to `out`: exactly what a
-/// parser reads, never more (so the connection stays in step).
-struct TeeBufRead<'a, R> {
-    inner: &'a mut R,
-    out: &'a mut dyn Write,
-    error: Option<io::Error>,
-}
-
-impl<R: BufRead> Read for TeeBufRead<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for TeeBufRead<'_, R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if let Some(error) = self.error.take() {
-            return Err(error);
-        }
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, amount: usize) {
-        if let Ok(buffer) = self.inner.fill_buf() {
-            let amount = amount.min(buffer.len());
-            if let Err(error) = self.out.write_all(&buffer[..amount]) {
-                self.error.get_or_insert(error);
-            }
-        }
-        self.inner.consume(amount);
     }
 }
 

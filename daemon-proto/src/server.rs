@@ -15,7 +15,7 @@ use arca_store_core::{ContentAddressMethod, Hash, HashAlgo, PathInfo, StorePath}
 
 use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 use crate::protocol::{self, gc_action, minor, stderr, Op};
-use crate::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
+use crate::wire::{FramedReader, Limits, TeeBufRead, WireError, WireReader, WireWriter};
 
 /// Who is on the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -922,11 +922,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
 fn spool_nar(from: &mut impl BufRead) -> Result<std::fs::File, Failure> {
     let mut file = tempfile::tempfile()?;
     {
-        let mut tee = TeeBufRead {
-            inner: from,
-            out: &mut file,
-            error: None,
-        };
+        let mut tee = TeeBufRead::new(from, &mut file);
         let mut reader = arca_nar::NarReader::new(&mut tee, arca_nar::Limits::default());
         reader
             .read_to_end()
@@ -937,39 +933,6 @@ fn spool_nar(from: &mut impl BufRead) -> Result<std::fs::File, Failure> {
     }
     io::Seek::rewind(&mut file)?;
     Ok(file)
-}
-
-/// A `BufRead` that copies every byte consumed from `inner` to `out`.
-struct TeeBufRead<'a, R, W> {
-    inner: &'a mut R,
-    out: &'a mut W,
-    error: Option<io::Error>,
-}
-
-impl<R: BufRead, W: Write> Read for TeeBufRead<'_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead, W: Write> BufRead for TeeBufRead<'_, R, W> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, amount: usize) {
-        if let Ok(buffer) = self.inner.fill_buf() {
-            let amount = amount.min(buffer.len());
-            if let Err(error) = self.out.write_all(&buffer[..amount]) {
-                self.error.get_or_insert(error);
-            }
-        }
-        self.inner.consume(amount);
-    }
 }
 
 /// The data of a pre-1.23 `AddToStoreNar`, pulled from the client chunk by chunk.
