@@ -188,38 +188,10 @@ fn query(client: &DaemonClient, args: &QueryArgs, out: &mut impl Write) -> anyho
         }
         Ok(())
     };
-    if flags.deriver {
-        for path in &paths {
-            match client.query_path_info(path)?.and_then(|info| info.deriver) {
-                Some(deriver) => writeln!(out, "{}", store_dir.display(&deriver))?,
-                None => writeln!(out, "unknown-deriver")?,
-            }
-        }
-    } else if flags.outputs {
-        for path in &paths {
-            if path.is_derivation() {
-                let outputs: BTreeSet<StorePath> = client
-                    .query_derivation_outputs(path)?
-                    .into_values()
-                    .collect();
-                for output in &outputs {
-                    writeln!(out, "{}", store_dir.display(output))?;
-                }
-            } else {
-                writeln!(out, "{}", store_dir.display(path))?;
-            }
-        }
-    } else if flags.references || flags.referrers {
-        let mut result = BTreeSet::new();
-        for path in &paths {
-            result.extend(if flags.references {
-                client.query_references(path)?
-            } else {
-                client.query_referrers(path)?
-            });
-        }
-        print(out, &result)?;
-    } else if flags.requisites {
+    if crate::store_commands::print_store_independent_query(client, flags, &paths, out)? {
+        return Ok(());
+    }
+    if flags.requisites {
         let graph = client.closure_graph(&paths, args.include_outputs)?;
         // Ordered from the graph at hand: no further round trips.
         let members: BTreeSet<StorePath> = graph.keys().cloned().collect();

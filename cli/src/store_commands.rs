@@ -328,30 +328,7 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
     let paths = parse_paths(store, &args.paths)?;
     require_valid(store, &paths)?;
     let flags = &args.flags;
-    if flags.deriver {
-        for path in &paths {
-            match store.query_path_info(path)?.and_then(|info| info.deriver) {
-                Some(deriver) => writeln!(out, "{}", store_dir.display(&deriver))?,
-                None => writeln!(out, "unknown-deriver")?,
-            }
-        }
-        return Ok(());
-    }
-    if flags.outputs {
-        // As Nix: a derivation gives its outputs (in path order), anything else itself.
-        for path in &paths {
-            if path.is_derivation() {
-                let outputs: BTreeSet<StorePath> = store
-                    .query_derivation_outputs(path)?
-                    .into_values()
-                    .collect();
-                for output in &outputs {
-                    writeln!(out, "{}", store_dir.display(output))?;
-                }
-            } else {
-                writeln!(out, "{}", store_dir.display(path))?;
-            }
-        }
+    if print_store_independent_query(store, flags, &paths, out)? {
         return Ok(());
     }
     if flags.roots {
@@ -363,15 +340,7 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
         return Ok(());
     }
     let mut result = BTreeSet::new();
-    if flags.references {
-        for path in &paths {
-            result.extend(store.query_references(path)?);
-        }
-    } else if flags.referrers {
-        for path in &paths {
-            result.extend(store.query_referrers(path)?);
-        }
-    } else if flags.requisites {
+    if flags.requisites {
         // The walk hands back each path's references too, so the ordering below needs no
         // further queries.
         let graph = store
@@ -393,6 +362,60 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
         writeln!(out, "{}", store_dir.display(&path))?;
     }
     Ok(())
+}
+
+/// The `query` flags that mean the same on every store (`--deriver`, `--outputs`,
+/// `--references`, `--referrers`), answered through the `Store` trait. Returns whether
+/// one of them was asked for.
+pub fn print_store_independent_query<S: Store>(
+    store: &S,
+    flags: &QueryFlags,
+    paths: &BTreeSet<StorePath>,
+    out: &mut impl Write,
+) -> anyhow::Result<bool>
+where
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let store_dir = store.store_dir();
+    if flags.deriver {
+        for path in paths {
+            match store.query_path_info(path)?.and_then(|info| info.deriver) {
+                Some(deriver) => writeln!(out, "{}", store_dir.display(&deriver))?,
+                None => writeln!(out, "unknown-deriver")?,
+            }
+        }
+    } else if flags.outputs {
+        // As Nix: a derivation gives its outputs (in path order), anything else itself.
+        for path in paths {
+            if path.is_derivation() {
+                let outputs: BTreeSet<StorePath> = store
+                    .query_derivation_outputs(path)?
+                    .into_values()
+                    .collect();
+                for output in &outputs {
+                    writeln!(out, "{}", store_dir.display(output))?;
+                }
+            } else {
+                writeln!(out, "{}", store_dir.display(path))?;
+            }
+        }
+    } else if flags.references || flags.referrers {
+        let mut result = BTreeSet::new();
+        for path in paths {
+            result.extend(if flags.references {
+                store.query_references(path)?
+            } else {
+                store.query_referrers(path)?
+            });
+        }
+        // Nix prints these sets dependencies first.
+        for path in dependency_order(&result, |p| store.query_references(p))? {
+            writeln!(out, "{}", store_dir.display(&path))?;
+        }
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn print_report(
