@@ -43,7 +43,7 @@ pub use environment::{
     build_environment, prefers_local_build, substitutes_allowed, BuildEnvironment,
     SANDBOX_BUILD_DIR,
 };
-pub use log::{filter_escapes, log_path, read_log};
+pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
 pub use scheduler::build;
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
 pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};

@@ -21,10 +21,16 @@ pub fn log_path(log_dir: &Path, drv: &StorePath) -> PathBuf {
 
 /// Reads a stored log back (decompressed).
 pub fn read_log(log_dir: &Path, drv: &StorePath) -> io::Result<Vec<u8>> {
-    let file = File::open(log_path(log_dir, drv))?;
     let mut text = Vec::new();
-    bzip2::read::MultiBzDecoder::new(file).read_to_end(&mut text)?;
+    open_log(log_dir, drv)?.read_to_end(&mut text)?;
     Ok(text)
+}
+
+/// Opens a stored log for reading (decompressed as it is read); `NotFound` when `drv`
+/// has none.
+pub fn open_log(log_dir: &Path, drv: &StorePath) -> io::Result<Box<dyn Read + Send>> {
+    let file = File::open(log_path(log_dir, drv))?;
+    Ok(Box::new(bzip2::read::MultiBzDecoder::new(file)))
 }
 
 /// The sink for one build's output: writes it (uncompressed) to a temporary file beside
@@ -144,18 +150,39 @@ impl Drop for PendingLog {
 }
 
 fn compress(raw: &Path, path: &Path) -> io::Result<()> {
+    store_compressed(&mut File::open(raw)?, path)
+}
+
+/// Stores the log of `drv` under `log_dir` from `text` (uncompressed, streamed: a log is
+/// never held in memory), replacing any earlier one by rename: what Nix's `addBuildLog`
+/// does for `nix store copy-log` and the daemon's `AddBuildLog`.
+pub fn write_log(log_dir: &Path, drv: &StorePath, text: &mut dyn Read) -> io::Result<()> {
+    store_compressed(text, &log_path(log_dir, drv))
+}
+
+fn store_compressed(input: &mut dyn Read, path: &Path) -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
-    let temporary = path.with_extension(format!("bz2.tmp-{}", std::process::id()));
-    let mut input = File::open(raw)?;
+    let temporary = path.with_extension(format!(
+        "bz2.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     // Level 1 (100 kB blocks): logs are text, and level 9's 900 kB blocks make starting
     // the encoder cost milliseconds.
-    let mut encoder =
-        bzip2::write::BzEncoder::new(File::create(&temporary)?, bzip2::Compression::fast());
-    io::copy(&mut input, &mut encoder)?;
-    encoder.finish()?;
-    fs::rename(&temporary, path)
+    let written = File::create(&temporary).and_then(|file| {
+        let mut encoder = bzip2::write::BzEncoder::new(file, bzip2::Compression::fast());
+        io::copy(input, &mut encoder)?;
+        encoder.finish()?;
+        fs::rename(&temporary, path)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written
 }
 
 impl Write for LogSink<'_> {

@@ -270,16 +270,34 @@ pub struct LogArgs {
 }
 
 pub fn log(args: &LogArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(client) = crate::store::daemon_client(global)? {
+        let path = parse_path_arg(client.store_dir(), &args.path)?;
+        let mut out = std::io::stdout().lock();
+        for drv in log_candidates(&client, &path)? {
+            let found = if client.is_arca() {
+                client.read_build_log(&drv, &mut out)?
+            } else {
+                // As Nix's own client does with a daemon: its log files are read
+                // directly, under the root the store URI names (`?root=`, else `/`).
+                let root = crate::store::daemon_root(global);
+                match arca_build::open_log(&root.join("nix/var/log/nix/drvs"), &drv) {
+                    Ok(mut log) => std::io::copy(&mut log, &mut out).map(|_| true)?,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(error) => return Err(error.into()),
+                }
+            };
+            if found {
+                return Ok(());
+            }
+        }
+        bail!(
+            "build log of '{}' is not available",
+            client.store_dir().display(&path)
+        );
+    }
     let store = open_store(global)?;
     let path = parse_path_arg(store.store_dir(), &args.path)?;
-    let mut candidates = vec![path.clone()];
-    if !path.is_derivation() {
-        if let Some(info) = store.query_path_info(&path)? {
-            candidates.extend(info.deriver);
-        }
-        candidates.extend(store.query_valid_derivers(&path)?);
-    }
-    for drv in candidates {
+    for drv in log_candidates(&store, &path)? {
         if let Ok(text) = arca_build::read_log(store.log_dir(), &drv) {
             std::io::stdout().lock().write_all(&text)?;
             return Ok(());
@@ -289,6 +307,21 @@ pub fn log(args: &LogArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         "build log of '{}' is not available",
         store.store_dir().display(&path)
     )
+}
+
+/// The derivations whose log may be `path`'s: itself, or its deriver and valid derivers.
+fn log_candidates<S: Store>(store: &S, path: &StorePath) -> anyhow::Result<Vec<StorePath>>
+where
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut candidates = vec![path.clone()];
+    if !path.is_derivation() {
+        if let Some(info) = store.query_path_info(path)? {
+            candidates.extend(info.deriver);
+        }
+        candidates.extend(store.query_valid_derivers(path)?);
+    }
+    Ok(candidates)
 }
 
 /// `arca build --store unix://…`: the daemon builds (with its own settings); the output

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use arca_daemon_proto::daemon::{self, DaemonOptions};
+use arca_store_sqlite::Durability;
 use clap::Args;
 
 use crate::GlobalArgs;
@@ -26,10 +27,11 @@ pub struct DaemonArgs {
     /// Users who are trusted (Nix's trusted-users; default root).
     #[arg(long, value_delimiter = ',', value_name = "USERS")]
     trusted_users: Option<Vec<String>>,
-    /// Don't flush each added path to disk before it becomes valid (Nix's behaviour:
-    /// faster adds, but a power loss may leave valid paths with missing files).
-    #[arg(long)]
-    no_fsync: bool,
+    /// When added paths reach the disk: `deferred` (within a second; after a power loss,
+    /// paths not flushed yet are checked and invalidated if damaged) or `immediate`
+    /// (before each becomes valid: slower adds, nothing lost once acknowledged).
+    #[arg(long, value_name = "MODE", default_value = "deferred")]
+    durability: Durability,
     /// Hard-link the files of added paths to identical ones (auto-optimise-store).
     #[arg(long)]
     auto_optimise: bool,
@@ -44,7 +46,7 @@ pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(users) = &args.trusted_users {
         options.trusted_users = users.clone();
     }
-    options.store.durable = !args.no_fsync;
+    options.store.durability = args.durability;
     options.store.auto_optimise = args.auto_optimise;
     if args.stdio {
         return Ok(daemon::serve_stdio(&root, args.trusted, &options)?);

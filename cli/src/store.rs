@@ -38,6 +38,20 @@ pub fn daemon_client(global: &GlobalArgs) -> anyhow::Result<Option<DaemonClient>
     Ok(Some(client))
 }
 
+/// The root a daemon store URI names for files read directly (`unix://SOCKET?root=R`),
+/// `/` otherwise: where Nix's client looks for a daemon's build logs.
+pub fn daemon_root(global: &GlobalArgs) -> PathBuf {
+    let query = global
+        .store
+        .as_deref()
+        .and_then(|store| store.split_once('?'))
+        .map_or("", |(_, query)| query);
+    query
+        .split('&')
+        .find_map(|param| param.strip_prefix("root="))
+        .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
 /// The socket of a daemon store URI (`unix:///path[?params]`, `daemon`).
 fn daemon_socket(store: &str) -> Option<PathBuf> {
     if store == "daemon" {

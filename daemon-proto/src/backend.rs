@@ -243,6 +243,16 @@ where
     ) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), StoreOpError> {
         Ok((BTreeSet::new(), BTreeSet::new()))
     }
+
+    /// The stored build log of `drv`, opened for reading (decompressed), if there is one.
+    fn read_build_log(&self, _drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {
+        Ok(None)
+    }
+
+    /// Stores `text` as the build log of `drv` (`nix store copy-log`), streamed.
+    fn add_build_log(&self, _drv: &StorePath, _text: &mut dyn Read) -> Result<(), StoreOpError> {
+        Err(refuse("build logs are not supported by this store"))
+    }
 }
 
 impl DaemonStore for LocalStore {
@@ -549,6 +559,18 @@ impl DaemonStore for LocalStore {
 
     fn import_export(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
         self.import_paths(&mut BufReadRef(input)).map_err(refuse)
+    }
+
+    fn read_build_log(&self, drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {
+        match arca_build::open_log(self.log_dir(), drv) {
+            Ok(reader) => Ok(Some(reader)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(refuse(error)),
+        }
+    }
+
+    fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), StoreOpError> {
+        arca_build::write_log(self.log_dir(), drv, text).map_err(refuse)
     }
 
     fn build_derivation(

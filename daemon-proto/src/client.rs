@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use arca_store_core::{ContentAddress, Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath};
 
 use crate::protocol::{self, minor, stderr, Op};
-use crate::wire::{FramedWriter, Limits, TeeBufRead, WireError, WireReader, WireWriter};
+use crate::wire::{
+    FramedReader, FramedWriter, Limits, TeeBufRead, WireError, WireReader, WireWriter,
+};
 
 /// What went wrong talking to a daemon.
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +191,7 @@ impl DaemonClient {
         paths: &BTreeSet<StorePath>,
         include_outputs: bool,
     ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, ClientError> {
-        if !self
-            .daemon_version
-            .as_deref()
-            .is_some_and(|v| v.starts_with("arca "))
-        {
+        if !self.is_arca() {
             let mut closure = self.query_closure_infos(paths)?;
             if include_outputs {
                 let drvs: Vec<StorePath> = closure
@@ -228,6 +226,64 @@ impl DaemonClient {
                 graph.insert(path, references);
             }
             Ok(graph)
+        })
+    }
+
+    /// Whether the daemon is Arca's (and so understands Arca's extension operations).
+    pub fn is_arca(&self) -> bool {
+        self.daemon_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("arca "))
+    }
+
+    /// Copies the stored build log of `drv` to `out` (decompressed, streamed); `false`
+    /// when the daemon has none. Nix's protocol has no operation for this (Nix's client
+    /// reads the daemon's log files directly), so it takes an Arca daemon.
+    pub fn read_build_log(
+        &self,
+        drv: &StorePath,
+        out: &mut dyn Write,
+    ) -> Result<bool, ClientError> {
+        if !self.is_arca() {
+            return Err(ClientError::Daemon(
+                "this daemon cannot send build logs (it is not Arca's)".into(),
+            ));
+        }
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::ArcaReadLog as u64)?;
+            connection.to.write_str(&store_dir.display(drv))?;
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            if !connection.from.read_bool("log found")? {
+                return Ok(false);
+            }
+            let max_frame = connection.from.limits().max_frame;
+            let mut framed = FramedReader::new(connection.from.get_mut(), max_frame);
+            io::copy(&mut framed, out)?;
+            Ok(true)
+        })
+    }
+
+    /// `AddBuildLog`: stores `text` as the build log of `drv` (trusted clients only).
+    pub fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), ClientError> {
+        self.with(|connection, _| {
+            if minor(connection.version) < 32 {
+                return Err(ClientError::Daemon(
+                    "the daemon's protocol is older than 1.32".into(),
+                ));
+            }
+            let to = &mut connection.to;
+            to.write_u64(Op::AddBuildLog as u64)?;
+            to.write_str(drv.as_str())?;
+            {
+                let mut framed = FramedWriter::new(to.get_mut());
+                io::copy(text, &mut framed)?;
+                framed.finish()?;
+            }
+            to.flush()?;
+            connection.process_stderr(None)?;
+            connection.from.read_u64()?;
+            Ok(())
         })
     }
 

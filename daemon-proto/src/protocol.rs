@@ -97,6 +97,7 @@ ops! {
     AddPermRoot = 47,
     // Arca's own: sent only to a daemon whose version string starts with "arca ".
     ArcaClosureGraph = 1000,
+    ArcaReadLog = 1001,
 }
 
 /// `GCOptions::GCAction` on the wire.

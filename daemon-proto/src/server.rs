@@ -15,7 +15,9 @@ use arca_store_core::{ContentAddressMethod, Hash, HashAlgo, PathInfo, StorePath}
 
 use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 use crate::protocol::{self, gc_action, minor, stderr, Op};
-use crate::wire::{FramedReader, Limits, TeeBufRead, WireError, WireReader, WireWriter};
+use crate::wire::{
+    FramedReader, FramedWriter, Limits, TeeBufRead, WireError, WireReader, WireWriter,
+};
 
 /// Who is on the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -698,7 +700,45 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 self.last()?;
                 self.write_build_result(&result)?;
             }
-            Op::RegisterDrvOutput | Op::QueryRealisation | Op::AddBuildLog => {
+            Op::AddBuildLog => {
+                // A base name, as Nix sends it (a full path is accepted too).
+                let text = self.from.read_string("derivation")?;
+                let store_dir = store.store_dir();
+                let drv = if text.starts_with('/') {
+                    store_dir.parse_path(&text)
+                } else {
+                    StorePath::from_base_name(&text)
+                }
+                .map_err(|error| {
+                    Failure::Fatal(ServeError::Wire(invalid(&format!("'{text}': {error}"))))
+                })?;
+                let max_frame = self.from.limits().max_frame;
+                let mut log = FramedReader::new(self.from.get_mut(), max_frame);
+                let result = if self.peer.trusted {
+                    store.add_build_log(&drv, &mut log)
+                } else {
+                    Err(StoreOpError::new("you are not privileged to add logs"))
+                };
+                // Read to the end whatever happened, to stay in step.
+                log.drain()?;
+                result?;
+                self.last()?;
+                self.to.write_u64(1)?;
+            }
+            Op::ArcaReadLog => {
+                let drv = self.read_path()?;
+                let log = store.read_build_log(&drv)?;
+                self.last()?;
+                self.to.write_bool(log.is_some())?;
+                if let Some(mut log) = log {
+                    // Streamed: a log is never held in memory. A failure half-way
+                    // cannot be reported in band any more; it ends the connection.
+                    let mut framed = FramedWriter::new(self.to.get_mut());
+                    io::copy(&mut log, &mut framed)?;
+                    framed.finish()?;
+                }
+            }
+            Op::RegisterDrvOutput | Op::QueryRealisation => {
                 // The request's arguments are not read, so the stream is out of step.
                 return Err(Failure::Fatal(ServeError::Wire(invalid(&format!(
                     "operation {op:?} is not supported by this daemon"

@@ -168,8 +168,8 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Makes published outputs valid: one `syncfs` (when durable) so that no path is ever
-    /// registered before its files are on disk, then one transaction for all of them.
+    /// Makes published outputs valid in one transaction (flushed first or journalled, as
+    /// the store's [`crate::Durability`] says).
     /// Every reference must be valid or among `published`. On error nothing is
     /// registered and the published trees are removed.
     pub fn register_published(&self, published: PublishedPaths) -> Result<(), StoreError> {
@@ -181,9 +181,7 @@ impl LocalStore {
         for (_, info) in &published.entries {
             self.check_references_with(info, &pending)?;
         }
-        if self.durable() {
-            crate::local_store::sync_filesystem(self.physical_store())?;
-        }
+        self.before_register()?;
         let now = crate::local_store::now();
         let infos: Vec<PathInfo> = published
             .entries
@@ -202,7 +200,7 @@ impl LocalStore {
             staged.finish();
         }
         drop(locks);
-        Ok(())
+        self.after_register()
     }
 
     /// Replaces the files of a valid path with a rebuilt tree (`--repair`), recording the
@@ -219,6 +217,9 @@ impl LocalStore {
         let staged = self.stage()?;
         fs::rename(&built.location, staged.tree()).at(&built.location)?;
         crate::canonicalise::canonicalise(staged.tree(), self.owner())?;
+        // The path is valid already, so there is no journal to cover it: its new files
+        // reach the disk before they replace the old ones, whatever the durability.
+        self.sync_now()?;
         if fs::symlink_metadata(&destination).is_err() {
             // Nothing to swap with (a repair of a deleted path): a plain move.
             staged.record_target(&built.info.path)?;

@@ -78,7 +78,8 @@ impl LocalStore {
     /// valid are skipped (their NAR is read and dropped). Each path must refer only to
     /// valid paths or to paths earlier in the archive.
     ///
-    /// Paths are committed in batches (one `syncfs`, one transaction per batch of up to 200 paths): a crash
+    /// Paths are committed in batches (one transaction, and one `syncfs` in immediate
+    /// durability, per batch of up to 200 paths): a crash
     /// loses at most the batch being written, and never leaves a partial path.
     pub fn import_paths(&self, input: &mut impl BufRead) -> Result<Vec<StorePath>, StoreError> {
         let mut imported = Vec::new();

@@ -29,6 +29,7 @@
 mod built;
 mod canonicalise;
 mod derivations;
+mod durability;
 mod error;
 mod export;
 mod gc;
@@ -41,6 +42,7 @@ mod staging;
 mod verify;
 
 pub use built::{copy_tree, nar_hash_of, BuildScratch, BuiltPath, PublishedPaths};
+pub use durability::{boot_id, Durability};
 pub use error::StoreError;
 pub use gc::{GcAction, GcOptions, GcProgress, GcReport, GcRoot, GcRootKind, TempRoots};
 pub use local_store::{AddProgress, LocalStore, StoreOptions};

@@ -19,6 +19,7 @@ use arca_store_core::{
 
 use crate::canonicalise::{canonicalise, store_restore_options, Owner};
 use crate::derivations::output_rows;
+use crate::durability::{Durability, Flusher};
 use crate::error::{IoContext, StoreError};
 use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
@@ -36,27 +37,19 @@ pub enum AddProgress {
 }
 
 /// How a [`LocalStore`] behaves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     /// The logical store directory (`/nix/store`).
     pub store_dir: StoreDir,
-    /// Flush a new path to disk (`syncfs`) before it becomes valid, so that it survives
-    /// a power loss, not only a crash of the process.
-    pub durable: bool,
+    /// When new paths are flushed to disk, and so what a power loss can cost (see
+    /// [`Durability`]): by default within a second, with damaged paths found and
+    /// invalidated after a reboot.
+    pub durability: Durability,
     /// Hard-link the files of every path added to identical files already in the store
     /// (Nix's `auto-optimise-store`), right after it becomes valid.
     pub auto_optimise: bool,
 }
 
-impl Default for StoreOptions {
-    fn default() -> StoreOptions {
-        StoreOptions {
-            store_dir: StoreDir::default(),
-            durable: true,
-            auto_optimise: false,
-        }
-    }
-}
 
 /// A local store. Cheap to share between threads (`&self` everywhere); several processes
 /// may open the same root at once.
@@ -70,12 +63,22 @@ pub struct LocalStore {
     log_dir: PathBuf,
     registry: Mutex<Registry>,
     owner: Owner,
-    durable: bool,
+    flusher: Flusher,
     auto_optimise: bool,
     /// This handle's temporary roots: what it is adding or using stays alive.
     temp_roots: TempRoots,
     /// Held (shared, flock) while the store is open, as Nix holds `db/big-lock`.
     _big_lock: File,
+}
+
+impl Drop for LocalStore {
+    /// Flushes what this handle registered (deferred durability), so that a program
+    /// that added paths and ended has them on disk, as with immediate durability.
+    fn drop(&mut self) {
+        if let Err(error) = self.sync() {
+            tracing::warn!("cannot flush the store to disk: {error}");
+        }
+    }
 }
 
 impl LocalStore {
@@ -119,13 +122,16 @@ impl LocalStore {
             log_dir,
             registry: Mutex::new(registry),
             owner,
-            durable: options.durable,
+            flusher: Flusher::new(options.durability),
             auto_optimise: options.auto_optimise,
             _big_lock: big_lock,
         };
         clean_stale(&store.staging_dir, &store.physical_store, |path| {
             store.registry().is_valid(path)
         })?;
+        store.recover_unsynced()?;
+        let boot = store.flusher.boot().map(str::to_owned);
+        store.registry().set_unsynced_boot(boot);
         Ok(store)
     }
 
@@ -444,9 +450,8 @@ impl LocalStore {
         self.commit(staged, info)
     }
 
-    /// Whether new paths are flushed to disk before they become valid.
-    pub(crate) fn durable(&self) -> bool {
-        self.durable
+    pub(crate) fn flusher(&self) -> &Flusher {
+        &self.flusher
     }
 
     /// Who store files belong to (root's store: root; otherwise the adding user's).
@@ -484,7 +489,8 @@ impl LocalStore {
         self.commit_batch(vec![(staged, info.clone())])
     }
 
-    /// Commits several staged paths at once: one `syncfs` and one registry transaction
+    /// Commits several staged paths at once: one registry transaction (and one `syncfs`
+    /// in immediate durability)
     /// for all of them (what makes importing thousands of small paths cheap). The caller
     /// holds every path's lock and has seen each invalid. On error, every path of the
     /// batch is removed again (the `Staged` values do it when dropped).
@@ -493,9 +499,7 @@ impl LocalStore {
             canonicalise(staged.tree(), self.owner)?;
             staged.record_target(&info.path)?;
         }
-        if self.durable {
-            sync_filesystem(&self.staging_dir)?;
-        }
+        self.before_register()?;
         let mut infos = Vec::with_capacity(batch.len());
         let mut outputs = Vec::new();
         for (staged, info) in &batch {
@@ -526,6 +530,7 @@ impl LocalStore {
         for (staged, _) in batch {
             staged.finish();
         }
+        self.after_register()?;
         if self.auto_optimise {
             // The paths are valid already: a failure to link only costs space.
             for info in &infos {

@@ -51,6 +51,7 @@ use nix::errno::Errno;
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
+use crate::durability::Durability;
 use crate::error::{IoContext, StoreError};
 use crate::LocalStore;
 pub(crate) use links::LINKS_DIR;
@@ -478,6 +479,12 @@ impl<'a> Run<'a> {
         }
         if !worker.same_contents(file, &mut link_file, temporary, link.len())? {
             return Ok(Replaced::Differing);
+        }
+        // With deferred durability the link file's inode may be a path's file whose
+        // bytes are not on disk yet; `file` may belong to a path flushed long ago, which
+        // no recovery would check. So the bytes go to disk before the rename.
+        if self.store.durability() == Durability::Deferred {
+            link_file.sync_data().at(temporary)?;
         }
         if let Err(error) = rename_into(temporary, file, dir) {
             return match error {

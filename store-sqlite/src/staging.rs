@@ -5,7 +5,8 @@
 //! into which it writes the final base name just before the rename. The protocol:
 //!
 //! 1. write and canonicalise the tree under its staging name, record the final name in
-//!    the lock file, and flush both (`syncfs`, once for a whole batch, when durable);
+//!    the lock file, and flush both (`syncfs`, once for a whole batch) when the store's
+//!    durability is immediate (deferred durability journals the registration instead);
 //! 2. (nothing else may happen between flushing and renaming);
 //! 3. rename the tree to its final name;
 //! 4. register it in one transaction;
@@ -66,7 +67,7 @@ impl Staged {
     }
 
     /// Records the final name of the staged tree in its lock file, so that a crash after
-    /// the rename can be undone. Made durable by the caller's `syncfs` before the rename.
+    /// the rename can be undone. Flushed by the caller's `syncfs` before the rename (immediate durability).
     pub fn record_target(&self, path: &StorePath) -> Result<(), StoreError> {
         let mut file = fs::OpenOptions::new()
             .write(true)

@@ -16,11 +16,7 @@ use arca_store_sqlite::{
 };
 
 fn open(root: &Path) -> LocalStore {
-    let options = StoreOptions {
-        durable: false,
-        ..StoreOptions::default()
-    };
-    LocalStore::open_with(root, options).unwrap()
+    LocalStore::open(root).unwrap()
 }
 
 /// One file of a test tree: relative name, contents, executable.
@@ -615,7 +611,6 @@ fn auto_optimise_links_files_as_paths_are_added() {
     let root = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let options = StoreOptions {
-        durable: false,
         auto_optimise: true,
         ..StoreOptions::default()
     };

@@ -260,8 +260,9 @@ fn a_socket_passed_by_systemd_is_served() {
     );
 }
 
-/// `--auto-optimise` (with `--no-fsync`, Nix's flush-nothing behaviour): files of paths
-/// added through the daemon are hard-linked to identical ones as they arrive.
+/// `--auto-optimise` (with `--durability immediate`, the mode that flushes each path):
+/// files of paths added through the daemon are hard-linked to identical ones as they
+/// arrive.
 #[test]
 fn a_daemon_can_auto_optimise_what_it_adds() {
     use std::os::unix::fs::MetadataExt;
@@ -270,7 +271,7 @@ fn a_daemon_can_auto_optimise_what_it_adds() {
     let daemon = Daemon::start_with(
         &served,
         &scratch.path().join("socket"),
-        &["--no-fsync", "--auto-optimise"],
+        &["--durability", "immediate", "--auto-optimise"],
     );
     let remote = daemon.uri();
     let mut added = Vec::new();

@@ -33,6 +33,7 @@ mod retry;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod unsynced;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ use crate::error::StoreError;
 pub use gc::PathGraph;
 use retry::retry;
 pub use schema::{NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA};
+pub use unsynced::UnsyncedPath;
 
 /// Nix's path registry over one SQLite connection. See the module documentation for the
 /// files it manages and how concurrent registries cooperate.
@@ -53,6 +55,8 @@ pub struct Registry {
     conn: Connection,
     store_dir: StoreDir,
     db_path: PathBuf,
+    /// When set, registrations are recorded in the unsynced journal under this boot.
+    unsynced_boot: Option<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -88,6 +92,7 @@ impl Registry {
             conn,
             store_dir,
             db_path,
+            unsynced_boot: None,
         })
     }
 
@@ -111,7 +116,9 @@ impl Registry {
     /// ([`StoreError::MissingReference`]), every drv of `derivation_outputs` likewise
     /// ([`StoreError::InvalidPath`]), and the references among `infos` must not form a
     /// cycle other than self-references ([`StoreError::ReferenceCycle`]). On any error
-    /// nothing is written.
+    /// nothing is written. With an unsynced boot set
+    /// ([`Registry::set_unsynced_boot`]), the new rows are recorded in the unsynced
+    /// journal in the same transaction.
     pub fn register(
         &mut self,
         infos: &[PathInfo],
@@ -123,7 +130,8 @@ impl Registry {
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let store_dir = &self.store_dir;
         let conn = &mut self.conn;
-        retry(|| register_once(conn, store_dir, infos, derivation_outputs, now))
+        let boot = self.unsynced_boot.as_deref();
+        retry(|| register_once(conn, store_dir, infos, derivation_outputs, now, boot))
     }
 
     /// Whether `path` is registered.
@@ -490,8 +498,10 @@ fn register_once(
     infos: &[PathInfo],
     derivation_outputs: &[(StorePath, BTreeMap<String, StorePath>)],
     now: i64,
+    unsynced_boot: Option<&str>,
 ) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut inserted = Vec::new();
     let batch: HashSet<&StorePath> = infos.iter().map(|info| &info.path).collect();
 
     // Resolve everything outside the batch first, so that a missing reference or drv
@@ -561,6 +571,7 @@ fn register_once(
                     insert.execute(params![
                         full, hash, time, deriver, nar_size, ultimate, sigs, ca
                     ])?;
+                    inserted.push(tx.last_insert_rowid());
                     tx.last_insert_rowid()
                 }
             };
@@ -585,6 +596,9 @@ fn register_once(
                 add_output.execute(params![drv_id, name, store_dir.display(out)])?;
             }
         }
+    }
+    if let Some(boot) = unsynced_boot {
+        unsynced::record(&tx, boot, &inserted)?;
     }
     tx.commit()?;
     Ok(())
