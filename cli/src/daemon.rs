@@ -35,6 +35,38 @@ pub struct DaemonArgs {
     /// Hard-link the files of added paths to identical ones (auto-optimise-store).
     #[arg(long)]
     auto_optimise: bool,
+    /// Longest byte string a client may send: store paths, option values, texts added
+    /// whole (`.drv` files, `builtins.toFile`). Sizes take K, M or G (powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_string: Option<u64>,
+    /// Most elements of one list or set a client may send.
+    #[arg(long, value_name = "N")]
+    max_list: Option<u64>,
+    /// Longest frame of a streamed NAR, dump or log (the stream itself is unbounded:
+    /// it is copied, never held in memory).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_frame: Option<u64>,
+}
+
+/// `123`, `64K`, `64M`, `1G`: bytes, in powers of 1024.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.strip_suffix(['K', 'k']) {
+        Some(digits) => (digits, 10),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(digits) => (digits, 20),
+            None => match text.strip_suffix(['G', 'g']) {
+                Some(digits) => (digits, 30),
+                None => (text, 0),
+            },
+        },
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (a number, optionally with K, M or G)"))?;
+    number
+        .checked_mul(1 << shift)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("size '{text}' is zero or too large"))
 }
 
 pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -48,6 +80,15 @@ pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     options.store.durability = args.durability;
     options.store.auto_optimise = args.auto_optimise;
+    if let Some(max) = args.max_string {
+        options.limits.max_string = max;
+    }
+    if let Some(max) = args.max_list {
+        options.limits.max_list = max;
+    }
+    if let Some(max) = args.max_frame {
+        options.limits.max_frame = max;
+    }
     if args.stdio {
         return Ok(daemon::serve_stdio(&root, args.trusted, &options)?);
     }
@@ -64,4 +105,21 @@ pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     };
     daemon::run(&root, listener, options).context("the daemon stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("3m"), Ok(3 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
 }

@@ -366,3 +366,40 @@ fn import_and_derivations_through_the_daemon() {
         arca(local, &["derivation", "show", &drv[0]])
     );
 }
+
+/// `--max-frame`: a client streaming a frame over the limit gets an error naming the
+/// limit (not a broken pipe), and the daemon goes on serving.
+#[test]
+fn wire_limits_are_set_on_the_command_line() {
+    let scratch = scratch_dir();
+    let daemon = Daemon::start_with(
+        &scratch.path().join("served"),
+        &scratch.path().join("socket"),
+        &["--max-frame", "1K"],
+    );
+    let remote = daemon.uri();
+    let big = scratch.path().join("big");
+    std::fs::write(&big, vec![b'x'; 4096]).unwrap();
+    let output = Command::new(arca_bin())
+        .args(["--store", &remote, "store", "add-file"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a 4 KiB frame passed a 1 KiB limit");
+    assert!(
+        stderr.contains("exceeds the limit of 1024"),
+        "the error names the limit: {stderr}"
+    );
+    let small = scratch.path().join("small");
+    std::fs::write(&small, b"fits\n").unwrap();
+    let added = lines(&arca(&remote, &["store", "add-file", small.to_str().unwrap()]));
+    assert_eq!(added.len(), 1);
+    // A malformed size is refused before anything starts.
+    let output = Command::new(arca_bin())
+        .args(["daemon", "--stdio", "--max-frame", "12X"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("'12X' is not a size"));
+}

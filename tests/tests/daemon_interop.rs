@@ -654,6 +654,85 @@ fn realise_through_arca_daemon_builds_what_nix_builds() {
     assert_arca_verify_clean(&daemons[0].root(), "after builds through the daemon");
 }
 
+/// Build logs: Nix's `nix store copy-log` stores a log through either daemon (the
+/// `AddBuildLog` operation), Nix's `nix-store -l` then finds it where Nix looks, and
+/// `arca log` reads it through `arca daemon` (Arca's extension operation) and, as Nix's
+/// client does, from the files of a `nix-daemon` store.
+#[test]
+fn build_logs_through_arca_daemon_as_through_nix_daemon() {
+    let test = "build_logs_through_arca_daemon_as_through_nix_daemon";
+    if !nix_available(test) || !busybox_available(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let drvs = scratch.instantiate("graphs.nix", &[], &["chain5", "multi"]);
+    let drv = &drvs[0];
+    // A log in the Nix-made store, stored as Nix stores it (bzip2).
+    let base = drv.trim_start_matches("/nix/store/");
+    let log_file = scratch
+        .nix_root()
+        .join("nix/var/log/nix/drvs")
+        .join(&base[..2])
+        .join(format!("{}.bz2", &base[2..]));
+    fs::create_dir_all(log_file.parent().unwrap()).unwrap();
+    let text: Vec<u8> = (0..2000)
+        .flat_map(|i| format!("line {i} of the build log\n").into_bytes())
+        .collect();
+    let compressed = run(Command::new("bzip2").arg("-c"), &text);
+    assert!(compressed.status.success());
+    fs::write(&log_file, compressed.stdout).unwrap();
+
+    let daemons = start_both(scratch.path());
+    for daemon in &daemons {
+        daemon.nix_ok(&[
+            "store",
+            "copy-log",
+            "--from",
+            &scratch.nix_uri(),
+            "--to",
+            &daemon.uri(),
+            drv,
+        ]);
+        assert_eq!(
+            daemon.nix_store_ok(&["-l", drv], b""),
+            text,
+            "{:?}: nix-store -l after copy-log",
+            daemon.kind()
+        );
+        let output = run(
+            Command::new(arca_tests::arca_bin())
+                .args(["--store", &daemon.uri(), "log", drv]),
+            b"",
+        );
+        assert!(
+            output.status.success(),
+            "{:?}: arca log: {}",
+            daemon.kind(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.stdout, text, "{:?}: arca log", daemon.kind());
+    }
+    // Arca's client asks Arca's daemon, so it needs no `?root=`.
+    let output = run(
+        Command::new(arca_tests::arca_bin()).args([
+            "--store",
+            &format!("unix://{}", daemons[0].socket().display()),
+            "log",
+            drv,
+        ]),
+        b"",
+    );
+    assert_eq!(output.stdout, text);
+    // A derivation without a log: an error naming it, from both.
+    let other = &drvs[1];
+    let output = run(
+        Command::new(arca_tests::arca_bin()).args(["--store", &daemons[0].uri(), "log", other]),
+        b"",
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not available"));
+}
+
 // --- 2. Access control -----------------------------------------------------------------
 
 /// A Nix-made closure of input-addressed, unsigned paths (an import of an export keeps
