@@ -331,7 +331,15 @@ impl Job<'_> {
             spec.mounts.push(mount);
         }
 
+        let start = std::time::SystemTime::now();
         let report = arca_sandbox::run(&spec, log)?;
+        (self.emit)(BuildEvent::BuilderExited {
+            drv: self.drv_path.clone(),
+            start,
+            stop: std::time::SystemTime::now(),
+            user_time: report.usage.user_time,
+            system_time: report.usage.system_time,
+        });
         let display = self.display();
         match report.outcome {
             Outcome::Exited(0) => {}

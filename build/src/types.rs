@@ -109,6 +109,21 @@ pub enum BuildEvent {
         /// Its outputs.
         outputs: BTreeMap<OutputName, StorePath>,
     },
+    /// A builder ended, whatever its outcome: when it ran and the CPU time it used
+    /// (what Nix reports in a build result's `startTime`, `stopTime`, `cpuUser` and
+    /// `cpuSystem`).
+    BuilderExited {
+        /// The derivation.
+        drv: StorePath,
+        /// When the builder started.
+        start: std::time::SystemTime,
+        /// When it ended.
+        stop: std::time::SystemTime,
+        /// CPU time of the builder and every process it waited for, in user mode.
+        user_time: Duration,
+        /// Likewise, in kernel mode.
+        system_time: Duration,
+    },
     /// A failed build's directory was kept (`--keep-failed`).
     KeptBuildDir {
         /// The derivation.

@@ -238,6 +238,19 @@ impl Display {
                     self.say(&format!("{}> {line}", name(&drv)));
                 }
             }
+            BuildEvent::BuilderExited {
+                drv,
+                user_time,
+                system_time,
+                ..
+            } => {
+                tracing::debug!(
+                    "'{}': {:.3} s user, {:.3} s system",
+                    store_dir.display(&drv),
+                    user_time.as_secs_f64(),
+                    system_time.as_secs_f64()
+                );
+            }
             BuildEvent::KeptBuildDir { path, .. } => {
                 self.say(&format!(
                     "note: keeping build directory '{}'",

@@ -63,6 +63,18 @@ pub struct Built {
     /// Its outputs as Nix's realisations name them: (`sha256:<hash modulo>!<output>`,
     /// output path). Clients such as `nix build` take the output paths from these.
     pub outputs: Vec<(String, StorePath)>,
+    /// When its builder ran and the CPU time it used, when it was built now.
+    pub timing: Option<BuildTiming>,
+}
+
+/// When a builder ran and the CPU time it used (a build result's `startTime`,
+/// `stopTime`, `cpuUser`, `cpuSystem`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildTiming {
+    pub start: std::time::SystemTime,
+    pub stop: std::time::SystemTime,
+    pub cpu_user: std::time::Duration,
+    pub cpu_system: std::time::Duration,
 }
 
 /// How to build.
@@ -424,10 +436,29 @@ impl DaemonStore for LocalStore {
             repair: mode == BuildMode::Repair,
             ..BuildOptions::default()
         };
+        let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
         } else {
-            arca_build::build(self, &builds, &options, &mut |_| {}).map_err(refuse)?
+            arca_build::build(self, &builds, &options, &mut |event| {
+                if let arca_build::BuildEvent::BuilderExited {
+                    drv,
+                    start,
+                    stop,
+                    user_time,
+                    system_time,
+                } = event
+                {
+                    let timing = BuildTiming {
+                        start,
+                        stop,
+                        cpu_user: user_time,
+                        cpu_system: system_time,
+                    };
+                    timings.insert(drv, timing);
+                }
+            })
+            .map_err(refuse)?
         };
         let mut hashes = arca_store_core::derivation::ModuloHashCache::new();
         for target in targets {
@@ -461,7 +492,16 @@ impl DaemonStore for LocalStore {
                             (format!("sha256:{}!{name}", hash.to_base16()), path.clone())
                         })
                         .collect();
-                    Ok(Built { now, outputs })
+                    let timing = if now {
+                        timings.get(&target.path).copied()
+                    } else {
+                        None
+                    };
+                    Ok(Built {
+                        now,
+                        outputs,
+                        timing,
+                    })
                 }
             };
             results.push((target.clone(), result));
@@ -590,8 +630,8 @@ impl DaemonStore for LocalStore {
         Ok(results.pop().map_or(Ok(Built::default()), |(_, result)| {
             // The realisation ids would name the rewritten derivation, not the client's.
             result.map(|built| Built {
-                now: built.now,
                 outputs: Vec::new(),
+                ..built
             })
         }))
     }

@@ -756,16 +756,30 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         };
         self.to.write_u64(status)?;
         self.to.write_str(&message)?;
+        let timing = result.as_ref().ok().and_then(|built| built.timing);
         if self.minor() >= 29 {
             let built_now = matches!(result, Ok(built) if built.now);
             self.to.write_u64(u64::from(built_now))?; // times built
             self.to.write_bool(false)?; // non-deterministic
-            self.to.write_u64(0)?; // start time
-            self.to.write_u64(0)?; // stop time
+            let seconds = |time: std::time::SystemTime| {
+                time.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            };
+            self.to.write_u64(timing.map_or(0, |t| seconds(t.start)))?;
+            self.to.write_u64(timing.map_or(0, |t| seconds(t.stop)))?;
         }
         if self.minor() >= 37 {
-            self.to.write_u64(0)?; // CPU time in user mode: not measured (optional)
-            self.to.write_u64(0)?; // CPU time in kernel mode: likewise
+            // Two optional durations in microseconds: a tag, then the value if present.
+            let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            for cpu in [timing.map(|t| t.cpu_user), timing.map(|t| t.cpu_system)] {
+                match cpu {
+                    Some(duration) => {
+                        self.to.write_u64(1)?;
+                        self.to.write_u64(micros(duration))?;
+                    }
+                    None => self.to.write_u64(0)?,
+                }
+            }
         }
         if self.minor() >= 28 {
             // The realisations of the outputs, keyed by their id, as JSON with Nix's

@@ -13,14 +13,25 @@ use arca_store_sqlite::LocalStore;
 
 const BUSYBOX: &str = "/bin/busybox";
 
-/// Sends one `BuildDerivation` for `drv` (named by `drv_path`) and returns the build
-/// result's status and message, or the daemon's error.
+/// A build result as protocol 1.37 carries it (the parts the tests look at).
+#[derive(Debug)]
+struct Reply {
+    status: u64,
+    message: String,
+    start: u64,
+    stop: u64,
+    cpu_user: Option<u64>,
+    cpu_system: Option<u64>,
+}
+
+/// Sends one `BuildDerivation` for `drv` (named by `drv_path`) at protocol 1.37 and
+/// returns the build result, or the daemon's error.
 fn build_derivation(
     root: &std::path::Path,
     drv_path: &str,
     drv: &Derivation,
     trusted: bool,
-) -> Result<(u64, String), String> {
+) -> Result<Reply, String> {
     let (client, server_end) = UnixStream::pair().unwrap();
     let server_root = root.to_owned();
     let server = std::thread::spawn(move || {
@@ -39,10 +50,11 @@ fn build_derivation(
     to.write_u64(protocol::WORKER_MAGIC_1).unwrap();
     from.read_u64().unwrap();
     from.read_u64().unwrap();
-    to.write_u64(protocol::version(1, 34)).unwrap();
+    to.write_u64(protocol::version(1, 37)).unwrap();
     to.write_u64(0).unwrap();
     to.write_u64(0).unwrap();
     from.read_string("version").unwrap();
+    from.read_u64().unwrap(); // trusted (1.35 and later)
     assert_eq!(from.read_u64().unwrap(), protocol::stderr::LAST);
 
     to.write_u64(protocol::Op::BuildDerivation as u64).unwrap();
@@ -75,11 +87,25 @@ fn build_derivation(
             protocol::stderr::LAST => {
                 let status = from.read_u64().unwrap();
                 let message = from.read_string("message").unwrap();
-                for _ in 0..4 {
-                    from.read_u64().unwrap();
-                }
+                from.read_u64().unwrap(); // times built
+                from.read_u64().unwrap(); // non-deterministic
+                let start = from.read_u64().unwrap();
+                let stop = from.read_u64().unwrap();
+                let mut optional = || match from.read_u64().unwrap() {
+                    0 => None,
+                    1 => Some(from.read_u64().unwrap()),
+                    tag => panic!("optional tag {tag}"),
+                };
+                let (cpu_user, cpu_system) = (optional(), optional());
                 assert_eq!(from.read_u64().unwrap(), 0, "no realisations");
-                break Ok((status, message));
+                break Ok(Reply {
+                    status,
+                    message,
+                    start,
+                    stop,
+                    cpu_user,
+                    cpu_system,
+                });
             }
             protocol::stderr::ERROR => {
                 from.read_string("type").unwrap();
@@ -126,7 +152,8 @@ fn a_trusted_client_gets_a_sent_derivation_built() {
         args: vec![
             "sh".into(),
             "-c".into(),
-            "echo built remotely > $out".into(),
+            // Some CPU work, for the reported CPU time.
+            "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; echo built remotely > $out".into(),
         ],
         env: BTreeMap::from([
             ("builder".into(), format!("{bb_full}/busybox")),
@@ -145,11 +172,22 @@ fn a_trusted_client_gets_a_sent_derivation_built() {
     let refused = build_derivation(root.path(), &drv_path, &drv, false).unwrap_err();
     assert!(refused.contains("not privileged"), "{refused}");
 
-    let (status, message) = build_derivation(root.path(), &drv_path, &drv, true).unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let reply = build_derivation(root.path(), &drv_path, &drv, true).unwrap();
     assert_eq!(
-        (status, message.as_str()),
+        (reply.status, reply.message.as_str()),
         (protocol::build_status::BUILT, "")
     );
+    // When the builder ran and what it cost, as Nix reports them.
+    assert!(
+        before <= reply.start && reply.start <= reply.stop,
+        "{reply:?}"
+    );
+    assert!(reply.cpu_user.is_some_and(|us| us > 0), "{reply:?}");
+    assert!(reply.cpu_system.is_some(), "{reply:?}");
     let store = LocalStore::open(root.path()).unwrap();
     assert!(store.is_valid_path(&out).unwrap());
     assert_eq!(

@@ -50,7 +50,6 @@ pub struct StoreOptions {
     pub auto_optimise: bool,
 }
 
-
 /// A local store. Cheap to share between threads (`&self` everywhere); several processes
 /// may open the same root at once.
 #[derive(Debug)]

@@ -386,14 +386,20 @@ fn wire_limits_are_set_on_the_command_line() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a 4 KiB frame passed a 1 KiB limit");
+    assert!(
+        !output.status.success(),
+        "a 4 KiB frame passed a 1 KiB limit"
+    );
     assert!(
         stderr.contains("exceeds the limit of 1024"),
         "the error names the limit: {stderr}"
     );
     let small = scratch.path().join("small");
     std::fs::write(&small, b"fits\n").unwrap();
-    let added = lines(&arca(&remote, &["store", "add-file", small.to_str().unwrap()]));
+    let added = lines(&arca(
+        &remote,
+        &["store", "add-file", small.to_str().unwrap()],
+    ));
     assert_eq!(added.len(), 1);
     // A malformed size is refused before anything starts.
     let output = Command::new(arca_bin())

@@ -700,8 +700,7 @@ fn build_logs_through_arca_daemon_as_through_nix_daemon() {
             daemon.kind()
         );
         let output = run(
-            Command::new(arca_tests::arca_bin())
-                .args(["--store", &daemon.uri(), "log", drv]),
+            Command::new(arca_tests::arca_bin()).args(["--store", &daemon.uri(), "log", drv]),
             b"",
         );
         assert!(
