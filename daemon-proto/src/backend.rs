@@ -331,14 +331,12 @@ impl DaemonStore for LocalStore {
             "fixed:r" => {
                 // Spool the NAR, hashing it for its NAR hash (sha256) and for its
                 // content address (`algo`) on the way; the path follows from the latter.
-                let mut spool = tempfile::Builder::new()
-                    .prefix(".arca-daemon-nar-")
-                    .tempfile_in(self.physical_store().join(".arca-staging"))
-                    .map_err(refuse)?;
+                // Small NARs (the common case: one source file) stay in memory.
+                let mut spool = NarSpool::new(self.physical_store().join(".arca-staging"));
                 let mut nar_hasher = Hasher::new(HashAlgo::Sha256);
                 let mut ca_hasher = Hasher::new(algo);
                 let mut size = 0u64;
-                let mut buffer = vec![0u8; 64 << 10];
+                let mut buffer = [0u8; 16 << 10];
                 loop {
                     let read = dump.read(&mut buffer).map_err(refuse)?;
                     if read == 0 {
@@ -366,10 +364,8 @@ impl DaemonStore for LocalStore {
                     method: ContentAddressMethod::Recursive,
                     hash,
                 });
-                spool.flush().map_err(refuse)?;
-                let file = spool.reopen().map_err(refuse)?;
-                self.add_nar_embedded(&info, &mut std::io::BufReader::new(file))
-                    .map_err(refuse)?;
+                let mut nar = spool.into_reader().map_err(refuse)?;
+                self.add_nar_embedded(&info, &mut nar).map_err(refuse)?;
                 Ok(path)
             }
             _ => Err(refuse(format!(
@@ -708,5 +704,63 @@ impl BufRead for BufReadRef<'_> {
 
     fn consume(&mut self, amount: usize) {
         self.0.consume(amount)
+    }
+}
+
+/// A NAR received before it can be added (its path is known only at its end): in
+/// memory up to [`NarSpool::IN_MEMORY`], then in a temporary file in the staging
+/// directory.
+struct NarSpool {
+    dir: PathBuf,
+    memory: Vec<u8>,
+    file: Option<tempfile::NamedTempFile>,
+}
+
+impl NarSpool {
+    const IN_MEMORY: usize = 1 << 20;
+
+    fn new(dir: PathBuf) -> NarSpool {
+        NarSpool {
+            dir,
+            memory: Vec::new(),
+            file: None,
+        }
+    }
+
+    fn into_reader(self) -> std::io::Result<Box<dyn BufRead>> {
+        match self.file {
+            None => Ok(Box::new(std::io::Cursor::new(self.memory))),
+            Some(mut file) => {
+                file.flush()?;
+                Ok(Box::new(std::io::BufReader::new(file.reopen()?)))
+            }
+        }
+    }
+}
+
+impl Write for NarSpool {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() && self.memory.len() + bytes.len() > NarSpool::IN_MEMORY {
+            let mut file = tempfile::Builder::new()
+                .prefix(".arca-daemon-nar-")
+                .tempfile_in(&self.dir)?;
+            file.write_all(&self.memory)?;
+            self.memory = Vec::new();
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => file.write(bytes),
+            None => {
+                self.memory.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
     }
 }

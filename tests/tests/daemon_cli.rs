@@ -409,3 +409,33 @@ fn wire_limits_are_set_on_the_command_line() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("'12X' is not a size"));
 }
+
+/// A tree bigger than what the daemon keeps in memory while receiving it (1 MiB) gets
+/// the path and contents it gets locally; so does a small one.
+#[test]
+fn big_and_small_trees_added_through_the_daemon_match_local_adds() {
+    let scratch = scratch_dir();
+    let daemon = Daemon::start(
+        &scratch.path().join("served"),
+        &scratch.path().join("socket"),
+    );
+    let remote = daemon.uri();
+    let local = scratch.path().join("local");
+    let local = local.to_str().unwrap();
+    for (name, size) in [("small", 100usize), ("big", 3 << 20)] {
+        let tree = scratch.path().join(name);
+        std::fs::create_dir_all(&tree).unwrap();
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(tree.join("data"), &bytes).unwrap();
+        let tree = tree.to_str().unwrap();
+        let through = lines(&arca(&remote, &["store", "add-path", tree]));
+        assert_eq!(through, lines(&arca(local, &["store", "add-path", tree])));
+        let physical = scratch
+            .path()
+            .join("served")
+            .join(through[0].trim_start_matches('/'))
+            .join("data");
+        assert_eq!(std::fs::read(physical).unwrap(), bytes, "{name}");
+    }
+    arca(&remote, &["store", "verify", "--check-contents"]);
+}
