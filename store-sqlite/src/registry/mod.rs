@@ -333,22 +333,7 @@ impl Registry {
             let mut rows = stmt.query([])?;
             let mut entries = Vec::new();
             while let Some(row) = rows.next()? {
-                let full = Column { row, path: "" }
-                    .text(0, "path")?
-                    .unwrap_or_default();
-                let column = Column { row, path: full };
-                let hash_text = column
-                    .text(1, "hash")?
-                    .ok_or_else(|| corrupt(full, "hash is NULL"))?;
-                let hash = Hash::parse(hash_text, None)
-                    .map_err(|e| corrupt(full, format!("bad hash '{hash_text}': {e}")))?;
-                let size = match column.int(2, "narSize")? {
-                    None => 0,
-                    Some(n) => {
-                        u64::try_from(n).map_err(|_| corrupt(full, format!("narSize {n}")))?
-                    }
-                };
-                entries.push((self.parse_path(full, full)?, hash, size));
+                entries.push(self.nar_hash_row(row)?);
             }
             Ok(entries)
         })
@@ -483,6 +468,24 @@ impl Registry {
     }
 
     /// Parses a full path read from the registry; `owner` is the entry it was read for.
+    /// A row of (`path`, `hash`, `narSize`): the path with its NAR hash and size.
+    fn nar_hash_row(&self, row: &Row<'_>) -> Result<(StorePath, Hash, u64), StoreError> {
+        let full = Column { row, path: "" }
+            .text(0, "path")?
+            .unwrap_or_default();
+        let column = Column { row, path: full };
+        let hash_text = column
+            .text(1, "hash")?
+            .ok_or_else(|| corrupt(full, "hash is NULL"))?;
+        let hash = Hash::parse(hash_text, None)
+            .map_err(|e| corrupt(full, format!("bad hash '{hash_text}': {e}")))?;
+        let size = match column.int(2, "narSize")? {
+            None => 0,
+            Some(n) => u64::try_from(n).map_err(|_| corrupt(full, format!("narSize {n}")))?,
+        };
+        Ok((self.parse_path(full, full)?, hash, size))
+    }
+
     fn parse_path(&self, full: &str, owner: &str) -> Result<StorePath, StoreError> {
         self.store_dir.parse_path(full).map_err(|e| {
             let owner = if owner.is_empty() { full } else { owner };

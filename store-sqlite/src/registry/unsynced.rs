@@ -15,7 +15,7 @@
 use arca_store_core::{Hash, StorePath};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{retry, Column, Registry};
+use super::{retry, Registry};
 use crate::error::StoreError;
 
 /// The journal's table.
@@ -109,20 +109,9 @@ impl Registry {
             let mut rows = stmt.query([boot])?;
             let mut found = Vec::new();
             while let Some(row) = rows.next()? {
-                let full = Column { row, path: "" }
-                    .text(0, "path")?
-                    .unwrap_or_default();
-                let column = Column { row, path: full };
-                let hash_text = column
-                    .text(1, "hash")?
-                    .ok_or_else(|| super::corrupt(full, "hash is NULL"))?;
-                let nar_hash = Hash::parse(hash_text, None)
-                    .map_err(|e| super::corrupt(full, format!("bad hash '{hash_text}': {e}")))?;
-                let nar_size = column
-                    .int(2, "narSize")?
-                    .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+                let (path, nar_hash, nar_size) = self.nar_hash_row(row)?;
                 found.push(UnsyncedPath {
-                    path: self.parse_path(full, full)?,
+                    path,
                     nar_hash,
                     nar_size,
                 });
