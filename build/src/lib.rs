@@ -44,6 +44,6 @@ pub use environment::{
     SANDBOX_BUILD_DIR,
 };
 pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
-pub use scheduler::build;
+pub use scheduler::{build, build_derivation};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
 pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};

@@ -18,13 +18,53 @@ use crate::types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarge
 /// derivation that was looked at; a failure of one derivation is a
 /// [`BuildResult::Failed`] in the map, not an `Err` (which is kept for a failure to read
 /// the targets themselves).
+///
+/// Every derivation is checked against Nix's invariants before anything is built from it
+/// ([`LocalStore::check_derivation`]): a `.drv` claiming output paths its contents do not
+/// give is an `Err`, whoever put it in the store.
 pub fn build(
     store: &LocalStore,
     targets: &[BuildTarget],
     options: &BuildOptions,
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> Result<BTreeMap<StorePath, BuildResult>, BuildError> {
-    let graph = Graph::load(store, targets, options)?;
+    run(store, targets, &BTreeMap::new(), options, on_event)
+}
+
+/// Builds one derivation that is not in the store, sent whole by a trusted party (Nix's
+/// `BuildDerivation`, what remote-build clients send): its inputs must be valid already
+/// (a basic derivation has only input sources) and its output paths are taken as given,
+/// which is why only a caller that trusts the sender, or has checked that every output
+/// is fixed (content-addressed, so verified by its hash), may call this.
+/// `drv_path` names it in logs, events and as the outputs' deriver.
+pub fn build_derivation(
+    store: &LocalStore,
+    drv_path: &StorePath,
+    drv: &Derivation,
+    options: &BuildOptions,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<BuildResult, BuildError> {
+    let given = BTreeMap::from([(drv_path.clone(), drv.clone())]);
+    let mut results = run(
+        store,
+        &[BuildTarget::all(drv_path.clone())],
+        &given,
+        options,
+        on_event,
+    )?;
+    Ok(results
+        .remove(drv_path)
+        .expect("the target is in the results, built or not"))
+}
+
+fn run(
+    store: &LocalStore,
+    targets: &[BuildTarget],
+    given: &BTreeMap<StorePath, Derivation>,
+    options: &BuildOptions,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<BTreeMap<StorePath, BuildResult>, BuildError> {
+    let graph = Graph::load(store, targets, given, options)?;
     let mut results: BTreeMap<StorePath, BuildResult> = BTreeMap::new();
     for (drv, node) in &graph.nodes {
         if !node.needed {
@@ -100,9 +140,11 @@ impl Graph {
     /// Reads every derivation reachable from the targets and marks what must be built:
     /// a derivation is needed when an output wanted of it is not valid; only then are
     /// its inputs looked at (a valid output needs nothing built below it).
+    /// Derivations in `given` are taken as they are, neither read nor checked.
     fn load(
         store: &LocalStore,
         targets: &[BuildTarget],
+        given: &BTreeMap<StorePath, Derivation>,
         options: &BuildOptions,
     ) -> Result<Graph, BuildError> {
         let mut nodes: BTreeMap<StorePath, Node> = BTreeMap::new();
@@ -116,7 +158,17 @@ impl Graph {
                 // Rooted before looking: what is seen valid stays valid (no collector
                 // deletes it) until this build is over.
                 store.add_temp_root(&drv_path)?;
-                let drv = store.read_derivation(&drv_path)?;
+                let drv = match given.get(&drv_path) {
+                    Some(drv) => drv.clone(),
+                    None => {
+                        let drv = store.read_derivation(&drv_path)?;
+                        // However it reached the store (a store made by an older Arca
+                        // or by Nix included), a `.drv` claiming paths its contents do
+                        // not give is never built.
+                        store.check_derivation(&drv_path, &drv)?;
+                        drv
+                    }
+                };
                 let job_outputs = Job {
                     pending: &Pending::default(),
                     store,

@@ -225,6 +225,7 @@ where
     /// remote builders receive), its inputs already in the store.
     fn build_derivation(
         &self,
+        _drv_path: &StorePath,
         _drv: &Derivation,
         _mode: BuildMode,
     ) -> Result<Result<Built, String>, StoreOpError> {
@@ -611,25 +612,50 @@ impl DaemonStore for LocalStore {
 
     fn build_derivation(
         &self,
+        drv_path: &StorePath,
         drv: &Derivation,
         mode: BuildMode,
     ) -> Result<Result<Built, String>, StoreOpError> {
-        // Written to the store (its inputs are all sources now, so its path differs
-        // from the client's) and built like any other.
+        // Built as sent, without writing a `.drv`: its inputs are all sources now, so the
+        // paths it claims cannot be recomputed here (the caller decided whether to trust
+        // them: a trusted client, or fixed outputs only).
         self.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
-        let path = self.add_derivation(drv).map_err(refuse)?;
-        let target = DerivedPath {
-            path,
-            outputs: Some(BTreeSet::new()),
+        let options = BuildOptions {
+            check: mode == BuildMode::Check,
+            repair: mode == BuildMode::Repair,
+            ..BuildOptions::default()
         };
-        let mut results = self.build_paths(&[target], mode)?;
-        Ok(results.pop().map_or(Ok(Built::default()), |(_, result)| {
-            // The realisation ids would name the rewritten derivation, not the client's.
-            result.map(|built| Built {
+        let mut timing = None;
+        let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
+            if let arca_build::BuildEvent::BuilderExited {
+                start,
+                stop,
+                user_time,
+                system_time,
+                ..
+            } = event
+            {
+                timing = Some(BuildTiming {
+                    start,
+                    stop,
+                    cpu_user: user_time,
+                    cpu_system: system_time,
+                });
+            }
+        })
+        .map_err(refuse)?;
+        Ok(match result {
+            // No realisation ids, as the derivation is not in this store under the
+            // client's path.
+            BuildResult::Built(_) => Ok(Built {
+                now: true,
                 outputs: Vec::new(),
-                ..built
-            })
-        }))
+                timing,
+            }),
+            BuildResult::AlreadyValid(_) => Ok(Built::default()),
+            BuildResult::Failed(error) => Err(error.to_string()),
+            BuildResult::NotBuilt { .. } => Err("not built".to_owned()),
+        })
     }
 
     fn query_missing(

@@ -1,7 +1,7 @@
 //! Derivations in the local store: `.drv` files as text paths, their DerivationOutputs
 //! rows, and output paths computed from the input derivations already in the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arca_store_core::derivation::{derivation_path, Derivation, ModuloHashCache};
 use arca_store_core::{Store, StorePath};
@@ -25,11 +25,68 @@ impl LocalStore {
         })
     }
 
+    /// Checks the valid derivation `drv` (read from `drv_path`) against Nix's derivation
+    /// invariants before anything is built from it: its output paths and their
+    /// environment variables must be the ones its contents give.
+    pub fn check_derivation(
+        &self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+    ) -> Result<(), StoreError> {
+        self.check_derivation_in(drv_path, drv, &BTreeSet::new())
+    }
+
+    /// [`LocalStore::check_derivation`], with input derivations read from the valid
+    /// paths and from `batch` (published, about to be registered together).
+    pub(crate) fn check_derivation_in(
+        &self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        batch: &BTreeSet<&StorePath>,
+    ) -> Result<(), StoreError> {
+        // Hashes modulo are a function of the `.drv` path (its name is its content
+        // hash), so one cache serves every check this handle makes.
+        let mut cache = self
+            .drv_hashes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() > MAX_CACHED_DRV_HASHES {
+            *cache = ModuloHashCache::new();
+        }
+        cache
+            .check_outputs(self.store_dir(), drv_path, drv, |input| {
+                self.read_derivation_in(input, batch)
+            })
+            .map_err(|error| StoreError::IncorrectDerivation(Box::new(error)))
+    }
+
+    /// Reads the `.drv` at `drv`, which must be valid or in `batch`.
+    pub(crate) fn read_derivation_in(
+        &self,
+        drv: &StorePath,
+        batch: &BTreeSet<&StorePath>,
+    ) -> Result<Derivation, StoreError> {
+        if !batch.contains(drv) {
+            return self.read_derivation(drv);
+        }
+        let file = self.physical_path(drv);
+        let bytes = crate::local_store::read_derivation_file(&file)?;
+        Derivation::parse_drv_file(self.store_dir(), drv, &bytes).map_err(|error| {
+            StoreError::InvalidDerivation {
+                path: self.store_dir().display(drv),
+                source: Box::new(error),
+            }
+        })
+    }
+
     /// Fills in the output paths (and the environment entries named after outputs) of a
     /// derivation whose paths were left empty, by hashDerivationModulo over its input
     /// derivations, which must be valid in this store — exactly as `nix-instantiate`.
     pub fn compute_output_paths(&self, drv: &mut Derivation) -> Result<(), StoreError> {
-        let mut cache = ModuloHashCache::new();
+        let mut cache = self
+            .drv_hashes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache
             .compute_output_paths(self.store_dir(), drv, |path| self.read_derivation(path))
             .map_err(|error| StoreError::InvalidDerivation {
@@ -52,6 +109,10 @@ impl LocalStore {
         Ok(path)
     }
 }
+
+/// Past this many remembered hashes modulo, a handle's cache starts afresh (a long-lived
+/// daemon connection must not grow without bound).
+const MAX_CACHED_DRV_HASHES: usize = 100_000;
 
 /// The DerivationOutputs rows of a `.drv` (output name → path), for every output whose
 /// path is known.

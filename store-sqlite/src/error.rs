@@ -71,6 +71,9 @@ pub enum StoreError {
         path: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A `.drv` claims output paths (or output variables) its contents do not give.
+    #[error(transparent)]
+    IncorrectDerivation(Box<arca_store_core::derivation::DerivationCheckError<StoreError>>),
     #[error("malformed export archive: {0}")]
     BadExport(String),
     #[error("cycle detected in the references of '{path}' from '{reference}'")]

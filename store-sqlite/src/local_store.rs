@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arca_nar::{DumpOptions, NarEncoder};
-use arca_store_core::derivation::Derivation;
+use arca_store_core::derivation::ModuloHashCache;
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StoreDir,
     StorePath,
@@ -66,6 +66,8 @@ pub struct LocalStore {
     auto_optimise: bool,
     /// This handle's temporary roots: what it is adding or using stays alive.
     temp_roots: TempRoots,
+    /// Hashes modulo of the `.drv` files this handle checked or hashed.
+    pub(crate) drv_hashes: Mutex<ModuloHashCache>,
     /// Held (shared, flock) while the store is open, as Nix holds `db/big-lock`.
     _big_lock: File,
 }
@@ -123,6 +125,7 @@ impl LocalStore {
             owner,
             flusher: Flusher::new(options.durability),
             auto_optimise: options.auto_optimise,
+            drv_hashes: Mutex::new(ModuloHashCache::new()),
             _big_lock: big_lock,
         };
         clean_stale(&store.staging_dir, &store.physical_store, |path| {
@@ -511,19 +514,17 @@ impl LocalStore {
             if info.registration_time == 0 {
                 info.registration_time = now();
             }
-            // As Nix does for every `.drv` that becomes valid, however it arrives: record
-            // its outputs, in the same transaction.
-            if info.path.is_derivation() {
-                let bytes = read_derivation_file(&destination)?;
-                let drv = Derivation::parse_drv_file(&self.store_dir, &info.path, &bytes).map_err(
-                    |error| StoreError::InvalidDerivation {
-                        path: self.store_dir.display(&info.path),
-                        source: Box::new(error),
-                    },
-                )?;
-                outputs.push((info.path.clone(), output_rows(&drv)));
-            }
             infos.push(info);
+        }
+        // As Nix does for every `.drv` that becomes valid, however it arrives: check that
+        // it claims only the output paths its contents give (a forged `.drv` could
+        // otherwise take over another derivation's output), and record its outputs in
+        // the same transaction. Input derivations may be in this batch (an import).
+        let batch_paths: BTreeSet<&StorePath> = infos.iter().map(|info| &info.path).collect();
+        for info in infos.iter().filter(|info| info.path.is_derivation()) {
+            let drv = self.read_derivation_in(&info.path, &batch_paths)?;
+            self.check_derivation_in(&info.path, &drv, &batch_paths)?;
+            outputs.push((info.path.clone(), output_rows(&drv)));
         }
         self.registry().register(&infos, &outputs)?;
         for (staged, _) in batch {
@@ -781,7 +782,7 @@ pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
 
 /// Reads a `.drv` that is becoming valid: a regular file of sane size (an archive could
 /// carry a multi-GiB "derivation").
-fn read_derivation_file(file: &Path) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn read_derivation_file(file: &Path) -> Result<Vec<u8>, StoreError> {
     const MAX_DRV: u64 = 64 << 20;
     let metadata = fs::symlink_metadata(file).at(file)?;
     if !metadata.is_file() || metadata.len() > MAX_DRV {

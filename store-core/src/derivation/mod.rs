@@ -4,7 +4,9 @@
 //! [`Derivation::to_aterm`]) byte for byte, and to and from the JSON of
 //! `nix show-derivation` ([`show_derivations_json`], [`parse_show_derivation_json`]).
 //! [`hash_derivation_modulo`] and [`compute_output_paths`] reproduce how Nix 2.8 names a
-//! derivation's outputs, and [`derivation_path`] names the `.drv` file itself.
+//! derivation's outputs, and [`derivation_path`] names the `.drv` file itself;
+//! [`ModuloHashCache::check_outputs`] refuses a `.drv` that claims paths its contents do
+//! not give (Nix's derivation invariants).
 //!
 //! Strings: Nix treats `.drv` strings as bytes, but every derivation Nix's evaluator writes
 //! in practice is UTF-8 and `nix show-derivation` cannot represent anything else in JSON.
@@ -20,6 +22,7 @@
 //! `parse(to_aterm(d)) == d` for every derivation `d`.
 
 mod aterm;
+mod check;
 mod hash_modulo;
 mod json;
 #[cfg(test)]
@@ -33,6 +36,7 @@ use crate::hash::Hash;
 use crate::store_path::{validate_name, ContentAddressMethod, StoreDir, StorePath, StorePathError};
 
 pub use aterm::{DerivationParseError, ParseErrorKind};
+pub use check::DerivationCheckError;
 pub use hash_modulo::{
     compute_output_paths, derivation_path, hash_derivation_modulo, HashModuloError, ModuloHashCache,
 };

@@ -720,3 +720,77 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_fixture_made_by_nix_passes_the_output_check() {
+    let fixtures = fixtures();
+    let mut loads = HashMap::new();
+    let mut cache = ModuloHashCache::new();
+    for fixture in fixtures.values() {
+        let drv = parse_fixture(fixture);
+        cache
+            .check_outputs(&store(), &fixture.path, &drv, loader(fixtures, &mut loads))
+            .unwrap_or_else(|e| panic!("{}: {e}", fixture.path));
+    }
+}
+
+/// `bad` rewritten to claim `good`'s output path everywhere, as an attacker would
+/// (Nix's `secure-drv-outputs` test).
+#[test]
+fn refuses_a_derivation_claiming_another_derivations_output() {
+    let fixtures = fixtures();
+    let good = parse_fixture(fixture_named(fixtures, "chain0.drv")[0]);
+    let bad_fixture = fixture_named(fixtures, "dep1.drv")[0];
+    let good_out = store().display(good.outputs["out"].path().unwrap());
+    let bad_out = store().display(parse_fixture(bad_fixture).outputs["out"].path().unwrap());
+    let forged_text = String::from_utf8(bad_fixture.text.clone())
+        .unwrap()
+        .replace(&bad_out, &good_out);
+    let forged_path =
+        StorePath::from_base_name("00000000000000000000000000000000-dep1.drv").unwrap();
+    let forged =
+        Derivation::parse_drv_file(&store(), &forged_path, forged_text.as_bytes()).unwrap();
+    let mut loads = HashMap::new();
+    let error = ModuloHashCache::new()
+        .check_outputs(
+            &store(),
+            &forged_path,
+            &forged,
+            loader(fixtures, &mut loads),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&error, DerivationCheckError::IncorrectOutput { claimed, expected, .. }
+            if *claimed == good_out && *expected == bad_out),
+        "{error}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "derivation '{}' has incorrect output '{good_out}', should be '{bad_out}'",
+            store().display(&forged_path)
+        )
+    );
+}
+
+#[test]
+fn refuses_an_output_variable_that_is_not_the_output_path() {
+    let fixtures = fixtures();
+    for name in ["dep1.drv", "flat-sha256.drv"] {
+        let fixture = fixture_named(fixtures, name)[0];
+        let mut drv = parse_fixture(fixture);
+        drv.env.insert("out".into(), "/nix/store/elsewhere".into());
+        let mut loads = HashMap::new();
+        let error = ModuloHashCache::new()
+            .check_outputs(&store(), &fixture.path, &drv, loader(fixtures, &mut loads))
+            .unwrap_err();
+        assert!(
+            matches!(&error, DerivationCheckError::IncorrectEnvironment { variable, .. } if variable == "out"),
+            "{name}: {error}"
+        );
+        drv.env.remove("out");
+        assert!(ModuloHashCache::new()
+            .check_outputs(&store(), &fixture.path, &drv, loader(fixtures, &mut loads))
+            .is_err());
+    }
+}
