@@ -17,6 +17,7 @@ use arca_store_core::{
 };
 use arca_store_sqlite::{BuildScratch, BuiltPath, LocalStore, PathLock, PublishedPaths};
 
+use crate::build_user::BuildUser;
 use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
 use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
@@ -235,22 +236,28 @@ impl Job<'_> {
             locks,
         } = work;
         let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
-        let scratch = leftovers.scratch.insert(
-            store.build_scratch_for(
-                nix::unistd::geteuid()
-                    .is_root()
-                    .then_some(self.options.build_ids.1),
-            )?,
-        );
         let is_root = nix::unistd::geteuid().is_root();
         let (build_uid, build_gid) = if is_root {
-            self.options.build_ids
+            // Held until the leftovers (files owned by these ids) are gone.
+            let user =
+                self.options
+                    .build_users
+                    .acquire()
+                    .map_err(|source| BuildError::BuildDir {
+                        path: self.options.build_users.lock_dir.clone(),
+                        source,
+                    })?;
+            let user = leftovers.build_user.insert(user);
+            (user.uid, user.gid)
         } else {
             (
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
             )
         };
+        let scratch = leftovers
+            .scratch
+            .insert(store.build_scratch_for(is_root.then_some(build_gid))?);
         let environment =
             build_environment(self.drv, outputs, store_dir, self.options.cores, &|name| {
                 std::env::var(name).ok()
@@ -367,9 +374,14 @@ impl Job<'_> {
             }
         }
 
-        // Every process of the build is dead now (the sandbox guarantees it): nothing can
-        // change the outputs any more, except through a descriptor passed out, which is
-        // why a fixed output is copied below rather than moved.
+        // Every process of the build is dead now (the sandbox's pid namespace ends them
+        // all with its init). A builder without network had no way to hand anyone a
+        // descriptor of its outputs (its own host uid, a private network namespace, a
+        // scratch directory only its group can reach), so nothing can change them any
+        // more and they are hashed where they are and moved into place. A fixed-output
+        // builder shares the host's network: its outputs are re-created from the very
+        // NAR stream that is hashed, walked without following symlinks, into a
+        // directory nobody else can reach (`BuildScratch::recreate`).
         let mut candidates: BTreeSet<StorePath> = inputs.clone();
         candidates.extend(outputs.values().cloned());
         let mut built = Vec::new();
@@ -377,7 +389,7 @@ impl Job<'_> {
             if !rebuild.contains(path) {
                 continue;
             }
-            let mut location = scratch.path().join(path.as_str());
+            let location = scratch.path().join(path.as_str());
             if fs::symlink_metadata(&location).is_err() {
                 return Err(BuildError::MissingOutput {
                     drv: self.display(),
@@ -385,12 +397,9 @@ impl Job<'_> {
                     path: store_dir.display(path),
                 });
             }
-            if fixed_output {
-                let copy = scratch.path().join(format!(".copy-{}", path.as_str()));
-                arca_store_sqlite::copy_tree(&location, &copy, build_uid)?;
-                location = copy;
-            }
-            let info = self.output_info(path, &location, &candidates, build_uid)?;
+            let recreate = fixed_output.then_some(&*scratch);
+            let (info, location) =
+                self.output_info(path, &location, &candidates, build_uid, recreate)?;
             built.push(BuiltPath { info, location });
         }
         self.check_reference_policy(outputs, &built, structured.as_ref())?;
@@ -434,13 +443,16 @@ impl Job<'_> {
     }
 
     /// Hashes and scans one output; checks a fixed output against its declared hash.
+    /// With `recreate`, the output is re-created there from the NAR stream being hashed
+    /// and the copy's location comes back; otherwise `location` itself.
     fn output_info(
         &self,
         path: &StorePath,
         location: &Path,
         candidates: &BTreeSet<StorePath>,
         build_uid: u32,
-    ) -> Result<PathInfo, BuildError> {
+        recreate: Option<&BuildScratch>,
+    ) -> Result<(PathInfo, PathBuf), BuildError> {
         let store_dir = self.store.store_dir();
         let fixed = self.drv.outputs.values().find_map(|output| match output {
             DerivationOutput::Fixed {
@@ -467,17 +479,33 @@ impl Job<'_> {
             scanner,
             size: 0,
         };
-        let options = DumpOptions {
-            hard_link_owner: Some(build_uid),
-            ..Default::default()
-        };
-        arca_nar::dump_path(location, &mut sink, &options).map_err(|source| {
-            BuildError::Output {
-                drv: self.display(),
-                path: store_dir.display(path),
-                source,
+        let location = match recreate {
+            Some(scratch) => scratch
+                .recreate(location, path.as_str(), &mut sink, Some(build_uid))
+                .map_err(|error| match error {
+                    arca_store_sqlite::StoreError::Dump { source, .. } => BuildError::Output {
+                        drv: self.display(),
+                        path: store_dir.display(path),
+                        source,
+                    },
+                    other => other.into(),
+                })?,
+            None => {
+                let options = DumpOptions {
+                    hard_link_owner: Some(build_uid),
+                    ..Default::default()
+                };
+                arca_nar::dump_path(location, &mut sink, &options).map_err(|source| {
+                    BuildError::Output {
+                        drv: self.display(),
+                        path: store_dir.display(path),
+                        source,
+                    }
+                })?;
+                location.to_owned()
             }
-        })?;
+        };
+        let location = location.as_path();
         let OutputSink {
             nar,
             fixed: fixed_hasher,
@@ -524,7 +552,7 @@ impl Job<'_> {
                 hash: specified,
             });
         }
-        Ok(info)
+        Ok((info, location.to_owned()))
     }
 
     /// The hash of a flat fixed output: a regular, non-executable file's bytes.
@@ -770,6 +798,8 @@ pub(crate) struct Leftovers {
     scratch: Option<BuildScratch>,
     build_dir: Option<BuildDir>,
     log: Option<PendingLog>,
+    /// The build's host ids, released only once no file of the build is left.
+    build_user: Option<BuildUser>,
 }
 
 impl Drop for Leftovers {
@@ -779,6 +809,7 @@ impl Drop for Leftovers {
         }
         drop(self.scratch.take());
         drop(self.build_dir.take());
+        drop(self.build_user.take());
     }
 }
 

@@ -31,6 +31,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod build_user;
 mod environment;
 mod job;
 mod log;
@@ -39,6 +40,7 @@ mod scheduler;
 mod structured_attrs;
 mod types;
 
+pub use build_user::{BuildUsers, IDS_PER_SLOT};
 pub use environment::{
     build_environment, prefers_local_build, substitutes_allowed, BuildEnvironment,
     SANDBOX_BUILD_DIR,

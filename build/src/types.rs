@@ -52,9 +52,10 @@ pub struct BuildOptions {
     pub sandbox_paths: Vec<String>,
     /// Where build directories are made (the system temporary directory by default).
     pub build_dir_parent: PathBuf,
-    /// Host user and group the sandbox's build user maps to when running as root (an
-    /// unprivileged caller always maps its own ids).
-    pub build_ids: (u32, u32),
+    /// Where the host user and group that the sandbox's build user maps to come from
+    /// when running as root: each running build gets ids of its own. An unprivileged
+    /// caller always maps its own ids.
+    pub build_users: crate::BuildUsers,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
     /// default as in Nix: the pid namespace already ends every process of a build, and a
     /// cgroup costs ~0.4 ms per build).
@@ -75,8 +76,7 @@ impl Default for BuildOptions {
             max_log_size: None,
             sandbox_paths: Vec::new(),
             build_dir_parent: std::env::temp_dir(),
-            // The first id of Nix's `auto-allocate-uids` range: no account uses it.
-            build_ids: (872_415_232, 872_415_232),
+            build_users: crate::BuildUsers::default(),
             use_cgroups: false,
         }
     }

@@ -11,6 +11,7 @@ use crate::case_hack;
 use crate::encoder::{EncodeError, NarEncoder};
 use crate::format::show;
 
+mod beneath;
 mod read_ahead;
 mod walk;
 
@@ -24,6 +25,13 @@ pub struct DumpOptions {
     /// sets it to that user, so that a hard link to a file the user may not read (Nix's
     /// `/etc/shadow` attack) is never copied into a world-readable store.
     pub hard_link_owner: Option<u32>,
+    /// The tree may be changed by someone else while it is read (the output of a build
+    /// whose builder could hand a descriptor to another process): every entry is opened
+    /// relative to its parent directory's descriptor without following symlinks and
+    /// typed by `fstat` of what was opened, never by path, so a name swapped for a
+    /// symlink mid-walk is archived as the symlink, never followed, and nothing outside
+    /// the tree is read. One thread; see `writer/beneath.rs`.
+    pub untrusted_tree: bool,
 }
 
 /// Errors from [`dump_path`]. Each names the path at fault.
@@ -70,6 +78,12 @@ pub enum DumpError {
     #[error("refusing to archive '{}': it is a hard link to a file owned by another user", path.display())]
     ForeignHardLink {
         /// The file.
+        path: PathBuf,
+    },
+    /// An entry changed kind while it was being archived ([`DumpOptions::untrusted_tree`]).
+    #[error("'{}' changed while being archived", path.display())]
+    Changed {
+        /// The entry.
         path: PathBuf,
     },
     /// A fifo, socket or device, which a NAR cannot represent.
@@ -124,6 +138,7 @@ pub fn dump_path(
         options,
     };
     match read_ahead::Config::for_this_machine(options) {
+        _ if options.untrusted_tree => dumper.dump_beneath()?,
         Some(config) if file_type.is_dir() => dumper.dump_with_read_ahead(&config)?,
         _ => dumper.dump(file_type)?,
     }
@@ -465,6 +480,108 @@ mod tests {
         }
         let model = crate::test_support::encode(&crate::test_support::read_tree(root));
         assert_eq!(dump_default(root), model);
+    }
+
+    const UNTRUSTED: DumpOptions = DumpOptions {
+        case_hack: false,
+        hard_link_owner: None,
+        untrusted_tree: true,
+    };
+
+    #[test]
+    fn untrusted_walk_gives_the_same_nar_as_the_model() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("tree");
+        fs::create_dir_all(root.join("a/b/c")).expect("mkdir");
+        fs::write(root.join("a/b/c/deep"), "deep").expect("write");
+        fs::write(root.join("exec"), "#!").expect("write");
+        set_mode(&root.join("exec"), 0o755);
+        fs::write(root.join("big"), vec![7u8; 300_000]).expect("write");
+        symlink("a/b", root.join("link")).expect("symlink");
+        symlink("/etc", root.join("abs")).expect("symlink");
+        fs::create_dir(root.join("empty")).expect("mkdir");
+        let model = crate::test_support::encode(&crate::test_support::read_tree(&root));
+        assert_eq!(dump(&root, &UNTRUSTED).expect("dump"), model);
+        // A single file and a single symlink at the root too.
+        for single in [root.join("exec"), root.join("abs")] {
+            assert_eq!(
+                dump(&single, &UNTRUSTED).expect("dump"),
+                dump_default(&single),
+                "{}",
+                single.display()
+            );
+        }
+    }
+
+    #[test]
+    fn untrusted_walk_refuses_sockets_and_foreign_hard_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        match dump(dir.path(), &UNTRUSTED) {
+            Err(DumpError::UnsupportedFileType { path }) => assert_eq!(path, socket),
+            other => panic!("wrong result {other:?}"),
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("f"), "x").expect("write");
+        fs::hard_link(dir.path().join("f"), dir.path().join("g")).expect("link");
+        let owner = fs::metadata(dir.path()).expect("stat").uid();
+        let options = DumpOptions {
+            hard_link_owner: Some(owner + 1),
+            ..UNTRUSTED
+        };
+        assert!(matches!(
+            dump(dir.path(), &options),
+            Err(DumpError::ForeignHardLink { .. })
+        ));
+    }
+
+    /// A directory swapped for a symlink to a directory outside while the walk holds
+    /// its parent: what is archived is the symlink, never what it points to.
+    #[test]
+    fn untrusted_walk_never_reads_outside_the_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        fs::create_dir(&secret).expect("mkdir");
+        fs::write(secret.join("shadow"), "SECRET-BYTES").expect("write");
+        let root = dir.path().join("tree");
+        fs::create_dir(&root).expect("mkdir");
+        // Many names, each flipped between a directory holding a file and a symlink to
+        // the secret directory by a thread racing the walk.
+        for i in 0..200 {
+            fs::create_dir(root.join(format!("d{i:03}"))).expect("mkdir");
+            fs::write(root.join(format!("d{i:03}/shadow")), "ok").expect("write");
+            symlink(&secret, root.join(format!("s{i:03}"))).expect("symlink");
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in 0..200 {
+                        let _ = fs::rename(root.join(format!("d{i:03}")), root.join("tmp"));
+                        let _ = fs::rename(
+                            root.join(format!("s{i:03}")),
+                            root.join(format!("d{i:03}")),
+                        );
+                        let _ = fs::rename(
+                            root.join(format!("d{i:03}")),
+                            root.join(format!("s{i:03}")),
+                        );
+                        let _ = fs::rename(root.join("tmp"), root.join(format!("d{i:03}")));
+                    }
+                }
+            });
+            for _ in 0..50 {
+                // What was written before an error counts too.
+                let mut nar = Vec::new();
+                let _ = dump_path(&root, &mut nar, &UNTRUSTED);
+                assert!(
+                    !nar.windows(12).any(|w| w == b"SECRET-BYTES"),
+                    "the walk followed a symlink out of the tree"
+                );
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     #[test]

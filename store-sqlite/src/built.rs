@@ -45,6 +45,90 @@ impl BuildScratch {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Re-creates the tree at `source` (inside this scratch directory, where someone
+    /// holding a descriptor may still be changing it) as `name` in a directory beside
+    /// it that only this process's user can reach, through one NAR stream that is also
+    /// written to `sink`: what `sink` saw (the hash checked, the references scanned) is
+    /// exactly what the copy holds, and no descriptor opened before can reach the copy's
+    /// new inodes. The walk never follows a symlink and reads nothing outside `source`
+    /// (`DumpOptions::untrusted_tree`); a hard link to a file not owned by
+    /// `hard_link_owner` is refused. Returns the copy's path, canonical but for its
+    /// owner (set when it is published).
+    ///
+    /// This is how a fixed-output build's result is taken in (as Nix does since
+    /// CVE-2024-27297): its builder shares the host's network, so it could have handed
+    /// out a descriptor of its output.
+    pub fn recreate(
+        &self,
+        source: &Path,
+        name: &str,
+        sink: &mut dyn std::io::Write,
+        hard_link_owner: Option<u32>,
+    ) -> Result<PathBuf, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let staged = self
+            .staged
+            .as_ref()
+            .expect("the staging entry lives as long as the scratch");
+        let copies = staged.tree().join("copies");
+        match fs::DirBuilder::new().mode(0o700).create(&copies) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error).at(&copies),
+        }
+        let target = copies.join(name);
+        let options = arca_nar::DumpOptions {
+            hard_link_owner,
+            untrusted_tree: true,
+            ..Default::default()
+        };
+        let (reader, writer) = std::io::pipe().at(&target)?;
+        std::thread::scope(|scope| {
+            let restorer = scope.spawn(|| {
+                arca_nar::restore(
+                    reader,
+                    &target,
+                    &crate::canonicalise::store_restore_options(),
+                )
+            });
+            let mut tee = Tee { pipe: writer, sink };
+            let dumped = arca_nar::dump_path(source, &mut tee, &options);
+            // Closing the pipe ends the restore (cut short if the dump failed).
+            drop(tee);
+            let restored = restorer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // The dump's error first: a failed read only shows as a short NAR there.
+            dumped.map_err(|error| StoreError::Dump {
+                path: source.display().to_string(),
+                source: error,
+            })?;
+            restored.map_err(|error| StoreError::Restore {
+                path: target.display().to_string(),
+                source: error,
+            })
+        })?;
+        Ok(target)
+    }
+}
+
+/// Writes to the restore's pipe and to the caller's sink.
+struct Tee<'a> {
+    pipe: std::io::PipeWriter,
+    sink: &'a mut dyn std::io::Write,
+}
+
+impl std::io::Write for Tee<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.pipe.write_all(bytes)?;
+        self.sink.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.pipe.flush()
+    }
 }
 
 impl Drop for BuildScratch {
@@ -295,21 +379,4 @@ impl PublishedPaths {
 /// The NAR hash Nix records for a tree: used by builders to check outputs.
 pub fn nar_hash_of(path: &Path) -> Result<(Hash, u64), StoreError> {
     crate::local_store::hash_nar_of(path, &|_| {})
-}
-
-/// Copies a tree with NAR semantics (symlinks kept, never followed; new inodes), returning
-/// the NAR hash and size of what was copied. A fixed-output build's result is copied
-/// rather than moved, so that a process outside the sandbox holding a descriptor to the
-/// builder's files cannot change what gets registered (Nix's CVE-2024-27297).
-/// Hard links are copied only when owned by `hard_link_owner` (the build user).
-pub fn copy_tree(
-    source: &Path,
-    target: &Path,
-    hard_link_owner: u32,
-) -> Result<(Hash, u64), StoreError> {
-    let options = arca_nar::DumpOptions {
-        hard_link_owner: Some(hard_link_owner),
-        ..Default::default()
-    };
-    crate::local_store::copy_via_nar_with(source, target, &|_| {}, &options)
 }
