@@ -1,10 +1,12 @@
 //! `arca daemon`: serves the store to Nix clients (and Arca's) over Nix's worker protocol.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use arca_daemon_proto::daemon::{self, DaemonOptions};
 use arca_store_sqlite::Durability;
+use clap::builder::RangedU64ValueParser;
 use clap::Args;
 
 use crate::GlobalArgs;
@@ -46,6 +48,17 @@ pub struct DaemonArgs {
     /// it is copied, never held in memory).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_frame: Option<u64>,
+    /// Most connections served at once, trusted or not (default 1024); more are refused.
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: Option<usize>,
+    /// Most connections one untrusted user may hold at once (default 64); trusted users
+    /// are exempt.
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections_per_user: Option<usize>,
+    /// Close a connection that keeps the daemon waiting this long for its next operation
+    /// (default 3600; 0: never). An operation under way, a build, is never timed out.
+    #[arg(long, value_name = "SECONDS")]
+    idle_timeout: Option<u64>,
 }
 
 /// `123`, `64K`, `64M`, `1G`: bytes, in powers of 1024.
@@ -88,6 +101,15 @@ pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     if let Some(max) = args.max_frame {
         options.limits.max_frame = max;
+    }
+    if let Some(max) = args.max_connections {
+        options.max_connections = max;
+    }
+    if let Some(max) = args.max_connections_per_user {
+        options.max_connections_per_user = max;
+    }
+    if let Some(seconds) = args.idle_timeout {
+        options.idle_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
     }
     if args.stdio {
         return Ok(daemon::serve_stdio(&root, args.trusted, &options)?);

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use arca_build::{BuildOptions, BuildResult, BuildTarget};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{
-    ContentAddress, ContentAddressMethod, HashAlgo, Hasher, PathInfo, Store, StoreDir, StorePath,
+    ContentAddress, ContentAddressMethod, HashAlgo, Hasher, PathInfo, Signature, Store, StoreDir,
+    StorePath,
 };
 use arca_store_sqlite::{GcAction, GcOptions, LocalStore, OptimiseOptions, VerifyOptions};
 
@@ -241,10 +242,11 @@ where
         ))
     }
 
+    /// Adds `signatures` to the valid `path`'s (`AddSignatures`, from trusted clients).
     fn add_signatures(
         &self,
         _path: &StorePath,
-        _signatures: &[String],
+        _signatures: &[Signature],
     ) -> Result<(), StoreOpError> {
         Err(refuse("signatures are not supported by this store yet"))
     }
@@ -588,7 +590,11 @@ impl DaemonStore for LocalStore {
         Ok(!report.is_clean())
     }
 
-    fn add_signatures(&self, path: &StorePath, signatures: &[String]) -> Result<(), StoreOpError> {
+    fn add_signatures(
+        &self,
+        path: &StorePath,
+        signatures: &[Signature],
+    ) -> Result<(), StoreOpError> {
         self.registry()
             .add_signatures(path, signatures)
             .map_err(refuse)

@@ -9,6 +9,8 @@
 //! - [`serve`]: one connection, from the handshake to the client hanging up, over any
 //!   [`DaemonStore`] (a [`arca_store_core::Store`] plus what the protocol needs beyond
 //!   it: adds from dumps, builds, roots, garbage collection); `LocalStore` is one.
+//!   [`serve_socket`] does the same on a Unix socket with an idle timeout; [`refuse`]
+//!   answers a client that may not be served with the reason.
 //!
 //! ```
 //! use arca_daemon_proto::{protocol, serve, wire::Limits, Peer};
@@ -36,4 +38,4 @@ pub mod wire;
 
 pub use backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 pub use client::{ClientError, DaemonClient, TargetOutcome};
-pub use server::{serve, Peer, ServeError};
+pub use server::{refuse, serve, serve_socket, Peer, ServeError};

@@ -9,9 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
-use arca_store_core::{ContentAddressMethod, Hash, HashAlgo, PathInfo, StorePath};
+use arca_store_core::{
+    ContentAddressMethod, Hash, HashAlgo, PathInfo, Signature, SignatureError, StorePath,
+};
 
 use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 use crate::protocol::{self, gc_action, minor, stderr, Op};
@@ -39,6 +43,8 @@ pub enum ServeError {
     TooOld(u64, u64),
     #[error("unknown operation {0}")]
     UnknownOp(u64),
+    #[error("the client sent nothing within the idle timeout")]
+    Idle,
 }
 
 struct Connection<'s, S, R, W: Write> {
@@ -57,8 +63,107 @@ pub fn serve<S: DaemonStore>(
     peer: Peer,
     limits: Limits,
 ) -> Result<(), ServeError> {
+    serve_with(store, input, output, peer, limits, |_| Ok(()))
+}
+
+/// Serves one client on a Unix socket until it hangs up, or until it has kept the
+/// daemon waiting longer than `idle_timeout` (`None`: no limit) for its handshake or its
+/// next operation. An operation under way is never timed out: a build may be silent
+/// for hours, and only the wait for the client's next request counts as idle.
+pub fn serve_socket<S: DaemonStore>(
+    store: &S,
+    stream: &UnixStream,
+    peer: Peer,
+    limits: Limits,
+    idle_timeout: Option<Duration>,
+) -> Result<(), ServeError> {
+    let output = stream.try_clone()?;
+    serve_with(
+        store,
+        stream,
+        output,
+        peer,
+        limits,
+        |waiting| match idle_timeout {
+            // SO_RCVTIMEO: a read that waits longer fails with `WouldBlock`. (Zero would
+            // mean "never" to the kernel, but std refuses it: it is taken as no limit.)
+            Some(timeout) if !timeout.is_zero() => {
+                stream.set_read_timeout(waiting.then_some(timeout))
+            }
+            _ => Ok(()),
+        },
+    )
+}
+
+/// Answers a client that may not be served with `message` (a Nix client shows it as
+/// the reason it cannot open the connection): the handshake, then `STDERR_ERROR` where
+/// `STDERR_LAST` would open the connection, as Nix's daemon does when it refuses a
+/// client after the handshake.
+pub fn refuse(input: impl Read, output: impl Write, message: &str) -> Result<(), ServeError> {
+    let mut from = WireReader::new(BufReader::new(input), Limits::default());
+    let mut to = WireWriter::new(io::BufWriter::new(output));
+    let version = handshake(&mut from, &mut to, Peer { trusted: false })?;
+    write_error(&mut to, minor(version), message)?;
+    Ok(())
+}
+
+/// `serve`, calling `idle(true)` when it starts waiting for the client (the handshake,
+/// then the next operation) and `idle(false)` once a request has begun.
+fn serve_with<S: DaemonStore>(
+    store: &S,
+    input: impl Read,
+    output: impl Write,
+    peer: Peer,
+    limits: Limits,
+    mut idle: impl FnMut(bool) -> io::Result<()>,
+) -> Result<(), ServeError> {
     let mut from = WireReader::new(BufReader::with_capacity(64 << 10, input), limits);
     let mut to = WireWriter::new(io::BufWriter::with_capacity(64 << 10, output));
+    idle(true)?;
+    let version = handshake(&mut from, &mut to, peer).map_err(timed_out)?;
+    to.write_u64(stderr::LAST)?;
+    to.flush()?;
+
+    let mut connection = Connection {
+        store,
+        peer,
+        from,
+        to,
+        version,
+    };
+    loop {
+        let op = match connection.from.read_u64() {
+            Ok(op) => op,
+            Err(error) if error.is_disconnect() => return Ok(()),
+            Err(error) => return Err(timed_out(error.into())),
+        };
+        idle(false)?;
+        let Some(op) = Op::from_number(op) else {
+            let message = format!("invalid operation {op}");
+            connection.send_error(&message)?;
+            return Err(ServeError::UnknownOp(op));
+        };
+        match connection.perform(op) {
+            Ok(()) => {}
+            Err(Failure::Op(error)) => connection.send_error(&error.to_string())?,
+            Err(Failure::Fatal(error)) => {
+                // The request could not be read: say why, then hang up.
+                let _ = connection.send_error(&error.to_string());
+                return Err(error);
+            }
+        }
+        connection.to.flush()?;
+        idle(true)?;
+    }
+}
+
+/// The server's side of the handshake, up to the log message that opens (or refuses)
+/// the connection: the protocol version agreed.
+fn handshake<R: BufRead, W: Write>(
+    from: &mut WireReader<R>,
+    to: &mut WireWriter<W>,
+    peer: Peer,
+) -> Result<u64, ServeError> {
     let magic = from.read_u64()?;
     if magic != protocol::WORKER_MAGIC_1 {
         return Err(ServeError::BadMagic(magic));
@@ -84,38 +189,48 @@ pub fn serve<S: DaemonStore>(
         // optional<TrustedFlag>: 1 trusted, 2 not trusted.
         to.write_u64(if peer.trusted { 1 } else { 2 })?;
     }
-    to.write_u64(stderr::LAST)?;
-    to.flush()?;
+    Ok(version)
+}
 
-    let mut connection = Connection {
-        store,
-        peer,
-        from,
-        to,
-        version,
-    };
-    loop {
-        let op = match connection.from.read_u64() {
-            Ok(op) => op,
-            Err(error) if error.is_disconnect() => return Ok(()),
-            Err(error) => return Err(error.into()),
-        };
-        let Some(op) = Op::from_number(op) else {
-            let message = format!("invalid operation {op}");
-            connection.send_error(&message)?;
-            return Err(ServeError::UnknownOp(op));
-        };
-        match connection.perform(op) {
-            Ok(()) => {}
-            Err(Failure::Op(error)) => connection.send_error(&error.to_string())?,
-            Err(Failure::Fatal(error)) => {
-                // The request could not be read: say why, then hang up.
-                let _ = connection.send_error(&error.to_string());
-                return Err(error);
-            }
+/// A read that failed because the idle timeout (`SO_RCVTIMEO`) ran out becomes
+/// [`ServeError::Idle`].
+fn timed_out(error: ServeError) -> ServeError {
+    match error {
+        ServeError::Wire(WireError::Io(error))
+            if matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ServeError::Idle
         }
-        connection.to.flush()?;
+        other => other,
     }
+}
+
+/// `STDERR_ERROR` with `message` in the form a client of protocol minor `minor` expects.
+fn write_error<W: Write>(to: &mut WireWriter<W>, minor: u64, message: &str) -> io::Result<()> {
+    to.write_u64(stderr::ERROR)?;
+    if minor >= 26 {
+        to.write_str("Error")?;
+        to.write_u64(0)?; // level: error
+        to.write_str("Error")?;
+        to.write_str(message)?;
+        to.write_u64(0)?; // no position
+        to.write_u64(0)?; // no traces
+    } else {
+        to.write_str(message)?;
+        to.write_u64(1)?; // exit status
+    }
+    to.flush()
+}
+
+/// A signature refused on its way into the store.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot add a signature to path '{path}': {source}")]
+struct BadSignature {
+    path: String,
+    source: SignatureError,
 }
 
 /// How an operation failed.
@@ -155,19 +270,8 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
 
     /// `STDERR_ERROR` in the form the client's version expects.
     fn send_error(&mut self, message: &str) -> io::Result<()> {
-        self.to.write_u64(stderr::ERROR)?;
-        if self.minor() >= 26 {
-            self.to.write_str("Error")?;
-            self.to.write_u64(0)?; // level: error
-            self.to.write_str("Error")?;
-            self.to.write_str(message)?;
-            self.to.write_u64(0)?; // no position
-            self.to.write_u64(0)?; // no traces
-        } else {
-            self.to.write_str(message)?;
-            self.to.write_u64(1)?; // exit status
-        }
-        self.to.flush()
+        let minor = self.minor();
+        write_error(&mut self.to, minor, message)
     }
 
     fn last(&mut self) -> io::Result<()> {
@@ -242,6 +346,27 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             self.to.write_str(&ca)?;
         }
         Ok(())
+    }
+
+    /// Every signature of `path` parsed, or an operation error naming the first bad one
+    /// and the path: nothing of a request with a bad signature is stored (the registry
+    /// keeps signatures space-separated, so "a b c" unchecked would read back as three).
+    fn parse_signatures(
+        &self,
+        path: &StorePath,
+        texts: &[String],
+    ) -> Result<Vec<Signature>, Failure> {
+        texts
+            .iter()
+            .map(|text| {
+                Signature::parse(text).map_err(|source| {
+                    op_error(BadSignature {
+                        path: self.store.store_dir().display(path),
+                        source,
+                    })
+                })
+            })
+            .collect()
     }
 
     fn read_derived_paths(&mut self) -> Result<Vec<DerivedPath>, Failure> {
@@ -610,6 +735,12 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             Op::AddSignatures => {
                 let path = self.read_path()?;
                 let signatures = self.from.read_strings("signatures")?;
+                // Nix's daemon refuses untrusted clients after reading the request,
+                // with these words: signatures vouch for a path to other stores.
+                if !self.peer.trusted {
+                    return Err(op_error("you are not privileged to add signatures"));
+                }
+                let signatures = self.parse_signatures(&path, &signatures)?;
                 store.add_signatures(&path, &signatures)?;
                 self.last()?;
                 self.to.write_u64(1)?;
@@ -879,6 +1010,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         let nar_hash =
             arca_store_core::Hash::parse(&nar_hash, Some(arca_store_core::HashAlgo::Sha256))
                 .map_err(op_error)?;
+        let signatures = self.parse_signatures(&path, &signatures)?;
         let mut info = PathInfo::new(path, nar_hash, nar_size);
         info.deriver = if deriver.is_empty() {
             None
@@ -889,7 +1021,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         info.registration_time = i64::try_from(registration_time).unwrap_or(0);
         // Only a trusted client may claim the path was built here.
         info.ultimate = ultimate && self.peer.trusted;
-        info.signatures = signatures.into_iter().collect();
+        info.signatures = signatures.iter().map(ToString::to_string).collect();
         info.ca = if ca.is_empty() {
             None
         } else {

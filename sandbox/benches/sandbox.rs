@@ -88,6 +88,7 @@ fn arca_spec(argv: &[&str], binds: bool) -> SandboxSpec {
         .mount(Mount::Tmpfs {
             target: "/build".into(),
             mode: 0o755,
+            size: None,
         })
         .cwd("/build");
     if binds {

@@ -433,7 +433,7 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
             plan.root.as_c_str(),
             Some(c"tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(c"mode=0755"),
+            Some(plan.root_options.as_c_str()),
         ),
     )?;
     for (index, op) in plan.ops.iter().enumerate() {

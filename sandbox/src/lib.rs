@@ -17,6 +17,25 @@
 //! - the program is pid 1 of its namespace: when it ends the kernel kills everything it
 //!   left behind, and [`run`] returns only once all of it is gone. Timeouts, silence and
 //!   output limits kill the whole namespace (and the cgroup, when one could be made).
+//! - every tmpfs has a size limit and an inode limit (one per 4 KiB of the size), so the
+//!   program cannot fill the host's memory from `/tmp` or `/dev/shm`: those and every
+//!   [`Mount::Tmpfs`] without a size of its own get [`Limits::tmpfs_size`] (half of RAM by
+//!   default, Nix's default for `/dev/shm`), the root only what the layout writes in it.
+//!
+//! # What the program can learn about the host
+//!
+//! The mount table (`/proc/self/mounts`, `/proc/self/mountinfo`) lists mount points as
+//! inside paths and sources by device or file system name (`/dev/vda`, `tmpfs`); the
+//! staging directory the root is built in does not appear. One field cannot be hidden:
+//! the fourth of `/proc/self/mountinfo`, the "root" of a mount, is the path of the
+//! mount's top directory within its file system, which the kernel computes from the
+//! mount itself when the file is read. For a bind mount that is the source's path
+//! relative to the root of the host file system holding it (a physical store path such
+//! as `/tmp/xyz/nix/store/…`, the host build directory). `pivot_root`, `open_tree` with
+//! `move_mount`, and the user namespace all keep it; only a fresh file system (tmpfs,
+//! proc, an overlay) shows `/`, and an overlay would show its layers' host paths in its
+//! options instead. The device number, the file system type and its mount options
+//! (the host's, for a bind) are visible alongside.
 //!
 //! It is not a container runtime (no images, no overlay file systems, no seccomp
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
@@ -52,5 +71,6 @@ pub use error::{SandboxError, SetupStep};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
 pub use run::run;
 pub use spec::{
-    standard_etc, CgroupMode, Devices, Identity, Limits, Mount, Network, SandboxSpec, UserNamespace,
+    standard_etc, CgroupMode, Devices, Identity, Limits, Mount, Network, SandboxSpec, TmpfsSize,
+    UserNamespace,
 };

@@ -12,7 +12,7 @@ use nix::sys::stat::{stat, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
 use crate::error::SandboxError;
-use crate::spec::{Mount, Network, SandboxSpec, UserNamespace};
+use crate::spec::{Mount, Network, SandboxSpec, TmpfsSize, UserNamespace};
 
 /// One step of building the root, with paths under the staging root.
 #[derive(Debug)]
@@ -52,6 +52,8 @@ pub(crate) enum Op {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub root: CString,
+    /// Mount options of the root tmpfs (see [`root_tmpfs_options`]).
+    pub root_options: CString,
     pub ops: Vec<Op>,
     /// What each op does, for error messages (same index as `ops`).
     pub descriptions: Vec<String>,
@@ -81,6 +83,7 @@ impl Plan {
             ops: Vec::new(),
             descriptions: Vec::new(),
             dirs: BTreeSet::new(),
+            tmpfs_size: spec.limits.tmpfs_size,
         };
         builder.dirs.insert(PathBuf::from("/"));
         builder.dev(spec.devices.kvm)?;
@@ -139,6 +142,7 @@ impl Plan {
         let (domainname, hostname) = (spec.domainname.as_bytes(), spec.hostname.as_bytes());
         Ok(Plan {
             root: cstring("root", root.as_os_str())?,
+            root_options: root_tmpfs_options(&builder.ops),
             ops: builder.ops,
             descriptions: builder.descriptions,
             program,
@@ -163,6 +167,8 @@ struct Builder {
     descriptions: Vec<String>,
     /// Directories already created (inside paths), so each is made once.
     dirs: BTreeSet<PathBuf>,
+    /// The size of a tmpfs that names none.
+    tmpfs_size: TmpfsSize,
 }
 
 impl Builder {
@@ -255,7 +261,7 @@ impl Builder {
                 target: self.host(Path::new("/dev/shm"))?,
                 fstype: Some(c"tmpfs".into()),
                 flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                data: Some(c"mode=1777".into()),
+                data: Some(tmpfs_options(0o1777, self.tmpfs_size)?),
             },
             "mounting a tmpfs on /dev/shm".into(),
         );
@@ -379,9 +385,9 @@ impl Builder {
                     ),
                 );
             }
-            Mount::Tmpfs { target, mode } => {
+            Mount::Tmpfs { target, mode, size } => {
                 self.dir(target, 0o755)?;
-                let data = cstring("tmpfs", OsStr::new(&format!("mode={:o}", mode & 0o7777)))?;
+                let data = tmpfs_options(*mode, size.unwrap_or(self.tmpfs_size))?;
                 let path = self.host(target)?;
                 self.push(
                     Op::Mount {
@@ -438,6 +444,69 @@ impl Builder {
     }
 }
 
+/// A tmpfs holds at most one file (or directory, or link) per this many bytes of its size:
+/// the kernel's default ratio (half the RAM pages for half the RAM). Without a limit
+/// empty files, which take kernel memory but no pages, would escape the size limit.
+const TMPFS_BYTES_PER_INODE: u64 = 4096;
+
+/// `mode=…,size=…,nr_inodes=…` of a tmpfs.
+fn tmpfs_options(mode: u32, size: TmpfsSize) -> Result<CString, SandboxError> {
+    let bytes = match size {
+        // The kernel reads `size=0` and `nr_inodes=0` as "no limit".
+        TmpfsSize::Bytes(0) => {
+            return Err(invalid("tmpfs size", "0", "must be at least one byte"));
+        }
+        TmpfsSize::Bytes(bytes) => bytes,
+        TmpfsSize::PercentOfRam(percent) if !(1..=100).contains(&percent) => {
+            return Err(invalid(
+                "tmpfs size",
+                &format!("{percent}%"),
+                "must be from 1% to 100% of RAM",
+            ));
+        }
+        // What the kernel's `size=N%` computes, in bytes so that the file count can follow.
+        TmpfsSize::PercentOfRam(percent) => {
+            let ram = nix::sys::sysinfo::sysinfo()
+                .map_err(|errno| SandboxError::Host {
+                    context: "reading the host's RAM size (sysinfo)".into(),
+                    source: errno.into(),
+                })?
+                .ram_total();
+            (u128::from(ram) * u128::from(percent) / 100).max(1) as u64
+        }
+    };
+    let inodes = bytes.div_ceil(TMPFS_BYTES_PER_INODE);
+    let options = format!("mode={:o},size={bytes},nr_inodes={inodes}", mode & 0o7777);
+    cstring("tmpfs options", OsStr::new(&options))
+}
+
+/// Mount options of the root tmpfs: room for what the layout writes in it and little
+/// more. The program cannot write there (the root is sealed read-only before `execve`),
+/// so only the layout needs room: one inode per entry it makes and the pages of file
+/// contents and long symlinks, counted in 64 KiB pages (the largest common page size, so
+/// that no page size undercounts), plus 1 MiB and 64 inodes to spare. Entries made inside
+/// other mounts (a writable bind, a tmpfs) are counted too, which only adds room.
+fn root_tmpfs_options(ops: &[Op]) -> CString {
+    const PAGE: u64 = 64 * 1024;
+    let (mut pages, mut inodes) = (16u64, 1 + 64u64);
+    for op in ops {
+        match op {
+            Op::Mkdir { .. } | Op::Touch { .. } => inodes += 1,
+            Op::WriteFile { contents, .. } => {
+                inodes += 1;
+                pages += (contents.len() as u64).div_ceil(PAGE);
+            }
+            Op::Symlink { .. } => {
+                inodes += 1;
+                pages += 1;
+            }
+            Op::Mount { .. } | Op::ChmodIgnoringErrors { .. } => {}
+        }
+    }
+    let options = format!("mode=0755,size={},nr_inodes={inodes}", pages * PAGE);
+    CString::new(options).expect("mount options built from numbers hold no NUL byte")
+}
+
 /// The per-mount flags a user namespace locks on a bind of a mount with these flags.
 fn locked_flags(flags: FsFlags) -> MsFlags {
     let mut locked = MsFlags::empty();
@@ -486,5 +555,65 @@ fn invalid(field: &'static str, value: &str, reason: &'static str) -> SandboxErr
         field,
         value: value.to_string(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_tmpfs_size_is_half_of_ram_with_one_inode_per_4_kib() {
+        let ram = nix::sys::sysinfo::sysinfo()
+            .expect("sysinfo never fails")
+            .ram_total();
+        let options = tmpfs_options(0o1777, TmpfsSize::default()).expect("valid size");
+        assert_eq!(
+            options.to_str(),
+            Ok(format!(
+                "mode=1777,size={},nr_inodes={}",
+                ram / 2,
+                (ram / 2).div_ceil(4096)
+            )
+            .as_str())
+        );
+    }
+
+    #[test]
+    fn every_tmpfs_of_the_default_spec_is_limited() {
+        let mut spec = SandboxSpec::new("/bin/sh", ["sh"]);
+        spec.limits.tmpfs_size = TmpfsSize::Bytes(1 << 20);
+        let plan = Plan::new(&spec, Path::new("/staging"), true).expect("a valid spec");
+        let tmpfs: Vec<(&str, &str)> = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Mount {
+                    target,
+                    fstype: Some(fstype),
+                    data: Some(data),
+                    ..
+                } if fstype.as_c_str() == c"tmpfs" => {
+                    Some((target.to_str().ok()?, data.to_str().ok()?))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            tmpfs,
+            [
+                ("/staging/dev/shm", "mode=1777,size=1048576,nr_inodes=256"),
+                ("/staging/tmp", "mode=1777,size=1048576,nr_inodes=256"),
+            ]
+        );
+        // Three small files and the /dev links: the 1 MiB spare plus a page each.
+        let root = plan.root_options.to_str().expect("ASCII options");
+        assert!(root.starts_with("mode=0755,size="), "{root}");
+        let size: u64 = root
+            .split(',')
+            .find_map(|option| option.strip_prefix("size="))
+            .and_then(|size| size.parse().ok())
+            .expect("a size");
+        assert!(size <= 2 << 20, "{root}");
     }
 }

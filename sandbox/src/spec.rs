@@ -12,8 +12,8 @@ use std::time::Duration;
 ///
 /// Build one with [`SandboxSpec::new`], which fills in the defaults (uid 1000 / gid 100
 /// named `nixbld`, hostname `localhost`, no network, a minimal `/dev`, `/proc`, generated
-/// `/etc/passwd`, `/etc/group` and `/etc/hosts`, a `/tmp` tmpfs, the seccomp filter on),
-/// then add mounts and environment.
+/// `/etc/passwd`, `/etc/group` and `/etc/hosts`, a `/tmp` tmpfs, the seccomp filter on,
+/// every tmpfs limited to [`Limits::tmpfs_size`]), then add mounts and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
     /// The program to execute, as a path inside the sandbox (no `PATH` lookup).
@@ -47,7 +47,7 @@ pub struct SandboxSpec {
     pub proc: bool,
     /// Install the seccomp filter (no setuid/setgid files, no extended attributes).
     pub seccomp: bool,
-    /// Wall-clock, silence and output limits.
+    /// Wall-clock, silence, output and tmpfs size limits.
     pub limits: Limits,
     /// Use a cgroup for kill-all and accounting.
     pub cgroup: CgroupMode,
@@ -79,6 +79,8 @@ pub enum Mount {
         target: PathBuf,
         /// Mode of its root directory, e.g. `0o1777` for `/tmp`.
         mode: u32,
+        /// Its size limit; `None` means [`Limits::tmpfs_size`].
+        size: Option<TmpfsSize>,
     },
     /// A fresh directory in the (read-only) root, e.g. a mount point for later use.
     Dir {
@@ -195,7 +197,9 @@ pub struct Devices {
     pub kvm: bool,
 }
 
-/// Limits enforced by the supervising parent; on any of them the whole sandbox is killed.
+/// What the sandbox may use. The supervising parent enforces the time and output limits
+/// by killing the whole sandbox; the kernel enforces the tmpfs sizes (a write past one
+/// fails with `ENOSPC`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
     /// Wall-clock time from start to end.
@@ -204,6 +208,33 @@ pub struct Limits {
     pub silence_timeout: Option<Duration>,
     /// Most output bytes (stdout and stderr together) passed on to the caller.
     pub max_output_bytes: Option<u64>,
+    /// Size of `/dev/shm` and of every [`Mount::Tmpfs`] (`/tmp` among them) that sets none
+    /// of its own; by default half of the host's RAM each, which is the kernel's own
+    /// default for a tmpfs and Nix's for `/dev/shm` (`sandbox-dev-shm-size`). Tmpfs pages
+    /// are memory: without a limit a builder could fill the host's RAM from `/tmp`.
+    ///
+    /// The number of files is limited too, to one per 4 KiB of the size (the kernel's
+    /// default ratio), so that empty files cannot take more kernel memory than a
+    /// fraction of the size. The root itself is a tmpfs sized to what the layout writes
+    /// in it (it is read-only to the program).
+    pub tmpfs_size: TmpfsSize,
+}
+
+/// The size limit of a tmpfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmpfsSize {
+    /// At most this many bytes (rounded up to whole pages by the kernel); at least 1.
+    Bytes(u64),
+    /// At most this share of the host's RAM, in percent, from 1 to 100 (like the kernel's
+    /// `size=50%`).
+    PercentOfRam(u8),
+}
+
+impl Default for TmpfsSize {
+    /// Half of the host's RAM.
+    fn default() -> Self {
+        TmpfsSize::PercentOfRam(50)
+    }
 }
 
 /// Whether to put the sandbox in a cgroup (v2).
@@ -248,6 +279,7 @@ impl SandboxSpec {
         spec.mounts.push(Mount::Tmpfs {
             target: "/tmp".into(),
             mode: 0o1777,
+            size: None,
         });
         spec
     }

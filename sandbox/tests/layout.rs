@@ -242,6 +242,7 @@ fn relative_or_dotted_targets_are_invalid() {
         let err = run_err(&sh("true").mount(Mount::Tmpfs {
             target: target.into(),
             mode: 0o755,
+            size: None,
         }));
         assert!(
             matches!(&err, SandboxError::InvalidSpec { field: "mount target", value, .. } if value == target),
@@ -276,6 +277,7 @@ fn inner_dot_component_in_target_is_invalid() {
         &sh("true").mount(Mount::Tmpfs {
             target: "/build/./x".into(),
             mode: 0o755,
+            size: None,
         }),
         &mut Vec::new(),
     );

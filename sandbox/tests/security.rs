@@ -13,7 +13,7 @@ use std::os::unix::net::{SocketAddr, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use arca_sandbox::{Mount, Network, Outcome};
+use arca_sandbox::{Mount, Network, Outcome, UserNamespace};
 use common::{busybox, python3, require_root, run_ok, sh};
 
 // ---------------------------------------------------------------------------------------
@@ -846,5 +846,89 @@ fn layout_never_follows_symlinks_planted_in_a_writable_bind() {
             !victim.path().join("created").exists(),
             "no host file was created"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mount table
+// ---------------------------------------------------------------------------------------
+
+/// What the sandbox's mount table tells about the host. Hidden: the staging directory the
+/// root is built in, and every host path in `/proc/self/mounts` (mount points are inside
+/// paths, sources are device or file system names). Shown, because the kernel computes
+/// it from the mount itself: the fourth field of `/proc/self/mountinfo`, the path of a
+/// bind mount's source within the file system that holds it (see the crate docs).
+#[test]
+fn mount_table_hides_the_staging_directory_and_shows_host_paths_only_as_bind_roots() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let dir = common::tempdir();
+    let store_path = dir.path().join("nix/store/abc-foo");
+    std::fs::create_dir_all(&store_path).unwrap();
+    let host = dir.path().to_str().unwrap();
+    let staging = format!("arca-sandbox-{}-", std::process::id());
+    for user_namespace in [UserNamespace::Auto, UserNamespace::Always] {
+        let mut spec = sh("cat /proc/self/mounts; echo ---; cat /proc/self/mountinfo")
+            .mount(Mount::bind_ro(&store_path, "/nix/store/abc-foo"));
+        spec.user_namespace = user_namespace;
+        let (report, out) = run_ok(&spec);
+        assert_eq!(report.outcome, Outcome::Exited(0), "{out}");
+        assert!(!out.contains(&staging), "{user_namespace:?}: {out}");
+        let (mounts, mountinfo) = out.split_once("---\n").expect("both tables");
+        assert!(!mounts.contains(host), "{user_namespace:?}: {mounts}");
+
+        let expected = [
+            "/",
+            "/dev/full",
+            "/dev/null",
+            "/dev/random",
+            "/dev/tty",
+            "/dev/urandom",
+            "/dev/zero",
+            "/dev/pts",
+            "/dev/shm",
+            "/proc",
+            "/tmp",
+            "/bin/busybox",
+            "/build",
+            "/nix/store/abc-foo",
+        ];
+        let points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(1))
+            .collect();
+        assert_eq!(points, expected, "{mounts}");
+        let mut info_points = Vec::new();
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (root, point) = (fields[3], fields[4]);
+            info_points.push(point);
+            match point {
+                // The kernel's path of the source within its file system.
+                "/nix/store/abc-foo" => assert!(
+                    store_path.to_str().unwrap().ends_with(root)
+                        && root.ends_with("/nix/store/abc-foo"),
+                    "{line}"
+                ),
+                "/bin/busybox" => assert!(common::HOST_BUSYBOX.ends_with(root), "{line}"),
+                _ if point.starts_with("/dev/")
+                    && !point.ends_with("/pts")
+                    && point != "/dev/shm" =>
+                {
+                    assert_eq!(&point["/dev".len()..], root, "{line}")
+                }
+                // Fresh file systems show their own root.
+                _ => assert_eq!(root, "/", "{line}"),
+            }
+            let without_root: Vec<&str> = fields
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| *index != 3)
+                .map(|(_, field)| *field)
+                .collect();
+            assert!(!without_root.join(" ").contains(host), "{line}");
+        }
+        assert_eq!(info_points, expected, "{mountinfo}");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`references`]: a one-pass scanner for store path hash parts in a byte stream.
 //! - [`path_info`]: [`PathInfo`] (Nix's `ValidPathInfo`) and [`ContentAddress`];
 //!   [`store`]: the [`Store`] trait that the local store and the daemon client implement.
+//! - [`signature`]: [`Signature`], a path's signature in Nix's `NAME:BASE64` form.
 //!
 //! Not here: the registry, building, the daemon (higher crates), and the NAR format
 //! (`arca-nar`). Nothing here touches a store on disk: callers pass bytes and loaders in.
@@ -31,11 +32,13 @@ pub mod derivation;
 pub mod hash;
 pub mod path_info;
 pub mod references;
+pub mod signature;
 pub mod store;
 pub mod store_path;
 
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use path_info::{ContentAddress, ContentAddressError, PathInfo};
+pub use signature::{Signature, SignatureError};
 pub use store::{dependency_order, Store};
 pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};

@@ -322,6 +322,7 @@ pub mod op {
     pub const QUERY_ALL_VALID_PATHS: u64 = 23;
     pub const QUERY_PATH_INFO: u64 = 26;
     pub const QUERY_VALID_PATHS: u64 = 31;
+    pub const ADD_SIGNATURES: u64 = 37;
     pub const ADD_TO_STORE_NAR: u64 = 39;
 }
 

@@ -913,6 +913,101 @@ fn untrusted_users_cannot_import_unsigned_paths_as_with_nix_daemon() {
     assert_arca_verify_clean(&trusting.root(), "after a trusted copy");
 }
 
+/// `nix store sign` through a daemon sends `AddSignatures`: refused for an untrusted
+/// user with Nix 2.8's words, done for root, and the signature reads back the same from
+/// both daemons (ed25519 signing is deterministic). A malformed signature, which no Nix
+/// client sends, is refused whole and nothing is stored.
+#[test]
+fn only_trusted_users_add_signatures_and_only_well_formed_ones() {
+    let test = "only_trusted_users_add_signatures_and_only_well_formed_ones";
+    if !root_and_nix_available(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    open_up_to_root(dir.path());
+    let nobody = Unprivileged::nobody(&dir.path().join("home"));
+    let file = dir.path().join("file");
+    fs::write(&file, b"signed through the daemon\n").unwrap();
+    let file = file.to_str().unwrap();
+    let secret = dir.path().join("secret-key");
+    let public = dir.path().join("public-key");
+    nix(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key".as_ref(),
+            "test-1".as_ref(),
+            secret.as_os_str(),
+            public.as_os_str(),
+        ],
+        None,
+    );
+    // Readable by nobody, so that only the daemon's rule stops them.
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = secret.to_str().unwrap();
+
+    let daemons = start_both(&dir.path().join("both"));
+    let mut signed = Vec::new();
+    for daemon in &daemons {
+        let kind = daemon.kind();
+        let path = lines(&daemon.nix_store_ok(&["--add", file], b""))
+            .pop()
+            .unwrap();
+        let sign = [
+            "store",
+            "sign",
+            "--store",
+            &daemon.uri(),
+            "--key-file",
+            secret,
+            &path,
+        ];
+        let output = run(client_command("nix", Some(&nobody)).args(sign), b"");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{kind:?}: nobody added a signature"
+        );
+        assert!(
+            stderr.contains("you are not privileged to add signatures"),
+            "{kind:?}: {stderr}"
+        );
+        let output = run(client_command("nix", None).args(sign), b"");
+        assert!(
+            output.status.success(),
+            "{kind:?}: root cannot sign: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        signed.push((path.clone(), daemon.nix_ok(&["path-info", "--sigs", &path])));
+    }
+    assert_eq!(
+        signed[0], signed[1],
+        "signed through arca daemon (left), nix-daemon (right)"
+    );
+    let (path, sigs) = &signed[0];
+    assert!(
+        String::from_utf8_lossy(sigs).contains(" test-1:"),
+        "{sigs:?}"
+    );
+
+    let mut client = connected(&daemons[0]);
+    let before = client.query_path_info(path).unwrap().unwrap().unwrap();
+    for bad in ["x y z", "test-1:c2lnbmF0dXJl"] {
+        client.send_u64(op::ADD_SIGNATURES).unwrap();
+        client.send_bytes(path.as_bytes()).unwrap();
+        client.send_strings(&[bad]).unwrap();
+        let error = client
+            .recv_result()
+            .unwrap()
+            .expect_err("a malformed signature is refused");
+        assert!(
+            error.contains(&format!("'{bad}'")) && error.contains(path.as_str()),
+            "the error names the signature and the path: {error}"
+        );
+    }
+    let after = client.query_path_info(path).unwrap().unwrap().unwrap();
+    assert_eq!(after.signatures, before.signatures, "nothing was stored");
+}
+
 // --- 3. Malformed requests ---------------------------------------------------------------
 
 /// A full store path that is not in any store here.
@@ -1288,6 +1383,127 @@ fn many_concurrent_clients_see_a_consistent_store() {
     let leftovers = staging_leftovers(&daemon.root());
     assert!(leftovers.is_empty(), "staging leftovers: {leftovers:?}");
     assert_arca_verify_clean(&daemon.root(), "after the concurrent clients");
+}
+
+/// Connects and does the handshake, retrying while refused for a few seconds: a
+/// connection closed just before is given back once the daemon has seen it close.
+fn connected_when_room(daemon: &Daemon) -> RawClient {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = daemon.connect();
+        match client.handshake(version(1, 34)) {
+            Ok(_) => return client,
+            Err(error) if Instant::now() < deadline => {
+                assert!(error.to_string().contains("max-connections"), "{error}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("no room for a connection after 10 s: {error}"),
+        }
+    }
+}
+
+/// One untrusted user may hold `--max-connections-per-user` connections: one more is
+/// refused with the reason, the others are still served, and closing them makes room.
+/// `--max-connections` bounds everyone, trusted users (exempt from the per-user limit)
+/// too. Without limits, 3,000 idle connections from one user held 2,296 threads.
+#[test]
+fn connections_over_a_limit_are_refused_and_the_others_served() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nobody that can be this test's user is trusted.
+    let daemon = Daemon::arca(
+        &dir.path().join("per-user"),
+        &[
+            "--trusted-users",
+            "arca-test-no-such-user",
+            "--max-connections-per-user",
+            "3",
+        ],
+    );
+    let mut held: Vec<RawClient> = (0..3).map(|_| connected_when_room(&daemon)).collect();
+    for client_version in [version(1, 34), version(1, 21)] {
+        let error = daemon
+            .connect()
+            .handshake(client_version)
+            .expect_err("a fourth connection is refused");
+        assert!(
+            error.to_string().contains("max-connections-per-user"),
+            "{error}"
+        );
+    }
+    for client in &mut held {
+        assert_eq!(client.is_valid_path(ABSENT).unwrap(), Ok(false));
+    }
+    assert!(
+        daemon.log().contains("refused a connection"),
+        "the refusal is logged: {}",
+        daemon.log()
+    );
+    drop(held);
+    let _again: Vec<RawClient> = (0..3).map(|_| connected_when_room(&daemon)).collect();
+
+    let daemon = Daemon::arca(
+        &dir.path().join("total"),
+        &[
+            "--trusted-users",
+            "*",
+            "--max-connections-per-user",
+            "1",
+            "--max-connections",
+            "2",
+        ],
+    );
+    let _held: Vec<RawClient> = (0..2).map(|_| connected_when_room(&daemon)).collect();
+    let error = daemon
+        .connect()
+        .handshake(version(1, 34))
+        .expect_err("a third connection is refused");
+    assert!(error.to_string().contains("(max-connections)"), "{error}");
+}
+
+/// `--idle-timeout`: a connection that sends nothing (no handshake, or no next request)
+/// for longer is closed; one that keeps sending requests is not, nor one whose build
+/// is silent for longer than the timeout (only the wait for a request counts).
+#[test]
+fn a_connection_idle_beyond_the_idle_timeout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::arca(&dir.path().join("arca"), &["--idle-timeout", "1"]);
+    let mut silent = daemon.connect();
+    let mut idle = connected(&daemon);
+    let mut busy = connected(&daemon);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(busy.is_valid_path(ABSENT).unwrap(), Ok(false));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(assert_closed(&mut silent, "no handshake").is_empty());
+    assert!(assert_closed(&mut idle, "no next request").is_empty());
+    assert_eq!(busy.is_valid_path(ABSENT).unwrap(), Ok(false));
+
+    if !nix_available("a_connection_idle_beyond_the_idle_timeout_is_closed (build)")
+        || !busybox_available("a_connection_idle_beyond_the_idle_timeout_is_closed (build)")
+    {
+        return;
+    }
+    let scratch = Scratch::new();
+    let expression = format!(
+        "derivation {{ name = \"silent\"; system = \"x86_64-linux\"; \
+         builder = \"${{builtins.path {{ path = {}; name = \"bb\"; }}}}/busybox\"; \
+         args = [ \"sh\" \"-c\" \"sleep 3; echo done > $out\" ]; }}",
+        scratch.bb_dir().display()
+    );
+    let uri = scratch.nix_uri();
+    let drv = lines(&nix(
+        "nix-instantiate",
+        &os_args(&["--store", &uri, "-E", &expression]),
+        None,
+    ))
+    .pop()
+    .unwrap();
+    copy_derivations(&uri, &daemon, std::slice::from_ref(&drv));
+    let start = Instant::now();
+    let built = lines(&daemon.nix_store_ok(&["--realise", &drv], b""));
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    assert_eq!(built.len(), 1, "{built:?}");
 }
 
 // --- 5. Protocol versions -----------------------------------------------------------------

@@ -21,6 +21,7 @@ const APPLETS: &[&str] = &[
     "cat",
     "chmod",
     "chroot",
+    "dd",
     "echo",
     "grep",
     "head",
@@ -125,6 +126,7 @@ pub fn sh(script: &str) -> SandboxSpec {
         .mount(Mount::Tmpfs {
             target: "/build".into(),
             mode: 0o777,
+            size: None,
         })
         .cwd("/build")
         .env("PATH", "/bin")

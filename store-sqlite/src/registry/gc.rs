@@ -166,8 +166,10 @@ impl Registry {
     pub fn add_signatures(
         &mut self,
         path: &StorePath,
-        signatures: &[String],
+        signatures: &[arca_store_core::Signature],
     ) -> Result<(), StoreError> {
+        // Parsed values only: a string with a space in it would read back as several.
+        let signatures: Vec<String> = signatures.iter().map(ToString::to_string).collect();
         let full = self.store_dir.display(path);
         let conn = &mut self.conn;
         retry(|| {
