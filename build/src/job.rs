@@ -309,6 +309,7 @@ impl Job<'_> {
         spec.limits.timeout = self.options.timeout;
         spec.limits.silence_timeout = self.options.max_silent_time;
         spec.limits.max_output_bytes = self.options.max_log_size;
+        spec.limits.tmpfs_size = self.options.tmpfs_size;
         spec.network = if fixed_output {
             Network::Host
         } else {

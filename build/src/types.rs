@@ -56,6 +56,9 @@ pub struct BuildOptions {
     /// when running as root: each running build gets ids of its own. An unprivileged
     /// caller always maps its own ids.
     pub build_users: crate::BuildUsers,
+    /// Size limit of each tmpfs of the sandbox (`/tmp`, `/dev/shm`); by default half
+    /// of the host's RAM each, as Nix's `sandbox-dev-shm-size`.
+    pub tmpfs_size: arca_sandbox::TmpfsSize,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
     /// default as in Nix: the pid namespace already ends every process of a build, and a
     /// cgroup costs ~0.4 ms per build).
@@ -77,6 +80,7 @@ impl Default for BuildOptions {
             sandbox_paths: Vec::new(),
             build_dir_parent: std::env::temp_dir(),
             build_users: crate::BuildUsers::default(),
+            tmpfs_size: arca_sandbox::TmpfsSize::default(),
             use_cgroups: false,
         }
     }

@@ -10,6 +10,7 @@
 //! that act as another host user need root.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 
 use arca_store_core::{Hash, HashAlgo, PathInfo, StoreDir, StorePath};
 use arca_tests::build::{busybox_available, Scratch};
@@ -254,4 +255,322 @@ impl OutputWith for std::process::Command {
     fn output_with(&mut self, json: &serde_json::Value) -> std::process::Output {
         arca_tests::store::run(self, &serde_json::to_vec(json).unwrap())
     }
+}
+
+// --- Builds as root: one host uid per build, outputs out of reach -------------------
+
+/// The host uid and gid of the process running `sleep MARKER` (a builder's child).
+fn builder_ids(marker: &str) -> Option<(u32, u32, u32)> {
+    let found = arca_tests::build::processes_with_args(&["sleep", marker]);
+    let pid: u32 = found.first()?.split(':').next()?.parse().ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((pid, field("Uid:")?, field("Gid:")?))
+}
+
+/// Waits up to 20 s for `check` to give something.
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Where a running build keeps the output `out` (a store path) on the host: inside its
+/// scratch store directory under the staging area.
+fn scratch_output(scratch: &Scratch, out: &str) -> Option<std::path::PathBuf> {
+    let staging = scratch.arca_root().join("nix/store/.arca-staging");
+    let base = out.rsplit('/').next()?;
+    fs::read_dir(staging).ok()?.flatten().find_map(|entry| {
+        let candidate = entry.path().join("store").join(base);
+        fs::symlink_metadata(&candidate).ok().map(|_| candidate)
+    })
+}
+
+/// Two builds running at once as root get host ids no other build has, and one build's
+/// identity can neither reach nor write the other's output before it is registered
+/// (the attack: a fixed-output build, run with the other's uid, opens its output for
+/// writing and passes the descriptor on).
+#[test]
+fn concurrent_root_builds_have_distinct_ids_and_cannot_touch_each_other() {
+    let test = "concurrent_root_builds_have_distinct_ids_and_cannot_touch_each_other";
+    if !arca_tests::daemon::running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (builds as root map to host build ids)");
+        return;
+    }
+    if !busybox_available(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let bb = scratch.add_busybox_to_arca();
+    let a = scratch.add_derivation(
+        &bb,
+        "victim-a",
+        "mkdir $out; echo a > $out/file; sleep 4.301",
+        &[],
+        &[],
+    );
+    let b = scratch.add_derivation(
+        &bb,
+        "victim-b",
+        "mkdir $out; echo b > $out/file; sleep 4.302",
+        &[],
+        &[],
+    );
+    let b_out = scratch.arca_output(&b);
+    let child = scratch
+        .arca_cmd()
+        .args(["build", "-j", "2", &a, &b])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, a_uid, a_gid) = wait_for("builder a", || builder_ids("4.301"));
+    let (_, b_uid, b_gid) = wait_for("builder b", || builder_ids("4.302"));
+    assert_ne!(a_uid, b_uid, "two running builds share host uid {a_uid}");
+    assert_ne!(a_gid, b_gid, "two running builds share host gid {a_gid}");
+    assert!(
+        a_uid >= 872_415_232 && b_uid >= 872_415_232,
+        "{a_uid} {b_uid}"
+    );
+
+    // As a's identity: b's output can be neither written nor read, nor its directory
+    // listed (a shared uid could do all three).
+    let file = wait_for("b's output", || scratch_output(&scratch, &b_out)).join("file");
+    for script in [
+        format!("echo evil >> {}", file.display()),
+        format!("cat {}", file.display()),
+        format!("ls {}", file.parent().unwrap().display()),
+    ] {
+        let output = std::process::Command::new(arca_tests::build::busybox())
+            .args(["sh", "-c", &script])
+            .uid(a_uid)
+            .gid(a_gid)
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "as build a ({a_uid}:{a_gid}), `{script}` succeeded: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(scratch.arca_physical(&b_out).join("file")).unwrap(),
+        "b\n"
+    );
+    arca_tests::store::assert_arca_verify_clean(&scratch.arca_root(), "after both builds");
+}
+
+/// The attacker of the fixed-output races, run as `nobody` outside the sandbox with a
+/// descriptor (its number in argv) of the build's scratch store directory, as a fixed-output builder
+/// could hand it out over an abstract socket: until its deadline it flips each output
+/// file with a symlink to a root-only secret (`renameat2(RENAME_EXCHANGE)`), exchanges
+/// any other directory that shows up beside the output (a copy being hashed) with one of
+/// its own, and reads every file it can reach, looking for the secret. Prints what it
+/// achieved: `read-secret`, `swapped-copy` (a directory that appeared after the builder
+/// ran was exchanged), or `clean`.
+const FD_ATTACKER: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+out, secret, marker, seconds, fd = sys.argv[1], sys.argv[2], sys.argv[3].encode(), float(sys.argv[4]), int(sys.argv[5])
+deadline = time.time() + seconds
+results = set()
+# What is there while the builder runs: its output and the mount points of its inputs.
+present = set(os.listdir(fd))
+def exchange(dfd, a, b):
+    return libc.renameat2(dfd, a.encode(), dfd, b.encode(), 2) == 0
+while time.time() < deadline:
+    try:
+        names = os.listdir(fd)
+    except OSError:
+        names = []
+    for name in names:
+        if name not in present and not name.startswith("evil-"):
+            try:
+                os.mkdir("evil-" + name, dir_fd=fd)
+            except OSError:
+                pass
+            if exchange(fd, name, "evil-" + name):
+                results.add("swapped-copy")
+    try:
+        outfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError:
+        outfd = None
+    if outfd is not None:
+        for i in range(1, 41):
+            try:
+                os.symlink(secret, "s%d" % i, dir_fd=outfd)
+            except OSError:
+                pass
+            exchange(outfd, "f%d" % i, "s%d" % i)
+        os.close(outfd)
+    try:
+        for _, _, files, dfd in os.fwalk(".", dir_fd=fd):
+            for name in files:
+                try:
+                    h = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+                    if marker in os.read(h, 1 << 16):
+                        results.add("read-secret")
+                    os.close(h)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+print(" ".join(sorted(results)) or "clean")
+"#;
+
+/// Attacks 2 and 3 of issue #13: a fixed-output build whose scratch store directory is
+/// in the hands of an unprivileged local user while Arca takes its output in. Nothing
+/// outside the output may be read into anything that user can reach, and the copy that
+/// is hashed and published must be out of their reach.
+#[test]
+fn fixed_output_race_through_a_passed_descriptor_reads_nothing_and_swaps_nothing() {
+    let test = "fixed_output_race_through_a_passed_descriptor_reads_nothing_and_swaps_nothing";
+    if !arca_tests::daemon::running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (the attacker runs as nobody)");
+        return;
+    }
+    if !busybox_available(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let bb = scratch.add_busybox_to_arca();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("shadow");
+    let marker = "ROOT-ONLY-SECRET-4fa1c3";
+    fs::write(&secret, format!("{marker}\n")).unwrap();
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // 40 small files, then a big one so that taking the output in takes a while; the
+    // builder opens everything up and waits for the attacker to have its descriptor.
+    let script = "mkdir $out; for i in $(seq 1 40); do echo $i > $out/f$i; done; \
+                  head -c 30000000 /dev/zero > $out/zz; chmod -R 777 $out; chmod 777 /nix/store; \
+                  sleep 2";
+    let drv = add_fixed_output(&scratch, &bb, "fetched", script, &"0".repeat(64));
+    let out = scratch.arca_output(&drv);
+    let shown = String::from_utf8(scratch.arca_ok(&["derivation", "show", &drv])).unwrap();
+    assert!(
+        shown.contains("\"hashAlgo\": \"r:sha256\""),
+        "not fixed-output: {shown}"
+    );
+    let out_base = out.rsplit('/').next().unwrap().to_owned();
+    let build = scratch
+        .arca_cmd()
+        .args(["build", &drv])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output_dir = wait_for("the fixed output", || scratch_output(&scratch, &out));
+    let store_dir = fs::File::open(output_dir.parent().unwrap()).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let attacker = {
+        use std::os::fd::AsRawFd;
+        // Inherited across exec, as a descriptor received from a builder would be held.
+        nix::fcntl::fcntl(
+            store_dir.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        std::process::Command::new("python3")
+            .args(["-c", FD_ATTACKER, &out_base])
+            .arg(&secret)
+            .args([marker, "6", &store_dir.as_raw_fd().to_string()])
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    drop(store_dir);
+    let built = build.wait_with_output().unwrap();
+    let attack = attacker.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&attack.stdout).trim().to_owned();
+    assert!(
+        attack.status.success(),
+        "the attacker failed: {}",
+        String::from_utf8_lossy(&attack.stderr)
+    );
+    assert_eq!(report, "clean", "the attacker got somewhere");
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert_eq!(
+        built.status.code(),
+        Some(1),
+        "stdout {} stderr {stderr}",
+        String::from_utf8_lossy(&built.stdout)
+    );
+    // Refused either way: the contents do not have the declared hash, or they changed
+    // kind while being read (the attacker's flips).
+    assert!(
+        stderr.contains("hash mismatch") || stderr.contains("cannot read output"),
+        "{stderr}"
+    );
+    assert!(!scratch.arca_registered(&out));
+    // Nothing in the store holds the secret.
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-l", marker])
+        .arg(scratch.arca_root())
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "the secret reached the store: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
+
+/// Adds a recursive sha256 fixed-output derivation (`busybox sh -c SCRIPT`, with
+/// `hash_hex` declared) with `arca derivation add`: its `.drv` path.
+fn add_fixed_output(
+    scratch: &Scratch,
+    bb: &str,
+    name: &str,
+    script: &str,
+    hash_hex: &str,
+) -> String {
+    let builder = format!("{bb}/busybox");
+    let drv = serde_json::json!({
+        "name": name,
+        "outputs": { "out": { "path": "", "hashAlgo": "r:sha256", "hash": hash_hex } },
+        "inputSrcs": [bb],
+        "inputDrvs": {},
+        "system": "x86_64-linux",
+        "builder": builder,
+        "args": ["sh", "-c", script],
+        "env": {
+            "builder": builder,
+            "name": name,
+            "out": "",
+            "outputHash": hash_hex,
+            "outputHashAlgo": "sha256",
+            "outputHashMode": "recursive",
+            "system": "x86_64-linux",
+            "PATH": bb,
+        },
+    });
+    let printed =
+        lines(&scratch.arca_ok_with(&["derivation", "add"], &serde_json::to_vec(&drv).unwrap()));
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    printed[0].clone()
 }
