@@ -393,7 +393,13 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
 
     /// A `BasicDerivation`: outputs (name, path, hash algorithm, hash), input sources,
     /// platform, builder, arguments, environment; its name comes from `drv_path`.
-    fn read_basic_derivation(&mut self, drv_path: &StorePath) -> Result<Derivation, Failure> {
+    /// Reads a `BasicDerivation`; the inner error refuses it once all of it was read
+    /// (the connection stays in step).
+    fn read_basic_derivation(
+        &mut self,
+        drv_path: &StorePath,
+    ) -> Result<Result<Derivation, StoreOpError>, Failure> {
+        let mut refusal = None;
         let bad = |what: String| Failure::Fatal(ServeError::Wire(invalid(&what)));
         let name = drv_path
             .name()
@@ -420,7 +426,25 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 };
                 let algo = HashAlgo::from_name(algo).map_err(|e| bad(e.to_string()))?;
                 let hash = Hash::from_base16(algo, &hash).map_err(|e| bad(e.to_string()))?;
-                DerivationOutput::Fixed { method, hash, path }
+                let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
+                // A fixed output's path follows from its hash (Nix recomputes it and
+                // ignores the one sent): one that does not would let any client build
+                // content of its choosing into another derivation's output path.
+                let fixed =
+                    DerivationOutput::fixed(self.store.store_dir(), &name, &output, method, hash)
+                        .map_err(|e| bad(e.to_string()))?;
+                if fixed.path() != Some(&path) && refusal.is_none() {
+                    refusal = Some(StoreOpError::new(format!(
+                        "fixed output '{output}' of '{}' has path '{}', but its hash gives '{}'",
+                        self.store.store_dir().display(drv_path),
+                        self.store.store_dir().display(&path),
+                        fixed
+                            .path()
+                            .map(|p| self.store.store_dir().display(p))
+                            .unwrap_or_default()
+                    )));
+                }
+                fixed
             };
             let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
             outputs.insert(output, output_value);
@@ -435,7 +459,10 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             let value = self.from.read_string("value")?;
             env.insert(key, value);
         }
-        Ok(Derivation {
+        if let Some(refusal) = refusal {
+            return Ok(Err(refusal));
+        }
+        Ok(Ok(Derivation {
             name,
             outputs,
             input_drvs: BTreeMap::new(),
@@ -444,7 +471,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             builder,
             args,
             env,
-        })
+        }))
     }
 
     fn read_build_mode(&mut self) -> Result<BuildMode, Failure> {
@@ -822,6 +849,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 let drv_path = self.read_path()?;
                 let drv = self.read_basic_derivation(&drv_path)?;
                 let mode = self.read_build_mode()?;
+                let drv = drv.map_err(Failure::Op)?;
                 // As Nix 2.8: a fixed output is checked against its hash whoever asks;
                 // input-addressed paths cannot be checked here (the inputs were resolved
                 // to sources), so only a trusted client may claim them.

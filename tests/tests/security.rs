@@ -644,3 +644,167 @@ fn forged_drv_is_refused_through_the_daemon_as_by_nix_daemon() {
         }
     }
 }
+
+// --- BuildDerivation: what a client may claim --------------------------------------
+
+/// Sends `BuildDerivation` for the derivation `drv` of `arca derivation show` JSON (as a
+/// basic derivation: outputs, sources, platform, builder, args, env), with the fixed
+/// output's path replaced by `claim` when given. Returns the operation's error, or the
+/// build status and message (protocol 1.21).
+fn send_build_derivation(
+    client: &mut arca_tests::daemon::RawClient,
+    drv_path: &str,
+    drv: &serde_json::Value,
+    claim: Option<&str>,
+) -> Result<(u64, String), String> {
+    client.send_u64(36).unwrap(); // wopBuildDerivation
+    client.send_bytes(drv_path.as_bytes()).unwrap();
+    let outputs = drv["outputs"].as_object().unwrap();
+    client.send_u64(outputs.len() as u64).unwrap();
+    for (name, output) in outputs {
+        let path = claim.unwrap_or_else(|| output["path"].as_str().unwrap());
+        client.send_bytes(name.as_bytes()).unwrap();
+        client.send_bytes(path.as_bytes()).unwrap();
+        client
+            .send_bytes(output["hashAlgo"].as_str().unwrap_or("").as_bytes())
+            .unwrap();
+        client
+            .send_bytes(output["hash"].as_str().unwrap_or("").as_bytes())
+            .unwrap();
+    }
+    let sources: Vec<&str> = drv["inputSrcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    client.send_strings(&sources).unwrap();
+    client
+        .send_bytes(drv["system"].as_str().unwrap().as_bytes())
+        .unwrap();
+    client
+        .send_bytes(drv["builder"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let args: Vec<&str> = drv["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    client.send_strings(&args).unwrap();
+    let env = drv["env"].as_object().unwrap();
+    client.send_u64(env.len() as u64).unwrap();
+    for (key, value) in env {
+        client.send_bytes(key.as_bytes()).unwrap();
+        client
+            .send_bytes(value.as_str().unwrap().as_bytes())
+            .unwrap();
+    }
+    client.send_u64(0).unwrap(); // bmNormal
+    client.recv_result().unwrap()?;
+    let status = client.recv_u64().unwrap();
+    let message = client.recv_string().unwrap();
+    Ok((status, message))
+}
+
+/// Nix 2.8's rule: a client that is not trusted may build only fixed-output
+/// derivations sent whole, and a fixed output's path must be the one its hash gives
+/// (else any client could build content of its choosing into another derivation's
+/// output path); a trusted client's input-addressed derivation is built as sent.
+#[test]
+fn build_derivation_trusts_input_addressed_paths_only_from_trusted_clients() {
+    let test = "build_derivation_trusts_input_addressed_paths_only_from_trusted_clients";
+    let Some((scratch, good, _bad)) = good_and_bad(test) else {
+        return;
+    };
+    let bb = lines(&scratch.arca_ok(&["store", "query", "--references", &good]))
+        .into_iter()
+        .find(|p| p.ends_with("-bb"))
+        .unwrap();
+    let contents = b"fixed\n";
+    let hash = Hash::digest(HashAlgo::Sha256, contents).to_base16();
+    let fixed = add_flat_fixed_output(&scratch, &bb, "fetched-flat", "echo fixed > $out", &hash);
+    let show = |drv: &str| -> serde_json::Value {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&scratch.arca_ok(&["derivation", "show", drv])).unwrap();
+        json.as_object_mut().unwrap().remove(drv).unwrap()
+    };
+    let (good_json, fixed_json) = (show(&good), show(&fixed));
+    let good_out = scratch.arca_output(&good);
+    let fixed_out = scratch.arca_output(&fixed);
+    // The daemons serve the same store (moved where `Daemon` wants it).
+    let root = scratch.path().join("daemon");
+    fs::create_dir(&root).unwrap();
+    fs::rename(scratch.arca_root(), root.join("root")).unwrap();
+    // Root is not trusted by this daemon.
+    let daemon = arca_tests::daemon::Daemon::arca(&root, &["--trusted-users", "nobody-at-all"]);
+    let mut client = daemon.connect();
+    client
+        .handshake(arca_tests::daemon::version(1, 21))
+        .unwrap();
+    let refused = send_build_derivation(&mut client, &good, &good_json, None).unwrap_err();
+    assert!(
+        refused.contains("not privileged to build input-addressed derivations"),
+        "{refused}"
+    );
+    // A fixed output claiming the input-addressed path of `good`.
+    let refused =
+        send_build_derivation(&mut client, &fixed, &fixed_json, Some(&good_out)).unwrap_err();
+    assert!(refused.contains("but its hash gives"), "{refused}");
+    assert_eq!(client.is_valid_path(&good_out).unwrap(), Ok(false));
+    // The connection is still in step, and the honest fixed output builds.
+    let (status, message) = send_build_derivation(&mut client, &fixed, &fixed_json, None).unwrap();
+    assert_eq!((status, message.as_str()), (0, ""), "{message}");
+    assert_eq!(client.is_valid_path(&fixed_out).unwrap(), Ok(true));
+    drop(client);
+    drop(daemon);
+
+    // A trusted client's input-addressed derivation is built as sent.
+    let trusting = arca_tests::daemon::Daemon::arca(&root, &[]);
+    let mut client = trusting.connect();
+    client
+        .handshake(arca_tests::daemon::version(1, 21))
+        .unwrap();
+    let (status, message) = send_build_derivation(&mut client, &good, &good_json, None).unwrap();
+    assert_eq!((status, message.as_str()), (0, ""), "{message}");
+    assert_eq!(client.is_valid_path(&good_out).unwrap(), Ok(true));
+    assert_eq!(
+        fs::read_to_string(trusting.physical(&good_out).join("good")).unwrap(),
+        "good\n"
+    );
+}
+
+/// A flat sha256 fixed-output derivation (`busybox sh -c SCRIPT`) added with
+/// `arca derivation add`: its `.drv` path.
+fn add_flat_fixed_output(
+    scratch: &Scratch,
+    bb: &str,
+    name: &str,
+    script: &str,
+    hash_hex: &str,
+) -> String {
+    let builder = format!("{bb}/busybox");
+    let drv = serde_json::json!({
+        "name": name,
+        "outputs": { "out": { "path": "", "hashAlgo": "sha256", "hash": hash_hex } },
+        "inputSrcs": [bb],
+        "inputDrvs": {},
+        "system": "x86_64-linux",
+        "builder": builder,
+        "args": ["sh", "-c", script],
+        "env": {
+            "builder": builder,
+            "name": name,
+            "out": "",
+            "outputHash": hash_hex,
+            "outputHashAlgo": "sha256",
+            "outputHashMode": "flat",
+            "system": "x86_64-linux",
+            "PATH": bb,
+        },
+    });
+    let printed =
+        lines(&scratch.arca_ok_with(&["derivation", "add"], &serde_json::to_vec(&drv).unwrap()));
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    printed[0].clone()
+}
