@@ -5,6 +5,8 @@ fresh .drv files (made by nix-instantiate, imported into the Arca store beforeha
 Rows: one trivial derivation; a chain of 50; a fan-out of 50 (one root, 50 leaves), both
 with --max-jobs 2. Each run salts the derivations so that both tools build from scratch;
 runs interleave the tools (Nix, Arca, Nix, Arca, ...). Prints medians and Nix/Arca ratios.
+With --baseline BIN, a second arca (an older build) is timed in the same runs on a store of
+its own, and the ratio baseline/arca says whether a change made builds slower (< 1).
 """
 import argparse
 import os
@@ -57,8 +59,10 @@ def main():
     parser.add_argument("--work", default="/tmp/arca-bench")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--baseline", help="an older arca binary to time beside --arca")
     args = parser.parse_args()
     arca = os.path.abspath(args.arca)
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
     busybox = shutil.which("busybox")
     if not busybox or not shutil.which("nix-store"):
         sys.exit("busybox-static and nix-bin are required")
@@ -71,13 +75,17 @@ def main():
         f.write(EXPR)
     nix_root = os.path.join(work, "nix")
     arca_root = os.path.join(work, "arca")
+    baseline_root = os.path.join(work, "baseline")
     nix_store = ["nix-store", "--store", f"local?root={nix_root}"]
 
     rows = [("one trivial derivation", "trivial", 1), (f"chain of {args.n}", "chain", 2),
             (f"fan-out of {args.n}", "fanout", 2)]
-    print(f"{'row':<26} {'nix-store --realise':>20} {'arca build':>12} {'nix/arca':>9}")
+    header = f"{'row':<26} {'nix-store --realise':>20} {'arca build':>12} {'nix/arca':>9}"
+    if baseline:
+        header += f" {'baseline':>12} {'baseline/arca':>14}"
+    print(header)
     for label, attr, jobs in rows:
-        times = {"nix": [], "arca": []}
+        times = {"nix": [], "arca": [], "baseline": []}
         for run in range(args.runs):
             salt = f"{time.time_ns()}-{run}"
             drv = check(["nix-instantiate", "--store", f"local?root={nix_root}", expr, "-A", attr,
@@ -85,11 +93,20 @@ def main():
             closure = check(nix_store + ["-qR", drv]).decode().split()
             export = check(nix_store + ["--export"] + closure)
             check([arca, "--store", arca_root, "store", "import"], input=export)
+            if baseline:
+                check([baseline, "--store", baseline_root, "store", "import"], input=export)
             times["nix"].append(timed(nix_store + ["--realise", drv, "--option", "sandbox", "true",
                                                     "--max-jobs", str(jobs)]))
             times["arca"].append(timed([arca, "--store", arca_root, "build", "--max-jobs", str(jobs), drv]))
+            if baseline:
+                times["baseline"].append(timed([baseline, "--store", baseline_root, "build",
+                                                "--max-jobs", str(jobs), drv]))
         nix, ours = statistics.median(times["nix"]), statistics.median(times["arca"])
-        print(f"{label:<26} {nix * 1000:17.1f} ms {ours * 1000:9.1f} ms {nix / ours:8.2f}x", flush=True)
+        line = f"{label:<26} {nix * 1000:17.1f} ms {ours * 1000:9.1f} ms {nix / ours:8.2f}x"
+        if baseline:
+            base = statistics.median(times["baseline"])
+            line += f" {base * 1000:9.1f} ms {base / ours:13.2f}x"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side build latency of arca and real Nix (issue #5); see bench/builds.py.
-# Usage: bench/builds.sh [--runs N] [--n 50]
+# Usage: bench/builds.sh [--runs N] [--n 50] [--baseline OLDER_ARCA_BINARY]
 # As root, the stores live on the journaled ext4 loop file system of bench/bench-fs.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."

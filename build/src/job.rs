@@ -255,9 +255,15 @@ impl Job<'_> {
                 nix::unistd::getegid().as_raw(),
             )
         };
-        let scratch = leftovers
-            .scratch
-            .insert(store.build_scratch_for(is_root.then_some(build_gid))?);
+        let group = is_root.then_some(build_gid);
+        // A fixed-output builder shares the host's network, so it could hand out a
+        // descriptor of its store directory: that one is kept off the store's file
+        // system, and its outputs are re-created from there.
+        let scratch = leftovers.scratch.insert(if self.drv.is_fixed_output() {
+            store.build_scratch_outside(&self.options.build_dir_parent, group)?
+        } else {
+            store.build_scratch_for(group)?
+        });
         let environment =
             build_environment(self.drv, outputs, store_dir, self.options.cores, &|name| {
                 std::env::var(name).ok()

@@ -27,16 +27,22 @@ pub struct BuiltPath {
     pub location: PathBuf,
 }
 
-/// A private directory under the store's staging area for one build's outputs (and the
-/// mount points of its inputs); removed with everything in it on drop. A crash leaves it
-/// to the staging cleanup of the next [`LocalStore::open`].
+/// A private directory for one build's outputs (and the mount points of its inputs);
+/// removed with everything in it on drop. A crash leaves it to the staging cleanup of
+/// the next [`LocalStore::open`] (or, outside the store, to the system's temporary
+/// directory cleanup).
 ///
-/// It is `<staging>/<nonce>/store`, where `<nonce>` is mode 0700 (0750 with the build
-/// group): other users cannot reach it, so a socket a builder makes among its outputs
-/// cannot hand a descriptor to one of their processes (Nix's CVE-2025-46416).
+/// From [`LocalStore::build_scratch_for`] it is `<staging>/<nonce>/store`, where `<nonce>`
+/// is mode 0700 (0750 with the build group): other users cannot reach it, so a socket a
+/// builder makes among its outputs cannot hand a descriptor to one of their processes
+/// (Nix's CVE-2025-46416). From [`LocalStore::build_scratch_outside`] it is not on the
+/// store's file system at all (for builders that may hand out descriptors), and only
+/// [`BuildScratch::recreate`] brings its outputs into the staging area.
 #[derive(Debug)]
 pub struct BuildScratch {
     staged: Option<Staged>,
+    /// The private directory holding `path`, when it is outside the store.
+    outside: Option<PathBuf>,
     path: PathBuf,
 }
 
@@ -47,8 +53,8 @@ impl BuildScratch {
     }
 
     /// Re-creates the tree at `source` (inside this scratch directory, where someone
-    /// holding a descriptor may still be changing it) as `name` in a directory beside
-    /// it that only this process's user can reach, through one NAR stream that is also
+    /// holding a descriptor may still be changing it) as `name` in a directory of the
+    /// staging area that only this process's user can reach, through one NAR stream that is also
     /// written to `sink`: what `sink` saw (the hash checked, the references scanned) is
     /// exactly what the copy holds, and no descriptor opened before can reach the copy's
     /// new inodes. The walk never follows a symlink and reads nothing outside `source`
@@ -133,6 +139,10 @@ impl std::io::Write for Tee<'_> {
 
 impl Drop for BuildScratch {
     fn drop(&mut self) {
+        if let Some(outside) = self.outside.take() {
+            let _ = make_writable(&outside);
+            let _ = fs::remove_dir_all(&outside);
+        }
         // Outputs moved out of it are gone already; the rest (mount points, a failed
         // build's partial output) goes with the staging entry.
         if let Some(staged) = self.staged.take() {
@@ -191,8 +201,52 @@ impl LocalStore {
         fs::create_dir(&path).at(&path)?;
         Ok(BuildScratch {
             staged: Some(staged),
+            outside: None,
             path,
         })
+    }
+
+    /// A scratch directory for one build outside the store, in `parent` (the build
+    /// directories' parent): `<parent>/arca-scratch-<n>/store`, the first mode 0700 (0750
+    /// with `build_group`). For a builder that shares the host's network and so may pass
+    /// a descriptor of its outputs to anyone: that descriptor then leads nowhere near the
+    /// store. Its outputs can only be taken in with [`BuildScratch::recreate`], whose
+    /// copies go to a staging entry only this process's user can reach.
+    pub fn build_scratch_outside(
+        &self,
+        parent: &Path,
+        build_group: Option<u32>,
+    ) -> Result<BuildScratch, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let staged = self.stage()?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(staged.tree())
+            .at(staged.tree())?;
+        let private = loop {
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let candidate = parent.join(format!(
+                "arca-scratch-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            match fs::DirBuilder::new().mode(0o700).create(&candidate) {
+                Ok(()) => break candidate,
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(error).at(&candidate),
+            }
+        };
+        let scratch = BuildScratch {
+            staged: Some(staged),
+            path: private.join("store"),
+            outside: Some(private.clone()),
+        };
+        if let Some(group) = build_group {
+            std::os::unix::fs::lchown(&private, None, Some(group)).at(&private)?;
+            fs::set_permissions(&private, fs::Permissions::from_mode(0o750)).at(&private)?;
+        }
+        fs::create_dir(&scratch.path).at(&scratch.path)?;
+        Ok(scratch)
     }
 
     /// Makes built outputs valid: each tree is moved (renamed) from its scratch

@@ -107,6 +107,7 @@ impl LocalStore {
         }
         let staging_dir = physical_store.join(STAGING_DIR);
         fs::create_dir_all(&staging_dir).at(&staging_dir)?;
+        restrict_staging(&staging_dir)?;
         let big_lock_path = state_dir.join("db/big-lock");
         let big_lock = open_lock_file(&big_lock_path)?;
         // Shared while open; Nix takes it exclusively only to upgrade the schema.
@@ -782,6 +783,21 @@ pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
 
 /// Reads a `.drv` that is becoming valid: a regular file of sane size (an archive could
 /// carry a multi-GiB "derivation").
+/// Nobody but the staging area's owner may list it (mode 0711): the names being written
+/// are not for others to learn. Search permission stays, because a build's sandbox
+/// bind-mounts its scratch directory from inside it with the build user's credentials;
+/// each entry guards itself (a build's `<nonce>` is 0750 with the build's own group, an
+/// add's tree is what the store will show anyway). A store opened by someone else than
+/// the staging area's owner leaves it as it is.
+fn restrict_staging(staging_dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let metadata = fs::symlink_metadata(staging_dir).at(staging_dir)?;
+    if metadata.uid() == nix::unistd::geteuid().as_raw() && metadata.mode() & 0o7777 != 0o711 {
+        fs::set_permissions(staging_dir, fs::Permissions::from_mode(0o711)).at(staging_dir)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn read_derivation_file(file: &Path) -> Result<Vec<u8>, StoreError> {
     const MAX_DRV: u64 = 64 << 20;
     let metadata = fs::symlink_metadata(file).at(file)?;

@@ -292,11 +292,18 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// Where a running build keeps the output `out` (a store path) on the host: inside its
-/// scratch store directory under the staging area.
+/// scratch store directory, under the staging area or (fixed-output builds) in the
+/// build directories' parent.
 fn scratch_output(scratch: &Scratch, out: &str) -> Option<std::path::PathBuf> {
-    let staging = scratch.arca_root().join("nix/store/.arca-staging");
     let base = out.rsplit('/').next()?;
-    fs::read_dir(staging).ok()?.flatten().find_map(|entry| {
+    [
+        scratch.arca_root().join("nix/store/.arca-staging"),
+        scratch.build_tmp(),
+    ]
+    .iter()
+    .filter_map(|dir| fs::read_dir(dir).ok())
+    .flat_map(|entries| entries.flatten())
+    .find_map(|entry| {
         let candidate = entry.path().join("store").join(base);
         fs::symlink_metadata(&candidate).ok().map(|_| candidate)
     })
@@ -502,6 +509,12 @@ fn fixed_output_attack(test: &str, mode: &str) {
         .spawn()
         .unwrap();
     let output_dir = wait_for("the fixed output", || scratch_output(&scratch, &out));
+    // What the builder could hand out is not on the store's file system.
+    assert!(
+        !output_dir.starts_with(scratch.arca_root()),
+        "a fixed-output builder writes inside the store: {}",
+        output_dir.display()
+    );
     let store_dir = fs::File::open(output_dir.parent().unwrap()).unwrap();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let attacker = {
@@ -807,4 +820,37 @@ fn add_flat_fixed_output(
         lines(&scratch.arca_ok_with(&["derivation", "add"], &serde_json::to_vec(&drv).unwrap()));
     assert_eq!(printed.len(), 1, "{printed:?}");
     printed[0].clone()
+}
+
+/// Other users can neither list the staging area (where paths and builds are written)
+/// nor reach into a build's scratch directory by name.
+#[test]
+fn other_users_cannot_list_the_staging_area() {
+    let test = "other_users_cannot_list_the_staging_area";
+    if !arca_tests::daemon::running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (the lister runs as nobody)");
+        return;
+    }
+    if !busybox_available(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    scratch.add_busybox_to_arca();
+    arca_tests::daemon::open_up_to_root(&scratch.arca_root().join("nix/store"));
+    let staging = scratch.arca_root().join("nix/store/.arca-staging");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&staging).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o711, "{}", staging.display());
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let output = std::process::Command::new(arca_tests::build::busybox())
+        .args(["ls", staging.to_str().unwrap()])
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "nobody listed {}",
+        staging.display()
+    );
 }
