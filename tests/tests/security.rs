@@ -854,3 +854,54 @@ fn other_users_cannot_list_the_staging_area() {
         staging.display()
     );
 }
+
+/// A build that signals everything it can (`kill -9 -1`) and looks through `/proc` for
+/// other processes while a concurrent build runs: it sees only its own processes and
+/// the other build finishes untouched (a pid namespace and a host uid of its own each).
+#[test]
+fn a_build_cannot_signal_or_see_a_concurrent_build() {
+    let test = "a_build_cannot_signal_or_see_a_concurrent_build";
+    if !busybox_available(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let bb = scratch.add_busybox_to_arca();
+    let attacker = scratch.add_derivation(
+        &bb,
+        "attacker",
+        "mkdir $out; i=0; while [ $i -lt 40 ]; do kill -9 -1; ls /proc | grep '^[0-9]' >> $out/pids; \
+         cat /proc/*/root/nix/store/*/victim 2>/dev/null >> $out/stolen; sleep 0.05; i=$((i+1)); done",
+        &[],
+        &[],
+    );
+    let victim = scratch.add_derivation(
+        &bb,
+        "victim",
+        "sleep 1.5; mkdir $out; echo victim > $out/victim",
+        &[],
+        &[],
+    );
+    let outputs = scratch.arca_build_ok(&["-j", "2", &attacker, &victim]);
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    let victim_out = scratch.arca_output(&victim);
+    assert_eq!(
+        fs::read_to_string(scratch.arca_physical(&victim_out).join("victim")).unwrap(),
+        "victim\n"
+    );
+    let attacker_out = scratch.arca_physical(&scratch.arca_output(&attacker));
+    let stolen = fs::read_to_string(attacker_out.join("stolen")).unwrap_or_default();
+    assert!(
+        stolen.is_empty(),
+        "the attacker read the victim's output: {stolen}"
+    );
+    // Only its own few processes: pid 1 (the builder's shell) and its children.
+    let pids: std::collections::BTreeSet<u32> = fs::read_to_string(attacker_out.join("pids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        pids.contains(&1) && pids.iter().all(|&p| p < 1000),
+        "{pids:?}"
+    );
+}
