@@ -858,6 +858,30 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                         "you are not privileged to build input-addressed derivations",
                     ));
                 }
+                // As `BuildPaths`: a repair replaces valid paths, which an untrusted client
+                // may not ask for (Nix 2.8 does not check it here, leaving a fixed output's
+                // hash the only guard, and md5 or sha1 ones can be collided).
+                if mode == BuildMode::Repair && !self.peer.trusted {
+                    return Err(op_error(
+                        "repairing is not allowed because you are not in 'trusted-users'",
+                    ));
+                }
+                // As Nix 2.8: an untrusted client's derivation is written to the store and
+                // built under the path its contents give, not the one it names, which
+                // nothing proves: the log and the outputs' deriver are then its own, not
+                // those of a derivation it names.
+                let drv_path = if self.peer.trusted {
+                    drv_path
+                } else {
+                    let text = drv.to_aterm(store.store_dir());
+                    store
+                        .add_text(
+                            &format!("{}.drv", drv.name),
+                            text.as_bytes(),
+                            &drv.drv_references(),
+                        )
+                        .map_err(op_error)?
+                };
                 let result = store.build_derivation(&drv_path, &drv, mode)?;
                 self.last()?;
                 self.write_build_result(&result)?;

@@ -136,6 +136,12 @@ impl PathInfo {
         let Some(ca) = &self.ca else { return false };
         let mut others = self.references.clone();
         let self_reference = others.remove(&self.path);
+        // A text path cannot refer to itself (its hash would have to contain itself):
+        // Nix hashes a claimed self-reference with the others, which never gives the
+        // path, so nobody can register one.
+        if self_reference && matches!(ca, ContentAddress::Text(_)) {
+            return false;
+        }
         ca.store_path(store_dir, self.path.name(), &others, self_reference)
             .is_ok_and(|computed| computed == self.path)
     }
