@@ -148,6 +148,8 @@ impl Graph {
         options: &BuildOptions,
     ) -> Result<Graph, BuildError> {
         let mut nodes: BTreeMap<StorePath, Node> = BTreeMap::new();
+        // Derivations read from the store, to be checked once all are parsed.
+        let mut checked: Vec<StorePath> = Vec::new();
         let mut wanted: BTreeMap<StorePath, BTreeSet<OutputName>> = BTreeMap::new();
         let mut pending: VecDeque<(StorePath, Option<BTreeSet<OutputName>>, bool)> = targets
             .iter()
@@ -161,12 +163,8 @@ impl Graph {
                 let drv = match given.get(&drv_path) {
                     Some(drv) => drv.clone(),
                     None => {
-                        let drv = store.read_derivation(&drv_path)?;
-                        // However it reached the store (a store made by an older Arca
-                        // or by Nix included), a `.drv` claiming paths its contents do
-                        // not give is never built.
-                        store.check_derivation(&drv_path, &drv)?;
-                        drv
+                        checked.push(drv_path.clone());
+                        store.read_derivation(&drv_path)?
                     }
                 };
                 let job_outputs = Job {
@@ -221,6 +219,17 @@ impl Graph {
                     pending.push_back((input.clone(), Some(input_outputs.clone()), false));
                 }
             }
+        }
+        // However it reached the store (a store made by an older Arca or by Nix
+        // included), a `.drv` claiming paths its contents do not give is never built.
+        // Input derivations the graph has parsed are not read again.
+        for drv_path in &checked {
+            store.check_derivation_using(drv_path, &nodes[drv_path].drv, |input| {
+                match nodes.get(input) {
+                    Some(node) => Ok(node.drv.clone()),
+                    None => store.read_derivation(input),
+                }
+            })?;
         }
         // Inputs whose wanted outputs are all valid need not be waited for.
         let needed: BTreeSet<StorePath> = nodes

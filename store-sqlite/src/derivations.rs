@@ -44,6 +44,18 @@ impl LocalStore {
         drv: &Derivation,
         batch: &BTreeSet<&StorePath>,
     ) -> Result<(), StoreError> {
+        self.check_derivation_using(drv_path, drv, |input| self.read_derivation_in(input, batch))
+    }
+
+    /// [`LocalStore::check_derivation`] with input derivations from `load` (a caller
+    /// that has parsed them already, such as a build's goal graph), which must give
+    /// what the store holds at those paths.
+    pub fn check_derivation_using(
+        &self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        load: impl FnMut(&StorePath) -> Result<Derivation, StoreError>,
+    ) -> Result<(), StoreError> {
         // Hashes modulo are a function of the `.drv` path (its name is its content
         // hash), so one cache serves every check this handle makes.
         let mut cache = self
@@ -54,9 +66,7 @@ impl LocalStore {
             *cache = ModuloHashCache::new();
         }
         cache
-            .check_outputs(self.store_dir(), drv_path, drv, |input| {
-                self.read_derivation_in(input, batch)
-            })
+            .check_outputs(self.store_dir(), drv_path, drv, load)
             .map_err(|error| StoreError::IncorrectDerivation(Box::new(error)))
     }
 
