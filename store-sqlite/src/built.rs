@@ -89,51 +89,8 @@ impl BuildScratch {
             untrusted_tree: true,
             ..Default::default()
         };
-        let (reader, writer) = std::io::pipe().at(&target)?;
-        std::thread::scope(|scope| {
-            let restorer = scope.spawn(|| {
-                arca_nar::restore(
-                    reader,
-                    &target,
-                    &crate::canonicalise::store_restore_options(),
-                )
-            });
-            let mut tee = Tee { pipe: writer, sink };
-            let dumped = arca_nar::dump_path(source, &mut tee, &options);
-            // Closing the pipe ends the restore (cut short if the dump failed).
-            drop(tee);
-            let restored = restorer
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            // The dump's error first: a failed read only shows as a short NAR there.
-            dumped.map_err(|error| StoreError::Dump {
-                path: source.display().to_string(),
-                source: error,
-            })?;
-            restored.map_err(|error| StoreError::Restore {
-                path: target.display().to_string(),
-                source: error,
-            })
-        })?;
+        crate::local_store::copy_via_nar_into(source, &target, &options, sink)?;
         Ok(target)
-    }
-}
-
-/// Writes to the restore's pipe and to the caller's sink.
-struct Tee<'a> {
-    pipe: std::io::PipeWriter,
-    sink: &'a mut dyn std::io::Write,
-}
-
-impl std::io::Write for Tee<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.pipe.write_all(bytes)?;
-        self.sink.write_all(bytes)?;
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.pipe.flush()
     }
 }
 

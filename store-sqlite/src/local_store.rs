@@ -687,46 +687,68 @@ fn hash_file(source: &Path, algo: HashAlgo) -> Result<Hash, StoreError> {
 }
 
 /// Copies `source` to `target` with NAR semantics, streaming the NAR through a pipe
-/// from a dumping thread to the restore; returns the sha256 and size of that NAR.
+/// to a restoring thread; returns the sha256 and size of that NAR.
 pub(crate) fn copy_via_nar(
     source: &Path,
     target: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Hash, u64), StoreError> {
-    copy_via_nar_with(source, target, progress, &source_dump_options())
+    let mut hashing = HashingWriter::new(io::sink(), progress);
+    copy_via_nar_into(source, target, &source_dump_options(), &mut hashing)?;
+    Ok(hashing.result())
 }
 
-/// [`copy_via_nar`] with explicit dump options (whose files may be hard links).
-pub(crate) fn copy_via_nar_with(
+/// Copies `source` to `target` through one NAR stream, dumped with `options` on the
+/// calling thread and teed into `sink`, restored on another: what `sink` saw is exactly
+/// what `target` holds.
+pub(crate) fn copy_via_nar_into(
     source: &Path,
     target: &Path,
-    progress: &(dyn Fn(u64) + Sync),
     options: &DumpOptions,
-) -> Result<(Hash, u64), StoreError> {
+    sink: &mut dyn Write,
+) -> Result<(), StoreError> {
     let (reader, writer) = io::pipe().at(target)?;
     std::thread::scope(|scope| {
-        let dumper = scope.spawn(move || {
-            let mut writer = HashingWriter::new(writer, progress);
-            arca_nar::dump_path(source, &mut writer, options).map(|_| writer.result())
-        });
-        // If the restore fails, dropping the reader makes the dumper's next write fail
+        // If the restore fails, dropping the reader makes the dump's next write fail
         // (EPIPE), so it cannot block forever.
-        let restored = arca_nar::restore(reader, target, &store_restore_options());
-        let dumped = dumper
+        let restorer =
+            scope.spawn(move || arca_nar::restore(reader, target, &store_restore_options()));
+        let mut tee = Tee { pipe: writer, sink };
+        let dumped = arca_nar::dump_path(source, &mut tee, options);
+        // Closing the pipe ends the restore (cut short if the dump failed).
+        drop(tee);
+        let restored = restorer
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        // The dumper's error first: when reading the source fails, the restore only sees
+        // The dump's error first: when reading the source fails, the restore only sees
         // a NAR cut short, which would hide the real cause.
-        let dumped = dumped.map_err(|error| StoreError::Dump {
+        dumped.map_err(|error| StoreError::Dump {
             path: source.display().to_string(),
             source: error,
         })?;
         restored.map_err(|error| StoreError::Restore {
             path: target.display().to_string(),
             source: error,
-        })?;
-        Ok(dumped)
+        })
     })
+}
+
+/// Writes to a restore's pipe and to another sink.
+struct Tee<'a> {
+    pipe: io::PipeWriter,
+    sink: &'a mut dyn Write,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.pipe.write_all(bytes)?;
+        self.sink.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.pipe.flush()
+    }
 }
 
 /// A writer that hashes (sha256) and counts what passes through to `inner`, reporting
@@ -781,8 +803,6 @@ pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
         .at(dir)
 }
 
-/// Reads a `.drv` that is becoming valid: a regular file of sane size (an archive could
-/// carry a multi-GiB "derivation").
 /// Nobody but the staging area's owner may list it (mode 0711): the names being written
 /// are not for others to learn. Search permission stays, because a build's sandbox
 /// bind-mounts its scratch directory from inside it with the build user's credentials;
@@ -798,6 +818,8 @@ fn restrict_staging(staging_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Reads a `.drv` that is becoming valid: a regular file of sane size (an archive could
+/// carry a multi-GiB "derivation").
 pub(crate) fn read_derivation_file(file: &Path) -> Result<Vec<u8>, StoreError> {
     const MAX_DRV: u64 = 64 << 20;
     let metadata = fs::symlink_metadata(file).at(file)?;

@@ -493,7 +493,13 @@ fn fixed_output_attack(test: &str, mode: &str) {
     let script = "mkdir $out; for i in $(seq 1 40); do echo $i > $out/f$i; done; \
                   head -c 30000000 /dev/zero > $out/zz; chmod -R 777 $out; chmod 777 /nix/store; \
                   sleep 2";
-    let drv = add_fixed_output(&scratch, &bb, "fetched", script, &"0".repeat(64));
+    let drv = add_fixed_output(
+        &scratch,
+        &bb,
+        "fetched",
+        script,
+        ("recursive", &"0".repeat(64)),
+    );
     let out = scratch.arca_output(&drv);
     let shown = String::from_utf8(scratch.arca_ok(&["derivation", "show", &drv])).unwrap();
     assert!(
@@ -573,19 +579,24 @@ fn fixed_output_attack(test: &str, mode: &str) {
     );
 }
 
-/// Adds a recursive sha256 fixed-output derivation (`busybox sh -c SCRIPT`, with
-/// `hash_hex` declared) with `arca derivation add`: its `.drv` path.
+/// Adds a sha256 fixed-output derivation (`busybox sh -c SCRIPT`, with `hash_hex`
+/// declared, `recursive` or `flat`) with `arca derivation add`: its `.drv` path.
 fn add_fixed_output(
     scratch: &Scratch,
     bb: &str,
     name: &str,
     script: &str,
-    hash_hex: &str,
+    (mode, hash_hex): (&str, &str),
 ) -> String {
     let builder = format!("{bb}/busybox");
+    let algo = if mode == "recursive" {
+        "r:sha256"
+    } else {
+        "sha256"
+    };
     let drv = serde_json::json!({
         "name": name,
-        "outputs": { "out": { "path": "", "hashAlgo": "r:sha256", "hash": hash_hex } },
+        "outputs": { "out": { "path": "", "hashAlgo": algo, "hash": hash_hex } },
         "inputSrcs": [bb],
         "inputDrvs": {},
         "system": "x86_64-linux",
@@ -597,7 +608,7 @@ fn add_fixed_output(
             "out": "",
             "outputHash": hash_hex,
             "outputHashAlgo": "sha256",
-            "outputHashMode": "recursive",
+            "outputHashMode": mode,
             "system": "x86_64-linux",
             "PATH": bb,
         },
@@ -736,7 +747,13 @@ fn build_derivation_trusts_input_addressed_paths_only_from_trusted_clients() {
         .unwrap();
     let contents = b"fixed\n";
     let hash = Hash::digest(HashAlgo::Sha256, contents).to_base16();
-    let fixed = add_flat_fixed_output(&scratch, &bb, "fetched-flat", "echo fixed > $out", &hash);
+    let fixed = add_fixed_output(
+        &scratch,
+        &bb,
+        "fetched-flat",
+        "echo fixed > $out",
+        ("flat", &hash),
+    );
     let show = |drv: &str| -> serde_json::Value {
         let mut json: serde_json::Value =
             serde_json::from_slice(&scratch.arca_ok(&["derivation", "show", drv])).unwrap();
@@ -785,41 +802,6 @@ fn build_derivation_trusts_input_addressed_paths_only_from_trusted_clients() {
         fs::read_to_string(trusting.physical(&good_out).join("good")).unwrap(),
         "good\n"
     );
-}
-
-/// A flat sha256 fixed-output derivation (`busybox sh -c SCRIPT`) added with
-/// `arca derivation add`: its `.drv` path.
-fn add_flat_fixed_output(
-    scratch: &Scratch,
-    bb: &str,
-    name: &str,
-    script: &str,
-    hash_hex: &str,
-) -> String {
-    let builder = format!("{bb}/busybox");
-    let drv = serde_json::json!({
-        "name": name,
-        "outputs": { "out": { "path": "", "hashAlgo": "sha256", "hash": hash_hex } },
-        "inputSrcs": [bb],
-        "inputDrvs": {},
-        "system": "x86_64-linux",
-        "builder": builder,
-        "args": ["sh", "-c", script],
-        "env": {
-            "builder": builder,
-            "name": name,
-            "out": "",
-            "outputHash": hash_hex,
-            "outputHashAlgo": "sha256",
-            "outputHashMode": "flat",
-            "system": "x86_64-linux",
-            "PATH": bb,
-        },
-    });
-    let printed =
-        lines(&scratch.arca_ok_with(&["derivation", "add"], &serde_json::to_vec(&drv).unwrap()));
-    assert_eq!(printed.len(), 1, "{printed:?}");
-    printed[0].clone()
 }
 
 /// Other users can neither list the staging area (where paths and builds are written)
