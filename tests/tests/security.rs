@@ -259,6 +259,21 @@ impl OutputWith for std::process::Command {
 
 // --- Builds as root: one host uid per build, outputs out of reach -------------------
 
+/// A scratch area with busybox in its Arca store, when running as root (else the test
+/// is skipped, saying `why` it needs root) with busybox: the scratch and busybox's path.
+fn root_scratch(test: &str, why: &str) -> Option<(Scratch, String)> {
+    if !arca_tests::daemon::running_as_root() {
+        eprintln!("SKIPPED {test}: needs root ({why})");
+        return None;
+    }
+    if !busybox_available(test) {
+        return None;
+    }
+    let scratch = Scratch::new();
+    let bb = scratch.add_busybox_to_arca();
+    Some((scratch, bb))
+}
+
 /// The host uid and gid of the process running `sleep MARKER` (a builder's child).
 fn builder_ids(marker: &str) -> Option<(u32, u32, u32)> {
     let found = arca_tests::build::processes_with_args(&["sleep", marker]);
@@ -316,15 +331,9 @@ fn scratch_output(scratch: &Scratch, out: &str) -> Option<std::path::PathBuf> {
 #[test]
 fn concurrent_root_builds_have_distinct_ids_and_cannot_touch_each_other() {
     let test = "concurrent_root_builds_have_distinct_ids_and_cannot_touch_each_other";
-    if !arca_tests::daemon::running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (builds as root map to host build ids)");
+    let Some((scratch, bb)) = root_scratch(test, "builds as root map to host build ids") else {
         return;
-    }
-    if !busybox_available(test) {
-        return;
-    }
-    let scratch = Scratch::new();
-    let bb = scratch.add_busybox_to_arca();
+    };
     let a = scratch.add_derivation(
         &bb,
         "victim-a",
@@ -474,15 +483,9 @@ fn fixed_output_walk_never_follows_a_symlink_swapped_in_through_a_passed_descrip
 }
 
 fn fixed_output_attack(test: &str, mode: &str) {
-    if !arca_tests::daemon::running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (the attacker runs as nobody)");
+    let Some((scratch, bb)) = root_scratch(test, "the attacker runs as nobody") else {
         return;
-    }
-    if !busybox_available(test) {
-        return;
-    }
-    let scratch = Scratch::new();
-    let bb = scratch.add_busybox_to_arca();
+    };
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = secret_dir.path().join("shadow");
     let marker = "ROOT-ONLY-SECRET-4fa1c3";
@@ -809,15 +812,9 @@ fn build_derivation_trusts_input_addressed_paths_only_from_trusted_clients() {
 #[test]
 fn other_users_cannot_list_the_staging_area() {
     let test = "other_users_cannot_list_the_staging_area";
-    if !arca_tests::daemon::running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (the lister runs as nobody)");
+    let Some((scratch, _)) = root_scratch(test, "the lister runs as nobody") else {
         return;
-    }
-    if !busybox_available(test) {
-        return;
-    }
-    let scratch = Scratch::new();
-    scratch.add_busybox_to_arca();
+    };
     arca_tests::daemon::open_up_to_root(&scratch.arca_root().join("nix/store"));
     let staging = scratch.arca_root().join("nix/store/.arca-staging");
     let mode =
