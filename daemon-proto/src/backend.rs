@@ -328,14 +328,14 @@ impl DaemonStore for LocalStore {
             }
             "fixed" => {
                 let spool = spool(self, dump)?;
-                self.add_fixed_file(spool.path(), name, algo)
+                self.add_fixed_file(spool.file.path(), name, algo)
                     .map_err(refuse)
             }
             "fixed:r" => {
                 // Spool the NAR, hashing it for its NAR hash (sha256) and for its
                 // content address (`algo`) on the way; the path follows from the latter.
                 // Small NARs (the common case: one source file) stay in memory.
-                let mut spool = NarSpool::new(self.physical_store().join(".arca-staging"));
+                let mut spool = NarSpool::new(self);
                 let mut nar_hasher = Hasher::new(HashAlgo::Sha256);
                 let mut ca_hasher = Hasher::new(algo);
                 let mut size = 0u64;
@@ -708,16 +708,22 @@ impl DaemonStore for LocalStore {
     }
 }
 
-/// Spools a flat dump to a temporary file in the store's staging area (same file
-/// system, removed when dropped).
-fn spool(store: &LocalStore, dump: &mut dyn Read) -> Result<tempfile::NamedTempFile, StoreOpError> {
+/// A flat dump spooled to a file in a staging directory of the store (same file
+/// system; removed when dropped, the file first).
+struct FlatSpool {
+    file: tempfile::NamedTempFile,
+    _dir: arca_store_sqlite::StagingDir,
+}
+
+fn spool(store: &LocalStore, dump: &mut dyn Read) -> Result<FlatSpool, StoreOpError> {
+    let dir = store.staging_dir().map_err(refuse)?;
     let mut file = tempfile::Builder::new()
-        .prefix(".arca-daemon-flat-")
-        .tempfile_in(store.physical_store().join(".arca-staging"))
+        .prefix("flat-")
+        .tempfile_in(dir.path())
         .map_err(refuse)?;
     std::io::copy(dump, &mut file).map_err(refuse)?;
     file.flush().map_err(refuse)?;
-    Ok(file)
+    Ok(FlatSpool { file, _dir: dir })
 }
 
 /// `&mut dyn BufRead` as a sized `BufRead`.
@@ -742,18 +748,19 @@ impl BufRead for BufReadRef<'_> {
 /// A NAR received before it can be added (its path is known only at its end): in
 /// memory up to [`NarSpool::IN_MEMORY`], then in a temporary file in the staging
 /// directory.
-struct NarSpool {
-    dir: PathBuf,
+struct NarSpool<'a> {
+    store: &'a LocalStore,
     memory: Vec<u8>,
-    file: Option<tempfile::NamedTempFile>,
+    /// The file and the staging directory holding it (removed in this order).
+    file: Option<(tempfile::NamedTempFile, arca_store_sqlite::StagingDir)>,
 }
 
-impl NarSpool {
+impl NarSpool<'_> {
     const IN_MEMORY: usize = 1 << 20;
 
-    fn new(dir: PathBuf) -> NarSpool {
+    fn new(store: &LocalStore) -> NarSpool<'_> {
         NarSpool {
-            dir,
+            store,
             memory: Vec::new(),
             file: None,
         }
@@ -762,26 +769,28 @@ impl NarSpool {
     fn into_reader(self) -> std::io::Result<Box<dyn BufRead>> {
         match self.file {
             None => Ok(Box::new(std::io::Cursor::new(self.memory))),
-            Some(mut file) => {
+            Some((mut file, _dir)) => {
                 file.flush()?;
+                // Still readable once the file and its directory are gone.
                 Ok(Box::new(std::io::BufReader::new(file.reopen()?)))
             }
         }
     }
 }
 
-impl Write for NarSpool {
+impl Write for NarSpool<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         if self.file.is_none() && self.memory.len() + bytes.len() > NarSpool::IN_MEMORY {
+            let dir = self.store.staging_dir().map_err(std::io::Error::other)?;
             let mut file = tempfile::Builder::new()
-                .prefix(".arca-daemon-nar-")
-                .tempfile_in(&self.dir)?;
+                .prefix("nar-")
+                .tempfile_in(dir.path())?;
             file.write_all(&self.memory)?;
             self.memory = Vec::new();
-            self.file = Some(file);
+            self.file = Some((file, dir));
         }
         match &mut self.file {
-            Some(file) => file.write(bytes),
+            Some((file, _)) => file.write(bytes),
             None => {
                 self.memory.extend_from_slice(bytes);
                 Ok(bytes.len())
@@ -791,7 +800,7 @@ impl Write for NarSpool {
 
     fn flush(&mut self) -> std::io::Result<()> {
         match &mut self.file {
-            Some(file) => file.flush(),
+            Some((file, _)) => file.flush(),
             None => Ok(()),
         }
     }

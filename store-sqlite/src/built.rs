@@ -125,7 +125,35 @@ fn make_writable(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A private directory in the staging area, for a writer that needs files on the
+/// store's file system before it knows what they will become (the daemon's spools of
+/// incoming dumps). It is guarded like every staged entry: removed when dropped, and by
+/// the next [`LocalStore::open`] after a crash, but never while its holder lives (a bare
+/// file in the staging area is garbage to any store handle being opened).
+#[derive(Debug)]
+pub struct StagingDir {
+    staged: Staged,
+}
+
+impl StagingDir {
+    /// The directory (mode 0700).
+    pub fn path(&self) -> &Path {
+        self.staged.tree()
+    }
+}
+
 impl LocalStore {
+    /// A fresh [`StagingDir`].
+    pub fn staging_dir(&self) -> Result<StagingDir, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let staged = self.stage()?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(staged.tree())
+            .at(staged.tree())?;
+        Ok(StagingDir { staged })
+    }
+
     /// Locks the store paths a build is about to produce, in a fixed (sorted) order so
     /// two processes locking overlapping sets cannot deadlock; blocks until all are held.
     /// The locks are Nix's own (`<path>.lock`), so a real Nix building the same output

@@ -41,7 +41,7 @@ pub mod registry;
 mod staging;
 mod verify;
 
-pub use built::{nar_hash_of, BuildScratch, BuiltPath, PublishedPaths};
+pub use built::{nar_hash_of, BuildScratch, BuiltPath, PublishedPaths, StagingDir};
 pub use durability::{boot_id, Durability};
 pub use error::StoreError;
 pub use gc::{GcAction, GcOptions, GcProgress, GcReport, GcRoot, GcRootKind, TempRoots};

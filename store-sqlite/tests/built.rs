@@ -142,3 +142,57 @@ fn build_scratch_is_out_of_reach_of_other_users() {
 fn nix_is_root() -> bool {
     std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap()) == 0
 }
+
+/// A staging directory (the daemon's spools) survives another handle being opened on
+/// the store, which removes every unguarded entry of the staging area; dropped, it is
+/// gone. (A bare spool file in the staging area was deleted under a connection's feet
+/// whenever another connection opened the store.)
+#[test]
+fn a_staging_dir_survives_other_handles_opening_the_store() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(root.path()).unwrap();
+    let dir = store.staging_dir().unwrap();
+    let file = dir.path().join("spool");
+    fs::write(&file, "in use").unwrap();
+    let bare = store.physical_store().join(".arca-staging").join("bare");
+    fs::write(&bare, "garbage").unwrap();
+    drop(LocalStore::open(root.path()).unwrap());
+    assert_eq!(fs::read_to_string(&file).unwrap(), "in use");
+    assert!(!bare.exists(), "an unguarded entry is left");
+    let path = dir.path().to_owned();
+    drop(dir);
+    assert!(!path.exists());
+}
+
+/// A fixed-output build's scratch directory lies outside the store and goes with its
+/// staging entry; what `recreate` copies lands in the staging area, out of reach.
+#[test]
+fn a_scratch_outside_the_store_is_re_created_into_the_staging_area() {
+    let root = tempfile::tempdir().unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(root.path()).unwrap();
+    let scratch = store.build_scratch_outside(parent.path(), None).unwrap();
+    assert!(scratch.path().starts_with(parent.path()));
+    let output = scratch.path().join("out");
+    fs::create_dir(&output).unwrap();
+    fs::write(output.join("file"), "contents").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", output.join("link")).unwrap();
+    let mut nar = Vec::new();
+    let copy = scratch.recreate(&output, "out", &mut nar, None).unwrap();
+    assert!(copy.starts_with(store.physical_store().join(".arca-staging")));
+    assert_eq!(fs::read_to_string(copy.join("file")).unwrap(), "contents");
+    assert_eq!(
+        fs::read_link(copy.join("link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    // The sink saw exactly the NAR of the copy.
+    let (hash, size) = nar_hash_of(&copy).unwrap();
+    assert_eq!(size, nar.len() as u64);
+    assert_eq!(
+        hash,
+        arca_store_core::Hash::digest(arca_store_core::HashAlgo::Sha256, &nar)
+    );
+    drop(scratch);
+    assert!(fs::read_dir(parent.path()).unwrap().next().is_none());
+    assert!(!copy.exists());
+}
