@@ -289,10 +289,13 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     close_all_except(&[fds.status, fds.go, fds.exec, fds.output, fds.dev_null])
         .map_err(|errno| (Step::FileDescriptors, 0, errno))?;
 
+    // A cgroup namespace too: `/proc/self/cgroup` then names the build's own cgroup
+    // `/`, not the host's hierarchy (which would show the supervisor's place and pid).
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
     if plan.isolate_network {
         flags |= CloneFlags::CLONE_NEWNET;
     }

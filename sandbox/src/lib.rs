@@ -35,7 +35,8 @@
 //! `move_mount`, and the user namespace all keep it; only a fresh file system (tmpfs,
 //! proc, an overlay) shows `/`, and an overlay would show its layers' host paths in its
 //! options instead. The device number, the file system type and its mount options
-//! (the host's, for a bind) are visible alongside.
+//! (the host's, for a bind) are visible alongside. `/proc/self/cgroup` reads `/`: the
+//! program has a cgroup namespace of its own.
 //!
 //! It is not a container runtime (no images, no overlay file systems, no seccomp
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.

@@ -932,3 +932,28 @@ fn mount_table_hides_the_staging_directory_and_shows_host_paths_only_as_bind_roo
         assert_eq!(info_points, expected, "{mountinfo}");
     }
 }
+
+/// The cgroup the program is in reads as `/`: no host cgroup path (which named the
+/// supervisor's pid) shows through `/proc/self/cgroup`.
+#[test]
+fn proc_self_cgroup_shows_no_host_path() {
+    if !common::require_root() || common::busybox().is_none() {
+        return;
+    }
+    for cgroup in [
+        arca_sandbox::CgroupMode::Off,
+        arca_sandbox::CgroupMode::Auto,
+    ] {
+        let mut spec = common::sh("cat /proc/self/cgroup");
+        spec.cgroup = cgroup;
+        let (report, out) = common::run_ok(&spec);
+        assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0), "{out}");
+        assert!(!out.is_empty(), "{cgroup:?}: nothing read");
+        for line in out.lines() {
+            assert!(
+                line.ends_with(":/"),
+                "{cgroup:?}: a host cgroup path shows: {out}"
+            );
+        }
+    }
+}
