@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*"; }
 
 # The sandbox and build tests use a static busybox as their builder.
-if ! command -v nix-store >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
+if ! command -v nix-store >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1 \
+   || ! command -v slirp4netns >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the Nix oracle (nix-bin) and busybox-static with apt-get"
+    say "installing the Nix oracle (nix-bin), busybox-static and slirp4netns with apt-get"
     apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static >/dev/null \
-      || echo "apt-get could not install nix-bin busybox-static"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static slirp4netns >/dev/null \
+      || echo "apt-get could not install nix-bin busybox-static slirp4netns"
   fi
 fi
 nix_skipped=0

@@ -316,10 +316,18 @@ impl Job<'_> {
         spec.limits.silence_timeout = self.options.max_silent_time;
         spec.limits.max_output_bytes = self.options.max_log_size;
         spec.limits.tmpfs_size = self.options.tmpfs_size;
-        spec.network = if fixed_output {
-            Network::Host
-        } else {
-            Network::Isolated
+        // A fixed-output build gets the network: through a user-mode stack in a
+        // namespace of its own when there is one (no abstract unix socket shared with
+        // the host, so no descriptor handed to a local process that way), else the
+        // host's namespace, as Nix 2.8.
+        let user_mode = self.options.user_mode_network.as_ref();
+        spec.network = match (fixed_output, user_mode) {
+            (false, _) => Network::Isolated,
+            (true, Some(program)) => Network::UserMode {
+                program: program.clone(),
+                host_loopback: false,
+            },
+            (true, None) => Network::Host,
         };
         spec.mounts
             .push(Mount::bind_rw(scratch.path(), store_dir.as_str()));
@@ -331,11 +339,24 @@ impl Job<'_> {
         }
         spec.mounts
             .push(Mount::bind_rw(&build_dir.path, SANDBOX_BUILD_DIR));
+        if fixed_output && user_mode.is_some() {
+            // The user-mode stack forwards DNS at 10.0.2.3 to the host's resolver.
+            spec.mounts.push(Mount::File {
+                target: "/etc/resolv.conf".into(),
+                contents: b"nameserver 10.0.2.3\n".to_vec(),
+                mode: 0o444,
+            });
+        }
         if fixed_output {
-            for file in ["/etc/resolv.conf", "/etc/services"] {
+            let files: &[&str] = if user_mode.is_some() {
+                &["/etc/services"]
+            } else {
+                &["/etc/resolv.conf", "/etc/services"]
+            };
+            for file in files {
                 spec.mounts.push(Mount::Bind {
-                    source: file.into(),
-                    target: file.into(),
+                    source: (*file).into(),
+                    target: (*file).into(),
                     writable: false,
                     optional: true,
                 });

@@ -59,6 +59,11 @@ pub struct BuildOptions {
     /// Size limit of each tmpfs of the sandbox (`/tmp`, `/dev/shm`); by default half
     /// of the host's RAM each, as Nix's `sandbox-dev-shm-size`.
     pub tmpfs_size: arca_sandbox::TmpfsSize,
+    /// The `slirp4netns` through which fixed-output builds reach the network, from a
+    /// network namespace of their own (by default the one on `PATH`, if any). `None`:
+    /// they share the host's network namespace, as in Nix 2.8, and with it the host's
+    /// abstract unix sockets.
+    pub user_mode_network: Option<PathBuf>,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
     /// default as in Nix: the pid namespace already ends every process of a build, and a
     /// cgroup costs ~0.4 ms per build).
@@ -81,6 +86,7 @@ impl Default for BuildOptions {
             build_dir_parent: std::env::temp_dir(),
             build_users: crate::BuildUsers::default(),
             tmpfs_size: arca_sandbox::TmpfsSize::default(),
+            user_mode_network: find_program("slirp4netns"),
             use_cgroups: false,
         }
     }
@@ -334,6 +340,13 @@ fn tail_text(tail: &[String]) -> String {
 
 fn list(paths: &[String]) -> String {
     paths.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+/// `program` in one of the directories of `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ mod plan;
 mod run;
 mod seccomp;
 mod spec;
+mod user_net;
 
 pub use error::{SandboxError, SetupStep};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};

@@ -153,7 +153,7 @@ impl Plan {
             // "(none)" is the kernel's own initial value; Nix sets it explicitly too.
             domainname: domainname.to_vec(),
             unshare_user: spec.user_namespace == UserNamespace::Always || !caller_is_root,
-            isolate_network: spec.network == Network::Isolated,
+            isolate_network: spec.network != Network::Host,
             uid: spec.identity.uid,
             gid: spec.identity.gid,
             umask: spec.umask & 0o777,

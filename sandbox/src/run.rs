@@ -23,7 +23,8 @@ use crate::child::{fork_keeper, ChildContext, ChildFds, InitUsage, Record, Step,
 use crate::error::{SandboxError, SetupStep};
 use crate::outcome::{Outcome, Report, Usage};
 use crate::plan::Plan;
-use crate::spec::{CgroupMode, SandboxSpec};
+use crate::spec::{CgroupMode, Network, SandboxSpec};
+use crate::user_net::UserModeNetwork;
 
 /// Runs `spec.program` in a fresh sandbox and waits until it and every process it started
 /// are gone. Its stdout and stderr, merged, are written to `output` as they arrive (up to
@@ -98,6 +99,17 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     if plan.unshare_user {
         write_id_maps(spec, keeper)?;
     }
+    // Up before the program starts, down when the run is over (dropped on return).
+    let _network = match &spec.network {
+        Network::UserMode {
+            program,
+            host_loopback,
+        } => Some(
+            UserModeNetwork::start(program, keeper, !caller_is_root, *host_loopback)
+                .map_err(|e| host("starting the user-mode network", e))?,
+        ),
+        _ => None,
+    };
     let cgroup = match cgroup {
         Some(cgroup) if born_in_cgroup => Some(cgroup),
         Some(cgroup) => match cgroup.add(keeper) {

@@ -179,13 +179,26 @@ pub enum UserNamespace {
 }
 
 /// Network isolation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Network {
     /// A private network namespace holding only a loopback interface, which is up.
     #[default]
     Isolated,
-    /// The host's network namespace (for fixed-output derivations).
+    /// The host's network namespace (for fixed-output derivations when no user-mode
+    /// network is to be had): the program also shares the host's abstract unix sockets.
     Host,
+    /// A private network namespace whose way out is a user-mode TCP/IP stack run on
+    /// the host by `program` (`slirp4netns`): a `tap0` interface with 10.0.2.100/24,
+    /// the gateway 10.0.2.2 and a DNS forwarder at 10.0.2.3. Outgoing connections work
+    /// as from the host, but nothing else of the host's network is shared: no
+    /// interfaces, no abstract unix sockets, and (unless `host_loopback`) no way to the
+    /// host's loopback addresses.
+    UserMode {
+        /// The `slirp4netns` binary.
+        program: PathBuf,
+        /// Let 10.0.2.2 reach the host's 127.0.0.1 (off for builds).
+        host_loopback: bool,
+    },
 }
 
 /// Optional device nodes in `/dev`. The minimal set is always there: `null`, `zero`,

@@ -884,3 +884,44 @@ fn a_build_cannot_signal_or_see_a_concurrent_build() {
         "{pids:?}"
     );
 }
+
+/// A fixed-output build gets its network through a namespace of its own (slirp4netns):
+/// it cannot see, so cannot connect to, an abstract unix socket of the host, over which
+/// it could otherwise hand descriptors to a local process. The builder's output is how
+/// many of the host's sockets named so it sees; declared as "0\n".
+#[test]
+fn fixed_output_build_shares_no_abstract_socket_with_the_host() {
+    use std::os::linux::net::SocketAddrExt;
+    let test = "fixed_output_build_shares_no_abstract_socket_with_the_host";
+    let Some((scratch, bb)) =
+        root_scratch(test, "the sandbox's user-mode network runs as root here")
+    else {
+        return;
+    };
+    if arca_build::BuildOptions::default()
+        .user_mode_network
+        .is_none()
+    {
+        if std::env::var("ARCA_REQUIRE_SANDBOX").as_deref() == Ok("1") {
+            panic!("{test}: slirp4netns is required (ARCA_REQUIRE_SANDBOX=1) but not on PATH");
+        }
+        eprintln!("SKIPPED {test}: slirp4netns is not installed");
+        return;
+    }
+    let name = format!("arca-fod-channel-{}", std::process::id());
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&address).unwrap();
+    let expected = Hash::digest(HashAlgo::Sha256, b"0\n").to_base16();
+    let drv = add_fixed_output(
+        &scratch,
+        &bb,
+        "no-channel",
+        &format!("grep -c {name} /proc/net/unix > $out || true"),
+        ("flat", &expected),
+    );
+    let out = scratch.arca_build_ok(&[&drv]);
+    assert_eq!(
+        fs::read_to_string(scratch.arca_physical(&out[0])).unwrap(),
+        "0\n"
+    );
+}
