@@ -320,7 +320,11 @@ impl Job<'_> {
         // namespace of its own when there is one (no abstract unix socket shared with
         // the host, so no descriptor handed to a local process that way), else the
         // host's namespace, as Nix 2.8.
-        let user_mode = self.options.user_mode_network.as_ref();
+        let user_mode = self
+            .options
+            .user_mode_network
+            .as_ref()
+            .filter(|_| tun_usable());
         spec.network = match (fixed_output, user_mode) {
             (false, _) => Network::Isolated,
             (true, Some(program)) => Network::UserMode {
@@ -936,6 +940,19 @@ fn signal_name(signal: i32) -> String {
         })
         .unwrap_or("Unknown signal")
         .to_string()
+}
+
+/// Whether this process may open `/dev/net/tun`, which `slirp4netns` needs (root always
+/// may; an ordinary user only where the device is world-writable, as on most systems).
+fn tun_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .is_ok()
+    })
 }
 
 /// The Nix system name of this machine (`x86_64-linux`, `aarch64-linux`, ...).

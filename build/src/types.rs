@@ -60,9 +60,9 @@ pub struct BuildOptions {
     /// of the host's RAM each, as Nix's `sandbox-dev-shm-size`.
     pub tmpfs_size: arca_sandbox::TmpfsSize,
     /// The `slirp4netns` through which fixed-output builds reach the network, from a
-    /// network namespace of their own (by default the one on `PATH`, if any). `None`:
-    /// they share the host's network namespace, as in Nix 2.8, and with it the host's
-    /// abstract unix sockets.
+    /// network namespace of their own (by default the one on `PATH`, if any; used when
+    /// this process may open `/dev/net/tun`). Otherwise they share the host's network
+    /// namespace, as in Nix 2.8, and with it the host's abstract unix sockets.
     pub user_mode_network: Option<PathBuf>,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
     /// default as in Nix: the pid namespace already ends every process of a build, and a

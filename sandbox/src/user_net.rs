@@ -34,7 +34,14 @@ impl UserModeNetwork {
         host_loopback: bool,
     ) -> io::Result<UserModeNetwork> {
         let mut command = Command::new(program);
-        command.args(["--configure", "--mtu=65520"]);
+        // It parses the builder's packets as root: confined to a mount namespace of its
+        // own without capabilities (--enable-sandbox) and a seccomp filter of its own.
+        command.args([
+            "--configure",
+            "--mtu=65520",
+            "--enable-sandbox",
+            "--enable-seccomp",
+        ]);
         if !host_loopback {
             command.arg("--disable-host-loopback");
         }
