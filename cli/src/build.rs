@@ -161,7 +161,15 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut first_error = None;
     for (drv, result) in &results {
         if let BuildResult::Failed(error) = result {
-            eprintln!("error: {error}");
+            // With its causes, as the top-level error is printed (`{:#}`): "cannot read
+            // output …: '…' changed while being archived".
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("error: {message}");
             first_error.get_or_insert_with(|| store_dir.display(drv));
         }
     }
