@@ -256,9 +256,10 @@ impl Job<'_> {
             )
         };
         let group = is_root.then_some(build_gid);
-        // A fixed-output builder shares the host's network, so it could hand out a
-        // descriptor of its store directory: that one is kept off the store's file
-        // system, and its outputs are re-created from there.
+        // A fixed-output builder has network (the host's namespace when there is no
+        // user-mode stack), so it could hand out a descriptor of its store directory:
+        // that one is kept off the store's file system, and its outputs are re-created
+        // from there.
         let scratch = leftovers.scratch.insert(if self.drv.is_fixed_output() {
             store.build_scratch_outside(&self.options.build_dir_parent, group)?
         } else {
@@ -411,9 +412,9 @@ impl Job<'_> {
         // descriptor of its outputs (its own host uid, a private network namespace, a
         // scratch directory only its group can reach), so nothing can change them any
         // more and they are hashed where they are and moved into place. A fixed-output
-        // builder shares the host's network: its outputs are re-created from the very
-        // NAR stream that is hashed, walked without following symlinks, into a
-        // directory nobody else can reach (`BuildScratch::recreate`).
+        // builder had network: its outputs are re-created from the very NAR stream
+        // that is hashed, walked without following symlinks, into a directory nobody
+        // else can reach (`BuildScratch::recreate`).
         let mut candidates: BTreeSet<StorePath> = inputs.clone();
         candidates.extend(outputs.values().cloned());
         let mut built = Vec::new();
