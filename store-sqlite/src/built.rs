@@ -63,8 +63,8 @@ impl BuildScratch {
     /// owner (set when it is published).
     ///
     /// This is how a fixed-output build's result is taken in (as Nix does since
-    /// CVE-2024-27297): its builder shares the host's network, so it could have handed
-    /// out a descriptor of its output.
+    /// CVE-2024-27297): its builder has network (maybe the host's namespace), so it
+    /// could have handed out a descriptor of its output.
     pub fn recreate(
         &self,
         source: &Path,
