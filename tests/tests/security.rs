@@ -365,25 +365,33 @@ fn concurrent_root_builds_have_distinct_ids_and_cannot_touch_each_other() {
         "{a_uid} {b_uid}"
     );
 
-    // As a's identity: b's output can be neither written nor read, nor its directory
-    // listed (a shared uid could do all three).
+    // As a's identity, and as any other user (nobody): b's output can be neither
+    // written nor read, nor its directory listed (a shared uid could do all three), so
+    // no descriptor to it can exist outside the build.
     let file = wait_for("b's output", || scratch_output(&scratch, &b_out)).join("file");
-    for script in [
-        format!("echo evil >> {}", file.display()),
-        format!("cat {}", file.display()),
-        format!("ls {}", file.parent().unwrap().display()),
-    ] {
-        let output = std::process::Command::new(arca_tests::build::busybox())
-            .args(["sh", "-c", &script])
-            .uid(a_uid)
-            .gid(a_gid)
-            .output()
-            .unwrap();
-        assert!(
-            !output.status.success(),
-            "as build a ({a_uid}:{a_gid}), `{script}` succeeded: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let identities = [
+        ("build a", a_uid, a_gid),
+        ("nobody", nobody.uid.as_raw(), nobody.gid.as_raw()),
+    ];
+    for (who, uid, gid) in identities {
+        for script in [
+            format!("echo evil >> {}", file.display()),
+            format!("cat {}", file.display()),
+            format!("ls {}", file.parent().unwrap().display()),
+        ] {
+            let output = std::process::Command::new(arca_tests::build::busybox())
+                .args(["sh", "-c", &script])
+                .uid(uid)
+                .gid(gid)
+                .output()
+                .unwrap();
+            assert!(
+                !output.status.success(),
+                "as {who} ({uid}:{gid}), `{script}` succeeded: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
     }
     let output = child.wait_with_output().unwrap();
     assert!(
