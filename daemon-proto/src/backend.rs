@@ -316,10 +316,19 @@ impl DaemonStore for LocalStore {
         let algo = HashAlgo::from_name(algo).map_err(refuse)?;
         match method {
             "text" => {
+                // Held in memory whole (its hash names the path): bounded, and refused
+                // rather than cut when longer (the server drains the rest of the frames).
+                const MAX_TEXT: u64 = 64 << 20;
                 let mut contents = Vec::new();
-                dump.take(64 << 20)
+                dump.take(MAX_TEXT + 1)
                     .read_to_end(&mut contents)
                     .map_err(refuse)?;
+                if contents.len() as u64 > MAX_TEXT {
+                    return Err(refuse(format!(
+                        "text '{name}' is larger than the limit of {} MiB",
+                        MAX_TEXT >> 20
+                    )));
+                }
                 self.add_text_path(name, &contents, references)
                     .map_err(refuse)
             }

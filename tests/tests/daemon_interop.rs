@@ -1547,6 +1547,34 @@ fn add_to_store(
     Ok((path, info))
 }
 
+/// A `text:` add longer than the daemon holds in memory (64 MiB) is refused, not cut
+/// to its first 64 MiB and stored under the hash of those; the rest of the dump is
+/// drained and the connection goes on.
+#[test]
+fn a_text_add_over_the_limit_is_refused_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::arca(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.handshake(version(1, 34)).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    client.send_u64(op::ADD_TO_STORE).unwrap();
+    client.send_bytes(b"huge-text").unwrap();
+    client.send_bytes(b"text:sha256").unwrap();
+    client.send_strings(&[]).unwrap();
+    client.send_u64(0).unwrap(); // repair
+    for _ in 0..65 {
+        client.send_u64(chunk.len() as u64).unwrap();
+        client.send_raw(&chunk).unwrap();
+    }
+    client.send_u64(0).unwrap(); // end of the framed dump
+    let refused = client.recv_result().unwrap().unwrap_err();
+    assert!(refused.contains("larger than the limit of 64 MiB"), "{refused}");
+    let stored = client.query_all_valid_paths().unwrap().unwrap();
+    assert!(stored.is_empty(), "something was stored: {stored:?}");
+    // In step: the next request is answered.
+    assert_eq!(client.is_valid_path(HELLO_PATH).unwrap(), Ok(false));
+}
+
 /// What a server answers to the same requests at one protocol version.
 #[derive(Debug, PartialEq, Eq)]
 struct Replies {
