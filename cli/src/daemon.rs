@@ -29,7 +29,8 @@ pub struct DaemonArgs {
     /// Users who are trusted (Nix's trusted-users; default root).
     #[arg(long, value_delimiter = ',', value_name = "USERS")]
     trusted_users: Option<Vec<String>>,
-    /// When added paths reach the disk: `deferred` (within a second; after a power loss,
+    /// When added paths reach the disk: `deferred` (at the connection's first add a second
+    /// after its last flush, and when it ends; after a power loss,
     /// paths not flushed yet are checked and invalidated if damaged) or `immediate`
     /// (before each becomes valid: slower adds, nothing lost once acknowledged).
     #[arg(long, value_name = "MODE", default_value = "deferred")]

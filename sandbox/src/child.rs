@@ -34,8 +34,7 @@ use seccompiler::BpfProgram;
 
 use crate::plan::{Op, Plan};
 
-/// What the child reports, as a fixed 16-byte record: `[tag, step, op, value]`, each a
-/// native-endian 32-bit integer.
+/// What the child reports, as a fixed record of [`RECORD_LEN`] bytes (see `encode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Record {
     /// The keeper has unshared its namespaces and waits for its id maps.

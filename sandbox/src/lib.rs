@@ -5,8 +5,10 @@
 //! directories, the user it runs as, its host name, whether it has a network, and limits.
 //! [`run`] builds that root and runs the program in it:
 //!
-//! - `fork` (never `clone` or `vfork` from a multi-threaded caller), then `unshare` of the
-//!   mount, pid, network, UTS and IPC namespaces, and of a user namespace when the caller
+//! - `fork` (or, to be born in a cgroup, a raw `clone3` with `CLONE_INTO_CGROUP` and fork
+//!   semantics; never `vfork` or a shared-memory `clone` from a multi-threaded caller),
+//!   then `unshare` of the mount, pid, network, UTS, IPC and cgroup namespaces, and of a
+//!   user namespace when the caller
 //!   is not root (or when asked), whose id maps the parent writes (`setgroups` denied);
 //! - a second fork makes pid 1 of the new pid namespace, which mounts a tmpfs root, lays
 //!   out `/dev`, `/proc` and the spec's mounts, `pivot_root`s into it and detaches the old

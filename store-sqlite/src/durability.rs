@@ -12,13 +12,15 @@
 //!   which a client adding small paths one at a time feels.
 //! - [`Durability::Deferred`] (the default): registrations record themselves in the
 //!   unsynced journal (`registry/unsynced.rs`) in their own transaction, with the current
-//!   boot's id. A flush (`syncfs`, then deleting the records it covered) happens at most
-//!   a second after an add, and when the store handle is dropped or [`LocalStore::sync`]
-//!   is called. When a store is opened after a reboot, the records left from the earlier
+//!   boot's id. A flush (`syncfs`, then deleting the records it covered) happens at the
+//!   handle's first registration a second or more after its last flush, and when the
+//!   store handle is dropped or [`LocalStore::sync`] is called; there is no timer, so
+//!   an idle handle keeps its records until then. When a store is opened after a reboot, the records left from the earlier
 //!   boot name exactly the paths that may be damaged: each is checked against its NAR
 //!   hash, and the damaged ones are invalidated and deleted, with every path that refers
 //!   to them. So adds cost what they cost in Nix, and a valid path is intact all the
-//!   same; what a power loss loses is at most the last second of adds.
+//!   same; what a power loss loses is the adds not flushed yet (of a busy handle, at most
+//!   the last second's).
 //!
 //! Two other writers touch files of paths that are valid already, and flush first in
 //! deferred mode too: optimise (a file replaced by a hard link must not point to an inode
@@ -44,8 +46,9 @@ use crate::staging::remove_tree;
 pub enum Durability {
     /// Flush before every registration: nothing an add returned is lost on power loss.
     Immediate,
-    /// Flush within a second, and when the store is dropped; after a power loss, paths
-    /// not yet flushed are checked and invalidated if damaged.
+    /// Journal each registration; flush at the handle's first registration a second or
+    /// more after its last flush, when the store is dropped, or on [`LocalStore::sync`];
+    /// after a power loss, paths not yet flushed are checked and invalidated if damaged.
     #[default]
     Deferred,
 }

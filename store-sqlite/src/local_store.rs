@@ -42,8 +42,9 @@ pub struct StoreOptions {
     /// The logical store directory (`/nix/store`).
     pub store_dir: StoreDir,
     /// When new paths are flushed to disk, and so what a power loss can cost (see
-    /// [`Durability`]): by default within a second, with damaged paths found and
-    /// invalidated after a reboot.
+    /// [`Durability`]): by default deferred (journalled, flushed by the handle's next
+    /// registration a second on, on drop or on [`LocalStore::sync`]), with damaged paths
+    /// found and invalidated after a reboot.
     pub durability: Durability,
     /// Hard-link the files of every path added to identical files already in the store
     /// (Nix's `auto-optimise-store`), right after it becomes valid.

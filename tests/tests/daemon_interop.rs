@@ -1568,7 +1568,10 @@ fn a_text_add_over_the_limit_is_refused_and_the_connection_stays_usable() {
     }
     client.send_u64(0).unwrap(); // end of the framed dump
     let refused = client.recv_result().unwrap().unwrap_err();
-    assert!(refused.contains("larger than the limit of 64 MiB"), "{refused}");
+    assert!(
+        refused.contains("larger than the limit of 64 MiB"),
+        "{refused}"
+    );
     let stored = client.query_all_valid_paths().unwrap().unwrap();
     assert!(stored.is_empty(), "something was stored: {stored:?}");
     // In step: the next request is answered.
