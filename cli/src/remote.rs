@@ -293,7 +293,16 @@ fn import(client: &DaemonClient, input: &mut impl io::BufRead) -> anyhow::Result
         }
         let path = store_dir.parse_path(&read_string(input)?)?;
         let mut references = BTreeSet::new();
-        for _ in 0..read_u64(input)?.min(1 << 20) {
+        // A count past any real path's is a malformed archive, refused rather than cut
+        // (which would read the rest of the archive out of step).
+        let count = read_u64(input)?;
+        if count > 1 << 20 {
+            bail!(
+                "malformed export archive: '{}' claims {count} references",
+                store_dir.display(&path)
+            );
+        }
+        for _ in 0..count {
             references.insert(store_dir.parse_path(&read_string(input)?)?);
         }
         let deriver = read_string(input)?;
