@@ -536,6 +536,23 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any tree (files, executables, symlinks, nested directories, a file or a
+        /// symlink at the root) gives the model's NAR through the untrusted walk too.
+        #[test]
+        fn untrusted_walk_of_any_tree_gives_the_model_nar(
+            tree in crate::test_support::tree_strategy()
+        ) {
+            let nar = crate::test_support::encode(&tree);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().join("tree");
+            crate::restore(&nar[..], &root, &crate::RestoreOptions::default()).expect("restore");
+            proptest::prop_assert_eq!(dump(&root, &UNTRUSTED).expect("dump"), nar);
+        }
+    }
+
     /// A directory swapped for a symlink to a directory outside while the walk holds
     /// its parent: what is archived is the symlink, never what it points to.
     #[test]
