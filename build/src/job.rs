@@ -15,7 +15,9 @@ use arca_store_core::references::ReferenceScanner;
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StorePath,
 };
-use arca_store_sqlite::{BuildScratch, BuiltPath, LocalStore, PathLock, PublishedPaths};
+use arca_store_sqlite::{
+    BuildScratch, BuiltPath, DerivationOutputs, LocalStore, PathLock, PublishedPaths,
+};
 
 use crate::build_user::BuildUser;
 use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
@@ -798,7 +800,7 @@ impl Job<'_> {
             });
         }
         if !store_paths.is_empty() {
-            for path in store.registry().requisites(&store_paths, false)? {
+            for path in store.requisites(&store_paths, DerivationOutputs::Excluded)? {
                 if !inputs.contains(&path) {
                     mounts.push(Mount::bind_ro(
                         store.physical_path(&path),

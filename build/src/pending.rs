@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use arca_store_core::{PathInfo, Store, StorePath};
-use arca_store_sqlite::{LocalStore, StoreError};
+use arca_store_sqlite::{DerivationOutputs, LocalStore, StoreError};
 
 /// Published outputs and their references.
 #[derive(Debug, Default)]
@@ -75,7 +75,7 @@ impl Pending {
                 }
             }
         }
-        closure.extend(store.registry().requisites(&registered, false)?);
+        closure.extend(store.requisites(&registered, DerivationOutputs::Excluded)?);
         Ok(closure)
     }
 }

@@ -343,9 +343,12 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
     if flags.requisites {
         // The walk hands back each path's references too, so the ordering below needs no
         // further queries.
-        let graph = store
-            .registry()
-            .requisites_graph(&paths, args.include_outputs)?;
+        let outputs = if args.include_outputs {
+            arca_store_sqlite::DerivationOutputs::Included
+        } else {
+            arca_store_sqlite::DerivationOutputs::Excluded
+        };
+        let graph = store.requisites_graph(&paths, outputs)?;
         let closure: BTreeSet<StorePath> = graph.keys().cloned().collect();
         let order = dependency_order(&closure, |p| {
             Ok::<_, anyhow::Error>(graph.get(p).cloned().unwrap_or_default())
@@ -355,7 +358,7 @@ fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::
         }
         return Ok(());
     } else if flags.referrers_closure {
-        result = store.registry().referrers_closure(&paths)?;
+        result = store.referrers_closure(&paths)?;
     }
     // Nix prints these sets dependencies first.
     for path in dependency_order(&result, |p| store.query_references(p))? {

@@ -272,7 +272,7 @@ where
 
 impl DaemonStore for LocalStore {
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        self.registry().all_valid_paths().map_err(refuse)
+        self.all_valid_paths().map_err(refuse)
     }
 
     fn closure_graph(
@@ -286,9 +286,12 @@ impl DaemonStore for LocalStore {
                 valid.insert(path.clone());
             }
         }
-        self.registry()
-            .requisites_graph(&valid, include_outputs)
-            .map_err(refuse)
+        let outputs = if include_outputs {
+            arca_store_sqlite::DerivationOutputs::Included
+        } else {
+            arca_store_sqlite::DerivationOutputs::Excluded
+        };
+        self.requisites_graph(&valid, outputs).map_err(refuse)
     }
 
     fn query_derivation_output_map(
@@ -604,9 +607,7 @@ impl DaemonStore for LocalStore {
         path: &StorePath,
         signatures: &[Signature],
     ) -> Result<(), StoreOpError> {
-        self.registry()
-            .add_signatures(path, signatures)
-            .map_err(refuse)
+        LocalStore::add_signatures(self, path, signatures).map_err(refuse)
     }
 
     fn import_export(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {

@@ -215,7 +215,9 @@ fn closure_graphs_through_the_daemon_are_the_registry_s() {
         );
     }
     let top = BTreeSet::from([previous.unwrap()]);
-    let expected = local.registry().requisites_graph(&top, false).unwrap();
+    let expected = local
+        .requisites_graph(&top, arca_store_sqlite::DerivationOutputs::Excluded)
+        .unwrap();
     assert_eq!(expected.len(), 30);
     // 1.25: no version string, so no extension: per-level queries. 1.37: one request.
     for minor in [25, 37] {

@@ -37,6 +37,7 @@ mod hashing;
 mod local_store;
 mod lock;
 mod optimise;
+mod queries;
 pub mod registry;
 mod staging;
 mod verify;
@@ -48,4 +49,5 @@ pub use gc::{GcAction, GcOptions, GcProgress, GcReport, GcRoot, GcRootKind, Temp
 pub use local_store::{AddProgress, LocalStore, StoreOptions};
 pub use lock::PathLock;
 pub use optimise::{LinksPruned, OptimiseOptions, OptimiseProgress, OptimiseReport};
+pub use queries::DerivationOutputs;
 pub use verify::{VerifyOptions, VerifyProblem, VerifyReport};

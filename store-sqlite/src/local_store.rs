@@ -159,8 +159,11 @@ impl LocalStore {
         self.physical_store.join(path.as_str())
     }
 
-    /// The registry, for queries and registrations that go beyond the [`Store`] trait.
-    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+    /// The registry. Crate-private: registering or unregistering around staging, locks
+    /// and temporary roots must not be possible from outside (read-only queries are
+    /// `LocalStore` methods, `queries.rs`), and a guard held across another call would
+    /// deadlock.
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the registry cannot leave it inconsistent: every change
         // is one SQLite transaction, rolled back if not committed.
         self.registry

@@ -76,7 +76,7 @@ fn assert_untouched(
         "staging leftovers: {:?}",
         staging_entries(store)
     );
-    assert_eq!(&store.registry().all_valid_paths().unwrap(), valid_before);
+    assert_eq!(&store.all_valid_paths().unwrap(), valid_before);
     assert!(store.verify(None, Default::default()).unwrap().is_clean());
 }
 
@@ -124,7 +124,7 @@ fn nar_hash_mismatch_is_refused_and_leaves_nothing() {
     let nar = sample_nar(dir.path());
     let (store, _) = store_with_one_path(dir.path(), &nar);
     let before = store_entries(&store);
-    let valid_before = store.registry().all_valid_paths().unwrap();
+    let valid_before = store.all_valid_paths().unwrap();
     let path = store_path('3', "wrong-hash");
     let mut info = good_info(path.clone(), &nar);
     info.nar_hash = Hash::digest(HashAlgo::Sha256, b"something else");
@@ -143,7 +143,7 @@ fn nar_size_mismatch_is_refused_and_leaves_nothing() {
     let nar = sample_nar(dir.path());
     let (store, _) = store_with_one_path(dir.path(), &nar);
     let before = store_entries(&store);
-    let valid_before = store.registry().all_valid_paths().unwrap();
+    let valid_before = store.all_valid_paths().unwrap();
     for (char, claimed) in [('4', nar.len() as u64 + 8), ('5', nar.len() as u64 - 8)] {
         let path = store_path(char, "wrong-size");
         let mut info = good_info(path.clone(), &nar);
@@ -164,7 +164,7 @@ fn missing_reference_is_refused_and_leaves_nothing() {
     let nar = sample_nar(dir.path());
     let (store, existing) = store_with_one_path(dir.path(), &nar);
     let before = store_entries(&store);
-    let valid_before = store.registry().all_valid_paths().unwrap();
+    let valid_before = store.all_valid_paths().unwrap();
     let path = store_path('6', "dangling");
     let missing = store_path('7', "not-there");
     let mut info = good_info(path.clone(), &nar);
@@ -191,7 +191,7 @@ fn truncated_and_corrupt_nars_are_refused_and_leave_nothing() {
     let nar = sample_nar(dir.path());
     let (store, _) = store_with_one_path(dir.path(), &nar);
     let before = store_entries(&store);
-    let valid_before = store.registry().all_valid_paths().unwrap();
+    let valid_before = store.all_valid_paths().unwrap();
     let mut corrupt = nar.clone();
     let tag = corrupt
         .windows(8)

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use arca_store_core::{Store, StorePath};
-use arca_store_sqlite::LocalStore;
+use arca_store_sqlite::{DerivationOutputs, LocalStore};
 
 #[test]
 fn requisites_graph_is_the_closure_with_its_references() {
@@ -25,11 +25,13 @@ fn requisites_graph_is_the_closure_with_its_references() {
         );
     }
     let roots = BTreeSet::from([paths[20].clone(), paths[5].clone()]);
-    let registry = store.registry();
-    let graph = registry.requisites_graph(&roots, false).unwrap();
-    let closure = registry.requisites(&roots, false).unwrap();
+    let graph = store
+        .requisites_graph(&roots, DerivationOutputs::Excluded)
+        .unwrap();
+    let closure = store
+        .requisites(&roots, DerivationOutputs::Excluded)
+        .unwrap();
     assert_eq!(graph.keys().cloned().collect::<BTreeSet<_>>(), closure);
-    drop(registry);
     for (path, references) in &graph {
         assert_eq!(references, &store.query_references(path).unwrap(), "{path}");
     }

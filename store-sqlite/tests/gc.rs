@@ -73,7 +73,7 @@ fn assert_clean(root: &Path) {
         )
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-    assert!(store.registry().dangling_references().unwrap().is_empty());
+    assert!(store.paths_with_dangling_references().unwrap().is_empty());
 }
 
 fn gcroots(root: &Path) -> std::path::PathBuf {

@@ -72,7 +72,7 @@ fn assert_verifies_clean(store: &LocalStore, context: &str) {
 /// Every entry of every valid path has canonical metadata: mtime 1, directories 0555,
 /// files 0444 or 0555.
 fn assert_canonical(store: &LocalStore) {
-    for path in store.registry().all_valid_paths().unwrap() {
+    for path in store.all_valid_paths().unwrap() {
         let mut pending = vec![store.physical_path(&path)];
         while let Some(entry) = pending.pop() {
             let metadata = fs::symlink_metadata(&entry).unwrap();
@@ -95,7 +95,7 @@ fn assert_canonical(store: &LocalStore) {
 /// The regular files of every valid path, grouped by (contents, executable).
 fn files_by_contents(store: &LocalStore) -> BTreeMap<(Vec<u8>, bool), Vec<PathBuf>> {
     let mut groups: BTreeMap<_, Vec<PathBuf>> = BTreeMap::new();
-    for path in store.registry().all_valid_paths().unwrap() {
+    for path in store.all_valid_paths().unwrap() {
         let mut pending = vec![store.physical_path(&path)];
         while let Some(entry) = pending.pop() {
             let metadata = fs::symlink_metadata(&entry).unwrap();

@@ -12,7 +12,7 @@
 use std::fs;
 use std::os::unix::process::CommandExt;
 
-use arca_store_core::{Hash, HashAlgo, PathInfo, StoreDir, StorePath};
+use arca_store_core::{Hash, HashAlgo, Store, StoreDir, StorePath};
 use arca_tests::build::{busybox_available, Scratch};
 use arca_tests::store::lines;
 
@@ -174,17 +174,33 @@ fn forged_drv_already_in_the_store_is_never_built() {
             &references,
         )
         .unwrap();
+    // Written and registered behind the store's back, as a store without the check
+    // would have: the file, and its rows in the registry (SQLite directly).
+    let file = scratch.arca_physical(&store_dir.display(&path));
+    fs::write(&file, &text).unwrap();
+    let (nar_hash, nar_size) = arca_store_sqlite::nar_hash_of(&file).unwrap();
+    let db = arca_tests::store::registry_db(&scratch.arca_root());
+    let references: Vec<String> = references.iter().map(|r| store_dir.display(r)).collect();
+    let script = "import sqlite3, sys\n\
+        db = sqlite3.connect(sys.argv[1])\n\
+        cur = db.execute('insert into ValidPaths (path, hash, registrationTime, narSize) \
+        values (?, ?, 1, ?)', (sys.argv[2], sys.argv[3], int(sys.argv[4])))\n\
+        for reference in sys.argv[5:]:\n\
+        \x20   db.execute('insert into Refs (referrer, reference) select ?, id from ValidPaths \
+        where path = ?', (cur.lastrowid, reference))\n\
+        db.commit()\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&db)
+        .arg(store_dir.display(&path))
+        .arg(format!("sha256:{}", nar_hash.to_base16()))
+        .arg(nar_size.to_string())
+        .args(&references)
+        .status()
+        .unwrap();
+    assert!(status.success());
     let store = arca_store_sqlite::LocalStore::open(&scratch.arca_root()).unwrap();
-    fs::write(scratch.arca_physical(&store_dir.display(&path)), &text).unwrap();
-    let mut info = PathInfo::new(
-        path.clone(),
-        arca_store_sqlite::nar_hash_of(&scratch.arca_physical(&store_dir.display(&path)))
-            .unwrap()
-            .0,
-        0,
-    );
-    info.references = references;
-    store.registry().register(&[info], &[]).unwrap();
+    assert!(store.is_valid_path(&path).unwrap());
 
     let error = arca_build::build(
         &store,
