@@ -30,7 +30,9 @@ struct Cli {
 #[derive(clap::Args, Clone, Debug)]
 pub struct GlobalArgs {
     /// The store to use: a directory ROOT holding ROOT/nix/store and ROOT/nix/var/nix
-    /// ('/' is the system store). Default: $ARCA_STORE, else $XDG_DATA_HOME/arca.
+    /// ('/' is the system store; also 'local?root=ROOT'), or a daemon:
+    /// 'unix:///path/to/socket', or 'daemon' for Nix's default socket. Default:
+    /// $ARCA_STORE, else $XDG_DATA_HOME/arca.
     #[arg(long, global = true, value_name = "STORE")]
     pub store: Option<String>,
     /// More log output (repeat for more).

@@ -74,7 +74,10 @@ fn parse_store_uri(store: &str) -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from("/"));
     }
     if !root.starts_with('/') {
-        bail!("store '{store}' must be an absolute path, 'local?root=/path' or 'local'");
+        bail!(
+            "store '{store}' must be an absolute path, 'local?root=/path', 'local', \
+             'unix:///path/to/socket' or 'daemon'"
+        );
     }
     Ok(PathBuf::from(root))
 }

@@ -18,9 +18,10 @@ use crate::wire::{
 /// What went wrong talking to a daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("daemon connection: {0}")]
+    // The cause is the source (printed once, after this, by whoever prints the chain).
+    #[error("daemon connection")]
     Wire(#[from] WireError),
-    #[error("daemon connection: {0}")]
+    #[error("daemon connection")]
     Io(#[from] io::Error),
     #[error("the daemon does not speak Nix's worker protocol (magic {0:#x})")]
     BadMagic(u64),

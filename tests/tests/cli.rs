@@ -579,3 +579,28 @@ fn hash_file_matches_nix_hash_file_in_every_algorithm_and_encoding() {
         assert_eq!(ours, theirs, "arca hash file {flags:?}");
     }
 }
+
+/// A store argument that names nothing Arca opens says what would do; a daemon that is
+/// not there is reported with its cause once.
+#[test]
+fn bad_stores_are_named_with_what_would_do_and_each_cause_once() {
+    let path = "/nix/store/00000000000000000000000000000000-x";
+    let output = run(&os(&["--store", "bogus://x", "path-info", path]));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("'unix:///path/to/socket' or 'daemon'"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-daemon");
+    let store = format!("unix://{}", socket.display());
+    let output = run(&os(&["--store", &store, "path-info", path]));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is repeated: {stderr}"
+    );
+}
