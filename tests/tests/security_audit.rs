@@ -552,7 +552,7 @@ fn roots_leading_outside_the_store_are_ignored_by_the_collector() {
 /// A log is looked up by a parsed store path (`StorePath` has no `/` and no `..`), so
 /// `../../etc/passwd` and friends end the request, reading (anyone) or writing (trusted
 /// clients only), and nothing outside the log directory is read or written
-/// (`build/src/log.rs` `log_path`, the server's `read_path` and `AddBuildLog`).
+/// (`builder/src/log.rs` `log_path`, the server's `read_path` and `AddBuildLog`).
 #[test]
 fn log_requests_for_crafted_paths_are_refused() {
     let dir = tempfile::tempdir().unwrap();
