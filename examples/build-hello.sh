@@ -28,8 +28,13 @@ fi
 if [ -n "${ARCA_BIN:-}" ]; then
   arca=$ARCA_BIN
 else
-  cargo build --release --quiet -p arca
-  arca=target/release/arca
+  # Cargo's own progress on stderr: the first release build takes minutes.
+  echo "building arca (release)..." >&2
+  cargo build --release -p arca
+  # Wherever CARGO_TARGET_DIR or a cargo config puts it.
+  target_dir=$(cargo metadata --no-deps --format-version 1 |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  arca=$target_dir/release/arca
 fi
 
 work=$(mktemp -d)
