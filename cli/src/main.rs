@@ -62,6 +62,12 @@ enum Command {
     Log(build::LogArgs),
     /// Serve the store to Nix clients over Nix's daemon protocol (== `nix-daemon`).
     Daemon(daemon::DaemonArgs),
+    /// Print a completion script for SHELL (e.g. `arca completions bash >
+    /// /etc/bash_completion.d/arca`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(&args, &cli.global),
         Command::Log(args) => build::log(&args, &cli.global),
         Command::Daemon(args) => daemon::run(&args, &cli.global),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +92,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The completion script for `shell`, written whole (clap_complete panics on a write
+/// error; into memory it cannot fail).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "arca", &mut script);
+    std::io::stdout().write_all(&script)?;
+    Ok(())
 }
 
 fn init_tracing(verbosity: u8) {

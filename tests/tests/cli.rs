@@ -604,3 +604,34 @@ fn bad_stores_are_named_with_what_would_do_and_each_cause_once() {
         "the cause is repeated: {stderr}"
     );
 }
+
+/// `arca completions SHELL` prints a script the shell accepts: bash registers it, and it
+/// knows the subcommands.
+#[test]
+fn completions_are_scripts_the_shells_accept() {
+    let bash = run(&os(&["completions", "bash"]));
+    let script = String::from_utf8(ok(&bash, "arca completions bash")).unwrap();
+    assert!(
+        script.contains("path-info") && script.contains("add-path"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("arca.bash");
+    fs::write(&file, &script).unwrap();
+    let registered = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {}; complete -p arca", file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&registered.stdout).contains("_arca"),
+        "bash did not register the completion: {}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    for (shell, marker) in [("zsh", "#compdef arca"), ("fish", "complete -c arca")] {
+        let output = run(&os(&["completions", shell]));
+        let script = String::from_utf8(ok(&output, shell)).unwrap();
+        assert!(script.contains(marker), "{shell}: {script}");
+    }
+    assert_usage(&["completions", "tcsh"], Some("tcsh"));
+}
