@@ -188,6 +188,7 @@ impl LocalStore {
         let (nar_hash, nar_size) = hash_nar_of(source, &|bytes| {
             progress(AddProgress::Hashing { bytes });
         })?;
+        tracing::debug!("hashed '{}': {nar_size} bytes of NAR", source.display());
         let ca = ContentAddress::Fixed {
             method: ContentAddressMethod::Recursive,
             hash: nar_hash.clone(),
@@ -196,8 +197,18 @@ impl LocalStore {
         // Rooted before looking: a path found valid stays so for this handle's life.
         self.add_temp_root(&path)?;
         if self.registry().is_valid(&path)? {
+            tracing::info!(
+                "'{}' is in the store already as '{}'",
+                source.display(),
+                self.store_dir.display(&path)
+            );
             return Ok(path);
         }
+        tracing::info!(
+            "adding '{}' as '{}'",
+            source.display(),
+            self.store_dir.display(&path)
+        );
         let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
         info.ca = Some(ca);
         self.write_path(&info, |tree| {

@@ -74,6 +74,15 @@ impl LocalStore {
             checked: entries.len(),
             problems: Vec::new(),
         };
+        tracing::info!(
+            "checking {} paths{}",
+            entries.len(),
+            if options.check_contents {
+                " and their contents"
+            } else {
+                ""
+            }
+        );
         for (path, missing_id) in self.registry().dangling_references()? {
             if entries.iter().any(|(p, _, _)| *p == path) {
                 report
@@ -94,6 +103,11 @@ impl LocalStore {
         if options.check_contents {
             report.problems.extend(self.check_contents(&existing)?);
         }
+        tracing::info!(
+            "checked {} paths: {} problems",
+            report.checked,
+            report.problems.len()
+        );
         Ok(report)
     }
 

@@ -635,3 +635,55 @@ fn completions_are_scripts_the_shells_accept() {
     }
     assert_usage(&["completions", "tcsh"], Some("tcsh"));
 }
+
+/// `-v` says what a command does (in plain text when stderr is not a terminal).
+#[test]
+fn verbose_says_what_add_path_and_verify_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("src");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("f"), "hi\n").unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let add = run(&os(&[
+        "--store",
+        store,
+        "-v",
+        "store",
+        "add-path",
+        source.to_str().unwrap(),
+    ]));
+    let path = String::from_utf8(ok(&add, "add-path")).unwrap();
+    let stderr = String::from_utf8_lossy(&add.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "adding '{}' as '{}'",
+            source.display(),
+            path.trim()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape sequences in a pipe: {stderr:?}"
+    );
+    let verify = run(&os(&[
+        "--store",
+        store,
+        "-v",
+        "store",
+        "verify",
+        "--check-contents",
+    ]));
+    ok(&verify, "verify");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(stderr.contains("checked 1 paths: 0 problems"), "{stderr}");
+    // Without -v, nothing of it.
+    let quiet = run(&os(&["--store", store, "store", "verify"]));
+    ok(&quiet, "verify");
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+}

@@ -452,6 +452,13 @@ impl LocalStore {
         // registry has; the registry would refuse to unregister them anyway.
         let trash = self.physical_store().join(TRASH_DIR);
         let dead = targets.len() as u64;
+        tracing::info!("deleting {dead} dead paths");
+        for &index in &order {
+            tracing::debug!(
+                "dead: '{}'",
+                self.store_dir().display(&graph.paths[index as usize])
+            );
+        }
         let mut deleted = 0u64;
         progress(GcProgress::Deleting {
             deleted,
