@@ -18,7 +18,12 @@ mod store_commands;
 
 /// Arca: a Nix-compatible store.
 #[derive(Parser)]
-#[command(name = "arca", version, about, propagate_version = true)]
+#[command(
+    name = "arca",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ARCA_REVISION"), ")"),
+    about,
+    propagate_version = true
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,

@@ -687,3 +687,16 @@ fn verbose_says_what_add_path_and_verify_do() {
         String::from_utf8_lossy(&quiet.stderr)
     );
 }
+
+/// `--version` names the source revision it was built from.
+#[test]
+fn version_names_the_revision() {
+    let output = run(&os(&["--version"]));
+    let text = String::from_utf8(ok(&output, "--version")).unwrap();
+    let line = text.trim();
+    let revision = line
+        .strip_prefix(concat!("arca ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no revision in {line:?}"));
+    assert!(!revision.is_empty(), "{line:?}");
+}
