@@ -2,13 +2,19 @@
 //! sandboxed build of one derivation, logs, and the registration of its outputs.
 //!
 //! [`build`] takes `.drv` paths that are valid in a [`arca_store_sqlite::LocalStore`],
-//! builds every output that is not valid yet (and what those need), in dependency order
-//! and up to [`BuildOptions::max_jobs`] at once, and reports typed [`BuildEvent`]s as it
-//! goes. Each build runs in an [`arca_sandbox`] sandbox laid out like Nix's: the input
-//! closure read-only at the logical store directory, the build directory at `/build`,
-//! Nix's environment, no network unless the derivation is fixed-output. Outputs are
-//! checked (fixed-output hashes, allowed/disallowed references), scanned for references,
-//! canonicalised and registered in one transaction with their deriver.
+//! checks each against Nix's derivation invariants (its output paths must be the ones
+//! its contents give), builds every output that is not valid yet (and what those need),
+//! in dependency order and up to [`BuildOptions::max_jobs`] at once, and reports typed
+//! [`BuildEvent`]s as it goes; [`build_derivation`] builds one derivation sent whole (a
+//! trusted client's, or a fixed-output one). Each build runs in an [`arca_sandbox`]
+//! sandbox laid out like Nix's: the input closure read-only at the logical store
+//! directory, the build directory at `/build`, Nix's environment, as root host ids of its
+//! own ([`BuildUsers`]), no network unless the derivation is fixed-output (then through
+//! `slirp4netns` from a namespace of its own when it is installed, else the host's).
+//! Outputs are checked (fixed-output hashes, allowed/disallowed references), scanned for
+//! references, canonicalised and registered in one transaction with their deriver; a
+//! fixed output is first re-created from the NAR stream that is hashed, since its
+//! builder had network and could have handed out a descriptor of it.
 //!
 //! Not supported yet: content-addressed (floating) derivations, `exportReferencesGraph`,
 //! builtin builders (`builtin:fetchurl`), substitution, remote builds.

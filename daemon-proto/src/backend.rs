@@ -78,6 +78,39 @@ pub struct BuildTiming {
     pub cpu_system: std::time::Duration,
 }
 
+impl BuildTiming {
+    /// The derivation and timing a `BuilderExited` event reports.
+    fn of(event: arca_build::BuildEvent) -> Option<(StorePath, BuildTiming)> {
+        match event {
+            arca_build::BuildEvent::BuilderExited {
+                drv,
+                start,
+                stop,
+                user_time,
+                system_time,
+            } => Some((
+                drv,
+                BuildTiming {
+                    start,
+                    stop,
+                    cpu_user: user_time,
+                    cpu_system: system_time,
+                },
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The builder's options for a client's build mode.
+fn build_options(mode: BuildMode) -> BuildOptions {
+    BuildOptions {
+        check: mode == BuildMode::Check,
+        repair: mode == BuildMode::Repair,
+        ..BuildOptions::default()
+    }
+}
+
 /// How to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildMode {
@@ -442,30 +475,13 @@ impl DaemonStore for LocalStore {
                 }
             }
         }
-        let options = BuildOptions {
-            check: mode == BuildMode::Check,
-            repair: mode == BuildMode::Repair,
-            ..BuildOptions::default()
-        };
+        let options = build_options(mode);
         let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
         } else {
             arca_build::build(self, &builds, &options, &mut |event| {
-                if let arca_build::BuildEvent::BuilderExited {
-                    drv,
-                    start,
-                    stop,
-                    user_time,
-                    system_time,
-                } = event
-                {
-                    let timing = BuildTiming {
-                        start,
-                        stop,
-                        cpu_user: user_time,
-                        cpu_system: system_time,
-                    };
+                if let Some((drv, timing)) = BuildTiming::of(event) {
                     timings.insert(drv, timing);
                 }
             })
@@ -636,27 +652,11 @@ impl DaemonStore for LocalStore {
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
         self.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
-        let options = BuildOptions {
-            check: mode == BuildMode::Check,
-            repair: mode == BuildMode::Repair,
-            ..BuildOptions::default()
-        };
+        let options = build_options(mode);
         let mut timing = None;
         let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
-            if let arca_build::BuildEvent::BuilderExited {
-                start,
-                stop,
-                user_time,
-                system_time,
-                ..
-            } = event
-            {
-                timing = Some(BuildTiming {
-                    start,
-                    stop,
-                    cpu_user: user_time,
-                    cpu_system: system_time,
-                });
+            if let Some((_, exited)) = BuildTiming::of(event) {
+                timing = Some(exited);
             }
         })
         .map_err(refuse)?;

@@ -122,7 +122,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves connections from `listener`, each on its own thread, until SIGTERM or SIGINT:
 /// then it stops accepting, ends idle connections, gives operations under way
-/// [`SHUTDOWN_GRACE`] to finish, and returns.
+/// 10 s (`SHUTDOWN_GRACE`) to finish, and returns.
 ///
 /// A client is identified and counted here, before any thread is started for it: one
 /// that is not allowed, or over a limit, costs no thread of its own.

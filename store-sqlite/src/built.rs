@@ -2,10 +2,13 @@
 //! system, and registering the outputs in one transaction.
 //!
 //! The build crate runs the builder with a scratch store directory (from
-//! [`LocalStore::build_scratch`]) bind-mounted at the logical store directory, hashes and
-//! scans the outputs there, and hands them to [`LocalStore::register_built`], which moves
-//! them into place with the same staging protocol as every other add: a crash leaves no
-//! half-registered output.
+//! [`LocalStore::build_scratch_for`], or [`LocalStore::build_scratch_outside`] for a
+//! builder with network) bind-mounted at the logical store directory, hashes and scans
+//! the outputs there (or re-creates them with [`BuildScratch::recreate`] while hashing),
+//! and hands them to [`LocalStore::publish_built`] / [`LocalStore::register_built`],
+//! which move them into place with the same staging protocol as every other add: a
+//! crash leaves no half-registered output. [`StagingDir`] is a guarded private directory
+//! in the staging area for other writers (the daemon's spools).
 
 use std::collections::BTreeSet;
 use std::fs;

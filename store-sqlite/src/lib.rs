@@ -4,8 +4,12 @@
 //!
 //! - [`LocalStore`]: open a store under a physical root; add paths (`add_path`,
 //!   `add_fixed_file`, `add_text_path`, `add_nar_embedded`) atomically; query through
-//!   the [`arca_store_core::Store`] trait and [`LocalStore::registry`].
-//! - [`registry::Registry`]: the SQLite registry itself.
+//!   the [`arca_store_core::Store`] trait and `LocalStore`'s read-only queries
+//!   ([`LocalStore::requisites`], [`LocalStore::referrers_closure`], …). A
+//!   `LocalStore` does not hand out its registry: every registration goes through
+//!   staging, locks and temporary roots.
+//! - [`registry::Registry`]: the SQLite registry itself (for tools that read a registry
+//!   file without a store, such as the registry benchmarks).
 //!
 //! Every path enters the store through a staging name and becomes valid in one
 //! transaction after it is complete (see `staging.rs`): a crash leaves either nothing or

@@ -21,7 +21,7 @@
 //! - Reads that span several statements (a path's row and its references, a closure) run
 //!   in one deferred read transaction, so they see one snapshot.
 //! - The connection has an hour's busy timeout (as Nix), and on top of it every
-//!   transaction is run by [`retry`](retry::retry): `SQLITE_BUSY` and `SQLITE_PROTOCOL`
+//!   transaction is run by `retry` (`retry.rs`): `SQLITE_BUSY` and `SQLITE_PROTOCOL`
 //!   that still escape (lock upgrades, WAL recovery, checkpoints racing a commit) roll the
 //!   attempt back and retry the *whole* transaction after a random sleep of up to 100 ms.
 //!   Contention is never reported as an error; every other error is returned at once and
