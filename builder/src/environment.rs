@@ -25,7 +25,9 @@ pub struct BuildEnvironment {
     pub structured: Option<serde_json::Value>,
 }
 
-/// Computes the environment of `drv`'s builder, whose outputs are `outputs`. `impure`
+/// Computes the environment of `drv`'s builder, whose outputs are `outputs` and whose
+/// build directory it sees at `build_top` ([`SANDBOX_BUILD_DIR`] in the sandbox, the
+/// host path without one). `impure`
 /// answers `impureEnvVars` of a fixed-output derivation from the caller's environment
 /// (unset variables become empty, as in Nix). Fails only on malformed structured
 /// attributes.
@@ -33,6 +35,7 @@ pub fn build_environment(
     drv: &Derivation,
     outputs: &BTreeMap<OutputName, StorePath>,
     store_dir: &StoreDir,
+    build_top: &str,
     cores: u32,
     impure: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BuildEnvironment, String> {
@@ -52,15 +55,16 @@ pub fn build_environment(
     let structured = match drv.env.get("__json") {
         Some(json) => {
             let attrs = structured_attrs(json, outputs, store_dir)?;
-            // Nix 2.8 sets these to the build directory's host path, which a sandboxed
-            // builder cannot open (fixed in later Nix); the sandbox path is what works.
+            // Nix 2.8 sets these to the build directory's host path even in the
+            // sandbox, where a builder cannot open it (fixed in later Nix); the path
+            // the builder sees is what works.
             vars.insert(
                 "NIX_ATTRS_JSON_FILE".to_string(),
-                format!("{SANDBOX_BUILD_DIR}/.attrs.json"),
+                format!("{build_top}/.attrs.json"),
             );
             vars.insert(
                 "NIX_ATTRS_SH_FILE".to_string(),
-                format!("{SANDBOX_BUILD_DIR}/.attrs.sh"),
+                format!("{build_top}/.attrs.sh"),
             );
             files.push((".attrs.json".to_string(), attrs.json.into_bytes()));
             files.push((".attrs.sh".to_string(), attrs.shell.into_bytes()));
@@ -80,14 +84,14 @@ pub fn build_environment(
                 ".attr-{}",
                 Hash::digest(HashAlgo::Sha256, name.as_bytes()).to_base32()
             );
-            vars.insert(format!("{name}Path"), format!("{SANDBOX_BUILD_DIR}/{file}"));
+            vars.insert(format!("{name}Path"), format!("{build_top}/{file}"));
             files.push((file, value.clone().into_bytes()));
         } else {
             vars.insert(name.clone(), value.clone());
         }
     }
     for name in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
-        vars.insert(name.to_string(), SANDBOX_BUILD_DIR.to_string());
+        vars.insert(name.to_string(), build_top.to_string());
     }
     if drv.is_fixed_output() {
         if let Some(names) = drv.env.get("impureEnvVars") {
@@ -115,6 +119,19 @@ pub fn substitutes_allowed(drv: &Derivation) -> bool {
 /// (`preferLocalBuild`).
 pub fn prefers_local_build(drv: &Derivation) -> bool {
     drv.env.get("preferLocalBuild").is_some_and(|v| v == "1")
+}
+
+/// A Boolean attribute of `drv` as Nix reads it (`getBoolAttr`): with structured
+/// attributes, a JSON `true`; otherwise the variable is `1` (Nix passes `true` as `1`,
+/// `false` as the empty string).
+pub(crate) fn bool_attr(drv: &Derivation, name: &str) -> bool {
+    match drv.env.get("__json") {
+        Some(json) => serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|attrs| attrs.get(name).and_then(serde_json::Value::as_bool))
+            .unwrap_or(false),
+        None => drv.env.get(name).is_some_and(|v| v == "1"),
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +171,7 @@ mod tests {
             ]),
             &BTreeMap::new(),
             &StoreDir::default(),
+            SANDBOX_BUILD_DIR,
             2,
             &|_| None,
         )
@@ -201,6 +219,7 @@ mod tests {
             ]),
             &BTreeMap::new(),
             &StoreDir::default(),
+            "/tmp/nix-build-x-0",
             1,
             &|_| None,
         )
@@ -210,7 +229,7 @@ mod tests {
             ".attr-{}",
             Hash::digest(HashAlgo::Sha256, b"big").to_base32()
         );
-        assert_eq!(env.vars["bigPath"], format!("/build/{file}"));
+        assert_eq!(env.vars["bigPath"], format!("/tmp/nix-build-x-0/{file}"));
         assert_eq!(env.files, vec![(file, b"lots of text".to_vec())]);
         assert_eq!(
             env.vars["PATH"], "/bin",

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use arca_nar::DumpOptions;
-use arca_sandbox::{CgroupMode, Mount, Network, Outcome, SandboxSpec, UserNamespace};
+use arca_sandbox::{CgroupMode, HostSpec, Mount, Network, Outcome, SandboxSpec, UserNamespace};
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::references::ReferenceScanner;
 use arca_store_core::{
@@ -23,7 +23,7 @@ use crate::build_user::BuildUser;
 use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
 use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
-use crate::types::{BuildError, BuildEvent, BuildOptions};
+use crate::types::{BuildError, BuildEvent, BuildOptions, SandboxMode};
 
 /// What building one derivation came to.
 pub(crate) enum JobOutcome {
@@ -221,6 +221,71 @@ impl Job<'_> {
         Ok(matches!((registered, actual), (Some(info), Some((hash, _))) if info.nar_hash == hash))
     }
 
+    /// Whether this build runs without the sandbox: `sandbox = false`, or `relaxed` and
+    /// the derivation asks for `__noChroot`; never for a store whose files are not at
+    /// its logical store dir (a builder writes its outputs at their logical paths), nor
+    /// to rebuild outputs that are valid (they must not be overwritten in place).
+    fn runs_unsandboxed(
+        &self,
+        rebuild: &BTreeSet<StorePath>,
+        valid: &BTreeSet<StorePath>,
+    ) -> Result<bool, BuildError> {
+        let no_chroot = crate::environment::bool_attr(self.drv, "__noChroot");
+        let wanted =
+            match self.options.sandbox {
+                SandboxMode::Disabled => true,
+                SandboxMode::Relaxed => no_chroot,
+                SandboxMode::Enabled if no_chroot => return Err(BuildError::Unsupported {
+                    drv: self.display(),
+                    reason:
+                        "it has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'"
+                            .into(),
+                }),
+                SandboxMode::Enabled => false,
+            };
+        let store = self.store;
+        let diverted = store.physical_store() != Path::new(store.store_dir().as_str());
+        Ok(wanted && !diverted && rebuild.is_disjoint(valid))
+    }
+
+    /// Before an unsandboxed build: whatever is at the paths of the outputs to build
+    /// (left by an earlier failed build; they are invalid and locked) moves aside into
+    /// the scratch directory, so the builder starts with nothing there.
+    fn clear_output_paths(
+        &self,
+        rebuild: &BTreeSet<StorePath>,
+        scratch: &BuildScratch,
+    ) -> Result<(), BuildError> {
+        for path in rebuild {
+            let stale = scratch.path().join(format!("stale-{}", path.as_str()));
+            self.move_output(path, &stale)?;
+        }
+        Ok(())
+    }
+
+    /// After an unsandboxed build: the outputs move from their store paths into the
+    /// scratch directory, where they are checked as a sandboxed build's are (or cleaned
+    /// up with it when the build failed).
+    fn take_outputs(
+        &self,
+        rebuild: &BTreeSet<StorePath>,
+        scratch: &BuildScratch,
+    ) -> Result<(), BuildError> {
+        for path in rebuild {
+            self.move_output(path, &scratch.path().join(path.as_str()))?;
+        }
+        Ok(())
+    }
+
+    fn move_output(&self, path: &StorePath, to: &Path) -> Result<(), BuildError> {
+        let from = self.store.physical_path(path);
+        match fs::rename(&from, to) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(BuildError::BuildDir { path: from, source }),
+        }
+    }
+
     fn build_in(
         &self,
         work: &mut Work,
@@ -238,8 +303,15 @@ impl Job<'_> {
             locks,
         } = work;
         let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
+        let unsandboxed = self.runs_unsandboxed(rebuild, valid)?;
         let is_root = nix::unistd::geteuid().is_root();
-        let (build_uid, build_gid) = if is_root {
+        let (build_uid, build_gid) = if unsandboxed {
+            // As the caller, root included (Nix with an empty `build-users-group`).
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        } else if is_root {
             // Held until the leftovers (files owned by these ids) are gone.
             let user =
                 self.options
@@ -257,24 +329,45 @@ impl Job<'_> {
                 nix::unistd::getegid().as_raw(),
             )
         };
-        let group = is_root.then_some(build_gid);
-        // A fixed-output builder has network (the host's namespace when there is no
-        // user-mode stack), so it could hand out a descriptor of its store directory:
-        // that one is kept off the store's file system, and its outputs are re-created
-        // from there.
-        let scratch = leftovers.scratch.insert(if self.drv.is_fixed_output() {
+        let separate_user = is_root && !unsandboxed;
+        let group = separate_user.then_some(build_gid);
+        // A sandboxed fixed-output builder has network (the host's namespace when there
+        // is no user-mode stack), so it could hand out a descriptor of its store
+        // directory: that one is kept off the store's file system, and its outputs are
+        // re-created from there. Unsandboxed, the outputs are moved from the store into
+        // the scratch directory, so it must be on the store's file system.
+        let recreate_outputs = self.drv.is_fixed_output() && !unsandboxed;
+        let scratch = leftovers.scratch.insert(if recreate_outputs {
             store.build_scratch_outside(&self.options.build_dir_parent, group)?
         } else {
             store.build_scratch_for(group)?
         });
-        let environment =
-            build_environment(self.drv, outputs, store_dir, self.options.cores, &|name| {
-                std::env::var(name).ok()
-            })
-            .map_err(|reason| BuildError::Unsupported {
-                drv: self.display(),
-                reason,
-            })?;
+        let build_top = if unsandboxed {
+            build_dir
+                .path
+                .to_str()
+                .ok_or_else(|| BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: format!(
+                        "the build directory '{}' is not valid UTF-8",
+                        build_dir.path.display()
+                    ),
+                })?
+        } else {
+            SANDBOX_BUILD_DIR
+        };
+        let environment = build_environment(
+            self.drv,
+            outputs,
+            store_dir,
+            build_top,
+            self.options.cores,
+            &|name| std::env::var(name).ok(),
+        )
+        .map_err(|reason| BuildError::Unsupported {
+            drv: self.display(),
+            reason,
+        })?;
         for (name, contents) in &environment.files {
             let file = build_dir.path.join(name);
             fs::write(&file, contents).map_err(|source| BuildError::BuildDir {
@@ -282,7 +375,7 @@ impl Job<'_> {
                 source,
             })?;
         }
-        if is_root {
+        if separate_user {
             for path in [scratch.path(), build_dir.path.as_path()] {
                 chown_tree(path, build_uid, build_gid).map_err(|source| BuildError::BuildDir {
                     path: path.to_path_buf(),
@@ -296,85 +389,38 @@ impl Job<'_> {
             || self.drv.builder.clone(),
             |name| name.to_string_lossy().into_owned(),
         );
-        let mut spec = SandboxSpec::new(
-            &self.drv.builder,
-            std::iter::once(builder_name).chain(self.drv.args.iter().cloned()),
-        );
+        let args = std::iter::once(builder_name).chain(self.drv.args.iter().cloned());
         let structured = environment.structured;
-        spec.env = environment
+        let env = environment
             .vars
             .into_iter()
             .map(|(name, value)| (name.into(), value.into()))
             .collect();
-        spec.cwd = PathBuf::from(SANDBOX_BUILD_DIR);
-        spec.user_namespace = UserNamespace::Always;
-        spec.host_ids = Some((build_uid, build_gid));
-        spec.devices.kvm = true;
-        spec.cgroup = if self.options.use_cgroups {
-            CgroupMode::Auto
-        } else {
-            CgroupMode::Off
-        };
-        spec.limits.timeout = self.options.timeout;
-        spec.limits.silence_timeout = self.options.max_silent_time;
-        spec.limits.max_output_bytes = self.options.max_log_size;
-        spec.limits.tmpfs_size = self.options.tmpfs_size;
-        // A fixed-output build gets the network: through a user-mode stack in a
-        // namespace of its own when there is one (no abstract unix socket shared with
-        // the host, so no descriptor handed to a local process that way), else the
-        // host's namespace, as Nix 2.8.
-        let user_mode = self
-            .options
-            .user_mode_network
-            .as_ref()
-            .filter(|_| tun_usable());
-        spec.network = match (fixed_output, user_mode) {
-            (false, _) => Network::Isolated,
-            (true, Some(program)) => Network::UserMode {
-                program: program.clone(),
-                host_loopback: false,
-            },
-            (true, None) => Network::Host,
-        };
-        spec.mounts
-            .push(Mount::bind_rw(scratch.path(), store_dir.as_str()));
-        for path in inputs {
-            spec.mounts.push(Mount::bind_ro(
-                store.physical_path(path),
-                store_dir.display(path),
-            ));
-        }
-        spec.mounts
-            .push(Mount::bind_rw(&build_dir.path, SANDBOX_BUILD_DIR));
-        if fixed_output && user_mode.is_some() {
-            // The user-mode stack forwards DNS at 10.0.2.3 to the host's resolver.
-            spec.mounts.push(Mount::File {
-                target: "/etc/resolv.conf".into(),
-                contents: b"nameserver 10.0.2.3\n".to_vec(),
-                mode: 0o444,
-            });
-        }
-        if fixed_output {
-            let files: &[&str] = if user_mode.is_some() {
-                &["/etc/services"]
-            } else {
-                &["/etc/resolv.conf", "/etc/services"]
-            };
-            for file in files {
-                spec.mounts.push(Mount::Bind {
-                    source: (*file).into(),
-                    target: (*file).into(),
-                    writable: false,
-                    optional: true,
-                });
-            }
-        }
-        for mount in self.sandbox_paths(inputs)? {
-            spec.mounts.push(mount);
-        }
-
         let start = std::time::SystemTime::now();
-        let report = arca_sandbox::run(&spec, log)?;
+        let report = if unsandboxed {
+            self.clear_output_paths(rebuild, scratch)?;
+            let mut spec = HostSpec::new(&self.drv.builder, args);
+            spec.env = env;
+            spec.cwd = build_dir.path.clone();
+            spec.limits.timeout = self.options.timeout;
+            spec.limits.silence_timeout = self.options.max_silent_time;
+            spec.limits.max_output_bytes = self.options.max_log_size;
+            let report = arca_sandbox::run_on_host(&spec, log);
+            // Whatever the builder left at the outputs' paths goes to the scratch
+            // directory, where it is checked like a sandboxed build's or cleaned up.
+            self.take_outputs(rebuild, scratch)?;
+            report?
+        } else {
+            self.run_sandboxed(
+                args,
+                (build_uid, build_gid),
+                env,
+                inputs,
+                scratch,
+                build_dir,
+                log,
+            )?
+        };
         (self.emit)(BuildEvent::BuilderExited {
             drv: self.drv_path.clone(),
             start,
@@ -475,6 +521,94 @@ impl Job<'_> {
         }
         let published = store.publish_built(built, std::mem::take(locks))?;
         Ok(JobOutcome::Built(Some(published)))
+    }
+
+    /// Runs the builder in the sandbox: the input closure read-only at the store dir,
+    /// the scratch directory writable there for the outputs, the build dir at `/build`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_sandboxed(
+        &self,
+        args: impl IntoIterator<Item = String>,
+        (build_uid, build_gid): (u32, u32),
+        env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        inputs: &BTreeSet<StorePath>,
+        scratch: &BuildScratch,
+        build_dir: &BuildDir,
+        log: &mut LogSink<'_>,
+    ) -> Result<arca_sandbox::Report, BuildError> {
+        let store = self.store;
+        let store_dir = store.store_dir();
+        let fixed_output = self.drv.is_fixed_output();
+        let mut spec = SandboxSpec::new(&self.drv.builder, args);
+        spec.env = env;
+        spec.cwd = PathBuf::from(SANDBOX_BUILD_DIR);
+        spec.user_namespace = UserNamespace::Always;
+        spec.host_ids = Some((build_uid, build_gid));
+        spec.devices.kvm = true;
+        spec.cgroup = if self.options.use_cgroups {
+            CgroupMode::Auto
+        } else {
+            CgroupMode::Off
+        };
+        spec.limits.timeout = self.options.timeout;
+        spec.limits.silence_timeout = self.options.max_silent_time;
+        spec.limits.max_output_bytes = self.options.max_log_size;
+        spec.limits.tmpfs_size = self.options.tmpfs_size;
+        // A fixed-output build gets the network: through a user-mode stack in a
+        // namespace of its own when there is one (no abstract unix socket shared with
+        // the host, so no descriptor handed to a local process that way), else the
+        // host's namespace, as Nix 2.8.
+        let user_mode = self
+            .options
+            .user_mode_network
+            .as_ref()
+            .filter(|_| tun_usable());
+        spec.network = match (fixed_output, user_mode) {
+            (false, _) => Network::Isolated,
+            (true, Some(program)) => Network::UserMode {
+                program: program.clone(),
+                host_loopback: false,
+            },
+            (true, None) => Network::Host,
+        };
+        spec.mounts
+            .push(Mount::bind_rw(scratch.path(), store_dir.as_str()));
+        for path in inputs {
+            spec.mounts.push(Mount::bind_ro(
+                store.physical_path(path),
+                store_dir.display(path),
+            ));
+        }
+        spec.mounts
+            .push(Mount::bind_rw(&build_dir.path, SANDBOX_BUILD_DIR));
+        if fixed_output && user_mode.is_some() {
+            // The user-mode stack forwards DNS at 10.0.2.3 to the host's resolver.
+            spec.mounts.push(Mount::File {
+                target: "/etc/resolv.conf".into(),
+                contents: b"nameserver 10.0.2.3\n".to_vec(),
+                mode: 0o444,
+            });
+        }
+        if fixed_output {
+            let files: &[&str] = if user_mode.is_some() {
+                &["/etc/services"]
+            } else {
+                &["/etc/resolv.conf", "/etc/services"]
+            };
+            for file in files {
+                spec.mounts.push(Mount::Bind {
+                    source: (*file).into(),
+                    target: (*file).into(),
+                    writable: false,
+                    optional: true,
+                });
+            }
+        }
+        for mount in self.sandbox_paths(inputs)? {
+            spec.mounts.push(mount);
+        }
+
+        Ok(arca_sandbox::run(&spec, log)?)
     }
 
     /// Hashes and scans one output; checks a fixed output against its declared hash.

@@ -43,6 +43,7 @@ mod job;
 mod log;
 mod pending;
 mod scheduler;
+mod settings;
 mod structured_attrs;
 mod types;
 
@@ -53,5 +54,6 @@ pub use environment::{
 };
 pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
 pub use scheduler::{build, build_derivation};
+pub use settings::{SettingError, Settings, SettingsError};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
-pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};
+pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget, SandboxMode};

@@ -47,6 +47,8 @@ pub struct BuildOptions {
     pub max_silent_time: Option<Duration>,
     /// Limit on a builder's output (`--max-log-size`).
     pub max_log_size: Option<u64>,
+    /// Whether builds run in the sandbox (Nix's `sandbox`).
+    pub sandbox: SandboxMode,
     /// Extra host paths in every sandbox (`sandbox-paths`): `path`, `target=source`, with
     /// a `?` suffix for optional ones.
     pub sandbox_paths: Vec<String>,
@@ -82,6 +84,7 @@ impl Default for BuildOptions {
             timeout: None,
             max_silent_time: None,
             max_log_size: None,
+            sandbox: SandboxMode::Enabled,
             sandbox_paths: Vec::new(),
             build_dir_parent: std::env::temp_dir(),
             build_users: crate::BuildUsers::default(),
@@ -89,6 +92,53 @@ impl Default for BuildOptions {
             user_mode_network: find_program("slirp4netns"),
             use_cgroups: false,
         }
+    }
+}
+
+/// Whether builds run in the sandbox: Nix's `sandbox = true | false | relaxed`.
+///
+/// Unsandboxed, a builder runs as Nix runs it with `sandbox = false`: on the host's file
+/// system and network, in a build directory of its own under
+/// [`BuildOptions::build_dir_parent`], writing its outputs straight to their store
+/// paths, as the caller's user (a root caller runs it as root, as Nix does with an empty
+/// `build-users-group`), with the same limits, output checks, reference scanning and
+/// registration as a sandboxed build. A store whose files are not at its logical store
+/// dir (a `local?root=` store) is always built in the sandbox, as Nix does on Linux, and
+/// so is a rebuild of outputs that are valid already (`check`, `repair`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Every build in the sandbox; a derivation asking for `__noChroot` fails.
+    #[default]
+    Enabled,
+    /// No build in the sandbox.
+    Disabled,
+    /// In the sandbox, except derivations with `__noChroot = true`.
+    Relaxed,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+
+    /// Nix's spellings: `true`, `false`, `relaxed`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "true" => Ok(SandboxMode::Enabled),
+            "false" => Ok(SandboxMode::Disabled),
+            "relaxed" => Ok(SandboxMode::Relaxed),
+            other => Err(format!(
+                "'{other}' is not a sandbox mode (true, false or relaxed)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SandboxMode::Enabled => "true",
+            SandboxMode::Disabled => "false",
+            SandboxMode::Relaxed => "relaxed",
+        })
     }
 }
 

@@ -20,9 +20,9 @@ pub struct BuildArgs {
     /// `.drv` paths, optionally with outputs: `DRV^out,dev` (or `DRV!out`).
     #[arg(required = true)]
     derivations: Vec<String>,
-    /// Builds at once.
-    #[arg(long, short = 'j', default_value_t = 1)]
-    max_jobs: usize,
+    /// Builds at once (default: the max-jobs setting, 1 unless nix.conf says otherwise).
+    #[arg(long, short = 'j')]
+    max_jobs: Option<usize>,
     /// NIX_BUILD_CORES of each builder (default: the number of CPUs).
     #[arg(long)]
     cores: Option<u32>,
@@ -90,20 +90,31 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         targets.push(BuildTarget { drv, outputs });
     }
+    // The settings (nix.conf, --option), then this command's flags over them.
     let mut options = BuildOptions {
-        max_jobs: args.max_jobs,
-        keep_going: args.keep_going,
-        keep_failed: args.keep_failed,
         check: args.check,
         repair: args.repair,
-        timeout: args.timeout.map(Duration::from_secs),
-        max_silent_time: args.max_silent_time.map(Duration::from_secs),
-        max_log_size: args.max_log_size,
-        sandbox_paths: args.sandbox_paths.clone(),
-        ..BuildOptions::default()
+        ..global.settings()?.build_options()
     };
+    options
+        .sandbox_paths
+        .extend(args.sandbox_paths.iter().cloned());
+    options.keep_going |= args.keep_going;
+    options.keep_failed |= args.keep_failed;
+    if let Some(max_jobs) = args.max_jobs {
+        options.max_jobs = max_jobs;
+    }
     if let Some(cores) = args.cores {
         options.cores = cores;
+    }
+    if let Some(timeout) = args.timeout {
+        options.timeout = Some(Duration::from_secs(timeout));
+    }
+    if let Some(max_silent_time) = args.max_silent_time {
+        options.max_silent_time = Some(Duration::from_secs(max_silent_time));
+    }
+    if let Some(max_log_size) = args.max_log_size {
+        options.max_log_size = Some(max_log_size);
     }
 
     let store_dir = store.store_dir().clone();

@@ -23,10 +23,12 @@ pub struct DaemonArgs {
     /// With --stdio: treat the client as trusted.
     #[arg(long, requires = "stdio")]
     trusted: bool,
-    /// Users who may connect: names, @group, * (Nix's allowed-users; default *).
+    /// Users who may connect: names, @group, * (Nix's allowed-users; default: the
+    /// setting's, `*` unless nix.conf says otherwise).
     #[arg(long, value_delimiter = ',', value_name = "USERS")]
     allowed_users: Option<Vec<String>>,
-    /// Users who are trusted (Nix's trusted-users; default root).
+    /// Users who are trusted (Nix's trusted-users; default: the setting's, `root` unless
+    /// nix.conf says otherwise).
     #[arg(long, value_delimiter = ',', value_name = "USERS")]
     trusted_users: Option<Vec<String>>,
     /// When added paths reach the disk: `deferred` (at the connection's first add a second
@@ -35,7 +37,8 @@ pub struct DaemonArgs {
     /// (before each becomes valid: slower adds, nothing lost once acknowledged).
     #[arg(long, value_name = "MODE", default_value = "deferred")]
     durability: Durability,
-    /// Hard-link the files of added paths to identical ones (auto-optimise-store).
+    /// Hard-link the files of added paths to identical ones (the same as
+    /// `--option auto-optimise-store true`).
     #[arg(long)]
     auto_optimise: bool,
     /// Longest byte string a client may send: store paths, option values, texts added
@@ -85,15 +88,20 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let root = crate::store::local_root(global)?;
-    let mut options = DaemonOptions::default();
+    let mut options = DaemonOptions {
+        settings: global.settings()?,
+        ..DaemonOptions::default()
+    };
+    let settings = &mut options.settings;
     if let Some(users) = &args.allowed_users {
-        options.allowed_users = users.clone();
+        settings.allowed_users = users.clone();
     }
     if let Some(users) = &args.trusted_users {
-        options.trusted_users = users.clone();
+        settings.trusted_users = users.clone();
     }
+    settings.auto_optimise_store |= args.auto_optimise;
     options.store.durability = args.durability;
-    options.store.auto_optimise = args.auto_optimise;
+    options.store.auto_optimise = settings.auto_optimise_store;
     if let Some(max) = args.max_string {
         options.limits.max_string = max;
     }

@@ -43,6 +43,33 @@ pub struct GlobalArgs {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Set a Nix setting, over nix.conf, arca.conf and $NIX_CONFIG (e.g. `--option
+    /// sandbox false`); repeatable.
+    #[arg(long, global = true, num_args = 2, value_names = ["NAME", "VALUE"], action = clap::ArgAction::Append)]
+    pub option: Vec<String>,
+}
+
+impl GlobalArgs {
+    /// The settings: Nix's configuration files and `$NIX_CONFIG`
+    /// ([`arca_store_core::config::ConfigSources::from_env`]), then `--option`s.
+    /// Unknown names are warned about, as Nix does; a bad value is an error.
+    pub fn settings(&self) -> anyhow::Result<arca_build::Settings> {
+        let mut warn = |warning: String| eprintln!("warning: {warning}");
+        let sources = arca_store_core::config::ConfigSources::from_env();
+        let mut settings = arca_build::Settings::load(&sources, &mut warn)?;
+        for pair in self.option.chunks(2) {
+            if let [name, value] = pair {
+                match settings.set(name, value) {
+                    Ok(()) => {}
+                    Err(arca_build::SettingError::Unknown(name)) => {
+                        warn(format!("unknown setting '{name}'"))
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(settings)
+    }
 }
 
 #[derive(Subcommand)]

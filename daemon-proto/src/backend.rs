@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
-use arca_build::{BuildOptions, BuildResult, BuildTarget};
+use arca_build::{BuildOptions, BuildResult, BuildTarget, Settings};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, HashAlgo, Hasher, PathInfo, Signature, Store, StoreDir,
@@ -102,12 +102,12 @@ impl BuildTiming {
     }
 }
 
-/// The builder's options for a client's build mode.
-fn build_options(mode: BuildMode) -> BuildOptions {
+/// The builder's options for a client's settings and build mode.
+fn build_options(mode: BuildMode, settings: &Settings) -> BuildOptions {
     BuildOptions {
         check: mode == BuildMode::Check,
         repair: mode == BuildMode::Repair,
-        ..BuildOptions::default()
+        ..settings.build_options()
     }
 }
 
@@ -196,11 +196,16 @@ where
         trusted: bool,
     ) -> Result<(), StoreOpError>;
 
+    /// Takes up what of a connection's `settings` the store itself acts on (for the
+    /// local store: `auto-optimise-store`).
+    fn apply_settings(&self, _settings: &Settings) {}
+
     /// Builds `targets`; per target, what is there now or why it failed.
     fn build_paths(
         &self,
         _targets: &[DerivedPath],
         _mode: BuildMode,
+        _settings: &Settings,
     ) -> Result<BuildOutcomes, StoreOpError> {
         Err(refuse("building is not supported by this store"))
     }
@@ -242,6 +247,7 @@ where
         &self,
         _request: GcRequest,
         _max_freed: Option<u64>,
+        _settings: &Settings,
     ) -> Result<(Vec<String>, u64), StoreOpError> {
         Err(refuse("garbage collection is not supported by this store"))
     }
@@ -262,6 +268,7 @@ where
         _drv_path: &StorePath,
         _drv: &Derivation,
         _mode: BuildMode,
+        _settings: &Settings,
     ) -> Result<Result<Built, String>, StoreOpError> {
         Err(refuse(
             "building sent derivations is not supported by this store",
@@ -304,6 +311,10 @@ where
 }
 
 impl DaemonStore for LocalStore {
+    fn apply_settings(&self, settings: &Settings) {
+        self.set_auto_optimise(settings.auto_optimise_store);
+    }
+
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         self.all_valid_paths().map_err(refuse)
     }
@@ -442,6 +453,7 @@ impl DaemonStore for LocalStore {
         &self,
         targets: &[DerivedPath],
         mode: BuildMode,
+        settings: &Settings,
     ) -> Result<BuildOutcomes, StoreOpError> {
         let mut builds = Vec::new();
         let mut results = Vec::new();
@@ -475,7 +487,7 @@ impl DaemonStore for LocalStore {
                 }
             }
         }
-        let options = build_options(mode);
+        let options = build_options(mode, settings);
         let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
@@ -583,6 +595,7 @@ impl DaemonStore for LocalStore {
         &self,
         request: GcRequest,
         max_freed: Option<u64>,
+        settings: &Settings,
     ) -> Result<(Vec<String>, u64), StoreOpError> {
         let action = match request {
             GcRequest::ReturnLive => GcAction::ReturnLive,
@@ -593,6 +606,8 @@ impl DaemonStore for LocalStore {
         let options = GcOptions {
             action,
             max_freed,
+            keep_outputs: settings.keep_outputs,
+            keep_derivations: settings.keep_derivations,
             ..GcOptions::default()
         };
         let report = LocalStore::collect_garbage(self, &options, &|_| {}).map_err(refuse)?;
@@ -647,12 +662,13 @@ impl DaemonStore for LocalStore {
         drv_path: &StorePath,
         drv: &Derivation,
         mode: BuildMode,
+        settings: &Settings,
     ) -> Result<Result<Built, String>, StoreOpError> {
         // Built as sent, without writing a `.drv`: its inputs are all sources now, so the
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
         self.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
-        let options = build_options(mode);
+        let options = build_options(mode, settings);
         let mut timing = None;
         let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
             if let Some((_, exited)) = BuildTiming::of(event) {

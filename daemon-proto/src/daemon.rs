@@ -21,6 +21,7 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arca_build::Settings;
 use arca_store_sqlite::{LocalStore, StoreOptions};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -29,14 +30,14 @@ use nix::unistd::{Gid, Group, Uid, User};
 use crate::server::{refuse, serve, serve_socket, Peer};
 use crate::wire::Limits;
 
-/// Who may connect and who is trusted (user names, `@group`, or `*`, as Nix's
-/// `allowed-users` and `trusted-users`), and how much clients may hold.
+/// The daemon's settings (among them who may connect and who is trusted: user names,
+/// `@group`, or `*`, as Nix's `allowed-users` and `trusted-users`), and how much clients
+/// may hold.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
-    /// Default `*`.
-    pub allowed_users: Vec<String>,
-    /// Default `root`.
-    pub trusted_users: Vec<String>,
+    /// The daemon's settings (`nix.conf`); each connection starts from a copy that its
+    /// client's `SetOptions` may change as far as its trust allows.
+    pub settings: Settings,
     pub limits: Limits,
     pub store: StoreOptions,
     /// Most connections served at once, trusted or not (default 1024). Each holds a
@@ -57,8 +58,7 @@ pub struct DaemonOptions {
 impl Default for DaemonOptions {
     fn default() -> DaemonOptions {
         DaemonOptions {
-            allowed_users: vec!["*".into()],
-            trusted_users: vec!["root".into()],
+            settings: Settings::default(),
             limits: Limits::default(),
             store: StoreOptions::default(),
             max_connections: 1024,
@@ -231,7 +231,14 @@ fn connection(root: &Path, stream: UnixStream, peer: Peer, options: &DaemonOptio
             return;
         }
     };
-    if let Err(error) = serve_socket(&store, &stream, peer, options.limits, options.idle_timeout) {
+    if let Err(error) = serve_socket(
+        &store,
+        &stream,
+        peer,
+        options.limits,
+        &options.settings,
+        options.idle_timeout,
+    ) {
         tracing::info!("connection ended: {error}");
     }
 }
@@ -391,6 +398,7 @@ pub fn serve_stdio(root: &Path, trusted: bool, options: &DaemonOptions) -> Resul
         io::stdout().lock(),
         Peer { trusted },
         options.limits,
+        &options.settings,
     ) {
         tracing::info!("connection ended: {error}");
     }
@@ -415,8 +423,9 @@ fn identify(stream: &UnixStream, options: &DaemonOptions) -> Result<Client, Stri
     let name = user
         .as_ref()
         .map_or_else(|| uid.to_string(), |u| u.name.clone());
-    let trusted = matches(&options.trusted_users, &name, gid);
-    if !trusted && !matches(&options.allowed_users, &name, gid) {
+    let settings = &options.settings;
+    let trusted = matches(&settings.trusted_users, &name, gid);
+    if !trusted && !matches(&settings.allowed_users, &name, gid) {
         return Err(format!("user '{name}' is not in allowed-users"));
     }
     Ok(Client {

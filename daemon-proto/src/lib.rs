@@ -10,10 +10,12 @@
 //!   [`DaemonStore`] (a [`arca_store_core::Store`] plus what the protocol needs beyond
 //!   it: adds from dumps, builds, roots, garbage collection); `LocalStore` is one.
 //!   [`serve_socket`] does the same on a Unix socket with an idle timeout; [`refuse`]
-//!   answers a client that may not be served with the reason.
+//!   answers a client that may not be served with the reason. Each connection starts
+//!   from the daemon's [`Settings`]; the client's `SetOptions` change its copy as far as
+//!   its trust allows ([`apply_client_options`]).
 //!
 //! ```
-//! use arca_daemon_proto::{protocol, serve, wire::Limits, Peer};
+//! use arca_daemon_proto::{protocol, serve, wire::Limits, Peer, Settings};
 //!
 //! let root = tempfile::tempdir()?;
 //! let store = arca_store_sqlite::LocalStore::open(root.path())?;
@@ -23,7 +25,8 @@
 //!     hello.extend_from_slice(&word.to_le_bytes());
 //! }
 //! let mut reply = Vec::new();
-//! serve(&store, &hello[..], &mut reply, Peer { trusted: true }, Limits::default())?;
+//! let settings = Settings::default();
+//! serve(&store, &hello[..], &mut reply, Peer { trusted: true }, Limits::default(), &settings)?;
 //! assert_eq!(&reply[..8], &protocol::WORKER_MAGIC_2.to_le_bytes());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -38,4 +41,5 @@ pub mod wire;
 
 pub use backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 pub use client::{ClientError, DaemonClient, TargetOutcome};
-pub use server::{refuse, serve, serve_socket, Peer, ServeError};
+pub use arca_build::Settings;
+pub use server::{apply_client_options, refuse, serve, serve_socket, Peer, ServeError};

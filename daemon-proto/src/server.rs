@@ -12,6 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use arca_build::Settings;
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
     ContentAddressMethod, Hash, HashAlgo, PathInfo, Signature, SignatureError, StorePath,
@@ -50,20 +51,25 @@ pub enum ServeError {
 struct Connection<'s, S, R, W: Write> {
     store: &'s S,
     peer: Peer,
+    /// The daemon's settings with what this client set (`SetOptions`) applied.
+    settings: Settings,
     from: WireReader<R>,
     to: WireWriter<W>,
     version: u64,
 }
 
 /// Serves one client on `input`/`output` until it hangs up.
+/// `settings` are the daemon's; the client's `SetOptions` change them for this
+/// connection only, as far as its trust allows.
 pub fn serve<S: DaemonStore>(
     store: &S,
     input: impl Read,
     output: impl Write,
     peer: Peer,
     limits: Limits,
+    settings: &Settings,
 ) -> Result<(), ServeError> {
-    serve_with(store, input, output, peer, limits, |_| Ok(()))
+    serve_with(store, input, output, peer, limits, settings, |_| Ok(()))
 }
 
 /// Serves one client on a Unix socket until it hangs up, or until it has kept the
@@ -75,6 +81,7 @@ pub fn serve_socket<S: DaemonStore>(
     stream: &UnixStream,
     peer: Peer,
     limits: Limits,
+    settings: &Settings,
     idle_timeout: Option<Duration>,
 ) -> Result<(), ServeError> {
     let output = stream.try_clone()?;
@@ -84,6 +91,7 @@ pub fn serve_socket<S: DaemonStore>(
         output,
         peer,
         limits,
+        settings,
         |waiting| match idle_timeout {
             // SO_RCVTIMEO: a read that waits longer fails with `WouldBlock`. (Zero would
             // mean "never" to the kernel, but std refuses it: it is taken as no limit.)
@@ -115,6 +123,7 @@ fn serve_with<S: DaemonStore>(
     output: impl Write,
     peer: Peer,
     limits: Limits,
+    settings: &Settings,
     mut idle: impl FnMut(bool) -> io::Result<()>,
 ) -> Result<(), ServeError> {
     let mut from = WireReader::new(BufReader::with_capacity(64 << 10, input), limits);
@@ -127,6 +136,7 @@ fn serve_with<S: DaemonStore>(
     let mut connection = Connection {
         store,
         peer,
+        settings: settings.clone(),
         from,
         to,
         version,
@@ -272,6 +282,12 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
     fn send_error(&mut self, message: &str) -> io::Result<()> {
         let minor = self.minor();
         write_error(&mut self.to, minor, message)
+    }
+
+    /// A line of text for the client's terminal (`STDERR_NEXT`).
+    fn log(&mut self, text: &str) -> io::Result<()> {
+        self.to.write_u64(stderr::NEXT)?;
+        self.to.write_str(text)
     }
 
     fn last(&mut self) -> io::Result<()> {
@@ -625,7 +641,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                         "repairing is not allowed because you are not in 'trusted-users'",
                     ));
                 }
-                let results = store.build_paths(&targets, mode)?;
+                let results = store.build_paths(&targets, mode, &self.settings)?;
                 if op == Op::BuildPaths {
                     // Nix reports a failed build as the operation's error.
                     if let Some(message) = results.iter().find_map(|(_, r)| r.as_ref().err()) {
@@ -706,24 +722,30 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                     }
                 };
                 let max_freed = (max_freed != u64::MAX && max_freed != 0).then_some(max_freed);
-                let (paths, freed) = store.collect_garbage(request, max_freed)?;
+                let (paths, freed) = store.collect_garbage(request, max_freed, &self.settings)?;
                 self.last()?;
                 self.to.write_strings(paths.iter())?;
                 self.to.write_u64(freed)?;
                 self.to.write_u64(0)?; // obsolete
             }
             Op::SetOptions => {
-                for _ in 0..12 {
-                    self.from.read_u64()?;
+                let mut fixed = [0u64; 12];
+                for value in &mut fixed {
+                    *value = self.from.read_u64()?;
                 }
-                let overrides = self.from.read_list_len("options")?;
-                for _ in 0..overrides {
-                    self.from.read_string("option name")?;
-                    self.from.read_string("option value")?;
+                let count = self.from.read_list_len("options")?;
+                let mut overrides = Vec::new();
+                for _ in 0..count {
+                    let name = self.from.read_string("option name")?;
+                    let value = self.from.read_string("option value")?;
+                    overrides.push((name, value));
                 }
-                // Settings are the daemon's; a client's are not applied (an untrusted
-                // client may not change them, and the trusted ones Nix lets through
-                // have no effect on this store).
+                for warning in
+                    apply_client_options(&mut self.settings, &fixed, &overrides, self.peer.trusted)
+                {
+                    self.log(&format!("warning: {warning}\n"))?;
+                }
+                store.apply_settings(&self.settings);
                 self.last()?;
             }
             Op::QuerySubstitutablePathInfo => {
@@ -882,7 +904,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                         )
                         .map_err(op_error)?
                 };
-                let result = store.build_derivation(&drv_path, &drv, mode)?;
+                let result = store.build_derivation(&drv_path, &drv, mode, &self.settings)?;
                 self.last()?;
                 self.write_build_result(&result)?;
             }
@@ -1137,6 +1159,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 let mut inner = Connection {
                     store,
                     peer,
+                    settings: Settings::default(),
                     from: WireReader::new(&mut framed, limits),
                     to: WireWriter::new(io::sink()),
                     version,
@@ -1214,4 +1237,46 @@ fn invalid(message: &str) -> WireError {
         io::ErrorKind::InvalidData,
         message.to_owned(),
     ))
+}
+
+/// Applies a client's `SetOptions` to its connection's settings, with Nix 2.8's trust
+/// rules (`daemon.cc`): the twelve fixed fields (keep-failed, keep-going, fallback,
+/// verbosity, max-jobs, max-silent-time, three obsolete ones, verbose-build, cores,
+/// use-substitutes) apply for every client; of the named overrides, an untrusted client
+/// may set only `timeout`, `repeat`, `connect-timeout` and an empty `builders`. Returns
+/// the warnings for the client: settings refused, unknown or invalid.
+pub fn apply_client_options(
+    settings: &mut Settings,
+    fixed: &[u64; 12],
+    overrides: &[(String, String)],
+    trusted: bool,
+) -> Vec<String> {
+    let [keep_failed, keep_going, fallback, _verbosity, max_jobs, max_silent_time, _build_hook, _verbose_build, _log_type, _print_build_trace, cores, _use_substitutes] =
+        *fixed;
+    settings.keep_failed = keep_failed != 0;
+    settings.keep_going = keep_going != 0;
+    settings.fallback = fallback != 0;
+    settings.max_jobs = usize::try_from(max_jobs).unwrap_or(usize::MAX);
+    settings.max_silent_time = max_silent_time;
+    settings.cores = u32::try_from(cores).unwrap_or(u32::MAX);
+    let mut warnings = Vec::new();
+    for (name, value) in overrides {
+        let harmless = matches!(
+            name.as_str(),
+            "timeout" | "build-timeout" | "repeat" | "connect-timeout"
+        ) || (name == "builders" && value.is_empty());
+        if name == "ssh-auth-sock" {
+            continue; // obsolete
+        }
+        if !(trusted || harmless) {
+            warnings.push(format!(
+                "ignoring the client-specified setting '{name}', because it is a restricted setting and you are not a trusted user"
+            ));
+            continue;
+        }
+        if let Err(error) = settings.set(name, value) {
+            warnings.push(error.to_string());
+        }
+    }
+    warnings
 }

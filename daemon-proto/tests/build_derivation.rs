@@ -43,6 +43,7 @@ fn build_derivation(
             output,
             Peer { trusted },
             Limits::default(),
+            &Default::default(),
         )
     });
     let mut to = WireWriter::new(client.try_clone().unwrap());

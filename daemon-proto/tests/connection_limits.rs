@@ -29,6 +29,7 @@ fn served(root: &std::path::Path) -> (UnixStream, JoinHandle<Result<(), ServeErr
             &server_end,
             Peer { trusted: false },
             Limits::default(),
+            &Default::default(),
             Some(IDLE),
         )
     });

@@ -43,8 +43,12 @@
 //! It is not a container runtime (no images, no overlay file systems, no seccomp
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
 //!
-//! All `unsafe` code of the crate is in one module, `child` (what runs between the forks
-//! and `execve`). Each block carries a `// SAFETY:` comment.
+//! [`run_on_host`] is the other way to run a program: unsandboxed, as Nix's
+//! `sandbox = false`, on the host in a process group of its own, with the same limits.
+//!
+//! All `unsafe` code of the crate is in two modules: `child` (what runs between the
+//! forks and `execve`) and `host` (the unsandboxed run's `umask` before `execve` and
+//! its `wait4`). Each block carries a `// SAFETY:` comment.
 //!
 //! # Example
 //!
@@ -64,6 +68,7 @@
 mod cgroup;
 mod child;
 mod error;
+mod host;
 mod outcome;
 mod plan;
 mod run;
@@ -72,6 +77,7 @@ mod spec;
 mod user_net;
 
 pub use error::{SandboxError, SetupStep};
+pub use host::{run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
 pub use run::run;
 pub use spec::{

@@ -1,4 +1,5 @@
-//! `arca-store-core`: the vocabulary of a Nix store, with no I/O of its own.
+//! `arca-store-core`: the vocabulary of a Nix store, with no I/O of its own but reading
+//! configuration files.
 //!
 //! - [`hash`]: [`Hash`](struct@Hash) (algorithm + digest) and every encoding Nix prints or accepts;
 //!   [`base32`] is Nix's own base-32.
@@ -10,6 +11,8 @@
 //! - [`path_info`]: [`PathInfo`] (Nix's `ValidPathInfo`) and [`ContentAddress`];
 //!   [`store`]: the [`Store`] trait that the local store and the daemon client implement.
 //! - [`signature`]: [`Signature`], a path's signature in Nix's `NAME:BASE64` form.
+//! - [`config`]: Nix's configuration files (`nix.conf` syntax, includes, where Nix
+//!   looks for them), as ordered `name = value` assignments.
 //!
 //! Not here: the registry, building, the daemon (higher crates), and the NAR format
 //! (`arca-nar`). Nothing here touches a store on disk: callers pass bytes and loaders in.
@@ -28,6 +31,7 @@
 //! ```
 
 pub mod base32;
+pub mod config;
 pub mod derivation;
 pub mod hash;
 pub mod path_info;

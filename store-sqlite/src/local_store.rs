@@ -64,7 +64,7 @@ pub struct LocalStore {
     registry: Mutex<Registry>,
     owner: Owner,
     flusher: Flusher,
-    auto_optimise: bool,
+    auto_optimise: std::sync::atomic::AtomicBool,
     /// This handle's temporary roots: what it is adding or using stays alive.
     temp_roots: TempRoots,
     /// Hashes modulo of the `.drv` files this handle checked or hashed.
@@ -126,7 +126,7 @@ impl LocalStore {
             registry: Mutex::new(registry),
             owner,
             flusher: Flusher::new(options.durability),
-            auto_optimise: options.auto_optimise,
+            auto_optimise: options.auto_optimise.into(),
             drv_hashes: Mutex::new(ModuloHashCache::new()),
             _big_lock: big_lock,
         };
@@ -152,6 +152,13 @@ impl LocalStore {
     /// `ROOT/nix/var/log/nix/drvs`: build logs, laid out as Nix lays them out.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// Turns [`StoreOptions::auto_optimise`] on or off for this handle from now on (a
+    /// daemon client's `auto-optimise-store`).
+    pub fn set_auto_optimise(&self, on: bool) {
+        self.auto_optimise
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where the files of `path` are on disk.
@@ -547,7 +554,10 @@ impl LocalStore {
             staged.finish();
         }
         self.after_register()?;
-        if self.auto_optimise {
+        if self
+            .auto_optimise
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             // The paths are valid already: a failure to link only costs space.
             for info in &infos {
                 if let Err(error) =

@@ -1,0 +1,441 @@
+//! Nix's settings, typed: one layer that the CLI, the daemon and the builder share.
+//!
+//! [`Settings::load`] reads them where Nix does ([`ConfigSources`]: `nix.conf`,
+//! `arca.conf`, the user's files, `$NIX_CONFIG`); [`Settings::set`] applies one more
+//! (`--option`, a daemon client's `SetOptions`). Names are Nix's, with its old aliases
+//! and `extra-` prefixes (which append to a list instead of replacing it). A setting Nix
+//! has that Arca does not act on (an evaluator's, a substituter's) is accepted and kept
+//! nowhere; a name Nix does not know either is an error that callers report as a warning,
+//! as Nix does. A bad value is an error naming the setting.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arca_store_core::config::{Assignment, ConfigError, ConfigSources};
+
+use crate::types::{BuildOptions, SandboxMode};
+
+/// Every setting Arca acts on, with Nix 2.8's defaults unless said otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `sandbox` (default true).
+    pub sandbox: SandboxMode,
+    /// `sandbox-fallback`: build unsandboxed when the kernel cannot make a sandbox
+    /// (default true).
+    pub sandbox_fallback: bool,
+    /// `sandbox-paths` (`extra-sandbox-paths` appends).
+    pub sandbox_paths: Vec<String>,
+    /// `timeout`, in seconds (0: none).
+    pub timeout: u64,
+    /// `max-silent-time`, in seconds (0: none).
+    pub max_silent_time: u64,
+    /// `max-log-size`, in bytes (0: none).
+    pub max_log_size: u64,
+    /// `keep-failed`.
+    pub keep_failed: bool,
+    /// `keep-going`.
+    pub keep_going: bool,
+    /// `max-jobs` (`auto`: the number of CPUs; default 1).
+    pub max_jobs: usize,
+    /// `cores` (0: every CPU; the default).
+    pub cores: u32,
+    /// `fallback`: build when substitution fails (there is no substitution yet).
+    pub fallback: bool,
+    /// `secret-key-files`: keys that sign every path this store builds.
+    pub secret_key_files: Vec<PathBuf>,
+    /// `auto-optimise-store`.
+    pub auto_optimise_store: bool,
+    /// `post-build-hook`: a program run after each successful build.
+    pub post_build_hook: Option<PathBuf>,
+    /// `keep-derivations` (default true): GC keeps the derivers of live outputs.
+    pub keep_derivations: bool,
+    /// `keep-outputs`: GC keeps the outputs of live derivations.
+    pub keep_outputs: bool,
+    /// `system` (default this machine's, `x86_64-linux` here).
+    pub system: String,
+    /// `system-features` (default `nixos-test benchmark big-parallel kvm`, as Nix on a
+    /// machine with `/dev/kvm`).
+    pub system_features: BTreeSet<String>,
+    /// `extra-platforms`.
+    pub extra_platforms: BTreeSet<String>,
+    /// `build-users-group` (default empty).
+    pub build_users_group: String,
+    /// `trusted-users` (default `root`).
+    pub trusted_users: Vec<String>,
+    /// `allowed-users` (default `*`).
+    pub allowed_users: Vec<String>,
+    /// `experimental-features`.
+    pub experimental_features: BTreeSet<String>,
+    /// `fsync-metadata` (default true).
+    pub fsync_metadata: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let mut system_features: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if std::path::Path::new("/dev/kvm").exists() {
+            system_features.insert("kvm".into());
+        }
+        Settings {
+            sandbox: SandboxMode::Enabled,
+            sandbox_fallback: true,
+            sandbox_paths: Vec::new(),
+            timeout: 0,
+            max_silent_time: 0,
+            max_log_size: 0,
+            keep_failed: false,
+            keep_going: false,
+            max_jobs: 1,
+            cores: 0,
+            fallback: false,
+            secret_key_files: Vec::new(),
+            auto_optimise_store: false,
+            post_build_hook: None,
+            keep_derivations: true,
+            keep_outputs: false,
+            system: crate::job::host_system(),
+            system_features,
+            extra_platforms: BTreeSet::new(),
+            build_users_group: String::new(),
+            trusted_users: vec!["root".into()],
+            allowed_users: vec!["*".into()],
+            experimental_features: BTreeSet::new(),
+            fsync_metadata: true,
+        }
+    }
+}
+
+/// Why a setting was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    /// Neither Nix nor Arca has a setting of this name (Nix warns and goes on).
+    #[error("unknown setting '{0}'")]
+    Unknown(String),
+    /// The value does not parse.
+    #[error("invalid value '{value}' for setting '{name}': {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    /// `extra-NAME` for a setting that is not a list.
+    #[error("setting '{0}' is not a list, so 'extra-{0}' cannot append to it")]
+    NotAList(String),
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{origin}: {source}")]
+    Setting {
+        origin: String,
+        #[source]
+        source: SettingError,
+    },
+}
+
+/// Settings Nix 2.8 has that Arca accepts without acting on them: the evaluator's,
+/// the client's, substitution's (not implemented yet), and tuning knobs of Nix's own
+/// implementation.
+const NIX_ONLY: &[&str] = &[
+    "accept-flake-config",
+    "access-tokens",
+    "allow-dirty",
+    "allow-import-from-derivation",
+    "allow-new-privileges",
+    "allow-symlinked-store",
+    "allow-unsafe-native-code-during-evaluation",
+    "allowed-impure-host-deps",
+    "allowed-uris",
+    "build-hook",
+    "build-poll-interval",
+    "builders",
+    "builders-use-substitutes",
+    "commit-lockfile-summary",
+    "compress-build-log",
+    "connect-timeout",
+    "darwin-log-sandbox-violations",
+    "diff-hook",
+    "download-attempts",
+    "enforce-determinism",
+    "eval-cache",
+    "filter-syscalls",
+    "flake-registry",
+    "gc-reserved-space",
+    "hashed-mirrors",
+    "http-connections",
+    "http2",
+    "ignore-try",
+    "impersonate-linux-26",
+    "keep-build-log",
+    "keep-env-derivations",
+    "log-lines",
+    "max-free",
+    "min-free",
+    "min-free-check-interval",
+    "narinfo-cache-negative-ttl",
+    "narinfo-cache-positive-ttl",
+    "netrc-file",
+    "nix-path",
+    "plugin-files",
+    "pre-build-hook",
+    "preallocate-contents",
+    "print-missing",
+    "pure-eval",
+    "repeat",
+    "require-sigs",
+    "restrict-eval",
+    "run-diff-hook",
+    "sandbox-dev-shm-size",
+    "show-trace",
+    "ssl-cert-file",
+    "stalled-download-timeout",
+    "substitute",
+    "substituters",
+    "sync-before-registering",
+    "tarball-ttl",
+    "trace-function-calls",
+    "trusted-public-keys",
+    "trusted-substituters",
+    "use-case-hack",
+    "use-registries",
+    "use-sqlite-wal",
+    "user-agent-suffix",
+    "warn-dirty",
+];
+
+/// `name`'s current spelling, when it is one of Nix's old ones.
+fn current_name(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, current)| current)
+}
+
+/// Old names Nix still accepts, and the current ones.
+const ALIASES: &[(&str, &str)] = &[
+    ("build-use-sandbox", "sandbox"),
+    ("build-use-chroot", "sandbox"),
+    ("build-sandbox-paths", "sandbox-paths"),
+    ("build-chroot-dirs", "sandbox-paths"),
+    ("build-timeout", "timeout"),
+    ("build-max-silent-time", "max-silent-time"),
+    ("build-max-log-size", "max-log-size"),
+    ("build-keep-failed", "keep-failed"),
+    ("build-keep-going", "keep-going"),
+    ("build-max-jobs", "max-jobs"),
+    ("build-cores", "cores"),
+    ("build-fallback", "fallback"),
+    ("gc-keep-derivations", "keep-derivations"),
+    ("gc-keep-outputs", "keep-outputs"),
+    ("binary-caches", "substituters"),
+    ("trusted-binary-caches", "trusted-substituters"),
+    ("binary-cache-public-keys", "trusted-public-keys"),
+    ("env-keep-derivations", "keep-env-derivations"),
+];
+
+impl Settings {
+    /// The defaults, then every assignment from `sources` in order. Unknown names are
+    /// passed to `warn` (Nix's "unknown setting" warning); a bad value is an error.
+    pub fn load(
+        sources: &ConfigSources,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<Settings, SettingsError> {
+        let mut settings = Settings::default();
+        settings.apply(&sources.read()?, warn)?;
+        Ok(settings)
+    }
+
+    /// Applies `assignments` in order, as [`Settings::load`] does.
+    pub fn apply(
+        &mut self,
+        assignments: &[Assignment],
+        warn: &mut dyn FnMut(String),
+    ) -> Result<(), SettingsError> {
+        for assignment in assignments {
+            match self.set(&assignment.name, &assignment.value) {
+                Ok(()) => {}
+                Err(SettingError::Unknown(name)) => {
+                    warn(format!("unknown setting '{name}'"));
+                }
+                Err(source) => {
+                    return Err(SettingsError::Setting {
+                        origin: assignment.origin.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `name` to `value` as a configuration file does. As in Nix, a name is looked
+    /// up whole first (`extra-platforms` is a setting of its own); otherwise `extra-NAME`
+    /// appends to the list `NAME`.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), SettingError> {
+        match self.assign(current_name(name), value, false) {
+            Err(SettingError::Unknown(_)) if name.starts_with("extra-") => {
+                let base = current_name(&name["extra-".len()..]);
+                self.assign(base, value, true).map_err(|error| match error {
+                    SettingError::Unknown(_) => SettingError::Unknown(name.to_string()),
+                    other => other,
+                })
+            }
+            result => result,
+        }
+    }
+
+    fn assign(&mut self, name: &str, value: &str, append: bool) -> Result<(), SettingError> {
+        let invalid = |reason: &str| SettingError::Invalid {
+            name: name.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let scalar = |append: bool| {
+            if append {
+                Err(SettingError::NotAList(name.to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        let boolean = |value: &str| match value {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(invalid("not a Boolean (true or false)")),
+        };
+        let number = |value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| invalid("not a non-negative integer"))
+        };
+        let words = || value.split_ascii_whitespace().map(String::from);
+        fn list<T: Extend<String> + Default>(
+            target: &mut T,
+            append: bool,
+            words: impl Iterator<Item = String>,
+        ) {
+            if !append {
+                *target = T::default();
+            }
+            target.extend(words);
+        }
+        match name {
+            "sandbox" => {
+                scalar(append)?;
+                self.sandbox = value.parse().map_err(|reason: String| invalid(&reason))?;
+            }
+            "sandbox-fallback" => {
+                scalar(append)?;
+                self.sandbox_fallback = boolean(value)?;
+            }
+            "sandbox-paths" => list(&mut self.sandbox_paths, append, words()),
+            "timeout" => {
+                scalar(append)?;
+                self.timeout = number(value)?;
+            }
+            "max-silent-time" => {
+                scalar(append)?;
+                self.max_silent_time = number(value)?;
+            }
+            "max-log-size" => {
+                scalar(append)?;
+                self.max_log_size = number(value)?;
+            }
+            "keep-failed" => {
+                scalar(append)?;
+                self.keep_failed = boolean(value)?;
+            }
+            "keep-going" => {
+                scalar(append)?;
+                self.keep_going = boolean(value)?;
+            }
+            "max-jobs" => {
+                scalar(append)?;
+                self.max_jobs = if value == "auto" {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    usize::try_from(number(value)?).map_err(|_| invalid("too large"))?
+                };
+            }
+            "cores" => {
+                scalar(append)?;
+                self.cores = u32::try_from(number(value)?).map_err(|_| invalid("too large"))?;
+            }
+            "fallback" => {
+                scalar(append)?;
+                self.fallback = boolean(value)?;
+            }
+            "secret-key-files" => {
+                if !append {
+                    self.secret_key_files.clear();
+                }
+                self.secret_key_files.extend(words().map(PathBuf::from));
+            }
+            "auto-optimise-store" => {
+                scalar(append)?;
+                self.auto_optimise_store = boolean(value)?;
+            }
+            "post-build-hook" => {
+                scalar(append)?;
+                self.post_build_hook = (!value.is_empty()).then(|| PathBuf::from(value));
+            }
+            "keep-derivations" => {
+                scalar(append)?;
+                self.keep_derivations = boolean(value)?;
+            }
+            "keep-outputs" => {
+                scalar(append)?;
+                self.keep_outputs = boolean(value)?;
+            }
+            "system" => {
+                scalar(append)?;
+                self.system = value.to_string();
+            }
+            "system-features" => list(&mut self.system_features, append, words()),
+            "extra-platforms" => list(&mut self.extra_platforms, append, words()),
+            "build-users-group" => {
+                scalar(append)?;
+                self.build_users_group = value.to_string();
+            }
+            "trusted-users" => list(&mut self.trusted_users, append, words()),
+            "allowed-users" => list(&mut self.allowed_users, append, words()),
+            "experimental-features" => list(&mut self.experimental_features, append, words()),
+            "fsync-metadata" => {
+                scalar(append)?;
+                self.fsync_metadata = boolean(value)?;
+            }
+            other if NIX_ONLY.contains(&other) => {}
+            other => return Err(SettingError::Unknown(other.to_string())),
+        }
+        Ok(())
+    }
+
+    /// The builder's options these settings give (what a build request does not say:
+    /// check, repair; and where builds happen: the defaults of [`BuildOptions`]).
+    pub fn build_options(&self) -> BuildOptions {
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let defaults = BuildOptions::default();
+        BuildOptions {
+            max_jobs: self.max_jobs.max(1),
+            cores: if self.cores == 0 {
+                defaults.cores
+            } else {
+                self.cores
+            },
+            keep_going: self.keep_going,
+            keep_failed: self.keep_failed,
+            timeout: seconds(self.timeout),
+            max_silent_time: seconds(self.max_silent_time),
+            max_log_size: (self.max_log_size > 0).then_some(self.max_log_size),
+            sandbox: self.sandbox,
+            sandbox_paths: self.sandbox_paths.clone(),
+            ..defaults
+        }
+    }
+}
