@@ -439,3 +439,134 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arca_store_core::config::parse;
+
+    fn load(text: &str) -> (Result<Settings, SettingsError>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut settings = Settings::default();
+        let assignments = parse(text, "nix.conf", None).unwrap();
+        let result = settings
+            .apply(&assignments, &mut |w| warnings.push(w))
+            .map(|()| settings);
+        (result, warnings)
+    }
+
+    #[test]
+    fn the_conformance_suites_nix_conf_loads_without_warnings() {
+        let (settings, warnings) = load(
+            "build-users-group =\nkeep-derivations = false\nsandbox = false\n\
+             experimental-features = nix-command flakes\ngc-reserved-space = 0\n\
+             substituters =\nflake-registry = /tmp/registry.json\nshow-trace = true\n\
+             trusted-users = nobody\nfsync-metadata = false\n",
+        );
+        let settings = settings.unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(settings.sandbox, SandboxMode::Disabled);
+        assert!(!settings.keep_derivations);
+        assert_eq!(settings.build_users_group, "");
+        assert_eq!(settings.trusted_users, ["nobody"]);
+        assert!(!settings.fsync_metadata);
+        assert_eq!(
+            settings.experimental_features,
+            BTreeSet::from(["nix-command".to_string(), "flakes".to_string()])
+        );
+    }
+
+    #[test]
+    fn extra_appends_and_a_later_assignment_replaces() {
+        let (settings, _) = load(
+            "sandbox-paths = /a\nextra-sandbox-paths = /b /c\ntrusted-users = alice\n\
+             extra-trusted-users = bob\nsandbox-paths = /d\nextra-sandbox-paths = /e\n",
+        );
+        let settings = settings.unwrap();
+        assert_eq!(settings.sandbox_paths, ["/d", "/e"]);
+        assert_eq!(settings.trusted_users, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn extra_platforms_is_a_setting_of_its_own() {
+        let mut settings = Settings::default();
+        settings.set("extra-platforms", "i686-linux").unwrap();
+        settings.set("extra-platforms", "aarch64-linux").unwrap();
+        assert_eq!(
+            settings.extra_platforms,
+            BTreeSet::from(["aarch64-linux".to_string()])
+        );
+        settings.set("extra-extra-platforms", "i686-linux").unwrap();
+        assert_eq!(settings.extra_platforms.len(), 2);
+    }
+
+    #[test]
+    fn old_names_are_aliases() {
+        let mut settings = Settings::default();
+        settings.set("build-use-sandbox", "relaxed").unwrap();
+        settings.set("build-max-silent-time", "7").unwrap();
+        settings.set("gc-keep-outputs", "true").unwrap();
+        settings.set("build-cores", "3").unwrap();
+        assert_eq!(settings.sandbox, SandboxMode::Relaxed);
+        assert_eq!(settings.max_silent_time, 7);
+        assert!(settings.keep_outputs);
+        assert_eq!(settings.cores, 3);
+    }
+
+    #[test]
+    fn unknown_names_warn_and_bad_values_fail_naming_the_line() {
+        let (settings, warnings) = load("no-such-setting = 1\nextra-nothing = 2\nsandbox = true\n");
+        assert_eq!(settings.unwrap().sandbox, SandboxMode::Enabled);
+        assert_eq!(
+            warnings,
+            [
+                "unknown setting 'no-such-setting'",
+                "unknown setting 'extra-nothing'"
+            ]
+        );
+        let (result, _) = load("\nkeep-failed = yes\n");
+        let error = result.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "nix.conf:2: invalid value 'yes' for setting 'keep-failed': not a Boolean (true or false)"
+        );
+        let mut settings = Settings::default();
+        assert_eq!(
+            settings.set("extra-sandbox", "true"),
+            Err(SettingError::NotAList("sandbox".into()))
+        );
+        assert!(settings.set("sandbox", "maybe").is_err());
+        assert!(settings.set("timeout", "-1").is_err());
+    }
+
+    #[test]
+    fn build_options_follow_the_settings() {
+        let mut settings = Settings::default();
+        for (name, value) in [
+            ("sandbox", "false"),
+            ("timeout", "5"),
+            ("max-silent-time", "0"),
+            ("max-log-size", "1000"),
+            ("keep-going", "true"),
+            ("max-jobs", "3"),
+            ("cores", "2"),
+            ("sandbox-paths", "/bin/sh=/usr/bin/bash?"),
+        ] {
+            settings.set(name, value).unwrap();
+        }
+        let options = settings.build_options();
+        assert_eq!(options.sandbox, SandboxMode::Disabled);
+        assert_eq!(options.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(options.max_silent_time, None);
+        assert_eq!(options.max_log_size, Some(1000));
+        assert!(options.keep_going && !options.keep_failed);
+        assert_eq!((options.max_jobs, options.cores), (3, 2));
+        assert_eq!(options.sandbox_paths, ["/bin/sh=/usr/bin/bash?"]);
+        // cores = 0 means every CPU, max-jobs = 0 still builds one at a time.
+        settings.set("cores", "0").unwrap();
+        settings.set("max-jobs", "0").unwrap();
+        let options = settings.build_options();
+        assert_eq!(options.cores, BuildOptions::default().cores);
+        assert_eq!(options.max_jobs, 1);
+    }
+}

@@ -39,7 +39,7 @@ pub mod protocol;
 mod server;
 pub mod wire;
 
+pub use arca_build::Settings;
 pub use backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 pub use client::{ClientError, DaemonClient, TargetOutcome};
-pub use arca_build::Settings;
 pub use server::{apply_client_options, refuse, serve, serve_socket, Peer, ServeError};

@@ -48,7 +48,14 @@ fn old_add_to_store_gives_the_paths_nix_store_add_gives() {
         let store = LocalStore::open(&server_root).unwrap();
         let output = server_end.try_clone().unwrap();
         let peer = Peer { trusted: true };
-        serve(&store, &server_end, output, peer, Limits::default(), &Default::default())
+        serve(
+            &store,
+            &server_end,
+            output,
+            peer,
+            Limits::default(),
+            &Default::default(),
+        )
     });
     let mut to = WireWriter::new(client.try_clone().unwrap());
     let mut from = WireReader::new(std::io::BufReader::new(client), Limits::default());

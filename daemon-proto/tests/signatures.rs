@@ -88,7 +88,14 @@ fn served(
     let (client, server_end) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let output = server_end.try_clone().unwrap();
-        serve(&store, &server_end, output, peer, Limits::default(), &Default::default())
+        serve(
+            &store,
+            &server_end,
+            output,
+            peer,
+            Limits::default(),
+            &Default::default(),
+        )
     });
     (path, client, server)
 }

@@ -131,7 +131,14 @@ fn through_the_daemon_at(minor: u64) {
         let store = LocalStore::open(&server_root).unwrap();
         let output = server_end.try_clone().unwrap();
         let peer = Peer { trusted: true };
-        serve(&store, &server_end, output, peer, Limits::default(), &Default::default())
+        serve(
+            &store,
+            &server_end,
+            output,
+            peer,
+            Limits::default(),
+            &Default::default(),
+        )
     });
     let offered = protocol::version(1, minor);
     let client = DaemonClient::handshake_at(client_end, Default::default(), offered).unwrap();
@@ -228,7 +235,14 @@ fn closure_graphs_through_the_daemon_are_the_registry_s() {
             let store = LocalStore::open(&server_root).unwrap();
             let output = server_end.try_clone().unwrap();
             let peer = Peer { trusted: false };
-            serve(&store, &server_end, output, peer, Limits::default(), &Default::default())
+            serve(
+                &store,
+                &server_end,
+                output,
+                peer,
+                Limits::default(),
+                &Default::default(),
+            )
         });
         let client =
             DaemonClient::handshake_at(client_end, Default::default(), protocol::version(1, minor))

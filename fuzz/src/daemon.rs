@@ -117,5 +117,12 @@ pub fn fuzz_daemon_requests(data: &[u8]) {
         max_list: 1 << 10,
         max_frame: 1 << 16,
     };
-    let _ = serve(&store, data, io::sink(), Peer { trusted }, limits, &Default::default());
+    let _ = serve(
+        &store,
+        data,
+        io::sink(),
+        Peer { trusted },
+        limits,
+        &Default::default(),
+    );
 }

@@ -25,7 +25,7 @@ use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
-use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
+use crate::staging::{clean_stale, remove_tree, Staged, LEGACY_DIRS, STAGING_DIR};
 
 /// How far [`LocalStore::add_path_with_progress`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +106,7 @@ impl LocalStore {
         ] {
             fs::create_dir_all(&dir).at(&dir)?;
         }
+        move_legacy_dirs(&physical_store)?;
         let staging_dir = physical_store.join(STAGING_DIR);
         fs::create_dir_all(&staging_dir).at(&staging_dir)?;
         restrict_staging(&staging_dir)?;
@@ -864,4 +865,22 @@ pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Moves the directories earlier versions kept directly in the store directory
+/// (`.arca-staging`, `.arca-trash`, `.arca-links`) to their places inside `.links`, so
+/// that nothing of Arca's is left beside the store paths. A directory already at its new
+/// place wins: the old one is then left for a later open (a process of an earlier
+/// version may still be using it).
+fn move_legacy_dirs(store: &Path) -> Result<(), StoreError> {
+    let links = store.join(".links");
+    fs::create_dir_all(&links).at(&links)?;
+    for (old, new) in LEGACY_DIRS {
+        let (old, new) = (store.join(old), store.join(new));
+        if fs::symlink_metadata(&old).is_err() || fs::symlink_metadata(&new).is_ok() {
+            continue;
+        }
+        fs::rename(&old, &new).at(&old)?;
+    }
+    Ok(())
 }

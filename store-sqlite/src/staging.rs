@@ -1,7 +1,7 @@
 //! Staging: where a path is written before it becomes visible under its final name.
 //!
-//! Every path enters the store as `<store>/.arca-staging/<nonce>` (the tree) guarded by
-//! `<store>/.arca-staging/<nonce>.lock`, which its writer holds from start to finish and
+//! Every path enters the store as `<store>/.links/.arca-staging/<nonce>` (the tree)
+//! guarded by `<store>/.links/.arca-staging/<nonce>.lock`, which its writer holds from start to finish and
 //! into which it writes the final base name just before the rename. The protocol:
 //!
 //! 1. write and canonicalise the tree under its staging name, record the final name in
@@ -29,8 +29,25 @@ use arca_store_core::StorePath;
 use crate::error::{IoContext, StoreError};
 use crate::lock::PathLock;
 
-/// The staging directory's name inside the physical store directory.
-pub const STAGING_DIR: &str = ".arca-staging";
+/// The staging directory, relative to the physical store directory: inside Nix's
+/// `.links`, the one entry of the store directory that is not a store path and that Nix
+/// itself makes and expects (Nix's garbage collector prunes only files there, never
+/// directories; a store emptied by a full collection holds nothing else).
+pub const STAGING_DIR: &str = ".links/.arca-staging";
+
+/// Where earlier versions kept Arca's directories, directly in the store directory;
+/// [`crate::LocalStore::open`] moves them into `.links`.
+pub(crate) const LEGACY_DIRS: [(&str, &str); 3] = [
+    (".arca-staging", STAGING_DIR),
+    (".arca-trash", crate::gc::TRASH_DIR),
+    (".arca-links", crate::optimise::LINKS_DIR),
+];
+
+/// The store directory of an entry of the staging directory ([`STAGING_DIR`] levels up).
+fn store_of_staging(entry: &Path) -> Option<&Path> {
+    let depth = Path::new(STAGING_DIR).components().count();
+    entry.ancestors().nth(depth + 1)
+}
 
 /// One staged path being written.
 #[derive(Debug)]
@@ -115,8 +132,8 @@ impl Drop for Staged {
             let _ = remove_tree(&self.tree);
             if let Ok(name) = fs::read_to_string(&self.lock_path) {
                 if !name.is_empty() {
-                    if let Some(parent) = self.tree.parent().and_then(Path::parent) {
-                        let _ = remove_tree(&parent.join(name));
+                    if let Some(store) = store_of_staging(&self.tree) {
+                        let _ = remove_tree(&store.join(name));
                     }
                 }
             }
@@ -220,7 +237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path();
         let staging = store.join(STAGING_DIR);
-        fs::create_dir(&staging).unwrap();
+        fs::create_dir_all(&staging).unwrap();
         let path = StorePath::from_base_name(&format!("{}-x", "0".repeat(32))).unwrap();
         let destination = store.join(path.as_str());
         let never_valid = |_: &StorePath| Ok(false);

@@ -32,7 +32,7 @@
 //!
 //! A crash at any point leaves a consistent store: unregistration commits before any
 //! file is touched, so the worst case is unregistered files (swept by the next run)
-//! and trees in `<store>/.arca-trash` (emptied by the next run).
+//! and trees in `<store>/.links/.arca-trash` (emptied by the next run).
 
 mod remove;
 mod roots;
@@ -49,9 +49,9 @@ use arca_store_core::{Store, StorePath};
 use crate::error::{IoContext, StoreError};
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::PathGraph;
-use crate::staging::STAGING_DIR;
 use crate::LocalStore;
-use remove::{empty_trash, move_out, remove_tree_counting, MovedOut, TRASH_DIR};
+pub(crate) use remove::TRASH_DIR;
+use remove::{empty_trash, move_out, remove_tree_counting, MovedOut};
 use roots::{find_link_roots, find_runtime_roots, parse_base_name, StoreLocation};
 pub use roots::{GcRoot, GcRootKind};
 use server::{Collector, Keep};
@@ -631,11 +631,9 @@ impl LocalStore {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if name == ".links"
-                || name == crate::optimise::LINKS_DIR
-                || name == STAGING_DIR
-                || name == TRASH_DIR
-            {
+            // `.links` holds Arca's directories too; `.arca-*` are where earlier
+            // versions kept them.
+            if name == ".links" || name.starts_with(".arca-") {
                 continue;
             }
             if let Some(path) = parse_base_name(&name) {
