@@ -102,11 +102,45 @@ pub fn build_environment(
     }
     vars.insert("NIX_LOG_FD".to_string(), "2".to_string());
     vars.insert("TERM".to_string(), "xterm-256color".to_string());
+    // `builtins.placeholder` strings become the outputs' paths, in the variables and in
+    // the files made from them, as in Nix.
+    let rewrites = placeholder_rewrites(outputs, store_dir);
+    for value in vars.values_mut() {
+        *value = rewrite(value, &rewrites);
+    }
+    for (_, contents) in &mut files {
+        if let Ok(text) = std::str::from_utf8(contents) {
+            *contents = rewrite(text, &rewrites).into_bytes();
+        }
+    }
     Ok(BuildEnvironment {
         vars,
         files,
         structured,
     })
+}
+
+/// Each output's placeholder ([`OutputName::placeholder`]) and its path.
+pub fn placeholder_rewrites(
+    outputs: &BTreeMap<OutputName, StorePath>,
+    store_dir: &StoreDir,
+) -> Vec<(String, String)> {
+    outputs
+        .iter()
+        .map(|(name, path)| (name.placeholder(), store_dir.display(path)))
+        .collect()
+}
+
+/// `text` with every occurrence of each `(from, to)` replaced, in order (Nix's
+/// `rewriteStrings`).
+pub fn rewrite(text: &str, rewrites: &[(String, String)]) -> String {
+    let mut text = text.to_string();
+    for (from, to) in rewrites {
+        if text.contains(from.as_str()) {
+            text = text.replace(from.as_str(), to);
+        }
+    }
+    text
 }
 
 /// Whether a binary cache may be asked for the outputs of `drv` (`allowSubstitutes`,

@@ -20,7 +20,7 @@ use arca_store_sqlite::{
 };
 
 use crate::build_user::BuildUser;
-use crate::environment::{build_environment, SANDBOX_BUILD_DIR};
+use crate::environment::{build_environment, placeholder_rewrites, rewrite, SANDBOX_BUILD_DIR};
 use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
 use crate::types::{BuildError, BuildEvent, BuildOptions, SandboxMode};
@@ -286,6 +286,88 @@ impl Job<'_> {
         }
     }
 
+    /// The files `exportReferencesGraph` asks for (`NAME PATH` pairs; not with structured
+    /// attributes): the closure of each input PATH, with the outputs of derivations in
+    /// it and their closures, in Nix's registration format (per path: the path, an empty
+    /// deriver line, the number of references, the references).
+    fn references_graphs(
+        &self,
+        inputs: &BTreeSet<StorePath>,
+    ) -> Result<Vec<(String, Vec<u8>)>, BuildError> {
+        let Some(spec) = self.drv.env.get("exportReferencesGraph") else {
+            return Ok(Vec::new());
+        };
+        if self.drv.env.contains_key("__json") {
+            return Ok(Vec::new());
+        }
+        let store = self.store;
+        let store_dir = store.store_dir();
+        let unsupported = |reason: String| BuildError::Unsupported {
+            drv: self.display(),
+            reason,
+        };
+        let words: Vec<&str> = spec.split_ascii_whitespace().collect();
+        if words.len() % 2 != 0 {
+            return Err(unsupported(
+                "odd number of tokens in 'exportReferencesGraph'".into(),
+            ));
+        }
+        let mut files = Vec::new();
+        for pair in words.chunks(2) {
+            let (name, path) = (pair[0], pair[1]);
+            let valid_name = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !valid_name {
+                return Err(unsupported(format!(
+                    "invalid file name '{name}' in 'exportReferencesGraph'"
+                )));
+            }
+            let (path, _) = store_dir.parse_path_prefix(path).map_err(|_| {
+                unsupported(format!(
+                    "'exportReferencesGraph' contains a non-store path '{path}'"
+                ))
+            })?;
+            if !inputs.contains(&path) {
+                return Err(unsupported(format!(
+                    "cannot export references of path '{}' because it is not in the input closure of the derivation",
+                    store_dir.display(&path)
+                )));
+            }
+            let mut closure = self.pending.closure(store, &BTreeSet::from([path]))?;
+            for drv in closure.clone().iter().filter(|p| p.is_derivation()) {
+                let outputs: BTreeSet<StorePath> = store
+                    .read_derivation(drv)?
+                    .outputs
+                    .values()
+                    .filter_map(DerivationOutput::path)
+                    .filter(|output| self.pending.is_available(store, output).unwrap_or(false))
+                    .cloned()
+                    .collect();
+                closure.extend(self.pending.closure(store, &outputs)?);
+            }
+            let mut text = String::new();
+            for path in &closure {
+                let references = self.pending.references(store, path)?.unwrap_or_default();
+                text.push_str(&format!(
+                    "{}\n\n{}\n",
+                    store_dir.display(path),
+                    references.len()
+                ));
+                for reference in &references {
+                    text.push_str(&store_dir.display(reference));
+                    text.push('\n');
+                }
+            }
+            files.push((name.to_string(), text.into_bytes()));
+        }
+        Ok(files)
+    }
+
     fn build_in(
         &self,
         work: &mut Work,
@@ -368,7 +450,9 @@ impl Job<'_> {
             drv: self.display(),
             reason,
         })?;
-        for (name, contents) in &environment.files {
+        let mut files = environment.files;
+        files.extend(self.references_graphs(inputs)?);
+        for (name, contents) in &files {
             let file = build_dir.path.join(name);
             fs::write(&file, contents).map_err(|source| BuildError::BuildDir {
                 path: file.clone(),
@@ -389,7 +473,9 @@ impl Job<'_> {
             || self.drv.builder.clone(),
             |name| name.to_string_lossy().into_owned(),
         );
-        let args = std::iter::once(builder_name).chain(self.drv.args.iter().cloned());
+        let rewrites = placeholder_rewrites(outputs, store_dir);
+        let args = std::iter::once(builder_name)
+            .chain(self.drv.args.iter().map(|arg| rewrite(arg, &rewrites)));
         let structured = environment.structured;
         let env = environment
             .vars
@@ -700,8 +786,9 @@ impl Job<'_> {
                 ContentAddressMethod::Flat => self.flat_hash(path, location, specified.algo())?,
             };
             if got != specified {
+                self.register_mismatched(path, location, method, &got, &info)?;
                 return Err(BuildError::HashMismatch {
-                    path: store_dir.display(path),
+                    drv: self.display(),
                     specified: Box::new(specified),
                     got: Box::new(got),
                 });
@@ -722,6 +809,49 @@ impl Job<'_> {
             });
         }
         Ok((info, location.to_owned()))
+    }
+
+    /// After a fixed output came out with another hash than declared: registers what
+    /// was built under the path of the hash it has, as Nix 2.8 does (the next build
+    /// declaring the right hash then finds it valid). Nothing is registered when the
+    /// output has references (a fixed output may have none) or that path is valid.
+    fn register_mismatched(
+        &self,
+        path: &StorePath,
+        location: &Path,
+        method: ContentAddressMethod,
+        got: &Hash,
+        built: &PathInfo,
+    ) -> Result<(), BuildError> {
+        let store = self.store;
+        if !built.references.is_empty() {
+            return Ok(());
+        }
+        let Ok(actual) = store.store_dir().make_fixed_output_path(
+            path.name(),
+            method,
+            got,
+            &BTreeSet::new(),
+            false,
+        ) else {
+            return Ok(());
+        };
+        let _lock = store.lock_paths(&BTreeSet::from([actual.clone()]))?;
+        if store.is_valid_path(&actual)? {
+            return Ok(());
+        }
+        let mut info = PathInfo::new(actual, built.nar_hash.clone(), built.nar_size);
+        info.deriver = Some(self.drv_path.clone());
+        info.ultimate = true;
+        info.ca = Some(ContentAddress::Fixed {
+            method,
+            hash: got.clone(),
+        });
+        store.register_built(vec![BuiltPath {
+            info,
+            location: location.to_owned(),
+        }])?;
+        Ok(())
     }
 
     /// The hash of a flat fixed output: a regular, non-executable file's bytes.
@@ -815,11 +945,27 @@ impl Job<'_> {
                         });
                     }
                 }
-                let used = if recursive {
+                let mut used = if recursive {
                     self.requisites(&output.info.path, &built_refs)?
                 } else {
                     output.info.references.clone()
                 };
+                // An output is among its own requisites; Nix leaves it out of the
+                // check without structured attributes, and with them when the output's
+                // `ignoreSelfRefs` says so.
+                let ignore_self = match structured {
+                    None => true,
+                    Some(attrs) => outputs
+                        .iter()
+                        .find(|(_, path)| **path == output.info.path)
+                        .and_then(|(name, _)| {
+                            attrs["outputChecks"][name.as_str()]["ignoreSelfRefs"].as_bool()
+                        })
+                        .unwrap_or(false),
+                };
+                if recursive && ignore_self {
+                    used.remove(&output.info.path);
+                }
                 let bad: Vec<String> = used
                     .iter()
                     .filter(|path| listed.contains(*path) != allow)

@@ -48,6 +48,18 @@ impl Pending {
         store.is_valid_path(path)
     }
 
+    /// The references of a published or valid path (`None`: neither).
+    pub fn references(
+        &self,
+        store: &LocalStore,
+        path: &StorePath,
+    ) -> Result<Option<BTreeSet<StorePath>>, StoreError> {
+        if let Some(references) = self.paths().get(path) {
+            return Ok(Some(references.clone()));
+        }
+        Ok(store.query_path_info(path)?.map(|info| info.references))
+    }
+
     /// The closure of `roots` under references: through published outputs first, then
     /// the registry.
     pub fn closure(

@@ -307,10 +307,10 @@ pub enum BuildError {
         path: String,
     },
     /// A fixed-output derivation produced something else than declared.
-    #[error("hash mismatch in fixed-output derivation '{path}':\n  specified: {}\n     got:    {}", specified.to_sri(), got.to_sri())]
+    #[error("hash mismatch in fixed-output derivation '{drv}':\n  specified: {}\n     got:    {}", specified.to_sri(), got.to_sri())]
     HashMismatch {
-        /// The output path.
-        path: String,
+        /// The `.drv` path (what was built is registered under the path of its hash).
+        drv: String,
         /// The declared hash.
         specified: Box<Hash>,
         /// The hash of what was built.

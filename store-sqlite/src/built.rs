@@ -326,7 +326,9 @@ impl LocalStore {
             staged.finish();
         }
         drop(locks);
-        self.after_register()
+        self.after_register()?;
+        self.auto_optimise(infos.iter().map(|info| &info.path));
+        Ok(())
     }
 
     /// Replaces the files of a valid path with a rebuilt tree (`--repair`), recording the

@@ -25,7 +25,9 @@ use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
-use crate::staging::{clean_stale, remove_tree, Staged, LEGACY_DIRS, STAGING_DIR};
+use crate::staging::{
+    clean_stale, create_staging_dir, remove_tree, Staged, LEGACY_DIRS, STAGING_DIR,
+};
 
 /// How far [`LocalStore::add_path_with_progress`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +110,7 @@ impl LocalStore {
         }
         move_legacy_dirs(&physical_store)?;
         let staging_dir = physical_store.join(STAGING_DIR);
-        fs::create_dir_all(&staging_dir).at(&staging_dir)?;
-        restrict_staging(&staging_dir)?;
+        create_staging_dir(&staging_dir)?;
         let big_lock_path = state_dir.join("db/big-lock");
         let big_lock = open_lock_file(&big_lock_path)?;
         // Shared while open; Nix takes it exclusively only to upgrade the schema.
@@ -555,23 +556,27 @@ impl LocalStore {
             staged.finish();
         }
         self.after_register()?;
-        if self
+        self.auto_optimise(infos.iter().map(|info| &info.path));
+        Ok(())
+    }
+
+    /// With [`StoreOptions::auto_optimise`]: hard-links the files of `paths`, just made
+    /// valid, to identical ones. A failure to link only costs space: it is logged.
+    pub(crate) fn auto_optimise<'p>(&self, paths: impl Iterator<Item = &'p StorePath>) {
+        if !self
             .auto_optimise
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            // The paths are valid already: a failure to link only costs space.
-            for info in &infos {
-                if let Err(error) =
-                    self.optimise_path(&info.path, &crate::OptimiseOptions::default())
-                {
-                    tracing::warn!(
-                        "cannot optimise '{}': {error}",
-                        self.store_dir.display(&info.path)
-                    );
-                }
+            return;
+        }
+        for path in paths {
+            if let Err(error) = self.optimise_path(path, &crate::OptimiseOptions::default()) {
+                tracing::warn!(
+                    "cannot optimise '{}': {error}",
+                    self.store_dir.display(path)
+                );
             }
         }
-        Ok(())
     }
 
     pub(crate) fn check_references(&self, info: &PathInfo) -> Result<(), StoreError> {
@@ -827,21 +832,6 @@ pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), StoreError> {
     nix::unistd::syncfs(handle.as_raw_fd())
         .map_err(io::Error::from)
         .at(dir)
-}
-
-/// Nobody but the staging area's owner may list it (mode 0711): the names being written
-/// are not for others to learn. Search permission stays, because a build's sandbox
-/// bind-mounts its scratch directory from inside it with the build user's credentials;
-/// each entry guards itself (a build's `<nonce>` is 0750 with the build's own group, an
-/// add's tree is what the store will show anyway). A store opened by someone else than
-/// the staging area's owner leaves it as it is.
-fn restrict_staging(staging_dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let metadata = fs::symlink_metadata(staging_dir).at(staging_dir)?;
-    if metadata.uid() == nix::unistd::geteuid().as_raw() && metadata.mode() & 0o7777 != 0o711 {
-        fs::set_permissions(staging_dir, fs::Permissions::from_mode(0o711)).at(staging_dir)?;
-    }
-    Ok(())
 }
 
 /// Reads a `.drv` that is becoming valid: a regular file of sane size (an archive could

@@ -221,11 +221,40 @@ impl LocalStore {
     /// this after deleting paths. Safe beside running optimisers: a link file gained
     /// between our check and the removal keeps its other links; the optimiser that
     /// wanted it finds it gone and makes a new one.
+    ///
+    /// A file linked into both Arca's and Nix's directories (Nix's `nix-store --optimise`
+    /// on a store Arca optimised too) has two link files and no store file once its
+    /// paths are gone: link files whose inode has no other links than link files go too.
     pub fn prune_links(&self) -> Result<LinksPruned, StoreError> {
+        use std::os::unix::fs::MetadataExt;
         let mut pruned = LinksPruned::default();
+        let mut shared: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
         for_each_link_file(self.physical_store(), |entry| {
-            prune_link(&entry.path(), &mut pruned)
+            let path = entry.path();
+            if !prune_link(&path, &mut pruned)? {
+                shared.entry(entry.ino()).or_default().push(path);
+            }
+            Ok(())
         })?;
+        for (_, paths) in shared {
+            for (index, path) in paths.iter().enumerate() {
+                // Only while every remaining link of the inode is one of its link files.
+                let remaining = (paths.len() - index) as u64;
+                match fs::symlink_metadata(path) {
+                    Ok(metadata) if metadata.is_file() && metadata.nlink() == remaining => {}
+                    _ => break,
+                }
+                if remaining == 1 {
+                    prune_link(path, &mut pruned)?;
+                    break;
+                }
+                match fs::remove_file(path) {
+                    Ok(()) => pruned.files += 1,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(error) => return Err(error).at(path),
+                }
+            }
+        }
         Ok(pruned)
     }
 }

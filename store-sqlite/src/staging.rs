@@ -49,6 +49,23 @@ fn store_of_staging(entry: &Path) -> Option<&Path> {
     entry.ancestors().nth(depth + 1)
 }
 
+/// Makes the staging directory (and `.links` above it). Nobody but the staging area's
+/// owner may list it (mode 0711): the names being written
+/// are not for others to learn. Search permission stays, because a build's sandbox
+/// bind-mounts its scratch directory from inside it with the build user's credentials;
+/// each entry guards itself (a build's `<nonce>` is 0750 with the build's own group, an
+/// add's tree is what the store will show anyway). A store opened by someone else than
+/// the staging area's owner leaves it as it is.
+pub(crate) fn create_staging_dir(staging_dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    fs::create_dir_all(staging_dir).at(staging_dir)?;
+    let metadata = fs::symlink_metadata(staging_dir).at(staging_dir)?;
+    if metadata.uid() == nix::unistd::geteuid().as_raw() && metadata.mode() & 0o7777 != 0o711 {
+        fs::set_permissions(staging_dir, fs::Permissions::from_mode(0o711)).at(staging_dir)?;
+    }
+    Ok(())
+}
+
 /// One staged path being written.
 #[derive(Debug)]
 pub struct Staged {
@@ -70,7 +87,14 @@ impl Staged {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let lock_path = staging_dir.join(format!("{nonce}.lock"));
-        let lock = PathLock::acquire_staging(&lock_path)?;
+        let lock = match PathLock::acquire_staging(&lock_path) {
+            // A garbage collection removed the empty directory: make it again.
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                create_staging_dir(staging_dir)?;
+                PathLock::acquire_staging(&lock_path)?
+            }
+            other => other?,
+        };
         Ok(Staged {
             tree: staging_dir.join(nonce),
             lock_path,

@@ -447,6 +447,29 @@ fn prune_links_removes_only_unused_link_files_both_sharded_and_flat() {
 }
 
 #[test]
+fn a_file_linked_by_both_arca_and_nix_goes_once_no_path_uses_it() {
+    let root = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let store = open(root.path());
+    let a = add_tree(&store, scratch.path(), "a", &[("s", b"shared", false)]);
+    let b = add_tree(&store, scratch.path(), "b", &[("s", b"shared", false)]);
+    optimise(&store);
+    // Nix's `nix-store --optimise` links the same inode into its flat `.links`.
+    let arca_link = link_file(&store, b"shared", false);
+    let nix_link = store.physical_store().join(".links").join("2".repeat(52));
+    fs::hard_link(&arca_link, &nix_link).unwrap();
+    store.delete_path(&a).unwrap();
+    assert_eq!(store.prune_links().unwrap().files, 0, "b still uses it");
+    assert!(arca_link.exists() && nix_link.exists());
+    store.delete_path(&b).unwrap();
+
+    let pruned = store.prune_links().unwrap();
+
+    assert_eq!((pruned.files, pruned.bytes), (2, 6));
+    assert!(!arca_link.exists() && !nix_link.exists());
+}
+
+#[test]
 fn a_valid_path_whose_files_are_gone_is_an_error_naming_them() {
     let root = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();

@@ -72,6 +72,16 @@ impl OutputName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What `builtins.placeholder` gives for this output: `/` and the nix-base32 SHA-256
+    /// of `nix-output:NAME`. A builder sees it replaced by the output's path.
+    pub fn placeholder(&self) -> String {
+        let hash = Hash::digest(
+            crate::hash::HashAlgo::Sha256,
+            format!("nix-output:{}", self.0).as_bytes(),
+        );
+        format!("/{}", hash.to_base32())
+    }
 }
 
 impl fmt::Display for OutputName {

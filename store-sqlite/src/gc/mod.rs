@@ -280,6 +280,26 @@ impl LocalStore {
 
     /// Collects garbage: see the module documentation for what is deleted and how it is
     /// kept safe against concurrent writers. `progress` hears how far it got.
+    /// After a collection: Arca's directories in `.links` go when they are empty (the
+    /// trash, emptied now; the link shards; the staging directory), so that a store
+    /// whose every path was collected holds an empty `.links`, as Nix's does. Whoever
+    /// needs one next makes it again (`Staged::new`, the optimiser's shards).
+    fn remove_empty_arca_dirs(&self, trash: &Path) -> Result<(), StoreError> {
+        empty_trash(trash)?;
+        let links = self.physical_store().join(crate::optimise::LINKS_DIR);
+        let mut dirs = vec![trash.to_path_buf()];
+        if let Ok(shards) = fs::read_dir(&links) {
+            dirs.extend(shards.filter_map(|entry| entry.ok().map(|entry| entry.path())));
+        }
+        dirs.push(links);
+        dirs.push(self.physical_store().join(crate::staging::STAGING_DIR));
+        for dir in dirs {
+            // Not empty (in use, or files still linked), or gone already: it stays.
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
     pub fn collect_garbage(
         &self,
         options: &GcOptions,
@@ -365,6 +385,7 @@ impl LocalStore {
                 let pruned = self.prune_links()?;
                 report.links_removed = pruned.files;
                 report.bytes_freed += pruned.bytes;
+                self.remove_empty_arca_dirs(&trash)?;
             }
             GcAction::DeleteSpecific(paths) => {
                 let mut targets = Vec::with_capacity(paths.len());

@@ -67,24 +67,25 @@ fn is_shard(entry: &fs::DirEntry) -> Result<bool, StoreError> {
     Ok(hex_name && entry.file_type().at(entry.path())?.is_dir())
 }
 
-/// Removes one link file if nothing else links to it.
-pub(super) fn prune_link(path: &Path, pruned: &mut LinksPruned) -> Result<(), StoreError> {
+/// Removes one link file if nothing else links to it. `false`: it is still linked (or
+/// a directory), so it stays.
+pub(super) fn prune_link(path: &Path, pruned: &mut LinksPruned) -> Result<bool, StoreError> {
     let metadata = match fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
-        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(true),
         Err(error) => return Err(error).at(path),
     };
     if metadata.is_dir() || metadata.nlink() != 1 {
-        return Ok(());
+        return Ok(false);
     }
     match fs::remove_file(path) {
         Ok(()) => {
             pruned.files += 1;
             pruned.bytes += metadata.len();
-            Ok(())
+            Ok(true)
         }
         // Another pruner was quicker.
-        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(true),
         Err(error) => Err(error).at(path),
     }
 }
