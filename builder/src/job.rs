@@ -29,6 +29,9 @@ use crate::types::{BuildError, BuildEvent, BuildOptions, SandboxMode};
 pub(crate) enum JobOutcome {
     /// Outputs were valid already (possibly built by another process meanwhile).
     AlreadyValid,
+    /// Another process holds the lock of an output (it is building it), and the job was
+    /// asked not to wait: nothing was done.
+    Busy,
     /// Built (or checked, or repaired) now; new outputs are published and wait for the
     /// group commit.
     Built(Option<PublishedPaths>),
@@ -43,6 +46,9 @@ pub(crate) struct Job<'a> {
     pub emit: &'a (dyn Fn(BuildEvent) + Sync),
     /// Outputs of this run that are published but not registered yet.
     pub pending: &'a Pending,
+    /// Wait for the outputs' locks when another process holds them; otherwise give up
+    /// at once ([`JobOutcome::Busy`]).
+    pub wait_for_locks: bool,
 }
 
 impl Job<'_> {
@@ -97,7 +103,14 @@ impl Job<'_> {
         let inputs = self.input_closure()?;
 
         let output_paths: BTreeSet<StorePath> = outputs.values().cloned().collect();
-        let locks = store.lock_paths(&output_paths)?;
+        let locks = if self.wait_for_locks {
+            store.lock_paths(&output_paths)?
+        } else {
+            match store.try_lock_paths(&output_paths)? {
+                Some(locks) => locks,
+                None => return Ok(JobOutcome::Busy),
+            }
+        };
         // Another process may have built them while we waited for the locks.
         let mut valid = BTreeSet::new();
         for path in &output_paths {
@@ -286,35 +299,63 @@ impl Job<'_> {
         }
     }
 
-    /// The files `exportReferencesGraph` asks for (`NAME PATH` pairs; not with structured
-    /// attributes): the closure of each input PATH, with the outputs of derivations in
-    /// it and their closures, in Nix's registration format (per path: the path, an empty
-    /// deriver line, the number of references, the references).
+    /// What `exportReferencesGraph` asks for: per name, the closure of the input paths
+    /// it lists, with the outputs of derivations in it and their closures (Nix's
+    /// `exportReferences`). Without structured attributes the variable is `NAME PATH`
+    /// pairs and each becomes a file in the build directory in Nix's registration format
+    /// (per path: the path, an empty deriver line, the number of references, the
+    /// references); with them it is an object of lists, and each becomes an attribute:
+    /// a list of path infos as `nix path-info --json --closure-size` prints them.
     fn references_graphs(
         &self,
         inputs: &BTreeSet<StorePath>,
-    ) -> Result<Vec<(String, Vec<u8>)>, BuildError> {
-        let Some(spec) = self.drv.env.get("exportReferencesGraph") else {
-            return Ok(Vec::new());
-        };
-        if self.drv.env.contains_key("__json") {
-            return Ok(Vec::new());
-        }
-        let store = self.store;
-        let store_dir = store.store_dir();
+        structured: Option<&serde_json::Value>,
+    ) -> Result<ReferenceGraphs, BuildError> {
         let unsupported = |reason: String| BuildError::Unsupported {
             drv: self.display(),
             reason,
         };
-        let words: Vec<&str> = spec.split_ascii_whitespace().collect();
-        if words.len() % 2 != 0 {
-            return Err(unsupported(
-                "odd number of tokens in 'exportReferencesGraph'".into(),
-            ));
-        }
-        let mut files = Vec::new();
-        for pair in words.chunks(2) {
-            let (name, path) = (pair[0], pair[1]);
+        let requests: Vec<(String, Vec<String>)> = match structured {
+            Some(attrs) => match attrs
+                .get("exportReferencesGraph")
+                .and_then(|v| v.as_object())
+            {
+                Some(graphs) => graphs
+                    .iter()
+                    .map(|(name, paths)| {
+                        let paths = match paths {
+                            serde_json::Value::String(path) => vec![path.clone()],
+                            serde_json::Value::Array(list) => list
+                                .iter()
+                                .map(|p| p.as_str().unwrap_or_default().to_string())
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        (name.clone(), paths)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
+            None => {
+                let Some(spec) = self.drv.env.get("exportReferencesGraph") else {
+                    return Ok(ReferenceGraphs::default());
+                };
+                let words: Vec<&str> = spec.split_ascii_whitespace().collect();
+                if words.len() % 2 != 0 {
+                    return Err(unsupported(
+                        "odd number of tokens in 'exportReferencesGraph'".into(),
+                    ));
+                }
+                words
+                    .chunks(2)
+                    .map(|pair| (pair[0].to_string(), vec![pair[1].to_string()]))
+                    .collect()
+            }
+        };
+        let store = self.store;
+        let store_dir = store.store_dir();
+        let mut graphs = ReferenceGraphs::default();
+        for (name, paths) in requests {
             let valid_name = name
                 .chars()
                 .next()
@@ -322,23 +363,27 @@ impl Job<'_> {
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-            if !valid_name {
+            if structured.is_none() && !valid_name {
                 return Err(unsupported(format!(
                     "invalid file name '{name}' in 'exportReferencesGraph'"
                 )));
             }
-            let (path, _) = store_dir.parse_path_prefix(path).map_err(|_| {
-                unsupported(format!(
-                    "'exportReferencesGraph' contains a non-store path '{path}'"
-                ))
-            })?;
-            if !inputs.contains(&path) {
-                return Err(unsupported(format!(
-                    "cannot export references of path '{}' because it is not in the input closure of the derivation",
-                    store_dir.display(&path)
-                )));
+            let mut roots = BTreeSet::new();
+            for path in paths {
+                let (path, _) = store_dir.parse_path_prefix(&path).map_err(|_| {
+                    unsupported(format!(
+                        "'exportReferencesGraph' contains a non-store path '{path}'"
+                    ))
+                })?;
+                if !inputs.contains(&path) {
+                    return Err(unsupported(format!(
+                        "cannot export references of path '{}' because it is not in the input closure of the derivation",
+                        store_dir.display(&path)
+                    )));
+                }
+                roots.insert(path);
             }
-            let mut closure = self.pending.closure(store, &BTreeSet::from([path]))?;
+            let mut closure = self.pending.closure(store, &roots)?;
             for drv in closure.clone().iter().filter(|p| p.is_derivation()) {
                 let outputs: BTreeSet<StorePath> = store
                     .read_derivation(drv)?
@@ -350,22 +395,68 @@ impl Job<'_> {
                     .collect();
                 closure.extend(self.pending.closure(store, &outputs)?);
             }
-            let mut text = String::new();
+            let mut infos = Vec::with_capacity(closure.len());
             for path in &closure {
-                let references = self.pending.references(store, path)?.unwrap_or_default();
-                text.push_str(&format!(
-                    "{}\n\n{}\n",
-                    store_dir.display(path),
-                    references.len()
-                ));
-                for reference in &references {
-                    text.push_str(&store_dir.display(reference));
-                    text.push('\n');
-                }
+                let info = self.pending.path_info(store, path)?.ok_or_else(|| {
+                    BuildError::MissingInput {
+                        drv: self.display(),
+                        input: store_dir.display(path),
+                    }
+                })?;
+                infos.push(info);
             }
-            files.push((name.to_string(), text.into_bytes()));
+            if structured.is_some() {
+                let mut list = Vec::with_capacity(infos.len());
+                for info in &infos {
+                    let mut closure_size = 0;
+                    for path in &self
+                        .pending
+                        .closure(store, &BTreeSet::from([info.path.clone()]))?
+                    {
+                        closure_size += self
+                            .pending
+                            .path_info(store, path)?
+                            .map_or(0, |info| info.nar_size);
+                    }
+                    let mut entry = serde_json::Map::new();
+                    entry.insert("path".into(), store_dir.display(&info.path).into());
+                    entry.insert(
+                        "narHash".into(),
+                        format!("{}:{}", info.nar_hash.algo(), info.nar_hash.to_base32()).into(),
+                    );
+                    entry.insert("narSize".into(), info.nar_size.into());
+                    entry.insert(
+                        "references".into(),
+                        info.references
+                            .iter()
+                            .map(|r| serde_json::Value::from(store_dir.display(r)))
+                            .collect::<Vec<_>>()
+                            .into(),
+                    );
+                    if let Some(ca) = &info.ca {
+                        entry.insert("ca".into(), ca.to_string().into());
+                    }
+                    entry.insert("closureSize".into(), closure_size.into());
+                    list.push(serde_json::Value::Object(entry));
+                }
+                graphs.attrs.insert(name, serde_json::Value::Array(list));
+            } else {
+                let mut text = String::new();
+                for info in &infos {
+                    text.push_str(&format!(
+                        "{}\n\n{}\n",
+                        store_dir.display(&info.path),
+                        info.references.len()
+                    ));
+                    for reference in &info.references {
+                        text.push_str(&store_dir.display(reference));
+                        text.push('\n');
+                    }
+                }
+                graphs.files.push((name, text.into_bytes()));
+            }
         }
-        Ok(files)
+        Ok(graphs)
     }
 
     fn build_in(
@@ -451,7 +542,21 @@ impl Job<'_> {
             reason,
         })?;
         let mut files = environment.files;
-        files.extend(self.references_graphs(inputs)?);
+        let mut structured = environment.structured;
+        let graphs = self.references_graphs(inputs, structured.as_ref())?;
+        files.extend(graphs.files);
+        if let Some(attrs) = structured.as_mut().filter(|_| !graphs.attrs.is_empty()) {
+            // The graphs join the attributes, and both files are written again.
+            let (json, shell) = crate::structured_attrs::with_attrs(attrs, graphs.attrs);
+            let rewrites = placeholder_rewrites(outputs, store_dir);
+            for (name, contents) in &mut files {
+                match name.as_str() {
+                    ".attrs.json" => *contents = rewrite(&json, &rewrites).into_bytes(),
+                    ".attrs.sh" => *contents = rewrite(&shell, &rewrites).into_bytes(),
+                    _ => {}
+                }
+            }
+        }
         for (name, contents) in &files {
             let file = build_dir.path.join(name);
             fs::write(&file, contents).map_err(|source| BuildError::BuildDir {
@@ -476,7 +581,6 @@ impl Job<'_> {
         let rewrites = placeholder_rewrites(outputs, store_dir);
         let args = std::iter::once(builder_name)
             .chain(self.drv.args.iter().map(|arg| rewrite(arg, &rewrites)));
-        let structured = environment.structured;
         let env = environment
             .vars
             .into_iter()
@@ -1008,6 +1112,14 @@ impl Job<'_> {
         closure.extend(self.pending.closure(self.store, &registered)?);
         Ok(closure)
     }
+}
+
+/// `exportReferencesGraph`'s results: files for the build directory, or attributes to
+/// add to the structured attributes.
+#[derive(Default)]
+struct ReferenceGraphs {
+    files: Vec<(String, Vec<u8>)>,
+    attrs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Tees a NAR into the hashers and the reference scanner.

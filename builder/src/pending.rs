@@ -9,14 +9,14 @@ use std::sync::Mutex;
 use arca_store_core::{PathInfo, Store, StorePath};
 use arca_store_sqlite::{DerivationOutputs, LocalStore, StoreError};
 
-/// Published outputs and their references.
+/// Published outputs and what they will be registered with.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    paths: Mutex<BTreeMap<StorePath, BTreeSet<StorePath>>>,
+    paths: Mutex<BTreeMap<StorePath, PathInfo>>,
 }
 
 impl Pending {
-    fn paths(&self) -> std::sync::MutexGuard<'_, BTreeMap<StorePath, BTreeSet<StorePath>>> {
+    fn paths(&self) -> std::sync::MutexGuard<'_, BTreeMap<StorePath, PathInfo>> {
         self.paths
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -26,7 +26,7 @@ impl Pending {
     pub fn insert<'a>(&self, infos: impl Iterator<Item = &'a PathInfo>) {
         let mut paths = self.paths();
         for info in infos {
-            paths.insert(info.path.clone(), info.references.clone());
+            paths.insert(info.path.clone(), info.clone());
         }
     }
 
@@ -48,16 +48,16 @@ impl Pending {
         store.is_valid_path(path)
     }
 
-    /// The references of a published or valid path (`None`: neither).
-    pub fn references(
+    /// What a published or valid path is (`None`: neither).
+    pub fn path_info(
         &self,
         store: &LocalStore,
         path: &StorePath,
-    ) -> Result<Option<BTreeSet<StorePath>>, StoreError> {
-        if let Some(references) = self.paths().get(path) {
-            return Ok(Some(references.clone()));
+    ) -> Result<Option<PathInfo>, StoreError> {
+        if let Some(info) = self.paths().get(path) {
+            return Ok(Some(info.clone()));
         }
-        Ok(store.query_path_info(path)?.map(|info| info.references))
+        store.query_path_info(path)
     }
 
     /// The closure of `roots` under references: through published outputs first, then
@@ -74,8 +74,8 @@ impl Pending {
             let mut walk: Vec<StorePath> = roots.iter().cloned().collect();
             while let Some(path) = walk.pop() {
                 match paths.get(&path) {
-                    Some(references) => {
-                        for reference in references {
+                    Some(info) => {
+                        for reference in &info.references {
                             if closure.insert(reference.clone()) {
                                 walk.push(reference.clone());
                             }

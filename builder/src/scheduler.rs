@@ -174,6 +174,7 @@ impl Graph {
                     drv: &drv,
                     options,
                     emit: &|_| {},
+                    wait_for_locks: true,
                 }
                 .outputs()?;
                 store.add_temp_roots(job_outputs.values())?;
@@ -251,6 +252,11 @@ struct State {
     ready: VecDeque<StorePath>,
     dependents: BTreeMap<StorePath, Vec<StorePath>>,
     running: usize,
+    /// Ready derivations whose outputs another process was building when last tried:
+    /// others are started first, and only when every ready one is busy does a worker
+    /// wait for one of them (so that several clients building the same graph build its
+    /// independent parts in parallel, as Nix's do). Forgotten when a build ends.
+    busy: BTreeSet<StorePath>,
     /// Stop starting builds (a failure without `--keep-going`).
     stopped: bool,
     not_built: BTreeMap<StorePath, Option<StorePath>>,
@@ -279,6 +285,7 @@ impl State {
             ready,
             dependents,
             running: 0,
+            busy: BTreeSet::new(),
             stopped: false,
             not_built: BTreeMap::new(),
         }
@@ -351,7 +358,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         pending,
     } = *shared;
     loop {
-        let drv_path = {
+        let (drv_path, wait_for_locks) = {
             let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if guard.stopped && guard.running == 0 {
@@ -359,7 +366,12 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                     return;
                 }
                 if !guard.stopped {
-                    if let Some(next) = guard.ready.pop_front() {
+                    let free = guard.ready.iter().position(|drv| !guard.busy.contains(drv));
+                    let picked = match free {
+                        Some(index) => guard.ready.remove(index).map(|drv| (drv, false)),
+                        None => guard.ready.pop_front().map(|drv| (drv, true)),
+                    };
+                    if let Some(next) = picked {
                         guard.running += 1;
                         break next;
                     }
@@ -381,6 +393,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
             options,
             emit,
             pending,
+            wait_for_locks,
         };
         // A panic in one build must not leave the others waiting for it forever.
         let (result, leftovers) =
@@ -417,6 +430,15 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 });
                 Some(BuildResult::Built(node.outputs.clone()))
             }
+            Ok(JobOutcome::Busy) => {
+                // Back in the queue, tried again after the others.
+                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                guard.running -= 1;
+                guard.busy.insert(drv_path.clone());
+                guard.ready.push_back(drv_path);
+                wake.notify_all();
+                continue;
+            }
             Ok(JobOutcome::AlreadyValid) => Some(BuildResult::AlreadyValid(node.outputs.clone())),
             Err(error) => {
                 emit(BuildEvent::Failed {
@@ -435,6 +457,8 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         }
         let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
         guard.running -= 1;
+        // Other processes may have finished too: try every ready one again.
+        guard.busy.clear();
         if ok {
             guard.succeeded(&drv_path);
         } else {

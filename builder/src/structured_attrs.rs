@@ -48,6 +48,17 @@ pub fn structured_attrs(
     Ok(StructuredAttrs { json, shell, value })
 }
 
+/// Adds `extra` to the attributes `attrs` (an object) and renders both files again:
+/// (`.attrs.json`, `.attrs.sh`).
+pub(crate) fn with_attrs(attrs: &mut Value, extra: Map<String, Value>) -> (String, String) {
+    if let Value::Object(map) = attrs {
+        map.extend(extra);
+    }
+    *attrs = sorted(std::mem::take(attrs));
+    let json = serde_json::to_string(attrs).expect("a JSON value always serialises");
+    (json, shell_declarations(attrs))
+}
+
 /// Objects with their keys in byte order, as Nix's JSON library keeps them.
 fn sorted(value: Value) -> Value {
     match value {

@@ -165,6 +165,23 @@ impl LocalStore {
         paths.iter().map(|path| self.lock_path(path)).collect()
     }
 
+    /// [`LocalStore::lock_paths`] without waiting: all the locks, or `None` (and none
+    /// held) when another process holds one of them, so that a builder can go on with
+    /// other work meanwhile, as Nix's does.
+    pub fn try_lock_paths(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<Option<Vec<PathLock>>, StoreError> {
+        let mut locks = Vec::with_capacity(paths.len());
+        for path in paths {
+            match self.try_lock_path(path)? {
+                Some(lock) => locks.push(lock),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(locks))
+    }
+
     /// A fresh scratch directory for one build, on the store's file system, reachable by
     /// its owner only.
     pub fn build_scratch(&self) -> Result<BuildScratch, StoreError> {
