@@ -341,7 +341,7 @@ impl Job<'_> {
                     return Ok(ReferenceGraphs::default());
                 };
                 let words: Vec<&str> = spec.split_ascii_whitespace().collect();
-                if words.len() % 2 != 0 {
+                if !words.len().is_multiple_of(2) {
                     return Err(unsupported(
                         "odd number of tokens in 'exportReferencesGraph'".into(),
                     ));
@@ -911,6 +911,9 @@ impl Job<'_> {
                 method,
                 hash: specified,
             });
+        }
+        for key in &self.options.signing_keys {
+            info.sign(store_dir, key);
         }
         Ok((info, location.to_owned()))
     }

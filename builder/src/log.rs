@@ -218,6 +218,50 @@ impl Drop for LogSink<'_> {
     }
 }
 
+/// Output cut into lines for `on_line` (escape sequences filtered, each line shown up to
+/// 64 KiB), for programs whose output is only shown, not stored (the post-build hook).
+pub(crate) struct LineSplitter<F: FnMut(String)> {
+    partial: Vec<u8>,
+    on_line: F,
+}
+
+impl<F: FnMut(String)> LineSplitter<F> {
+    pub fn new(on_line: F) -> Self {
+        LineSplitter {
+            partial: Vec::new(),
+            on_line,
+        }
+    }
+
+    /// Passes on an unfinished last line.
+    pub fn finish(mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            (self.on_line)(filter_escapes(&line));
+        }
+    }
+}
+
+impl<F: FnMut(String)> Write for LineSplitter<F> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut rest = bytes;
+        while let Some(newline) = memchr_newline(rest) {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..newline]);
+            (self.on_line)(filter_escapes(&line));
+            rest = &rest[newline + 1..];
+        }
+        let room = (64 * 1024usize).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&rest[..rest.len().min(room)]);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }

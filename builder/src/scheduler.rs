@@ -555,30 +555,36 @@ fn committer(
         };
         let mut failed = Vec::new();
         let mut finished_now = Vec::new();
+        let register_error = |drv: &StorePath, message: String| BuildError::Register {
+            drv: store.store_dir().display(drv),
+            message,
+        };
         for (drv, outputs) in jobs {
             match &registered {
                 Ok(()) => {
+                    if let Some(hook) = &options.post_build_hook {
+                        if let Err(error) = run_post_build_hook(store, hook, &drv, &outputs, emit) {
+                            failed.push((drv, error));
+                            continue;
+                        }
+                    }
                     emit(BuildEvent::Built {
                         drv: drv.clone(),
                         outputs: outputs.clone(),
                     });
                     finished_now.push((drv, BuildResult::Built(outputs)));
                 }
-                Err(message) => failed.push((drv, message.clone())),
+                Err(message) => failed.push((drv.clone(), register_error(&drv, message.clone()))),
             }
         }
         for (commit, message) in failures {
-            failed.push((commit.drv, message));
+            failed.push((commit.drv.clone(), register_error(&commit.drv, message)));
             // Dropping `commit.published` removes its outputs and releases their locks.
         }
         // Only now: a dependent must not look for a failed output in the registry before
         // it has left the overlay, nor for a good one before it is registered.
         pending.remove(all_paths.iter());
-        for (drv, message) in failed {
-            let error = BuildError::Register {
-                drv: store.store_dir().display(&drv),
-                message,
-            };
+        for (drv, error) in failed {
             emit(BuildEvent::Failed {
                 drv: drv.clone(),
                 message: error.to_string(),
@@ -593,5 +599,49 @@ fn committer(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(finished_now);
+    }
+}
+
+/// Runs the `post-build-hook` after `drv`'s outputs became valid, as Nix does: with the
+/// caller's environment plus `DRV_PATH` and `OUT_PATHS` (the output paths,
+/// space-separated), its output passed on as the build's log lines. It failing fails
+/// the build (the outputs stay valid).
+fn run_post_build_hook(
+    store: &LocalStore,
+    hook: &std::path::Path,
+    drv: &StorePath,
+    outputs: &BTreeMap<OutputName, StorePath>,
+    emit: &(dyn Fn(BuildEvent) + Sync),
+) -> Result<(), BuildError> {
+    let store_dir = store.store_dir();
+    let out_paths: BTreeSet<String> = outputs.values().map(|p| store_dir.display(p)).collect();
+    let mut spec = arca_sandbox::HostSpec::new(hook, [hook.as_os_str().to_owned()]);
+    spec.env = std::env::vars_os()
+        .filter(|(name, _)| name != "DRV_PATH" && name != "OUT_PATHS")
+        .collect();
+    spec.env
+        .push(("DRV_PATH".into(), store_dir.display(drv).into()));
+    spec.env.push((
+        "OUT_PATHS".into(),
+        out_paths.into_iter().collect::<Vec<_>>().join(" ").into(),
+    ));
+    spec.cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let failed = |reason: String| BuildError::PostBuildHook {
+        drv: store_dir.display(drv),
+        hook: hook.to_path_buf(),
+        reason,
+    };
+    let mut lines = crate::log::LineSplitter::new(|line: String| {
+        emit(BuildEvent::Log {
+            drv: drv.clone(),
+            line,
+        })
+    });
+    let report = arca_sandbox::run_on_host(&spec, &mut lines).map_err(|e| failed(e.to_string()))?;
+    lines.finish();
+    if report.outcome.success() {
+        Ok(())
+    } else {
+        Err(failed(report.outcome.to_string()))
     }
 }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use arca_store_core::config::{Assignment, ConfigError, ConfigSources};
+use arca_store_core::SecretKey;
 
 use crate::types::{BuildOptions, SandboxMode};
 
@@ -67,6 +68,10 @@ pub struct Settings {
     pub allowed_users: Vec<String>,
     /// `experimental-features`.
     pub experimental_features: BTreeSet<String>,
+    /// `require-sigs` (default true): a path added by a client must be signed by a
+    /// trusted key, content-addressed, or vouched for by a trusted client; with false,
+    /// any path is accepted from anyone (the daemon's own configuration decides).
+    pub require_sigs: bool,
     /// `fsync-metadata` (default true).
     pub fsync_metadata: bool,
 }
@@ -104,6 +109,7 @@ impl Default for Settings {
             trusted_users: vec!["root".into()],
             allowed_users: vec!["*".into()],
             experimental_features: BTreeSet::new(),
+            require_sigs: true,
             fsync_metadata: true,
         }
     }
@@ -137,6 +143,18 @@ pub enum SettingsError {
         origin: String,
         #[source]
         source: SettingError,
+    },
+    #[error("cannot read secret key file '{}'", path.display())]
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret key file '{}'", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: arca_store_core::KeyError,
     },
 }
 
@@ -189,7 +207,6 @@ const NIX_ONLY: &[&str] = &[
     "print-missing",
     "pure-eval",
     "repeat",
-    "require-sigs",
     "restrict-eval",
     "run-diff-hook",
     "sandbox-dev-shm-size",
@@ -406,6 +423,10 @@ impl Settings {
             "trusted-users" => list(&mut self.trusted_users, append, words()),
             "allowed-users" => list(&mut self.allowed_users, append, words()),
             "experimental-features" => list(&mut self.experimental_features, append, words()),
+            "require-sigs" => {
+                scalar(append)?;
+                self.require_sigs = boolean(value)?;
+            }
             "fsync-metadata" => {
                 scalar(append)?;
                 self.fsync_metadata = boolean(value)?;
@@ -417,11 +438,12 @@ impl Settings {
     }
 
     /// The builder's options these settings give (what a build request does not say:
-    /// check, repair; and where builds happen: the defaults of [`BuildOptions`]).
-    pub fn build_options(&self) -> BuildOptions {
+    /// check, repair; and where builds happen: the defaults of [`BuildOptions`]). Reads
+    /// the `secret-key-files`: a missing or malformed one is an error naming it.
+    pub fn build_options(&self) -> Result<BuildOptions, SettingsError> {
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let defaults = BuildOptions::default();
-        BuildOptions {
+        Ok(BuildOptions {
             max_jobs: self.max_jobs.max(1),
             cores: if self.cores == 0 {
                 defaults.cores
@@ -435,8 +457,30 @@ impl Settings {
             max_log_size: (self.max_log_size > 0).then_some(self.max_log_size),
             sandbox: self.sandbox,
             sandbox_paths: self.sandbox_paths.clone(),
+            signing_keys: self.signing_keys()?,
+            post_build_hook: self.post_build_hook.clone(),
             ..defaults
-        }
+        })
+    }
+
+    /// The keys of `secret-key-files`, read now.
+    pub fn signing_keys(&self) -> Result<Vec<std::sync::Arc<SecretKey>>, SettingsError> {
+        self.secret_key_files
+            .iter()
+            .map(|path| {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| SettingsError::ReadKey {
+                        path: path.clone(),
+                        source,
+                    })?;
+                SecretKey::parse(&text)
+                    .map(std::sync::Arc::new)
+                    .map_err(|source| SettingsError::Key {
+                        path: path.clone(),
+                        source,
+                    })
+            })
+            .collect()
     }
 }
 
@@ -554,7 +598,7 @@ mod tests {
         ] {
             settings.set(name, value).unwrap();
         }
-        let options = settings.build_options();
+        let options = settings.build_options().unwrap();
         assert_eq!(options.sandbox, SandboxMode::Disabled);
         assert_eq!(options.timeout, Some(Duration::from_secs(5)));
         assert_eq!(options.max_silent_time, None);
@@ -565,7 +609,7 @@ mod tests {
         // cores = 0 means every CPU, max-jobs = 0 still builds one at a time.
         settings.set("cores", "0").unwrap();
         settings.set("max-jobs", "0").unwrap();
-        let options = settings.build_options();
+        let options = settings.build_options().unwrap();
         assert_eq!(options.cores, BuildOptions::default().cores);
         assert_eq!(options.max_jobs, 1);
     }

@@ -66,6 +66,11 @@ pub struct BuildOptions {
     /// this process may open `/dev/net/tun`). Otherwise they share the host's network
     /// namespace, as in Nix 2.8, and with it the host's abstract unix sockets.
     pub user_mode_network: Option<PathBuf>,
+    /// A program run after each build whose outputs became valid (Nix's
+    /// `post-build-hook`), with `DRV_PATH` and `OUT_PATHS` in its environment.
+    pub post_build_hook: Option<PathBuf>,
+    /// Keys that sign every output built (Nix's `secret-key-files`).
+    pub signing_keys: Vec<std::sync::Arc<arca_store_core::SecretKey>>,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
     /// default as in Nix: the pid namespace already ends every process of a build, and a
     /// cgroup costs ~0.4 ms per build).
@@ -90,6 +95,8 @@ impl Default for BuildOptions {
             build_users: crate::BuildUsers::default(),
             tmpfs_size: arca_sandbox::TmpfsSize::default(),
             user_mode_network: find_program("slirp4netns"),
+            post_build_hook: None,
+            signing_keys: Vec::new(),
             use_cgroups: false,
         }
     }
@@ -305,6 +312,16 @@ pub enum BuildError {
         output: String,
         /// Its store path.
         path: String,
+    },
+    /// The `post-build-hook` failed after the outputs were registered.
+    #[error("post-build hook '{}' of '{drv}' {reason}", hook.display())]
+    PostBuildHook {
+        /// The `.drv` path.
+        drv: String,
+        /// The hook program.
+        hook: PathBuf,
+        /// How it ended.
+        reason: String,
     },
     /// A fixed-output derivation produced something else than declared.
     #[error("hash mismatch in fixed-output derivation '{drv}':\n  specified: {}\n     got:    {}", specified.to_sri(), got.to_sri())]

@@ -94,7 +94,7 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut options = BuildOptions {
         check: args.check,
         repair: args.repair,
-        ..global.settings()?.build_options()
+        ..global.settings()?.build_options()?
     };
     options
         .sandbox_paths

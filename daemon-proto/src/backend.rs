@@ -103,12 +103,25 @@ impl BuildTiming {
 }
 
 /// The builder's options for a client's settings and build mode.
-fn build_options(mode: BuildMode, settings: &Settings) -> BuildOptions {
-    BuildOptions {
+fn build_options(mode: BuildMode, settings: &Settings) -> Result<BuildOptions, StoreOpError> {
+    Ok(BuildOptions {
         check: mode == BuildMode::Check,
         repair: mode == BuildMode::Repair,
-        ..settings.build_options()
+        ..settings
+            .build_options()
+            .map_err(|error| refuse(error_chain(&error)))?
+    })
+}
+
+/// An error and its causes, `: `-separated, as the client shows one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
+    text
 }
 
 /// How to build.
@@ -487,7 +500,7 @@ impl DaemonStore for LocalStore {
                 }
             }
         }
-        let options = build_options(mode, settings);
+        let options = build_options(mode, settings)?;
         let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
@@ -668,7 +681,7 @@ impl DaemonStore for LocalStore {
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
         self.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
-        let options = build_options(mode, settings);
+        let options = build_options(mode, settings)?;
         let mut timing = None;
         let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
             if let Some((_, exited)) = BuildTiming::of(event) {

@@ -284,6 +284,13 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         write_error(&mut self.to, minor, message)
     }
 
+    /// Whether paths the client adds are accepted without a signature: it is trusted and
+    /// asks for it, or this daemon does not require signatures (`require-sigs = false`,
+    /// as in Nix, for every client).
+    fn vouched_for(&self, dont_check_signatures: bool) -> bool {
+        (self.peer.trusted && dont_check_signatures) || !self.settings.require_sigs
+    }
+
     /// A line of text for the client's terminal (`STDERR_NEXT`).
     fn log(&mut self, text: &str) -> io::Result<()> {
         self.to.write_u64(stderr::NEXT)?;
@@ -1110,7 +1117,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         let info = self.read_path_info(path);
         let _repair = self.from.read_bool("repair")?;
         let dont_check_signatures = self.from.read_bool("don't check signatures")?;
-        let trusted_import = self.peer.trusted && dont_check_signatures;
+        let trusted_import = self.vouched_for(dont_check_signatures);
         if self.minor() < 23 {
             // Before 1.23 the server pulls the NAR: `STDERR_READ` with a size, answered
             // by a byte string, as often as it needs.
@@ -1147,7 +1154,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
     fn add_multiple_to_store(&mut self) -> Result<(), Failure> {
         let _repair = self.from.read_bool("repair")?;
         let dont_check_signatures = self.from.read_bool("don't check signatures")?;
-        let trusted_import = self.peer.trusted && dont_check_signatures;
+        let trusted_import = self.vouched_for(dont_check_signatures);
         let limits = self.from.limits();
         let store = self.store;
         let peer = self.peer;

@@ -43,6 +43,6 @@ pub mod store_path;
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use path_info::{ContentAddress, ContentAddressError, PathInfo};
-pub use signature::{Signature, SignatureError};
+pub use signature::{KeyError, PublicKey, SecretKey, Signature, SignatureError};
 pub use store::{dependency_order, Store};
 pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};

@@ -125,6 +125,30 @@ impl PathInfo {
         }
     }
 
+    /// What a signature of the path signs (Nix's `fingerprint`):
+    /// `1;PATH;sha256:NAR-HASH-BASE32;NAR-SIZE;REF,REF,...` with full paths.
+    pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
+        let references: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| store_dir.display(r))
+            .collect();
+        format!(
+            "1;{};{}:{};{};{}",
+            store_dir.display(&self.path),
+            self.nar_hash.algo(),
+            self.nar_hash.to_base32(),
+            self.nar_size,
+            references.join(",")
+        )
+    }
+
+    /// Signs the path with `key`, keeping the signatures it has.
+    pub fn sign(&mut self, store_dir: &StoreDir, key: &crate::SecretKey) {
+        let signature = key.sign(&self.fingerprint(store_dir));
+        self.signatures.insert(signature.to_string());
+    }
+
     /// Whether the path refers to itself.
     pub fn has_self_reference(&self) -> bool {
         self.references.contains(&self.path)

@@ -3,8 +3,10 @@
 //! binary caches' `.narinfo` `Sig:` lines hold, and what the registry keeps,
 //! space-separated, in `ValidPaths.sigs`).
 //!
-//! Only the form is checked here: whether a signature is valid for a path is a question
-//! for whoever holds the public keys.
+//! [`SecretKey`] and [`PublicKey`] are Nix's key files (`nix-store
+//! --generate-binary-cache-key`): `NAME:BASE64` of the 64-byte ed25519 secret key
+//! (seed and public key, as libsodium keeps it) or of the 32-byte public key. A path's
+//! signature is over its *fingerprint* ([`crate::PathInfo::fingerprint`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -110,6 +112,136 @@ impl fmt::Display for Signature {
     }
 }
 
+/// Why a key file's text was refused (the text itself is never printed: it may be a
+/// secret).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum KeyError {
+    #[error("the key has no name before ':' (or the name has whitespace)")]
+    BadName,
+    #[error("the key of '{0}' is not valid base64")]
+    InvalidBase64(String),
+    #[error("the key of '{name}' is {actual} bytes long, not {expected} (ed25519)")]
+    WrongLength {
+        name: String,
+        actual: usize,
+        expected: usize,
+    },
+    #[error("the secret key of '{0}' does not match its public half")]
+    Mismatched(String),
+}
+
+fn split_key(text: &str) -> Result<(&str, Vec<u8>), KeyError> {
+    let (name, encoded) = text.trim().split_once(':').ok_or(KeyError::BadName)?;
+    if !is_key_name(name) {
+        return Err(KeyError::BadName);
+    }
+    let bytes = BASE64
+        .decode(encoded.as_bytes())
+        .map_err(|_| KeyError::InvalidBase64(name.to_owned()))?;
+    Ok((name, bytes))
+}
+
+/// A signing key, as in a Nix secret key file (`secret-key-files`).
+pub struct SecretKey {
+    name: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretKey {
+    /// Parses `NAME:BASE64` of the 64 bytes libsodium writes (seed, then public key).
+    pub fn parse(text: &str) -> Result<SecretKey, KeyError> {
+        let (name, bytes) = split_key(text)?;
+        let bytes = <[u8; 64]>::try_from(bytes.as_slice()).map_err(|_| KeyError::WrongLength {
+            name: name.to_owned(),
+            actual: bytes.len(),
+            expected: 64,
+        })?;
+        let key = ed25519_dalek::SigningKey::from_keypair_bytes(&bytes)
+            .map_err(|_| KeyError::Mismatched(name.to_owned()))?;
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Signs `fingerprint` (a path's, see [`crate::PathInfo::fingerprint`]).
+    pub fn sign(&self, fingerprint: &str) -> Signature {
+        use ed25519_dalek::Signer;
+        Signature {
+            key_name: self.name.clone(),
+            bytes: self.key.sign(fingerprint.as_bytes()).to_bytes(),
+        }
+    }
+
+    /// The public half, named alike.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
+    }
+}
+
+/// A key that checks signatures, as in Nix's `trusted-public-keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    name: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl PublicKey {
+    /// Parses `NAME:BASE64` of the 32-byte public key.
+    pub fn parse(text: &str) -> Result<PublicKey, KeyError> {
+        let (name, bytes) = split_key(text)?;
+        let bytes = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyError::WrongLength {
+            name: name.to_owned(),
+            actual: bytes.len(),
+            expected: 32,
+        })?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| KeyError::InvalidBase64(name.to_owned()))?;
+        Ok(PublicKey {
+            name: name.to_owned(),
+            key,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether `signature` is this key's (same name) and valid for `fingerprint`.
+    pub fn verify(&self, fingerprint: &str, signature: &Signature) -> bool {
+        signature.key_name == self.name
+            && self
+                .key
+                .verify_strict(
+                    fingerprint.as_bytes(),
+                    &ed25519_dalek::Signature::from_bytes(&signature.bytes),
+                )
+                .is_ok()
+    }
+}
+
+/// `NAME:BASE64`, as Nix writes public key files.
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, BASE64.encode(self.key.as_bytes()))
+    }
+}
+
 impl FromStr for Signature {
     type Err = SignatureError;
 
@@ -127,6 +259,44 @@ mod tests {
     /// `nix store sign --key-file sk` of `nix-store --add` of a file holding "hello\n",
     /// then `nix path-info --sigs`.
     const NIX_MADE: &str = "test-1:uGSbsJe/iJ0qEs8Tu75m8bR0semMlugtLNlPIwOj3sG4jZkGWPTDihb/wg2W7to0//LUnbdDPb6DKYxrhU0QDQ==";
+
+    /// Made by Nix 2.8: `nix-store --generate-binary-cache-key test-1 sk pk`, then
+    /// `nix store sign --key-file sk` of `nix-store --add` of a file holding "hello\n".
+    const NIX_SECRET: &str = "test-1:DkzsuQqkRPVwSXVlGs/IycoKxQV8Q+XPOp1dO19hr2Zh4jHqU9L4YDfAzSiqNqVxTjm+WZgJSrOapRMUtm0BWw==";
+    const NIX_PUBLIC: &str = "test-1:YeIx6lPS+GA3wM0oqjalcU45vlmYCUqzmqUTFLZtAVs=";
+    const NIX_FINGERPRINT: &str = "1;/nix/store/xp0dpr9yz5h0fk5c5lpj7zzqjbdh3w8c-f;sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw;120;";
+    const NIX_SIGNATURE: &str = "test-1:2z7+79uVnpemoD+CGzkh8DkCSWthNyWf6l7OPnTcX/4fWEwvsoILlqcjVNJtn3WZEnuMxVhJqMzje+CTV2pADQ==";
+
+    #[test]
+    fn signs_and_verifies_byte_for_byte_as_nix() {
+        let secret = SecretKey::parse(NIX_SECRET).unwrap();
+        assert_eq!(secret.public_key().to_string(), NIX_PUBLIC);
+        let signature = secret.sign(NIX_FINGERPRINT);
+        assert_eq!(signature.to_string(), NIX_SIGNATURE);
+        let public = PublicKey::parse(NIX_PUBLIC).unwrap();
+        assert!(public.verify(NIX_FINGERPRINT, &signature));
+        assert!(!public.verify(&NIX_FINGERPRINT.replace("120", "121"), &signature));
+        let renamed = Signature::new("test-2", *signature.bytes()).unwrap();
+        assert!(!public.verify(NIX_FINGERPRINT, &renamed));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_without_printing_them() {
+        assert_eq!(SecretKey::parse("nokey").unwrap_err(), KeyError::BadName);
+        let short = SecretKey::parse("k:AAAA").unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "the key of 'k' is 3 bytes long, not 64 (ed25519)"
+        );
+        // The public half of another key.
+        let mut bytes = BASE64
+            .decode(NIX_SECRET.split_once(':').unwrap().1.as_bytes())
+            .unwrap();
+        bytes[40] ^= 1;
+        let error = SecretKey::parse(&format!("x:{}", BASE64.encode(&bytes))).unwrap_err();
+        assert_eq!(error, KeyError::Mismatched("x".into()));
+        assert!(PublicKey::parse(NIX_SECRET).is_err());
+    }
 
     #[test]
     fn parses_and_prints_a_signature_nix_made() {
