@@ -25,6 +25,9 @@ use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
 use crate::types::{BuildError, BuildEvent, BuildOptions, SandboxMode};
 
+/// The builtin builders Arca runs (`builtin:NAME`), see [`crate::builtins`].
+const BUILTINS: &[&str] = &["buildenv"];
+
 /// What building one derivation came to.
 pub(crate) enum JobOutcome {
     /// Outputs were valid already (possibly built by another process meanwhile).
@@ -84,16 +87,17 @@ impl Job<'_> {
         let outputs = self.outputs()?;
         // Only this machine's platform: the seccomp filter kills 32-bit system calls, so
         // not even i686-linux builds here (Nix's extra-platforms is not supported).
-        if self.drv.builder.starts_with("builtin:") {
-            return Err(BuildError::Unsupported {
-                drv: self.display(),
-                reason: format!(
-                    "the builtin builder '{}' is not supported yet",
-                    self.drv.builder
-                ),
-            });
-        }
-        if self.drv.system != host_system() {
+        if let Some(name) = self.drv.builder.strip_prefix("builtin:") {
+            if !BUILTINS.contains(&name) {
+                return Err(BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: format!(
+                        "the builtin builder '{}' is not supported yet",
+                        self.drv.builder
+                    ),
+                });
+            }
+        } else if self.drv.system != host_system() {
             return Err(BuildError::WrongSystem {
                 drv: self.display(),
                 system: self.drv.system.clone(),
@@ -234,6 +238,45 @@ impl Job<'_> {
         Ok(matches!((registered, actual), (Some(info), Some((hash, _))) if info.nar_hash == hash))
     }
 
+    /// Runs a builtin builder (`builtin:buildenv`) here, writing its output into the
+    /// scratch directory and reading only the input closure ([`builtins::StoreView`]).
+    fn run_builtin(
+        &self,
+        name: &str,
+        vars: &BTreeMap<String, String>,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        inputs: &BTreeSet<StorePath>,
+        scratch: &BuildScratch,
+        log: &mut LogSink<'_>,
+    ) -> Result<arca_sandbox::Report, BuildError> {
+        let started = std::time::Instant::now();
+        let store = self.store;
+        let out = outputs.get("out").ok_or_else(|| BuildError::Unsupported {
+            drv: self.display(),
+            reason: format!("the builtin builder '{name}' needs an output 'out'"),
+        })?;
+        let physical = |path: &StorePath| store.physical_path(path);
+        let view = crate::builtins::StoreView {
+            store_dir: store.store_dir(),
+            physical: &physical,
+            inputs,
+        };
+        let out_dir = scratch.path().join(out.as_str());
+        let succeeded =
+            crate::builtins::run(name, vars, &out_dir, &view, log).map_err(|source| {
+                BuildError::BuildDir {
+                    path: scratch.path().to_path_buf(),
+                    source,
+                }
+            })?;
+        Ok(arca_sandbox::Report {
+            outcome: Outcome::Exited(if succeeded { 0 } else { 1 }),
+            output_bytes: 0,
+            elapsed: started.elapsed(),
+            usage: Default::default(),
+        })
+    }
+
     /// Whether this build runs without the sandbox: `sandbox = false`, or `relaxed` and
     /// the derivation asks for `__noChroot`; never for a store whose files are not at
     /// its logical store dir (a builder writes its outputs at their logical paths), nor
@@ -258,7 +301,8 @@ impl Job<'_> {
             };
         let store = self.store;
         let diverted = store.physical_store() != Path::new(store.store_dir().as_str());
-        Ok(wanted && !diverted && rebuild.is_disjoint(valid))
+        let builtin = self.drv.builder.starts_with("builtin:");
+        Ok(wanted && !diverted && !builtin && rebuild.is_disjoint(valid))
     }
 
     /// Before an unsandboxed build: whatever is at the paths of the outputs to build
@@ -581,13 +625,16 @@ impl Job<'_> {
         let rewrites = placeholder_rewrites(outputs, store_dir);
         let args = std::iter::once(builder_name)
             .chain(self.drv.args.iter().map(|arg| rewrite(arg, &rewrites)));
+        let start = std::time::SystemTime::now();
+        let builtin = self.drv.builder.strip_prefix("builtin:");
         let env = environment
             .vars
-            .into_iter()
+            .iter()
             .map(|(name, value)| (name.into(), value.into()))
             .collect();
-        let start = std::time::SystemTime::now();
-        let report = if unsandboxed {
+        let report = if let Some(name) = builtin {
+            self.run_builtin(name, &environment.vars, outputs, inputs, scratch, log)?
+        } else if unsandboxed {
             self.clear_output_paths(rebuild, scratch)?;
             let mut spec = HostSpec::new(&self.drv.builder, args);
             spec.env = env;

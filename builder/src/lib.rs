@@ -38,6 +38,7 @@
 //! ```
 
 mod build_user;
+mod builtins;
 mod environment;
 mod job;
 mod log;
