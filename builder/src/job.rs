@@ -280,12 +280,8 @@ impl Job<'_> {
     /// Whether this build runs without the sandbox: `sandbox = false`, or `relaxed` and
     /// the derivation asks for `__noChroot`; never for a store whose files are not at
     /// its logical store dir (a builder writes its outputs at their logical paths), nor
-    /// to rebuild outputs that are valid (they must not be overwritten in place).
-    fn runs_unsandboxed(
-        &self,
-        rebuild: &BTreeSet<StorePath>,
-        valid: &BTreeSet<StorePath>,
-    ) -> Result<bool, BuildError> {
+    /// a builtin builder (run here, into the scratch directory).
+    fn runs_unsandboxed(&self) -> Result<bool, BuildError> {
         let no_chroot = crate::environment::bool_attr(self.drv, "__noChroot");
         let wanted =
             match self.options.sandbox {
@@ -302,34 +298,98 @@ impl Job<'_> {
         let store = self.store;
         let diverted = store.physical_store() != Path::new(store.store_dir().as_str());
         let builtin = self.drv.builder.starts_with("builtin:");
-        Ok(wanted && !diverted && !builtin && rebuild.is_disjoint(valid))
+        Ok(wanted && !diverted && !builtin)
     }
 
-    /// Before an unsandboxed build: whatever is at the paths of the outputs to build
-    /// (left by an earlier failed build; they are invalid and locked) moves aside into
-    /// the scratch directory, so the builder starts with nothing there.
+    /// Where an unsandboxed builder writes each output that is valid already (it must
+    /// not be overwritten in place: `--check`, `--repair`, or one output of several
+    /// rebuilt): a path of the same length named after the derivation and output, as
+    /// Nix's `makeFallbackPath`. The builder sees it instead of the real path
+    /// everywhere (its hash part is rewritten in the environment and arguments), and
+    /// it is rewritten back in what was built.
+    fn redirections(
+        &self,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        valid: &BTreeSet<StorePath>,
+    ) -> Result<BTreeMap<StorePath, StorePath>, BuildError> {
+        let store_dir = self.store.store_dir();
+        let mut redirected = BTreeMap::new();
+        for (name, path) in outputs.iter().filter(|(_, path)| valid.contains(*path)) {
+            let descriptor = format!("rewrite:{}:name:{name}", store_dir.display(self.drv_path));
+            let inner = Hash::digest(HashAlgo::Sha256, descriptor.as_bytes());
+            let fallback = store_dir
+                .make_store_path("output:out", &inner, path.name())
+                .map_err(|error| BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: error.to_string(),
+                })?;
+            redirected.insert(path.clone(), fallback);
+        }
+        Ok(redirected)
+    }
+
+    /// Before an unsandboxed build: whatever is at the paths the builder writes (left by
+    /// an earlier failed build; they are invalid and locked) moves aside into the
+    /// scratch directory, so the builder starts with nothing there.
     fn clear_output_paths(
         &self,
         rebuild: &BTreeSet<StorePath>,
+        redirected: &BTreeMap<StorePath, StorePath>,
         scratch: &BuildScratch,
     ) -> Result<(), BuildError> {
-        for path in rebuild {
+        let written = rebuild
+            .iter()
+            .filter(|path| !redirected.contains_key(*path))
+            .chain(redirected.values());
+        for path in written {
             let stale = scratch.path().join(format!("stale-{}", path.as_str()));
             self.move_output(path, &stale)?;
         }
         Ok(())
     }
 
-    /// After an unsandboxed build: the outputs move from their store paths into the
-    /// scratch directory, where they are checked as a sandboxed build's are (or cleaned
-    /// up with it when the build failed).
+    /// After an unsandboxed build: the outputs to rebuild move from where the builder
+    /// wrote them into the scratch directory under their real names (with the
+    /// redirected paths' hash parts rewritten back), where they are checked as a
+    /// sandboxed build's are (or cleaned up with it when the build failed). Redirected
+    /// outputs that are not rebuilt are thrown away.
     fn take_outputs(
         &self,
         rebuild: &BTreeSet<StorePath>,
+        redirected: &BTreeMap<StorePath, StorePath>,
         scratch: &BuildScratch,
     ) -> Result<(), BuildError> {
-        for path in rebuild {
+        for (real, fallback) in redirected {
+            let to = if rebuild.contains(real) {
+                scratch.path().join(real.as_str())
+            } else {
+                scratch.path().join(format!("stale-{}", fallback.as_str()))
+            };
+            self.move_output(fallback, &to)?;
+        }
+        for path in rebuild
+            .iter()
+            .filter(|path| !redirected.contains_key(*path))
+        {
             self.move_output(path, &scratch.path().join(path.as_str()))?;
+        }
+        if redirected.is_empty() {
+            return Ok(());
+        }
+        let back: Vec<([u8; 32], [u8; 32])> = redirected
+            .iter()
+            .map(|(real, fallback)| (hash_part_bytes(fallback), hash_part_bytes(real)))
+            .collect();
+        for path in rebuild {
+            let tree = scratch.path().join(path.as_str());
+            if fs::symlink_metadata(&tree).is_ok() {
+                crate::rewrite::rewrite_tree(&tree, &back).map_err(|source| {
+                    BuildError::BuildDir {
+                        path: tree.clone(),
+                        source,
+                    }
+                })?;
+            }
         }
         Ok(())
     }
@@ -520,7 +580,7 @@ impl Job<'_> {
             locks,
         } = work;
         let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
-        let unsandboxed = self.runs_unsandboxed(rebuild, valid)?;
+        let unsandboxed = self.runs_unsandboxed()?;
         let is_root = nix::unistd::geteuid().is_root();
         let (build_uid, build_gid) = if unsandboxed {
             // As the caller, root included (Nix with an empty `build-users-group`).
@@ -627,17 +687,29 @@ impl Job<'_> {
             .chain(self.drv.args.iter().map(|arg| rewrite(arg, &rewrites)));
         let start = std::time::SystemTime::now();
         let builtin = self.drv.builder.strip_prefix("builtin:");
-        let env = environment
-            .vars
-            .iter()
-            .map(|(name, value)| (name.into(), value.into()))
-            .collect();
         let report = if let Some(name) = builtin {
             self.run_builtin(name, &environment.vars, outputs, inputs, scratch, log)?
         } else if unsandboxed {
-            self.clear_output_paths(rebuild, scratch)?;
-            let mut spec = HostSpec::new(&self.drv.builder, args);
-            spec.env = env;
+            let redirected = self.redirections(outputs, valid)?;
+            let hash_rewrites: Vec<(String, String)> = redirected
+                .iter()
+                .map(|(real, fallback)| {
+                    (
+                        real.hash_part().to_string(),
+                        fallback.hash_part().to_string(),
+                    )
+                })
+                .collect();
+            self.clear_output_paths(rebuild, &redirected, scratch)?;
+            let mut spec = HostSpec::new(
+                &self.drv.builder,
+                args.map(|arg| rewrite(&arg, &hash_rewrites)),
+            );
+            spec.env = environment
+                .vars
+                .iter()
+                .map(|(name, value)| (name.into(), rewrite(value, &hash_rewrites).into()))
+                .collect();
             spec.cwd = build_dir.path.clone();
             spec.limits.timeout = self.options.timeout;
             spec.limits.silence_timeout = self.options.max_silent_time;
@@ -645,9 +717,14 @@ impl Job<'_> {
             let report = arca_sandbox::run_on_host(&spec, log);
             // Whatever the builder left at the outputs' paths goes to the scratch
             // directory, where it is checked like a sandboxed build's or cleaned up.
-            self.take_outputs(rebuild, scratch)?;
+            self.take_outputs(rebuild, &redirected, scratch)?;
             report?
         } else {
+            let env = environment
+                .vars
+                .iter()
+                .map(|(name, value)| (name.into(), value.into()))
+                .collect();
             self.run_sandboxed(
                 args,
                 (build_uid, build_gid),
@@ -1422,4 +1499,11 @@ fn with_tail(error: BuildError, tail: Vec<String>) -> BuildError {
         },
         other => other,
     }
+}
+
+/// The 32 bytes of a store path's hash part.
+fn hash_part_bytes(path: &StorePath) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&path.hash_part().as_bytes()[..32]);
+    bytes
 }

@@ -43,6 +43,7 @@ mod environment;
 mod job;
 mod log;
 mod pending;
+mod rewrite;
 mod scheduler;
 mod settings;
 mod structured_attrs;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
-use arca_build::{BuildOptions, BuildResult, BuildTarget, Settings};
+use arca_build::{BuildEvent, BuildOptions, BuildResult, BuildTarget, Settings};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, HashAlgo, Hasher, PathInfo, Signature, Store, StoreDir,
@@ -213,12 +213,14 @@ where
     /// local store: `auto-optimise-store`).
     fn apply_settings(&self, _settings: &Settings) {}
 
-    /// Builds `targets`; per target, what is there now or why it failed.
+    /// Builds `targets`; per target, what is there now or why it failed. `events` hears
+    /// the builds' progress as it happens (the server streams it to the client).
     fn build_paths(
         &self,
         _targets: &[DerivedPath],
         _mode: BuildMode,
         _settings: &Settings,
+        _events: &mut dyn FnMut(&BuildEvent),
     ) -> Result<BuildOutcomes, StoreOpError> {
         Err(refuse("building is not supported by this store"))
     }
@@ -282,6 +284,7 @@ where
         _drv: &Derivation,
         _mode: BuildMode,
         _settings: &Settings,
+        _events: &mut dyn FnMut(&BuildEvent),
     ) -> Result<Result<Built, String>, StoreOpError> {
         Err(refuse(
             "building sent derivations is not supported by this store",
@@ -467,6 +470,7 @@ impl DaemonStore for LocalStore {
         targets: &[DerivedPath],
         mode: BuildMode,
         settings: &Settings,
+        events: &mut dyn FnMut(&BuildEvent),
     ) -> Result<BuildOutcomes, StoreOpError> {
         let mut builds = Vec::new();
         let mut results = Vec::new();
@@ -506,6 +510,7 @@ impl DaemonStore for LocalStore {
             BTreeMap::new()
         } else {
             arca_build::build(self, &builds, &options, &mut |event| {
+                events(&event);
                 if let Some((drv, timing)) = BuildTiming::of(event) {
                     timings.insert(drv, timing);
                 }
@@ -676,6 +681,7 @@ impl DaemonStore for LocalStore {
         drv: &Derivation,
         mode: BuildMode,
         settings: &Settings,
+        events: &mut dyn FnMut(&BuildEvent),
     ) -> Result<Result<Built, String>, StoreOpError> {
         // Built as sent, without writing a `.drv`: its inputs are all sources now, so the
         // paths it claims cannot be recomputed here (the caller decided whether to trust
@@ -684,6 +690,7 @@ impl DaemonStore for LocalStore {
         let options = build_options(mode, settings)?;
         let mut timing = None;
         let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
+            events(&event);
             if let Some((_, exited)) = BuildTiming::of(event) {
                 timing = Some(exited);
             }

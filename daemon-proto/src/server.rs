@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use arca_build::Settings;
+use arca_build::{BuildEvent, Settings};
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
     ContentAddressMethod, Hash, HashAlgo, PathInfo, Signature, SignatureError, StorePath,
@@ -648,7 +648,11 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                         "repairing is not allowed because you are not in 'trusted-users'",
                     ));
                 }
-                let results = store.build_paths(&targets, mode, &self.settings)?;
+                let mut activities = BuildActivities::new();
+                let to = &mut self.to;
+                let results = store.build_paths(&targets, mode, &self.settings, &mut |event| {
+                    activities.report(to, store.store_dir(), event)
+                })?;
                 if op == Op::BuildPaths {
                     // Nix reports a failed build as the operation's error.
                     if let Some(message) = results.iter().find_map(|(_, r)| r.as_ref().err()) {
@@ -911,7 +915,15 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                         )
                         .map_err(op_error)?
                 };
-                let result = store.build_derivation(&drv_path, &drv, mode, &self.settings)?;
+                let mut activities = BuildActivities::new();
+                let to = &mut self.to;
+                let result = store.build_derivation(
+                    &drv_path,
+                    &drv,
+                    mode,
+                    &self.settings,
+                    &mut |event| activities.report(to, store.store_dir(), event),
+                )?;
                 self.last()?;
                 self.write_build_result(&result)?;
             }
@@ -1245,6 +1257,95 @@ fn invalid(message: &str) -> WireError {
         message.to_owned(),
     ))
 }
+
+/// A build's progress as Nix's daemon streams it, while the operation runs: a build
+/// activity per derivation (`building '…'`, with the `.drv` path, as Nix's `actBuild`),
+/// each builder output line as a `resBuildLogLine` result of it, and its end. A client
+/// that went away is not an error here: the operation's reply finds out.
+struct BuildActivities {
+    next: u64,
+    running: std::collections::HashMap<StorePath, u64>,
+}
+
+/// Nix's verbosity `lvlInfo`, activity type `actBuild` and result type `resBuildLogLine`.
+const LVL_INFO: u64 = 3;
+const ACT_BUILD: u64 = 105;
+const RES_BUILD_LOG_LINE: u64 = 101;
+
+impl BuildActivities {
+    fn new() -> BuildActivities {
+        // Unique in the daemon process, as Nix's (pid << 32) + counter: each operation
+        // takes a range of 2^20 ids.
+        BuildActivities {
+            next: (u64::from(std::process::id()) << 32)
+                + NEXT_ACTIVITY.fetch_add(1 << 20, std::sync::atomic::Ordering::Relaxed),
+            running: Default::default(),
+        }
+    }
+
+    fn report<W: Write>(
+        &mut self,
+        to: &mut WireWriter<W>,
+        store_dir: &arca_store_core::StoreDir,
+        event: &BuildEvent,
+    ) {
+        let _ = self.write(to, store_dir, event);
+    }
+
+    fn write<W: Write>(
+        &mut self,
+        to: &mut WireWriter<W>,
+        store_dir: &arca_store_core::StoreDir,
+        event: &BuildEvent,
+    ) -> io::Result<()> {
+        match event {
+            BuildEvent::Started { drv } => {
+                self.next += 1;
+                let id = self.next;
+                self.running.insert(drv.clone(), id);
+                let path = store_dir.display(drv);
+                to.write_u64(stderr::START_ACTIVITY)?;
+                to.write_u64(id)?;
+                to.write_u64(LVL_INFO)?;
+                to.write_u64(ACT_BUILD)?;
+                to.write_str(&format!("building '{path}'"))?;
+                // Fields: the derivation, the machine (local: empty), round 1 of 1.
+                to.write_u64(4)?;
+                to.write_u64(1)?;
+                to.write_str(&path)?;
+                to.write_u64(1)?;
+                to.write_str("")?;
+                to.write_u64(0)?;
+                to.write_u64(1)?;
+                to.write_u64(0)?;
+                to.write_u64(1)?;
+                to.write_u64(0)?; // parent: none
+            }
+            BuildEvent::Log { drv, line } => {
+                let Some(&id) = self.running.get(drv) else {
+                    return Ok(());
+                };
+                to.write_u64(stderr::RESULT)?;
+                to.write_u64(id)?;
+                to.write_u64(RES_BUILD_LOG_LINE)?;
+                to.write_u64(1)?;
+                to.write_u64(1)?;
+                to.write_str(line)?;
+            }
+            BuildEvent::Built { drv, .. } | BuildEvent::Failed { drv, .. } => {
+                let Some(id) = self.running.remove(drv) else {
+                    return Ok(());
+                };
+                to.write_u64(stderr::STOP_ACTIVITY)?;
+                to.write_u64(id)?;
+            }
+            _ => return Ok(()),
+        }
+        to.flush()
+    }
+}
+
+static NEXT_ACTIVITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Applies a client's `SetOptions` to its connection's settings, with Nix 2.8's trust
 /// rules (`daemon.cc`): the twelve fixed fields (keep-failed, keep-going, fallback,
