@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Nix 2.8's own functional tests through `arca daemon` (the kit in ../shared/nix-conformance,
+# see its README): every store-level test that passes through nix-daemon must pass
+# through arca, except those listed, each with its reason, in
+# tests/conformance/expected-failures.txt (and README.md). A listed test that passes
+# fails the run too, so that the list (and the README) stays true.
+#
+# The kit is Nix's (LGPL-2.1) and is not part of this repository: it is looked for in
+# $NIX_CONFORMANCE_KIT, then ../shared/nix-conformance beside the checkout, then
+# /work/shared/nix-conformance. Without it this script says so loudly and exits 0
+# (exit 1 with ARCA_REQUIRE_CONFORMANCE=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+kit=""
+for candidate in "${NIX_CONFORMANCE_KIT:-}" "$root/../shared/nix-conformance" /work/shared/nix-conformance; do
+  if [ -n "$candidate" ] && [ -f "$candidate/run.sh" ]; then kit=$candidate; break; fi
+done
+if [ -z "$kit" ]; then
+  cat >&2 <<'MSG'
+
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! The Nix conformance kit (../shared/nix-conformance) was not found:            !!
+!! NIX'S FUNCTIONAL TESTS DID NOT RUN THROUGH ARCA DAEMON.                        !!
+!! Set NIX_CONFORMANCE_KIT=/path/to/nix-conformance to run them.                  !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+MSG
+  [ "${ARCA_REQUIRE_CONFORMANCE:-0}" = 1 ] && exit 1
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "conformance: the kit needs root (mount namespaces, tests run as nobody); skipped" >&2
+  [ "${ARCA_REQUIRE_CONFORMANCE:-0}" = 1 ] && exit 1
+  exit 0
+fi
+
+# The kit's directory may be read-only: run a copy. Its work directory must be
+# reachable by `nobody`, who runs the tests.
+work=$(mktemp -d /var/tmp/arca-conformance.XXXXXX)
+chmod 0755 "$work"
+trap 'rm -rf "$work" 2>/dev/null || true' EXIT
+cp -r "$kit" "$work/kit"
+chmod -R u+w "$work/kit"
+cargo build --locked -q -p arca
+mkdir -p "$work/tmp"
+echo "conformance: $kit through $root/target/debug/arca"
+ARCA="$root/target/debug/arca" NIXFT_TMP="$work/tmp" bash "$work/kit/run.sh" arca -j 2 store \
+  | grep -v '^[^ ]*  *\(PASS\|FAIL\|SKIP\|TIMEOUT\)$' || true
+
+summary=$work/tmp/logs/arca/summary.tsv
+[ -f "$summary" ] || { echo "conformance: the kit wrote no summary" >&2; exit 1; }
+expected=$root/tests/conformance/expected-failures.txt
+declare -A excused=()
+while IFS= read -r line; do
+  case $line in ''|'#'*) continue;; esac
+  excused[${line%% *}]=1
+done < "$expected"
+
+status=0
+while IFS=$'\t' read -r test result _rc _reason; do
+  case $test in ''|'#'*) continue;; esac
+  case $result in
+    PASS)
+      if [ -n "${excused[$test]:-}" ]; then
+        echo "conformance: $test passes now: remove it from tests/conformance/expected-failures.txt and README.md" >&2
+        status=1
+      fi;;
+    FAIL|TIMEOUT)
+      if [ -z "${excused[$test]:-}" ]; then
+        echo "conformance: $test $result through arca daemon (log: kit logs/arca/$test.log):" >&2
+        sed -n '/^+ killDaemon$/q;p' "$work/tmp/logs/arca/${test%.sh}.log" | tail -15 >&2 || true
+        status=1
+      fi;;
+  esac
+done < "$summary"
+if [ "$status" = 0 ]; then
+  echo "conformance: every test that passes through nix-daemon passes through arca daemon, but the ${#excused[@]} excused in tests/conformance/expected-failures.txt"
+fi
+exit "$status"

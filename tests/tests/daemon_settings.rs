@@ -1,0 +1,882 @@
+//! `arca daemon`'s settings, driven by real Nix 2.8 clients (`nix-build`, `nix-store`,
+//! `nix`):
+//!
+//! - the daemon reads `$NIX_CONF_DIR/nix.conf` (with `include` and `!include`; not the
+//!   host's `/etc/nix/nix.conf`, which says `sandbox = false` here): `sandbox = false`
+//!   builds on the host, where a builder reads a file outside the store; the default
+//!   sandbox hides it and the build fails;
+//! - a trusted client's `--option sandbox false` applies to its connection; an untrusted
+//!   one's is refused with Nix's warning and the build stays sandboxed; `trusted-users`
+//!   with `extra-trusted-users` in nix.conf makes a user trusted;
+//! - a client's `--timeout` and `--max-silent-time` stop builds, for trusted and
+//!   untrusted clients alike;
+//! - `keep-derivations = false` lets the garbage collector delete the `.drv` of a live
+//!   output, which the default keeps;
+//! - `post-build-hook` runs with `DRV_PATH` and `OUT_PATHS`; a failing hook fails the
+//!   build but leaves the output valid;
+//! - `secret-key-files` sign what the daemon builds, verifiably;
+//! - an unknown setting in nix.conf is a warning, a bad value stops the daemon.
+//!
+//! Unsandboxed builds happen only in a store at `/nix/store`, so each daemon runs in a
+//! private mount namespace of its own, with a fresh directory of the test's bind-mounted
+//! on `/nix` (`unshare --mount`); clients run outside it and reach the daemon through a
+//! socket outside `/nix`, and see its store at `LAB/nixroot/nix/store` (their store URI
+//! says `root=LAB/nixroot`). Needs root, `unshare` and real Nix; skipped loudly without
+//! them.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_tests::daemon::{open_up_to_root, running_as_root, version, RawClient, Unprivileged};
+use arca_tests::{arca_bin, nix_available};
+use serde_json::Value;
+
+// --- Shared setup -----------------------------------------------------------------------
+
+/// Whether this test can run: real Nix, root (to make mount namespaces and to run
+/// clients as `nobody`), `unshare`, `setpriv` and `timeout`. Prints a loud notice when not.
+fn prerequisites(test: &str) -> bool {
+    if !nix_available(test) {
+        return false;
+    }
+    if !running_as_root() {
+        eprintln!(
+            "SKIPPED {test}: needs root, to run the daemon in a mount namespace of its own and clients as nobody"
+        );
+        return false;
+    }
+    for program in ["unshare", "setpriv", "timeout", "nix-build", "nix"] {
+        let found = Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            eprintln!("SKIPPED {test}: `{program}` is not installed");
+            return false;
+        }
+    }
+    let namespaces = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !namespaces {
+        eprintln!("SKIPPED {test}: cannot make a mount namespace (`unshare --mount` fails)");
+        return false;
+    }
+    true
+}
+
+/// A test's directory: `nixroot/nix` (the daemon's `/nix`), `daemon-conf/nix.conf` (its
+/// `NIX_CONF_DIR`), `client-conf/nix.conf` (the clients'), `socket`, `log`, `tmp` (the
+/// daemon's `TMPDIR`), `home`, and whatever the test writes there.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A new lab whose daemon reads `nix_conf` (no nix.conf at all when `None`).
+    fn new(nix_conf: Option<&str>) -> Lab {
+        let lab = Lab {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for dir in ["nixroot/nix", "daemon-conf", "client-conf", "tmp", "home"] {
+            fs::create_dir_all(lab.path(dir)).unwrap();
+        }
+        if let Some(text) = nix_conf {
+            lab.write("daemon-conf/nix.conf", text);
+        }
+        // No substituters (there is no network); `nix` needs its experimental feature.
+        lab.write(
+            "client-conf/nix.conf",
+            "substituters =\nexperimental-features = nix-command\n",
+        );
+        // The lab is 0700; `nobody` must reach the socket, the .nix files, the hooks.
+        open_up_to_root(lab.dir.path());
+        lab
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes `text` at `relative`; returns its path.
+    fn write(&self, relative: &str, text: &str) -> PathBuf {
+        let path = self.path(relative);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes an executable shell script at `relative`; returns its path.
+    fn script(&self, relative: &str, body: &str) -> PathBuf {
+        let path = self.write(relative, &format!("#!/bin/sh\n{body}\n"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Writes `NAME.nix`: a derivation `NAME` whose builder is the host's `/bin/sh`
+    /// running `script` (so it builds only unsandboxed: the sandbox shows just the input
+    /// closure, which has no `/bin/sh`). Returns its path.
+    fn derivation(&self, name: &str, script: &str) -> PathBuf {
+        self.write(
+            &format!("{name}.nix"),
+            &format!(
+                "derivation {{\n  name = \"{name}\";\n  system = builtins.currentSystem;\n  builder = \"/bin/sh\";\n  args = [ \"-c\" {} ];\n}}\n",
+                nix_string(script)
+            ),
+        )
+    }
+
+    /// Where a store path (`/nix/store/…`) of the daemon's is, seen from outside its
+    /// namespace.
+    fn physical(&self, store_path: &str) -> PathBuf {
+        let relative = store_path
+            .strip_prefix("/nix/store/")
+            .unwrap_or_else(|| panic!("{store_path:?} is not in /nix/store"));
+        self.path("nixroot/nix/store").join(relative)
+    }
+
+    /// The store URI of the clients: the daemon's socket, with its store's location.
+    fn store_uri(&self) -> String {
+        format!(
+            "unix://{}?root={}",
+            self.path("socket").display(),
+            self.path("nixroot").display()
+        )
+    }
+
+    /// A real Nix client `program` of the lab's daemon, as `user` when given (through
+    /// `setpriv`), killed after 60 s (a hung client fails the test, not hangs it). Its
+    /// settings are only the lab's client nix.conf and what the test passes.
+    fn client(&self, program: &str, user: Option<&Unprivileged>) -> Command {
+        let mut command = match user {
+            None => {
+                let mut command = Command::new("timeout");
+                command
+                    .env("HOME", self.path("home"))
+                    .env("XDG_CACHE_HOME", self.path("home/.cache"));
+                command
+            }
+            Some(user) => {
+                let mut command = Command::new("setpriv");
+                command
+                    .arg(format!("--reuid={}", user.user))
+                    .arg(format!("--regid={}", user.group))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg("timeout")
+                    .env("HOME", &user.home)
+                    .env("XDG_CACHE_HOME", user.home.join(".cache"));
+                command
+            }
+        };
+        command
+            .args(["--kill-after=5", "60", program])
+            .env_remove("NIX_CONFIG")
+            .env("NIX_CONF_DIR", self.path("client-conf"))
+            .env("NIX_USER_CONF_FILES", self.path("client-conf/absent.conf"))
+            .env("NIX_REMOTE", self.store_uri())
+            .env_remove("NIX_STORE_DIR")
+            .env_remove("NIX_STATE_DIR")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `program ARGS` as a client (see [`Lab::client`]), whatever the exit status.
+    fn run(&self, program: &str, user: Option<&Unprivileged>, args: &[&str]) -> Output {
+        self.client(program, user)
+            .args(args)
+            .output()
+            .unwrap_or_else(|error| panic!("{program} cannot be spawned: {error}"))
+    }
+
+    /// Runs `program ARGS` as root, which must succeed: its stdout, trimmed.
+    fn run_ok(&self, daemon: &NsDaemon, program: &str, args: &[&str]) -> String {
+        let output = self.run(program, None, args);
+        expect_success(daemon, program, args, &output);
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+}
+
+/// `text` as a Nix string literal.
+fn nix_string(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("${", "\\${");
+    format!("\"{escaped}\"")
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn expect_success(daemon: &NsDaemon, program: &str, args: &[&str], output: &Output) {
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed ({}): {}\ndaemon log:\n{}",
+        output.status,
+        stderr_of(output),
+        daemon.log()
+    );
+}
+
+/// `arca --store / daemon --socket LAB/socket ARGS` in a mount namespace of its own where
+/// `LAB/nixroot/nix` is `/nix`, with `NIX_CONF_DIR=LAB/daemon-conf` and `TMPDIR=LAB/tmp`,
+/// logging to `LAB/log`. Its process group is killed when it is dropped.
+struct NsDaemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl NsDaemon {
+    /// The daemon's command, not started.
+    fn command(lab: &Lab, args: &[&str]) -> Command {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /nix && shift && exec "$@""#)
+            .arg("sh")
+            .arg(lab.path("nixroot/nix"))
+            .arg(arca_bin())
+            .args(["--store", "/", "daemon", "--socket"])
+            .arg(lab.path("socket"))
+            .args(args)
+            .env_remove("NIX_CONFIG")
+            .env("NIX_CONF_DIR", lab.path("daemon-conf"))
+            .env("NIX_USER_CONF_FILES", lab.path("daemon-conf/absent.conf"))
+            .env("TMPDIR", lab.path("tmp"))
+            .env("HOME", lab.path("home"))
+            .stdin(Stdio::null())
+            .process_group(0);
+        command
+    }
+
+    /// Starts the daemon and waits until it answers a handshake.
+    fn start(lab: &Lab, args: &[&str]) -> NsDaemon {
+        let log_path = lab.path("log");
+        let log = fs::File::create(&log_path).unwrap();
+        let child = NsDaemon::command(lab, args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("unshare can be spawned");
+        let mut daemon = NsDaemon {
+            child,
+            log: log_path,
+        };
+        let socket = lab.path("socket");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let served =
+                RawClient::connect(&socket).and_then(|mut client| client.handshake(version(1, 34)));
+            if served.is_ok() {
+                return daemon;
+            }
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!(
+                    "the daemon exited ({status}) before listening:\n{}",
+                    daemon.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon does not listen on {} after 20 s:\n{}",
+                socket.display(),
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the daemon wrote to its stdout and stderr so far.
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        // The group: `unshare` became `sh`, then the daemon; builders it left too.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `nobody`, with a home in the lab.
+fn nobody(lab: &Lab) -> Unprivileged {
+    Unprivileged::nobody(&lab.path("nobody-home"))
+}
+
+/// The marker file only the host has: `LAB/marker`, with `text`.
+fn marker(lab: &Lab, text: &str) -> PathBuf {
+    lab.write("marker", text)
+}
+
+/// A derivation `name` that copies the host file `file` to `$out`.
+fn copier(lab: &Lab, name: &str, file: &Path) -> PathBuf {
+    lab.derivation(name, &format!("/bin/cat {} > $out", file.display()))
+}
+
+/// `nix-build FILE -o LAB/result ARGS` as root, which must succeed: the output path.
+fn build_ok(lab: &Lab, daemon: &NsDaemon, file: &Path, args: &[&str]) -> String {
+    let result = lab.path("result");
+    let mut all = vec![file.to_str().unwrap(), "-o", result.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = lab.run_ok(daemon, "nix-build", &all);
+    assert!(
+        out.starts_with("/nix/store/") && !out.contains('\n'),
+        "nix-build printed {out:?}, not one output path"
+    );
+    out
+}
+
+/// The deriver of `out` through the daemon.
+fn deriver(lab: &Lab, daemon: &NsDaemon, out: &str) -> String {
+    let drv = lab.run_ok(daemon, "nix-store", &["--query", "--deriver", out]);
+    assert!(
+        drv.starts_with("/nix/store/") && drv.ends_with(".drv"),
+        "the deriver of {out} is {drv:?}"
+    );
+    drv
+}
+
+/// Whether `path` is valid, as `nix-store --check-validity` through the daemon says.
+fn valid(lab: &Lab, path: &str) -> bool {
+    lab.run("nix-store", None, &["--check-validity", path])
+        .status
+        .success()
+}
+
+// --- nix.conf: sandbox ------------------------------------------------------------------
+
+/// `sandbox = false`, from a file nix.conf includes, builds on the host: the builder
+/// (the host's `/bin/sh`) reads a file outside the store.
+#[test]
+fn nix_conf_sandbox_false_builds_on_the_host() {
+    let test = "nix_conf_sandbox_false_builds_on_the_host";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some(
+        "# The daemon's settings.\ninclude sandbox.conf\n!include absent.conf\n",
+    ));
+    lab.write(
+        "daemon-conf/sandbox.conf",
+        "sandbox = false  # on the host\n",
+    );
+    let file = marker(&lab, "seen on the host\n");
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    let out = build_ok(&lab, &daemon, &copier(&lab, "probe", &file), &[]);
+    assert!(out.ends_with("-probe"), "{out}");
+    assert_eq!(
+        fs::read_to_string(lab.physical(&out)).unwrap(),
+        "seen on the host\n"
+    );
+    assert_eq!(fs::read_link(lab.path("result")).unwrap(), Path::new(&out));
+    assert!(valid(&lab, &out));
+}
+
+/// Without `sandbox` in nix.conf the daemon builds in the sandbox (the host's
+/// `/etc/nix/nix.conf` says `sandbox = false`, but the daemon reads `$NIX_CONF_DIR`'s):
+/// the same derivation fails, as neither `/bin/sh` nor the file is there.
+#[test]
+fn default_sandbox_hides_the_host() {
+    let test = "default_sandbox_hides_the_host";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("# nothing set: the defaults\n"));
+    let file = marker(&lab, "seen on the host\n");
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    let probe = copier(&lab, "probe", &file);
+    let output = lab.run(
+        "nix-build",
+        None,
+        &[probe.to_str().unwrap(), "--no-out-link"],
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        !output.status.success(),
+        "the build succeeded in the sandbox: {stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+    // The sandbox has no `/bin/sh`: the builder cannot even start.
+    assert!(
+        stderr.contains("'/bin/sh'") && stderr.contains("No such file or directory"),
+        "{stderr}"
+    );
+    let drv = lab.run_ok(&daemon, "nix-instantiate", &[probe.to_str().unwrap()]);
+    let out = lab.run_ok(&daemon, "nix-store", &["--query", "--outputs", &drv]);
+    assert!(!valid(&lab, &out), "{out} is valid after a failed build");
+    assert!(!lab.physical(&out).exists(), "{out} was left behind");
+}
+
+// --- Client settings and trust ----------------------------------------------------------
+
+/// With `sandbox = true` in nix.conf, an untrusted client's `--option sandbox false` is
+/// ignored with Nix's warning (the build fails in the sandbox); then root's (trusted)
+/// builds the same derivation on the host.
+#[test]
+fn only_a_trusted_client_may_turn_the_sandbox_off() {
+    let test = "only_a_trusted_client_may_turn_the_sandbox_off";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = true\n"));
+    let nobody = nobody(&lab);
+    let file = marker(&lab, "trusted only\n");
+    let probe = copier(&lab, "probe", &file);
+    let probe = probe.to_str().unwrap();
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    let untrusted = lab.run(
+        "nix-build",
+        Some(&nobody),
+        &[probe, "--no-out-link", "--option", "sandbox", "false"],
+    );
+    let stderr = stderr_of(&untrusted);
+    assert!(
+        stderr.contains(
+            "ignoring the client-specified setting 'sandbox', because it is a restricted setting and you are not a trusted user"
+        ),
+        "no warning for the untrusted client: {stderr}"
+    );
+    assert!(
+        !untrusted.status.success(),
+        "the untrusted client's build ran unsandboxed: {stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+
+    let trusted = lab.run(
+        "nix-build",
+        None,
+        &[probe, "--no-out-link", "--option", "sandbox", "false"],
+    );
+    let stderr = stderr_of(&trusted);
+    assert!(
+        trusted.status.success(),
+        "root's --option sandbox false did not apply: {stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        !stderr.contains("ignoring the client-specified setting"),
+        "{stderr}"
+    );
+    let out = String::from_utf8(trusted.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        fs::read_to_string(lab.physical(&out)).unwrap(),
+        "trusted only\n"
+    );
+}
+
+/// `extra-trusted-users` in nix.conf appends to `trusted-users`: `nobody` becomes
+/// trusted, and their `--option sandbox false` applies.
+#[test]
+fn extra_trusted_users_in_nix_conf_trusts_a_user() {
+    let test = "extra_trusted_users_in_nix_conf_trusts_a_user";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some(
+        "sandbox = true\ntrusted-users = root\nextra-trusted-users = nobody\n",
+    ));
+    let nobody = nobody(&lab);
+    let file = marker(&lab, "nobody is trusted\n");
+    let probe = copier(&lab, "probe", &file);
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    let output = lab.run(
+        "nix-build",
+        Some(&nobody),
+        &[
+            probe.to_str().unwrap(),
+            "--no-out-link",
+            "--option",
+            "sandbox",
+            "false",
+        ],
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        output.status.success(),
+        "nobody is not trusted: {stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        !stderr.contains("ignoring the client-specified setting 'sandbox'"),
+        "{stderr}"
+    );
+    let out = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        fs::read_to_string(lab.physical(&out)).unwrap(),
+        "nobody is trusted\n"
+    );
+}
+
+/// Runs `nix-build FILE --no-out-link ARGS` as `user`, which must fail within 15 s:
+/// its stderr.
+fn build_fails_quickly(
+    lab: &Lab,
+    daemon: &NsDaemon,
+    user: Option<&Unprivileged>,
+    file: &Path,
+    args: &[&str],
+) -> String {
+    let mut all = vec![file.to_str().unwrap(), "--no-out-link"];
+    all.extend_from_slice(args);
+    let start = Instant::now();
+    let output = lab.run("nix-build", user, &all);
+    let elapsed = start.elapsed();
+    let stderr = stderr_of(&output);
+    assert!(
+        !output.status.success(),
+        "nix-build {all:?} succeeded: {stderr}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "nix-build {all:?} took {elapsed:?}: {stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+    stderr
+}
+
+/// A client's `--timeout 1` stops a build that keeps talking for 30 s, for root and
+/// for an untrusted user (`timeout` is one of the settings anyone may set).
+#[test]
+fn client_timeout_stops_a_long_build() {
+    let test = "client_timeout_stops_a_long_build";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let nobody = nobody(&lab);
+    let daemon = NsDaemon::start(&lab, &[]);
+    for (name, user) in [("chatty-root", None), ("chatty-nobody", Some(&nobody))] {
+        // Output every 0.2 s: only the total time can stop it.
+        let chatty = lab.derivation(
+            name,
+            "i=0; while [ $i -lt 150 ]; do echo tick $i; /bin/sleep 0.2; i=$((i+1)); done; echo done > $out",
+        );
+        let stderr = build_fails_quickly(&lab, &daemon, user, &chatty, &["--timeout", "1"]);
+        assert!(
+            stderr.contains("timed out after 1 seconds") && !stderr.contains("of silence"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("-{name}.drv'")),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+/// A client's `--max-silent-time 1` stops a build silent for 30 s (root and untrusted),
+/// but not one that talks more often than that for 3 s.
+#[test]
+fn client_max_silent_time_stops_a_silent_build() {
+    let test = "client_max_silent_time_stops_a_silent_build";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let nobody = nobody(&lab);
+    let daemon = NsDaemon::start(&lab, &[]);
+    for (name, user) in [("silent-root", None), ("silent-nobody", Some(&nobody))] {
+        let silent = lab.derivation(name, "/bin/sleep 30; echo done > $out");
+        let stderr = build_fails_quickly(&lab, &daemon, user, &silent, &["--max-silent-time", "1"]);
+        assert!(
+            stderr.contains("timed out after 1 seconds of silence"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("-{name}.drv'")),
+            "{name}: {stderr}"
+        );
+    }
+
+    let talker = lab.derivation(
+        "talker",
+        "i=0; while [ $i -lt 10 ]; do echo tick $i; /bin/sleep 0.3; i=$((i+1)); done; echo done > $out",
+    );
+    let out = build_ok(&lab, &daemon, &talker, &["--max-silent-time", "1"]);
+    assert_eq!(fs::read_to_string(lab.physical(&out)).unwrap(), "done\n");
+}
+
+// --- keep-derivations -------------------------------------------------------------------
+
+/// Builds a derivation with a GC root on its output (`nix-build -o`, an indirect root
+/// registered through the daemon), runs `nix-store --gc` through the daemon: whether
+/// the output and its `.drv` are still there (and valid).
+fn gc_keeps(nix_conf: &str) -> (bool, bool) {
+    let lab = Lab::new(Some(nix_conf));
+    let file = marker(&lab, "rooted\n");
+    let daemon = NsDaemon::start(&lab, &[]);
+    let out = build_ok(&lab, &daemon, &copier(&lab, "rooted", &file), &[]);
+    let drv = deriver(&lab, &daemon, &out);
+    assert!(lab.physical(&drv).exists() && valid(&lab, &drv));
+
+    lab.run_ok(&daemon, "nix-store", &["--gc"]);
+    let out_kept = lab.physical(&out).exists();
+    assert_eq!(out_kept, valid(&lab, &out), "{out}: on disk vs valid");
+    let drv_kept = lab.physical(&drv).exists();
+    assert_eq!(drv_kept, valid(&lab, &drv), "{drv}: on disk vs valid");
+    (out_kept, drv_kept)
+}
+
+#[test]
+fn keep_derivations_false_lets_gc_delete_the_drv() {
+    let test = "keep_derivations_false_lets_gc_delete_the_drv";
+    if !prerequisites(test) {
+        return;
+    }
+    let (out_kept, drv_kept) = gc_keeps("sandbox = false\nkeep-derivations = false\n");
+    assert!(out_kept, "the rooted output was collected");
+    assert!(
+        !drv_kept,
+        "the .drv stayed although keep-derivations = false"
+    );
+}
+
+#[test]
+fn keep_derivations_by_default_gc_keeps_the_drv() {
+    let test = "keep_derivations_by_default_gc_keeps_the_drv";
+    if !prerequisites(test) {
+        return;
+    }
+    let (out_kept, drv_kept) = gc_keeps("sandbox = false\n");
+    assert!(out_kept, "the rooted output was collected");
+    assert!(
+        drv_kept,
+        "the .drv was collected although keep-derivations is true"
+    );
+}
+
+// --- post-build-hook --------------------------------------------------------------------
+
+/// A trusted client's `--post-build-hook` runs after the build with `DRV_PATH` and
+/// `OUT_PATHS`.
+#[test]
+fn post_build_hook_sees_the_drv_and_out_paths() {
+    let test = "post_build_hook_sees_the_drv_and_out_paths";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let seen = lab.path("hook-saw");
+    let hook = lab.script(
+        "hook.sh",
+        &format!(
+            "echo \"DRV_PATH=$DRV_PATH\" > {seen}\necho \"OUT_PATHS=$OUT_PATHS\" >> {seen}",
+            seen = seen.display()
+        ),
+    );
+    let file = marker(&lab, "hooked\n");
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    let out = build_ok(
+        &lab,
+        &daemon,
+        &copier(&lab, "hooked", &file),
+        &["--post-build-hook", hook.to_str().unwrap()],
+    );
+    let drv = deriver(&lab, &daemon, &out);
+    let saw = fs::read_to_string(&seen).unwrap_or_else(|error| {
+        panic!(
+            "the hook did not run ({error}); daemon log:\n{}",
+            daemon.log()
+        )
+    });
+    assert_eq!(saw, format!("DRV_PATH={drv}\nOUT_PATHS={out}\n"));
+}
+
+/// A `post-build-hook` (from nix.conf) that exits 1 fails the build, but the output it
+/// ran after stays valid.
+#[test]
+fn failing_post_build_hook_fails_the_build_but_keeps_the_output() {
+    let test = "failing_post_build_hook_fails_the_build_but_keeps_the_output";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(None);
+    let hook = lab.script("fail.sh", "exit 1");
+    lab.write(
+        "daemon-conf/nix.conf",
+        &format!("sandbox = false\npost-build-hook = {}\n", hook.display()),
+    );
+    let file = marker(&lab, "hook fails\n");
+    let probe = copier(&lab, "hookfails", &file);
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    let drv = lab.run_ok(&daemon, "nix-instantiate", &[probe.to_str().unwrap()]);
+    let out = lab.run_ok(&daemon, "nix-store", &["--query", "--outputs", &drv]);
+    let output = lab.run("nix-build", None, &[&drv, "--no-out-link"]);
+    let stderr = stderr_of(&output);
+    assert!(
+        !output.status.success(),
+        "nix-build succeeded although the hook failed: {stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+    assert!(stderr.contains(hook.to_str().unwrap()), "{stderr}");
+    assert!(
+        valid(&lab, &out),
+        "{out} is not valid after the hook failed; daemon log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        fs::read_to_string(lab.physical(&out)).unwrap(),
+        "hook fails\n"
+    );
+}
+
+// --- secret-key-files -------------------------------------------------------------------
+
+/// A trusted client's `--secret-key-files` signs what the daemon builds: `nix path-info`
+/// lists the signature, and `nix store verify` accepts it with the public key (and not
+/// with another key).
+#[test]
+fn secret_key_files_sign_built_paths() {
+    let test = "secret_key_files_sign_built_paths";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let daemon = NsDaemon::start(&lab, &[]);
+    for name in ["test-1", "other-1"] {
+        lab.run_ok(
+            &daemon,
+            "nix-store",
+            &[
+                "--generate-binary-cache-key",
+                name,
+                &format!("{name}.sk"),
+                &format!("{name}.pk"),
+            ],
+        );
+    }
+    let file = marker(&lab, "signed\n");
+    let secret = lab.path("test-1.sk");
+    let out = build_ok(
+        &lab,
+        &daemon,
+        &copier(&lab, "signed", &file),
+        &["--secret-key-files", secret.to_str().unwrap()],
+    );
+
+    let json = lab.run_ok(&daemon, "nix", &["path-info", "--json", &out]);
+    let infos: Value = serde_json::from_str(&json).expect("nix path-info prints JSON");
+    let signatures: Vec<&str> = infos[0]["signatures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no signatures: {json}"))
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        signatures.iter().any(|s| s.starts_with("test-1:")),
+        "{signatures:?}"
+    );
+
+    let verify = |key: &str| {
+        let public = fs::read_to_string(lab.path(&format!("{key}.pk"))).unwrap();
+        lab.run(
+            "nix",
+            None,
+            &[
+                "store",
+                "verify",
+                "--trusted-public-keys",
+                public.trim(),
+                "--sigs-needed",
+                "1",
+                &out,
+            ],
+        )
+    };
+    let good = verify("test-1");
+    assert!(
+        good.status.success(),
+        "nix store verify rejects the signature: {}",
+        stderr_of(&good)
+    );
+    let other = verify("other-1");
+    assert!(
+        !other.status.success(),
+        "nix store verify accepts the path with an unrelated key: {}",
+        stderr_of(&other)
+    );
+}
+
+// --- Bad configuration ------------------------------------------------------------------
+
+/// An unknown setting in nix.conf is a warning in the daemon's log; the daemon starts
+/// and serves.
+#[test]
+fn unknown_setting_is_only_a_warning() {
+    let test = "unknown_setting_is_only_a_warning";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("no-such-setting = 1\n"));
+    let daemon = NsDaemon::start(&lab, &[]);
+    assert!(
+        daemon
+            .log()
+            .contains("warning: unknown setting 'no-such-setting'"),
+        "daemon log:\n{}",
+        daemon.log()
+    );
+    let file = lab.write("added", "served\n");
+    let path = lab.run_ok(&daemon, "nix-store", &["--add", file.to_str().unwrap()]);
+    assert!(path.ends_with("-added"), "{path}");
+    assert!(valid(&lab, &path));
+    assert_eq!(fs::read_to_string(lab.physical(&path)).unwrap(), "served\n");
+}
+
+/// A bad value in nix.conf stops `arca daemon` with an error naming the setting and the
+/// value.
+#[test]
+fn bad_value_stops_the_daemon() {
+    let test = "bad_value_stops_the_daemon";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = maybe\n"));
+    let mut command = NsDaemon::command(&lab, &[]);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare can be spawned");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("the daemon still runs after 20 s: {}", stderr_of(&output));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "the daemon exited 0: {stderr}");
+    assert!(
+        stderr.contains("invalid value 'maybe' for setting 'sandbox'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
