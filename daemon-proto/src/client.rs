@@ -63,7 +63,7 @@ impl std::fmt::Debug for DaemonClient {
 impl DaemonClient {
     /// Connects to the daemon listening on `socket` and does the handshake.
     pub fn connect(socket: &Path) -> Result<DaemonClient, ClientError> {
-        let stream = UnixStream::connect(socket)?;
+        let stream = crate::long_path::at_short_path(socket, |p| UnixStream::connect(p))?;
         DaemonClient::handshake(stream, StoreDir::default())
     }
 

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -110,7 +110,8 @@ pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(listen_error(error)),
     }
-    let listener = UnixListener::bind(socket).map_err(listen_error)?;
+    let listener =
+        crate::long_path::at_short_path(socket, |p| UnixListener::bind(p)).map_err(listen_error)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
         .map_err(listen_error)?;
     Ok(listener)
@@ -144,10 +145,9 @@ pub fn run(root: &Path, listener: UnixListener, options: DaemonOptions) -> Resul
         tracing::warn!("cannot block SIGTERM for a clean shutdown: {error}");
     }
     let stopping = Arc::new(AtomicBool::new(false));
-    let wake = listener
-        .local_addr()
-        .ok()
-        .and_then(|address| address.as_pathname().map(Path::to_owned));
+    // Shutting the listening socket down wakes the accept loop (with an error), even
+    // when its path was deleted or the socket came from systemd.
+    let wake = listener.try_clone().ok();
     {
         let stopping = Arc::clone(&stopping);
         let spawned = std::thread::Builder::new()
@@ -156,8 +156,11 @@ pub fn run(root: &Path, listener: UnixListener, options: DaemonOptions) -> Resul
                 if signals.wait().is_ok() {
                     stopping.store(true, Ordering::SeqCst);
                     // Wake the accept loop.
-                    if let Some(socket) = wake {
-                        let _ = UnixStream::connect(socket);
+                    if let Some(listener) = wake {
+                        let _ = nix::sys::socket::shutdown(
+                            listener.as_raw_fd(),
+                            nix::sys::socket::Shutdown::Both,
+                        );
                     }
                 }
             });

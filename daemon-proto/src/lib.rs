@@ -35,6 +35,7 @@ mod activation;
 pub mod backend;
 mod client;
 pub mod daemon;
+pub mod long_path;
 pub mod protocol;
 mod server;
 pub mod wire;

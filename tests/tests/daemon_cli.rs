@@ -187,6 +187,36 @@ fn sigterm_shuts_the_daemon_down_cleanly() {
     );
 }
 
+/// SIGTERM stops the daemon even when its socket file is gone (the accept loop is woken
+/// by shutting the listening socket down, not by connecting to its path).
+#[test]
+fn sigterm_stops_the_daemon_whose_socket_was_deleted() {
+    let scratch = scratch_dir();
+    let mut daemon = Daemon::start(
+        &scratch.path().join("served"),
+        &scratch.path().join("socket"),
+    );
+    std::fs::remove_file(&daemon.socket).unwrap();
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not exit on SIGTERM after its socket was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// systemd socket activation: a socket passed as fd 3 with `LISTEN_PID`/`LISTEN_FDS` is
 /// served, and no socket of the daemon's own is made. The launcher (Python, which does
 /// what systemd does: bind, listen, set the variables, exec keeping the pid) stands in
