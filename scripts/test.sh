@@ -13,12 +13,12 @@ say() { printf '\n== %s\n' "$*"; }
 
 # The sandbox and build tests use a static busybox as their builder.
 if ! command -v nix-store >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1 \
-   || ! command -v slirp4netns >/dev/null 2>&1; then
+   || ! command -v slirp4netns >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the Nix oracle (nix-bin), busybox-static and slirp4netns with apt-get"
+    say "installing the Nix oracle (nix-bin), busybox-static, slirp4netns and jq with apt-get"
     apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static slirp4netns >/dev/null \
-      || echo "apt-get could not install nix-bin busybox-static slirp4netns"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static slirp4netns jq >/dev/null \
+      || echo "apt-get could not install nix-bin busybox-static slirp4netns jq"
   fi
 fi
 nix_skipped=0
@@ -43,6 +43,9 @@ say "cargo test"
 # does not build another package's binary for them, so build it first.
 cargo build --locked -p arca
 cargo test --workspace --locked
+
+say "Nix 2.8's functional tests through arca daemon (scripts/conformance.sh)"
+bash scripts/conformance.sh
 
 if [ "$nix_skipped" = 1 ]; then
   cat >&2 <<'MSG'

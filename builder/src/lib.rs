@@ -16,8 +16,16 @@
 //! fixed output is first re-created from the NAR stream that is hashed, since its
 //! builder had network and could have handed out a descriptor of it.
 //!
-//! Not supported yet: content-addressed (floating) derivations, `exportReferencesGraph`,
-//! builtin builders (`builtin:fetchurl`), substitution, remote builds.
+//! With [`BuildOptions::sandbox`] [`SandboxMode::Disabled`] (Nix's `sandbox = false`)
+//! builders run on the host instead ([`arca_sandbox::run_on_host`]), writing their
+//! outputs at their store paths (valid ones under same-length fallback paths, rewritten
+//! back afterwards); the rest is the same. [`Settings`] is Nix's settings, typed, read
+//! where Nix reads them and turned into [`BuildOptions`]. Placeholders, `passAsFile`,
+//! structured attributes, `exportReferencesGraph`, secret-key signing, the post-build
+//! hook and `builtin:buildenv` are as in Nix.
+//!
+//! Not supported yet: content-addressed (floating) and impure derivations, recursive
+//! Nix, `builtin:fetchurl`, substitution, remote builds.
 //!
 //! # Example
 //!
