@@ -104,6 +104,7 @@ impl Job<'_> {
                 host: host_system(),
             });
         }
+        self.check_features()?;
         let inputs = self.input_closure()?;
 
         let output_paths: BTreeSet<StorePath> = outputs.values().cloned().collect();
@@ -236,6 +237,39 @@ impl Job<'_> {
         let registered = self.store.query_path_info(path)?;
         let actual = arca_store_sqlite::nar_hash_of(&self.store.physical_path(path)).ok();
         Ok(matches!((registered, actual), (Some(info), Some((hash, _))) if info.nar_hash == hash))
+    }
+
+    /// `requiredSystemFeatures` (a list with structured attributes, else words) must all
+    /// be among [`BuildOptions::system_features`].
+    fn check_features(&self) -> Result<(), BuildError> {
+        let required: BTreeSet<String> = match self.drv.env.get("__json") {
+            Some(json) => serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|attrs| {
+                    attrs.get("requiredSystemFeatures")?.as_array().map(|list| {
+                        list.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default(),
+            None => self
+                .drv
+                .env
+                .get("requiredSystemFeatures")
+                .map(|words| words.split_ascii_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
+        };
+        if required.is_subset(&self.options.system_features) {
+            return Ok(());
+        }
+        Err(BuildError::MissingFeatures {
+            drv: self.display(),
+            system: self.drv.system.clone(),
+            required: required.into_iter().collect(),
+            host: host_system(),
+            features: self.options.system_features.iter().cloned().collect(),
+        })
     }
 
     /// Runs a builtin builder (`builtin:buildenv`) here, writing its output into the

@@ -55,8 +55,8 @@ pub struct Settings {
     pub keep_outputs: bool,
     /// `system` (default this machine's, `x86_64-linux` here).
     pub system: String,
-    /// `system-features` (default `nixos-test benchmark big-parallel kvm`, as Nix on a
-    /// machine with `/dev/kvm`).
+    /// `system-features`: what derivations' `requiredSystemFeatures` may ask for (default
+    /// `benchmark big-parallel nixos-test`, and `kvm` on a machine with `/dev/kvm`).
     pub system_features: BTreeSet<String>,
     /// `extra-platforms`.
     pub extra_platforms: BTreeSet<String>,
@@ -78,13 +78,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let mut system_features: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        if std::path::Path::new("/dev/kvm").exists() {
-            system_features.insert("kvm".into());
-        }
+        let system_features = crate::types::default_system_features();
         Settings {
             sandbox: SandboxMode::Enabled,
             sandbox_fallback: true,
@@ -459,6 +453,7 @@ impl Settings {
             sandbox_paths: self.sandbox_paths.clone(),
             signing_keys: self.signing_keys()?,
             post_build_hook: self.post_build_hook.clone(),
+            system_features: self.system_features.clone(),
             ..defaults
         })
     }

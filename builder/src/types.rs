@@ -69,6 +69,10 @@ pub struct BuildOptions {
     /// A program run after each build whose outputs became valid (Nix's
     /// `post-build-hook`), with `DRV_PATH` and `OUT_PATHS` in its environment.
     pub post_build_hook: Option<PathBuf>,
+    /// What this machine offers to derivations' `requiredSystemFeatures` (Nix's
+    /// `system-features`; by default `benchmark big-parallel nixos-test`, and `kvm` when
+    /// `/dev/kvm` exists).
+    pub system_features: BTreeSet<String>,
     /// Keys that sign every output built (Nix's `secret-key-files`).
     pub signing_keys: Vec<std::sync::Arc<arca_store_core::SecretKey>>,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
@@ -96,10 +100,23 @@ impl Default for BuildOptions {
             tmpfs_size: arca_sandbox::TmpfsSize::default(),
             user_mode_network: find_program("slirp4netns"),
             post_build_hook: None,
+            system_features: default_system_features(),
             signing_keys: Vec::new(),
             use_cgroups: false,
         }
     }
+}
+
+/// Nix's default `system-features` on this machine.
+pub(crate) fn default_system_features() -> BTreeSet<String> {
+    let mut features: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if std::path::Path::new("/dev/kvm").exists() {
+        features.insert("kvm".into());
+    }
+    features
 }
 
 /// Whether builds run in the sandbox: Nix's `sandbox = true | false | relaxed`.
@@ -293,6 +310,25 @@ pub enum BuildError {
         /// This machine's.
         host: String,
     },
+    /// The derivation needs system features this machine does not have
+    /// (`requiredSystemFeatures` against the `system-features` setting).
+    #[error(
+        "a '{system}' with features {{{}}} is required to build '{drv}', but I am a '{host}' with features {{{}}}",
+        required.join(", "),
+        features.join(", ")
+    )]
+    MissingFeatures {
+        /// The `.drv` path.
+        drv: String,
+        /// The derivation's `system`.
+        system: String,
+        /// The features it requires.
+        required: Vec<String>,
+        /// This machine's system.
+        host: String,
+        /// This machine's features.
+        features: Vec<String>,
+    },
     /// A limit was hit.
     #[error("builder for '{drv}' {reason}{}", tail_text(tail))]
     Limit {
@@ -440,6 +476,17 @@ mod tests {
         assert_eq!(
             system.to_string(),
             "a 'aarch64-darwin' is required to build '/nix/store/x-a.drv', but I am a 'x86_64-linux'"
+        );
+        let features = BuildError::MissingFeatures {
+            drv: "/nix/store/x-a.drv".into(),
+            system: "x86_64-linux".into(),
+            required: vec!["gpu".into(), "kvm".into()],
+            host: "x86_64-linux".into(),
+            features: vec!["benchmark".into(), "kvm".into()],
+        };
+        assert_eq!(
+            features.to_string(),
+            "a 'x86_64-linux' with features {gpu, kvm} is required to build '/nix/store/x-a.drv', but I am a 'x86_64-linux' with features {benchmark, kvm}"
         );
     }
 }

@@ -413,9 +413,15 @@ fn sandbox_denies_host_files_undeclared_paths_and_network_as_nix_does() {
     );
 }
 
+/// A fixed output with another hash than declared: the build fails with Nix's message
+/// (naming the derivation and both hashes), the declared path stays invalid, and what was
+/// built is registered under the path of the hash it has, as Nix 2.8 does (Nix's own
+/// store gets the same path).
 #[test]
-fn fixed_output_with_wrong_hash_fails_and_registers_nothing() {
-    if !tools_available("fixed_output_with_wrong_hash_fails_and_registers_nothing") {
+fn fixed_output_with_wrong_hash_fails_and_registers_the_path_of_its_actual_hash() {
+    if !tools_available(
+        "fixed_output_with_wrong_hash_fails_and_registers_the_path_of_its_actual_hash",
+    ) {
         return;
     }
     let scratch = Scratch::new();
@@ -423,21 +429,48 @@ fn fixed_output_with_wrong_hash_fails_and_registers_nothing() {
     let out = scratch.arca_output(&drvs[0]);
     let stderr = scratch.arca_build_fails(&[drvs[0].as_str()]);
     let specified = Hash::digest(HashAlgo::Sha256, b"wrong").to_sri();
-    let got = Hash::digest(HashAlgo::Sha256, b"hi").to_sri();
+    let got = Hash::digest(HashAlgo::Sha256, b"hi");
     assert!(
-        stderr.contains(&format!("hash mismatch in fixed-output derivation '{out}'")),
+        stderr.contains(&format!(
+            "hash mismatch in fixed-output derivation '{}'",
+            drvs[0]
+        )),
         "{stderr}"
     );
     assert!(
         stderr.contains(&format!("specified: {specified}")),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("got:    {got}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("got:    {}", got.to_sri())),
+        "{stderr}"
+    );
     scratch.assert_nothing_left(&drvs[0], &out);
     assert!(staging_leftovers(&scratch.arca_root()).is_empty());
+    // The path of the hash it has, as Nix computes it.
+    let actual = String::from_utf8(scratch.nix_store(&[
+        "--print-fixed-path",
+        "sha256",
+        &got.to_base16(),
+        "fod-wrong",
+    ]))
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert!(
+        scratch.arca_registered(&actual),
+        "{actual} is not valid in Arca's store"
+    );
+    let info = &scratch.arca_path_info(&[&actual])[0];
+    assert_eq!(
+        info["ca"],
+        format!("fixed:sha256:{}", got.to_base32()),
+        "{info}"
+    );
+    assert_eq!(info["deriver"], drvs[0].as_str(), "{info}");
     assert_arca_verify_clean(&scratch.arca_root(), "after a hash mismatch");
 
-    // Nix reports the same two hashes.
+    // Nix reports the same two hashes, and registers the same path.
     let nix = scratch.nix_store_output(&["--option", "sandbox", "true", "--realise", &drvs[0]]);
     assert!(!nix.status.success());
     let nix_stderr = String::from_utf8_lossy(&nix.stderr);
@@ -453,6 +486,7 @@ fn fixed_output_with_wrong_hash_fails_and_registers_nothing() {
         hash_lines(&nix_stderr),
         "Arca (left) and Nix (right) report different hashes; Nix said: {nix_stderr}"
     );
+    scratch.nix_store(&["--check-validity", &actual]);
 }
 
 /// Two `arca build --max-jobs 2` processes started at once on overlapping graphs (the
