@@ -22,6 +22,8 @@ struct Reply {
     stop: u64,
     cpu_user: Option<u64>,
     cpu_system: Option<u64>,
+    /// What the daemon streamed while it built: `start TYPE TEXT`, `line TEXT`, `stop`.
+    progress: Vec<String>,
 }
 
 /// Sends one `BuildDerivation` for `drv` (named by `drv_path`) at protocol 1.37 and
@@ -83,6 +85,7 @@ fn build_derivation(
         to.write_str(value).unwrap();
     }
     to.write_u64(protocol::build_mode::NORMAL).unwrap();
+    let mut progress = Vec::new();
     let reply = loop {
         match from.read_u64().unwrap() {
             protocol::stderr::LAST => {
@@ -106,6 +109,7 @@ fn build_derivation(
                     stop,
                     cpu_user,
                     cpu_system,
+                    progress,
                 });
             }
             protocol::stderr::ERROR => {
@@ -120,6 +124,25 @@ fn build_derivation(
             protocol::stderr::NEXT => {
                 from.read_string("log").unwrap();
             }
+            protocol::stderr::START_ACTIVITY => {
+                from.read_u64().unwrap(); // id
+                from.read_u64().unwrap(); // level
+                let kind = from.read_u64().unwrap();
+                let text = from.read_string("text").unwrap();
+                read_fields(&mut from);
+                from.read_u64().unwrap(); // parent
+                progress.push(format!("start {kind} {text}"));
+            }
+            protocol::stderr::RESULT => {
+                from.read_u64().unwrap(); // id
+                assert_eq!(from.read_u64().unwrap(), 101, "resBuildLogLine");
+                let fields = read_fields(&mut from);
+                progress.push(format!("line {}", fields.join(" ")));
+            }
+            protocol::stderr::STOP_ACTIVITY => {
+                from.read_u64().unwrap();
+                progress.push("stop".into());
+            }
             other => panic!("unexpected message {other:#x}"),
         }
     };
@@ -128,6 +151,18 @@ fn build_derivation(
     from.get_mut().read_to_end(&mut rest).unwrap();
     server.join().unwrap().unwrap();
     reply
+}
+
+/// Log message fields: integers and strings, as text.
+fn read_fields<R: std::io::BufRead>(from: &mut WireReader<R>) -> Vec<String> {
+    let count = from.read_u64().unwrap();
+    (0..count)
+        .map(|_| match from.read_u64().unwrap() {
+            0 => from.read_u64().unwrap().to_string(),
+            1 => from.read_string("field").unwrap(),
+            tag => panic!("field type {tag}"),
+        })
+        .collect()
 }
 
 #[test]
@@ -154,7 +189,7 @@ fn a_trusted_client_gets_a_sent_derivation_built() {
             "sh".into(),
             "-c".into(),
             // Some CPU work, for the reported CPU time.
-            "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; echo built remotely > $out".into(),
+            "i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; echo building; echo built remotely > $out".into(),
         ],
         env: BTreeMap::from([
             ("builder".into(), format!("{bb_full}/busybox")),
@@ -188,6 +223,17 @@ fn a_trusted_client_gets_a_sent_derivation_built() {
         "{reply:?}"
     );
     assert!(reply.cpu_user.is_some_and(|us| us > 0), "{reply:?}");
+    // The build's progress streamed as Nix's daemon streams it: a build activity
+    // (`actBuild`, 105) naming the derivation, the builder's output, the end.
+    assert_eq!(
+        reply.progress,
+        [
+            format!("start 105 building '{drv_path}'"),
+            "line building".to_string(),
+            "stop".to_string()
+        ],
+        "{reply:?}"
+    );
     assert!(reply.cpu_system.is_some(), "{reply:?}");
     let store = LocalStore::open(root.path()).unwrap();
     assert!(store.is_valid_path(&out).unwrap());

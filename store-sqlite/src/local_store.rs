@@ -25,9 +25,7 @@ use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
-use crate::staging::{
-    clean_stale, create_staging_dir, remove_tree, Staged, LEGACY_DIRS, STAGING_DIR,
-};
+use crate::staging::{clean_stale, create_staging_dir, remove_tree, Staged, STAGING_DIR};
 
 /// How far [`LocalStore::add_path_with_progress`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +106,9 @@ impl LocalStore {
         ] {
             fs::create_dir_all(&dir).at(&dir)?;
         }
-        move_legacy_dirs(&physical_store)?;
+        // Nix makes `.links` when it opens a store; its tests expect it after a GC.
+        let links = physical_store.join(".links");
+        fs::create_dir_all(&links).at(&links)?;
         let staging_dir = physical_store.join(STAGING_DIR);
         create_staging_dir(&staging_dir)?;
         let big_lock_path = state_dir.join("db/big-lock");
@@ -855,22 +855,4 @@ pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Moves the directories earlier versions kept directly in the store directory
-/// (`.arca-staging`, `.arca-trash`, `.arca-links`) to their places inside `.links`, so
-/// that nothing of Arca's is left beside the store paths. A directory already at its new
-/// place wins: the old one is then left for a later open (a process of an earlier
-/// version may still be using it).
-fn move_legacy_dirs(store: &Path) -> Result<(), StoreError> {
-    let links = store.join(".links");
-    fs::create_dir_all(&links).at(&links)?;
-    for (old, new) in LEGACY_DIRS {
-        let (old, new) = (store.join(old), store.join(new));
-        if fs::symlink_metadata(&old).is_err() || fs::symlink_metadata(&new).is_ok() {
-            continue;
-        }
-        fs::rename(&old, &new).at(&old)?;
-    }
-    Ok(())
 }

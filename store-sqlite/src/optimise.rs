@@ -1,7 +1,7 @@
 //! Store optimisation (`nix-store --optimise`): identical files of the store are replaced
 //! by hard links to one copy, a *link file*.
 //!
-//! Layout: `<store>/.links/.arca-links/<2 hex>/<62 hex>`, sharded (one flat directory of millions
+//! Layout: `<store>/.arca-links/<2 hex>/<62 hex>`, sharded (one flat directory of millions
 //! of entries fills ext4's directory index, Nix issue 1522), named by blake3 over one
 //! byte saying whether the file is executable followed by its contents. Hard links share
 //! their mode, so equal bytes with different exec bits are different keys, as in Nix
@@ -21,7 +21,7 @@
 //!   Nix issue 14599).
 //! - A crash never loses a file: the replacement is a hard link made under a temporary
 //!   name and renamed over the file. Temporary names live in a staging directory of
-//!   their own (`.links/.arca-staging/<nonce>/<worker>/<n>`, see `staging.rs`), never inside a
+//!   their own (`.arca-staging/<nonce>/<worker>/<n>`, see `staging.rs`), never inside a
 //!   store path, so that no reader (a verify, a NAR dump) ever sees a stray entry in a
 //!   path, and a crash leaves nothing the next open of the store does not remove.
 //! - Several optimisers (threads or processes) may run at once: a link file made by

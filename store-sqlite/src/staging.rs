@@ -1,7 +1,7 @@
 //! Staging: where a path is written before it becomes visible under its final name.
 //!
-//! Every path enters the store as `<store>/.links/.arca-staging/<nonce>` (the tree)
-//! guarded by `<store>/.links/.arca-staging/<nonce>.lock`, which its writer holds from start to finish and
+//! Every path enters the store as `<store>/.arca-staging/<nonce>` (the tree)
+//! guarded by `<store>/.arca-staging/<nonce>.lock`, which its writer holds from start to finish and
 //! into which it writes the final base name just before the rename. The protocol:
 //!
 //! 1. write and canonicalise the tree under its staging name, record the final name in
@@ -29,19 +29,12 @@ use arca_store_core::StorePath;
 use crate::error::{IoContext, StoreError};
 use crate::lock::PathLock;
 
-/// The staging directory, relative to the physical store directory: inside Nix's
-/// `.links`, the one entry of the store directory that is not a store path and that Nix
-/// itself makes and expects (Nix's garbage collector prunes only files there, never
-/// directories; a store emptied by a full collection holds nothing else).
-pub const STAGING_DIR: &str = ".links/.arca-staging";
-
-/// Where earlier versions kept Arca's directories, directly in the store directory;
-/// [`crate::LocalStore::open`] moves them into `.links`.
-pub(crate) const LEGACY_DIRS: [(&str, &str); 3] = [
-    (".arca-staging", STAGING_DIR),
-    (".arca-trash", crate::gc::TRASH_DIR),
-    (".arca-links", crate::optimise::LINKS_DIR),
-];
+/// The staging directory, in the physical store directory. It is made when a store is
+/// opened (and again by a writer that finds it gone) and removed, when empty, by a
+/// garbage collection and when a handle is dropped, so that an idle store whose every
+/// path was collected holds nothing but Nix's `.links`, as Nix's does. (Not inside
+/// `.links`: `nix-store --verify --check-contents` checks every entry there.)
+pub const STAGING_DIR: &str = ".arca-staging";
 
 /// The store directory of an entry of the staging directory ([`STAGING_DIR`] levels up).
 fn store_of_staging(entry: &Path) -> Option<&Path> {
@@ -49,7 +42,7 @@ fn store_of_staging(entry: &Path) -> Option<&Path> {
     entry.ancestors().nth(depth + 1)
 }
 
-/// Makes the staging directory (and `.links` above it). Nobody but the staging area's
+/// Makes the staging directory. Nobody but the staging area's
 /// owner may list it (mode 0711): the names being written
 /// are not for others to learn. Search permission stays, because a build's sandbox
 /// bind-mounts its scratch directory from inside it with the build user's credentials;

@@ -36,12 +36,12 @@ fn store_entries(store: &LocalStore) -> BTreeSet<String> {
     fs::read_dir(store.physical_store())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != ".links")
+        .filter(|name| name != ".links" && name != ".arca-staging")
         .collect()
 }
 
 fn staging_entries(store: &LocalStore) -> Vec<String> {
-    match fs::read_dir(store.physical_store().join(".links/.arca-staging")) {
+    match fs::read_dir(store.physical_store().join(".arca-staging")) {
         Ok(entries) => entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect(),

@@ -114,7 +114,7 @@ fn a_crash_between_publishing_and_registering_leaves_nothing_after_reopening() {
         !store.physical_path(&path).exists(),
         "the unregistered output is removed when the store is opened again"
     );
-    let staging: Vec<_> = fs::read_dir(store.physical_store().join(".links/.arca-staging"))
+    let staging: Vec<_> = fs::read_dir(store.physical_store().join(".arca-staging"))
         .unwrap()
         .collect();
     assert!(staging.is_empty(), "staging leftovers: {staging:?}");
@@ -154,10 +154,7 @@ fn a_staging_dir_survives_other_handles_opening_the_store() {
     let dir = store.staging_dir().unwrap();
     let file = dir.path().join("spool");
     fs::write(&file, "in use").unwrap();
-    let bare = store
-        .physical_store()
-        .join(".links/.arca-staging")
-        .join("bare");
+    let bare = store.physical_store().join(".arca-staging").join("bare");
     fs::write(&bare, "garbage").unwrap();
     drop(LocalStore::open(root.path()).unwrap());
     assert_eq!(fs::read_to_string(&file).unwrap(), "in use");
@@ -182,7 +179,7 @@ fn a_scratch_outside_the_store_is_re_created_into_the_staging_area() {
     std::os::unix::fs::symlink("/etc/passwd", output.join("link")).unwrap();
     let mut nar = Vec::new();
     let copy = scratch.recreate(&output, "out", &mut nar, None).unwrap();
-    assert!(copy.starts_with(store.physical_store().join(".links/.arca-staging")));
+    assert!(copy.starts_with(store.physical_store().join(".arca-staging")));
     assert_eq!(fs::read_to_string(copy.join("file")).unwrap(), "contents");
     assert_eq!(
         fs::read_link(copy.join("link")).unwrap(),

@@ -55,7 +55,7 @@ fn link_file(store: &LocalStore, contents: &[u8], executable: bool) -> PathBuf {
     let hex = hasher.finalize().to_hex();
     store
         .physical_store()
-        .join(".links/.arca-links")
+        .join(".arca-links")
         .join(&hex[..2])
         .join(&hex[2..])
 }
@@ -121,7 +121,7 @@ fn assert_fully_linked(store: &LocalStore) {
 }
 
 fn staging_entries(store: &LocalStore) -> Vec<String> {
-    fs::read_dir(store.physical_store().join(".links/.arca-staging"))
+    fs::read_dir(store.physical_store().join(".arca-staging"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
@@ -424,7 +424,10 @@ fn prune_links_removes_only_unused_link_files_both_sharded_and_flat() {
     // Nix's optimiser names link files by nix-base32 sha256, flat in `.links`: one
     // nothing uses, one still linked to a store file.
     let links = store.physical_store().join(".links");
-    assert!(links.is_dir(), "the store has Nix's .links from the start");
+    assert!(
+        links.is_dir(),
+        "the store has Nix's .links from the start, as Nix makes it"
+    );
     let nix_unused = links.join("0".repeat(52));
     fs::write(&nix_unused, "ten bytes!").unwrap();
     let nix_used = links.join("1".repeat(52));
@@ -600,7 +603,7 @@ fn kill_9_during_optimise_leaves_a_store_that_verifies() {
         }
         child.wait().unwrap();
         // A run killed midway leaves its staging directory (and maybe temporary links).
-        if fs::read_dir(root.path().join("nix/store/.links/.arca-staging"))
+        if fs::read_dir(root.path().join("nix/store/.arca-staging"))
             .unwrap()
             .next()
             .is_some()

@@ -149,20 +149,20 @@ pub fn synthetic_closure(paths: &[SyntheticPath], starts: &[usize]) -> BTreeSet<
     closure
 }
 
-/// The names in `ROOT/nix/store`, except `.links` (which holds Arca's own directories).
-/// Nothing else of Arca's may be there: any other entry is returned.
+/// The names in `ROOT/nix/store`, except `.links` and Arca's own directories
+/// (`.arca-staging`, `.arca-trash`, `.arca-links`).
 pub fn store_entries(root: &Path) -> BTreeSet<String> {
     fs::read_dir(root.join("nix/store"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != ".links")
+        .filter(|name| name != ".links" && !name.starts_with(".arca-"))
         .collect()
 }
 
-/// The entries of Arca's trash directory (`nix/store/.links/.arca-trash`); none when it does
+/// The entries of Arca's trash directory (`nix/store/.arca-trash`); none when it does
 /// not exist.
 pub fn trash_entries(root: &Path) -> Vec<String> {
-    fs::read_dir(root.join("nix/store/.links/.arca-trash"))
+    fs::read_dir(root.join("nix/store/.arca-trash"))
         .map(|entries| {
             entries
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

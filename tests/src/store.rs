@@ -126,10 +126,10 @@ pub fn sql(db: &Path, query: &str) -> Vec<String> {
     lines(&output.stdout)
 }
 
-/// The entries left in the staging directory (`nix/store/.links/.arca-staging`) of the store at
+/// The entries left in the staging directory (`nix/store/.arca-staging`) of the store at
 /// `root`; none when it does not exist.
 pub fn staging_leftovers(root: &Path) -> Vec<String> {
-    fs::read_dir(root.join("nix/store/.links/.arca-staging"))
+    fs::read_dir(root.join("nix/store/.arca-staging"))
         .map(|entries| {
             entries
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

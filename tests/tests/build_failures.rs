@@ -466,7 +466,7 @@ fn repair_restores_a_corrupted_output() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    let staging = scratch.arca_physical("/nix/store/.links/.arca-staging");
+    let staging = scratch.arca_physical("/nix/store/.arca-staging");
     let leftovers: Vec<_> = std::fs::read_dir(staging).unwrap().collect();
     assert!(leftovers.is_empty(), "the old tree is gone: {leftovers:?}");
 }

@@ -20,8 +20,8 @@
 //!   and executable in the store keep those paths alive.
 //!
 //! Nix's `--print-dead` deletes the entries of the store directory that are not store
-//! paths (but `.links`, where Arca keeps its own directories), so every test asks Nix
-//! first and lets Arca open the store only afterwards, or ignores `.arca-*` lines.
+//! paths (Arca's `.arca-staging` among them), so every test asks Nix first and lets Arca
+//! open the store only afterwards, or ignores `.arca-*` lines.
 //!
 //! Needs real Nix and a static busybox; skipped loudly without them (an error in CI).
 //! The runtime-roots test needs neither.

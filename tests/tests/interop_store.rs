@@ -147,7 +147,7 @@ impl NixRoot for Root {
         assert!(
             left.is_empty(),
             "leftovers in {}: {left:?}",
-            self.store().join(".links/.arca-staging").display()
+            self.store().join(".arca-staging").display()
         );
     }
 }

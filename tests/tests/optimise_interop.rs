@@ -212,7 +212,7 @@ fn arca_and_nix_optimise_link_the_same_files_and_print_the_same_summary() {
 
 /// How many shard directories Arca's optimiser has made so far.
 fn shards(root: &Path) -> usize {
-    fs::read_dir(root.join("nix/store/.links/.arca-links")).map_or(0, Iterator::count)
+    fs::read_dir(root.join("nix/store/.arca-links")).map_or(0, Iterator::count)
 }
 
 #[test]

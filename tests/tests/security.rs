@@ -328,7 +328,7 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 fn scratch_output(scratch: &Scratch, out: &str) -> Option<std::path::PathBuf> {
     let base = out.rsplit('/').next()?;
     [
-        scratch.arca_root().join("nix/store/.links/.arca-staging"),
+        scratch.arca_root().join("nix/store/.arca-staging"),
         scratch.build_tmp(),
     ]
     .iter()
@@ -840,7 +840,7 @@ fn other_users_cannot_list_the_staging_area() {
         return;
     };
     arca_tests::daemon::open_up_to_root(&scratch.arca_root().join("nix/store"));
-    let staging = scratch.arca_root().join("nix/store/.links/.arca-staging");
+    let staging = scratch.arca_root().join("nix/store/.arca-staging");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&staging).unwrap().permissions());
     assert_eq!(mode & 0o7777, 0o711, "{}", staging.display());

@@ -63,7 +63,7 @@ fn leftovers(root: &Path) -> Vec<String> {
         }
     }
     for entry in staging_leftovers(root) {
-        found.push(format!(".links/.arca-staging/{entry}"));
+        found.push(format!(".arca-staging/{entry}"));
     }
     found
 }

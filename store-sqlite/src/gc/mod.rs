@@ -32,7 +32,7 @@
 //!
 //! A crash at any point leaves a consistent store: unregistration commits before any
 //! file is touched, so the worst case is unregistered files (swept by the next run)
-//! and trees in `<store>/.links/.arca-trash` (emptied by the next run).
+//! and trees in `<store>/.arca-trash` (emptied by the next run).
 
 mod remove;
 mod roots;
@@ -280,10 +280,10 @@ impl LocalStore {
 
     /// Collects garbage: see the module documentation for what is deleted and how it is
     /// kept safe against concurrent writers. `progress` hears how far it got.
-    /// After a collection: Arca's directories in `.links` go when they are empty (the
-    /// trash, emptied now; the link shards; the staging directory), so that a store
-    /// whose every path was collected holds an empty `.links`, as Nix's does. Whoever
-    /// needs one next makes it again (`Staged::new`, the optimiser's shards).
+    /// After a collection: Arca's directories go when they are empty (the trash, emptied
+    /// now; the link shards and their directory; the staging directory), so that a store
+    /// whose every path was collected holds only an empty `.links`, as Nix's does.
+    /// Whoever needs one next makes it again (`Staged::new`, the optimiser's shards).
     fn remove_empty_arca_dirs(&self, trash: &Path) -> Result<(), StoreError> {
         empty_trash(trash)?;
         let links = self.physical_store().join(crate::optimise::LINKS_DIR);
@@ -652,8 +652,7 @@ impl LocalStore {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            // `.links` holds Arca's directories too; `.arca-*` are where earlier
-            // versions kept them.
+            // Nix's `.links`, Arca's staging, trash and link directories.
             if name == ".links" || name.starts_with(".arca-") {
                 continue;
             }

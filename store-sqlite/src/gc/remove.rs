@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{IoContext, StoreError};
 
-/// `<store>/.links/.arca-trash`: trees on their way out. Whatever is in it is garbage.
-pub(crate) const TRASH_DIR: &str = ".links/.arca-trash";
+/// `<store>/.arca-trash`: trees on their way out. Whatever is in it is garbage; it is
+/// removed when a collection leaves it empty.
+pub(crate) const TRASH_DIR: &str = ".arca-trash";
 
 static TRASH_NAMES: AtomicU64 = AtomicU64::new(0);
 

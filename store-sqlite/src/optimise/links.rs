@@ -1,4 +1,4 @@
-//! Where link files live: Arca's sharded `.links/.arca-links` and Nix's flat `.links`, listed
+//! Where link files live: Arca's sharded `.arca-links` and Nix's flat `.links`, listed
 //! together (for the inodes of linked files, and for pruning).
 
 use std::collections::HashSet;
@@ -10,9 +10,10 @@ use std::path::Path;
 use crate::error::{IoContext, StoreError};
 use crate::optimise::LinksPruned;
 
-/// Arca's link files, relative to the physical store directory (inside Nix's `.links`,
-/// whose directories Nix leaves alone). The garbage collector must leave it alone.
-pub(crate) const LINKS_DIR: &str = ".links/.arca-links";
+/// Arca's link files, in the physical store directory (not in Nix's `.links`, whose
+/// entries `nix-store --verify` checks against their names). The garbage collector
+/// removes only empty shards, and the directory once it is empty.
+pub(crate) const LINKS_DIR: &str = ".arca-links";
 
 /// Nix's link files (flat, named by nix-base32 sha256 of their NAR).
 const NIX_LINKS_DIR: &str = ".links";

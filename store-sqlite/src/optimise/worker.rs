@@ -19,7 +19,7 @@ use crate::LocalStore;
 /// ones are streamed (twice when they are compared).
 const HELD_MAX: u64 = 256 << 10;
 
-/// The temporary names of one run: `.links/.arca-staging/<nonce>/<worker>/<n>`, in the store's
+/// The temporary names of one run: `.arca-staging/<nonce>/<worker>/<n>`, in the store's
 /// file system (a rename cannot cross file systems) but outside every store path. The
 /// staging lock, held for the whole run, tells the next open of the store whether they
 /// are a crashed run's leftovers. One directory per worker thread, so that the threads'
