@@ -242,7 +242,22 @@ impl Job<'_> {
     /// `requiredSystemFeatures` (a list with structured attributes, else words) must all
     /// be among [`BuildOptions::system_features`].
     fn check_features(&self) -> Result<(), BuildError> {
-        let required: BTreeSet<String> = match self.drv.env.get("__json") {
+        let required = self.required_features();
+        if required.is_subset(&self.options.system_features) {
+            return Ok(());
+        }
+        Err(BuildError::MissingFeatures {
+            drv: self.display(),
+            system: self.drv.system.clone(),
+            required: required.into_iter().collect(),
+            host: host_system(),
+            features: self.options.system_features.iter().cloned().collect(),
+        })
+    }
+
+    /// The derivation's `requiredSystemFeatures`.
+    fn required_features(&self) -> BTreeSet<String> {
+        match self.drv.env.get("__json") {
             Some(json) => serde_json::from_str::<serde_json::Value>(json)
                 .ok()
                 .and_then(|attrs| {
@@ -259,17 +274,7 @@ impl Job<'_> {
                 .get("requiredSystemFeatures")
                 .map(|words| words.split_ascii_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
-        };
-        if required.is_subset(&self.options.system_features) {
-            return Ok(());
         }
-        Err(BuildError::MissingFeatures {
-            drv: self.display(),
-            system: self.drv.system.clone(),
-            required: required.into_iter().collect(),
-            host: host_system(),
-            features: self.options.system_features.iter().cloned().collect(),
-        })
     }
 
     /// Runs a builtin builder (`builtin:buildenv`) here, writing its output into the
@@ -667,7 +672,7 @@ impl Job<'_> {
         } else {
             SANDBOX_BUILD_DIR
         };
-        let environment = build_environment(
+        let mut environment = build_environment(
             self.drv,
             outputs,
             store_dir,
@@ -679,6 +684,34 @@ impl Job<'_> {
             drv: self.display(),
             reason,
         })?;
+        // Recursive Nix: a daemon of its own on a socket in the build directory.
+        let recursive = if self.required_features().contains("recursive-nix")
+            && !self.drv.builder.starts_with("builtin:")
+        {
+            let provider =
+                self.options
+                    .recursive_nix
+                    .as_ref()
+                    .ok_or_else(|| BuildError::Unsupported {
+                        drv: self.display(),
+                        reason: "it needs recursive Nix, which this builder cannot serve".into(),
+                    })?;
+            let socket = build_dir.path.join(".nix-socket");
+            let session =
+                provider
+                    .start(&socket, inputs.clone())
+                    .map_err(|source| BuildError::BuildDir {
+                        path: socket.clone(),
+                        source,
+                    })?;
+            environment.vars.insert(
+                "NIX_REMOTE".into(),
+                format!("unix://{build_top}/.nix-socket"),
+            );
+            Some(session)
+        } else {
+            None
+        };
         let mut files = environment.files;
         let mut structured = environment.structured;
         let graphs = self.references_graphs(inputs, structured.as_ref())?;
@@ -769,6 +802,14 @@ impl Job<'_> {
                 log,
             )?
         };
+        // What the build added or built through its daemon is among what its outputs
+        // may refer to (kept alive by this handle until they are registered).
+        let added = recursive
+            .as_ref()
+            .map(|session| session.added())
+            .unwrap_or_default();
+        drop(recursive);
+        store.add_temp_roots(&added)?;
         (self.emit)(BuildEvent::BuilderExited {
             drv: self.drv_path.clone(),
             start,
@@ -812,6 +853,7 @@ impl Job<'_> {
         // that is hashed, walked without following symlinks, into a directory nobody
         // else can reach (`BuildScratch::recreate`).
         let mut candidates: BTreeSet<StorePath> = inputs.clone();
+        candidates.extend(added);
         candidates.extend(outputs.values().cloned());
         let mut built = Vec::new();
         for (name, path) in outputs {

@@ -24,8 +24,11 @@
 //! structured attributes, `exportReferencesGraph`, secret-key signing, the post-build
 //! hook and `builtin:buildenv` are as in Nix.
 //!
-//! Not supported yet: content-addressed (floating) and impure derivations, recursive
-//! Nix, `builtin:fetchurl`, substitution, remote builds.
+//! A build asking for recursive Nix gets a daemon of its own through
+//! [`BuildOptions::recursive_nix`] (provided by the daemon layer).
+//!
+//! Not supported yet: content-addressed (floating) and impure derivations,
+//! `builtin:fetchurl`, substitution, remote builds.
 //!
 //! # Example
 //!
@@ -66,4 +69,7 @@ pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
 pub use scheduler::{build, build_derivation};
 pub use settings::{SettingError, Settings, SettingsError};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
-pub use types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget, SandboxMode};
+pub use types::{
+    BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget, RecursiveNix, RecursiveSession,
+    SandboxMode,
+};

@@ -453,7 +453,14 @@ impl Settings {
             sandbox_paths: self.sandbox_paths.clone(),
             signing_keys: self.signing_keys()?,
             post_build_hook: self.post_build_hook.clone(),
-            system_features: self.system_features.clone(),
+            system_features: {
+                // Nix offers `recursive-nix` when the experimental feature is on.
+                let mut features = self.system_features.clone();
+                if self.experimental_features.contains("recursive-nix") {
+                    features.insert("recursive-nix".into());
+                }
+                features
+            },
             ..defaults
         })
     }

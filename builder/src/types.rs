@@ -73,6 +73,10 @@ pub struct BuildOptions {
     /// `system-features`; by default `benchmark big-parallel nixos-test`, and `kvm` when
     /// `/dev/kvm` exists).
     pub system_features: BTreeSet<String>,
+    /// What serves a build that asks for recursive Nix (`requiredSystemFeatures`
+    /// `recursive-nix`) a daemon of its own; `None`: such builds fail. The daemon layer
+    /// provides it (`arca-daemon-proto`), this crate only starts and stops it.
+    pub recursive_nix: Option<std::sync::Arc<dyn RecursiveNix>>,
     /// Keys that sign every output built (Nix's `secret-key-files`).
     pub signing_keys: Vec<std::sync::Arc<arca_store_core::SecretKey>>,
     /// Put each build in a cgroup of its own for accounting (Nix's `use-cgroups`, off by
@@ -100,11 +104,31 @@ impl Default for BuildOptions {
             tmpfs_size: arca_sandbox::TmpfsSize::default(),
             user_mode_network: find_program("slirp4netns"),
             post_build_hook: None,
+            recursive_nix: None,
             system_features: default_system_features(),
             signing_keys: Vec::new(),
             use_cgroups: false,
         }
     }
+}
+
+/// Recursive Nix: a daemon for one build, on a socket in its build directory, serving a
+/// *restricted* store that shows only the build's input closure and what the build added
+/// or built through it (Nix 2.8's `RestrictedStore`).
+pub trait RecursiveNix: Send + Sync + std::fmt::Debug {
+    /// Starts serving on `socket` (a new path) for a build whose input closure is
+    /// `inputs`; serving stops when the session is dropped.
+    fn start(
+        &self,
+        socket: &std::path::Path,
+        inputs: BTreeSet<StorePath>,
+    ) -> std::io::Result<Box<dyn RecursiveSession>>;
+}
+
+/// A running recursive-Nix daemon of one build.
+pub trait RecursiveSession: Send {
+    /// The paths the build added or built through the daemon so far.
+    fn added(&self) -> BTreeSet<StorePath>;
 }
 
 /// Nix's default `system-features` on this machine.

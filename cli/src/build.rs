@@ -91,10 +91,19 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         targets.push(BuildTarget { drv, outputs });
     }
     // The settings (nix.conf, --option), then this command's flags over them.
+    let settings = global.settings()?;
+    let (root, store_options) = store.opened_with();
+    let recursive = arca_daemon_proto::recursive::RecursiveDaemon {
+        root: root.to_owned(),
+        store: store_options.clone(),
+        settings: settings.clone(),
+        limits: Default::default(),
+    };
     let mut options = BuildOptions {
         check: args.check,
         repair: args.repair,
-        ..global.settings()?.build_options()?
+        recursive_nix: Some(std::sync::Arc::new(recursive)),
+        ..settings.build_options()?
     };
     options
         .sandbox_paths

@@ -102,11 +102,24 @@ impl BuildTiming {
     }
 }
 
-/// The builder's options for a client's settings and build mode.
-fn build_options(mode: BuildMode, settings: &Settings) -> Result<BuildOptions, StoreOpError> {
+/// The builder's options for a client's settings and build mode, on `store`: a build
+/// asking for recursive Nix gets a daemon of its own on the same store.
+fn build_options(
+    mode: BuildMode,
+    settings: &Settings,
+    store: &LocalStore,
+) -> Result<BuildOptions, StoreOpError> {
+    let (root, options) = store.opened_with();
+    let recursive = crate::recursive::RecursiveDaemon {
+        root: root.to_owned(),
+        store: options.clone(),
+        settings: settings.clone(),
+        limits: crate::wire::Limits::default(),
+    };
     Ok(BuildOptions {
         check: mode == BuildMode::Check,
         repair: mode == BuildMode::Repair,
+        recursive_nix: Some(std::sync::Arc::new(recursive)),
         ..settings
             .build_options()
             .map_err(|error| refuse(error_chain(&error)))?
@@ -504,7 +517,7 @@ impl DaemonStore for LocalStore {
                 }
             }
         }
-        let options = build_options(mode, settings)?;
+        let options = build_options(mode, settings, self)?;
         let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
@@ -687,7 +700,7 @@ impl DaemonStore for LocalStore {
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
         self.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
-        let options = build_options(mode, settings)?;
+        let options = build_options(mode, settings, self)?;
         let mut timing = None;
         let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
             events(&event);

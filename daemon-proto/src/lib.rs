@@ -37,6 +37,7 @@ mod client;
 pub mod daemon;
 pub mod long_path;
 pub mod protocol;
+pub mod recursive;
 mod server;
 pub mod wire;
 

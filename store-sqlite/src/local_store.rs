@@ -55,6 +55,9 @@ pub struct StoreOptions {
 /// may open the same root at once.
 #[derive(Debug)]
 pub struct LocalStore {
+    /// Where it was opened, and how: what another handle on it is opened with.
+    root: PathBuf,
+    options: StoreOptions,
     store_dir: StoreDir,
     /// `ROOT/nix/store` (or wherever the logical store dir lands under the root).
     physical_store: PathBuf,
@@ -119,6 +122,8 @@ impl LocalStore {
         let owner = nix::unistd::geteuid().is_root().then_some((0, 0));
         let temp_roots = TempRoots::new(&state_dir, options.store_dir.clone());
         let store = LocalStore {
+            root: root.to_owned(),
+            options: options.clone(),
             temp_roots,
             store_dir: options.store_dir,
             physical_store,
@@ -154,6 +159,12 @@ impl LocalStore {
     /// `ROOT/nix/var/log/nix/drvs`: build logs, laid out as Nix lays them out.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// The root it was opened at and the options it was opened with: another handle on
+    /// the same store is `LocalStore::open_with(root, options)`.
+    pub fn opened_with(&self) -> (&Path, &StoreOptions) {
+        (&self.root, &self.options)
     }
 
     /// Turns [`StoreOptions::auto_optimise`] on or off for this handle from now on (a
