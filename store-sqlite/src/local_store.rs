@@ -25,7 +25,7 @@ use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
-use crate::staging::{clean_stale, create_staging_dir, remove_tree, Staged, STAGING_DIR};
+use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
 
 /// How far [`LocalStore::add_path_with_progress`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,8 @@ impl LocalStore {
         let links = physical_store.join(".links");
         fs::create_dir_all(&links).at(&links)?;
         let staging_dir = physical_store.join(STAGING_DIR);
-        create_staging_dir(&staging_dir)?;
+        // The staging directory is made by the first writer that needs it (and removed
+        // by a collection once empty): a store that is only read gains nothing.
         let big_lock_path = state_dir.join("db/big-lock");
         let big_lock = open_lock_file(&big_lock_path)?;
         // Shared while open; Nix takes it exclusively only to upgrade the schema.

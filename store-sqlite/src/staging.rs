@@ -29,11 +29,10 @@ use arca_store_core::StorePath;
 use crate::error::{IoContext, StoreError};
 use crate::lock::PathLock;
 
-/// The staging directory, in the physical store directory. It is made when a store is
-/// opened (and again by a writer that finds it gone) and removed, when empty, by a
-/// garbage collection and when a handle is dropped, so that an idle store whose every
-/// path was collected holds nothing but Nix's `.links`, as Nix's does. (Not inside
-/// `.links`: `nix-store --verify --check-contents` checks every entry there.)
+/// The staging directory, in the physical store directory. It is made by the first
+/// writer that needs it and removed, when empty, by a garbage collection, so that a
+/// store whose every path was collected holds nothing but Nix's `.links`, as Nix's does.
+/// (Not inside `.links`: `nix-store --verify --check-contents` checks every entry there.)
 pub const STAGING_DIR: &str = ".arca-staging";
 
 /// The store directory of an entry of the staging directory ([`STAGING_DIR`] levels up).
@@ -81,7 +80,7 @@ impl Staged {
         );
         let lock_path = staging_dir.join(format!("{nonce}.lock"));
         let lock = match PathLock::acquire_staging(&lock_path) {
-            // A garbage collection removed the empty directory: make it again.
+            // Not made yet, or a garbage collection removed it when it was empty.
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 create_staging_dir(staging_dir)?;
                 PathLock::acquire_staging(&lock_path)?
