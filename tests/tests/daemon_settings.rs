@@ -25,7 +25,7 @@
 //! them.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -879,4 +879,148 @@ fn bad_value_stops_the_daemon() {
         "{stderr}"
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+/// The builder's output reaches the client while it builds, as Nix's daemon sends it:
+/// `nix-build` prints the `building '…'` activity and each line; `nix build -L` prefixes
+/// each line with the derivation's name.
+#[test]
+fn build_output_streams_to_the_client() {
+    let test = "build_output_streams_to_the_client";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let daemon = NsDaemon::start(&lab, &[]);
+    let file = lab.derivation(
+        "chatty",
+        "echo first line; echo second line >&2; echo done > $out",
+    );
+    let output = lab.run(
+        "nix-build",
+        None,
+        &[file.to_str().unwrap(), "--no-out-link"],
+    );
+    expect_success(&daemon, "nix-build", &[], &output);
+    let stderr = stderr_of(&output);
+    let drv = stderr
+        .lines()
+        .find_map(|line| line.trim().strip_suffix(".drv").map(|d| format!("{d}.drv")))
+        .unwrap_or_else(|| panic!("no derivation named in {stderr}"));
+    assert!(
+        stderr.contains(&format!("building '{drv}'...\nfirst line\nsecond line\n")),
+        "{stderr}"
+    );
+    // Again, rebuilt (--check: the valid output is redirected and compared), with -L.
+    let output = lab.run(
+        "nix",
+        None,
+        &[
+            "--extra-experimental-features",
+            "nix-command",
+            "build",
+            "-L",
+            "--rebuild",
+            "--no-link",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    expect_success(&daemon, "nix build --rebuild", &[], &output);
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("chatty> first line"), "{stderr}");
+    assert!(stderr.contains("chatty> second line"), "{stderr}");
+}
+
+/// A trusted client's `--auto-optimise-store` links the files of what it builds to
+/// identical ones already in the store.
+#[test]
+fn auto_optimise_store_from_a_client_links_built_files() {
+    let test = "auto_optimise_store_from_a_client_links_built_files";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let daemon = NsDaemon::start(&lab, &[]);
+    let script = "/bin/mkdir $out; echo same contents > $out/file";
+    let one = lab.derivation("one", script);
+    let two = lab.derivation("two", script);
+    let no_link = "--no-out-link";
+    let out_one = lab.run_ok(
+        &daemon,
+        "nix-build",
+        &[one.to_str().unwrap(), no_link, "--auto-optimise-store"],
+    );
+    let out_two = lab.run_ok(
+        &daemon,
+        "nix-build",
+        &[two.to_str().unwrap(), no_link, "--auto-optimise-store"],
+    );
+    let inode = |out: &str| fs::metadata(lab.physical(out).join("file")).unwrap().ino();
+    assert_eq!(inode(&out_one), inode(&out_two), "the two files are one");
+    // Without the option, nothing is linked.
+    let three = lab.derivation("three", script);
+    let out_three = lab.run_ok(&daemon, "nix-build", &[three.to_str().unwrap(), no_link]);
+    assert_ne!(inode(&out_one), inode(&out_three));
+}
+
+/// Recursive Nix: a build asking for it (`requiredSystemFeatures = [ "recursive-nix" ]`,
+/// offered with the experimental feature) talks to a daemon of its own, which shows only
+/// its inputs and what it adds; what it added may be referred to by its output.
+#[test]
+fn recursive_nix_serves_a_restricted_store_to_the_build() {
+    let test = "recursive_nix_serves_a_restricted_store_to_the_build";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some(
+        "sandbox = false\nexperimental-features = nix-command recursive-nix\n",
+    ));
+    let daemon = NsDaemon::start(&lab, &[]);
+    // Valid in the store, but no input of the build: invisible to it.
+    let unreachable = lab.write("unreachable", "not for the build\n");
+    let unreachable = lab.run_ok(
+        &daemon,
+        "nix-store",
+        &["--add", unreachable.to_str().unwrap()],
+    );
+    let nix_bin = "/usr/bin";
+    let file = lab.write(
+        "recursive.nix",
+        &format!(
+            r#"derivation {{
+  name = "recursive";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  requiredSystemFeatures = [ "recursive-nix" ];
+  dummy = builtins.toFile "dummy" "bla";
+  unreachable = "{unreachable}";
+  args = [ "-c" ''
+    set -e
+    export PATH={nix_bin}:/bin
+    nix-store --query --hash $dummy > /dev/null
+    if nix-store --query --hash $unreachable 2> /dev/null; then exit 10; fi
+    echo added > added
+    added=$(nix-store --add ./added)
+    mkdir $out
+    ln -s $added $out/added
+    echo $NIX_REMOTE > $out/remote
+  '' ];
+}}
+"#
+        ),
+    );
+    let out = build_ok(&lab, &daemon, &file, &[]);
+    let remote = fs::read_to_string(lab.physical(&out).join("remote")).unwrap();
+    assert!(
+        remote.starts_with("unix://") && remote.trim_end().ends_with("/.nix-socket"),
+        "{remote}"
+    );
+    let added = fs::read_link(lab.physical(&out).join("added")).unwrap();
+    let added = added.to_str().unwrap().to_owned();
+    assert!(added.ends_with("-added"), "{added}");
+    // The output refers to what the build added, which stays valid with it.
+    let references = lab.run_ok(&daemon, "nix-store", &["--query", "--references", &out]);
+    assert!(references.lines().any(|line| line == added), "{references}");
+    assert!(valid(&lab, &added));
 }
