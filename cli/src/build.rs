@@ -384,7 +384,19 @@ fn build_through(client: &arca_daemon_proto::DaemonClient, args: &BuildArgs) -> 
         }
         targets.push((drv, outputs));
     }
-    let results = client.build_paths(&targets)?;
+    // The daemon streams the builds' logs; printed as a local build prints them.
+    let print_logs = args.print_build_logs;
+    let results = client.build_paths_logged(&targets, &mut |log| match log {
+        arca_daemon_proto::DaemonLog::BuildStarted { drv } => eprintln!("building '{drv}'..."),
+        arca_daemon_proto::DaemonLog::BuildLine { drv, line } if print_logs => {
+            match store_dir.parse_path(&drv) {
+                Ok(path) => eprintln!("{}> {line}", path.name().trim_end_matches(".drv")),
+                Err(_) => eprintln!("{line}"),
+            }
+        }
+        arca_daemon_proto::DaemonLog::Message(text) => eprint!("{text}"),
+        _ => {}
+    })?;
     let mut failed = false;
     for (target, result) in &results {
         if let Err(message) = result {

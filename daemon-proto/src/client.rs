@@ -37,6 +37,21 @@ pub enum ClientError {
 /// A build target as the daemon named it, and whether it was built (or was valid).
 pub type TargetOutcome = (String, Result<(), String>);
 
+/// What a daemon reports while an operation runs, as far as a build's log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonLog {
+    /// A line of text for the terminal (`STDERR_NEXT`).
+    Message(String),
+    /// A build started (Nix's `actBuild` activity): the `.drv` path.
+    BuildStarted { drv: String },
+    /// A line of a builder's output (`resBuildLogLine`).
+    BuildLine { drv: String, line: String },
+}
+
+/// Nix's activity type `actBuild` and result type `resBuildLogLine`.
+const ACT_BUILD: u64 = 105;
+const RES_BUILD_LOG_LINE: u64 = 101;
+
 struct Connection {
     from: WireReader<BufReader<UnixStream>>,
     to: WireWriter<BufWriter<UnixStream>>,
@@ -475,6 +490,15 @@ impl DaemonClient {
         &self,
         targets: &[(StorePath, BTreeSet<String>)],
     ) -> Result<Vec<TargetOutcome>, ClientError> {
+        self.build_paths_logged(targets, &mut |_| {})
+    }
+
+    /// [`DaemonClient::build_paths`], hearing the builds' log as the daemon streams it.
+    pub fn build_paths_logged(
+        &self,
+        targets: &[(StorePath, BTreeSet<String>)],
+        on_log: &mut dyn FnMut(DaemonLog),
+    ) -> Result<Vec<TargetOutcome>, ClientError> {
         self.with(|connection, store_dir| {
             let wire: Vec<String> = targets
                 .iter()
@@ -491,7 +515,7 @@ impl DaemonClient {
             connection.to.write_strings(wire.iter())?;
             connection.to.write_u64(protocol::build_mode::NORMAL)?;
             connection.to.flush()?;
-            connection.process_stderr(None)?;
+            connection.process_stderr_logged(None, on_log)?;
             let count = connection.from.read_list_len("build results")?;
             let mut results = Vec::new();
             let version = minor(connection.version);
@@ -540,7 +564,22 @@ impl DaemonClient {
 impl Connection {
     /// Reads log messages until `STDERR_LAST` (or the daemon's error), answering the
     /// daemon's requests for data (`STDERR_READ`, old protocols) from `source`.
-    fn process_stderr(&mut self, mut source: Option<&mut dyn Read>) -> Result<(), ClientError> {
+    fn process_stderr(&mut self, source: Option<&mut dyn Read>) -> Result<(), ClientError> {
+        self.process_stderr_logged(source, &mut |log| {
+            if let DaemonLog::Message(line) = log {
+                tracing::info!("{}", line.trim_end());
+            }
+        })
+    }
+
+    /// [`Connection::process_stderr`], passing log messages and build activities on.
+    fn process_stderr_logged(
+        &mut self,
+        mut source: Option<&mut dyn Read>,
+        on_log: &mut dyn FnMut(DaemonLog),
+    ) -> Result<(), ClientError> {
+        // Build activities by id: their derivations.
+        let mut builds: BTreeMap<u64, String> = BTreeMap::new();
         loop {
             match self.from.read_u64()? {
                 stderr::LAST => return Ok(()),
@@ -581,23 +620,38 @@ impl Connection {
                 }
                 stderr::NEXT => {
                     let line = self.from.read_string("log line")?;
-                    tracing::info!("{}", line.trim_end());
+                    on_log(DaemonLog::Message(line));
                 }
                 stderr::START_ACTIVITY => {
-                    self.from.read_u64()?; // id
+                    let id = self.from.read_u64()?;
                     self.from.read_u64()?; // level
-                    self.from.read_u64()?; // type
+                    let kind = self.from.read_u64()?;
                     self.from.read_string("activity")?;
-                    self.read_fields()?;
+                    let fields = self.read_fields()?;
                     self.from.read_u64()?; // parent
+                    if kind == ACT_BUILD {
+                        if let Some(Field::String(drv)) = fields.into_iter().next() {
+                            builds.insert(id, drv.clone());
+                            on_log(DaemonLog::BuildStarted { drv });
+                        }
+                    }
                 }
                 stderr::STOP_ACTIVITY => {
-                    self.from.read_u64()?;
+                    let id = self.from.read_u64()?;
+                    builds.remove(&id);
                 }
                 stderr::RESULT => {
-                    self.from.read_u64()?;
-                    self.from.read_u64()?;
-                    self.read_fields()?;
+                    let id = self.from.read_u64()?;
+                    let kind = self.from.read_u64()?;
+                    let fields = self.read_fields()?;
+                    if let (RES_BUILD_LOG_LINE, Some(drv), Some(Field::String(line))) =
+                        (kind, builds.get(&id), fields.into_iter().next())
+                    {
+                        on_log(DaemonLog::BuildLine {
+                            drv: drv.clone(),
+                            line,
+                        });
+                    }
                 }
                 other => {
                     return Err(ClientError::BadReply(format!(
@@ -608,21 +662,27 @@ impl Connection {
         }
     }
 
-    fn read_fields(&mut self) -> Result<(), ClientError> {
+    fn read_fields(&mut self) -> Result<Vec<Field>, ClientError> {
         let count = self.from.read_list_len("fields")?;
+        let mut fields = Vec::new();
         for _ in 0..count {
-            match self.from.read_u64()? {
+            fields.push(match self.from.read_u64()? {
                 0 => {
                     self.from.read_u64()?;
+                    Field::Int
                 }
-                1 => {
-                    self.from.read_string("field")?;
-                }
+                1 => Field::String(self.from.read_string("field")?),
                 other => return Err(ClientError::BadReply(format!("field type {other}"))),
-            }
+            });
         }
-        Ok(())
+        Ok(fields)
     }
+}
+
+/// A field of a log message (integers are not used here).
+enum Field {
+    Int,
+    String(String),
 }
 
 impl Store for DaemonClient {

@@ -43,5 +43,5 @@ pub mod wire;
 
 pub use arca_build::Settings;
 pub use backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
-pub use client::{ClientError, DaemonClient, TargetOutcome};
+pub use client::{ClientError, DaemonClient, DaemonLog, TargetOutcome};
 pub use server::{apply_client_options, refuse, serve, serve_socket, Peer, ServeError};

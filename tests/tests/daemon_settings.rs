@@ -1024,3 +1024,30 @@ fn recursive_nix_serves_a_restricted_store_to_the_build() {
     assert!(references.lines().any(|line| line == added), "{references}");
     assert!(valid(&lab, &added));
 }
+
+/// Arca's own client prints the log its daemon streams: `arca build -L` through the
+/// daemon shows the builder's lines prefixed with the derivation's name, as a local
+/// build does.
+#[test]
+fn arca_build_through_the_daemon_prints_the_streamed_log() {
+    let test = "arca_build_through_the_daemon_prints_the_streamed_log";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let daemon = NsDaemon::start(&lab, &[]);
+    let file = lab.derivation("talker", "echo a line from the builder; echo done > $out");
+    let drv = lab.run_ok(&daemon, "nix-instantiate", &[file.to_str().unwrap()]);
+    let output = Command::new(arca_bin())
+        .args(["--store", &lab.store_uri(), "build", "-L", &drv])
+        .env("NIX_CONF_DIR", lab.path("client-conf"))
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("building '{drv}'...")), "{stderr}");
+    assert!(
+        stderr.contains("talker> a line from the builder"),
+        "{stderr}"
+    );
+}
