@@ -19,6 +19,7 @@ work=$(mktemp -d /var/tmp/arca-bench-conformance.XXXXXX)
 chmod 0755 "$work"
 trap 'rm -rf "$work" 2>/dev/null || true' EXIT
 cp -r "$kit" "$work/kit"
+chmod -R u+w "$work/kit"
 export NIXFT_TMP=$work/tmp ARCA=$root/target/release/arca
 
 # The tests both daemons pass.
