@@ -315,10 +315,11 @@ impl Settings {
                 Ok(())
             }
         };
+        // Nix's spellings of a Boolean.
         let boolean = |value: &str| match value {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(invalid("not a Boolean (true or false)")),
+            "true" | "yes" | "1" => Ok(true),
+            "false" | "no" | "0" => Ok(false),
+            _ => Err(invalid("not a Boolean (true, yes, 1, false, no or 0)")),
         };
         let number = |value: &str| {
             value
@@ -547,6 +548,15 @@ mod tests {
     }
 
     #[test]
+    fn booleans_take_nixs_spellings() {
+        let mut settings = Settings::default();
+        for (text, value) in [("yes", true), ("0", false), ("1", true), ("no", false)] {
+            settings.set("keep-going", text).unwrap();
+            assert_eq!(settings.keep_going, value, "{text}");
+        }
+    }
+
+    #[test]
     fn old_names_are_aliases() {
         let mut settings = Settings::default();
         settings.set("build-use-sandbox", "relaxed").unwrap();
@@ -570,11 +580,11 @@ mod tests {
                 "unknown setting 'extra-nothing'"
             ]
         );
-        let (result, _) = load("\nkeep-failed = yes\n");
+        let (result, _) = load("\nkeep-failed = maybe\n");
         let error = result.unwrap_err();
         assert_eq!(
             error.to_string(),
-            "nix.conf:2: invalid value 'yes' for setting 'keep-failed': not a Boolean (true or false)"
+            "nix.conf:2: invalid value 'maybe' for setting 'keep-failed': not a Boolean (true, yes, 1, false, no or 0)"
         );
         let mut settings = Settings::default();
         assert_eq!(
