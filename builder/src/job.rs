@@ -1,6 +1,9 @@
 //! One derivation, built as Nix builds it: lock the outputs, lay out the sandbox (input
 //! closure read-only at the store dir, a scratch store dir for the outputs, the build dir
-//! at `/build`), run the builder, then check, hash, scan and register its outputs.
+//! at `/build`) — or, unsandboxed, run the builder on the host writing its outputs at
+//! their store paths (valid ones under fallback paths) and move them into the scratch
+//! directory after; a builtin builder runs here — then check, hash, scan and register
+//! its outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

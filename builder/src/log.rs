@@ -38,7 +38,7 @@ pub fn open_log(log_dir: &Path, drv: &StorePath) -> io::Result<Box<dyn Read + Se
 /// compression happens in [`PendingLog::complete`], off the build's critical path.
 pub(crate) struct LogSink<'a> {
     file: Option<(io::BufWriter<File>, PathBuf, PathBuf)>,
-    partial: Vec<u8>,
+    lines: Lines,
     tail: VecDeque<String>,
     on_line: &'a mut dyn FnMut(String),
 }
@@ -70,7 +70,7 @@ impl<'a> LogSink<'a> {
             .open(&temporary)?;
         Ok(LogSink {
             file: Some((io::BufWriter::new(file), temporary, path)),
-            partial: Vec::new(),
+            lines: Lines::default(),
             tail: VecDeque::with_capacity(TAIL_LINES + 1),
             on_line,
         })
@@ -78,7 +78,11 @@ impl<'a> LogSink<'a> {
 
     /// Adds a line of Arca's own (a post-build failure) to the log, as Nix does.
     pub fn note(&mut self, message: &str) {
-        let separator = if self.partial.is_empty() { "" } else { "\n" };
+        let separator = if self.lines.partial.is_empty() {
+            ""
+        } else {
+            "\n"
+        };
         let _ = self.write_all(format!("{separator}{message}\n").as_bytes());
     }
 
@@ -86,11 +90,11 @@ impl<'a> LogSink<'a> {
     /// last words often lack their newline).
     pub fn tail(&self) -> Vec<String> {
         let mut tail: Vec<String> = self.tail.iter().cloned().collect();
-        if !self.partial.is_empty() {
+        if !self.lines.partial.is_empty() {
             if tail.len() == TAIL_LINES {
                 tail.remove(0);
             }
-            tail.push(filter_escapes(&self.partial));
+            tail.push(filter_escapes(&self.lines.partial));
         }
         tail
     }
@@ -98,8 +102,7 @@ impl<'a> LogSink<'a> {
     /// Passes on the last partial line and closes the raw log; [`PendingLog::complete`]
     /// (or dropping it) stores it compressed.
     pub fn finish(mut self) -> io::Result<PendingLog> {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
+        if let Some(line) = self.lines.take_partial() {
             self.line(&line);
         }
         let (writer, raw, path) = self.file.take().expect("finish is called once");
@@ -190,18 +193,11 @@ impl Write for LogSink<'_> {
         if let Some((writer, _, _)) = &mut self.file {
             writer.write_all(bytes)?;
         }
-        let mut rest = bytes;
-        while let Some(newline) = memchr_newline(rest) {
-            let mut line = std::mem::take(&mut self.partial);
-            line.extend_from_slice(&rest[..newline]);
+        let mut complete = Vec::new();
+        self.lines.push(bytes, |line| complete.push(line));
+        for line in complete {
             self.line(&line);
-            rest = &rest[newline + 1..];
         }
-        // A builder printing one endless line must not grow memory without bound: what
-        // is displayed of a line is cut at 64 KiB (the stored log keeps every byte).
-        let room = (64 * 1024usize).saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&rest[..rest.len().min(room)]);
         Ok(bytes.len())
     }
 
@@ -218,25 +214,53 @@ impl Drop for LogSink<'_> {
     }
 }
 
-/// Output cut into lines for `on_line` (escape sequences filtered, each line shown up to
-/// 64 KiB), for programs whose output is only shown, not stored (the post-build hook).
-pub(crate) struct LineSplitter<F: FnMut(String)> {
+/// Cuts a byte stream into lines. A program printing one endless line must not grow
+/// memory without bound: what is kept of a line is cut at 64 KiB (a stored log keeps
+/// every byte; only what is displayed is cut).
+#[derive(Default)]
+struct Lines {
     partial: Vec<u8>,
+}
+
+impl Lines {
+    /// Passes each line `bytes` completes to `on_line`, without its newline.
+    fn push(&mut self, bytes: &[u8], mut on_line: impl FnMut(Vec<u8>)) {
+        let mut rest = bytes;
+        while let Some(newline) = memchr_newline(rest) {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..newline]);
+            on_line(line);
+            rest = &rest[newline + 1..];
+        }
+        let room = (64 * 1024usize).saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&rest[..rest.len().min(room)]);
+    }
+
+    /// The unfinished last line, if any.
+    fn take_partial(&mut self) -> Option<Vec<u8>> {
+        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
+    }
+}
+
+/// Output cut into lines for `on_line` (escape sequences filtered), for programs whose
+/// output is only shown, not stored (the post-build hook).
+pub(crate) struct LineSplitter<F: FnMut(String)> {
+    lines: Lines,
     on_line: F,
 }
 
 impl<F: FnMut(String)> LineSplitter<F> {
     pub fn new(on_line: F) -> Self {
         LineSplitter {
-            partial: Vec::new(),
+            lines: Lines::default(),
             on_line,
         }
     }
 
     /// Passes on an unfinished last line.
     pub fn finish(mut self) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
+        if let Some(line) = self.lines.take_partial() {
             (self.on_line)(filter_escapes(&line));
         }
     }
@@ -244,16 +268,9 @@ impl<F: FnMut(String)> LineSplitter<F> {
 
 impl<F: FnMut(String)> Write for LineSplitter<F> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut rest = bytes;
-        while let Some(newline) = memchr_newline(rest) {
-            let mut line = std::mem::take(&mut self.partial);
-            line.extend_from_slice(&rest[..newline]);
-            (self.on_line)(filter_escapes(&line));
-            rest = &rest[newline + 1..];
-        }
-        let room = (64 * 1024usize).saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&rest[..rest.len().min(room)]);
+        let on_line = &mut self.on_line;
+        self.lines
+            .push(bytes, |line| on_line(filter_escapes(&line)));
         Ok(bytes.len())
     }
 

@@ -25,6 +25,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
+use crate::budget::Budget;
 use crate::error::SandboxError;
 use crate::outcome::{Outcome, Report, Usage};
 use crate::spec::Limits;
@@ -236,33 +237,21 @@ fn supervise(
     read_end: OwnedFd,
     output: &mut dyn Write,
 ) -> Result<(Option<Outcome>, u64), SandboxError> {
-    let deadline = limits.timeout.map(|t| start + t);
-    let mut last_output = Instant::now();
+    let mut budget = Budget::new(limits, start);
     let mut pipe = File::from(read_end);
     let mut killed: Option<Outcome> = None;
-    let mut total: u64 = 0;
     let mut buffer = vec![0u8; 64 * 1024];
     let mut exited = false;
     loop {
-        let now = Instant::now();
         let mut wait = EXIT_POLL;
         if killed.is_none() && !exited {
-            if let Some(deadline) = deadline {
-                if now >= deadline {
-                    killed = Some(Outcome::TimedOut(limits.timeout.unwrap_or_default()));
+            match budget.check(Instant::now()) {
+                Ok(until_limit) => wait = until_limit.map_or(wait, |w| w.min(wait)),
+                Err(limit) => {
+                    killed = Some(limit);
                     group.kill();
                     continue;
                 }
-                wait = wait.min(deadline - now);
-            }
-            if let Some(silence) = limits.silence_timeout {
-                let quiet_until = last_output + silence;
-                if now >= quiet_until {
-                    killed = Some(Outcome::Silent(silence));
-                    group.kill();
-                    continue;
-                }
-                wait = wait.min(quiet_until - now);
             }
         }
         // Once the program is gone, only what is already in the pipe is read.
@@ -288,23 +277,16 @@ fn supervise(
             if n == 0 {
                 break;
             }
-            last_output = Instant::now();
-            let allowed = match limits.max_output_bytes {
-                Some(max) => max.saturating_sub(total).min(n as u64) as usize,
-                None => n,
-            };
-            total += n as u64;
+            let (allowed, over) = budget.output(n);
             if killed.is_none() && allowed > 0 {
                 if let Err(err) = output.write_all(&buffer[..allowed]) {
                     group.kill();
                     return Err(SandboxError::Output(err));
                 }
             }
-            if let Some(max) = limits.max_output_bytes {
-                if total > max && killed.is_none() {
-                    killed = Some(Outcome::OutputLimit(max));
-                    group.kill();
-                }
+            if let (Some(limit), None) = (over, killed) {
+                killed = Some(limit);
+                group.kill();
             }
             continue;
         }
@@ -314,7 +296,7 @@ fn supervise(
         // What it left behind in its group goes with it.
         exited = group.reap_if_exited()?;
     }
-    Ok((killed, total))
+    Ok((killed, budget.total()))
 }
 
 fn host(context: &str, source: io::Error) -> SandboxError {

@@ -65,6 +65,7 @@
 //! # Ok::<(), arca_sandbox::SandboxError>(())
 //! ```
 
+mod budget;
 mod cgroup;
 mod child;
 mod error;

@@ -18,6 +18,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
 use seccompiler::BpfProgram;
 
+use crate::budget::Budget;
 use crate::cgroup::Cgroup;
 use crate::child::{fork_keeper, ChildContext, ChildFds, InitUsage, Record, Step, RECORD_LEN};
 use crate::error::{SandboxError, SetupStep};
@@ -170,15 +171,12 @@ fn supervise(
     status: &mut File,
     output: &mut dyn Write,
 ) -> Result<(Outcome, u64, InitUsage), SandboxError> {
-    let limits = spec.limits;
-    let deadline = limits.timeout.map(|t| start + t);
-    let mut last_output = Instant::now();
+    let mut budget = Budget::new(&spec.limits, start);
     let mut pipe = Some(File::from(output_read));
     let mut init_status: Option<i32> = None;
     let mut init_usage = InitUsage::default();
     let mut killed: Option<Outcome> = None;
     let mut writer_error: Option<io::Error> = None;
-    let mut total: u64 = 0;
     let mut buffer = vec![0u8; 64 * 1024];
 
     // Killing init (pid 1 of its namespace) kills every process of the sandbox. The
@@ -192,27 +190,14 @@ fn supervise(
     };
 
     while pipe.is_some() || init_status.is_none() {
-        let now = Instant::now();
         let mut wait: Option<Duration> = None;
         if killed.is_none() {
-            if let Some(deadline) = deadline {
-                if now >= deadline {
-                    kill_all(
-                        children,
-                        Outcome::TimedOut(limits.timeout.unwrap_or_default()),
-                        &mut killed,
-                    );
+            match budget.check(Instant::now()) {
+                Ok(until_limit) => wait = until_limit,
+                Err(limit) => {
+                    kill_all(children, limit, &mut killed);
                     continue;
                 }
-                wait = Some(deadline - now);
-            }
-            if let Some(silence) = limits.silence_timeout {
-                let quiet_until = last_output + silence;
-                if now >= quiet_until {
-                    kill_all(children, Outcome::Silent(silence), &mut killed);
-                    continue;
-                }
-                wait = Some(wait.map_or(quiet_until - now, |w| w.min(quiet_until - now)));
             }
         }
         let timeout = match wait {
@@ -252,12 +237,7 @@ fn supervise(
             if n == 0 {
                 pipe = None;
             } else {
-                last_output = Instant::now();
-                let allowed = match limits.max_output_bytes {
-                    Some(max) => max.saturating_sub(total).min(n as u64) as usize,
-                    None => n,
-                };
-                total += n as u64;
+                let (allowed, over) = budget.output(n);
                 if killed.is_none() && allowed > 0 {
                     if let Err(err) = output.write_all(&buffer[..allowed]) {
                         writer_error = Some(err);
@@ -265,10 +245,8 @@ fn supervise(
                         kill_all(children, Outcome::Signaled(libc::SIGKILL), &mut killed);
                     }
                 }
-                if let Some(max) = limits.max_output_bytes {
-                    if total > max {
-                        kill_all(children, Outcome::OutputLimit(max), &mut killed);
-                    }
+                if let Some(limit) = over {
+                    kill_all(children, limit, &mut killed);
                 }
             }
         }
@@ -299,7 +277,7 @@ fn supervise(
     } else {
         Outcome::Exited(libc::WEXITSTATUS(raw))
     });
-    Ok((outcome, total, init_usage))
+    Ok((outcome, budget.total(), init_usage))
 }
 
 /// The keeper and init processes of one run. Dropping it (on any early return) kills

@@ -69,6 +69,17 @@ impl Default for Scratch {
 impl Scratch {
     /// A new scratch area with busybox copied in as `bb/busybox` (busybox picks its
     /// applet from argv\[0\], which a sandbox sets to the builder's base name).
+    /// A scratch area with busybox in its Arca store (the scratch and the busybox store
+    /// path), or `None`, said loudly, when there is no busybox for test `test`.
+    pub fn with_busybox(test: &str) -> Option<(Scratch, String)> {
+        if !busybox_available(test) {
+            return None;
+        }
+        let scratch = Scratch::new();
+        let bb = scratch.add_busybox_to_arca();
+        Some((scratch, bb))
+    }
+
     pub fn new() -> Scratch {
         let dir = scratch_dir();
         fs::create_dir(dir.path().join("bb")).unwrap();

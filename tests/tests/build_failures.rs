@@ -13,18 +13,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use arca_tests::build::{assert_no_process, busybox_available, processes_with_args, Scratch};
+use arca_tests::build::{assert_no_process, processes_with_args, Scratch};
 use arca_tests::store::{assert_arca_verify_clean, lines};
-
-/// A scratch area with busybox in its Arca store: the scratch and the busybox store path.
-fn setup(test: &str) -> Option<(Scratch, String)> {
-    if !busybox_available(test) {
-        return None;
-    }
-    let scratch = Scratch::new();
-    let bb = scratch.add_busybox_to_arca();
-    Some((scratch, bb))
-}
 
 /// The stored log of `path` (`arca log`), which must exist.
 fn stored_log(scratch: &Scratch, path: &str) -> String {
@@ -33,7 +23,8 @@ fn stored_log(scratch: &Scratch, path: &str) -> String {
 
 #[test]
 fn failing_builder_reports_its_exit_code_and_last_log_lines() {
-    let Some((scratch, bb)) = setup("failing_builder_reports_its_exit_code_and_last_log_lines")
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("failing_builder_reports_its_exit_code_and_last_log_lines")
     else {
         return;
     };
@@ -62,7 +53,8 @@ fn failing_builder_reports_its_exit_code_and_last_log_lines() {
 
 #[test]
 fn missing_output_fails_and_the_log_records_why() {
-    let Some((scratch, bb)) = setup("missing_output_fails_and_the_log_records_why") else {
+    let Some((scratch, bb)) = Scratch::with_busybox("missing_output_fails_and_the_log_records_why")
+    else {
         return;
     };
     let drv = scratch.add_derivation(
@@ -87,7 +79,9 @@ fn missing_output_fails_and_the_log_records_why() {
 
 #[test]
 fn timeout_kills_the_builder_and_all_its_processes() {
-    let Some((scratch, bb)) = setup("timeout_kills_the_builder_and_all_its_processes") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("timeout_kills_the_builder_and_all_its_processes")
+    else {
         return;
     };
     let drv = scratch.add_derivation(
@@ -140,7 +134,8 @@ fn timeout_kills_the_builder_and_all_its_processes() {
 
 #[test]
 fn max_silent_time_kills_a_silent_builder() {
-    let Some((scratch, bb)) = setup("max_silent_time_kills_a_silent_builder") else {
+    let Some((scratch, bb)) = Scratch::with_busybox("max_silent_time_kills_a_silent_builder")
+    else {
         return;
     };
     let drv = scratch.add_derivation(
@@ -171,7 +166,7 @@ fn max_silent_time_kills_a_silent_builder() {
 
 #[test]
 fn max_log_size_kills_a_chatty_builder() {
-    let Some((scratch, bb)) = setup("max_log_size_kills_a_chatty_builder") else {
+    let Some((scratch, bb)) = Scratch::with_busybox("max_log_size_kills_a_chatty_builder") else {
         return;
     };
     // 100 KB of output (1000 lines of 100 bytes), then a long sleep.
@@ -210,7 +205,9 @@ fn max_log_size_kills_a_chatty_builder() {
 /// reference policy.
 #[test]
 fn reference_policies_reject_forbidden_references() {
-    let Some((scratch, bb)) = setup("reference_policies_reject_forbidden_references") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("reference_policies_reject_forbidden_references")
+    else {
         return;
     };
     let a = scratch.add_derivation(&bb, "a", "echo a > $out", &[], &[]);
@@ -262,7 +259,9 @@ fn reference_policies_reject_forbidden_references() {
 
 #[test]
 fn keep_failed_keeps_the_build_directory_and_prints_it() {
-    let Some((scratch, bb)) = setup("keep_failed_keeps_the_build_directory_and_prints_it") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("keep_failed_keeps_the_build_directory_and_prints_it")
+    else {
         return;
     };
     let drv = scratch.add_derivation(
@@ -302,7 +301,9 @@ fn keep_failed_keeps_the_build_directory_and_prints_it() {
 /// and in the failure message; the log ends with the failure (Nix #13509).
 #[test]
 fn log_keeps_everything_a_fast_failing_builder_wrote() {
-    let Some((scratch, bb)) = setup("log_keeps_everything_a_fast_failing_builder_wrote") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("log_keeps_everything_a_fast_failing_builder_wrote")
+    else {
         return;
     };
     let drv = scratch.add_derivation(
@@ -342,9 +343,9 @@ fn log_keeps_everything_a_fast_failing_builder_wrote() {
 
 #[test]
 fn check_accepts_a_deterministic_build_and_rejects_a_non_deterministic_one() {
-    let Some((scratch, bb)) =
-        setup("check_accepts_a_deterministic_build_and_rejects_a_non_deterministic_one")
-    else {
+    let Some((scratch, bb)) = Scratch::with_busybox(
+        "check_accepts_a_deterministic_build_and_rejects_a_non_deterministic_one",
+    ) else {
         return;
     };
     let same = scratch.add_derivation(&bb, "same", "echo same > $out", &[], &[]);
@@ -393,7 +394,9 @@ fn check_accepts_a_deterministic_build_and_rejects_a_non_deterministic_one() {
 /// it, `ok-1` and `ok-2` are built and printed, `dep` is not built.
 #[test]
 fn keep_going_builds_what_does_not_depend_on_the_failure() {
-    let Some((scratch, bb)) = setup("keep_going_builds_what_does_not_depend_on_the_failure") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("keep_going_builds_what_does_not_depend_on_the_failure")
+    else {
         return;
     };
     let fail = scratch.add_derivation(&bb, "fail", "exit 1", &[], &[]);
@@ -440,7 +443,7 @@ fn keep_going_builds_what_does_not_depend_on_the_failure() {
 /// the rebuilt tree in; a sound output is left alone.
 #[test]
 fn repair_restores_a_corrupted_output() {
-    let Some((scratch, bb)) = setup("repair_restores_a_corrupted_output") else {
+    let Some((scratch, bb)) = Scratch::with_busybox("repair_restores_a_corrupted_output") else {
         return;
     };
     let drv = scratch.add_derivation(&bb, "fixme", "mkdir $out; echo good > $out/file", &[], &[]);
@@ -475,7 +478,9 @@ fn repair_restores_a_corrupted_output() {
 /// the target and brings the store path's closure along, as Nix does.
 #[test]
 fn sandbox_path_from_the_store_is_bound_with_its_closure() {
-    let Some((scratch, bb)) = setup("sandbox_path_from_the_store_is_bound_with_its_closure") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("sandbox_path_from_the_store_is_bound_with_its_closure")
+    else {
         return;
     };
     // Not an input of the derivation: it reaches the sandbox only through sandbox-paths.

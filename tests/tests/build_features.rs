@@ -2,18 +2,8 @@
 //! builder: placeholders, `exportReferencesGraph`, `allowedRequisites` and an output's
 //! reference to itself, and `requiredSystemFeatures` against `system-features`.
 
-use arca_tests::build::{busybox_available, Scratch};
+use arca_tests::build::Scratch;
 use arca_tests::store::lines;
-
-/// A scratch area with busybox in its Arca store: the scratch and the busybox store path.
-fn setup(test: &str) -> Option<(Scratch, String)> {
-    if !busybox_available(test) {
-        return None;
-    }
-    let scratch = Scratch::new();
-    let bb = scratch.add_busybox_to_arca();
-    Some((scratch, bb))
-}
 
 /// What `builtins.placeholder "out"` gives in Nix 2.8 (`nix eval --raw --expr
 /// 'builtins.placeholder "out"'`).
@@ -21,7 +11,9 @@ const OUT_PLACEHOLDER: &str = "/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8k
 
 #[test]
 fn placeholders_reach_the_builder_as_output_paths() {
-    let Some((scratch, bb)) = setup("placeholders_reach_the_builder_as_output_paths") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("placeholders_reach_the_builder_as_output_paths")
+    else {
         return;
     };
     let dest = format!("{OUT_PLACEHOLDER}/file");
@@ -49,7 +41,7 @@ fn placeholders_reach_the_builder_as_output_paths() {
 #[test]
 fn export_references_graph_writes_the_closure_in_registration_format() {
     let Some((scratch, bb)) =
-        setup("export_references_graph_writes_the_closure_in_registration_format")
+        Scratch::with_busybox("export_references_graph_writes_the_closure_in_registration_format")
     else {
         return;
     };
@@ -106,7 +98,8 @@ fn export_references_graph_writes_the_closure_in_registration_format() {
 
 #[test]
 fn an_outputs_reference_to_itself_is_not_a_forbidden_requisite() {
-    let Some((scratch, bb)) = setup("an_outputs_reference_to_itself_is_not_a_forbidden_requisite")
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("an_outputs_reference_to_itself_is_not_a_forbidden_requisite")
     else {
         return;
     };
@@ -143,7 +136,8 @@ fn an_outputs_reference_to_itself_is_not_a_forbidden_requisite() {
 
 #[test]
 fn required_system_features_must_be_among_the_system_features() {
-    let Some((scratch, bb)) = setup("required_system_features_must_be_among_the_system_features")
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("required_system_features_must_be_among_the_system_features")
     else {
         return;
     };

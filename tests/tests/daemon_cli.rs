@@ -141,6 +141,28 @@ fn store_commands_through_the_daemon_match_the_local_store() {
     );
 }
 
+/// Sends SIGTERM to the daemon, which must exit 0 within `limit`.
+fn sigterm_and_wait(daemon: &mut Daemon, limit: Duration, context: &str) {
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not exit on SIGTERM{context}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// SIGTERM: the daemon stops accepting, ends connections waiting for their next
 /// request, exits 0, and the store is whole.
 #[test]
@@ -157,24 +179,7 @@ fn sigterm_shuts_the_daemon_down_cleanly() {
     ));
     // An idle client stays connected while the signal comes.
     let idle = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+    sigterm_and_wait(&mut daemon, Duration::from_secs(15), "");
     drop(idle);
     let served = served.to_str().unwrap();
     arca(served, &["store", "verify", "--check-contents"]);
@@ -197,24 +202,11 @@ fn sigterm_stops_the_daemon_whose_socket_was_deleted() {
         &scratch.path().join("socket"),
     );
     std::fs::remove_file(&daemon.socket).unwrap();
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not exit on SIGTERM after its socket was deleted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+    sigterm_and_wait(
+        &mut daemon,
+        Duration::from_secs(8),
+        " after its socket was deleted",
+    );
 }
 
 /// systemd socket activation: a socket passed as fd 3 with `LISTEN_PID`/`LISTEN_FDS` is

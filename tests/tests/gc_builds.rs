@@ -8,17 +8,8 @@
 
 use std::process::Stdio;
 
-use arca_tests::build::{busybox_available, Scratch};
+use arca_tests::build::Scratch;
 use arca_tests::store::{assert_arca_verify_clean, lines};
-
-fn setup(test: &str) -> Option<(Scratch, String)> {
-    if !busybox_available(test) {
-        return None;
-    }
-    let scratch = Scratch::new();
-    let bb = scratch.add_busybox_to_arca();
-    Some((scratch, bb))
-}
 
 fn gc(scratch: &Scratch, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["store", "gc", "--no-runtime-roots"];
@@ -28,7 +19,8 @@ fn gc(scratch: &Scratch, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn out_links_keep_outputs_and_their_derivations_until_removed() {
-    let Some((scratch, bb)) = setup("out_links_keep_outputs_and_their_derivations_until_removed")
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("out_links_keep_outputs_and_their_derivations_until_removed")
     else {
         return;
     };
@@ -82,7 +74,9 @@ fn out_links_keep_outputs_and_their_derivations_until_removed() {
 
 #[test]
 fn keep_outputs_keeps_the_outputs_of_a_rooted_derivation() {
-    let Some((scratch, bb)) = setup("keep_outputs_keeps_the_outputs_of_a_rooted_derivation") else {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("keep_outputs_keeps_the_outputs_of_a_rooted_derivation")
+    else {
         return;
     };
     let drv = scratch.add_derivation(&bb, "kept", "echo kept > $out", &[], &[]);
@@ -109,7 +103,8 @@ fn keep_outputs_keeps_the_outputs_of_a_rooted_derivation() {
 
 #[test]
 fn collections_during_a_build_spare_its_inputs_and_outputs() {
-    let Some((scratch, bb)) = setup("collections_during_a_build_spare_its_inputs_and_outputs")
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("collections_during_a_build_spare_its_inputs_and_outputs")
     else {
         return;
     };
