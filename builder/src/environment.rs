@@ -28,7 +28,7 @@ pub struct BuildEnvironment {
 /// Computes the environment of `drv`'s builder, whose outputs are `outputs` and whose
 /// build directory it sees at `build_top` ([`SANDBOX_BUILD_DIR`] in the sandbox, the
 /// host path without one). `impure`
-/// answers `impureEnvVars` of a fixed-output derivation from the caller's environment
+/// answers `impureEnvVars` of a fixed-output or impure derivation from the caller's environment
 /// (unset variables become empty, as in Nix). Fails only on malformed structured
 /// attributes.
 pub fn build_environment(
@@ -93,7 +93,7 @@ pub fn build_environment(
     for name in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
         vars.insert(name.to_string(), build_top.to_string());
     }
-    if drv.is_fixed_output() {
+    if drv.has_network_access() {
         if let Some(names) = drv.env.get("impureEnvVars") {
             for name in names.split_whitespace() {
                 vars.insert(name.to_string(), impure(name).unwrap_or_default());

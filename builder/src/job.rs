@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use arca_nar::DumpOptions;
 use arca_sandbox::{CgroupMode, HostSpec, Mount, Network, Outcome, SandboxSpec, UserNamespace};
-use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
-use arca_store_core::references::ReferenceScanner;
+use arca_store_core::derivation::{output_path_name, Derivation, DerivationOutput, OutputName};
+use arca_store_core::references::{HashModuloWriter, ReferenceScanner};
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StorePath,
 };
@@ -39,8 +39,11 @@ pub(crate) enum JobOutcome {
     /// asked not to wait: nothing was done.
     Busy,
     /// Built (or checked, or repaired) now; new outputs are published and wait for the
-    /// group commit.
-    Built(Option<PublishedPaths>),
+    /// group commit. `outputs` are the output paths, final ones for floating outputs.
+    Built {
+        published: Option<PublishedPaths>,
+        outputs: BTreeMap<OutputName, StorePath>,
+    },
 }
 
 /// Everything one build needs.
@@ -62,18 +65,59 @@ impl Job<'_> {
         self.store.store_dir().display(self.drv_path)
     }
 
-    /// The output paths of the derivation.
+    /// The paths the outputs are built at: their store paths, and for floating and
+    /// impure outputs (whose paths follow from what is built) a scratch path named after
+    /// the derivation and output, as Nix's `makeFallbackPath`. A deferred output has no
+    /// path until the derivation is resolved ([`Derivation::try_resolve`]).
     pub fn outputs(&self) -> Result<BTreeMap<OutputName, StorePath>, BuildError> {
         self.drv
             .outputs
             .iter()
             .map(|(name, output)| {
-                output.path().cloned().map(|path| (name.clone(), path)).ok_or_else(|| BuildError::Unsupported {
-                    drv: self.display(),
-                    reason: format!("output '{name}' has no store path (content-addressed derivations are not supported)"),
-                })
+                let path = match output {
+                    DerivationOutput::Floating { .. } | DerivationOutput::Impure { .. } => {
+                        self.scratch_path(name)?
+                    }
+                    other => other
+                        .path()
+                        .cloned()
+                        .ok_or_else(|| BuildError::Unsupported {
+                            drv: self.display(),
+                            reason: format!(
+                            "output '{name}' is deferred: the derivation must be resolved first"
+                        ),
+                        })?,
+                };
+                Ok((name.clone(), path))
             })
             .collect()
+    }
+
+    /// Nix's `makeFallbackPath(outputName)`: the store path of type
+    /// `rewrite:<drv base name>:name:<output>` with a zero hash.
+    fn scratch_path(&self, output: &OutputName) -> Result<StorePath, BuildError> {
+        let zero = Hash::from_bytes(HashAlgo::Sha256, &[0; 32]).expect("32 bytes make a SHA-256");
+        self.store
+            .store_dir()
+            .make_store_path(
+                &format!("rewrite:{}:name:{output}", self.drv_path.as_str()),
+                &zero,
+                &output_path_name(&self.drv.name, output.as_str()),
+            )
+            .map_err(|error| BuildError::Unsupported {
+                drv: self.display(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Whether some output's path follows from what is built (floating or impure).
+    fn has_floating_outputs(&self) -> bool {
+        self.drv.outputs.values().any(|output| {
+            matches!(
+                output,
+                DerivationOutput::Floating { .. } | DerivationOutput::Impure { .. }
+            )
+        })
     }
 
     /// Builds the derivation. What is left to clean up (the scratch directory, the build
@@ -125,6 +169,13 @@ impl Job<'_> {
             if store.is_valid_path(path)? {
                 valid.insert(path.clone());
             }
+        }
+        if (self.options.check || self.options.repair) && self.has_floating_outputs() {
+            return Err(BuildError::Unsupported {
+                drv: self.display(),
+                reason: "checking or repairing floating content-addressed outputs is not supported"
+                    .into(),
+            });
         }
         let rebuild: BTreeSet<StorePath> = if self.options.check {
             if valid.len() != output_paths.len() {
@@ -655,7 +706,7 @@ impl Job<'_> {
         // directory: that one is kept off the store's file system, and its outputs are
         // re-created from there. Unsandboxed, the outputs are moved from the store into
         // the scratch directory, so it must be on the store's file system.
-        let recreate_outputs = self.drv.is_fixed_output() && !unsandboxed;
+        let recreate_outputs = self.drv.has_network_access() && !unsandboxed;
         let scratch = leftovers.scratch.insert(if recreate_outputs {
             store.build_scratch_outside(&self.options.build_dir_parent, group)?
         } else {
@@ -747,7 +798,7 @@ impl Job<'_> {
             }
         }
 
-        let fixed_output = self.drv.is_fixed_output();
+        let fixed_output = self.drv.has_network_access();
         let builder_name = Path::new(&self.drv.builder).file_name().map_or_else(
             || self.drv.builder.clone(),
             |name| name.to_string_lossy().into_owned(),
@@ -859,7 +910,12 @@ impl Job<'_> {
         candidates.extend(added);
         candidates.extend(outputs.values().cloned());
         let mut built = Vec::new();
-        for (name, path) in outputs {
+        let mut final_outputs = outputs.clone();
+        // Floating outputs' final paths are rewritten into the outputs that refer to
+        // them, so those come after them.
+        let mut rewrites: Vec<([u8; 32], [u8; 32])> = Vec::new();
+        for name in self.output_order(outputs, scratch.path())? {
+            let path = &outputs[&name];
             if !rebuild.contains(path) {
                 continue;
             }
@@ -871,11 +927,33 @@ impl Job<'_> {
                     path: store_dir.display(path),
                 });
             }
+            let (path, location, ca) = match &self.drv.outputs[&name] {
+                DerivationOutput::Floating { method, algo }
+                | DerivationOutput::Impure { method, algo } => {
+                    let floating = self.finalise_floating(
+                        &name,
+                        (*method, *algo),
+                        path,
+                        &location,
+                        &candidates,
+                        &mut rewrites,
+                    )?;
+                    candidates.insert(floating.path.clone());
+                    final_outputs.insert(name.clone(), floating.path.clone());
+                    (floating.path, floating.location, Some(floating.ca))
+                }
+                _ => (path.clone(), location, None),
+            };
             let recreate = fixed_output.then_some(&*scratch);
-            let (info, location) =
-                self.output_info(path, &location, &candidates, build_uid, recreate)?;
+            let (mut info, location) =
+                self.output_info(&path, &location, &candidates, build_uid, recreate)?;
+            if ca.is_some() {
+                info.ca = ca;
+            }
             built.push(BuiltPath { info, location });
         }
+        let built_at: BTreeSet<StorePath> = outputs.values().cloned().collect();
+        let outputs = &final_outputs;
         self.check_reference_policy(outputs, &built, structured.as_ref())?;
 
         if self.options.check {
@@ -900,7 +978,10 @@ impl Job<'_> {
                     differences,
                 });
             }
-            return Ok(JobOutcome::Built(None));
+            return Ok(JobOutcome::Built {
+                published: None,
+                outputs: final_outputs,
+            });
         }
         if self.options.repair {
             let (replace, register): (Vec<BuiltPath>, Vec<BuiltPath>) = built
@@ -910,10 +991,215 @@ impl Job<'_> {
                 store.replace_built(output)?;
             }
             store.register_built(register)?;
-            return Ok(JobOutcome::Built(None));
+            return Ok(JobOutcome::Built {
+                published: None,
+                outputs: final_outputs,
+            });
         }
-        let published = store.publish_built(built, std::mem::take(locks))?;
-        Ok(JobOutcome::Built(Some(published)))
+        let mut locks = std::mem::take(locks);
+        if self.has_floating_outputs() {
+            // Their final paths are locked only now that they are known; one that is
+            // valid already (the same content built by another derivation) is kept as
+            // it is, and what was built for it is dropped with the scratch directory.
+            let finals: BTreeSet<StorePath> = built
+                .iter()
+                .map(|output| output.info.path.clone())
+                .filter(|path| !built_at.contains(path))
+                .collect();
+            locks.extend(store.lock_paths(&finals)?);
+            let mut fresh = Vec::with_capacity(built.len());
+            for output in built {
+                if !store.is_valid_path(&output.info.path)? {
+                    fresh.push(output);
+                }
+            }
+            built = fresh;
+        }
+        let published = store.publish_built(built, locks)?;
+        Ok(JobOutcome::Built {
+            published: Some(published),
+            outputs: final_outputs,
+        })
+    }
+
+    /// The order in which outputs are checked and registered: an output that refers to
+    /// another floating output comes after it (its final path is rewritten into it).
+    fn output_order(
+        &self,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        scratch: &Path,
+    ) -> Result<Vec<OutputName>, BuildError> {
+        let floating: Vec<&OutputName> = outputs
+            .keys()
+            .filter(|name| {
+                matches!(
+                    self.drv.outputs[*name],
+                    DerivationOutput::Floating { .. } | DerivationOutput::Impure { .. }
+                )
+            })
+            .collect();
+        if floating.len() < 2 {
+            return Ok(outputs.keys().cloned().collect());
+        }
+        // Which floating outputs each output refers to.
+        let by_hash_part: BTreeMap<&str, &OutputName> = floating
+            .iter()
+            .map(|name| (outputs[*name].hash_part(), *name))
+            .collect();
+        let mut refers: BTreeMap<&OutputName, BTreeSet<&OutputName>> = BTreeMap::new();
+        for (name, path) in outputs {
+            let location = scratch.join(path.as_str());
+            let mut scanner = ReferenceScanner::new(by_hash_part.keys())
+                .expect("store path hash parts are valid");
+            if fs::symlink_metadata(&location).is_ok() {
+                arca_nar::dump_path(&location, &mut scanner, &DumpOptions::default()).map_err(
+                    |source| BuildError::Output {
+                        drv: self.display(),
+                        path: self.store.store_dir().display(path),
+                        source,
+                    },
+                )?;
+            }
+            let found = scanner
+                .finish()
+                .iter()
+                .filter_map(|part| by_hash_part.get(part.as_str()).copied())
+                .filter(|other| *other != name)
+                .collect();
+            refers.insert(name, found);
+        }
+        let mut order = Vec::new();
+        let mut done: BTreeSet<&OutputName> = BTreeSet::new();
+        let mut visiting: BTreeSet<&OutputName> = BTreeSet::new();
+        fn visit<'n>(
+            name: &'n OutputName,
+            refers: &BTreeMap<&'n OutputName, BTreeSet<&'n OutputName>>,
+            done: &mut BTreeSet<&'n OutputName>,
+            visiting: &mut BTreeSet<&'n OutputName>,
+            order: &mut Vec<OutputName>,
+        ) -> Result<(), (OutputName, OutputName)> {
+            if done.contains(name) {
+                return Ok(());
+            }
+            visiting.insert(name);
+            for other in &refers[name] {
+                if visiting.contains(other) {
+                    return Err(((*other).clone(), name.clone()));
+                }
+                visit(other, refers, done, visiting, order)?;
+            }
+            visiting.remove(name);
+            done.insert(name);
+            order.push(name.clone());
+            Ok(())
+        }
+        for name in outputs.keys() {
+            visit(name, &refers, &mut done, &mut visiting, &mut order).map_err(
+                |(output, from)| BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: format!(
+                        "cycle detected in the references of output '{output}' from output '{from}'"
+                    ),
+                },
+            )?;
+        }
+        Ok(order)
+    }
+
+    /// A floating (or impure) output after its build, as Nix's `registerOutputs` makes
+    /// it: the final paths of the outputs it refers to are rewritten into it, its content
+    /// is hashed modulo its scratch path's hash part, its path follows from that hash,
+    /// its references and whether it refers to itself, and the scratch hash part is
+    /// rewritten to the final one. It moves to a name of its final path in the scratch
+    /// directory.
+    fn finalise_floating(
+        &self,
+        name: &OutputName,
+        (method, algo): (ContentAddressMethod, HashAlgo),
+        scratch_path: &StorePath,
+        location: &Path,
+        candidates: &BTreeSet<StorePath>,
+        rewrites: &mut Vec<([u8; 32], [u8; 32])>,
+    ) -> Result<FloatingOutput, BuildError> {
+        let store_dir = self.store.store_dir();
+        let io_error = |source| BuildError::BuildDir {
+            path: location.to_owned(),
+            source,
+        };
+        if !rewrites.is_empty() {
+            crate::rewrite::rewrite_tree(location, rewrites).map_err(io_error)?;
+        }
+        let by_hash_part: BTreeMap<&str, &StorePath> =
+            candidates.iter().map(|p| (p.hash_part(), p)).collect();
+        let mut sink = FloatingSink {
+            modulo: HashModuloWriter::new(algo, scratch_path.hash_part())
+                .expect("store path hash parts are 32 characters"),
+            scanner: ReferenceScanner::new(by_hash_part.keys())
+                .expect("store path hash parts are valid"),
+        };
+        match method {
+            ContentAddressMethod::Recursive => {
+                arca_nar::dump_path(location, &mut sink, &DumpOptions::default()).map_err(
+                    |source| BuildError::Output {
+                        drv: self.display(),
+                        path: store_dir.display(scratch_path),
+                        source,
+                    },
+                )?;
+            }
+            ContentAddressMethod::Flat => {
+                let metadata = fs::symlink_metadata(location).map_err(io_error)?;
+                if !metadata.is_file() || metadata.permissions().mode() & 0o111 != 0 {
+                    return Err(BuildError::Unsupported {
+                        drv: self.display(),
+                        reason: format!(
+                            "output path '{}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)",
+                            store_dir.display(scratch_path)
+                        ),
+                    });
+                }
+                let mut file = fs::File::open(location).map_err(io_error)?;
+                io::copy(&mut file, &mut sink.modulo).map_err(io_error)?;
+                let mut file = fs::File::open(location).map_err(io_error)?;
+                io::copy(&mut file, &mut sink.scanner).map_err(io_error)?;
+            }
+        }
+        let (got, _) = sink.modulo.finish();
+        let mut self_reference = false;
+        let mut references = BTreeSet::new();
+        for part in sink.scanner.finish() {
+            match by_hash_part.get(part.as_str()) {
+                Some(path) if *path == scratch_path => self_reference = true,
+                Some(path) => {
+                    references.insert((*path).clone());
+                }
+                None => {}
+            }
+        }
+        let path = store_dir
+            .make_fixed_output_path(
+                &output_path_name(&self.drv.name, name.as_str()),
+                method,
+                &got,
+                &references,
+                self_reference,
+            )
+            .map_err(|error| BuildError::Unsupported {
+                drv: self.display(),
+                reason: format!("output '{name}' cannot be given a path: {error}"),
+            })?;
+        let to = location.with_file_name(path.as_str());
+        if path != *scratch_path {
+            let rewrite = (hash_part_bytes(scratch_path), hash_part_bytes(&path));
+            crate::rewrite::rewrite_tree(location, &[rewrite]).map_err(io_error)?;
+            rewrites.push(rewrite);
+            fs::rename(location, &to).map_err(io_error)?;
+        }
+        Ok(FloatingOutput {
+            path,
+            location: to,
+            ca: ContentAddress::Fixed { method, hash: got },
+        })
     }
 
     /// Runs the builder in the sandbox: the input closure read-only at the store dir,
@@ -931,7 +1217,7 @@ impl Job<'_> {
     ) -> Result<arca_sandbox::Report, BuildError> {
         let store = self.store;
         let store_dir = store.store_dir();
-        let fixed_output = self.drv.is_fixed_output();
+        let fixed_output = self.drv.has_network_access();
         let mut spec = SandboxSpec::new(&self.drv.builder, args);
         spec.env = env;
         spec.cwd = PathBuf::from(SANDBOX_BUILD_DIR);
@@ -1326,6 +1612,32 @@ impl Job<'_> {
 struct ReferenceGraphs {
     files: Vec<(String, Vec<u8>)>,
     attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A floating output with its final path, where it is now, and its content address.
+struct FloatingOutput {
+    path: StorePath,
+    location: PathBuf,
+    ca: ContentAddress,
+}
+
+/// Tees a floating output's NAR (or file) into the hash modulo its scratch path and the
+/// reference scanner.
+struct FloatingSink {
+    modulo: HashModuloWriter,
+    scanner: ReferenceScanner,
+}
+
+impl Write for FloatingSink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.modulo.write_all(bytes)?;
+        self.scanner.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Tees a NAR into the hashers and the reference scanner.

@@ -4,7 +4,7 @@
 //! does it refer to" for them; the registry answers for everything else.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use arca_store_core::{PathInfo, Store, StorePath};
 use arca_store_sqlite::{DerivationOutputs, LocalStore, StoreError};
@@ -13,6 +13,8 @@ use arca_store_sqlite::{DerivationOutputs, LocalStore, StoreError};
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     paths: Mutex<BTreeMap<StorePath, PathInfo>>,
+    /// Signalled when outputs leave the overlay.
+    left: Condvar,
 }
 
 impl Pending {
@@ -35,6 +37,19 @@ impl Pending {
         let mut paths = self.paths();
         for path in done {
             paths.remove(path);
+        }
+        self.left.notify_all();
+    }
+
+    /// Waits until none of `paths` is in the overlay any more (registered, or failed to
+    /// be): for what must refer to them in the registry, such as a resolved derivation.
+    pub fn wait_until_registered(&self, paths: &BTreeSet<StorePath>) {
+        let mut guard = self.paths();
+        while paths.iter().any(|path| guard.contains_key(path)) {
+            guard = self
+                .left
+                .wait(guard)
+                .unwrap_or_else(|poison| poison.into_inner());
         }
     }
 

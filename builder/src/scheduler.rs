@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
-use arca_store_core::derivation::{Derivation, OutputName};
-use arca_store_core::{Store, StorePath};
+use arca_store_core::derivation::{Derivation, DerivationKind, OutputName};
+use arca_store_core::{DrvOutput, Hash, Realisation, Store, StorePath};
 use arca_store_sqlite::{LocalStore, PublishedPaths};
 
 use crate::job::{Job, JobOutcome};
@@ -79,6 +79,13 @@ fn run(
     let (events, receiver) = mpsc::channel::<BuildEvent>();
     let finished: Mutex<Vec<(StorePath, BuildResult)>> = Mutex::new(Vec::new());
     let pending = Pending::default();
+    let realised = Mutex::new(
+        graph
+            .nodes
+            .iter()
+            .map(|(path, node)| (path.clone(), node.outputs.clone()))
+            .collect(),
+    );
     let (commits, commit_queue) = mpsc::channel::<Commit>();
     let workers = options.max_jobs.max(1).min(to_build.max(1));
     let shared = Shared {
@@ -89,6 +96,7 @@ fn run(
         wake: &wake,
         finished: &finished,
         pending: &pending,
+        realised: &realised,
     };
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -125,11 +133,33 @@ fn forward_to(events: mpsc::Sender<BuildEvent>) -> impl Fn(BuildEvent) + Sync {
 /// One derivation in the graph.
 struct Node {
     drv: Derivation,
+    kind: DerivationKind,
+    /// The output paths known before building: all of them for a derivation whose
+    /// paths follow from it, those with a realisation otherwise.
     outputs: BTreeMap<OutputName, StorePath>,
     /// Whether it must be built (some wanted output invalid, or `--check`/`--repair`).
     needed: bool,
     /// Needed input derivations.
     dependencies: BTreeSet<StorePath>,
+    /// The hash naming its outputs in realisations (with `ca-derivations`, for a
+    /// derivation that is not impure).
+    static_hash: Option<Hash>,
+}
+
+impl Node {
+    /// Whether it is resolved before it is built (Nix's `inputsRealised`): a deferred
+    /// or impure derivation, or a content-addressed one with input derivations (a
+    /// fixed-output one only with `ca-derivations`).
+    fn resolves(&self, options: &BuildOptions) -> bool {
+        !self.drv.input_drvs.is_empty()
+            && match self.kind {
+                DerivationKind::InputAddressed => false,
+                DerivationKind::Fixed => options.ca_derivations,
+                DerivationKind::DeferredInputAddressed
+                | DerivationKind::Floating
+                | DerivationKind::Impure => true,
+            }
+    }
 }
 
 struct Graph {
@@ -167,30 +197,58 @@ impl Graph {
                         store.read_derivation(&drv_path)?
                     }
                 };
-                let job_outputs = Job {
-                    pending: &Pending::default(),
-                    store,
-                    drv_path: &drv_path,
-                    drv: &drv,
-                    options,
-                    emit: &|_| {},
-                    wait_for_locks: true,
+                let display = || store.store_dir().display(&drv_path);
+                let kind = drv.kind().map_err(|error| BuildError::Unsupported {
+                    drv: display(),
+                    reason: error.to_string(),
+                })?;
+                let experimental = |feature: &str| {
+                    BuildError::Unsupported {
+                    drv: display(),
+                    reason: format!("experimental Nix feature '{feature}' is disabled; use '--extra-experimental-features {feature}' to override"),
                 }
-                .outputs()?;
-                store.add_temp_roots(job_outputs.values())?;
+                };
+                if !kind.has_known_output_paths() && !options.ca_derivations {
+                    return Err(experimental("ca-derivations"));
+                }
+                if kind == DerivationKind::Impure && !options.impure_derivations {
+                    return Err(experimental("impure-derivations"));
+                }
+                let static_hash = if options.ca_derivations && kind != DerivationKind::Impure {
+                    Some(store.static_output_hash(&drv)?.hash)
+                } else {
+                    None
+                };
+                let known = if kind.has_known_output_paths() {
+                    Job {
+                        pending: &Pending::default(),
+                        store,
+                        drv_path: &drv_path,
+                        drv: &drv,
+                        options,
+                        emit: &|_| {},
+                        wait_for_locks: true,
+                    }
+                    .outputs()?
+                } else {
+                    realised_outputs(store, &drv, static_hash.as_ref())?
+                };
+                store.add_temp_roots(known.values())?;
                 nodes.insert(
                     drv_path.clone(),
                     Node {
                         drv,
-                        outputs: job_outputs,
+                        kind,
+                        outputs: known,
                         needed: false,
                         dependencies: BTreeSet::new(),
+                        static_hash,
                     },
                 );
             }
             let node = nodes.get_mut(&drv_path).expect("inserted above");
             let names: BTreeSet<OutputName> =
-                outputs.unwrap_or_else(|| node.outputs.keys().cloned().collect());
+                outputs.unwrap_or_else(|| node.drv.outputs.keys().cloned().collect());
             let seen = wanted.entry(drv_path.clone()).or_default();
             let new: Vec<OutputName> = names
                 .into_iter()
@@ -200,11 +258,13 @@ impl Graph {
                 continue;
             }
             // `--check` and `--repair` apply to the targets themselves, like Nix.
-            let mut needed = is_target && (options.check || options.repair);
+            let mut needed = is_target && (options.check || options.repair)
+                || node.kind == DerivationKind::Impure;
             for name in &new {
                 match node.outputs.get(name) {
                     Some(path) if store.is_valid_path(path)? => {}
                     Some(_) => needed = true,
+                    None if node.drv.outputs.contains_key(name) => needed = true,
                     None => {
                         return Err(BuildError::Unsupported {
                             drv: store.store_dir().display(&drv_path),
@@ -232,6 +292,44 @@ impl Graph {
                 }
             })?;
         }
+        // A pure derivation that is not fixed-output may not depend on an impure one.
+        for (path, node) in nodes.iter().filter(|(_, n)| n.needed) {
+            if matches!(node.kind, DerivationKind::Fixed | DerivationKind::Impure) {
+                continue;
+            }
+            for input in node.drv.input_drvs.keys() {
+                if nodes
+                    .get(input)
+                    .is_some_and(|n| n.kind == DerivationKind::Impure)
+                {
+                    return Err(BuildError::DependsOnImpure {
+                        drv: store.store_dir().display(path),
+                        input: store.store_dir().display(input),
+                    });
+                }
+            }
+        }
+        // With `ca-derivations`, valid outputs of derivations whose paths are known get
+        // the realisations they lack (built before the feature was on), as in Nix.
+        if options.ca_derivations {
+            for node in nodes
+                .values()
+                .filter(|n| !n.needed && n.kind.has_known_output_paths())
+            {
+                let Some(hash) = &node.static_hash else {
+                    continue;
+                };
+                for (name, path) in &node.outputs {
+                    let id = DrvOutput {
+                        drv_hash: hash.clone(),
+                        output: name.clone(),
+                    };
+                    if store.is_valid_path(path)? && store.query_realisation(&id)?.is_none() {
+                        store.register_realisation(&Realisation::new(id, path.clone()))?;
+                    }
+                }
+            }
+        }
         // Inputs whose wanted outputs are all valid need not be waited for.
         let needed: BTreeSet<StorePath> = nodes
             .iter()
@@ -243,6 +341,29 @@ impl Graph {
         }
         Ok(Graph { nodes })
     }
+}
+
+/// The outputs of a derivation whose paths are not known in advance that have a
+/// realisation (whose paths are valid, then).
+fn realised_outputs(
+    store: &LocalStore,
+    drv: &Derivation,
+    static_hash: Option<&Hash>,
+) -> Result<BTreeMap<OutputName, StorePath>, BuildError> {
+    let mut known = BTreeMap::new();
+    let Some(hash) = static_hash else {
+        return Ok(known);
+    };
+    for name in drv.outputs.keys() {
+        let id = DrvOutput {
+            drv_hash: hash.clone(),
+            output: name.clone(),
+        };
+        if let Some(realisation) = store.query_realisation(&id)? {
+            known.insert(name.clone(), realisation.out_path);
+        }
+    }
+    Ok(known)
 }
 
 /// The scheduler's shared state.
@@ -338,6 +459,9 @@ struct Shared<'a> {
     wake: &'a Condvar,
     finished: &'a Mutex<Vec<(StorePath, BuildResult)>>,
     pending: &'a Pending,
+    /// The output paths of every derivation of the graph known so far (given, realised
+    /// or built in this run): what resolving a derivation replaces its inputs with.
+    realised: &'a Mutex<BTreeMap<StorePath, BTreeMap<OutputName, StorePath>>>,
 }
 
 /// A built derivation whose outputs wait for the group commit.
@@ -345,6 +469,151 @@ struct Commit {
     drv: StorePath,
     outputs: BTreeMap<OutputName, StorePath>,
     published: PublishedPaths,
+    /// The static output hash of the derivation it was resolved to, if it was.
+    resolved_hash: Option<Hash>,
+}
+
+/// What a derivation is built as: itself, or the derivation it resolves to.
+struct Resolved {
+    path: StorePath,
+    drv: Derivation,
+    /// The resolved derivation's static output hash (`ca-derivations`).
+    static_hash: Option<Hash>,
+    /// Its outputs, when they are all there already (realised before).
+    valid: Option<BTreeMap<OutputName, StorePath>>,
+}
+
+/// Resolves `node` (Nix's `tryResolve`, then `writeDerivation`): its inputs' outputs
+/// replace its input derivations and their placeholders; the resolved `.drv` is written
+/// to the store once those outputs are registered.
+fn resolve(shared: &Shared<'_>, node: &Node) -> Result<Resolved, BuildError> {
+    let store = shared.store;
+    let resolved = {
+        let realised = shared.realised.lock().unwrap_or_else(|p| p.into_inner());
+        node.drv
+            .try_resolve(store.store_dir(), |input, output| {
+                realised.get(input)?.get(output).cloned()
+            })
+            .map_err(|error| BuildError::Unsupported {
+                drv: node.drv.name.clone(),
+                reason: format!("it cannot be resolved: {error}"),
+            })?
+    };
+    shared.pending.wait_until_registered(&resolved.input_srcs);
+    let path = store.add_derivation(&resolved)?;
+    store.add_temp_root(&path)?;
+    let kind = resolved.kind().map_err(|error| BuildError::Unsupported {
+        drv: store.store_dir().display(&path),
+        reason: error.to_string(),
+    })?;
+    let static_hash = if shared.options.ca_derivations && kind != DerivationKind::Impure {
+        Some(store.static_output_hash(&resolved)?.hash)
+    } else {
+        None
+    };
+    let valid = if kind.has_known_output_paths() || kind == DerivationKind::Impure {
+        None
+    } else {
+        let known = realised_outputs(store, &resolved, static_hash.as_ref())?;
+        (known.len() == resolved.outputs.len()).then_some(known)
+    };
+    Ok(Resolved {
+        path,
+        drv: resolved,
+        static_hash,
+        valid,
+    })
+}
+
+/// Records the realisations of `node`'s outputs (with `ca-derivations`, unless it is
+/// impure), as Nix's `registerOutputs` and `resolvedFinished`: under the static hash of
+/// the derivation built (the resolved one, if it was resolved), and under the node's
+/// own, with the realisations of its inputs that each output refers to. Every path
+/// must be valid.
+fn register_realisations(
+    shared: &Shared<'_>,
+    node: &Node,
+    outputs: &BTreeMap<OutputName, StorePath>,
+    resolved_hash: Option<&Hash>,
+) -> Result<(), BuildError> {
+    let store = shared.store;
+    let options = shared.options;
+    if !options.ca_derivations {
+        return Ok(());
+    }
+    let sign = |realisation: &mut Realisation| {
+        for key in &options.signing_keys {
+            realisation.sign(key);
+        }
+    };
+    let mut hashes = Vec::new();
+    if let Some(hash) = resolved_hash {
+        hashes.push((hash, false));
+    }
+    if let Some(hash) = &node.static_hash {
+        let dependents = resolved_hash.is_some() && node.kind != DerivationKind::Fixed;
+        hashes.push((hash, dependents));
+    }
+    for (hash, dependents) in hashes {
+        for (name, path) in outputs {
+            let id = DrvOutput {
+                drv_hash: hash.clone(),
+                output: name.clone(),
+            };
+            let mut realisation = Realisation::new(id, path.clone());
+            if dependents {
+                realisation.dependent_realisations = dependent_realisations(shared, node, path)?;
+            }
+            sign(&mut realisation);
+            store.register_realisation(&realisation)?;
+        }
+    }
+    Ok(())
+}
+
+/// The realisations of `node`'s inputs (and theirs, transitively) whose paths `path`
+/// refers to (Nix's `drvOutputReferences`).
+fn dependent_realisations(
+    shared: &Shared<'_>,
+    node: &Node,
+    path: &StorePath,
+) -> Result<BTreeMap<DrvOutput, StorePath>, BuildError> {
+    let store = shared.store;
+    let mut roots = Vec::new();
+    for (input, outputs) in &node.drv.input_drvs {
+        let Some(hash) = shared
+            .graph
+            .nodes
+            .get(input)
+            .and_then(|n| n.static_hash.as_ref())
+        else {
+            continue;
+        };
+        for output in outputs {
+            let id = DrvOutput {
+                drv_hash: hash.clone(),
+                output: output.clone(),
+            };
+            let realisation =
+                store
+                    .query_realisation(&id)?
+                    .ok_or_else(|| BuildError::Unsupported {
+                        drv: store.store_dir().display(input),
+                        reason: format!("output '{output}' of it isn't built"),
+                    })?;
+            roots.push(realisation);
+        }
+    }
+    let references = store
+        .query_path_info(path)?
+        .map(|info| info.references)
+        .unwrap_or_default();
+    Ok(store
+        .realisation_closure(roots)?
+        .into_values()
+        .filter(|realisation| references.contains(&realisation.out_path))
+        .map(|realisation| (realisation.id, realisation.out_path))
+        .collect())
 }
 
 fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(BuildEvent) + Sync)) {
@@ -356,6 +625,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         wake,
         finished,
         pending,
+        ..
     } = *shared;
     loop {
         let (drv_path, wait_for_locks) = {
@@ -386,19 +656,40 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
             }
         };
         let node = &graph.nodes[&drv_path];
+        let resolved = if node.resolves(options) {
+            match resolve(shared, node) {
+                Ok(resolved) => Some(resolved),
+                Err(error) => {
+                    fail(shared, emit, &drv_path, error);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let job = Job {
             store,
-            drv_path: &drv_path,
-            drv: &node.drv,
+            drv_path: resolved.as_ref().map_or(&drv_path, |r| &r.path),
+            drv: resolved.as_ref().map_or(&node.drv, |r| &r.drv),
             options,
             emit,
             pending,
             wait_for_locks,
         };
+        let resolved_hash = resolved.as_ref().and_then(|r| r.static_hash.clone());
+        let already = resolved.as_ref().and_then(|r| r.valid.clone());
+        let found_realised = already.is_some();
         // A panic in one build must not leave the others waiting for it forever.
-        let (result, leftovers) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run())).unwrap_or_else(
-                |panic| {
+        let (result, leftovers) = match already {
+            Some(outputs) => (
+                Ok(JobOutcome::Built {
+                    published: None,
+                    outputs,
+                }),
+                Default::default(),
+            ),
+            None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
+                .unwrap_or_else(|panic| {
                     let message = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
@@ -409,26 +700,55 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                         message,
                     };
                     (Err(error), Default::default())
-                },
-            );
+                }),
+        };
+        let realised_now = |outputs: &BTreeMap<OutputName, StorePath>| {
+            shared
+                .realised
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(drv_path.clone(), outputs.clone());
+        };
         let result = match result {
-            Ok(JobOutcome::Built(Some(published))) => {
+            Ok(JobOutcome::Built {
+                published: Some(published),
+                outputs,
+            }) => {
                 // Dependents may start now; the committer registers the outputs and
                 // reports the build.
                 pending.insert(published.infos());
+                realised_now(&outputs);
                 let _ = commits.send(Commit {
                     drv: drv_path.clone(),
-                    outputs: node.outputs.clone(),
+                    outputs,
                     published,
+                    resolved_hash,
                 });
                 None
             }
-            Ok(JobOutcome::Built(None)) => {
+            Ok(JobOutcome::Built {
+                published: None,
+                outputs,
+            }) if found_realised => {
+                // Resolved to a derivation whose outputs were there already.
+                match register_realisations(shared, node, &outputs, resolved_hash.as_ref()) {
+                    Ok(()) => {
+                        realised_now(&outputs);
+                        Some(BuildResult::AlreadyValid(outputs))
+                    }
+                    Err(error) => Some(failed(emit, &drv_path, error)),
+                }
+            }
+            Ok(JobOutcome::Built {
+                published: None,
+                outputs,
+            }) => {
                 emit(BuildEvent::Built {
                     drv: drv_path.clone(),
-                    outputs: node.outputs.clone(),
+                    outputs: outputs.clone(),
                 });
-                Some(BuildResult::Built(node.outputs.clone()))
+                realised_now(&outputs);
+                Some(BuildResult::Built(outputs))
             }
             Ok(JobOutcome::Busy) => {
                 // Back in the queue, tried again after the others.
@@ -439,14 +759,24 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 wake.notify_all();
                 continue;
             }
-            Ok(JobOutcome::AlreadyValid) => Some(BuildResult::AlreadyValid(node.outputs.clone())),
-            Err(error) => {
-                emit(BuildEvent::Failed {
-                    drv: drv_path.clone(),
-                    message: error.to_string(),
+            Ok(JobOutcome::AlreadyValid) => {
+                let outputs = match &resolved {
+                    None => Ok(node.outputs.clone()),
+                    Some(_) => job.outputs(),
+                };
+                let registered = outputs.and_then(|outputs| {
+                    register_realisations(shared, node, &outputs, resolved_hash.as_ref())?;
+                    Ok(outputs)
                 });
-                Some(BuildResult::Failed(error))
+                match registered {
+                    Ok(outputs) => {
+                        realised_now(&outputs);
+                        Some(BuildResult::AlreadyValid(outputs))
+                    }
+                    Err(error) => Some(failed(emit, &drv_path, error)),
+                }
             }
+            Err(error) => Some(failed(emit, &drv_path, error)),
         };
         let ok = !matches!(result, Some(BuildResult::Failed(_)));
         if let Some(result) = result {
@@ -469,6 +799,35 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         // Whatever waited for this build may start on another worker meanwhile.
         drop(leftovers);
     }
+}
+
+/// Reports `drv` failed.
+fn failed(emit: &(dyn Fn(BuildEvent) + Sync), drv: &StorePath, error: BuildError) -> BuildResult {
+    emit(BuildEvent::Failed {
+        drv: drv.clone(),
+        message: error.to_string(),
+    });
+    BuildResult::Failed(error)
+}
+
+/// Reports `drv` failed before it was started, and wakes whoever waits.
+fn fail(
+    shared: &Shared<'_>,
+    emit: &(dyn Fn(BuildEvent) + Sync),
+    drv: &StorePath,
+    error: BuildError,
+) {
+    let result = failed(emit, drv, error);
+    shared
+        .finished
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((drv.clone(), result));
+    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    guard.running -= 1;
+    guard.busy.clear();
+    guard.failed(drv, shared.options.keep_going);
+    shared.wake.notify_all();
 }
 
 /// How long the committer gathers published outputs before flushing them.
@@ -539,13 +898,14 @@ fn committer(
             drv,
             outputs,
             published,
+            resolved_hash,
         } in good
         {
             match &mut merged {
                 Some(all) => all.merge(published),
                 None => merged = Some(published),
             }
-            jobs.push((drv, outputs));
+            jobs.push((drv, outputs, resolved_hash));
         }
         let registered = match merged {
             Some(published) => store
@@ -559,9 +919,16 @@ fn committer(
             drv: store.store_dir().display(drv),
             message,
         };
-        for (drv, outputs) in jobs {
+        for (drv, outputs, resolved_hash) in jobs {
             match &registered {
                 Ok(()) => {
+                    let node = &shared.graph.nodes[&drv];
+                    if let Err(error) =
+                        register_realisations(shared, node, &outputs, resolved_hash.as_ref())
+                    {
+                        failed.push((drv, error));
+                        continue;
+                    }
                     if let Some(hook) = &options.post_build_hook {
                         if let Err(error) = run_post_build_hook(store, hook, &drv, &outputs, emit) {
                             failed.push((drv, error));

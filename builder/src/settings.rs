@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use arca_store_core::config::{Assignment, ConfigError, ConfigSources};
-use arca_store_core::SecretKey;
+use arca_store_core::{PublicKey, SecretKey};
 
 use crate::types::{BuildOptions, SandboxMode};
 
@@ -72,6 +72,9 @@ pub struct Settings {
     /// trusted key, content-addressed, or vouched for by a trusted client; with false,
     /// any path is accepted from anyone (the daemon's own configuration decides).
     pub require_sigs: bool,
+    /// `trusted-public-keys`: a path (or realisation) signed by one of these is
+    /// accepted from any client (default: `cache.nixos.org-1`'s key).
+    pub trusted_public_keys: Vec<PublicKey>,
     /// `fsync-metadata` (default true).
     pub fsync_metadata: bool,
 }
@@ -104,6 +107,8 @@ impl Default for Settings {
             allowed_users: vec!["*".into()],
             experimental_features: BTreeSet::new(),
             require_sigs: true,
+            trusted_public_keys: vec![PublicKey::parse(CACHE_NIXOS_ORG_KEY)
+                .expect("cache.nixos.org's public key is well-formed")],
             fsync_metadata: true,
         }
     }
@@ -151,6 +156,9 @@ pub enum SettingsError {
         source: arca_store_core::KeyError,
     },
 }
+
+/// The default `trusted-public-keys` of Nix.
+const CACHE_NIXOS_ORG_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFEs/vLCYjg=";
 
 /// Settings Nix 2.8 has that Arca accepts without acting on them: the evaluator's,
 /// the client's, substitution's (not implemented yet), and tuning knobs of Nix's own
@@ -212,7 +220,6 @@ const NIX_ONLY: &[&str] = &[
     "sync-before-registering",
     "tarball-ttl",
     "trace-function-calls",
-    "trusted-public-keys",
     "trusted-substituters",
     "use-case-hack",
     "use-registries",
@@ -418,6 +425,21 @@ impl Settings {
             "trusted-users" => list(&mut self.trusted_users, append, words()),
             "allowed-users" => list(&mut self.allowed_users, append, words()),
             "experimental-features" => list(&mut self.experimental_features, append, words()),
+            "trusted-public-keys" => {
+                let keys = words()
+                    .map(|text| {
+                        PublicKey::parse(&text).map_err(|error| SettingError::Invalid {
+                            name: name.to_owned(),
+                            value: text.clone(),
+                            reason: error.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if !append {
+                    self.trusted_public_keys.clear();
+                }
+                self.trusted_public_keys.extend(keys);
+            }
             "require-sigs" => {
                 scalar(append)?;
                 self.require_sigs = boolean(value)?;
@@ -462,6 +484,8 @@ impl Settings {
                 }
                 features
             },
+            ca_derivations: self.experimental_features.contains("ca-derivations"),
+            impure_derivations: self.experimental_features.contains("impure-derivations"),
             ..defaults
         })
     }

@@ -83,6 +83,12 @@ pub struct BuildOptions {
     /// default as in Nix: the pid namespace already ends every process of a build, and a
     /// cgroup costs ~0.4 ms per build).
     pub use_cgroups: bool,
+    /// Nix's experimental `ca-derivations`: build floating content-addressed and
+    /// deferred derivations (resolving them first), and record realisations of every
+    /// output built.
+    pub ca_derivations: bool,
+    /// Nix's experimental `impure-derivations`: build impure derivations.
+    pub impure_derivations: bool,
 }
 
 impl Default for BuildOptions {
@@ -108,6 +114,8 @@ impl Default for BuildOptions {
             system_features: default_system_features(),
             signing_keys: Vec::new(),
             use_cgroups: false,
+            ca_derivations: false,
+            impure_derivations: false,
         }
     }
 }
@@ -283,6 +291,9 @@ pub enum BuildError {
     /// The sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// A pure derivation (not fixed-output) depends on an impure one, which Nix forbids.
+    #[error("pure derivation '{drv}' depends on impure derivation '{input}'")]
+    DependsOnImpure { drv: String, input: String },
     /// The derivation is malformed or asks for something unsupported.
     #[error("derivation '{drv}': {reason}")]
     Unsupported {

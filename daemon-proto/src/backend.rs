@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use arca_build::{BuildEvent, BuildOptions, BuildResult, BuildTarget, Settings};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{
-    ContentAddress, ContentAddressMethod, HashAlgo, Hasher, PathInfo, Signature, Store, StoreDir,
-    StorePath,
+    ContentAddress, ContentAddressMethod, DrvOutput, HashAlgo, Hasher, PathInfo, Realisation,
+    Signature, Store, StoreDir, StorePath,
 };
 use arca_store_sqlite::{GcAction, GcOptions, LocalStore, OptimiseOptions, VerifyOptions};
 
@@ -61,9 +61,9 @@ pub type BuildOutcomes = Vec<(DerivedPath, Result<Built, String>)>;
 pub struct Built {
     /// Built now, rather than found valid.
     pub now: bool,
-    /// Its outputs as Nix's realisations name them: (`sha256:<hash modulo>!<output>`,
-    /// output path). Clients such as `nix build` take the output paths from these.
-    pub outputs: Vec<(String, StorePath)>,
+    /// Its wanted outputs as realisations (id: the derivation's static output hash and
+    /// the output's name). Clients such as `nix build` take the output paths from these.
+    pub outputs: Vec<Realisation>,
     /// When its builder ran and the CPU time it used, when it was built now.
     pub timing: Option<BuildTiming>,
 }
@@ -161,10 +161,12 @@ pub trait DaemonStore: Store + Sync
 where
     Self::Error: std::fmt::Display,
 {
-    /// Every output of `drv` with its path where known.
+    /// Every output of `drv` with its path where known (with `realisations`, Nix's
+    /// `ca-derivations`: also where a realisation records it).
     fn query_derivation_output_map(
         &self,
         drv: &StorePath,
+        _realisations: bool,
     ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
         Ok(self
             .query_derivation_outputs(drv)
@@ -177,6 +179,18 @@ where
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         Err(refuse(
             "listing all valid paths is not supported by this store",
+        ))
+    }
+
+    /// The realisation of a derivation output, if one is recorded.
+    fn query_realisation(&self, _id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
+        Ok(None)
+    }
+
+    /// Records a realisation (its path must be valid).
+    fn register_realisation(&self, _realisation: &Realisation) -> Result<(), StoreOpError> {
+        Err(refuse(
+            "registering realisations is not supported by this store",
         ))
     }
 
@@ -370,13 +384,22 @@ impl DaemonStore for LocalStore {
     fn query_derivation_output_map(
         &self,
         drv: &StorePath,
+        realisations: bool,
     ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
-        let derivation = self.read_derivation(drv).map_err(refuse)?;
-        Ok(derivation
-            .outputs
-            .iter()
-            .map(|(name, output)| (name.as_str().to_owned(), output.path().cloned()))
+        Ok(self
+            .derivation_output_map(drv, realisations)
+            .map_err(refuse)?
+            .into_iter()
+            .map(|(name, path)| (name.to_string(), path))
             .collect())
+    }
+
+    fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
+        LocalStore::query_realisation(self, id).map_err(refuse)
+    }
+
+    fn register_realisation(&self, realisation: &Realisation) -> Result<(), StoreOpError> {
+        LocalStore::register_realisation(self, realisation).map_err(|e| refuse(error_chain(&e)))
     }
 
     fn add_dump(
@@ -530,7 +553,6 @@ impl DaemonStore for LocalStore {
             })
             .map_err(refuse)?
         };
-        let mut hashes = arca_store_core::derivation::ModuloHashCache::new();
         for target in targets {
             let outcome = match built.get(&target.path) {
                 Some(BuildResult::Built(outputs)) => Ok((true, outputs)),
@@ -551,17 +573,30 @@ impl DaemonStore for LocalStore {
             let result = match outcome {
                 Err(message) => Err(message),
                 Ok((now, outputs)) => {
-                    let hash = hashes
-                        .hash_of_path(self.store_dir(), &target.path, |p| self.read_derivation(p))
-                        .map_err(refuse)?;
+                    let derivation = self.read_derivation(&target.path).map_err(refuse)?;
+                    let hash = self.static_output_hash(&derivation).map_err(refuse)?.hash;
                     let wanted = target.outputs.as_ref().filter(|o| !o.is_empty());
-                    let outputs = outputs
+                    let mut outputs: Vec<Realisation> = outputs
                         .iter()
                         .filter(|(name, _)| wanted.is_none_or(|w| w.contains(name.as_str())))
                         .map(|(name, path)| {
-                            (format!("sha256:{}!{name}", hash.to_base16()), path.clone())
+                            let id = DrvOutput {
+                                drv_hash: hash.clone(),
+                                output: name.clone(),
+                            };
+                            Realisation::new(id, path.clone())
                         })
                         .collect();
+                    if options.ca_derivations {
+                        // As recorded, with signatures and dependent realisations.
+                        for realisation in &mut outputs {
+                            if let Ok(Some(recorded)) =
+                                LocalStore::query_realisation(self, &realisation.id)
+                            {
+                                *realisation = recorded;
+                            }
+                        }
+                    }
                     let timing = if now {
                         timings.get(&target.path).copied()
                     } else {
@@ -751,11 +786,10 @@ impl DaemonStore for LocalStore {
             }
             let derivation = self.read_derivation(&drv).map_err(refuse)?;
             let mut missing = false;
-            for output in derivation.outputs.values() {
-                if let Some(path) = output.path() {
-                    if !self.is_valid_path(path).map_err(refuse)? {
-                        missing = true;
-                    }
+            for path in self.query_derivation_output_map(&drv, true)?.values() {
+                match path {
+                    Some(path) if self.is_valid_path(path).map_err(refuse)? => {}
+                    _ => missing = true,
                 }
             }
             if missing {

@@ -307,7 +307,7 @@ impl DaemonStore for RestrictedStore<'_> {
         let mut outputs: BTreeSet<StorePath> = outcomes
             .iter()
             .filter_map(|(_, outcome)| outcome.as_ref().ok())
-            .flat_map(|built| built.outputs.iter().map(|(_, path)| path.clone()))
+            .flat_map(|built| built.outputs.iter().map(|r| r.out_path.clone()))
             .collect();
         // `.drv`s sent as opaque paths by old clients stand for their outputs too.
         for target in targets.iter().filter(|t| t.path.is_derivation()) {

@@ -15,7 +15,8 @@ use std::time::Duration;
 use arca_build::{BuildEvent, Settings};
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
-    ContentAddressMethod, Hash, HashAlgo, PathInfo, Signature, SignatureError, StorePath,
+    ContentAddressMethod, DrvOutput, Hash, HashAlgo, PathInfo, Realisation, Signature,
+    SignatureError, StorePath,
 };
 
 use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
@@ -291,6 +292,37 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         (self.peer.trusted && dont_check_signatures) || !self.settings.require_sigs
     }
 
+    /// Whether one of `signatures` of `fingerprint` is by a key in
+    /// `trusted-public-keys`.
+    fn signed_by_trusted_key<'s>(
+        &self,
+        fingerprint: &str,
+        signatures: impl IntoIterator<Item = &'s String>,
+    ) -> bool {
+        signed_by_any(&self.settings.trusted_public_keys, fingerprint, signatures)
+    }
+
+    /// Whether this daemon has Nix's experimental `ca-derivations` on.
+    fn ca_derivations(&self) -> bool {
+        self.settings
+            .experimental_features
+            .contains("ca-derivations")
+    }
+
+    fn read_drv_output(&mut self) -> Result<DrvOutput, Failure> {
+        let text = self.from.read_string("derivation output")?;
+        DrvOutput::parse(&text).map_err(op_error)
+    }
+
+    /// A path as old clients send it in a realisation: full, or a base name.
+    fn to_path(&self, text: &str) -> Result<StorePath, Failure> {
+        self.store
+            .store_dir()
+            .parse_path(text)
+            .or_else(|_| StorePath::from_base_name(text))
+            .map_err(op_error)
+    }
+
     /// A line of text for the client's terminal (`STDERR_NEXT`).
     fn log(&mut self, text: &str) -> io::Result<()> {
         self.to.write_u64(stderr::NEXT)?;
@@ -558,7 +590,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
             Op::QueryDerivationOutputMap => {
                 let path = self.read_path()?;
                 let outputs: BTreeMap<String, Option<StorePath>> =
-                    store.query_derivation_output_map(&path)?;
+                    store.query_derivation_output_map(&path, self.ca_derivations())?;
                 self.last()?;
                 self.to.write_u64(outputs.len() as u64)?;
                 for (name, output) in &outputs {
@@ -965,11 +997,53 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                     framed.finish()?;
                 }
             }
-            Op::RegisterDrvOutput | Op::QueryRealisation => {
-                // The request's arguments are not read, so the stream is out of step.
-                return Err(Failure::Fatal(ServeError::Wire(invalid(&format!(
-                    "operation {op:?} is not supported by this daemon"
-                )))));
+            Op::RegisterDrvOutput => {
+                let realisation = if self.minor() < 31 {
+                    let id = self.read_drv_output()?;
+                    let text = self.from.read_string("output path")?;
+                    let path = self.to_path(&text)?;
+                    Realisation::new(id, path)
+                } else {
+                    let json = self.from.read_string("realisation")?;
+                    Realisation::from_json(&json).map_err(op_error)?
+                };
+                if !self.ca_derivations() {
+                    return Err(op_error(CA_DISABLED));
+                }
+                // Nix 2.8 takes any client's word for where an output came to be; a
+                // realisation pointing at another path would poison every later build
+                // that uses it, so it must be signed by a trusted key or come from a
+                // trusted client (or signatures are not required).
+                if !self.peer.trusted
+                    && self.settings.require_sigs
+                    && !self
+                        .signed_by_trusted_key(&realisation.fingerprint(), &realisation.signatures)
+                {
+                    return Err(op_error(format!(
+                        "cannot register realisation '{}' because it lacks a valid signature",
+                        realisation.out_path.as_str()
+                    )));
+                }
+                store.register_realisation(&realisation)?;
+                self.last()?;
+            }
+            Op::QueryRealisation => {
+                let id = self.read_drv_output()?;
+                let realisation = if self.ca_derivations() {
+                    store.query_realisation(&id)?
+                } else {
+                    None
+                };
+                self.last()?;
+                self.to.write_u64(u64::from(realisation.is_some()))?;
+                if let Some(realisation) = realisation {
+                    if self.minor() < 31 {
+                        self.to
+                            .write_str(&store.store_dir().display(&realisation.out_path))?;
+                    } else {
+                        self.to.write_str(&realisation.to_json())?;
+                    }
+                }
             }
         }
         Ok(())
@@ -1016,13 +1090,9 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 .map(|b| b.outputs.as_slice())
                 .unwrap_or_default();
             self.to.write_u64(outputs.len() as u64)?;
-            for (id, path) in outputs {
-                self.to.write_str(id)?;
-                let json = format!(
-                    "{{\"dependentRealisations\":{{}},\"id\":\"{id}\",\"outPath\":\"{}\",\"signatures\":[]}}",
-                    path.as_str()
-                );
-                self.to.write_str(&json)?;
+            for realisation in outputs {
+                self.to.write_str(&realisation.id.to_string())?;
+                self.to.write_str(&realisation.to_json())?;
             }
         }
         Ok(())
@@ -1129,7 +1199,11 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         let info = self.read_path_info(path);
         let _repair = self.from.read_bool("repair")?;
         let dont_check_signatures = self.from.read_bool("don't check signatures")?;
-        let trusted_import = self.vouched_for(dont_check_signatures);
+        let trusted_import = self.vouched_for(dont_check_signatures)
+            || info.as_ref().is_ok_and(|info| {
+                let fingerprint = info.fingerprint(self.store.store_dir());
+                self.signed_by_trusted_key(&fingerprint, &info.signatures)
+            });
         if self.minor() < 23 {
             // Before 1.23 the server pulls the NAR: `STDERR_READ` with a size, answered
             // by a byte string, as often as it needs.
@@ -1167,6 +1241,7 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         let _repair = self.from.read_bool("repair")?;
         let dont_check_signatures = self.from.read_bool("don't check signatures")?;
         let trusted_import = self.vouched_for(dont_check_signatures);
+        let keys = self.settings.trusted_public_keys.clone();
         let limits = self.from.limits();
         let store = self.store;
         let peer = self.peer;
@@ -1187,7 +1262,12 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 for _ in 0..count {
                     let path = inner.read_path()?;
                     let info = inner.read_path_info(path)?;
-                    store.add_nar_checked(&info, inner.from.get_mut(), trusted_import)?;
+                    let signed = signed_by_any(
+                        &keys,
+                        &info.fingerprint(store.store_dir()),
+                        &info.signatures,
+                    );
+                    store.add_nar_checked(&info, inner.from.get_mut(), trusted_import || signed)?;
                 }
                 Ok(())
             })();
@@ -1269,6 +1349,20 @@ struct BuildActivities {
 
 /// Nix's verbosity `lvlInfo`, activity type `actBuild` and result type `resBuildLogLine`.
 const LVL_INFO: u64 = 3;
+/// Whether one of `signatures` of `fingerprint` is by one of `keys`.
+fn signed_by_any<'s>(
+    keys: &[arca_store_core::PublicKey],
+    fingerprint: &str,
+    signatures: impl IntoIterator<Item = &'s String>,
+) -> bool {
+    signatures.into_iter().any(|text| {
+        Signature::parse(text)
+            .is_ok_and(|signature| keys.iter().any(|key| key.verify(fingerprint, &signature)))
+    })
+}
+
+/// Nix's refusal when a realisation is sent to a daemon without `ca-derivations`.
+const CA_DISABLED: &str = "experimental Nix feature 'ca-derivations' is disabled; use '--extra-experimental-features ca-derivations' to override";
 const ACT_BUILD: u64 = 105;
 const RES_BUILD_LOG_LINE: u64 = 101;
 

@@ -11,6 +11,8 @@
 //! - [`path_info`]: [`PathInfo`] (Nix's `ValidPathInfo`) and [`ContentAddress`];
 //!   [`store`]: the [`Store`] trait that the local store and the daemon client implement.
 //! - [`signature`]: [`Signature`], a path's signature in Nix's `NAME:BASE64` form.
+//! - [`realisation`]: [`Realisation`] and [`DrvOutput`], where an output of a derivation
+//!   whose paths are not known in advance came to be (Nix's `ca-derivations`).
 //! - [`config`]: Nix's configuration files (`nix.conf` syntax, includes, where Nix
 //!   looks for them), as ordered `name = value` assignments.
 //!
@@ -35,6 +37,7 @@ pub mod config;
 pub mod derivation;
 pub mod hash;
 pub mod path_info;
+pub mod realisation;
 pub mod references;
 pub mod signature;
 pub mod store;
@@ -43,6 +46,7 @@ pub mod store_path;
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use path_info::{ContentAddress, ContentAddressError, PathInfo};
+pub use realisation::{DrvOutput, Realisation, RealisationError};
 pub use signature::{KeyError, PublicKey, SecretKey, Signature, SignatureError};
 pub use store::{dependency_order, Store};
 pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};

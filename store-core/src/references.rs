@@ -337,3 +337,108 @@ mod tests {
         }
     }
 }
+
+/// Hashes a stream modulo one store path hash part (Nix's `HashModuloSink`): every
+/// occurrence of `modulus` is hashed as 32 zero bytes, and after the stream, for each
+/// occurrence in order, `|<offset>` is hashed. This is how a floating content-addressed
+/// output that refers to itself gets a hash that does not depend on the temporary path
+/// it was built at.
+pub struct HashModuloWriter {
+    hasher: crate::hash::Hasher,
+    modulus: [u8; 32],
+    /// The last bytes seen that could start an occurrence cut by the chunk boundary.
+    carry: Vec<u8>,
+    /// Bytes handed to the hasher so far.
+    offset: u64,
+    matches: Vec<u64>,
+}
+
+impl HashModuloWriter {
+    /// `modulus` is a store path's hash part (32 characters).
+    pub fn new(algo: crate::hash::HashAlgo, modulus: &str) -> Option<HashModuloWriter> {
+        let modulus: [u8; 32] = modulus.as_bytes().try_into().ok()?;
+        Some(HashModuloWriter {
+            hasher: crate::hash::Hasher::new(algo),
+            modulus,
+            carry: Vec::with_capacity(64),
+            offset: 0,
+            matches: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let mut buffer = std::mem::take(&mut self.carry);
+        buffer.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(found) = buffer[start..]
+            .windows(32)
+            .position(|window| window == self.modulus)
+        {
+            let at = start + found;
+            self.matches.push(self.offset + at as u64);
+            buffer[at..at + 32].fill(0);
+            start = at + 32;
+        }
+        let keep = buffer.len().min(31);
+        let done = buffer.len() - keep;
+        self.hasher.update(&buffer[..done]);
+        self.offset += done as u64;
+        self.carry = buffer.split_off(done);
+    }
+
+    /// The hash, and the offsets at which `modulus` occurred.
+    pub fn finish(mut self) -> (crate::hash::Hash, Vec<u64>) {
+        let carry = std::mem::take(&mut self.carry);
+        self.hasher.update(&carry);
+        for offset in &self.matches {
+            self.hasher.update(format!("|{offset}").as_bytes());
+        }
+        (self.hasher.finish(), self.matches)
+    }
+}
+
+impl std::io::Write for HashModuloWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.push(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod hash_modulo_tests {
+    use super::HashModuloWriter;
+    use crate::hash::{Hash, HashAlgo};
+    use std::io::Write;
+
+    const MODULUS: &str = "g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q";
+
+    fn modulo(chunks: &[&[u8]]) -> (Hash, Vec<u64>) {
+        let mut writer = HashModuloWriter::new(HashAlgo::Sha256, MODULUS).unwrap();
+        for chunk in chunks {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.finish()
+    }
+
+    #[test]
+    fn occurrences_hash_as_zeros_plus_their_offsets_whatever_the_chunking() {
+        let text = format!("ab{MODULUS}cd{MODULUS}");
+        let mut expected = b"ab".to_vec();
+        expected.extend([0u8; 32]);
+        expected.extend(b"cd");
+        expected.extend([0u8; 32]);
+        expected.extend(b"|2|36");
+        let want = Hash::digest(HashAlgo::Sha256, &expected);
+        assert_eq!(modulo(&[text.as_bytes()]), (want.clone(), vec![2, 36]));
+        for cut in 0..text.len() {
+            let (a, b) = text.as_bytes().split_at(cut);
+            assert_eq!(modulo(&[a, b]).0, want, "cut at {cut}");
+        }
+        let plain = Hash::digest(HashAlgo::Sha256, b"no occurrence");
+        assert_eq!(modulo(&[b"no occ", b"urrence"]), (plain, vec![]));
+    }
+}

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arca_store_core::derivation::{derivation_path, Derivation, ModuloHashCache};
-use arca_store_core::{Store, StorePath};
+use arca_store_core::derivation::{derivation_path, Derivation, DrvHash, ModuloHashCache};
+use arca_store_core::{DrvOutput, OutputName, Realisation, Store, StorePath};
 
 use crate::error::{IoContext, StoreError};
 use crate::LocalStore;
@@ -117,6 +117,105 @@ impl LocalStore {
         )?;
         debug_assert_eq!(Ok(&path), derivation_path(self.store_dir(), drv).as_ref());
         Ok(path)
+    }
+}
+
+/// Realisations (Nix's `ca-derivations`).
+impl LocalStore {
+    /// Creates the realisation tables when missing, as Nix does when it opens a store
+    /// with `ca-derivations` enabled.
+    pub fn enable_realisations(&self) -> Result<(), StoreError> {
+        self.registry().enable_realisations()
+    }
+
+    /// Records where an output of a derivation came to be (its path must be valid, and
+    /// its dependent realisations known here); see [`Registry::register_realisation`].
+    ///
+    /// [`Registry::register_realisation`]: crate::registry::Registry::register_realisation
+    pub fn register_realisation(&self, realisation: &Realisation) -> Result<(), StoreError> {
+        self.registry().register_realisation(realisation)
+    }
+
+    /// The realisation of `id`, if one is recorded.
+    pub fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreError> {
+        self.registry().realisation(id)
+    }
+
+    /// The realisations of `roots` and, transitively, those they depend on (Nix's
+    /// `Realisation::closure`).
+    pub fn realisation_closure(
+        &self,
+        roots: impl IntoIterator<Item = Realisation>,
+    ) -> Result<BTreeMap<DrvOutput, Realisation>, StoreError> {
+        let mut closure = BTreeMap::new();
+        let mut walk: Vec<Realisation> = roots.into_iter().collect();
+        while let Some(realisation) = walk.pop() {
+            if closure.contains_key(&realisation.id) {
+                continue;
+            }
+            for dependency in realisation.dependent_realisations.keys() {
+                if !closure.contains_key(dependency) {
+                    let found = self.query_realisation(dependency)?.ok_or_else(|| {
+                        StoreError::MissingRealisation {
+                            id: realisation.id.to_string(),
+                            dependency: dependency.to_string(),
+                        }
+                    })?;
+                    walk.push(found);
+                }
+            }
+            closure.insert(realisation.id.clone(), realisation);
+        }
+        Ok(closure)
+    }
+
+    /// The hash that names `drv`'s outputs in realisations (Nix's `staticOutputHashes`),
+    /// with its input derivations read from the store, and whether it is deferred.
+    pub fn static_output_hash(&self, drv: &Derivation) -> Result<DrvHash, StoreError> {
+        let mut cache = self
+            .drv_hashes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() > MAX_CACHED_DRV_HASHES {
+            *cache = ModuloHashCache::new();
+        }
+        cache
+            .static_output_hash(self.store_dir(), drv, |path| self.read_derivation(path))
+            .map_err(|error| StoreError::InvalidDerivation {
+                path: drv.name.clone(),
+                source: Box::new(error),
+            })
+    }
+
+    /// The outputs of the valid derivation `drv_path` and their paths where known (Nix's
+    /// `queryPartialDerivationOutputMap`): the paths the derivation names, and with
+    /// `realisations` those recorded for its outputs.
+    pub fn derivation_output_map(
+        &self,
+        drv_path: &StorePath,
+        realisations: bool,
+    ) -> Result<BTreeMap<OutputName, Option<StorePath>>, StoreError> {
+        let drv = self.read_derivation(drv_path)?;
+        let mut outputs: BTreeMap<OutputName, Option<StorePath>> = drv
+            .outputs
+            .iter()
+            .map(|(name, output)| (name.clone(), output.path().cloned()))
+            .collect();
+        // A realisation of an output whose path the derivation names can only record
+        // that path: look them up only for the others.
+        if realisations && outputs.values().any(Option::is_none) {
+            let hash = self.static_output_hash(&drv)?.hash;
+            for (name, path) in &mut outputs {
+                let id = DrvOutput {
+                    drv_hash: hash.clone(),
+                    output: name.clone(),
+                };
+                if let Some(realisation) = self.query_realisation(&id)? {
+                    *path = Some(realisation.out_path);
+                }
+            }
+        }
+        Ok(outputs)
     }
 }
 

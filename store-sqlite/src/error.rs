@@ -24,6 +24,18 @@ pub enum StoreError {
     },
     #[error("corrupt registry entry for '{path}': {reason}")]
     CorruptRegistry { path: String, reason: String },
+    #[error("current Nix store ca-schema is version {found}, but I only support {supported}")]
+    CaSchemaVersion { found: u32, supported: u32 },
+    #[error("trying to register a realisation of '{id}', but we already have another one locally.\nLocal:  {local}\nRemote: {remote}")]
+    RealisationConflict {
+        id: String,
+        local: String,
+        remote: String,
+    },
+    #[error(
+        "unable to register the derivation '{id}' as it depends on the non existent '{dependency}'"
+    )]
+    MissingRealisation { id: String, dependency: String },
     #[error(transparent)]
     StorePath(#[from] StorePathError),
     #[error(transparent)]

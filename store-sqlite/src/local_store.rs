@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arca_nar::{DumpOptions, NarEncoder};
 use arca_store_core::derivation::ModuloHashCache;
+use arca_store_core::references::HashModuloWriter;
 use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StoreDir,
     StorePath,
@@ -427,7 +428,19 @@ impl LocalStore {
                 method: ContentAddressMethod::Recursive,
                 hash,
             } => {
-                let computed = if hash.algo() == HashAlgo::Sha256 {
+                let computed = if info.has_self_reference() {
+                    // Hashed modulo its own hash part, as it was when it got its path
+                    // (a floating content-addressed output: Nix's `hashCAPath`).
+                    let mut modulo = HashModuloWriter::new(hash.algo(), info.path.hash_part())
+                        .expect("store path hash parts are 32 characters");
+                    arca_nar::dump_path(tree, &mut modulo, &DumpOptions::default()).map_err(
+                        |source| StoreError::Dump {
+                            path: display.clone(),
+                            source,
+                        },
+                    )?;
+                    modulo.finish().0
+                } else if hash.algo() == HashAlgo::Sha256 {
                     info.nar_hash.clone()
                 } else {
                     let mut hasher = Hasher::new(hash.algo());

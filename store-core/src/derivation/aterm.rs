@@ -49,8 +49,8 @@ pub enum ParseErrorKind {
     },
     #[error("output '{output}' has hash '{hash}', which is not in lowercase base16")]
     NonCanonicalHash { output: String, hash: String },
-    #[error("output '{output}' is a floating content-addressed output, which is not supported")]
-    FloatingOutput { output: String },
+    #[error("floating content-addressed or impure output '{output}' has a path")]
+    FloatingOutputWithPath { output: String },
     #[error("output '{output}' has a hash but no hash algorithm")]
     HashWithoutAlgo { output: String },
     #[error("fixed output '{output}' has no path")]
@@ -529,9 +529,17 @@ pub(crate) fn output_from_fields(
         };
         (OutputField::HashAlgo, kind)
     })?;
-    if fields.hash.is_empty() {
-        let kind = ParseErrorKind::FloatingOutput { output: output() };
-        return Err((OutputField::Hash, kind));
+    if fields.hash.is_empty() || fields.hash == "impure" {
+        // Floating or impure: the path is known only after the build.
+        if !fields.path.is_empty() {
+            let kind = ParseErrorKind::FloatingOutputWithPath { output: output() };
+            return Err((OutputField::Path, kind));
+        }
+        return Ok(if fields.hash.is_empty() {
+            DerivationOutput::Floating { method, algo }
+        } else {
+            DerivationOutput::Impure { method, algo }
+        });
     }
     let hash = parse_unprefixed_hash(fields.hash, algo).map_err(|source| {
         let kind = ParseErrorKind::InvalidHash {

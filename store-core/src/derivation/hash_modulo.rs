@@ -47,51 +47,106 @@ pub fn hash_derivation_modulo<E>(
     store_dir: &StoreDir,
     mut resolve_input: impl FnMut(&StorePath) -> Result<Hash, E>,
 ) -> Result<Hash, HashModuloError<E>> {
-    hash_modulo(drv, store_dir, |path, _outputs| {
-        resolve_input(path).map_err(|source| HashModuloError::Input {
+    let hashed = hash_modulo(drv, store_dir, false, |path, _outputs| {
+        let hash = resolve_input(path).map_err(|source| HashModuloError::Input {
             path: store_dir.display(path),
             source,
+        })?;
+        Ok(DrvHash {
+            hash,
+            deferred: false,
         })
-    })
+    })?;
+    Ok(hashed.hash)
 }
 
-/// The body of [`hash_derivation_modulo`]; `resolve_input` also sees which outputs of the
-/// input are used, so that a resolver that knows the input can check them.
+/// A derivation's hash modulo, and whether it is *deferred*: whether the derivation or
+/// one of its inputs (transitively) is floating content-addressed or impure, so that its
+/// outputs' paths are known only once those are built (Nix's `DrvHash` kind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrvHash {
+    pub hash: Hash,
+    pub deferred: bool,
+}
+
+/// What Nix 2.8 uses as the hash modulo of every output of an impure derivation: the
+/// SHA-256 of `impure`.
+pub fn impure_output_hash() -> Hash {
+    Hash::digest(HashAlgo::Sha256, b"impure")
+}
+
+/// The body of [`hash_derivation_modulo`]: `mask` prints output paths and the env entries
+/// named after outputs empty (Nix's `maskOutputs`, as `staticOutputHashes` does);
+/// `resolve_input` also sees which outputs of the input are used, so that a resolver that
+/// knows the input can check them.
 fn hash_modulo<E>(
     drv: &Derivation,
     store_dir: &StoreDir,
-    mut resolve_input: impl FnMut(&StorePath, &BTreeSet<OutputName>) -> Result<Hash, HashModuloError<E>>,
-) -> Result<Hash, HashModuloError<E>> {
-    if drv.kind()? == DerivationKind::Fixed {
-        let Some((name, DerivationOutput::Fixed { method, hash, .. })) = drv.outputs.iter().next()
-        else {
-            unreachable!("kind() said Fixed, which means a single fixed output");
-        };
-        // Like Nix, the path is recomputed from the hash rather than read from the output.
-        let path = fixed_output_path(store_dir, &drv.name, name, *method, hash)
-            .map_err(|source| invalid_name(drv, source))?;
-        let text = format!(
-            "fixed:out:{}:{}:{}",
-            method_algo(*method, hash),
-            hash.to_base16(),
-            store_dir.display(&path)
-        );
-        return Ok(Hash::digest(HashAlgo::Sha256, text.as_bytes()));
-    }
+    mask: bool,
+    mut resolve_input: impl FnMut(
+        &StorePath,
+        &BTreeSet<OutputName>,
+    ) -> Result<DrvHash, HashModuloError<E>>,
+) -> Result<DrvHash, HashModuloError<E>> {
+    let mut deferred = match drv.kind()? {
+        DerivationKind::Fixed => {
+            let Some((name, DerivationOutput::Fixed { method, hash, .. })) =
+                drv.outputs.iter().next()
+            else {
+                unreachable!("kind() said Fixed, which means a single fixed output");
+            };
+            // Like Nix, the path is recomputed from the hash rather than read from the output.
+            let path = fixed_output_path(store_dir, &drv.name, name, *method, hash)
+                .map_err(|source| invalid_name(drv, source))?;
+            let text = format!(
+                "fixed:out:{}:{}:{}",
+                method_algo(*method, hash),
+                hash.to_base16(),
+                store_dir.display(&path)
+            );
+            return Ok(DrvHash {
+                hash: Hash::digest(HashAlgo::Sha256, text.as_bytes()),
+                deferred: false,
+            });
+        }
+        DerivationKind::Impure => {
+            return Ok(DrvHash {
+                hash: impure_output_hash(),
+                deferred: true,
+            })
+        }
+        DerivationKind::Floating => true,
+        DerivationKind::InputAddressed | DerivationKind::DeferredInputAddressed => false,
+    };
 
     // Two inputs can share a hash modulo (two fixed-output derivations producing the
     // same path); Nix then merges their output sets under the one key.
     let mut inputs: BTreeMap<String, BTreeSet<OutputName>> = BTreeMap::new();
     for (path, outputs) in &drv.input_drvs {
-        let hash = resolve_input(path, outputs)?;
+        let input = resolve_input(path, outputs)?;
+        deferred |= input.deferred;
         inputs
-            .entry(hash.to_base16())
+            .entry(input.hash.to_base16())
             .or_default()
             .extend(outputs.iter().cloned());
     }
     let mut text = String::new();
-    drv.write_aterm(store_dir, &mut text, false, Some(&inputs));
-    Ok(Hash::digest(HashAlgo::Sha256, text.as_bytes()))
+    drv.write_aterm(store_dir, &mut text, mask, Some(&inputs));
+    Ok(DrvHash {
+        hash: Hash::digest(HashAlgo::Sha256, text.as_bytes()),
+        deferred,
+    })
+}
+
+/// The masked hash modulo of a derivation without input derivations (a resolved one).
+pub(crate) fn hash_modulo_masked_without_inputs(
+    drv: &Derivation,
+    store_dir: &StoreDir,
+) -> Result<Hash, HashModuloError<std::convert::Infallible>> {
+    let no_inputs = |_: &StorePath, _: &BTreeSet<OutputName>| -> Result<DrvHash, _> {
+        unreachable!("a resolved derivation has no input derivations")
+    };
+    Ok(hash_modulo(drv, store_dir, true, no_inputs)?.hash)
 }
 
 fn invalid_name<E>(drv: &Derivation, source: StorePathError) -> HashModuloError<E> {
@@ -102,9 +157,11 @@ fn invalid_name<E>(drv: &Derivation, source: StorePathError) -> HashModuloError<
 }
 
 /// Fills in the output paths of `drv` and the env entries named after its outputs, exactly
-/// as `nix-instantiate` does: fixed outputs get their content-addressed path; otherwise
-/// every output is first made deferred with an empty env entry, the hash modulo of that
-/// masked derivation is taken, and each output path is made from it.
+/// as `nix-instantiate` does: fixed outputs get their content-addressed path; floating
+/// and impure outputs have none (they are left as they are); otherwise every output is
+/// first made deferred with an empty env entry, the hash modulo of that masked derivation
+/// is taken, and each output path is made from it — unless an input is floating or
+/// impure (the hash is deferred), when the outputs stay deferred.
 ///
 /// Any output paths already present are recomputed, so this also serves to check them.
 pub fn compute_output_paths<E>(
@@ -113,9 +170,13 @@ pub fn compute_output_paths<E>(
     mut resolve_input: impl FnMut(&StorePath) -> Result<Hash, E>,
 ) -> Result<(), HashModuloError<E>> {
     compute_paths(drv, store_dir, |path, _outputs| {
-        resolve_input(path).map_err(|source| HashModuloError::Input {
+        let hash = resolve_input(path).map_err(|source| HashModuloError::Input {
             path: store_dir.display(path),
             source,
+        })?;
+        Ok(DrvHash {
+            hash,
+            deferred: false,
         })
     })
 }
@@ -123,19 +184,19 @@ pub fn compute_output_paths<E>(
 fn compute_paths<E>(
     drv: &mut Derivation,
     store_dir: &StoreDir,
-    resolve_input: impl FnMut(&StorePath, &BTreeSet<OutputName>) -> Result<Hash, HashModuloError<E>>,
+    resolve_input: impl FnMut(&StorePath, &BTreeSet<OutputName>) -> Result<DrvHash, HashModuloError<E>>,
 ) -> Result<(), HashModuloError<E>> {
-    let any_fixed = drv
+    let content_addressed = drv
         .outputs
         .values()
-        .any(|output| matches!(output, DerivationOutput::Fixed { .. }));
+        .any(|output| output.content_hashing().is_some());
     if drv.outputs.is_empty() {
         return Err(InvalidDerivation::NoOutputs {
             name: drv.name.clone(),
         }
         .into());
     }
-    if any_fixed {
+    if content_addressed {
         drv.kind()?;
         let name = drv.name.clone();
         for (output_name, output) in &mut drv.outputs {
@@ -157,19 +218,32 @@ fn compute_paths<E>(
         *output = DerivationOutput::Deferred;
         drv.env.insert(output_name.to_string(), String::new());
     }
-    let hash = hash_modulo(drv, store_dir, resolve_input)?;
+    let hashed = hash_modulo(drv, store_dir, false, resolve_input)?;
+    if hashed.deferred {
+        return Ok(());
+    }
+    let name = drv.name.clone();
     for (output_name, output) in &mut drv.outputs {
-        let path = store_dir
-            .make_output_path(output_name.as_str(), &hash, &drv.name)
-            .map_err(|source| HashModuloError::InvalidName {
-                name: drv.name.clone(),
-                source,
-            })?;
+        let path = output_path(store_dir, &name, output_name, &hashed.hash)?;
         drv.env
             .insert(output_name.to_string(), store_dir.display(&path));
         *output = DerivationOutput::InputAddressed { path };
     }
     Ok(())
+}
+
+fn output_path<E>(
+    store_dir: &StoreDir,
+    drv_name: &str,
+    output_name: &OutputName,
+    hash: &Hash,
+) -> Result<StorePath, HashModuloError<E>> {
+    store_dir
+        .make_output_path(output_name.as_str(), hash, drv_name)
+        .map_err(|source| HashModuloError::InvalidName {
+            name: drv_name.to_owned(),
+            source,
+        })
 }
 
 /// The store path of the `.drv` file for `drv`: a text path named `<name>.drv`, whose
@@ -200,7 +274,7 @@ pub struct ModuloHashCache {
 
 #[derive(Debug, Clone)]
 struct Known {
-    hash: Hash,
+    hash: DrvHash,
     outputs: BTreeSet<OutputName>,
 }
 
@@ -211,7 +285,12 @@ impl ModuloHashCache {
 
     /// The remembered hash modulo of the `.drv` at `drv_path`, if it was computed.
     pub fn get(&self, drv_path: &StorePath) -> Option<&Hash> {
-        self.known.get(drv_path).map(|known| &known.hash)
+        self.known.get(drv_path).map(|known| &known.hash.hash)
+    }
+
+    /// Whether the remembered derivation at `drv_path` is deferred (see [`DrvHash`]).
+    pub fn is_deferred(&self, drv_path: &StorePath) -> Option<bool> {
+        self.known.get(drv_path).map(|known| known.hash.deferred)
     }
 
     /// Number of derivations hashed so far.
@@ -232,7 +311,7 @@ impl ModuloHashCache {
         mut load: impl FnMut(&StorePath) -> Result<Derivation, E>,
     ) -> Result<Hash, HashModuloError<E>> {
         if let Some(known) = self.known.get(drv_path) {
-            return Ok(known.hash.clone());
+            return Ok(known.hash.hash.clone());
         }
         let mut load_at = |path: &StorePath| {
             load(path).map_err(|source| HashModuloError::Input {
@@ -246,8 +325,9 @@ impl ModuloHashCache {
             let Some((_, drv)) = stack.last() else {
                 unreachable!("the walk returns when it pops the starting derivation");
             };
-            // A fixed-output derivation's hash ignores its inputs: do not load them.
-            let pending = if drv.is_fixed_output() {
+            // A fixed-output or impure derivation's hash ignores its inputs: do not
+            // load them.
+            let pending = if ignores_inputs(drv) {
                 None
             } else {
                 drv.input_drvs
@@ -268,7 +348,7 @@ impl ModuloHashCache {
             let Some((path, drv)) = stack.pop() else {
                 unreachable!("the stack was not empty just above");
             };
-            let hash = hash_modulo(&drv, store_dir, |input, outputs| {
+            let hash = hash_modulo(&drv, store_dir, false, |input, outputs| {
                 self.known_input(store_dir, input, outputs)
             })?;
             on_stack.remove(&path);
@@ -278,7 +358,7 @@ impl ModuloHashCache {
             };
             self.known.insert(path, known);
             if stack.is_empty() {
-                return Ok(hash);
+                return Ok(hash.hash);
             }
         }
     }
@@ -292,7 +372,25 @@ impl ModuloHashCache {
         mut load: impl FnMut(&StorePath) -> Result<Derivation, E>,
     ) -> Result<Hash, HashModuloError<E>> {
         self.hash_inputs(store_dir, drv, &mut load)?;
-        hash_modulo(drv, store_dir, |input, outputs| {
+        let hashed = hash_modulo(drv, store_dir, false, |input, outputs| {
+            self.known_input(store_dir, input, outputs)
+        })?;
+        Ok(hashed.hash)
+    }
+
+    /// The hash that names `drv`'s outputs in Nix's realisations (`staticOutputHashes`:
+    /// the hash modulo with outputs masked; the same for every output), and whether it
+    /// is deferred. Inputs are hashed through the cache.
+    pub fn static_output_hash<E>(
+        &mut self,
+        store_dir: &StoreDir,
+        drv: &Derivation,
+        mut load: impl FnMut(&StorePath) -> Result<Derivation, E>,
+    ) -> Result<DrvHash, HashModuloError<E>> {
+        if !ignores_inputs(drv) {
+            self.hash_inputs(store_dir, drv, &mut load)?;
+        }
+        hash_modulo(drv, store_dir, true, |input, outputs| {
             self.known_input(store_dir, input, outputs)
         })
     }
@@ -304,7 +402,7 @@ impl ModuloHashCache {
         drv: &mut Derivation,
         mut load: impl FnMut(&StorePath) -> Result<Derivation, E>,
     ) -> Result<(), HashModuloError<E>> {
-        if !drv.is_fixed_output() {
+        if !ignores_inputs(drv) {
             self.hash_inputs(store_dir, drv, &mut load)?;
         }
         compute_paths(drv, store_dir, |input, outputs| {
@@ -329,7 +427,7 @@ impl ModuloHashCache {
         store_dir: &StoreDir,
         input: &StorePath,
         outputs: &BTreeSet<OutputName>,
-    ) -> Result<Hash, HashModuloError<E>> {
+    ) -> Result<DrvHash, HashModuloError<E>> {
         let Some(known) = self.known.get(input) else {
             unreachable!("inputs are hashed before the derivations that use them");
         };
@@ -341,4 +439,13 @@ impl ModuloHashCache {
         }
         Ok(known.hash.clone())
     }
+}
+
+/// Whether a derivation's hash modulo ignores its input derivations (fixed-output and
+/// impure derivations).
+fn ignores_inputs(drv: &Derivation) -> bool {
+    matches!(
+        drv.kind(),
+        Ok(DerivationKind::Fixed | DerivationKind::Impure)
+    )
 }

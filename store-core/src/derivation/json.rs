@@ -12,7 +12,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use super::aterm::{output_from_fields, OutputFields, OutputSource};
-use super::{Derivation, OutputName, ParseErrorKind};
+use super::{Derivation, DerivationOutput, OutputName, ParseErrorKind};
 use crate::store_path::{validate_name, StoreDir, StorePath};
 
 /// One derivation in the JSON form. Store paths are full paths (they include the store
@@ -46,6 +46,9 @@ pub struct DerivationOutputJson {
     pub hash_algo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// `true` for an output of an impure derivation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impure: Option<bool>,
 }
 
 /// Derivation JSON that does not describe a derivation Arca accepts.
@@ -71,11 +74,13 @@ impl DerivationJson {
             .outputs
             .iter()
             .map(|(name, output)| {
-                let fixed = !output.hash_algo_field().is_empty();
+                let content_addressed = output.content_hashing().is_some();
+                let fixed = matches!(output, DerivationOutput::Fixed { .. });
                 let json = DerivationOutputJson {
                     path: output.path().map(|path| store_dir.display(path)),
-                    hash_algo: fixed.then(|| output.hash_algo_field()),
+                    hash_algo: content_addressed.then(|| output.hash_algo_field()),
                     hash: fixed.then(|| output.hash_field()),
+                    impure: matches!(output, DerivationOutput::Impure { .. }).then_some(true),
                 };
                 (name.to_string(), json)
             })
@@ -149,7 +154,10 @@ impl DerivationJson {
             let fields = OutputFields {
                 path: json.path.as_deref().unwrap_or_default(),
                 hash_algo: json.hash_algo.as_deref().unwrap_or_default(),
-                hash: json.hash.as_deref().unwrap_or_default(),
+                hash: match json.impure {
+                    Some(true) => "impure",
+                    _ => json.hash.as_deref().unwrap_or_default(),
+                },
             };
             let value = output_from_fields(store_dir, &name, &output, fields, OutputSource::Json)
                 .map_err(|(_, kind)| invalid(kind))?;

@@ -25,6 +25,7 @@ mod aterm;
 mod check;
 mod hash_modulo;
 mod json;
+mod resolve;
 #[cfg(test)]
 mod tests;
 
@@ -32,18 +33,20 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::hash::Hash;
+use crate::hash::{Hash, HashAlgo};
 use crate::store_path::{validate_name, ContentAddressMethod, StoreDir, StorePath, StorePathError};
 
 pub use aterm::{DerivationParseError, ParseErrorKind};
 pub use check::DerivationCheckError;
 pub use hash_modulo::{
-    compute_output_paths, derivation_path, hash_derivation_modulo, HashModuloError, ModuloHashCache,
+    compute_output_paths, derivation_path, hash_derivation_modulo, impure_output_hash, DrvHash,
+    HashModuloError, ModuloHashCache,
 };
 pub use json::{
     parse_show_derivation_json, show_derivations_json, DerivationJson, DerivationJsonError,
     DerivationOutputJson,
 };
+pub use resolve::{downstream_placeholder, rewrite_strings, ResolveError};
 
 /// The name of a derivation output (`out`, `dev`, `lib`, …).
 ///
@@ -119,9 +122,26 @@ pub enum DerivationOutput {
         path: StorePath,
     },
     /// An input-addressed output whose path is not known yet: the state during
-    /// [`compute_output_paths`], or a derivation read from JSON without paths.
+    /// [`compute_output_paths`], a derivation read from JSON without paths, or (Nix's
+    /// `ca-derivations`) one that depends on a floating content-addressed output, whose
+    /// path only its resolved derivation ([`Derivation::try_resolve`]) knows.
     /// Printed as an empty path.
     Deferred,
+    /// A floating content-addressed output (`__contentAddressed = true`, Nix's
+    /// experimental `ca-derivations`): its path follows from what the build produces,
+    /// hashed with `method` and `algo`, and is known only after the build (Nix's
+    /// realisations record it).
+    Floating {
+        method: ContentAddressMethod,
+        algo: HashAlgo,
+    },
+    /// An output of an impure derivation (`__impure = true`, Nix's experimental
+    /// `impure-derivations`): content-addressed like a floating output, but built anew
+    /// every time it is wanted and never recorded as the derivation's result.
+    Impure {
+        method: ContentAddressMethod,
+        algo: HashAlgo,
+    },
 }
 
 impl DerivationOutput {
@@ -143,22 +163,37 @@ impl DerivationOutput {
             DerivationOutput::InputAddressed { path } | DerivationOutput::Fixed { path, .. } => {
                 Some(path)
             }
-            DerivationOutput::Deferred => None,
+            DerivationOutput::Deferred
+            | DerivationOutput::Floating { .. }
+            | DerivationOutput::Impure { .. } => None,
+        }
+    }
+
+    /// How a content-addressed output's content is hashed (fixed, floating and impure
+    /// outputs), or `None` for an input-addressed one.
+    pub fn content_hashing(&self) -> Option<(ContentAddressMethod, HashAlgo)> {
+        match self {
+            DerivationOutput::Fixed { method, hash, .. } => Some((*method, hash.algo())),
+            DerivationOutput::Floating { method, algo }
+            | DerivationOutput::Impure { method, algo } => Some((*method, *algo)),
+            DerivationOutput::InputAddressed { .. } | DerivationOutput::Deferred => None,
         }
     }
 
     /// The `hashAlgo` field of the ATerm and JSON forms: `r:sha256`, `sha1`, or empty.
     pub(crate) fn hash_algo_field(&self) -> String {
-        match self {
-            DerivationOutput::Fixed { method, hash, .. } => method_algo(*method, hash),
-            _ => String::new(),
+        match self.content_hashing() {
+            Some((method, algo)) => format!("{}{}", method.prefix(), algo.name()),
+            None => String::new(),
         }
     }
 
-    /// The `hash` field of the ATerm and JSON forms: base16, or empty.
+    /// The `hash` field of the ATerm form: base16 for a fixed output, `impure` for an
+    /// impure one, else empty.
     pub(crate) fn hash_field(&self) -> String {
         match self {
             DerivationOutput::Fixed { hash, .. } => hash.to_base16(),
+            DerivationOutput::Impure { .. } => "impure".to_owned(),
             _ => String::new(),
         }
     }
@@ -224,29 +259,59 @@ pub enum DerivationKind {
     DeferredInputAddressed,
     /// A single fixed output named `out`.
     Fixed,
+    /// Every output is floating content-addressed, all hashed with one algorithm.
+    Floating,
+    /// Every output is impure.
+    Impure,
+}
+
+impl DerivationKind {
+    /// Whether the output paths follow from the derivation alone (Nix's
+    /// `hasKnownOutputPaths`).
+    pub fn has_known_output_paths(self) -> bool {
+        matches!(self, DerivationKind::InputAddressed | DerivationKind::Fixed)
+    }
+
+    /// Whether the outputs are content-addressed (fixed, floating or impure: Nix's
+    /// `isCA`).
+    pub fn is_content_addressed(self) -> bool {
+        matches!(
+            self,
+            DerivationKind::Fixed | DerivationKind::Floating | DerivationKind::Impure
+        )
+    }
 }
 
 impl Derivation {
     /// Classifies the derivation by its outputs, refusing the combinations Nix 2.8 refuses:
     /// no outputs, mixed output kinds, and fixed outputs other than a single `out`.
     pub fn kind(&self) -> Result<DerivationKind, InvalidDerivation> {
-        let mut input_addressed = 0;
-        let mut deferred = 0;
-        let mut fixed = 0;
+        let (mut input_addressed, mut deferred, mut fixed, mut floating, mut impure) =
+            (0, 0, 0, 0, 0);
+        let mut floating_algo = None;
+        let name = || self.name.clone();
         for output in self.outputs.values() {
             match output {
                 DerivationOutput::InputAddressed { .. } => input_addressed += 1,
                 DerivationOutput::Deferred => deferred += 1,
                 DerivationOutput::Fixed { .. } => fixed += 1,
+                DerivationOutput::Floating { algo, .. } => {
+                    floating += 1;
+                    if *floating_algo.get_or_insert(*algo) != *algo {
+                        return Err(InvalidDerivation::FloatingAlgorithms { name: name() });
+                    }
+                }
+                DerivationOutput::Impure { .. } => impure += 1,
             }
         }
-        let name = || self.name.clone();
-        match (input_addressed, deferred, fixed) {
-            (0, 0, 0) => Err(InvalidDerivation::NoOutputs { name: name() }),
-            (_, 0, 0) => Ok(DerivationKind::InputAddressed),
-            (0, _, 0) => Ok(DerivationKind::DeferredInputAddressed),
-            (0, 0, 1) if self.outputs.contains_key("out") => Ok(DerivationKind::Fixed),
-            (0, 0, _) => Err(InvalidDerivation::FixedOutputNotOut { name: name() }),
+        match (input_addressed, deferred, fixed, floating, impure) {
+            (0, 0, 0, 0, 0) => Err(InvalidDerivation::NoOutputs { name: name() }),
+            (_, 0, 0, 0, 0) => Ok(DerivationKind::InputAddressed),
+            (0, _, 0, 0, 0) => Ok(DerivationKind::DeferredInputAddressed),
+            (0, 0, 1, 0, 0) if self.outputs.contains_key("out") => Ok(DerivationKind::Fixed),
+            (0, 0, _, 0, 0) => Err(InvalidDerivation::FixedOutputNotOut { name: name() }),
+            (0, 0, 0, _, 0) => Ok(DerivationKind::Floating),
+            (0, 0, 0, 0, _) => Ok(DerivationKind::Impure),
             _ => Err(InvalidDerivation::MixedOutputKinds { name: name() }),
         }
     }
@@ -266,6 +331,16 @@ impl Derivation {
         matches!(self.kind(), Ok(DerivationKind::Fixed))
     }
 
+    /// Whether its builder may reach the network and sees its `impureEnvVars` (Nix's
+    /// `!isSandboxed()`): fixed-output and impure derivations, whose results are checked
+    /// by their hash or never reused.
+    pub fn has_network_access(&self) -> bool {
+        matches!(
+            self.kind(),
+            Ok(DerivationKind::Fixed | DerivationKind::Impure)
+        )
+    }
+
     /// The derivation name for the `.drv` file at `drv_path`: its name without `.drv`.
     pub fn name_from_drv_path(drv_path: &StorePath) -> Option<&str> {
         drv_path
@@ -280,8 +355,10 @@ impl Derivation {
 pub enum InvalidDerivation {
     #[error("derivation '{name}' has no outputs")]
     NoOutputs { name: String },
-    #[error("derivation '{name}' mixes fixed, input-addressed and deferred outputs")]
+    #[error("derivation '{name}' mixes output kinds (input-addressed, deferred, fixed, floating, impure)")]
     MixedOutputKinds { name: String },
+    #[error("derivation '{name}': all floating outputs must use the same hash type")]
+    FloatingAlgorithms { name: String },
     #[error("fixed-output derivation '{name}' must have exactly one output, named 'out'")]
     FixedOutputNotOut { name: String },
 }

@@ -359,14 +359,14 @@ fn rejects_invalid_output_names() {
 }
 
 #[test]
-fn rejects_floating_and_inconsistent_outputs() {
-    let floating = SIMPLE.replace(
+fn rejects_floating_with_path_and_inconsistent_outputs() {
+    let floating_with_path = SIMPLE.replace(
         r#""/nix/store/q7h9fwmlpazsdirgpw3nsp169zjmdmzf-x","","""#,
-        r#""","r:sha256","""#,
+        r#""/nix/store/q7h9fwmlpazsdirgpw3nsp169zjmdmzf-x","r:sha256","""#,
     );
     assert!(matches!(
-        parse_error(&floating).kind,
-        ParseErrorKind::FloatingOutput { .. }
+        parse_error(&floating_with_path).kind,
+        ParseErrorKind::FloatingOutputWithPath { .. }
     ));
     let hash_only = SIMPLE.replace(r#""","")"#, r#""","00")"#);
     assert!(matches!(

@@ -29,6 +29,7 @@
 
 mod closure;
 mod gc;
+mod realisations;
 mod retry;
 mod schema;
 #[cfg(test)]
@@ -45,6 +46,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 
 use crate::error::StoreError;
 pub use gc::PathGraph;
+pub use realisations::{CA_SCHEMA, NIX_CA_SCHEMA_VERSION};
 use retry::retry;
 pub use schema::{NIX_SCHEMA_VERSION, RESERVED_SIZE, SCHEMA};
 pub use unsynced::UnsyncedPath;
