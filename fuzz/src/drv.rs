@@ -6,7 +6,7 @@
 
 use arca_store_core::derivation::{
     compute_output_paths, derivation_path, hash_derivation_modulo, parse_show_derivation_json,
-    show_derivations_json, Derivation,
+    show_derivations_json, Derivation, DrvHash,
 };
 use arca_store_core::hash::{Hash, HashAlgo};
 use arca_store_core::store_path::StoreDir;
@@ -39,7 +39,12 @@ pub fn fuzz_drv_parse(data: &[u8]) {
     }
 
     // Hashing and output path computation may refuse, but must not panic.
-    let any_input = |_: &_| Ok::<_, std::convert::Infallible>(Hash::digest(HashAlgo::Sha256, b""));
+    let any_input = |_: &_| {
+        Ok::<_, std::convert::Infallible>(DrvHash {
+            hash: Hash::digest(HashAlgo::Sha256, b""),
+            deferred: false,
+        })
+    };
     let _ = hash_derivation_modulo(&drv, &store_dir, any_input);
     let mut computed = drv;
     if compute_output_paths(&mut computed, &store_dir, any_input).is_ok() {

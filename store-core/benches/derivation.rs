@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 
 use arca_store_core::derivation::{
-    derivation_path, hash_derivation_modulo, Derivation, DerivationOutput, OutputName,
+    derivation_path, hash_derivation_modulo, Derivation, DerivationOutput, DrvHash, OutputName,
 };
 use arca_store_core::{Hash, HashAlgo, StoreDir, StorePath};
 use divan::counter::BytesCount;
@@ -81,9 +81,13 @@ fn hash_modulo_and_drv_path(bencher: Bencher) {
     let input_hash = Hash::digest(HashAlgo::Sha256, b"input");
     bencher.bench(|| {
         let hash = hash_derivation_modulo(black_box(&drv), &store, |_| {
-            Ok::<_, std::convert::Infallible>(input_hash.clone())
+            Ok::<_, std::convert::Infallible>(DrvHash {
+                hash: input_hash.clone(),
+                deferred: false,
+            })
         })
-        .unwrap();
+        .unwrap()
+        .hash;
         (hash, derivation_path(&store, &drv).unwrap())
     });
 }

@@ -201,6 +201,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_realisation_round_trips_through_json(
+            seeds in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..4),
+            output in "[a-z][a-z0-9]{0,7}",
+            signatures in proptest::collection::btree_set("[a-z]{1,5}:[A-Za-z0-9+/]{4}", 0..3),
+        ) {
+            let path = |seed: u8| {
+                let hash = crate::base32::encode(&[seed; 20]);
+                StorePath::from_base_name(&format!("{hash}-p{seed}")).unwrap()
+            };
+            let id = |seed: u8| DrvOutput {
+                drv_hash: Hash::digest(HashAlgo::Sha256, &[seed]),
+                output: OutputName::new(&output).unwrap(),
+            };
+            let mut realisation = Realisation::new(id(seeds[0]), path(seeds[0]));
+            realisation.signatures = signatures;
+            for seed in &seeds[1..] {
+                realisation.dependent_realisations.insert(id(*seed), path(*seed));
+            }
+            let parsed = Realisation::from_json(&realisation.to_json()).unwrap();
+            proptest::prop_assert_eq!(&parsed, &realisation);
+            proptest::prop_assert_eq!(DrvOutput::parse(&realisation.id.to_string()).unwrap(), realisation.id.clone());
+        }
+    }
+
     #[test]
     fn json_round_trips_with_sorted_keys() {
         let path = StorePath::from_base_name("g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-dep").unwrap();

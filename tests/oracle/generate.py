@@ -24,6 +24,9 @@ import sys
 
 NIXOPTS = ["--option", "substituters", ""]
 NEWCMD = ["--extra-experimental-features", "nix-command"]
+# Floating content-addressed and impure derivations can only be written and read with
+# these (the other cases come out the same with or without them).
+CAOPTS = ["--extra-experimental-features", "ca-derivations impure-derivations"]
 ALGOS = ["md5", "sha1", "sha256", "sha512"]
 STORE_DIR = "/nix/store"
 
@@ -91,7 +94,7 @@ class Nix:
     def path_info(self, paths, derivation=False):
         args = ["path-info", "--store", self.store, "--json"]
         if derivation:
-            args.append("--derivation")
+            args = [*CAOPTS, *args, "--derivation"]
         info = json.loads(self.nix_new(*args, *paths))
         res = {}
         for i in info:
@@ -587,11 +590,11 @@ def gen_drvs(nix, stage, oracle_dir):
     case_files = sorted(f for f in os.listdir(work) if f.endswith(".nix") and f != "common.nix")
     for fn in case_files:
         case = fn[:-4]
-        p = nix.run(["nix-instantiate", "--store", nix.store, *NIXOPTS, fn], cwd=work)
+        p = nix.run(["nix-instantiate", "--store", nix.store, *NIXOPTS, *CAOPTS, fn], cwd=work)
         line = p.stdout.decode().strip()
         drv = line.split("!")[0]
         check(drv.startswith(STORE_DIR + "/") and drv.endswith(".drv"), f"{case}: {line}")
-        raw = nix.run(["nix", *NEWCMD, *NIXOPTS, "show-derivation", "--store", nix.store, drv]).stdout
+        raw = nix.run(["nix", *NEWCMD, *CAOPTS, *NIXOPTS, "show-derivation", "--store", nix.store, drv]).stdout
         show = json.loads(raw)
         body = show[drv]
         closure = sorted(nix.nix_store("-qR", drv).split())
@@ -604,7 +607,7 @@ def gen_drvs(nix, stage, oracle_dir):
             "drv_file": f"drvs/{base}",
             "show_derivation_file": f"drvs/{base}.json",
             "show_derivation": show,
-            "outputs": {o: v["path"] for o, v in body["outputs"].items()},
+            "outputs": {o: v.get("path") for o, v in body["outputs"].items()},
             "references": refs,
             "input_srcs": body["inputSrcs"],
             "input_drvs": body["inputDrvs"],
@@ -619,7 +622,7 @@ def gen_drvs(nix, stage, oracle_dir):
                     text = fh.read()
                 check(text.startswith(b"Derive("), f"{q} is not an ATerm derivation")
                 write(os.path.join(ddir, qb), text)
-                qraw = nix.run(["nix", *NEWCMD, *NIXOPTS, "show-derivation", "--store", nix.store, q]).stdout
+                qraw = nix.run(["nix", *NEWCMD, *CAOPTS, *NIXOPTS, "show-derivation", "--store", nix.store, q]).stdout
                 write(os.path.join(ddir, qb + ".json"), qraw)
                 qbody = json.loads(qraw)[q]
                 info = nix.path_info([q], derivation=True)[q]
@@ -631,7 +634,7 @@ def gen_drvs(nix, stage, oracle_dir):
                     "show_derivation_file": f"drvs/{qb}.json",
                     "size": len(text),
                     "sha256": hashlib.sha256(text).hexdigest(),
-                    "outputs": {o: v["path"] for o, v in qbody["outputs"].items()},
+                    "outputs": {o: v.get("path") for o, v in qbody["outputs"].items()},
                     "references": sorted(nix.nix_store("-q", "--references", q).split()),
                     "nar_hash": info["narHash"],
                     "nar_size": info["narSize"],

@@ -40,24 +40,20 @@ pub enum HashModuloError<E> {
 }
 
 /// Nix's `hashDerivationModulo` (as used for input derivations, i.e. without masking
-/// outputs). `resolve_input` gives the hash modulo of an input derivation; see
-/// [`ModuloHashCache`] for one that loads and hashes a whole closure once.
+/// outputs). `resolve_input` gives the hash modulo of an input derivation (and whether
+/// it is deferred); see [`ModuloHashCache`] for one that loads and hashes a whole
+/// closure once.
 pub fn hash_derivation_modulo<E>(
     drv: &Derivation,
     store_dir: &StoreDir,
-    mut resolve_input: impl FnMut(&StorePath) -> Result<Hash, E>,
-) -> Result<Hash, HashModuloError<E>> {
-    let hashed = hash_modulo(drv, store_dir, false, |path, _outputs| {
-        let hash = resolve_input(path).map_err(|source| HashModuloError::Input {
+    mut resolve_input: impl FnMut(&StorePath) -> Result<DrvHash, E>,
+) -> Result<DrvHash, HashModuloError<E>> {
+    hash_modulo(drv, store_dir, false, |path, _outputs| {
+        resolve_input(path).map_err(|source| HashModuloError::Input {
             path: store_dir.display(path),
             source,
-        })?;
-        Ok(DrvHash {
-            hash,
-            deferred: false,
         })
-    })?;
-    Ok(hashed.hash)
+    })
 }
 
 /// A derivation's hash modulo, and whether it is *deferred*: whether the derivation or
@@ -158,7 +154,8 @@ fn invalid_name<E>(drv: &Derivation, source: StorePathError) -> HashModuloError<
 
 /// Fills in the output paths of `drv` and the env entries named after its outputs, exactly
 /// as `nix-instantiate` does: fixed outputs get their content-addressed path; floating
-/// and impure outputs have none (they are left as they are); otherwise every output is
+/// and impure outputs have none, and their env entries are their placeholders
+/// ([`OutputName::placeholder`]); otherwise every output is
 /// first made deferred with an empty env entry, the hash modulo of that masked derivation
 /// is taken, and each output path is made from it — unless an input is floating or
 /// impure (the hash is deferred), when the outputs stay deferred.
@@ -167,16 +164,12 @@ fn invalid_name<E>(drv: &Derivation, source: StorePathError) -> HashModuloError<
 pub fn compute_output_paths<E>(
     drv: &mut Derivation,
     store_dir: &StoreDir,
-    mut resolve_input: impl FnMut(&StorePath) -> Result<Hash, E>,
+    mut resolve_input: impl FnMut(&StorePath) -> Result<DrvHash, E>,
 ) -> Result<(), HashModuloError<E>> {
     compute_paths(drv, store_dir, |path, _outputs| {
-        let hash = resolve_input(path).map_err(|source| HashModuloError::Input {
+        resolve_input(path).map_err(|source| HashModuloError::Input {
             path: store_dir.display(path),
             source,
-        })?;
-        Ok(DrvHash {
-            hash,
-            deferred: false,
         })
     })
 }
@@ -200,15 +193,20 @@ fn compute_paths<E>(
         drv.kind()?;
         let name = drv.name.clone();
         for (output_name, output) in &mut drv.outputs {
-            if let DerivationOutput::Fixed { method, hash, path } = output {
-                *path = fixed_output_path(store_dir, &name, output_name, *method, hash).map_err(
-                    |source| HashModuloError::InvalidName {
-                        name: name.clone(),
-                        source,
-                    },
-                )?;
-                drv.env
-                    .insert(output_name.to_string(), store_dir.display(path));
+            match output {
+                DerivationOutput::Fixed { method, hash, path } => {
+                    *path = fixed_output_path(store_dir, &name, output_name, *method, hash)
+                        .map_err(|source| HashModuloError::InvalidName {
+                            name: name.clone(),
+                            source,
+                        })?;
+                    drv.env
+                        .insert(output_name.to_string(), store_dir.display(path));
+                }
+                _ => {
+                    drv.env
+                        .insert(output_name.to_string(), output_name.placeholder());
+                }
             }
         }
         return Ok(());
@@ -284,13 +282,8 @@ impl ModuloHashCache {
     }
 
     /// The remembered hash modulo of the `.drv` at `drv_path`, if it was computed.
-    pub fn get(&self, drv_path: &StorePath) -> Option<&Hash> {
-        self.known.get(drv_path).map(|known| &known.hash.hash)
-    }
-
-    /// Whether the remembered derivation at `drv_path` is deferred (see [`DrvHash`]).
-    pub fn is_deferred(&self, drv_path: &StorePath) -> Option<bool> {
-        self.known.get(drv_path).map(|known| known.hash.deferred)
+    pub fn get(&self, drv_path: &StorePath) -> Option<&DrvHash> {
+        self.known.get(drv_path).map(|known| &known.hash)
     }
 
     /// Number of derivations hashed so far.
@@ -309,9 +302,9 @@ impl ModuloHashCache {
         store_dir: &StoreDir,
         drv_path: &StorePath,
         mut load: impl FnMut(&StorePath) -> Result<Derivation, E>,
-    ) -> Result<Hash, HashModuloError<E>> {
+    ) -> Result<DrvHash, HashModuloError<E>> {
         if let Some(known) = self.known.get(drv_path) {
-            return Ok(known.hash.hash.clone());
+            return Ok(known.hash.clone());
         }
         let mut load_at = |path: &StorePath| {
             load(path).map_err(|source| HashModuloError::Input {
@@ -358,7 +351,7 @@ impl ModuloHashCache {
             };
             self.known.insert(path, known);
             if stack.is_empty() {
-                return Ok(hash.hash);
+                return Ok(hash);
             }
         }
     }

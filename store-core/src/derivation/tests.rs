@@ -113,7 +113,7 @@ fn computes_every_fixture_output_paths_from_blanked_outputs() {
         let expected = parse_fixture(fixture);
         let mut drv = expected.clone();
         for (name, output) in &mut drv.outputs {
-            if !matches!(output, DerivationOutput::Fixed { .. }) {
+            if matches!(output, DerivationOutput::InputAddressed { .. }) {
                 *output = DerivationOutput::Deferred;
             }
             drv.env.remove(name.as_str());
@@ -254,10 +254,11 @@ fn fixed_output_hash_modulo_is_nix_descriptor() {
         hash.to_base16(),
         store().display(path)
     );
-    let got = hash_derivation_modulo(&fixed, &store(), |_| -> Result<Hash, Infallible> {
+    let got = hash_derivation_modulo(&fixed, &store(), |_| -> Result<DrvHash, Infallible> {
         unreachable!("a fixed-output derivation's inputs are not hashed")
     })
-    .unwrap();
+    .unwrap()
+    .hash;
     assert_eq!(got, Hash::digest(HashAlgo::Sha256, descriptor.as_bytes()));
 }
 
@@ -526,7 +527,7 @@ fn reports_missing_input_outputs_and_load_failures() {
 
 #[test]
 fn refuses_derivations_nix_cannot_hash() {
-    let none: fn(&StorePath) -> Result<Hash, Infallible> = |_| unreachable!("no inputs");
+    let none: fn(&StorePath) -> Result<DrvHash, Infallible> = |_| unreachable!("no inputs");
     let mut drv = input_addressed("a", &[]);
     drv.outputs.clear();
     assert!(matches!(
@@ -793,4 +794,152 @@ fn refuses_an_output_variable_that_is_not_the_output_path() {
             .check_outputs(&store(), &fixture.path, &drv, loader(fixtures, &mut loads))
             .is_err());
     }
+}
+
+// --- Floating content-addressed and impure derivations (Nix's fixtures ca-*, impure) ---
+
+#[test]
+fn floating_and_impure_fixtures_have_their_kinds() {
+    let fixtures = fixtures();
+    let kind = |name: &str| {
+        parse_fixture(fixture_named(fixtures, name)[0])
+            .kind()
+            .unwrap()
+    };
+    assert_eq!(kind("ca-floating.drv"), DerivationKind::Floating);
+    assert_eq!(kind("ca-flat.drv"), DerivationKind::Floating);
+    assert_eq!(
+        kind("ca-dependent.drv"),
+        DerivationKind::DeferredInputAddressed
+    );
+    assert_eq!(kind("impure.drv"), DerivationKind::Impure);
+    let impure = parse_fixture(fixture_named(fixtures, "impure.drv")[0]);
+    assert!(impure.has_network_access());
+    assert!(!parse_fixture(fixture_named(fixtures, "ca-floating.drv")[0]).has_network_access());
+}
+
+#[test]
+fn downstream_placeholders_are_the_ones_nix_writes() {
+    // nix-instantiate put the placeholders of ca-floating's outputs into ca-dependent.
+    let fixtures = fixtures();
+    let floating = &fixture_named(fixtures, "ca-floating.drv")[0].path;
+    let dependent = parse_fixture(fixture_named(fixtures, "ca-dependent.drv")[0]);
+    assert_eq!(
+        dependent.env["dep"],
+        downstream_placeholder(floating, &OutputName::out())
+    );
+    assert_eq!(
+        dependent.env["devDep"],
+        downstream_placeholder(floating, &OutputName::new("dev").unwrap())
+    );
+}
+
+#[test]
+fn resolving_replaces_inputs_and_placeholders_and_fixes_deferred_paths() {
+    let fixtures = fixtures();
+    let floating = fixture_named(fixtures, "ca-floating.drv")[0].path.clone();
+    let dependent = parse_fixture(fixture_named(fixtures, "ca-dependent.drv")[0]);
+    let out = StorePath::from_base_name("g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-ca-floating").unwrap();
+    let dev =
+        StorePath::from_base_name("a1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-ca-floating-dev").unwrap();
+    let resolved = dependent
+        .try_resolve(&store(), |input, output| {
+            assert_eq!(input, &floating);
+            Some(if output.as_str() == "out" {
+                out.clone()
+            } else {
+                dev.clone()
+            })
+        })
+        .unwrap();
+    assert!(resolved.input_drvs.is_empty());
+    assert_eq!(
+        resolved.input_srcs,
+        BTreeSet::from([out.clone(), dev.clone()])
+    );
+    assert_eq!(resolved.env["dep"], store().display(&out));
+    assert_eq!(resolved.env["devDep"], store().display(&dev));
+    // The output is input-addressed now, by the hash of the resolved derivation.
+    assert_eq!(resolved.kind().unwrap(), DerivationKind::InputAddressed);
+    let mut expected = resolved.clone();
+    compute_output_paths(
+        &mut expected,
+        &store(),
+        |_| -> Result<DrvHash, Infallible> {
+            unreachable!("a resolved derivation has no input derivations")
+        },
+    )
+    .unwrap();
+    assert_eq!(resolved, expected);
+    // A missing input output is an error naming it, not a half-resolved derivation.
+    let error = dependent.try_resolve(&store(), |_, _| None).unwrap_err();
+    assert!(error.to_string().contains("is not built"), "{error}");
+}
+
+#[test]
+fn floating_and_impure_hashes_are_deferred() {
+    let fixtures = fixtures();
+    let mut loads = HashMap::new();
+    let mut cache = ModuloHashCache::new();
+    let hash = |cache: &mut ModuloHashCache, loads: &mut HashMap<_, _>, name: &str| {
+        cache
+            .hash_of_path(
+                &store(),
+                &fixture_named(fixtures, name)[0].path,
+                loader(fixtures, loads),
+            )
+            .unwrap()
+    };
+    assert!(!hash(&mut cache, &mut loads, "ca-input.drv").deferred);
+    assert!(hash(&mut cache, &mut loads, "ca-floating.drv").deferred);
+    assert!(hash(&mut cache, &mut loads, "ca-dependent.drv").deferred);
+    let impure = hash(&mut cache, &mut loads, "impure.drv");
+    assert_eq!(
+        impure,
+        DrvHash {
+            hash: impure_output_hash(),
+            deferred: true
+        }
+    );
+    // The static (masked) hash of a floating derivation differs from its hash modulo:
+    // its output variables are placeholders, printed empty when masked.
+    let floating = parse_fixture(fixture_named(fixtures, "ca-floating.drv")[0]);
+    let masked = cache
+        .static_output_hash(&store(), &floating, loader(fixtures, &mut loads))
+        .unwrap();
+    assert!(masked.deferred);
+    assert_ne!(
+        masked.hash,
+        hash(&mut cache, &mut loads, "ca-floating.drv").hash
+    );
+}
+
+#[test]
+fn floating_outputs_print_and_parse_as_nix_writes_them() {
+    let floating = DerivationOutput::Floating {
+        method: ContentAddressMethod::Recursive,
+        algo: HashAlgo::Sha256,
+    };
+    assert_eq!(floating.hash_algo_field(), "r:sha256");
+    assert_eq!(floating.hash_field(), "");
+    assert_eq!(floating.path(), None);
+    let impure = DerivationOutput::Impure {
+        method: ContentAddressMethod::Flat,
+        algo: HashAlgo::Sha1,
+    };
+    assert_eq!(impure.hash_algo_field(), "sha1");
+    assert_eq!(impure.hash_field(), "impure");
+    // Floating outputs of two algorithms may not be mixed.
+    let mut drv = parse_fixture(fixture_named(fixtures(), "ca-floating.drv")[0]);
+    drv.outputs.insert(
+        OutputName::new("dev").unwrap(),
+        DerivationOutput::Floating {
+            method: ContentAddressMethod::Recursive,
+            algo: HashAlgo::Sha512,
+        },
+    );
+    assert!(matches!(
+        drv.kind(),
+        Err(InvalidDerivation::FloatingAlgorithms { .. })
+    ));
 }

@@ -865,3 +865,111 @@ fn concurrent_registries_register_overlapping_batches_consistently() {
         .unwrap();
     assert_eq!(fk, 0);
 }
+
+// --- Realisations (ca-derivations) ---
+
+fn realisation_of(drv: &str, output: &str, path: &StorePath) -> arca_store_core::Realisation {
+    arca_store_core::Realisation::new(
+        arca_store_core::DrvOutput {
+            drv_hash: Hash::digest(arca_store_core::HashAlgo::Sha256, drv.as_bytes()),
+            output: arca_store_core::OutputName::new(output).unwrap(),
+        },
+        path.clone(),
+    )
+}
+
+#[test]
+fn realisations_round_trip_merge_signatures_and_refuse_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = open(dir.path());
+    let dep = store_path("dep", 1);
+    let top = store_path("top", 1);
+    let other = store_path("other", 1);
+    registry
+        .register(
+            &[info(&dep, &[]), info(&top, &[&dep]), info(&other, &[])],
+            &[],
+        )
+        .unwrap();
+    let id_of = |r: &arca_store_core::Realisation| r.id.clone();
+    // A store without the tables knows no realisation.
+    let dep_real = realisation_of("dep.drv", "out", &dep);
+    assert_eq!(registry.realisation(&id_of(&dep_real)).unwrap(), None);
+
+    registry.register_realisation(&dep_real).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("ca-schema")).unwrap(), b"3");
+    let mut top_real = realisation_of("top.drv", "out", &top);
+    top_real.signatures.insert("k1:AAAA".into());
+    top_real
+        .dependent_realisations
+        .insert(id_of(&dep_real), dep.clone());
+    registry.register_realisation(&top_real).unwrap();
+    assert_eq!(
+        registry.realisation(&id_of(&top_real)).unwrap(),
+        Some(top_real.clone())
+    );
+
+    // Again with another signature: merged.
+    let mut again = realisation_of("top.drv", "out", &top);
+    again.signatures.insert("k2:BBBB".into());
+    registry.register_realisation(&again).unwrap();
+    let merged = registry.realisation(&id_of(&top_real)).unwrap().unwrap();
+    assert_eq!(
+        merged.signatures,
+        BTreeSet::from(["k1:AAAA".to_owned(), "k2:BBBB".to_owned()])
+    );
+    // Another path for the same output: refused, nothing changed.
+    let conflict = realisation_of("top.drv", "out", &other);
+    assert!(matches!(
+        registry.register_realisation(&conflict),
+        Err(StoreError::RealisationConflict { .. })
+    ));
+    // An invalid path, or an unknown dependency: refused.
+    let invalid = realisation_of("x.drv", "out", &store_path("invalid", 1));
+    assert!(matches!(
+        registry.register_realisation(&invalid),
+        Err(StoreError::InvalidPath(_))
+    ));
+    let mut orphan = realisation_of("y.drv", "out", &other);
+    orphan.dependent_realisations.insert(
+        id_of(&realisation_of("nowhere.drv", "out", &dep)),
+        dep.clone(),
+    );
+    assert!(matches!(
+        registry.register_realisation(&orphan),
+        Err(StoreError::MissingRealisation { .. })
+    ));
+    assert_eq!(registry.realisation(&id_of(&orphan)).unwrap(), None);
+
+    // A realisation goes with its path (referrers first, as the collector deletes).
+    registry.unregister(&top).unwrap();
+    assert_eq!(registry.realisation(&id_of(&top_real)).unwrap(), None);
+    registry.unregister(&dep).unwrap();
+    assert_eq!(registry.realisation(&id_of(&dep_real)).unwrap(), None);
+    assert_eq!(count(&registry, "Realisations"), 0);
+    assert_eq!(count(&registry, "RealisationsRefs"), 0);
+}
+
+#[test]
+fn realisation_schema_is_identical_to_nix_2_8() {
+    if !nix_available("realisation_schema_is_identical_to_nix_2_8") {
+        return;
+    }
+    let ours = tempfile::tempdir().unwrap();
+    let mut registry = open(ours.path());
+    registry.enable_realisations().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let status = Command::new("nix-store")
+        .args(["--init", "--store"])
+        .arg(format!("local?root={}", theirs.path().display()))
+        .args(["--extra-experimental-features", "ca-derivations"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let db = theirs.path().join("nix/var/nix/db");
+    assert_eq!(
+        master_sql(registry.db_path()),
+        master_sql(&db.join("db.sqlite"))
+    );
+    assert_eq!(std::fs::read(db.join("ca-schema")).unwrap(), b"3");
+}
