@@ -100,6 +100,100 @@ impl BuildUsers {
     }
 }
 
+/// A member of `build-users-group` held for one unsandboxed build run as root (Nix's
+/// `UserLock`): the builder runs as this account, with the group's gid, and nothing else
+/// runs as it meanwhile. Held with two exclusive `flock`s: on `<store lock dir>/<uid>`
+/// (Nix's `/nix/var/nix/userpool/<uid>`, so that Nix's daemon and Arca's on one store
+/// share the pool) and on `<machine lock dir>/pool-<uid>` (so that Arca's daemons on two
+/// stores of one machine do not both build as one account, killing each other's
+/// processes).
+#[derive(Debug)]
+pub(crate) struct PoolUser {
+    pub uid: u32,
+    pub gid: u32,
+    _locks: [Flock<File>; 2],
+}
+
+/// Takes a member of `group` that no other build holds, waiting while all are held.
+/// Fails, with Nix's words, when the group does not exist, has no members, names an
+/// account that does not exist, or has the caller among its members.
+pub(crate) fn acquire_pool_user(
+    group: &str,
+    store_lock_dir: &Path,
+    machine_lock_dir: &Path,
+) -> io::Result<PoolUser> {
+    let error = |message: String| io::Error::new(io::ErrorKind::NotFound, message);
+    let found = nix::unistd::Group::from_name(group)
+        .map_err(io::Error::from)?
+        .ok_or_else(|| {
+            error(format!(
+                "the group '{group}' specified in 'build-users-group' does not exist"
+            ))
+        })?;
+    if found.mem.is_empty() {
+        return Err(error(format!(
+            "the build users group '{group}' has no members"
+        )));
+    }
+    let mut users = Vec::with_capacity(found.mem.len());
+    for name in &found.mem {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(io::Error::from)?
+            .ok_or_else(|| {
+                error(format!(
+                    "the user '{name}' in the group '{group}' does not exist"
+                ))
+            })?;
+        let uid = user.uid.as_raw();
+        if uid == 0
+            || uid == nix::unistd::getuid().as_raw()
+            || uid == nix::unistd::geteuid().as_raw()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the Nix user should not be a member of '{group}'"),
+            ));
+        }
+        users.push(uid);
+    }
+    for dir in [store_lock_dir, machine_lock_dir] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    loop {
+        for &uid in &users {
+            let Some(machine) = try_lock(&machine_lock_dir.join(format!("pool-{uid}")))? else {
+                continue;
+            };
+            let Some(store) = try_lock(&store_lock_dir.join(uid.to_string()))? else {
+                continue;
+            };
+            return Ok(PoolUser {
+                uid,
+                gid: found.gid.as_raw(),
+                _locks: [machine, store],
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An exclusive `flock` on `path` (created if missing), or `None` when another holds it.
+fn try_lock(path: &Path) -> io::Result<Option<Flock<File>>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno.into()),
+    }
+}
+
 fn slot_file(dir: &Path, slot: u32) -> PathBuf {
     dir.join(format!("slot-{slot}"))
 }

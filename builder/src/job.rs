@@ -22,7 +22,7 @@ use arca_store_sqlite::{
     BuildScratch, BuiltPath, DerivationOutputs, LocalStore, PathLock, PublishedPaths,
 };
 
-use crate::build_user::BuildUser;
+use crate::build_user::{BuildUser, PoolUser};
 use crate::environment::{build_environment, placeholder_rewrites, rewrite, SANDBOX_BUILD_DIR};
 use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
@@ -394,6 +394,25 @@ impl Job<'_> {
         Ok(wanted && !diverted && !builtin)
     }
 
+    /// Lets members of `gid` create paths in the store directory, as Nix does when it
+    /// opens a store with a `build-users-group`: the directory becomes group `gid`, mode
+    /// 1775 (sticky: a build user cannot remove what it did not create).
+    fn allow_build_group(&self, gid: u32) -> Result<(), BuildError> {
+        let dir = self.store.physical_store();
+        let failed = |source| BuildError::BuildDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let metadata = fs::metadata(dir).map_err(failed)?;
+        if std::os::unix::fs::MetadataExt::gid(&metadata) != gid {
+            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(failed)?;
+        }
+        if metadata.permissions().mode() & 0o7777 != 0o1775 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o1775)).map_err(failed)?;
+        }
+        Ok(())
+    }
+
     /// Where an unsandboxed builder writes each output that is valid already (it must
     /// not be overwritten in place: `--check`, `--repair`, or one output of several
     /// rebuilt): a path of the same length named after the derivation and output, as
@@ -675,7 +694,23 @@ impl Job<'_> {
         let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
         let unsandboxed = self.runs_unsandboxed()?;
         let is_root = nix::unistd::geteuid().is_root();
-        let (build_uid, build_gid) = if unsandboxed {
+        let pool_group = self
+            .options
+            .build_users_group
+            .as_deref()
+            .filter(|_| is_root);
+        let (build_uid, build_gid) = if let (true, Some(group)) = (unsandboxed, pool_group) {
+            // A member of `build-users-group`, as Nix: held until the leftovers are gone,
+            // with nothing of a previous build left running as it.
+            let pool = store.state_dir().join("userpool");
+            let machine = &self.options.build_users.lock_dir;
+            let user = crate::build_user::acquire_pool_user(group, &pool, machine)
+                .map_err(|source| BuildError::BuildDir { path: pool, source })?;
+            arca_sandbox::kill_user(user.uid)?;
+            self.allow_build_group(user.gid)?;
+            let user = leftovers.pool_user.insert(user);
+            (user.uid, user.gid)
+        } else if unsandboxed {
             // As the caller, root included (Nix with an empty `build-users-group`).
             (
                 nix::unistd::geteuid().as_raw(),
@@ -701,6 +736,10 @@ impl Job<'_> {
         };
         let separate_user = is_root && !unsandboxed;
         let group = separate_user.then_some(build_gid);
+        let pool_user = leftovers
+            .pool_user
+            .as_ref()
+            .map(|user| (user.uid, user.gid));
         // A sandboxed fixed-output builder has network (the host's namespace when there
         // is no user-mode stack), so it could hand out a descriptor of its store
         // directory: that one is kept off the store's file system, and its outputs are
@@ -789,6 +828,12 @@ impl Job<'_> {
                 source,
             })?;
         }
+        if let Some((uid, gid)) = pool_user {
+            chown_tree(&build_dir.path, uid, gid).map_err(|source| BuildError::BuildDir {
+                path: build_dir.path.clone(),
+                source,
+            })?;
+        }
         if separate_user {
             for path in [scratch.path(), build_dir.path.as_path()] {
                 chown_tree(path, build_uid, build_gid).map_err(|source| BuildError::BuildDir {
@@ -832,6 +877,7 @@ impl Job<'_> {
                 .map(|(name, value)| (name.into(), rewrite(value, &hash_rewrites).into()))
                 .collect();
             spec.cwd = build_dir.path.clone();
+            spec.user = pool_user;
             spec.limits.timeout = self.options.timeout;
             spec.limits.silence_timeout = self.options.max_silent_time;
             spec.limits.max_output_bytes = self.options.max_log_size;
@@ -1745,6 +1791,9 @@ pub(crate) struct Leftovers {
     log: Option<PendingLog>,
     /// The build's host ids, released only once no file of the build is left.
     build_user: Option<BuildUser>,
+    /// The `build-users-group` member an unsandboxed build ran as; whatever it left
+    /// running is killed before it is released.
+    pool_user: Option<PoolUser>,
 }
 
 impl Drop for Leftovers {
@@ -1755,6 +1804,10 @@ impl Drop for Leftovers {
         drop(self.scratch.take());
         drop(self.build_dir.take());
         drop(self.build_user.take());
+        if let Some(user) = self.pool_user.take() {
+            // Nothing the build started may outlive it as that account.
+            let _ = arca_sandbox::kill_user(user.uid);
+        }
     }
 }
 

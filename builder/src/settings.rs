@@ -60,7 +60,8 @@ pub struct Settings {
     pub system_features: BTreeSet<String>,
     /// `extra-platforms`.
     pub extra_platforms: BTreeSet<String>,
-    /// `build-users-group` (default empty).
+    /// `build-users-group` (default `nixbld` when running as root, else empty, as Nix):
+    /// the accounts an unsandboxed build run as root runs as.
     pub build_users_group: String,
     /// `trusted-users` (default `root`).
     pub trusted_users: Vec<String>,
@@ -102,7 +103,11 @@ impl Default for Settings {
             system: crate::job::host_system(),
             system_features,
             extra_platforms: BTreeSet::new(),
-            build_users_group: String::new(),
+            build_users_group: if nix::unistd::geteuid().is_root() {
+                "nixbld".to_owned()
+            } else {
+                String::new()
+            },
             trusted_users: vec!["root".into()],
             allowed_users: vec!["*".into()],
             experimental_features: BTreeSet::new(),
@@ -215,6 +220,7 @@ const NIX_ONLY: &[&str] = &[
     "show-trace",
     "ssl-cert-file",
     "stalled-download-timeout",
+    "store",
     "substitute",
     "substituters",
     "sync-before-registering",
@@ -484,6 +490,8 @@ impl Settings {
                 }
                 features
             },
+            build_users_group: (!self.build_users_group.is_empty())
+                .then(|| self.build_users_group.clone()),
             ca_derivations: self.experimental_features.contains("ca-derivations"),
             impure_derivations: self.experimental_features.contains("impure-derivations"),
             ..defaults
@@ -532,7 +540,9 @@ mod tests {
             "build-users-group =\nkeep-derivations = false\nsandbox = false\n\
              experimental-features = nix-command flakes\ngc-reserved-space = 0\n\
              substituters =\nflake-registry = /tmp/registry.json\nshow-trace = true\n\
-             trusted-users = nobody\nfsync-metadata = false\n",
+             trusted-users = nobody\nfsync-metadata = false\n\
+             store = unix:///tmp/socket\n\
+             extra-trusted-public-keys = test-1:qQlh/+cKLJFErIjecv2b2l45b41BZyMc6h04L1tvBDI=\n",
         );
         let settings = settings.unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -540,6 +550,12 @@ mod tests {
         assert!(!settings.keep_derivations);
         assert_eq!(settings.build_users_group, "");
         assert_eq!(settings.trusted_users, ["nobody"]);
+        let keys: Vec<&str> = settings
+            .trusted_public_keys
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(keys, ["cache.nixos.org-1", "test-1"]);
         assert!(!settings.fsync_metadata);
         assert_eq!(
             settings.experimental_features,
@@ -591,6 +607,16 @@ mod tests {
         assert_eq!(settings.max_silent_time, 7);
         assert!(settings.keep_outputs);
         assert_eq!(settings.cores, 3);
+    }
+
+    #[test]
+    fn a_bad_trusted_public_key_is_an_error_and_the_default_follows_the_user() {
+        let (result, _) = load("trusted-public-keys = not-a-key\n");
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("not-a-key"), "{error}");
+        let default = Settings::default().build_users_group;
+        let root = nix::unistd::geteuid().is_root();
+        assert_eq!(default, if root { "nixbld" } else { "" });
     }
 
     #[test]

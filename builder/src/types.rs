@@ -83,6 +83,10 @@ pub struct BuildOptions {
     /// default as in Nix: the pid namespace already ends every process of a build, and a
     /// cgroup costs ~0.4 ms per build).
     pub use_cgroups: bool,
+    /// Nix's `build-users-group`: an unsandboxed build run as root runs as a member of
+    /// this group that no other build holds (`None`: as root, as Nix with the setting
+    /// empty). Sandboxed root builds get ids of their own instead ([`Self::build_users`]).
+    pub build_users_group: Option<String>,
     /// Nix's experimental `ca-derivations`: build floating content-addressed and
     /// deferred derivations (resolving them first), and record realisations of every
     /// output built.
@@ -114,6 +118,7 @@ impl Default for BuildOptions {
             system_features: default_system_features(),
             signing_keys: Vec::new(),
             use_cgroups: false,
+            build_users_group: None,
             ca_derivations: false,
             impure_derivations: false,
         }

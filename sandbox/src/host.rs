@@ -70,6 +70,100 @@ impl HostSpec {
     }
 }
 
+/// Kills every process running as `uid` (Nix's `killUser`): a child takes that uid and
+/// signals all it may at once (`kill(-1, SIGKILL)`), until `/proc` shows no live process
+/// of the uid (a killed process may stay a zombie until its parent reaps it; it can do
+/// nothing any more). For a build user before and after a build, so that nothing a
+/// previous build left running (a daemonised process, out of its process group) can
+/// touch this one's files. Refuses root and the caller's own uids, which would take
+/// everything down.
+pub fn kill_user(uid: u32) -> Result<(), SandboxError> {
+    let own = [
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::geteuid().as_raw(),
+    ];
+    if uid == 0 || own.contains(&uid) {
+        return Err(SandboxError::InvalidSpec {
+            field: "uid",
+            value: uid.to_string(),
+            reason: "killing every process of root or of the caller is refused",
+        });
+    }
+    let failed = |err: io::Error| SandboxError::Host {
+        context: format!("killing the processes of uid {uid}"),
+        source: err,
+    };
+    for _ in 0..KILL_ROUNDS {
+        if !has_live_process(uid).map_err(failed)? {
+            return Ok(());
+        }
+        let mut command = Command::new("/");
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .uid(uid);
+        // SAFETY: runs in the forked child after it took `uid`, before execve (which
+        // never comes: the child exits here); `kill` and `_exit` are async-signal-safe
+        // and touch no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                let code = match nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL) {
+                    Ok(()) | Err(Errno::ESRCH) | Err(Errno::EPERM) => 0,
+                    Err(_) => 1,
+                };
+                libc::_exit(code)
+            });
+        }
+        let status = command.spawn().map_err(failed)?.wait().map_err(failed)?;
+        if !status.success() {
+            return Err(failed(io::Error::other(format!(
+                "the killer exited with {status}"
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(failed(io::Error::other(
+        "processes of the uid keep running after being killed",
+    )))
+}
+
+/// How many times [`kill_user`] kills before giving up (a process that keeps forking
+/// faster than it is killed).
+const KILL_ROUNDS: usize = 200;
+
+/// Whether a process that is not a zombie runs with real or effective uid `uid`.
+fn has_live_process(uid: u32) -> io::Result<bool> {
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        // A process may end between listing and reading: skip it.
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| status.lines().find_map(|line| line.strip_prefix(name));
+        let zombie = field("State:").is_some_and(|state| state.trim_start().starts_with('Z'));
+        let uids: Vec<u32> = field("Uid:")
+            .map(|ids| {
+                ids.split_whitespace()
+                    .filter_map(|id| id.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !zombie && uids.iter().take(2).any(|id| *id == uid) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// How often a run whose output stays open checks whether its program has exited.
 const EXIT_POLL: Duration = Duration::from_millis(50);
 

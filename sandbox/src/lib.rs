@@ -78,7 +78,7 @@ mod spec;
 mod user_net;
 
 pub use error::{SandboxError, SetupStep};
-pub use host::{run_on_host, HostSpec};
+pub use host::{kill_user, run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
 pub use run::run;
 pub use spec::{

@@ -127,3 +127,48 @@ fn root_can_run_it_as_another_user_without_its_groups() {
         (Outcome::Exited(0), "65534\n65534\n65534\n".into())
     );
 }
+
+/// A uid no account uses, for processes to kill.
+const STRAY_UID: u32 = 872_000_123;
+
+#[test]
+fn kill_user_ends_every_process_of_the_uid_and_refuses_root_and_the_caller() {
+    assert!(arca_sandbox::kill_user(0).is_err());
+    assert!(arca_sandbox::kill_user(nix::unistd::geteuid().as_raw()).is_err());
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED kill_user test: needs root to start processes as another uid");
+        return;
+    }
+    // A daemonised process of that uid, out of any process group of ours.
+    let mut spec = sh("setsid sleep 1000 > /dev/null 2>&1 < /dev/null & echo started");
+    spec.user = Some((STRAY_UID, STRAY_UID));
+    let (outcome, _) = run(&spec);
+    assert!(outcome.success());
+    let running = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| {
+                let status = std::fs::read_to_string(entry.ok()?.path().join("status")).ok()?;
+                // A killed process may stay a zombie until reaped: it no longer runs.
+                let state = status.lines().find(|l| l.starts_with("State:"))?;
+                if state.contains('Z') {
+                    return None;
+                }
+                let uid_line = status.lines().find(|l| l.starts_with("Uid:"))?;
+                uid_line.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+            .filter(|uid| *uid == STRAY_UID)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(running(), 1, "the stray process runs");
+    arca_sandbox::kill_user(STRAY_UID).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(running(), 0, "kill_user left a process of the uid running");
+}

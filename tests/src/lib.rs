@@ -1,7 +1,8 @@
 //! Shared helpers for Arca's integration tests: locating the `arca` binary and real Nix,
 //! reading the golden fixtures ([`golden`]), running `arca` on a store root and reading
-//! its registry ([`store`]), and generating random trees from a seed. The tests
-//! themselves are in `tests/tests/`.
+//! its registry ([`store`]), running `arca daemon` and real Nix on a store at `/nix/store`
+//! in a private mount namespace ([`lab`]), and generating random trees from a seed. The
+//! tests themselves are in `tests/tests/`.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -15,6 +16,7 @@ pub mod build;
 pub mod daemon;
 pub mod gc;
 pub mod golden;
+pub mod lab;
 pub mod store;
 
 /// The `NIX_CONFIG` the tests run real Nix with: substituters off (there is no network)

@@ -21,306 +21,23 @@
 //! private mount namespace of its own, with a fresh directory of the test's bind-mounted
 //! on `/nix` (`unshare --mount`); clients run outside it and reach the daemon through a
 //! socket outside `/nix`, and see its store at `LAB/nixroot/nix/store` (their store URI
-//! says `root=LAB/nixroot`). Needs root, `unshare` and real Nix; skipped loudly without
-//! them.
+//! says `root=LAB/nixroot`): the harness is [`arca_tests::lab`]. Needs root, `unshare`
+//! and real Nix; skipped loudly without them.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arca_tests::daemon::{open_up_to_root, running_as_root, version, RawClient, Unprivileged};
-use arca_tests::{arca_bin, nix_available};
+use arca_tests::arca_bin;
+use arca_tests::daemon::Unprivileged;
+use arca_tests::lab::{
+    build_ok, expect_success, nobody, prerequisites, stderr_of, valid, Lab, NsDaemon,
+};
 use serde_json::Value;
 
 // --- Shared setup -----------------------------------------------------------------------
-
-/// Whether this test can run: real Nix, root (to make mount namespaces and to run
-/// clients as `nobody`), `unshare`, `setpriv` and `timeout`. Prints a loud notice when not.
-fn prerequisites(test: &str) -> bool {
-    if !nix_available(test) {
-        return false;
-    }
-    if !running_as_root() {
-        eprintln!(
-            "SKIPPED {test}: needs root, to run the daemon in a mount namespace of its own and clients as nobody"
-        );
-        return false;
-    }
-    for program in ["unshare", "setpriv", "timeout", "nix-build", "nix"] {
-        let found = Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            eprintln!("SKIPPED {test}: `{program}` is not installed");
-            return false;
-        }
-    }
-    let namespaces = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !namespaces {
-        eprintln!("SKIPPED {test}: cannot make a mount namespace (`unshare --mount` fails)");
-        return false;
-    }
-    true
-}
-
-/// A test's directory: `nixroot/nix` (the daemon's `/nix`), `daemon-conf/nix.conf` (its
-/// `NIX_CONF_DIR`), `client-conf/nix.conf` (the clients'), `socket`, `log`, `tmp` (the
-/// daemon's `TMPDIR`), `home`, and whatever the test writes there.
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    /// A new lab whose daemon reads `nix_conf` (no nix.conf at all when `None`).
-    fn new(nix_conf: Option<&str>) -> Lab {
-        let lab = Lab {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for dir in ["nixroot/nix", "daemon-conf", "client-conf", "tmp", "home"] {
-            fs::create_dir_all(lab.path(dir)).unwrap();
-        }
-        if let Some(text) = nix_conf {
-            lab.write("daemon-conf/nix.conf", text);
-        }
-        // No substituters (there is no network); `nix` needs its experimental feature.
-        lab.write(
-            "client-conf/nix.conf",
-            "substituters =\nexperimental-features = nix-command\n",
-        );
-        // The lab is 0700; `nobody` must reach the socket, the .nix files, the hooks.
-        open_up_to_root(lab.dir.path());
-        lab
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.dir.path().join(relative)
-    }
-
-    /// Writes `text` at `relative`; returns its path.
-    fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.path(relative);
-        fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// Writes an executable shell script at `relative`; returns its path.
-    fn script(&self, relative: &str, body: &str) -> PathBuf {
-        let path = self.write(relative, &format!("#!/bin/sh\n{body}\n"));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    /// Writes `NAME.nix`: a derivation `NAME` whose builder is the host's `/bin/sh`
-    /// running `script` (so it builds only unsandboxed: the sandbox shows just the input
-    /// closure, which has no `/bin/sh`). Returns its path.
-    fn derivation(&self, name: &str, script: &str) -> PathBuf {
-        self.write(
-            &format!("{name}.nix"),
-            &format!(
-                "derivation {{\n  name = \"{name}\";\n  system = builtins.currentSystem;\n  builder = \"/bin/sh\";\n  args = [ \"-c\" {} ];\n}}\n",
-                nix_string(script)
-            ),
-        )
-    }
-
-    /// Where a store path (`/nix/store/…`) of the daemon's is, seen from outside its
-    /// namespace.
-    fn physical(&self, store_path: &str) -> PathBuf {
-        let relative = store_path
-            .strip_prefix("/nix/store/")
-            .unwrap_or_else(|| panic!("{store_path:?} is not in /nix/store"));
-        self.path("nixroot/nix/store").join(relative)
-    }
-
-    /// The store URI of the clients: the daemon's socket, with its store's location.
-    fn store_uri(&self) -> String {
-        format!(
-            "unix://{}?root={}",
-            self.path("socket").display(),
-            self.path("nixroot").display()
-        )
-    }
-
-    /// A real Nix client `program` of the lab's daemon, as `user` when given (through
-    /// `setpriv`), killed after 60 s (a hung client fails the test, not hangs it). Its
-    /// settings are only the lab's client nix.conf and what the test passes.
-    fn client(&self, program: &str, user: Option<&Unprivileged>) -> Command {
-        let mut command = match user {
-            None => {
-                let mut command = Command::new("timeout");
-                command
-                    .env("HOME", self.path("home"))
-                    .env("XDG_CACHE_HOME", self.path("home/.cache"));
-                command
-            }
-            Some(user) => {
-                let mut command = Command::new("setpriv");
-                command
-                    .arg(format!("--reuid={}", user.user))
-                    .arg(format!("--regid={}", user.group))
-                    .arg("--clear-groups")
-                    .arg("--")
-                    .arg("timeout")
-                    .env("HOME", &user.home)
-                    .env("XDG_CACHE_HOME", user.home.join(".cache"));
-                command
-            }
-        };
-        command
-            .args(["--kill-after=5", "60", program])
-            .env_remove("NIX_CONFIG")
-            .env("NIX_CONF_DIR", self.path("client-conf"))
-            .env("NIX_USER_CONF_FILES", self.path("client-conf/absent.conf"))
-            .env("NIX_REMOTE", self.store_uri())
-            .env_remove("NIX_STORE_DIR")
-            .env_remove("NIX_STATE_DIR")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        command
-    }
-
-    /// Runs `program ARGS` as a client (see [`Lab::client`]), whatever the exit status.
-    fn run(&self, program: &str, user: Option<&Unprivileged>, args: &[&str]) -> Output {
-        self.client(program, user)
-            .args(args)
-            .output()
-            .unwrap_or_else(|error| panic!("{program} cannot be spawned: {error}"))
-    }
-
-    /// Runs `program ARGS` as root, which must succeed: its stdout, trimmed.
-    fn run_ok(&self, daemon: &NsDaemon, program: &str, args: &[&str]) -> String {
-        let output = self.run(program, None, args);
-        expect_success(daemon, program, args, &output);
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    }
-}
-
-/// `text` as a Nix string literal.
-fn nix_string(text: &str) -> String {
-    let escaped = text
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace("${", "\\${");
-    format!("\"{escaped}\"")
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn expect_success(daemon: &NsDaemon, program: &str, args: &[&str], output: &Output) {
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed ({}): {}\ndaemon log:\n{}",
-        output.status,
-        stderr_of(output),
-        daemon.log()
-    );
-}
-
-/// `arca --store / daemon --socket LAB/socket ARGS` in a mount namespace of its own where
-/// `LAB/nixroot/nix` is `/nix`, with `NIX_CONF_DIR=LAB/daemon-conf` and `TMPDIR=LAB/tmp`,
-/// logging to `LAB/log`. Its process group is killed when it is dropped.
-struct NsDaemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl NsDaemon {
-    /// The daemon's command, not started.
-    fn command(lab: &Lab, args: &[&str]) -> Command {
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount --bind "$1" /nix && shift && exec "$@""#)
-            .arg("sh")
-            .arg(lab.path("nixroot/nix"))
-            .arg(arca_bin())
-            .args(["--store", "/", "daemon", "--socket"])
-            .arg(lab.path("socket"))
-            .args(args)
-            .env_remove("NIX_CONFIG")
-            .env("NIX_CONF_DIR", lab.path("daemon-conf"))
-            .env("NIX_USER_CONF_FILES", lab.path("daemon-conf/absent.conf"))
-            .env("TMPDIR", lab.path("tmp"))
-            .env("HOME", lab.path("home"))
-            .stdin(Stdio::null())
-            .process_group(0);
-        command
-    }
-
-    /// Starts the daemon and waits until it answers a handshake.
-    fn start(lab: &Lab, args: &[&str]) -> NsDaemon {
-        let log_path = lab.path("log");
-        let log = fs::File::create(&log_path).unwrap();
-        let child = NsDaemon::command(lab, args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("unshare can be spawned");
-        let mut daemon = NsDaemon {
-            child,
-            log: log_path,
-        };
-        let socket = lab.path("socket");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let served =
-                RawClient::connect(&socket).and_then(|mut client| client.handshake(version(1, 34)));
-            if served.is_ok() {
-                return daemon;
-            }
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!(
-                    "the daemon exited ({status}) before listening:\n{}",
-                    daemon.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon does not listen on {} after 20 s:\n{}",
-                socket.display(),
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// What the daemon wrote to its stdout and stderr so far.
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for NsDaemon {
-    fn drop(&mut self) {
-        // The group: `unshare` became `sh`, then the daemon; builders it left too.
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg("--")
-            .arg(format!("-{}", self.child.id()))
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `nobody`, with a home in the lab.
-fn nobody(lab: &Lab) -> Unprivileged {
-    Unprivileged::nobody(&lab.path("nobody-home"))
-}
 
 /// The marker file only the host has: `LAB/marker`, with `text`.
 fn marker(lab: &Lab, text: &str) -> PathBuf {
@@ -332,19 +49,6 @@ fn copier(lab: &Lab, name: &str, file: &Path) -> PathBuf {
     lab.derivation(name, &format!("/bin/cat {} > $out", file.display()))
 }
 
-/// `nix-build FILE -o LAB/result ARGS` as root, which must succeed: the output path.
-fn build_ok(lab: &Lab, daemon: &NsDaemon, file: &Path, args: &[&str]) -> String {
-    let result = lab.path("result");
-    let mut all = vec![file.to_str().unwrap(), "-o", result.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = lab.run_ok(daemon, "nix-build", &all);
-    assert!(
-        out.starts_with("/nix/store/") && !out.contains('\n'),
-        "nix-build printed {out:?}, not one output path"
-    );
-    out
-}
-
 /// The deriver of `out` through the daemon.
 fn deriver(lab: &Lab, daemon: &NsDaemon, out: &str) -> String {
     let drv = lab.run_ok(daemon, "nix-store", &["--query", "--deriver", out]);
@@ -353,13 +57,6 @@ fn deriver(lab: &Lab, daemon: &NsDaemon, out: &str) -> String {
         "the deriver of {out} is {drv:?}"
     );
     drv
-}
-
-/// Whether `path` is valid, as `nix-store --check-validity` through the daemon says.
-fn valid(lab: &Lab, path: &str) -> bool {
-    lab.run("nix-store", None, &["--check-validity", path])
-        .status
-        .success()
 }
 
 // --- nix.conf: sandbox ------------------------------------------------------------------
@@ -1050,4 +747,76 @@ fn arca_build_through_the_daemon_prints_the_streamed_log() {
         stderr.contains("talker> a line from the builder"),
         "{stderr}"
     );
+}
+
+// --- build-users-group ------------------------------------------------------------------
+
+/// The uids of `group`'s members, from the host's account database.
+fn group_members(group: &str) -> Option<(u32, Vec<u32>)> {
+    let group = nix::unistd::Group::from_name(group).ok()??;
+    let uids = group
+        .mem
+        .iter()
+        .filter_map(|name| nix::unistd::User::from_name(name).ok()?)
+        .map(|user| user.uid.as_raw())
+        .collect();
+    Some((group.gid.as_raw(), uids))
+}
+
+/// A daemon run as root builds unsandboxed as a member of `build-users-group` (`nixbld`
+/// by default, as Nix), never as root; the store directory becomes writable by that
+/// group (root:nixbld 1775, as Nix makes it); and whatever the build left running as
+/// that account (a daemonised process, out of its process group) is killed when it ends.
+#[test]
+fn unsandboxed_root_builds_run_as_a_build_user() {
+    let test = "unsandboxed_root_builds_run_as_a_build_user";
+    if !prerequisites(test) {
+        return;
+    }
+    let Some((gid, members)) = group_members("nixbld").filter(|(_, m)| !m.is_empty()) else {
+        eprintln!("SKIPPED {test}: no group 'nixbld' with members (installed with nix-bin)");
+        return;
+    };
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let pid_file = lab.path("tmp/stray.pid");
+    let file = lab.derivation(
+        "whoami",
+        &format!(
+            "echo $(/usr/bin/id -u):$(/usr/bin/id -g) > $out; \
+             /usr/bin/setsid /bin/sh -c 'echo $$ > {pid}; exec /bin/sleep 1000' \
+             > /dev/null 2>&1 < /dev/null & \
+             while [ ! -s {pid} ]; do /bin/sleep 0.01; done",
+            pid = pid_file.display()
+        ),
+    );
+    let sticky = std::os::unix::fs::PermissionsExt::from_mode(0o1777);
+    fs::set_permissions(lab.path("tmp"), sticky).unwrap();
+    let daemon = NsDaemon::start(&lab, &[]);
+    let out = build_ok(&lab, &daemon, &file, &[]);
+
+    let seen = fs::read_to_string(lab.physical(&out)).unwrap();
+    let (uid, group) = seen.trim().split_once(':').unwrap();
+    let uid: u32 = uid.parse().unwrap();
+    assert!(
+        members.contains(&uid),
+        "built as uid {uid}, not a nixbld member"
+    );
+    assert_eq!(group.parse::<u32>().unwrap(), gid);
+    let store = fs::metadata(lab.path("nixroot/nix/store")).unwrap();
+    assert_eq!((store.gid(), store.mode() & 0o7777), (gid, 0o1775));
+
+    // The stray process is gone (or a zombie nobody has reaped yet).
+    let pid = fs::read_to_string(&pid_file).unwrap();
+    let status = format!("/proc/{}/status", pid.trim());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = || {
+        fs::read_to_string(&status).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    };
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "the build's daemonised process still runs");
 }
