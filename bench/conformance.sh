@@ -9,17 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 rounds=${1:-3}
-kit=""
-for candidate in "${NIX_CONFORMANCE_KIT:-}" "$root/../shared/nix-conformance" /work/shared/nix-conformance; do
-  if [ -n "$candidate" ] && [ -f "$candidate/run.sh" ]; then kit=$candidate; break; fi
-done
+# shellcheck source=../scripts/lib/kit.sh
+. scripts/lib/kit.sh
+kit=$(find_kit "$root")
 [ -n "$kit" ] || { echo "no conformance kit" >&2; exit 1; }
 cargo build --release -q -p arca
 work=$(mktemp -d /var/tmp/arca-bench-conformance.XXXXXX)
 chmod 0755 "$work"
 trap 'rm -rf "$work" 2>/dev/null || true' EXIT
-cp -r "$kit" "$work/kit"
-chmod -R u+w "$work/kit"
+copy_kit "$kit" "$work/kit"
 export NIXFT_TMP=$work/tmp ARCA=$root/target/release/arca
 
 # The tests both daemons pass.

@@ -15,10 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-kit=""
-for candidate in "${NIX_CONFORMANCE_KIT:-}" "$root/../shared/nix-conformance" /work/shared/nix-conformance; do
-  if [ -n "$candidate" ] && [ -f "$candidate/run.sh" ]; then kit=$candidate; break; fi
-done
+# shellcheck source=lib/kit.sh
+. scripts/lib/kit.sh
+kit=$(find_kit "$root")
 if [ -z "$kit" ]; then
   cat >&2 <<'MSG'
 
@@ -37,22 +36,12 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 
-# The kit's directory may be read-only: run a copy. Its work directory must be
-# reachable by `nobody`, who runs the tests.
+# A copy of the kit (see copy_kit); its work directory must be reachable by `nobody`,
+# who runs the tests.
 work=$(mktemp -d /var/tmp/arca-conformance.XXXXXX)
 chmod 0755 "$work"
 trap 'rm -rf "$work" 2>/dev/null || true' EXIT
-cp -r "$kit" "$work/kit"
-chmod -R u+w "$work/kit"
-# The kit ships tests/ca/config.nix.in (in Nix's tree a symlink to ../config.nix.in) as a
-# regular file holding the link's target, `../config.nix.in`: every ca/ test then fails to
-# evaluate ("value is a path while a set was expected"), through nix-daemon too, and the
-# busybox modes refuse to start ("bb substitution failed"). The copy gets its symlink
-# back; nothing else of the kit changes.
-ca_config="$work/kit/nix-2.8.0-tests/ca/config.nix.in"
-if [ ! -L "$ca_config" ] && [ "$(cat "$ca_config")" = "../config.nix.in" ]; then
-  ln -sfn ../config.nix.in "$ca_config"
-fi
+copy_kit "$kit" "$work/kit"
 cargo build --locked -q -p arca
 mkdir -p "$work/tmp"
 # The tests excused in a mode: expected-failures.txt, plus expected-failures-bb.txt in
