@@ -1,8 +1,9 @@
 //! Nix's builtin builders that Arca runs itself, in the building process rather than in
 //! the sandbox: `builtin:buildenv`, the user environment (`nix-env` profiles) of Nix
-//! 2.8's `buildenv.cc`, symlink for symlink.
+//! 2.8's `buildenv.cc`, symlink for symlink; and `builtin:fetchurl` (`crate::fetchurl`,
+//! which reads only what every user may).
 //!
-//! A builtin builder reads only the derivation's input closure: every path it reads is
+//! `builtin:buildenv` reads only the derivation's input closure: every path it reads is
 //! resolved symlink by symlink in the store's logical namespace ([`StoreView`]), and
 //! one that leads outside the input closure (a symlink to `/etc`, a package path that is
 //! no input) is never read: it is linked to, like any file, or skipped with Nix's
@@ -325,6 +326,7 @@ pub(crate) fn run(
 ) -> io::Result<bool> {
     let result = match name {
         "buildenv" => buildenv(env, out_dir, view, log),
+        "fetchurl" => crate::fetchurl::fetchurl(env, out_dir),
         other => Err(format!("unsupported builtin builder '{other}'")),
     };
     match result {

@@ -29,7 +29,7 @@ use crate::pending::Pending;
 use crate::types::{BuildError, BuildEvent, BuildOptions, SandboxMode};
 
 /// The builtin builders Arca runs (`builtin:NAME`), see [`crate::builtins`].
-const BUILTINS: &[&str] = &["buildenv"];
+const BUILTINS: &[&str] = &["buildenv", "fetchurl"];
 
 /// What building one derivation came to.
 pub(crate) enum JobOutcome {
@@ -135,6 +135,14 @@ impl Job<'_> {
         // Only this machine's platform: the seccomp filter kills 32-bit system calls, so
         // not even i686-linux builds here (Nix's extra-platforms is not supported).
         if let Some(name) = self.drv.builder.strip_prefix("builtin:") {
+            if name == "fetchurl" && !self.drv.is_fixed_output() {
+                // What it fetches is only checked by the declared hash.
+                return Err(BuildError::Unsupported {
+                    drv: self.display(),
+                    reason: "'builtin:fetchurl' is only allowed for fixed-output derivations"
+                        .into(),
+                });
+            }
             if !BUILTINS.contains(&name) {
                 return Err(BuildError::Unsupported {
                     drv: self.display(),

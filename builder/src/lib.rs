@@ -51,6 +51,7 @@
 mod build_user;
 mod builtins;
 mod environment;
+mod fetchurl;
 mod job;
 mod log;
 mod pending;

@@ -78,9 +78,12 @@ pub struct LocalStore {
 }
 
 impl Drop for LocalStore {
-    /// Flushes what this handle registered (deferred durability), so that a program
-    /// that added paths and ended has them on disk, as with immediate durability.
+    /// Gives up the handle's temporary roots, then flushes what it registered (deferred
+    /// durability), so that a program that added paths and ended has them on disk, as
+    /// with immediate durability. The roots go first: a collector started right after a
+    /// daemon's client went away must not wait for (or be refused by) the flush.
     fn drop(&mut self) {
+        self.temp_roots.release();
         if let Err(error) = self.sync() {
             tracing::warn!("cannot flush the store to disk: {error}");
         }

@@ -820,3 +820,29 @@ fn unsandboxed_root_builds_run_as_a_build_user() {
     }
     assert!(!alive(), "the build's daemonised process still runs");
 }
+
+// --- temporary roots ------------------------------------------------------------------
+
+/// A connection's temporary roots end with the connection, before the daemon flushes
+/// what it registered: a path built through the daemon can be deleted by the very next
+/// command, as with nix-daemon (whose connection process exits).
+#[test]
+fn a_path_built_through_the_daemon_can_be_deleted_at_once() {
+    let test = "a_path_built_through_the_daemon_can_be_deleted_at_once";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\nbuild-users-group =\n"));
+    let daemon = NsDaemon::start(&lab, &[]);
+    for round in 0..3 {
+        let file = lab.derivation(&format!("fleeting-{round}"), "echo hi > $out");
+        let out = lab.run_ok(
+            &daemon,
+            "nix-build",
+            &[file.to_str().unwrap(), "--no-out-link"],
+        );
+        let deleted = lab.run("nix-store", None, &["--delete", &out]);
+        expect_success(&daemon, "nix-store", &["--delete", &out], &deleted);
+        assert!(!valid(&lab, &out), "round {round}: {out} is still valid");
+    }
+}

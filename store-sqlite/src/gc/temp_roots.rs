@@ -132,6 +132,16 @@ impl TempRoots {
         }
     }
 
+    /// Gives up every root at once: the file is deleted, then closed (which lets go of
+    /// its lock). Roots added later start a new file.
+    pub(crate) fn release(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((path, file)) = inner.file.take() {
+            let _ = fs::remove_file(&path);
+            drop(file);
+        }
+    }
+
     /// Creates and locks this process's roots file, once.
     fn ensure_file(&self, inner: &mut Inner) -> Result<(), StoreError> {
         if inner.file.is_some() {
