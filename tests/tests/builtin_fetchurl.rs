@@ -65,7 +65,10 @@ fn fetchurl_fetches_files_and_http_as_real_nix_does() {
     let source = lab.write("source.txt", std::str::from_utf8(CONTENT).unwrap());
     fs::set_permissions(&source, fs::Permissions::from_mode(0o644)).unwrap();
     let sha256 = {
-        let out = lab.local("nix-hash", &["--flat", "--type", "sha256", source.to_str().unwrap()]);
+        let out = lab.local(
+            "nix-hash",
+            &["--flat", "--type", "sha256", source.to_str().unwrap()],
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     let daemon = NsDaemon::start(&lab, &[]);
@@ -104,7 +107,7 @@ fn fetchurl_refuses_what_not_every_user_may_read_and_wrong_hashes() {
     let lab = Lab::new(Some("sandbox = false\nbuild-users-group =\n"));
     let secret = lab.write("secret.txt", "not for builds\n");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-    let daemon = NsDaemon::start(&lab, &[]);
+    let _daemon = NsDaemon::start(&lab, &[]);
     let zero = "0".repeat(64);
     let args = fetch_args(&format!("file://{}", secret.display()), &zero);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
