@@ -56,16 +56,7 @@ impl LocalStore {
         drv: &Derivation,
         load: impl FnMut(&StorePath) -> Result<Derivation, StoreError>,
     ) -> Result<(), StoreError> {
-        // Hashes modulo are a function of the `.drv` path (its name is its content
-        // hash), so one cache serves every check this handle makes.
-        let mut cache = self
-            .drv_hashes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() > MAX_CACHED_DRV_HASHES {
-            *cache = ModuloHashCache::new();
-        }
-        cache
+        self.drv_hashes()
             .check_outputs(self.store_dir(), drv_path, drv, load)
             .map_err(|error| StoreError::IncorrectDerivation(Box::new(error)))
     }
@@ -93,11 +84,7 @@ impl LocalStore {
     /// derivation whose paths were left empty, by hashDerivationModulo over its input
     /// derivations, which must be valid in this store — exactly as `nix-instantiate`.
     pub fn compute_output_paths(&self, drv: &mut Derivation) -> Result<(), StoreError> {
-        let mut cache = self
-            .drv_hashes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache
+        self.drv_hashes()
             .compute_output_paths(self.store_dir(), drv, |path| self.read_derivation(path))
             .map_err(|error| StoreError::InvalidDerivation {
                 path: drv.name.clone(),
@@ -172,14 +159,7 @@ impl LocalStore {
     /// The hash that names `drv`'s outputs in realisations (Nix's `staticOutputHashes`),
     /// with its input derivations read from the store, and whether it is deferred.
     pub fn static_output_hash(&self, drv: &Derivation) -> Result<DrvHash, StoreError> {
-        let mut cache = self
-            .drv_hashes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() > MAX_CACHED_DRV_HASHES {
-            *cache = ModuloHashCache::new();
-        }
-        cache
+        self.drv_hashes()
             .static_output_hash(self.store_dir(), drv, |path| self.read_derivation(path))
             .map_err(|error| StoreError::InvalidDerivation {
                 path: drv.name.clone(),
@@ -216,6 +196,22 @@ impl LocalStore {
             }
         }
         Ok(outputs)
+    }
+}
+
+impl LocalStore {
+    /// The handle's cache of hashes modulo, started afresh when it has grown too big.
+    /// Hashes modulo are a function of the `.drv` path (its name is its content hash), so
+    /// one cache serves every derivation this handle hashes.
+    fn drv_hashes(&self) -> std::sync::MutexGuard<'_, ModuloHashCache> {
+        let mut cache = self
+            .drv_hashes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.len() > MAX_CACHED_DRV_HASHES {
+            *cache = ModuloHashCache::new();
+        }
+        cache
     }
 }
 

@@ -34,13 +34,7 @@ pub fn prerequisites(test: &str) -> bool {
         return false;
     }
     for program in ["unshare", "setpriv", "timeout", "nix-build", "nix"] {
-        let found = Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
+        if !crate::program_runs(program) {
             eprintln!("SKIPPED {test}: `{program}` is not installed");
             return false;
         }

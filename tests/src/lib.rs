@@ -78,16 +78,21 @@ pub fn arca_ok(args: &[&OsStr]) -> Vec<u8> {
     output.stdout
 }
 
-/// Whether real Nix is installed. When it is not, the calling test should return early:
-/// this prints a loud notice, and panics instead when `ARCA_REQUIRE_NIX=1` (CI), so a
-/// skipped interop test can never pass unnoticed there.
-pub fn nix_available(test: &str) -> bool {
-    let found = Command::new("nix-store")
+/// Whether `program --version` runs and succeeds (the program is installed).
+pub fn program_runs(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|status| status.success());
+        .is_ok_and(|status| status.success())
+}
+
+/// Whether real Nix is installed. When it is not, the calling test should return early:
+/// this prints a loud notice, and panics instead when `ARCA_REQUIRE_NIX=1` (CI), so a
+/// skipped interop test can never pass unnoticed there.
+pub fn nix_available(test: &str) -> bool {
+    let found = program_runs("nix-store");
     if !found {
         if std::env::var("ARCA_REQUIRE_NIX").as_deref() == Ok("1") {
             panic!("{test}: real Nix is required (ARCA_REQUIRE_NIX=1) but nix-store is missing");
