@@ -12,15 +12,21 @@
 //!   which a client adding small paths one at a time feels.
 //! - [`Durability::Deferred`] (the default): registrations record themselves in the
 //!   unsynced journal (`registry/unsynced.rs`) in their own transaction, with the current
-//!   boot's id. A flush (`syncfs`, then deleting the records it covered) happens at the
-//!   handle's first registration a second or more after its last flush, and when the
-//!   store handle is dropped or [`LocalStore::sync`] is called; there is no timer, so
-//!   an idle handle keeps its records until then. When a store is opened after a reboot, the records left from the earlier
+//!   boot's id, and cost no flush. The handle's flusher thread (started by its first
+//!   deferred registration, with a database connection of its own) flushes (`syncfs`,
+//!   then deletes the records it covered) one second after the first registration not
+//!   flushed yet, so that, busy or idle, a handle's adds reach the disk within about a
+//!   second; [`LocalStore::sync`] flushes at once. When the handle is dropped, the thread
+//!   flushes what is left without waiting and ends: a long-lived program (the daemon's
+//!   connections) gets it on disk at once, a short one (a CLI invocation) does not wait
+//!   for it on its way out — its records stay, and after a reboot they are checked
+//!   instead. So that the journal cannot grow without end, a handle dropped while the
+//!   journal holds records of this boot older than 30 seconds flushes them itself.
+//!   When a store is opened after a reboot, the records left from the earlier
 //!   boot name exactly the paths that may be damaged: each is checked against its NAR
 //!   hash, and the damaged ones are invalidated and deleted, with every path that refers
 //!   to them. So adds cost what they cost in Nix, and a valid path is intact all the
-//!   same; what a power loss loses is the adds not flushed yet (of a busy handle, at most
-//!   the last second's).
+//!   same; what a power loss loses is the adds not flushed yet.
 //!
 //! Two other writers touch files of paths that are valid already, and flush first in
 //! deferred mode too: optimise (a file replaced by a hard link must not point to an inode
@@ -31,14 +37,16 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use arca_store_core::{Store, StorePath};
+use arca_store_core::{Store, StoreDir, StorePath};
 
 use crate::error::{IoContext, StoreError};
 use crate::local_store::{sync_filesystem, LocalStore};
 use crate::lock::open_lock_file;
+use crate::registry::Registry;
 use crate::staging::remove_tree;
 
 /// When a new path's files are flushed to disk. See the module documentation.
@@ -46,9 +54,9 @@ use crate::staging::remove_tree;
 pub enum Durability {
     /// Flush before every registration: nothing an add returned is lost on power loss.
     Immediate,
-    /// Journal each registration; flush at the handle's first registration a second or
-    /// more after its last flush, when the store is dropped, or on [`LocalStore::sync`];
-    /// after a power loss, paths not yet flushed are checked and invalidated if damaged.
+    /// Journal each registration; a thread of the handle flushes a second after it (or
+    /// at once when the handle is dropped), [`LocalStore::sync`] at once; after a power
+    /// loss, paths not yet flushed are checked and invalidated if damaged.
     #[default]
     Deferred,
 }
@@ -67,8 +75,12 @@ impl std::str::FromStr for Durability {
     }
 }
 
-/// The longest a deferred registration waits for its flush while the handle is busy.
+/// How long after a deferred registration its handle's thread flushes it.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A handle dropped while the journal holds records of this boot older than this flushes
+/// them itself (the kernel has written most of their data back by then).
+const FLUSH_AGE: Duration = Duration::from_secs(30);
 
 /// The current boot's id, if the kernel tells it.
 pub fn boot_id() -> Option<String> {
@@ -77,34 +89,60 @@ pub fn boot_id() -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
-/// A store handle's flushing state.
+/// A store handle's flushing state, and in deferred mode its flusher thread.
 #[derive(Debug)]
 pub(crate) struct Flusher {
     /// The boot registrations are recorded under; `None` in immediate mode.
     boot: Option<String>,
-    state: Mutex<FlushState>,
+    /// What the thread needs to open the registry and flush the store's file system.
+    db_dir: PathBuf,
+    store_dir: StoreDir,
+    physical_store: PathBuf,
+    shared: Arc<Shared>,
+    /// Whether the thread runs (started by the first deferred registration).
+    started: Mutex<bool>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<FlushState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
 struct FlushState {
-    /// Whether this handle registered paths since its last flush.
-    dirty: bool,
-    last_flush: Instant,
+    /// The first registration not flushed yet.
+    dirty_since: Option<Instant>,
+    /// The handle is gone: flush what is left and end.
+    closing: bool,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Flusher {
-    /// A flusher for `durability` (deferred only when the boot id is known).
-    pub(crate) fn new(durability: Durability) -> Flusher {
+    /// A flusher for `durability` (deferred only when the boot id is known) of the store
+    /// whose registry is in `db_dir` and whose files are in `physical_store`.
+    pub(crate) fn new(
+        durability: Durability,
+        db_dir: &Path,
+        store_dir: &StoreDir,
+        physical_store: &Path,
+    ) -> Flusher {
         let boot = match durability {
             Durability::Immediate => None,
             Durability::Deferred => boot_id(),
         };
         Flusher {
             boot,
-            state: Mutex::new(FlushState {
-                dirty: false,
-                last_flush: Instant::now(),
-            }),
+            db_dir: db_dir.to_owned(),
+            store_dir: store_dir.clone(),
+            physical_store: physical_store.to_owned(),
+            shared: Arc::default(),
+            started: Mutex::new(false),
         }
     }
 
@@ -113,8 +151,108 @@ impl Flusher {
         self.boot.as_deref()
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, FlushState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// A deferred registration happened: the thread flushes it within a second.
+    fn registered(&self) {
+        let Some(boot) = &self.boot else { return };
+        {
+            let mut state = self.shared.state();
+            state.dirty_since.get_or_insert_with(Instant::now);
+        }
+        self.shared.wake.notify_all();
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if !*started {
+            let worker = Worker {
+                boot: boot.clone(),
+                db_dir: self.db_dir.clone(),
+                store_dir: self.store_dir.clone(),
+                physical_store: self.physical_store.clone(),
+                shared: Arc::clone(&self.shared),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("arca-store-flusher".into())
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(_) => *started = true,
+                Err(error) => tracing::warn!("cannot start the store's flusher: {error}"),
+            }
+        }
+    }
+
+    /// The handle is being dropped: the thread flushes what is left at once and ends.
+    fn close(&self) {
+        self.shared.state().closing = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The flusher thread of one handle.
+struct Worker {
+    boot: String,
+    db_dir: PathBuf,
+    store_dir: StoreDir,
+    physical_store: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut registry: Option<Registry> = None;
+        loop {
+            let closing = {
+                let mut state = self.shared.state();
+                loop {
+                    match state.dirty_since {
+                        None if state.closing => return,
+                        None => {}
+                        Some(_) if state.closing => break,
+                        Some(since) => {
+                            let due = since + FLUSH_INTERVAL;
+                            let now = Instant::now();
+                            if now >= due {
+                                break;
+                            }
+                            state = self
+                                .shared
+                                .wake
+                                .wait_timeout(state, due - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                            continue;
+                        }
+                    }
+                    state = self
+                        .shared
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                state.dirty_since = None;
+                state.closing
+            };
+            if let Err(error) = self.flush(&mut registry) {
+                tracing::warn!("cannot flush the store to disk: {error}");
+            }
+            if closing && self.shared.state().dirty_since.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn flush(&self, registry: &mut Option<Registry>) -> Result<(), StoreError> {
+        if registry.is_none() {
+            *registry = Some(Registry::open(&self.db_dir, self.store_dir.clone())?);
+        }
+        let Some(registry) = registry.as_mut() else {
+            unreachable!("opened just above");
+        };
+        // Read before flushing: every record up to here belongs to a registration
+        // committed already, whose files were written before it.
+        let covered = registry.max_unsynced_id(&self.boot)?;
+        sync_filesystem(&self.physical_store)?;
+        if let Some(id) = covered {
+            registry.mark_synced(&self.boot, id)?;
+        }
+        Ok(())
     }
 }
 
@@ -137,20 +275,10 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Called after a registration: in deferred mode, flushes if the last flush is more
-    /// than a second old.
+    /// Called after a registration: in deferred mode, has the handle's thread flush it
+    /// within a second.
     pub(crate) fn after_register(&self) -> Result<(), StoreError> {
-        if self.flusher().boot().is_none() {
-            return Ok(());
-        }
-        let due = {
-            let mut state = self.flusher().state();
-            state.dirty = true;
-            state.last_flush.elapsed() >= FLUSH_INTERVAL
-        };
-        if due {
-            self.sync()?;
-        }
+        self.flusher().registered();
         Ok(())
     }
 
@@ -158,10 +286,27 @@ impl LocalStore {
     /// file system) to disk, and forgets their journal records. A no-op in immediate
     /// mode, or when nothing was registered since the last flush.
     pub fn sync(&self) -> Result<(), StoreError> {
-        if !self.flusher().state().dirty {
+        if self.flusher().shared.state().dirty_since.is_none() {
             return Ok(());
         }
         self.sync_now()
+    }
+
+    /// When the handle is dropped: its thread flushes what is left (not waited for), and
+    /// records of this boot older than [`FLUSH_AGE`] are flushed here and now.
+    pub(crate) fn on_drop(&self) -> Result<(), StoreError> {
+        self.flusher().close();
+        let Some(boot) = self.flusher().boot() else {
+            return Ok(());
+        };
+        let Some(oldest) = self.registry().oldest_unsynced_time(boot)? else {
+            return Ok(());
+        };
+        let age = crate::local_store::now().saturating_sub(oldest);
+        if u64::try_from(age).unwrap_or(0) >= FLUSH_AGE.as_secs() {
+            self.sync_now()?;
+        }
+        Ok(())
     }
 
     /// Flushes the file system now, whatever this handle did; in deferred mode, forgets
@@ -173,11 +318,7 @@ impl LocalStore {
         // Read before flushing: every record up to here belongs to a registration
         // committed already, whose files were written before it.
         let covered = self.registry().max_unsynced_id(boot)?;
-        {
-            let mut state = self.flusher().state();
-            state.dirty = false;
-            state.last_flush = Instant::now();
-        }
+        self.flusher().shared.state().dirty_since = None;
         sync_filesystem(self.physical_store())?;
         if let Some(id) = covered {
             self.registry().mark_synced(boot, id)?;

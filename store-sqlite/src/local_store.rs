@@ -78,13 +78,13 @@ pub struct LocalStore {
 }
 
 impl Drop for LocalStore {
-    /// Gives up the handle's temporary roots, then flushes what it registered (deferred
-    /// durability), so that a program that added paths and ended has them on disk, as
-    /// with immediate durability. The roots go first: a collector started right after a
-    /// daemon's client went away must not wait for (or be refused by) the flush.
+    /// Gives up the handle's temporary roots, then has its flusher thread flush what it
+    /// registered (deferred durability; see `durability.rs`: not waited for, unless the
+    /// journal holds old records). The roots go first: a collector started right after a
+    /// daemon's client went away must not wait for (or be refused by) a flush.
     fn drop(&mut self) {
         self.temp_roots.release();
-        if let Err(error) = self.sync() {
+        if let Err(error) = self.on_drop() {
             tracing::warn!("cannot flush the store to disk: {error}");
         }
     }
@@ -126,6 +126,12 @@ impl LocalStore {
         let registry = Registry::open(&state_dir.join("db"), options.store_dir.clone())?;
         let owner = nix::unistd::geteuid().is_root().then_some((0, 0));
         let temp_roots = TempRoots::new(&state_dir, options.store_dir.clone());
+        let flusher = Flusher::new(
+            options.durability,
+            &state_dir.join("db"),
+            &options.store_dir,
+            &physical_store,
+        );
         let store = LocalStore {
             root: root.to_owned(),
             options: options.clone(),
@@ -137,7 +143,7 @@ impl LocalStore {
             log_dir,
             registry: Mutex::new(registry),
             owner,
-            flusher: Flusher::new(options.durability),
+            flusher,
             auto_optimise: options.auto_optimise.into(),
             drv_hashes: Mutex::new(ModuloHashCache::new()),
             _big_lock: big_lock,
@@ -210,9 +216,20 @@ impl LocalStore {
         name: &str,
         progress: &(dyn Fn(AddProgress) + Sync),
     ) -> Result<StorePath, StoreError> {
-        let (nar_hash, nar_size) = hash_nar_of(source, &|bytes| {
-            progress(AddProgress::Hashing { bytes });
-        })?;
+        // The NAR is hashed first (a path valid already costs no write); a small one is
+        // kept, and restored from memory below, so that a small tree is walked once.
+        let mut kept = SmallNar::default();
+        let (nar_hash, nar_size) = {
+            let report = |bytes| progress(AddProgress::Hashing { bytes });
+            let mut sink = HashingWriter::new(&mut kept, &report);
+            arca_nar::dump_path(source, &mut sink, &source_dump_options()).map_err(|error| {
+                StoreError::Dump {
+                    path: source.display().to_string(),
+                    source: error,
+                }
+            })?;
+            sink.result()
+        };
         tracing::debug!("hashed '{}': {nar_size} bytes of NAR", source.display());
         let ca = ContentAddress::Fixed {
             method: ContentAddressMethod::Recursive,
@@ -237,6 +254,15 @@ impl LocalStore {
         let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
         info.ca = Some(ca);
         self.write_path(&info, |tree| {
+            if let Some(nar) = kept.bytes {
+                // Exactly what was hashed.
+                return arca_nar::restore(&nar[..], tree, &store_restore_options()).map_err(
+                    |error| StoreError::Restore {
+                        path: tree.display().to_string(),
+                        source: error,
+                    },
+                );
+            }
             // Copy by streaming the NAR of the source into a restore: one read of the
             // source, with exactly the semantics (symlinks kept, exec bits) of a NAR.
             let copied = copy_via_nar(source, tree, &|bytes| {
@@ -812,6 +838,38 @@ impl Write for Tee<'_> {
 
 /// A writer that hashes (sha256) and counts what passes through to `inner`, reporting
 /// the count to `progress` every MiB.
+/// A NAR kept in memory while it is small enough ([`SmallNar::LIMIT`]); past that,
+/// nothing is kept.
+#[derive(Default)]
+struct SmallNar {
+    bytes: Option<Vec<u8>>,
+    too_big: bool,
+}
+
+impl SmallNar {
+    /// NARs up to this size are kept (a store adding many small paths walks each once).
+    const LIMIT: usize = 1 << 20;
+}
+
+impl Write for SmallNar {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.too_big {
+            let bytes = self.bytes.get_or_insert_with(Vec::new);
+            if bytes.len() + buf.len() > SmallNar::LIMIT {
+                self.bytes = None;
+                self.too_big = true;
+            } else {
+                bytes.extend_from_slice(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 struct HashingWriter<'a, W> {
     inner: W,
     hasher: Hasher,

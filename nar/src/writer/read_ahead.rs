@@ -127,6 +127,10 @@ pub(super) enum Fetched {
     Failed(DumpError),
 }
 
+/// Up to this many walked items (entries, directory ends), a tree is dumped on the
+/// calling thread alone.
+const SMALL_TREE_ITEMS: usize = 512;
+
 /// A batch handed to the readers, with where to send it once read.
 type Job = (Batch, SyncSender<Batch>);
 
@@ -134,6 +138,27 @@ impl<W: Write> Dumper<'_, W> {
     /// Dumps the directory at `self.path` with the walker and `config.readers` readers on
     /// their own threads, encoding on this one.
     pub(super) fn dump_with_read_ahead(&mut self, config: &Config) -> Result<(), DumpError> {
+        // A small tree is walked and encoded on this thread, its files read as they are
+        // encoded: starting the threads would cost more than they save (a store adding
+        // many small paths starts none). The walk of a tree found too big on the way is
+        // thrown away and done again with the threads.
+        let mut small = Vec::new();
+        let mut items = 0;
+        let mut too_big = false;
+        walk::walk(&self.path.clone(), self.options, config, |batch| {
+            items += batch.items.len();
+            too_big = items > SMALL_TREE_ITEMS;
+            small.push(batch);
+            !too_big
+        });
+        if !too_big {
+            for Batch { items, contents } in small {
+                self.encode_items(items, &contents)?;
+            }
+            return Ok(());
+        }
+        drop(small);
+
         // The encoder takes batches from `order` in the walker's order; each is a
         // one-shot channel that a reader fills. Its bound is what bounds memory.
         let (order_sender, order) = mpsc::sync_channel::<Receiver<Batch>>(config.in_flight);

@@ -22,7 +22,7 @@
 //!   deletes it and marks it with `d`; a new owner that finds its freshly created file
 //!   non-empty after locking it lost that race and creates it again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -64,6 +64,8 @@ struct Inner {
     gc_lock: Option<File>,
     /// A connection to a running collector, kept for further roots.
     collector: Option<UnixStream>,
+    /// The roots in the file.
+    rooted: HashSet<String>,
 }
 
 impl TempRoots {
@@ -82,15 +84,26 @@ impl TempRoots {
         &self,
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // A root stays for the value's life: one added already needs nothing more.
         let full: Vec<String> = paths
             .into_iter()
             .map(|path| self.store_dir.display(path))
+            .filter(|full| !inner.rooted.contains(full))
             .collect();
         if full.is_empty() {
             return Ok(());
         }
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        self.ensure_file(&mut inner)?;
+        let result = self.add_new(&mut inner, &full);
+        if result.is_ok() {
+            inner.rooted.extend(full);
+        }
+        result
+    }
+
+    /// Adds roots that are not in the file yet.
+    fn add_new(&self, inner: &mut Inner, full: &[String]) -> Result<(), StoreError> {
+        self.ensure_file(inner)?;
         let lock_path = self.state_dir.join(GC_LOCK);
         if inner.gc_lock.is_none() {
             inner.gc_lock = Some(crate::lock::open_lock_file(&lock_path)?);
@@ -105,7 +118,7 @@ impl TempRoots {
                     let written = if appended {
                         Ok(())
                     } else {
-                        append(&mut inner, &full)
+                        append(inner, full)
                     };
                     let _ = inner.gc_lock.as_ref().map(File::unlock);
                     return written;
@@ -116,10 +129,10 @@ impl TempRoots {
             // Into the file first: a collector starting right after this one ends reads
             // it (after the acknowledgement would be too late for that one).
             if !appended {
-                append(&mut inner, &full)?;
+                append(inner, full)?;
                 appended = true;
             }
-            match self.tell_collector(&mut inner, &full) {
+            match self.tell_collector(inner, full) {
                 Ok(()) => return Ok(()),
                 Err(error) if is_collector_gone(&error) => {
                     inner.collector = None;
@@ -140,6 +153,7 @@ impl TempRoots {
             let _ = fs::remove_file(&path);
             drop(file);
         }
+        inner.rooted.clear();
     }
 
     /// Creates and locks this process's roots file, once.

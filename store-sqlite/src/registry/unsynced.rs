@@ -83,6 +83,23 @@ impl Registry {
         })
     }
 
+    /// When the oldest path recorded during `boot` was registered (seconds since the
+    /// epoch), if any.
+    pub fn oldest_unsynced_time(&self, boot: &str) -> Result<Option<i64>, StoreError> {
+        retry(|| {
+            if !table_exists(&self.conn)? {
+                return Ok(None);
+            }
+            Ok(self
+                .conn
+                .prepare_cached(
+                    "select min(v.registrationTime) from ArcaUnsynced u \
+                     join ValidPaths v on v.id = u.id where u.boot = ?",
+                )?
+                .query_row([boot], |row| row.get(0))?)
+        })
+    }
+
     /// Forgets the records of `boot` up to `id`: their files have been flushed.
     pub fn mark_synced(&mut self, boot: &str, id: i64) -> Result<(), StoreError> {
         let conn = &mut self.conn;
