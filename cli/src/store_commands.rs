@@ -258,12 +258,31 @@ pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
     match command {
         StoreCommand::AddPath(args) => {
-            for source in &args.paths {
-                let name = default_name(source, &args.name)?;
-                let bar = crate::progress::AddBar::new(source);
-                let path = store.add_path_with_progress(source, &name, &|p| bar.update(p))?;
+            let sources = args
+                .paths
+                .iter()
+                .map(|source| Ok((source.clone(), default_name(source, &args.name)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // One progress bar at a time, for the source being added.
+            let current: std::sync::Mutex<Option<(usize, crate::progress::AddBar)>> =
+                std::sync::Mutex::new(None);
+            let paths = store.add_paths(&sources, &|index, progress| {
+                let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+                if current.as_ref().map(|(shown, _)| *shown) != Some(index) {
+                    if let Some((_, bar)) = current.take() {
+                        bar.finish();
+                    }
+                    *current = Some((index, crate::progress::AddBar::new(&sources[index].0)));
+                }
+                if let Some((_, bar)) = current.as_ref() {
+                    bar.update(progress);
+                }
+            })?;
+            if let Some((_, bar)) = current.into_inner().unwrap_or_else(|p| p.into_inner()) {
                 bar.finish();
-                writeln!(out, "{}", store_dir.display(&path))?;
+            }
+            for path in &paths {
+                writeln!(out, "{}", store_dir.display(path))?;
             }
         }
         StoreCommand::AddFile(args) => {

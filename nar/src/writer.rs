@@ -120,7 +120,8 @@ pub enum DumpError {
 /// not be buffered. With several cores, a directory is walked on one thread while small
 /// files are read ahead on others and encoded in order on the calling thread (see
 /// `writer/read_ahead.rs`), which is what makes dumping many small files faster than Nix,
-/// which makes the same syscalls on one thread.
+/// which makes the same syscalls on one thread; a small tree (up to 512 walked items) is
+/// dumped on the calling thread alone.
 pub fn dump_path(
     path: &Path,
     out: &mut impl Write,

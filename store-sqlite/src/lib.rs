@@ -50,7 +50,7 @@ pub use built::{nar_hash_of, BuildScratch, BuiltPath, PublishedPaths, StagingDir
 pub use durability::{boot_id, Durability};
 pub use error::StoreError;
 pub use gc::{GcAction, GcOptions, GcProgress, GcReport, GcRoot, GcRootKind, TempRoots};
-pub use local_store::{AddProgress, LocalStore, StoreOptions};
+pub use local_store::{AddProgress, LocalStore, StoreOptions, ADD_BATCH};
 pub use lock::PathLock;
 pub use optimise::{LinksPruned, OptimiseOptions, OptimiseProgress, OptimiseReport};
 pub use queries::DerivationOutputs;

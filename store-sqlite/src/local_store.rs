@@ -216,8 +216,90 @@ impl LocalStore {
         name: &str,
         progress: &(dyn Fn(AddProgress) + Sync),
     ) -> Result<StorePath, StoreError> {
+        let paths = self.add_paths(&[(source.to_owned(), name.to_owned())], &|_, p| progress(p))?;
+        Ok(paths
+            .into_iter()
+            .next()
+            .expect("one path added, one path returned"))
+    }
+
+    /// Adds several trees as [`LocalStore::add_path`] does (`sources`: each tree and its
+    /// name), registering the new ones in one transaction per [`ADD_BATCH`] paths: what
+    /// makes `arca store add-path` of many small paths cheap. Returns each one's path, in
+    /// order. `progress` hears which source (its index) got how far. On an error, the
+    /// paths of the batch under way are not added (those of earlier batches are).
+    pub fn add_paths(
+        &self,
+        sources: &[(PathBuf, String)],
+        progress: &(dyn Fn(usize, AddProgress) + Sync),
+    ) -> Result<Vec<StorePath>, StoreError> {
+        let mut paths = Vec::with_capacity(sources.len());
+        for (chunk_index, chunk) in sources.chunks(ADD_BATCH).enumerate() {
+            let mut batch: Vec<(Staged, PathInfo)> = Vec::new();
+            let mut in_batch = BTreeSet::new();
+            let mut locks = Vec::new();
+            for (offset, (source, name)) in chunk.iter().enumerate() {
+                let index = chunk_index * ADD_BATCH + offset;
+                let hashed = self.hash_source(source, name, &|p| progress(index, p))?;
+                let path = hashed.info.path.clone();
+                paths.push(path.clone());
+                // Rooted before looking: a path found valid stays so for this handle's life.
+                self.add_temp_root(&path)?;
+                if in_batch.contains(&path) || self.registry().is_valid(&path)? {
+                    tracing::info!(
+                        "'{}' is in the store already as '{}'",
+                        source.display(),
+                        self.store_dir.display(&path)
+                    );
+                    continue;
+                }
+                // Locked before writing, so that two writers of one path copy it once: the
+                // second waits here and then finds it valid. Never waiting while holding
+                // the batch's other locks (two writers of overlapping sets would wait for
+                // each other): when the lock is taken, the batch so far is committed
+                // first.
+                let lock = match self.try_lock_path(&path)? {
+                    Some(lock) => lock,
+                    None => {
+                        if !batch.is_empty() {
+                            self.commit_batch(std::mem::take(&mut batch))?;
+                        }
+                        locks.clear();
+                        self.lock_path(&path)?
+                    }
+                };
+                if self.registry().is_valid(&path)? {
+                    continue;
+                }
+                tracing::info!(
+                    "adding '{}' as '{}'",
+                    source.display(),
+                    self.store_dir.display(&path)
+                );
+                let staged = Staged::new(&self.staging_dir)?;
+                self.write_source(source, &hashed, staged.tree(), &|p| progress(index, p))?;
+                in_batch.insert(path);
+                locks.push(lock);
+                batch.push((staged, hashed.info));
+            }
+            if !batch.is_empty() {
+                self.commit_batch(batch)?;
+            }
+            drop(locks);
+        }
+        Ok(paths)
+    }
+
+    /// Hashes the tree at `source` for [`LocalStore::add_paths`]: its path info as it
+    /// would be added, and its NAR when small (see [`SmallNar`]).
+    fn hash_source(
+        &self,
+        source: &Path,
+        name: &str,
+        progress: &(dyn Fn(AddProgress) + Sync),
+    ) -> Result<HashedSource, StoreError> {
         // The NAR is hashed first (a path valid already costs no write); a small one is
-        // kept, and restored from memory below, so that a small tree is walked once.
+        // kept, and restored from memory, so that a small tree is walked once.
         let mut kept = SmallNar::default();
         let (nar_hash, nar_size) = {
             let report = |bytes| progress(AddProgress::Hashing { bytes });
@@ -236,52 +318,49 @@ impl LocalStore {
             hash: nar_hash.clone(),
         };
         let path = ca.store_path(&self.store_dir, name, &BTreeSet::new(), false)?;
-        // Rooted before looking: a path found valid stays so for this handle's life.
-        self.add_temp_root(&path)?;
-        if self.registry().is_valid(&path)? {
-            tracing::info!(
-                "'{}' is in the store already as '{}'",
-                source.display(),
-                self.store_dir.display(&path)
-            );
-            return Ok(path);
-        }
-        tracing::info!(
-            "adding '{}' as '{}'",
-            source.display(),
-            self.store_dir.display(&path)
-        );
-        let mut info = PathInfo::new(path.clone(), nar_hash, nar_size);
+        let mut info = PathInfo::new(path, nar_hash, nar_size);
         info.ca = Some(ca);
-        self.write_path(&info, |tree| {
-            if let Some(nar) = kept.bytes {
-                // Exactly what was hashed.
-                return arca_nar::restore(&nar[..], tree, &store_restore_options()).map_err(
-                    |error| StoreError::Restore {
-                        path: tree.display().to_string(),
-                        source: error,
-                    },
-                );
-            }
-            // Copy by streaming the NAR of the source into a restore: one read of the
-            // source, with exactly the semantics (symlinks kept, exec bits) of a NAR.
-            let copied = copy_via_nar(source, tree, &|bytes| {
-                progress(AddProgress::Copying {
-                    bytes,
-                    total: nar_size,
-                });
-            })?;
-            // The source may have changed since it was hashed: what is stored must be
-            // what is registered.
-            if copied != (info.nar_hash.clone(), info.nar_size) {
-                return Err(StoreError::Io {
-                    path: source.to_owned(),
-                    source: io::Error::other("the path changed while it was being added"),
-                });
-            }
-            Ok(())
+        Ok(HashedSource {
+            info,
+            nar: kept.bytes,
+        })
+    }
+
+    /// Writes the tree at `source`, hashed as `hashed`, at `tree` (a staging tree).
+    fn write_source(
+        &self,
+        source: &Path,
+        hashed: &HashedSource,
+        tree: &Path,
+        progress: &(dyn Fn(AddProgress) + Sync),
+    ) -> Result<(), StoreError> {
+        if let Some(nar) = &hashed.nar {
+            // Exactly what was hashed.
+            return arca_nar::restore(&nar[..], tree, &store_restore_options()).map_err(|error| {
+                StoreError::Restore {
+                    path: tree.display().to_string(),
+                    source: error,
+                }
+            });
+        }
+        let info = &hashed.info;
+        // Copy by streaming the NAR of the source into a restore: one read of the
+        // source, with exactly the semantics (symlinks kept, exec bits) of a NAR.
+        let copied = copy_via_nar(source, tree, &|bytes| {
+            progress(AddProgress::Copying {
+                bytes,
+                total: info.nar_size,
+            });
         })?;
-        Ok(path)
+        // The source may have changed since it was hashed: what is stored must be what
+        // is registered.
+        if copied != (info.nar_hash.clone(), info.nar_size) {
+            return Err(StoreError::Io {
+                path: source.to_owned(),
+                source: io::Error::other("the path changed while it was being added"),
+            });
+        }
+        Ok(())
     }
 
     /// Adds a regular file as a flat fixed-output path (`nix-store --add-fixed ALGO`).
@@ -838,6 +917,16 @@ impl Write for Tee<'_> {
 
 /// A writer that hashes (sha256) and counts what passes through to `inner`, reporting
 /// the count to `progress` every MiB.
+/// How many new paths [`LocalStore::add_paths`] registers in one transaction (each holds
+/// its lock, a descriptor, until then).
+pub const ADD_BATCH: usize = 256;
+
+/// A tree hashed for adding: its path info, and its NAR when small.
+struct HashedSource {
+    info: PathInfo,
+    nar: Option<Vec<u8>>,
+}
+
 /// A NAR kept in memory while it is small enough ([`SmallNar::LIMIT`]); past that,
 /// nothing is kept.
 #[derive(Default)]
