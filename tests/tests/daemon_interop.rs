@@ -2035,3 +2035,36 @@ fn dry_run_through_arca_daemon_lists_what_nix_daemon_lists() {
         "--realise --dry-run: arca daemon (left), nix-daemon (right)"
     );
 }
+
+/// An idle daemon connection's adds reach the disk within about a second (issue #15):
+/// the connection's flusher thread flushes them and empties the unsynced journal while
+/// the client, still connected, sends nothing more.
+#[test]
+fn an_idle_connections_adds_are_flushed_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::arca(dir.path(), &[]);
+    let mut client = connected(&daemon);
+    let path = client
+        .add_text_to_store("flushed", b"reaches the disk\n", &[])
+        .unwrap()
+        .unwrap();
+    let db = daemon.root().join("nix/var/nix/db/db.sqlite");
+    let journalled = || -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("select count(*) from ArcaUnsynced", [], |row| row.get(0))
+            .unwrap()
+    };
+    assert_eq!(journalled(), 1, "the add is journalled, not flushed inline");
+    let start = Instant::now();
+    while journalled() > 0 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(journalled(), 0, "the add is still journalled after 5 s");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "flushed only after {:?}",
+        start.elapsed()
+    );
+    // The connection is still there, and so is the path.
+    assert_eq!(client.is_valid_path(&path).unwrap(), Ok(true));
+}
