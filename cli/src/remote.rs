@@ -33,7 +33,12 @@ pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
                     drop(writer);
                     result
                 });
-                let added = client.add_dump(&name, "fixed:r:sha256", &BTreeSet::new(), &mut reader);
+                let added = client.add_dump(
+                    &name,
+                    arca_store_core::AddressingMethod::NIX_STORE_ADD,
+                    &BTreeSet::new(),
+                    &mut reader,
+                );
                 drop(reader);
                 let dumped = dumper
                     .join()
@@ -46,8 +51,11 @@ pub fn run(command: StoreCommand, client: &DaemonClient) -> anyhow::Result<()> {
             let name = default_name(&args.file, &args.name)?;
             let mut file = std::fs::File::open(&args.file)
                 .with_context(|| format!("cannot open '{}'", args.file.display()))?;
-            let method = format!("fixed:{}", args.algo);
-            let path = client.add_dump(&name, &method, &BTreeSet::new(), &mut file)?;
+            let method = arca_store_core::AddressingMethod::Fixed(
+                arca_store_core::ContentAddressMethod::Flat,
+                args.algo,
+            );
+            let path = client.add_dump(&name, method, &BTreeSet::new(), &mut file)?;
             writeln!(out, "{}", store_dir.display(&path))?;
         }
         StoreCommand::Export(args) => {

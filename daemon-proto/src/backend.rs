@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use arca_build::{BuildEvent, BuildOptions, BuildResult, BuildTarget, Settings};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{
-    ContentAddress, ContentAddressMethod, DrvOutput, HashAlgo, Hasher, PathInfo, Realisation,
-    Signature, Store, StoreDir, StorePath,
+    AddressingMethod, ContentAddress, ContentAddressMethod, DrvOutput, HashAlgo, Hasher, PathInfo,
+    Realisation, Signature, Store, StoreDir, StorePath,
 };
 use arca_store_sqlite::{GcAction, GcOptions, LocalStore, OptimiseOptions, VerifyOptions};
 
@@ -215,13 +215,12 @@ where
         Ok(graph)
     }
 
-    /// Adds a content-addressed path from a dump: `method` is Nix's content address
-    /// method with algorithm (`text:sha256`, `fixed:sha256`, `fixed:r:sha256`, …); the
-    /// dump is the file's bytes for flat and text methods, a NAR for recursive ones.
+    /// Adds a content-addressed path from a dump, addressed by `method`; the dump is the
+    /// file's bytes for flat and text methods, a NAR for recursive ones.
     fn add_dump(
         &self,
         name: &str,
-        method: &str,
+        method: AddressingMethod,
         references: &BTreeSet<StorePath>,
         dump: &mut dyn Read,
     ) -> Result<StorePath, StoreOpError>;
@@ -405,16 +404,15 @@ impl DaemonStore for LocalStore {
     fn add_dump(
         &self,
         name: &str,
-        method: &str,
+        method: AddressingMethod,
         references: &BTreeSet<StorePath>,
         dump: &mut dyn Read,
     ) -> Result<StorePath, StoreOpError> {
-        let (method, algo) = method
-            .rsplit_once(':')
-            .ok_or_else(|| refuse(format!("invalid content address method '{method}'")))?;
-        let algo = HashAlgo::from_name(algo).map_err(refuse)?;
         match method {
-            "text" => {
+            AddressingMethod::Text(algo) if algo != HashAlgo::Sha256 => Err(refuse(format!(
+                "content address method '{method}' is not supported: text paths are hashed with sha256"
+            ))),
+            AddressingMethod::Text(_) => {
                 // Held in memory whole (its hash names the path): bounded, and refused
                 // rather than cut when longer (the server drains the rest of the frames).
                 const MAX_TEXT: u64 = 64 << 20;
@@ -431,15 +429,15 @@ impl DaemonStore for LocalStore {
                 self.add_text_path(name, &contents, references)
                     .map_err(refuse)
             }
-            "fixed" | "fixed:r" if !references.is_empty() => {
+            AddressingMethod::Fixed(..) if !references.is_empty() => {
                 Err(refuse("a fixed-output path cannot have references"))
             }
-            "fixed" => {
+            AddressingMethod::Fixed(ContentAddressMethod::Flat, algo) => {
                 let spool = spool(self, dump)?;
                 self.add_fixed_file(spool.file.path(), name, algo)
                     .map_err(refuse)
             }
-            "fixed:r" => {
+            AddressingMethod::Fixed(ContentAddressMethod::Recursive, algo) => {
                 // Spool the NAR, hashing it for its NAR hash (sha256) and for its
                 // content address (`algo`) on the way; the path follows from the latter.
                 // Small NARs (the common case: one source file) stay in memory.
@@ -479,9 +477,6 @@ impl DaemonStore for LocalStore {
                 self.add_nar_embedded(&info, &mut nar).map_err(refuse)?;
                 Ok(path)
             }
-            _ => Err(refuse(format!(
-                "content address method '{method}:{algo}' is not supported"
-            ))),
         }
     }
 

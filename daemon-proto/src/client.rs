@@ -8,7 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Mutex;
 
-use arca_store_core::{ContentAddress, Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath};
+use arca_store_core::{
+    AddressingMethod, ContentAddress, Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath,
+};
 
 use crate::protocol::{self, minor, stderr, Op};
 use crate::wire::{
@@ -347,13 +349,13 @@ impl DaemonClient {
         })
     }
 
-    /// Adds a content-addressed path from a dump (`method`: `fixed:r:sha256` with a
-    /// NAR, `fixed:ALGO` with a file's bytes, `text:sha256` with a text), as
-    /// `nix-store --add` does through a daemon. Needs protocol 1.25.
+    /// Adds a content-addressed path from a dump (a NAR for `fixed:r:ALGO`, a file's
+    /// bytes for `fixed:ALGO`, a text for `text:sha256`), as `nix-store --add` does
+    /// through a daemon. Needs protocol 1.25.
     pub fn add_dump(
         &self,
         name: &str,
-        method: &str,
+        method: AddressingMethod,
         references: &BTreeSet<StorePath>,
         dump: &mut dyn Read,
     ) -> Result<StorePath, ClientError> {
@@ -366,7 +368,7 @@ impl DaemonClient {
             let to = &mut connection.to;
             to.write_u64(Op::AddToStore as u64)?;
             to.write_str(name)?;
-            to.write_str(method)?;
+            to.write_str(&method.to_string())?;
             let references: Vec<String> = references.iter().map(|r| store_dir.display(r)).collect();
             to.write_strings(references.iter())?;
             to.write_bool(false)?; // repair

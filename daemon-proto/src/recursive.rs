@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arca_build::{BuildEvent, RecursiveNix, RecursiveSession, Settings};
 use arca_store_core::derivation::Derivation;
-use arca_store_core::{PathInfo, Store, StoreDir, StorePath};
+use arca_store_core::{AddressingMethod, PathInfo, Store, StoreDir, StorePath};
 use arca_store_sqlite::{LocalStore, StoreError, StoreOptions};
 
 use crate::backend::{BuildMode, BuildOutcomes, DaemonStore, DerivedPath, GcRequest, StoreOpError};
@@ -257,7 +257,7 @@ impl DaemonStore for RestrictedStore<'_> {
     fn add_dump(
         &self,
         name: &str,
-        method: &str,
+        method: AddressingMethod,
         references: &BTreeSet<StorePath>,
         dump: &mut dyn Read,
     ) -> Result<StorePath, StoreOpError> {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use arca_build::{BuildEvent, Settings};
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
-    ContentAddressMethod, DrvOutput, Hash, HashAlgo, PathInfo, Realisation, Signature,
-    SignatureError, StorePath,
+    AddressingMethod, ContentAddressMethod, DrvOutput, Hash, HashAlgo, PathInfo, Realisation,
+    Signature, SignatureError, StorePath,
 };
 
 use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
@@ -1115,20 +1115,18 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 (true, "sha256".into())
             };
             let mut nar = spool_nar(self.from.get_mut())?;
+            // The NAR is spooled: an error from here on leaves the connection in step.
+            let algo = HashAlgo::from_name(&algo).map_err(op_error)?;
             let result = if recursive {
-                store.add_dump(
-                    &name,
-                    &format!("fixed:r:{algo}"),
-                    &BTreeSet::new(),
-                    &mut nar,
-                )
+                let method = AddressingMethod::Fixed(ContentAddressMethod::Recursive, algo);
+                store.add_dump(&name, method, &BTreeSet::new(), &mut nar)
             } else {
                 let mut reader =
                     arca_nar::NarReader::new(io::BufReader::new(nar), arca_nar::Limits::default());
                 match reader.next() {
                     Ok(Some(arca_nar::Event::Regular { .. })) => store.add_dump(
                         &name,
-                        &format!("fixed:{algo}"),
+                        AddressingMethod::Fixed(ContentAddressMethod::Flat, algo),
                         &BTreeSet::new(),
                         &mut reader.contents(),
                     ),
@@ -1146,7 +1144,9 @@ impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
         let _repair = self.from.read_bool("repair")?;
         let max_frame = self.from.limits().max_frame;
         let mut dump = FramedReader::new(self.from.get_mut(), max_frame);
-        let result = store.add_dump(&name, &method, &references, &mut dump);
+        let result = AddressingMethod::parse(&method)
+            .map_err(op_error)
+            .and_then(|method| Ok(store.add_dump(&name, method, &references, &mut dump)?));
         // Whatever happened, the rest of the dump must be read to stay in step.
         dump.drain()?;
         let path = result?;

@@ -90,7 +90,7 @@ impl DaemonStore for OnePathStore {
     fn add_dump(
         &self,
         name: &str,
-        _: &str,
+        _: arca_store_core::AddressingMethod,
         _: &BTreeSet<StorePath>,
         dump: &mut dyn Read,
     ) -> Result<StorePath, StoreOpError> {

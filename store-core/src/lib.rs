@@ -45,7 +45,9 @@ pub mod store_path;
 
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
-pub use path_info::{ContentAddress, ContentAddressError, PathInfo};
+pub use path_info::{
+    AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,
+};
 pub use realisation::{DrvOutput, Realisation, RealisationError};
 pub use signature::{KeyError, PublicKey, SecretKey, Signature, SignatureError};
 pub use store::{dependency_order, Store};

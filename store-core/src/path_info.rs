@@ -21,6 +21,51 @@ pub enum ContentAddress {
     },
 }
 
+/// How a dump added to a store is to be addressed (Nix's `ContentAddressMethodWithAlgo`,
+/// what `AddToStore` names): `text:ALGO` (the dump is the text), `fixed:ALGO` (a file's
+/// bytes) or `fixed:r:ALGO` (a NAR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressingMethod {
+    Text(HashAlgo),
+    Fixed(ContentAddressMethod, HashAlgo),
+}
+
+/// A method that is not `text:ALGO`, `fixed:ALGO` or `fixed:r:ALGO`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid content address method '{0}' (expected text:ALGO, fixed:ALGO or fixed:r:ALGO)")]
+pub struct InvalidAddressingMethod(pub String);
+
+impl AddressingMethod {
+    /// `fixed:r:sha256`, what `nix-store --add` uses.
+    pub const NIX_STORE_ADD: AddressingMethod =
+        AddressingMethod::Fixed(ContentAddressMethod::Recursive, HashAlgo::Sha256);
+
+    pub fn parse(text: &str) -> Result<AddressingMethod, InvalidAddressingMethod> {
+        let invalid = || InvalidAddressingMethod(text.to_owned());
+        let algo = |name: &str| HashAlgo::from_name(name).map_err(|_| invalid());
+        if let Some(name) = text.strip_prefix("text:") {
+            return Ok(AddressingMethod::Text(algo(name)?));
+        }
+        let body = text.strip_prefix("fixed:").ok_or_else(invalid)?;
+        Ok(match body.strip_prefix("r:") {
+            Some(name) => AddressingMethod::Fixed(ContentAddressMethod::Recursive, algo(name)?),
+            None => AddressingMethod::Fixed(ContentAddressMethod::Flat, algo(body)?),
+        })
+    }
+}
+
+/// As Nix writes it: `text:sha256`, `fixed:sha1`, `fixed:r:sha256`.
+impl fmt::Display for AddressingMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressingMethod::Text(algo) => write!(f, "text:{algo}"),
+            AddressingMethod::Fixed(method, algo) => {
+                write!(f, "fixed:{}{algo}", method.prefix())
+            }
+        }
+    }
+}
+
 /// Why a content address could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ContentAddressError {
@@ -174,6 +219,33 @@ impl PathInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addressing_methods_print_and_parse_as_nix_writes_them() {
+        for text in [
+            "text:sha256",
+            "fixed:sha1",
+            "fixed:r:sha256",
+            "fixed:md5",
+            "fixed:r:sha512",
+        ] {
+            assert_eq!(AddressingMethod::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(
+            AddressingMethod::parse("fixed:r:sha256").unwrap(),
+            AddressingMethod::NIX_STORE_ADD
+        );
+        for bad in [
+            "",
+            "fixed",
+            "fixed:r:",
+            "text:sha3",
+            "nar:sha256",
+            "fixed:r:r:sha256",
+        ] {
+            assert!(AddressingMethod::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn content_addresses_round_trip_through_nix_text() {
