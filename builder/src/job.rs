@@ -241,7 +241,7 @@ impl Job<'_> {
         let result = self.build_in(&mut work, &build_dir, &mut log, leftovers);
         let tail = log.tail();
         if let Err(error) = &result {
-            log.note(&format!("error: {error}"));
+            log.record(&format!("error: {error}"));
             if self.options.keep_failed {
                 log.note(&format!(
                     "note: keeping build directory '{}'",

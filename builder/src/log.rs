@@ -76,7 +76,20 @@ impl<'a> LogSink<'a> {
         })
     }
 
-    /// Adds a line of Arca's own (a post-build failure) to the log, as Nix does.
+    /// Adds a line of Arca's own to the stored log only: the error that ended the build,
+    /// which the caller reports itself (shown once, not also as a log line).
+    pub fn record(&mut self, message: &str) {
+        if let Some((writer, _, _)) = &mut self.file {
+            let separator = if self.lines.partial.is_empty() {
+                ""
+            } else {
+                "\n"
+            };
+            let _ = write!(writer, "{separator}{message}\n");
+        }
+    }
+
+    /// Adds a line of Arca's own (a post-build note) to the log and the displayed lines.
     pub fn note(&mut self, message: &str) {
         let separator = if self.lines.partial.is_empty() {
             ""
@@ -371,7 +384,8 @@ mod tests {
         let mut sink = LogSink::create(dir.path(), &drv, dir.path(), &mut on_line).unwrap();
         sink.write_all(b"one\ntw").unwrap();
         sink.write_all(b"o\nthree").unwrap();
-        sink.note("error: it failed");
+        sink.note("note: kept");
+        sink.record("error: it failed");
         let tail = sink.tail();
         let path = sink.finish().unwrap().complete().unwrap();
         assert_eq!(
@@ -379,11 +393,11 @@ mod tests {
             dir.path()
                 .join("vv/6zc7aa5dmqwl4lhir98z10a6kd88hn-probe.drv.bz2")
         );
-        assert_eq!(lines, ["one", "two", "three", "error: it failed"]);
+        assert_eq!(lines, ["one", "two", "three", "note: kept"]);
         assert_eq!(tail, lines);
         assert_eq!(
             read_log(dir.path(), &drv).unwrap(),
-            b"one\ntwo\nthree\nerror: it failed\n"
+            b"one\ntwo\nthree\nnote: kept\nerror: it failed\n"
         );
     }
 }

@@ -23,7 +23,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CStr, OsStr};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
@@ -167,6 +167,9 @@ pub(crate) struct ChildFds {
 /// Everything the children read, prepared by the parent before `fork()`.
 pub(crate) struct ChildContext<'a> {
     pub plan: &'a Plan,
+    /// Every descriptor the keeper keeps (those of `fds` and the plan's held
+    /// directories), sorted.
+    pub keep: &'a [RawFd],
     pub fds: ChildFds,
     pub parent_pid: libc::pid_t,
     pub caller_is_root: bool,
@@ -285,8 +288,7 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     }
     // Another thread of the parent may have forked with descriptors of its own open;
     // keep only ours, or a concurrent run could hold our output pipe open.
-    close_all_except(&[fds.status, fds.go, fds.exec, fds.output, fds.dev_null])
-        .map_err(|errno| (Step::FileDescriptors, 0, errno))?;
+    close_all_except(context.keep).map_err(|errno| (Step::FileDescriptors, 0, errno))?;
 
     // A cgroup namespace too: `/proc/self/cgroup` then names the build's own cgroup
     // `/`, not the host's hierarchy (which would show the supervisor's place and pid).
@@ -407,6 +409,25 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         if unsafe { libc::dup2(from, to) } < 0 {
             return Err((Step::FileDescriptors, 0, Errno::last()));
         }
+    }
+
+    // The bind sources' directories, opened in this mount namespace by the caller's
+    // identity (see `HeldDir`).
+    for held in &plan.held {
+        // SAFETY: a NUL-terminated path; the new descriptor is moved and closed below.
+        let fd = unsafe {
+            libc::open(
+                held.path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        let target = held.fd.as_raw_fd();
+        // SAFETY: dup3 and close on descriptors this process owns.
+        if fd < 0 || unsafe { libc::dup3(fd, target, libc::O_CLOEXEC) } < 0 {
+            return Err((Step::Layout, held.op as u32, Errno::last()));
+        }
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
     }
 
     if plan.unshare_user {
@@ -760,14 +781,10 @@ fn reset_signals() {
     }
 }
 
-/// Closes every descriptor from 3 up except `keep` (at most 8 of them).
+/// Closes every descriptor from 3 up except `keep` (sorted).
 fn close_all_except(keep: &[RawFd]) -> nix::Result<()> {
-    let mut sorted = [RawFd::MAX; 8];
-    let count = keep.len().min(sorted.len());
-    sorted[..count].copy_from_slice(&keep[..count]);
-    sorted[..count].sort_unstable();
     let mut next: RawFd = 3;
-    for &fd in &sorted[..count] {
+    for &fd in keep {
         if fd > next {
             close_range(next as u32, (fd - 1) as u32, 0)?;
         }

@@ -2,9 +2,11 @@
 //! file contents), so that the forked child only walks the list: after `fork()` in a
 //! multi-threaded parent the child may not allocate or take locks (see `child.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -68,6 +70,21 @@ pub(crate) struct Plan {
     pub uid: u32,
     pub gid: u32,
     pub umask: u32,
+    /// The bind sources' parent directories, which the mounts name as
+    /// `/proc/self/fd/N/NAME` (see [`Builder::reachable`]).
+    pub held: Vec<HeldDir>,
+}
+
+/// A directory the sandbox's mounts reach through a descriptor number.
+#[derive(Debug)]
+pub(crate) struct HeldDir {
+    /// Opened by the parent, only to reserve the number (and fail early): a mount source
+    /// must belong to the mount namespace of the caller, so init opens the directory
+    /// again in its own namespace, before it changes identity, and puts it on this number.
+    pub fd: OwnedFd,
+    pub path: CString,
+    /// The first op that names it (for errors).
+    pub op: usize,
 }
 
 const DEVICES: [&str; 6] = ["full", "null", "random", "tty", "urandom", "zero"];
@@ -84,6 +101,7 @@ impl Plan {
             descriptions: Vec::new(),
             dirs: BTreeSet::new(),
             tmpfs_size: spec.limits.tmpfs_size,
+            held: BTreeMap::new(),
         };
         builder.dirs.insert(PathBuf::from("/"));
         builder.dev(spec.devices.kvm)?;
@@ -157,6 +175,7 @@ impl Plan {
             uid: spec.identity.uid,
             gid: spec.identity.gid,
             umask: spec.umask & 0o777,
+            held: builder.held.into_values().collect(),
         })
     }
 }
@@ -169,6 +188,8 @@ struct Builder {
     dirs: BTreeSet<PathBuf>,
     /// The size of a tmpfs that names none.
     tmpfs_size: TmpfsSize,
+    /// Directories opened for [`Builder::reachable`], by path.
+    held: BTreeMap<PathBuf, HeldDir>,
 }
 
 impl Builder {
@@ -186,6 +207,47 @@ impl Builder {
             self.root.join(relative)
         };
         cstring("target", joined.as_os_str())
+    }
+
+    /// A name for `source` that the sandbox user can follow even where it cannot search
+    /// an ancestor directory: root's store under a 0700 `$HOME`, for one. Init opens the
+    /// parent while it still has the caller's identity and the mount names the source as
+    /// `/proc/self/fd/N/NAME`: the kernel jumps to the open directory without checking the
+    /// directories above it. One descriptor per parent (all store paths share one).
+    fn reachable(&mut self, source: &Path) -> Result<CString, SandboxError> {
+        let (Some(parent), Some(name)) = (source.parent(), source.file_name()) else {
+            return cstring("bind source", source.as_os_str());
+        };
+        let fd = match self.held.get(parent) {
+            Some(held) => held.fd.as_raw_fd(),
+            None => {
+                let missing = |_| SandboxError::MissingSource {
+                    path: source.to_path_buf(),
+                };
+                let opened = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(parent)
+                    .map_err(missing)?;
+                let mut fd = OwnedFd::from(opened);
+                if fd.as_raw_fd() <= 2 {
+                    // Init puts its own stdio on 0-2 before it mounts. (`try_clone`
+                    // duplicates with F_DUPFD_CLOEXEC from 3 up.)
+                    fd = fd.try_clone().map_err(missing)?;
+                }
+                let raw = fd.as_raw_fd();
+                let held = HeldDir {
+                    fd,
+                    path: cstring("bind source", parent.as_os_str())?,
+                    op: self.ops.len(),
+                };
+                self.held.insert(parent.to_path_buf(), held);
+                raw
+            }
+        };
+        let mut via = format!("/proc/self/fd/{fd}/").into_bytes();
+        via.extend_from_slice(name.as_bytes());
+        cstring("bind source", OsStr::from_bytes(&via))
     }
 
     /// `mkdir -p` of an inside path: every missing ancestor (0755), then the path.
@@ -302,7 +364,6 @@ impl Builder {
                 optional,
             } => {
                 check_absolute("bind source", source)?;
-                let source_c = cstring("bind source", source.as_os_str())?;
                 // A symlink is recreated, not followed (as Nix does): a store path that is
                 // a link to `/` must not bind the host's root.
                 if let Ok(link) = std::fs::read_link(source) {
@@ -342,6 +403,7 @@ impl Builder {
                     let path = self.host(target)?;
                     self.push(Op::Touch { path }, format!("creating {}", target.display()));
                 }
+                let source_c = self.reachable(source)?;
                 let target_c = self.host(target)?;
                 let what = format!("bind-mounting {} on {}", source.display(), target.display());
                 self.push(

@@ -4,7 +4,7 @@
 use std::ffi::c_char;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,8 +65,21 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
             .map_err(|e| host("opening /dev/null", e))?
             .into(),
     )?;
+    // The descriptors the keeper keeps, sorted (it may not allocate to sort them).
+    let mut keep: Vec<RawFd> = [
+        status_write.as_raw_fd(),
+        go_read.as_raw_fd(),
+        exec_write.as_raw_fd(),
+        output_write.as_raw_fd(),
+        dev_null.as_raw_fd(),
+    ]
+    .into_iter()
+    .chain(plan.held.iter().map(|held| held.fd.as_raw_fd()))
+    .collect();
+    keep.sort_unstable();
     let context = ChildContext {
         plan: &plan,
+        keep: &keep,
         fds: ChildFds {
             status: status_write.as_raw_fd(),
             go: go_read.as_raw_fd(),
