@@ -85,7 +85,7 @@ impl<'a> LogSink<'a> {
             } else {
                 "\n"
             };
-            let _ = write!(writer, "{separator}{message}\n");
+            let _ = writeln!(writer, "{separator}{message}");
         }
     }
 
