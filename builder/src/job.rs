@@ -26,7 +26,10 @@ use crate::build_user::{BuildUser, PoolUser};
 use crate::environment::{build_environment, placeholder_rewrites, rewrite, SANDBOX_BUILD_DIR};
 use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
-use crate::types::{BuildError, BuildEvent, BuildOptions, SandboxMode};
+use arca_store_core::settings::host_system;
+use arca_store_core::{BuildEvent, SandboxMode};
+
+use crate::types::{BuildError, BuildOptions};
 
 /// The builtin builders Arca runs (`builtin:NAME`), see [`crate::builtins`].
 const BUILTINS: &[&str] = &["buildenv", "fetchurl"];
@@ -1927,11 +1930,6 @@ fn tun_usable() -> bool {
             .open("/dev/net/tun")
             .is_ok()
     })
-}
-
-/// The Nix system name of this machine (`x86_64-linux`, `aarch64-linux`, ...).
-pub(crate) fn host_system() -> String {
-    format!("{}-linux", std::env::consts::ARCH)
 }
 
 /// Puts the log's last lines into a builder failure.

@@ -57,10 +57,11 @@ mod log;
 mod pending;
 mod rewrite;
 mod scheduler;
-mod settings;
 mod structured_attrs;
 mod types;
 
+pub use arca_store_core::settings::{SandboxMode, SettingError, Settings, SettingsError};
+pub use arca_store_core::BuildEvent;
 pub use build_user::{BuildUsers, IDS_PER_SLOT};
 pub use environment::{
     build_environment, prefers_local_build, substitutes_allowed, BuildEnvironment,
@@ -68,9 +69,7 @@ pub use environment::{
 };
 pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
 pub use scheduler::{build, build_derivation};
-pub use settings::{SettingError, Settings, SettingsError};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
 pub use types::{
-    BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget, RecursiveNix, RecursiveSession,
-    SandboxMode,
+    BuildError, BuildOptions, BuildResult, BuildTarget, RecursiveNix, RecursiveSession,
 };

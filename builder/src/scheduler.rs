@@ -11,7 +11,9 @@ use arca_store_sqlite::{LocalStore, PublishedPaths};
 
 use crate::job::{Job, JobOutcome};
 use crate::pending::Pending;
-use crate::types::{BuildError, BuildEvent, BuildOptions, BuildResult, BuildTarget};
+use arca_store_core::BuildEvent;
+
+use crate::types::{BuildError, BuildOptions, BuildResult, BuildTarget};
 
 /// Builds `targets` (and whatever they need that is not valid) in `store`, calling
 /// `on_event` on the calling thread as things happen. Returns what became of every

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use arca_sandbox::SandboxError;
 use arca_store_core::derivation::OutputName;
-use arca_store_core::{Hash, StorePath};
+use arca_store_core::settings::{default_system_features, SettingsError};
+use arca_store_core::{Hash, SandboxMode, Settings, StorePath};
 use arca_store_sqlite::StoreError;
 
 /// One thing to build: a derivation and which of its outputs (all when `None`).
@@ -142,123 +143,6 @@ pub trait RecursiveNix: Send + Sync + std::fmt::Debug {
 pub trait RecursiveSession: Send {
     /// The paths the build added or built through the daemon so far.
     fn added(&self) -> BTreeSet<StorePath>;
-}
-
-/// Nix's default `system-features` on this machine.
-pub(crate) fn default_system_features() -> BTreeSet<String> {
-    let mut features: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
-        .into_iter()
-        .map(String::from)
-        .collect();
-    if std::path::Path::new("/dev/kvm").exists() {
-        features.insert("kvm".into());
-    }
-    features
-}
-
-/// Whether builds run in the sandbox: Nix's `sandbox = true | false | relaxed`.
-///
-/// Unsandboxed, a builder runs as Nix runs it with `sandbox = false`: on the host's file
-/// system and network, in a build directory of its own under
-/// [`BuildOptions::build_dir_parent`], writing its outputs straight to their store
-/// paths, as the caller's user (a root caller runs it as root, as Nix does with an empty
-/// `build-users-group`), with the same limits, output checks, reference scanning and
-/// registration as a sandboxed build. A store whose files are not at its logical store
-/// dir (a `local?root=` store) is always built in the sandbox, as Nix does on Linux, and
-/// so is a rebuild of outputs that are valid already (`check`, `repair`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SandboxMode {
-    /// Every build in the sandbox; a derivation asking for `__noChroot` fails.
-    #[default]
-    Enabled,
-    /// No build in the sandbox.
-    Disabled,
-    /// In the sandbox, except derivations with `__noChroot = true`.
-    Relaxed,
-}
-
-impl std::str::FromStr for SandboxMode {
-    type Err = String;
-
-    /// Nix's spellings: `true`, `false`, `relaxed`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "true" => Ok(SandboxMode::Enabled),
-            "false" => Ok(SandboxMode::Disabled),
-            "relaxed" => Ok(SandboxMode::Relaxed),
-            other => Err(format!(
-                "'{other}' is not a sandbox mode (true, false or relaxed)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for SandboxMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SandboxMode::Enabled => "true",
-            SandboxMode::Disabled => "false",
-            SandboxMode::Relaxed => "relaxed",
-        })
-    }
-}
-
-/// What happens during [`crate::build`], in order per derivation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BuildEvent {
-    /// The work is known: how many derivations will be built.
-    Planned {
-        /// Derivations to build.
-        to_build: usize,
-    },
-    /// A builder started.
-    Started {
-        /// The derivation.
-        drv: StorePath,
-    },
-    /// One line of a builder's output (escape sequences filtered).
-    Log {
-        /// The derivation.
-        drv: StorePath,
-        /// The line, without its newline.
-        line: String,
-    },
-    /// A derivation was built (or checked) and its outputs registered.
-    Built {
-        /// The derivation.
-        drv: StorePath,
-        /// Its outputs.
-        outputs: BTreeMap<OutputName, StorePath>,
-    },
-    /// A builder ended, whatever its outcome: when it ran and the CPU time it used
-    /// (what Nix reports in a build result's `startTime`, `stopTime`, `cpuUser` and
-    /// `cpuSystem`).
-    BuilderExited {
-        /// The derivation.
-        drv: StorePath,
-        /// When the builder started.
-        start: std::time::SystemTime,
-        /// When it ended.
-        stop: std::time::SystemTime,
-        /// CPU time of the builder and every process it waited for, in user mode.
-        user_time: Duration,
-        /// Likewise, in kernel mode.
-        system_time: Duration,
-    },
-    /// A failed build's directory was kept (`--keep-failed`).
-    KeptBuildDir {
-        /// The derivation.
-        drv: StorePath,
-        /// The directory on the host.
-        path: PathBuf,
-    },
-    /// A derivation failed.
-    Failed {
-        /// The derivation.
-        drv: StorePath,
-        /// Why, in one message (with the last log lines).
-        message: String,
-    },
 }
 
 /// What became of one derivation.
@@ -528,5 +412,83 @@ mod tests {
             features.to_string(),
             "a 'x86_64-linux' with features {gpu, kvm} is required to build '/nix/store/x-a.drv', but I am a 'x86_64-linux' with features {benchmark, kvm}"
         );
+    }
+}
+
+impl BuildOptions {
+    /// The builder's options `settings` give (what a build request does not say:
+    /// check, repair; and where builds happen: the defaults of [`BuildOptions`]). Reads
+    /// the `secret-key-files`: a missing or malformed one is an error naming it.
+    pub fn from_settings(settings: &Settings) -> Result<BuildOptions, SettingsError> {
+        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let defaults = BuildOptions::default();
+        Ok(BuildOptions {
+            max_jobs: settings.max_jobs.max(1),
+            cores: if settings.cores == 0 {
+                defaults.cores
+            } else {
+                settings.cores
+            },
+            keep_going: settings.keep_going,
+            keep_failed: settings.keep_failed,
+            timeout: seconds(settings.timeout),
+            max_silent_time: seconds(settings.max_silent_time),
+            max_log_size: (settings.max_log_size > 0).then_some(settings.max_log_size),
+            sandbox: settings.sandbox,
+            sandbox_paths: settings.sandbox_paths.clone(),
+            signing_keys: settings.signing_keys()?,
+            post_build_hook: settings.post_build_hook.clone(),
+            system_features: {
+                // Nix offers `recursive-nix` when the experimental feature is on.
+                let mut features = settings.system_features.clone();
+                if settings.experimental_features.contains("recursive-nix") {
+                    features.insert("recursive-nix".into());
+                }
+                features
+            },
+            build_users_group: (!settings.build_users_group.is_empty())
+                .then(|| settings.build_users_group.clone()),
+            ca_derivations: settings.experimental_features.contains("ca-derivations"),
+            impure_derivations: settings
+                .experimental_features
+                .contains("impure-derivations"),
+            ..defaults
+        })
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn build_options_follow_the_settings() {
+        let mut settings = Settings::default();
+        for (name, value) in [
+            ("sandbox", "false"),
+            ("timeout", "5"),
+            ("max-silent-time", "0"),
+            ("max-log-size", "1000"),
+            ("keep-going", "true"),
+            ("max-jobs", "3"),
+            ("cores", "2"),
+            ("sandbox-paths", "/bin/sh=/usr/bin/bash?"),
+        ] {
+            settings.set(name, value).unwrap();
+        }
+        let options = BuildOptions::from_settings(&settings).unwrap();
+        assert_eq!(options.sandbox, SandboxMode::Disabled);
+        assert_eq!(options.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(options.max_silent_time, None);
+        assert_eq!(options.max_log_size, Some(1000));
+        assert!(options.keep_going && !options.keep_failed);
+        assert_eq!((options.max_jobs, options.cores), (3, 2));
+        assert_eq!(options.sandbox_paths, ["/bin/sh=/usr/bin/bash?"]);
+        // cores = 0 means every CPU, max-jobs = 0 still builds one at a time.
+        settings.set("cores", "0").unwrap();
+        settings.set("max-jobs", "0").unwrap();
+        let options = BuildOptions::from_settings(&settings).unwrap();
+        assert_eq!(options.cores, BuildOptions::default().cores);
+        assert_eq!(options.max_jobs, 1);
     }
 }

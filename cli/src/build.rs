@@ -93,7 +93,7 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     // The settings (nix.conf, --option), then this command's flags over them.
     let settings = global.settings()?;
     let (root, store_options) = store.opened_with();
-    let recursive = arca_daemon_proto::recursive::RecursiveDaemon {
+    let recursive = arca_daemon::recursive::RecursiveDaemon {
         root: root.to_owned(),
         store: store_options.clone(),
         settings: settings.clone(),
@@ -103,7 +103,7 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         check: args.check,
         repair: args.repair,
         recursive_nix: Some(std::sync::Arc::new(recursive)),
-        ..settings.build_options()?
+        ..arca_build::BuildOptions::from_settings(&settings)?
     };
     options
         .sandbox_paths

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use arca_daemon_proto::daemon::{self, DaemonOptions};
+use arca_daemon::daemon::{self, DaemonOptions};
 use arca_store_sqlite::Durability;
 use clap::builder::RangedU64ValueParser;
 use clap::Args;

@@ -7,18 +7,18 @@
 //! - [`protocol`]: magic numbers, versions (1.21, Nix 2.3, through 1.37, Nix 2.20 and later), log codes and
 //!   operation numbers.
 //! - [`serve`]: one connection, from the handshake to the client hanging up, over any
-//!   [`DaemonStore`] (a [`arca_store_core::Store`] plus what the protocol needs beyond
-//!   it: adds from dumps, builds, roots, garbage collection); `LocalStore` is one.
+//!   [`StoreOps`] (`arca-store-core`'s one store interface: queries, adds, builds,
+//!   roots, garbage collection); `arca-daemon`'s local store with builds is one.
 //!   [`serve_socket`] does the same on a Unix socket with an idle timeout; [`refuse`]
 //!   answers a client that may not be served with the reason. Each connection starts
 //!   from the daemon's [`Settings`]; the client's `SetOptions` change its copy as far as
 //!   its trust allows ([`apply_client_options`]).
 //!
 //! ```
-//! use arca_daemon_proto::{protocol, serve, wire::Limits, Peer, Settings};
+//! use arca_daemon_proto::{protocol, serve, wire::Limits, Peer};
+//! use arca_store_core::{Settings, StoreOps};
 //!
-//! let root = tempfile::tempdir()?;
-//! let store = arca_store_sqlite::LocalStore::open(root.path())?;
+//! # fn demo(store: &impl StoreOps) -> Result<(), Box<dyn std::error::Error>> {
 //! // A client that says hello with protocol 1.34 and hangs up.
 //! let mut hello = Vec::new();
 //! for word in [protocol::WORKER_MAGIC_1, protocol::version(1, 34), 0, 0] {
@@ -26,22 +26,26 @@
 //! }
 //! let mut reply = Vec::new();
 //! let settings = Settings::default();
-//! serve(&store, &hello[..], &mut reply, Peer { trusted: true }, Limits::default(), &settings)?;
+//! serve(store, &hello[..], &mut reply, Peer { trusted: true }, Limits::default(), &settings)?;
 //! assert_eq!(&reply[..8], &protocol::WORKER_MAGIC_2.to_le_bytes());
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! - [`DaemonClient`]: the client side, itself a [`StoreOps`], so that every command
+//!   written against the interface works through a daemon too.
+//!
+//! This crate links no SQLite, sandbox or builder: a client-only user (and the fuzz
+//! crate) gets the wire format, the client and the server only.
 
-mod activation;
-pub mod backend;
 mod client;
-pub mod daemon;
 pub mod long_path;
 pub mod protocol;
-pub mod recursive;
 mod server;
 pub mod wire;
 
-pub use arca_build::Settings;
-pub use backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
+pub use arca_store_core::{
+    BuildMode, Built, DerivedPath, GcRequest, Settings, StoreOpError, StoreOps,
+};
 pub use client::{ClientError, DaemonClient, DaemonLog, TargetOutcome};
 pub use server::{apply_client_options, refuse, serve, serve_socket, Peer, ServeError};

@@ -1,5 +1,5 @@
 //! The server side of one connection: the handshake, then operations until the client
-//! hangs up. Generic over [`DaemonStore`]; one call of [`serve`] per connection, on its
+//! hangs up. Generic over [`StoreOps`]; one call of [`serve`] per connection, on its
 //! own thread, so a slow client holds up nobody else.
 //!
 //! An operation that fails is answered with `STDERR_ERROR` and the connection goes on;
@@ -12,14 +12,13 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use arca_build::{BuildEvent, Settings};
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
-    AddressingMethod, ContentAddressMethod, DrvOutput, Hash, HashAlgo, PathInfo, Realisation,
-    Signature, SignatureError, StorePath,
+    AddressingMethod, BuildEvent, BuildMode, Built, ContentAddressMethod, DerivedPath, DrvOutput,
+    GcRequest, Hash, HashAlgo, PathInfo, Realisation, Settings, Signature, SignatureError,
+    StoreOpError, StoreOps, StorePath,
 };
 
-use crate::backend::{BuildMode, Built, DaemonStore, DerivedPath, GcRequest, StoreOpError};
 use crate::protocol::{self, gc_action, minor, stderr, Op};
 use crate::wire::{
     FramedReader, FramedWriter, Limits, TeeBufRead, WireError, WireReader, WireWriter,
@@ -62,7 +61,7 @@ struct Connection<'s, S, R, W: Write> {
 /// Serves one client on `input`/`output` until it hangs up.
 /// `settings` are the daemon's; the client's `SetOptions` change them for this
 /// connection only, as far as its trust allows.
-pub fn serve<S: DaemonStore>(
+pub fn serve<S: StoreOps>(
     store: &S,
     input: impl Read,
     output: impl Write,
@@ -77,7 +76,7 @@ pub fn serve<S: DaemonStore>(
 /// daemon waiting longer than `idle_timeout` (`None`: no limit) for its handshake or its
 /// next operation. An operation under way is never timed out: a build may be silent
 /// for hours, and only the wait for the client's next request counts as idle.
-pub fn serve_socket<S: DaemonStore>(
+pub fn serve_socket<S: StoreOps>(
     store: &S,
     stream: &UnixStream,
     peer: Peer,
@@ -118,7 +117,7 @@ pub fn refuse(input: impl Read, output: impl Write, message: &str) -> Result<(),
 
 /// `serve`, calling `idle(true)` when it starts waiting for the client (the handshake,
 /// then the next operation) and `idle(false)` once a request has begun.
-fn serve_with<S: DaemonStore>(
+fn serve_with<S: StoreOps>(
     store: &S,
     input: impl Read,
     output: impl Write,
@@ -274,7 +273,7 @@ fn op_error(error: impl std::fmt::Display) -> Failure {
     Failure::Op(StoreOpError::new(error.to_string()))
 }
 
-impl<S: DaemonStore, R: BufRead, W: Write> Connection<'_, S, R, W> {
+impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
     fn minor(&self) -> u64 {
         minor(self.version)
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, Read, Write};
 
 use arca_daemon_proto::wire::Limits;
-use arca_daemon_proto::{serve, DaemonStore, Peer, StoreOpError};
+use arca_daemon_proto::{serve, Peer, StoreOpError, StoreOps};
 use arca_store_core::{Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath};
 
 /// A store with one valid path that accepts and discards whatever is added.
@@ -86,7 +86,7 @@ fn drain(input: &mut dyn Read) -> Result<(), StoreOpError> {
         .map_err(|e| StoreOpError::new(e.to_string()))
 }
 
-impl DaemonStore for OnePathStore {
+impl StoreOps for OnePathStore {
     fn add_dump(
         &self,
         name: &str,

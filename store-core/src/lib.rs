@@ -14,7 +14,12 @@
 //! - [`realisation`]: [`Realisation`] and [`DrvOutput`], where an output of a derivation
 //!   whose paths are not known in advance came to be (Nix's `ca-derivations`).
 //! - [`config`]: Nix's configuration files (`nix.conf` syntax, includes, where Nix
-//!   looks for them), as ordered `name = value` assignments.
+//!   looks for them), as ordered `name = value` assignments; [`settings`]: [`Settings`],
+//!   the settings typed, one layer that the CLI, the daemon and the builder share.
+//! - [`ops`]: [`StoreOps`], every operation of a store beyond [`Store`] (adds from
+//!   dumps, builds, roots, garbage collection, verification, logs), with its request and
+//!   result types: the one interface of the daemon's server, the daemon client, the local
+//!   store with builds and the `arca` command.
 //!
 //! Not here: the registry, building, the daemon (higher crates), and the NAR format
 //! (`arca-nar`). Nothing here touches a store on disk: callers pass bytes and loaders in.
@@ -36,19 +41,26 @@ pub mod base32;
 pub mod config;
 pub mod derivation;
 pub mod hash;
+pub mod ops;
 pub mod path_info;
 pub mod realisation;
 pub mod references;
+pub mod settings;
 pub mod signature;
 pub mod store;
 pub mod store_path;
 
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
+pub use ops::{
+    BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, DerivedPath, GcRequest, StoreOpError,
+    StoreOps,
+};
 pub use path_info::{
     AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,
 };
 pub use realisation::{DrvOutput, Realisation, RealisationError};
+pub use settings::{SandboxMode, SettingError, Settings, SettingsError};
 pub use signature::{KeyError, PublicKey, SecretKey, Signature, SignatureError};
 pub use store::{dependency_order, Store};
 pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};

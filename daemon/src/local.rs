@@ -1,105 +1,25 @@
-//! What the server needs from a store beyond the [`Store`] trait, and its implementation
-//! for [`LocalStore`] (with builds through `arca-build`).
+//! The local store with builds, as a [`StoreOps`]: what `arca daemon` serves and what the
+//! `arca` command uses for a local store. Store logic of the worker protocol's operations
+//! that the registry does not have: adds from dumps (content-address methods, spooling),
+//! builds through `arca-build` (with recursive Nix), roots, garbage collection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
-use arca_build::{BuildEvent, BuildOptions, BuildResult, BuildTarget, Settings};
+use arca_build::{BuildOptions, BuildResult, BuildTarget};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::{
-    AddressingMethod, ContentAddress, ContentAddressMethod, DrvOutput, HashAlgo, Hasher, PathInfo,
-    Realisation, Signature, Store, StoreDir, StorePath,
+    AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, ContentAddress,
+    ContentAddressMethod, DerivedPath, DrvOutput, GcRequest, HashAlgo, Hasher, PathInfo,
+    Realisation, Settings, Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
 };
-use arca_store_sqlite::{GcAction, GcOptions, LocalStore, OptimiseOptions, VerifyOptions};
-
-/// An operation the store refused, with the message the client sees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreOpError(String);
-
-impl StoreOpError {
-    pub fn new(message: impl Into<String>) -> StoreOpError {
-        StoreOpError(message.into())
-    }
-}
+use arca_store_sqlite::{
+    GcAction, GcOptions, LocalStore, OptimiseOptions, StoreError, VerifyOptions,
+};
 
 fn refuse(error: impl std::fmt::Display) -> StoreOpError {
-    StoreOpError(error.to_string())
-}
-
-/// A path to build or check: a derivation with the outputs wanted (`None`: an opaque
-/// store path; an empty set: every output).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DerivedPath {
-    pub path: StorePath,
-    pub outputs: Option<BTreeSet<String>>,
-}
-
-impl DerivedPath {
-    /// Nix's legacy text form: `PATH` or `DRV!out1,out2` (`DRV!*` for all).
-    pub fn to_wire(&self, store_dir: &StoreDir) -> String {
-        let path = store_dir.display(&self.path);
-        match &self.outputs {
-            None => path,
-            Some(outputs) if outputs.is_empty() => format!("{path}!*"),
-            Some(outputs) => {
-                format!(
-                    "{path}!{}",
-                    outputs.iter().cloned().collect::<Vec<_>>().join(",")
-                )
-            }
-        }
-    }
-}
-
-/// Per target: what was built (or found valid), or why it failed.
-pub type BuildOutcomes = Vec<(DerivedPath, Result<Built, String>)>;
-
-/// A target that is there now.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Built {
-    /// Built now, rather than found valid.
-    pub now: bool,
-    /// Its wanted outputs as realisations (id: the derivation's static output hash and
-    /// the output's name). Clients such as `nix build` take the output paths from these.
-    pub outputs: Vec<Realisation>,
-    /// When its builder ran and the CPU time it used, when it was built now.
-    pub timing: Option<BuildTiming>,
-}
-
-/// When a builder ran and the CPU time it used (a build result's `startTime`,
-/// `stopTime`, `cpuUser`, `cpuSystem`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BuildTiming {
-    pub start: std::time::SystemTime,
-    pub stop: std::time::SystemTime,
-    pub cpu_user: std::time::Duration,
-    pub cpu_system: std::time::Duration,
-}
-
-impl BuildTiming {
-    /// The derivation and timing a `BuilderExited` event reports.
-    fn of(event: arca_build::BuildEvent) -> Option<(StorePath, BuildTiming)> {
-        match event {
-            arca_build::BuildEvent::BuilderExited {
-                drv,
-                start,
-                stop,
-                user_time,
-                system_time,
-            } => Some((
-                drv,
-                BuildTiming {
-                    start,
-                    stop,
-                    cpu_user: user_time,
-                    cpu_system: system_time,
-                },
-            )),
-            _ => None,
-        }
-    }
+    StoreOpError::new(error.to_string())
 }
 
 /// The builder's options for a client's settings and build mode, on `store`: a build
@@ -114,15 +34,13 @@ fn build_options(
         root: root.to_owned(),
         store: options.clone(),
         settings: settings.clone(),
-        limits: crate::wire::Limits::default(),
+        limits: arca_daemon_proto::wire::Limits::default(),
     };
     Ok(BuildOptions {
         check: mode == BuildMode::Check,
         repair: mode == BuildMode::Repair,
         recursive_nix: Some(std::sync::Arc::new(recursive)),
-        ..settings
-            .build_options()
-            .map_err(|error| refuse(error_chain(&error)))?
+        ..BuildOptions::from_settings(settings).map_err(|error| refuse(error_chain(&error)))?
     })
 }
 
@@ -137,228 +55,94 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// How to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuildMode {
-    Normal,
-    Repair,
-    Check,
+/// A [`LocalStore`] with builds (through `arca-build`, recursive Nix included), as a
+/// [`StoreOps`]: what `arca daemon` serves and what `arca` uses for a local store.
+#[derive(Clone, Copy)]
+pub struct LocalBackend<'a> {
+    store: &'a LocalStore,
 }
 
-/// What a garbage collection request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GcRequest {
-    ReturnLive,
-    ReturnDead,
-    DeleteDead,
-    DeleteSpecific(BTreeSet<StorePath>),
+impl<'a> LocalBackend<'a> {
+    pub fn new(store: &'a LocalStore) -> LocalBackend<'a> {
+        LocalBackend { store }
+    }
+
+    /// The local store itself.
+    pub fn store(&self) -> &'a LocalStore {
+        self.store
+    }
 }
 
-/// A store the daemon can serve: the [`Store`] trait plus the operations Nix clients
-/// send that the trait has no word for. The defaults refuse, so a store that cannot
-/// build or collect garbage still serves queries and adds.
-pub trait DaemonStore: Store + Sync
-where
-    Self::Error: std::fmt::Display,
-{
-    /// Every output of `drv` with its path where known (with `realisations`, Nix's
-    /// `ca-derivations`: also where a realisation records it).
-    fn query_derivation_output_map(
+impl Store for LocalBackend<'_> {
+    type Error = StoreError;
+
+    fn store_dir(&self) -> &StoreDir {
+        self.store.store_dir()
+    }
+
+    fn is_valid_path(&self, path: &StorePath) -> Result<bool, StoreError> {
+        self.store.is_valid_path(path)
+    }
+
+    fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, StoreError> {
+        Store::query_path_info(self.store, path)
+    }
+
+    fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Store::query_referrers(self.store, path)
+    }
+
+    fn query_valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Store::query_valid_derivers(self.store, path)
+    }
+
+    fn query_derivation_outputs(
         &self,
         drv: &StorePath,
-        _realisations: bool,
-    ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
-        Ok(self
-            .query_derivation_outputs(drv)
-            .map_err(refuse)?
-            .into_iter()
-            .map(|(name, path)| (name, Some(path)))
-            .collect())
+    ) -> Result<BTreeMap<String, StorePath>, StoreError> {
+        Store::query_derivation_outputs(self.store, drv)
     }
 
-    fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        Err(refuse(
-            "listing all valid paths is not supported by this store",
-        ))
+    fn query_path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>, StoreError> {
+        Store::query_path_from_hash_part(self.store, hash_part)
     }
 
-    /// The realisation of a derivation output, if one is recorded.
-    fn query_realisation(&self, _id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
-        Ok(None)
+    fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), StoreError> {
+        Store::add_nar(self.store, info, nar)
     }
 
-    /// Records a realisation (its path must be valid).
-    fn register_realisation(&self, _realisation: &Realisation) -> Result<(), StoreOpError> {
-        Err(refuse(
-            "registering realisations is not supported by this store",
-        ))
-    }
-
-    /// The closure of `paths` (with the valid outputs of derivations in it when
-    /// `include_outputs`), each member with its references: what `query --requisites`
-    /// needs, in one request (Arca's extension of the protocol).
-    fn closure_graph(
-        &self,
-        paths: &BTreeSet<StorePath>,
-        include_outputs: bool,
-    ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreOpError> {
-        if include_outputs {
-            return Err(refuse(
-                "closures with outputs are not supported by this store",
-            ));
-        }
-        let mut graph = BTreeMap::new();
-        for path in self.query_closure(paths).map_err(refuse)? {
-            let references = self.query_references(&path).map_err(refuse)?;
-            graph.insert(path, references);
-        }
-        Ok(graph)
-    }
-
-    /// Adds a content-addressed path from a dump, addressed by `method`; the dump is the
-    /// file's bytes for flat and text methods, a NAR for recursive ones.
-    fn add_dump(
+    fn add_text(
         &self,
         name: &str,
-        method: AddressingMethod,
+        text: &[u8],
         references: &BTreeSet<StorePath>,
-        dump: &mut dyn Read,
-    ) -> Result<StorePath, StoreOpError>;
+    ) -> Result<StorePath, StoreError> {
+        Store::add_text(self.store, name, text, references)
+    }
 
-    /// Adds a path from its NAR and metadata. `trusted` says the client may vouch for
-    /// it; otherwise only a correctly content-addressed path is accepted (there are no
-    /// signatures to check yet).
-    fn add_nar_checked(
+    fn nar_from_path(&self, path: &StorePath, out: &mut dyn Write) -> Result<(), StoreError> {
+        Store::nar_from_path(self.store, path, out)
+    }
+
+    fn query_references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
+        Store::query_references(self.store, path)
+    }
+
+    fn query_closure(
         &self,
-        info: &PathInfo,
-        nar: &mut dyn BufRead,
-        trusted: bool,
-    ) -> Result<(), StoreOpError>;
-
-    /// Takes up what of a connection's `settings` the store itself acts on (for the
-    /// local store: `auto-optimise-store`).
-    fn apply_settings(&self, _settings: &Settings) {}
-
-    /// Builds `targets`; per target, what is there now or why it failed. `events` hears
-    /// the builds' progress as it happens (the server streams it to the client).
-    fn build_paths(
-        &self,
-        _targets: &[DerivedPath],
-        _mode: BuildMode,
-        _settings: &Settings,
-        _events: &mut dyn FnMut(&BuildEvent),
-    ) -> Result<BuildOutcomes, StoreOpError> {
-        Err(refuse("building is not supported by this store"))
-    }
-
-    fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        if self.is_valid_path(path).map_err(refuse)? {
-            Ok(())
-        } else {
-            Err(refuse(format!(
-                "path '{}' is not valid",
-                self.store_dir().display(path)
-            )))
-        }
-    }
-
-    fn add_temp_root(&self, _path: &StorePath) -> Result<(), StoreOpError> {
-        Ok(())
-    }
-
-    fn add_indirect_root(&self, _link: &Path) -> Result<(), StoreOpError> {
-        Err(refuse(
-            "garbage collector roots are not supported by this store",
-        ))
-    }
-
-    fn add_perm_root(&self, _path: &StorePath, _link: &Path) -> Result<PathBuf, StoreOpError> {
-        Err(refuse(
-            "garbage collector roots are not supported by this store",
-        ))
-    }
-
-    /// Roots as (link, path); `censor` hides runtime and temporary roots' origins.
-    fn find_roots(&self, _censor: bool) -> Result<Vec<(String, StorePath)>, StoreOpError> {
-        Ok(Vec::new())
-    }
-
-    /// The paths deleted (or listed) and the bytes freed.
-    fn collect_garbage(
-        &self,
-        _request: GcRequest,
-        _max_freed: Option<u64>,
-        _settings: &Settings,
-    ) -> Result<(Vec<String>, u64), StoreOpError> {
-        Err(refuse("garbage collection is not supported by this store"))
-    }
-
-    fn optimise(&self) -> Result<(), StoreOpError> {
-        Err(refuse("optimisation is not supported by this store"))
-    }
-
-    /// Whether verification found errors.
-    fn verify_store(&self, _check_contents: bool, _repair: bool) -> Result<bool, StoreOpError> {
-        Err(refuse("verification is not supported by this store"))
-    }
-
-    /// Builds a derivation sent whole by a trusted client (`BuildDerivation`, what
-    /// remote builders receive), its inputs already in the store.
-    fn build_derivation(
-        &self,
-        _drv_path: &StorePath,
-        _drv: &Derivation,
-        _mode: BuildMode,
-        _settings: &Settings,
-        _events: &mut dyn FnMut(&BuildEvent),
-    ) -> Result<Result<Built, String>, StoreOpError> {
-        Err(refuse(
-            "building sent derivations is not supported by this store",
-        ))
-    }
-
-    /// Imports an export archive (`ImportPaths`, Nix 2.3's `nix-store --import`).
-    fn import_export(&self, _input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
-        Err(refuse(
-            "importing export archives is not supported by this store",
-        ))
-    }
-
-    /// Adds `signatures` to the valid `path`'s (`AddSignatures`, from trusted clients).
-    fn add_signatures(
-        &self,
-        _path: &StorePath,
-        _signatures: &[Signature],
-    ) -> Result<(), StoreOpError> {
-        Err(refuse("signatures are not supported by this store yet"))
-    }
-
-    /// What building `targets` would build, and the targets it knows nothing about.
-    fn query_missing(
-        &self,
-        _targets: &[DerivedPath],
-    ) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), StoreOpError> {
-        Ok((BTreeSet::new(), BTreeSet::new()))
-    }
-
-    /// The stored build log of `drv`, opened for reading (decompressed), if there is one.
-    fn read_build_log(&self, _drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {
-        Ok(None)
-    }
-
-    /// Stores `text` as the build log of `drv` (`nix store copy-log`), streamed.
-    fn add_build_log(&self, _drv: &StorePath, _text: &mut dyn Read) -> Result<(), StoreOpError> {
-        Err(refuse("build logs are not supported by this store"))
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        Store::query_closure(self.store, paths)
     }
 }
 
-impl DaemonStore for LocalStore {
+impl StoreOps for LocalBackend<'_> {
     fn apply_settings(&self, settings: &Settings) {
-        self.set_auto_optimise(settings.auto_optimise_store);
+        self.store.set_auto_optimise(settings.auto_optimise_store);
     }
 
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        self.all_valid_paths().map_err(refuse)
+        self.store.all_valid_paths().map_err(refuse)
     }
 
     fn closure_graph(
@@ -368,7 +152,7 @@ impl DaemonStore for LocalStore {
     ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreOpError> {
         let mut valid = BTreeSet::new();
         for path in paths {
-            if self.is_valid_path(path).map_err(refuse)? {
+            if self.store.is_valid_path(path).map_err(refuse)? {
                 valid.insert(path.clone());
             }
         }
@@ -377,7 +161,7 @@ impl DaemonStore for LocalStore {
         } else {
             arca_store_sqlite::DerivationOutputs::Excluded
         };
-        self.requisites_graph(&valid, outputs).map_err(refuse)
+        self.store.requisites_graph(&valid, outputs).map_err(refuse)
     }
 
     fn query_derivation_output_map(
@@ -386,6 +170,7 @@ impl DaemonStore for LocalStore {
         realisations: bool,
     ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
         Ok(self
+            .store
             .derivation_output_map(drv, realisations)
             .map_err(refuse)?
             .into_iter()
@@ -394,11 +179,12 @@ impl DaemonStore for LocalStore {
     }
 
     fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
-        LocalStore::query_realisation(self, id).map_err(refuse)
+        LocalStore::query_realisation(self.store, id).map_err(refuse)
     }
 
     fn register_realisation(&self, realisation: &Realisation) -> Result<(), StoreOpError> {
-        LocalStore::register_realisation(self, realisation).map_err(|e| refuse(error_chain(&e)))
+        LocalStore::register_realisation(self.store, realisation)
+            .map_err(|e| refuse(error_chain(&e)))
     }
 
     fn add_dump(
@@ -426,22 +212,22 @@ impl DaemonStore for LocalStore {
                         MAX_TEXT >> 20
                     )));
                 }
-                self.add_text_path(name, &contents, references)
+                self.store.add_text_path(name, &contents, references)
                     .map_err(refuse)
             }
             AddressingMethod::Fixed(..) if !references.is_empty() => {
                 Err(refuse("a fixed-output path cannot have references"))
             }
             AddressingMethod::Fixed(ContentAddressMethod::Flat, algo) => {
-                let spool = spool(self, dump)?;
-                self.add_fixed_file(spool.file.path(), name, algo)
+                let spool = spool(self.store, dump)?;
+                self.store.add_fixed_file(spool.file.path(), name, algo)
                     .map_err(refuse)
             }
             AddressingMethod::Fixed(ContentAddressMethod::Recursive, algo) => {
                 // Spool the NAR, hashing it for its NAR hash (sha256) and for its
                 // content address (`algo`) on the way; the path follows from the latter.
                 // Small NARs (the common case: one source file) stay in memory.
-                let mut spool = NarSpool::new(self);
+                let mut spool = NarSpool::new(self.store);
                 let mut nar_hasher = Hasher::new(HashAlgo::Sha256);
                 let mut ca_hasher = Hasher::new(algo);
                 let mut size = 0u64;
@@ -459,6 +245,7 @@ impl DaemonStore for LocalStore {
                 }
                 let hash = ca_hasher.finish();
                 let path = self
+                    .store
                     .store_dir()
                     .make_fixed_output_path(
                         name,
@@ -474,7 +261,7 @@ impl DaemonStore for LocalStore {
                     hash,
                 });
                 let mut nar = spool.into_reader().map_err(refuse)?;
-                self.add_nar_embedded(&info, &mut nar).map_err(refuse)?;
+                self.store.add_nar_embedded(&info, &mut nar).map_err(refuse)?;
                 Ok(path)
             }
         }
@@ -486,13 +273,14 @@ impl DaemonStore for LocalStore {
         nar: &mut dyn BufRead,
         trusted: bool,
     ) -> Result<(), StoreOpError> {
-        if !trusted && !info.is_content_addressed_correctly(self.store_dir()) {
+        if !trusted && !info.is_content_addressed_correctly(self.store.store_dir()) {
             return Err(refuse(format!(
                 "cannot add path '{}' because it lacks a signature by a trusted key",
-                self.store_dir().display(&info.path)
+                self.store.store_dir().display(&info.path)
             )));
         }
-        self.add_nar_embedded(info, &mut BufReadRef(nar))
+        self.store
+            .add_nar_embedded(info, &mut BufReadRef(nar))
             .map_err(refuse)
     }
 
@@ -535,12 +323,12 @@ impl DaemonStore for LocalStore {
                 }
             }
         }
-        let options = build_options(mode, settings, self)?;
+        let options = build_options(mode, settings, self.store)?;
         let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
         } else {
-            arca_build::build(self, &builds, &options, &mut |event| {
+            arca_build::build(self.store, &builds, &options, &mut |event| {
                 events(&event);
                 if let Some((drv, timing)) = BuildTiming::of(event) {
                     timings.insert(drv, timing);
@@ -556,7 +344,7 @@ impl DaemonStore for LocalStore {
                 Some(BuildResult::NotBuilt { because_of }) => Err(match because_of {
                     Some(drv) => format!(
                         "dependency '{}' failed to build",
-                        self.store_dir().display(drv)
+                        self.store.store_dir().display(drv)
                     ),
                     None => "not built".to_owned(),
                 }),
@@ -568,8 +356,12 @@ impl DaemonStore for LocalStore {
             let result = match outcome {
                 Err(message) => Err(message),
                 Ok((now, outputs)) => {
-                    let derivation = self.read_derivation(&target.path).map_err(refuse)?;
-                    let hash = self.static_output_hash(&derivation).map_err(refuse)?.hash;
+                    let derivation = self.store.read_derivation(&target.path).map_err(refuse)?;
+                    let hash = self
+                        .store
+                        .static_output_hash(&derivation)
+                        .map_err(refuse)?
+                        .hash;
                     let wanted = target.outputs.as_ref().filter(|o| !o.is_empty());
                     let mut outputs: Vec<Realisation> = outputs
                         .iter()
@@ -586,7 +378,7 @@ impl DaemonStore for LocalStore {
                         // As recorded, with signatures and dependent realisations.
                         for realisation in &mut outputs {
                             if let Ok(Some(recorded)) =
-                                LocalStore::query_realisation(self, &realisation.id)
+                                LocalStore::query_realisation(self.store, &realisation.id)
                             {
                                 *realisation = recorded;
                             }
@@ -610,30 +402,30 @@ impl DaemonStore for LocalStore {
     }
 
     fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        self.add_temp_root(path).map_err(refuse)?;
-        if self.is_valid_path(path).map_err(refuse)? {
+        self.store.add_temp_root(path).map_err(refuse)?;
+        if self.store.is_valid_path(path).map_err(refuse)? {
             return Ok(());
         }
         Err(refuse(format!(
             "path '{}' is not valid",
-            self.store_dir().display(path)
+            self.store.store_dir().display(path)
         )))
     }
 
     fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        LocalStore::add_temp_root(self, path).map_err(refuse)
+        LocalStore::add_temp_root(self.store, path).map_err(refuse)
     }
 
     fn add_indirect_root(&self, link: &Path) -> Result<(), StoreOpError> {
-        LocalStore::add_indirect_root(self, link).map_err(refuse)
+        LocalStore::add_indirect_root(self.store, link).map_err(refuse)
     }
 
     fn add_perm_root(&self, path: &StorePath, link: &Path) -> Result<PathBuf, StoreOpError> {
-        LocalStore::add_perm_root(self, path, link).map_err(refuse)
+        LocalStore::add_perm_root(self.store, path, link).map_err(refuse)
     }
 
     fn find_roots(&self, censor: bool) -> Result<Vec<(String, StorePath)>, StoreOpError> {
-        Ok(LocalStore::find_roots(self, true)
+        Ok(LocalStore::find_roots(self.store, true)
             .map_err(refuse)?
             .into_iter()
             .map(|root| {
@@ -671,18 +463,19 @@ impl DaemonStore for LocalStore {
             keep_derivations: settings.keep_derivations,
             ..GcOptions::default()
         };
-        let report = LocalStore::collect_garbage(self, &options, &|_| {}).map_err(refuse)?;
+        let report = LocalStore::collect_garbage(self.store, &options, &|_| {}).map_err(refuse)?;
         Ok((report.paths, report.bytes_freed))
     }
 
     fn optimise(&self) -> Result<(), StoreOpError> {
-        LocalStore::optimise(self, &OptimiseOptions::default(), &|_| {})
+        LocalStore::optimise(self.store, &OptimiseOptions::default(), &|_| {})
             .map(drop)
             .map_err(refuse)
     }
 
     fn verify_store(&self, check_contents: bool, repair: bool) -> Result<bool, StoreOpError> {
         let report = self
+            .store
             .verify(
                 None,
                 VerifyOptions {
@@ -699,15 +492,17 @@ impl DaemonStore for LocalStore {
         path: &StorePath,
         signatures: &[Signature],
     ) -> Result<(), StoreOpError> {
-        LocalStore::add_signatures(self, path, signatures).map_err(refuse)
+        LocalStore::add_signatures(self.store, path, signatures).map_err(refuse)
     }
 
     fn import_export(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
-        self.import_paths(&mut BufReadRef(input)).map_err(refuse)
+        self.store
+            .import_paths(&mut BufReadRef(input))
+            .map_err(refuse)
     }
 
     fn read_build_log(&self, drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {
-        match arca_build::open_log(self.log_dir(), drv) {
+        match arca_build::open_log(self.store.log_dir(), drv) {
             Ok(reader) => Ok(Some(reader)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(refuse(error)),
@@ -715,7 +510,7 @@ impl DaemonStore for LocalStore {
     }
 
     fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), StoreOpError> {
-        arca_build::write_log(self.log_dir(), drv, text).map_err(refuse)
+        arca_build::write_log(self.store.log_dir(), drv, text).map_err(refuse)
     }
 
     fn build_derivation(
@@ -729,16 +524,17 @@ impl DaemonStore for LocalStore {
         // Built as sent, without writing a `.drv`: its inputs are all sources now, so the
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
-        self.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
-        let options = build_options(mode, settings, self)?;
+        self.store.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
+        let options = build_options(mode, settings, self.store)?;
         let mut timing = None;
-        let result = arca_build::build_derivation(self, drv_path, drv, &options, &mut |event| {
-            events(&event);
-            if let Some((_, exited)) = BuildTiming::of(event) {
-                timing = Some(exited);
-            }
-        })
-        .map_err(refuse)?;
+        let result =
+            arca_build::build_derivation(self.store, drv_path, drv, &options, &mut |event| {
+                events(&event);
+                if let Some((_, exited)) = BuildTiming::of(event) {
+                    timing = Some(exited);
+                }
+            })
+            .map_err(refuse)?;
         Ok(match result {
             // No realisation ids, as the derivation is not in this store under the
             // client's path.
@@ -766,7 +562,7 @@ impl DaemonStore for LocalStore {
         for target in targets {
             if target.outputs.is_some() || target.path.is_derivation() {
                 pending.push(target.path.clone());
-            } else if !self.is_valid_path(&target.path).map_err(refuse)? {
+            } else if !self.store.is_valid_path(&target.path).map_err(refuse)? {
                 unknown.insert(target.path.clone());
             }
         }
@@ -774,16 +570,16 @@ impl DaemonStore for LocalStore {
             if !seen.insert(drv.clone()) {
                 continue;
             }
-            self.add_temp_root(&drv).map_err(refuse)?;
-            if !self.is_valid_path(&drv).map_err(refuse)? {
+            self.store.add_temp_root(&drv).map_err(refuse)?;
+            if !self.store.is_valid_path(&drv).map_err(refuse)? {
                 unknown.insert(drv);
                 continue;
             }
-            let derivation = self.read_derivation(&drv).map_err(refuse)?;
+            let derivation = self.store.read_derivation(&drv).map_err(refuse)?;
             let mut missing = false;
             for path in self.query_derivation_output_map(&drv, true)?.values() {
                 match path {
-                    Some(path) if self.is_valid_path(path).map_err(refuse)? => {}
+                    Some(path) if self.store.is_valid_path(path).map_err(refuse)? => {}
                     _ => missing = true,
                 }
             }

@@ -89,7 +89,7 @@ fn served(
     let server = std::thread::spawn(move || {
         let output = server_end.try_clone().unwrap();
         serve(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             output,
             peer,

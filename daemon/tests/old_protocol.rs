@@ -49,7 +49,7 @@ fn old_add_to_store_gives_the_paths_nix_store_add_gives() {
         let output = server_end.try_clone().unwrap();
         let peer = Peer { trusted: true };
         serve(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             output,
             peer,
@@ -125,7 +125,7 @@ fn import_export_and_signatures_as_old_clients_send_them() {
         let store = LocalStore::open(&server_root).unwrap();
         let output = server_end.try_clone().unwrap();
         serve(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             output,
             Peer { trusted: true },

@@ -14,14 +14,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arca_build::{BuildEvent, RecursiveNix, RecursiveSession, Settings};
+use arca_build::{RecursiveNix, RecursiveSession};
+use arca_daemon_proto::wire::Limits;
+use arca_daemon_proto::{serve, Peer};
 use arca_store_core::derivation::Derivation;
-use arca_store_core::{AddressingMethod, PathInfo, Store, StoreDir, StorePath};
+use arca_store_core::{
+    AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, Built, DerivedPath, GcRequest,
+    PathInfo, Settings, Store, StoreDir, StoreOpError, StoreOps, StorePath,
+};
 use arca_store_sqlite::{LocalStore, StoreError, StoreOptions};
 
-use crate::backend::{BuildMode, BuildOutcomes, DaemonStore, DerivedPath, GcRequest, StoreOpError};
-use crate::server::{serve, Peer};
-use crate::wire::Limits;
+use crate::local::LocalBackend;
 
 /// Serves recursive-Nix daemons for builds of the store at `root`.
 #[derive(Debug, Clone)]
@@ -39,7 +42,8 @@ impl RecursiveNix for RecursiveDaemon {
         socket: &Path,
         inputs: BTreeSet<StorePath>,
     ) -> io::Result<Box<dyn RecursiveSession>> {
-        let listener = crate::long_path::at_short_path(socket, |p| UnixListener::bind(p))?;
+        let listener =
+            arca_daemon_proto::long_path::at_short_path(socket, |p| UnixListener::bind(p))?;
         // The builder may run as another user (a build user of a root daemon).
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
         let allowed = Arc::new(Allowed {
@@ -82,7 +86,7 @@ impl RecursiveDaemon {
                         return;
                     };
                     let store = RestrictedStore {
-                        inner: &inner,
+                        inner: LocalBackend::new(&inner),
                         allowed: &allowed,
                     };
                     let Ok(output) = stream.try_clone() else {
@@ -154,7 +158,7 @@ impl Allowed {
 /// inputs and what it added is not valid, cannot be dumped, built or substituted;
 /// whatever it adds or builds becomes visible to it.
 pub struct RestrictedStore<'a> {
-    inner: &'a LocalStore,
+    inner: LocalBackend<'a>,
     allowed: &'a Allowed,
 }
 
@@ -241,7 +245,7 @@ impl Store for RestrictedStore<'_> {
     }
 }
 
-impl DaemonStore for RestrictedStore<'_> {
+impl StoreOps for RestrictedStore<'_> {
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         let mut paths = self.allowed.inputs.clone();
         paths.extend(self.allowed.added().iter().cloned());
@@ -368,7 +372,7 @@ impl DaemonStore for RestrictedStore<'_> {
         _mode: BuildMode,
         _settings: &Settings,
         _events: &mut dyn FnMut(&BuildEvent),
-    ) -> Result<Result<crate::backend::Built, String>, StoreOpError> {
+    ) -> Result<Result<Built, String>, StoreOpError> {
         Err(StoreOpError::new(
             "building sent derivations is not allowed in a recursive Nix build",
         ))

@@ -40,7 +40,7 @@ fn build_derivation(
         let store = LocalStore::open(&server_root).unwrap();
         let output = server_end.try_clone().unwrap();
         serve(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             output,
             Peer { trusted },

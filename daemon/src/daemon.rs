@@ -21,14 +21,15 @@ use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use arca_build::Settings;
+use arca_daemon_proto::wire::Limits;
+use arca_daemon_proto::{refuse, serve, serve_socket, Peer};
+use arca_store_core::Settings;
 use arca_store_sqlite::{LocalStore, StoreOptions};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Group, Uid, User};
 
-use crate::server::{refuse, serve, serve_socket, Peer};
-use crate::wire::Limits;
+use crate::local::LocalBackend;
 
 /// The daemon's settings (among them who may connect and who is trusted: user names,
 /// `@group`, or `*`, as Nix's `allowed-users` and `trusted-users`), and how much clients
@@ -110,8 +111,8 @@ pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(listen_error(error)),
     }
-    let listener =
-        crate::long_path::at_short_path(socket, |p| UnixListener::bind(p)).map_err(listen_error)?;
+    let listener = arca_daemon_proto::long_path::at_short_path(socket, |p| UnixListener::bind(p))
+        .map_err(listen_error)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
         .map_err(listen_error)?;
     Ok(listener)
@@ -235,7 +236,7 @@ fn connection(root: &Path, stream: UnixStream, peer: Peer, options: &DaemonOptio
         }
     };
     if let Err(error) = serve_socket(
-        &store,
+        &LocalBackend::new(&store),
         &stream,
         peer,
         options.limits,
@@ -396,7 +397,7 @@ pub fn serve_stdio(root: &Path, trusted: bool, options: &DaemonOptions) -> Resul
         }
     })?;
     if let Err(error) = serve(
-        &store,
+        &LocalBackend::new(&store),
         io::stdin().lock(),
         io::stdout().lock(),
         Peer { trusted },

@@ -10,12 +10,9 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use arca_store_core::config::{Assignment, ConfigError, ConfigSources};
-use arca_store_core::{PublicKey, SecretKey};
-
-use crate::types::{BuildOptions, SandboxMode};
+use crate::config::{Assignment, ConfigError, ConfigSources};
+use crate::{PublicKey, SecretKey};
 
 /// Every setting Arca acts on, with Nix 2.8's defaults unless said otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +79,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let system_features = crate::types::default_system_features();
+        let system_features = default_system_features();
         Settings {
             sandbox: SandboxMode::Enabled,
             sandbox_fallback: true,
@@ -100,7 +97,7 @@ impl Default for Settings {
             post_build_hook: None,
             keep_derivations: true,
             keep_outputs: false,
-            system: crate::job::host_system(),
+            system: host_system(),
             system_features,
             extra_platforms: BTreeSet::new(),
             build_users_group: if nix::unistd::geteuid().is_root() {
@@ -117,6 +114,71 @@ impl Default for Settings {
             fsync_metadata: true,
         }
     }
+}
+
+/// Whether builds run in the sandbox: Nix's `sandbox = true | false | relaxed`.
+///
+/// Unsandboxed, a builder runs as Nix runs it with `sandbox = false`: on the host's file
+/// system and network, in a build directory of its own under
+/// the builder's build-directory parent, writing its outputs straight to their store
+/// paths, as the caller's user (a root caller runs it as root, as Nix does with an empty
+/// `build-users-group`), with the same limits, output checks, reference scanning and
+/// registration as a sandboxed build. A store whose files are not at its logical store
+/// dir (a `local?root=` store) is always built in the sandbox, as Nix does on Linux, and
+/// so is a rebuild of outputs that are valid already (`check`, `repair`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Every build in the sandbox; a derivation asking for `__noChroot` fails.
+    #[default]
+    Enabled,
+    /// No build in the sandbox.
+    Disabled,
+    /// In the sandbox, except derivations with `__noChroot = true`.
+    Relaxed,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+
+    /// Nix's spellings: `true`, `false`, `relaxed`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "true" => Ok(SandboxMode::Enabled),
+            "false" => Ok(SandboxMode::Disabled),
+            "relaxed" => Ok(SandboxMode::Relaxed),
+            other => Err(format!(
+                "'{other}' is not a sandbox mode (true, false or relaxed)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SandboxMode::Enabled => "true",
+            SandboxMode::Disabled => "false",
+            SandboxMode::Relaxed => "relaxed",
+        })
+    }
+}
+
+/// Nix's default `system-features`: `benchmark big-parallel nixos-test`, and `kvm` on a
+/// machine with `/dev/kvm`.
+pub fn default_system_features() -> BTreeSet<String> {
+    let mut features: BTreeSet<String> = ["nixos-test", "benchmark", "big-parallel"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if std::path::Path::new("/dev/kvm").exists() {
+        features.insert("kvm".into());
+    }
+    features
+}
+
+/// This machine's Nix system type (`x86_64-linux` here).
+pub fn host_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
 }
 
 /// Why a setting was not applied.
@@ -158,7 +220,7 @@ pub enum SettingsError {
     Key {
         path: PathBuf,
         #[source]
-        source: arca_store_core::KeyError,
+        source: crate::KeyError,
     },
 }
 
@@ -460,44 +522,6 @@ impl Settings {
         Ok(())
     }
 
-    /// The builder's options these settings give (what a build request does not say:
-    /// check, repair; and where builds happen: the defaults of [`BuildOptions`]). Reads
-    /// the `secret-key-files`: a missing or malformed one is an error naming it.
-    pub fn build_options(&self) -> Result<BuildOptions, SettingsError> {
-        let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
-        let defaults = BuildOptions::default();
-        Ok(BuildOptions {
-            max_jobs: self.max_jobs.max(1),
-            cores: if self.cores == 0 {
-                defaults.cores
-            } else {
-                self.cores
-            },
-            keep_going: self.keep_going,
-            keep_failed: self.keep_failed,
-            timeout: seconds(self.timeout),
-            max_silent_time: seconds(self.max_silent_time),
-            max_log_size: (self.max_log_size > 0).then_some(self.max_log_size),
-            sandbox: self.sandbox,
-            sandbox_paths: self.sandbox_paths.clone(),
-            signing_keys: self.signing_keys()?,
-            post_build_hook: self.post_build_hook.clone(),
-            system_features: {
-                // Nix offers `recursive-nix` when the experimental feature is on.
-                let mut features = self.system_features.clone();
-                if self.experimental_features.contains("recursive-nix") {
-                    features.insert("recursive-nix".into());
-                }
-                features
-            },
-            build_users_group: (!self.build_users_group.is_empty())
-                .then(|| self.build_users_group.clone()),
-            ca_derivations: self.experimental_features.contains("ca-derivations"),
-            impure_derivations: self.experimental_features.contains("impure-derivations"),
-            ..defaults
-        })
-    }
-
     /// The keys of `secret-key-files`, read now.
     pub fn signing_keys(&self) -> Result<Vec<std::sync::Arc<SecretKey>>, SettingsError> {
         self.secret_key_files
@@ -522,7 +546,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arca_store_core::config::parse;
+    use crate::config::parse;
 
     fn load(text: &str) -> (Result<Settings, SettingsError>, Vec<String>) {
         let mut warnings = Vec::new();
@@ -643,36 +667,5 @@ mod tests {
         );
         assert!(settings.set("sandbox", "maybe").is_err());
         assert!(settings.set("timeout", "-1").is_err());
-    }
-
-    #[test]
-    fn build_options_follow_the_settings() {
-        let mut settings = Settings::default();
-        for (name, value) in [
-            ("sandbox", "false"),
-            ("timeout", "5"),
-            ("max-silent-time", "0"),
-            ("max-log-size", "1000"),
-            ("keep-going", "true"),
-            ("max-jobs", "3"),
-            ("cores", "2"),
-            ("sandbox-paths", "/bin/sh=/usr/bin/bash?"),
-        ] {
-            settings.set(name, value).unwrap();
-        }
-        let options = settings.build_options().unwrap();
-        assert_eq!(options.sandbox, SandboxMode::Disabled);
-        assert_eq!(options.timeout, Some(Duration::from_secs(5)));
-        assert_eq!(options.max_silent_time, None);
-        assert_eq!(options.max_log_size, Some(1000));
-        assert!(options.keep_going && !options.keep_failed);
-        assert_eq!((options.max_jobs, options.cores), (3, 2));
-        assert_eq!(options.sandbox_paths, ["/bin/sh=/usr/bin/bash?"]);
-        // cores = 0 means every CPU, max-jobs = 0 still builds one at a time.
-        settings.set("cores", "0").unwrap();
-        settings.set("max-jobs", "0").unwrap();
-        let options = settings.build_options().unwrap();
-        assert_eq!(options.cores, BuildOptions::default().cores);
-        assert_eq!(options.max_jobs, 1);
     }
 }

@@ -132,7 +132,7 @@ fn through_the_daemon_at(minor: u64) {
         let output = server_end.try_clone().unwrap();
         let peer = Peer { trusted: true };
         serve(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             output,
             peer,
@@ -173,7 +173,7 @@ fn an_untrusted_client_cannot_import_an_input_addressed_path() {
         let store = LocalStore::open(&server_root).unwrap();
         let output = server_end.try_clone().unwrap();
         serve(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             output,
             Peer { trusted: false },
@@ -236,7 +236,7 @@ fn closure_graphs_through_the_daemon_are_the_registry_s() {
             let output = server_end.try_clone().unwrap();
             let peer = Peer { trusted: false };
             serve(
-                &store,
+                &arca_daemon::LocalBackend::new(&store),
                 &server_end,
                 output,
                 peer,

@@ -25,7 +25,7 @@ fn served(root: &std::path::Path) -> (UnixStream, JoinHandle<Result<(), ServeErr
         .unwrap();
     let server = std::thread::spawn(move || {
         serve_socket(
-            &store,
+            &arca_daemon::LocalBackend::new(&store),
             &server_end,
             Peer { trusted: false },
             Limits::default(),
