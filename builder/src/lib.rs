@@ -68,7 +68,7 @@ pub use environment::{
     SANDBOX_BUILD_DIR,
 };
 pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
-pub use scheduler::{build, build_derivation};
+pub use scheduler::{build, build_derivation, error_chain};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
 pub use types::{
     BuildError, BuildOptions, BuildResult, BuildTarget, RecursiveNix, RecursiveSession,

@@ -807,7 +807,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
 fn failed(emit: &(dyn Fn(BuildEvent) + Sync), drv: &StorePath, error: BuildError) -> BuildResult {
     emit(BuildEvent::Failed {
         drv: drv.clone(),
-        message: error.to_string(),
+        message: error_chain(&error),
     });
     BuildResult::Failed(error)
 }
@@ -956,7 +956,7 @@ fn committer(
         for (drv, error) in failed {
             emit(BuildEvent::Failed {
                 drv: drv.clone(),
-                message: error.to_string(),
+                message: error_chain(&error),
             });
             let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
             guard.failed(&drv, keep_going);
@@ -1013,4 +1013,15 @@ fn run_post_build_hook(
     } else {
         Err(failed(report.outcome.to_string()))
     }
+}
+
+/// An error and its causes, `: `-separated: a failure in one message.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

@@ -6,9 +6,10 @@ use anyhow::{bail, Context};
 use arca_store_core::derivation::{
     derivation_path, show_derivations_json, Derivation, DerivationJson,
 };
-use arca_store_core::{StoreDir, StorePath};
+use arca_store_core::{StoreDir, StoreOps, StorePath};
 use clap::{Args, Subcommand};
 
+use crate::store::OnStore;
 use crate::GlobalArgs;
 
 #[derive(Subcommand)]
@@ -59,20 +60,8 @@ fn load(
     let text = argument.to_string_lossy();
     if text.starts_with(&format!("{store_dir}/")) {
         let path = store_dir.parse_path(&text)?;
-        if let Some(client) = crate::store::daemon_client(global)? {
-            let drv = crate::remote::read_derivation(&client, &path)?;
-            return Ok((path, drv));
-        }
-        let root = crate::store::local_root(global)?;
-        let physical = root.join(text.trim_start_matches('/'));
-        let bytes = std::fs::read(&physical).with_context(|| {
-            format!(
-                "cannot read derivation '{text}' from store '{}'",
-                root.display()
-            )
-        })?;
-        let drv = Derivation::parse_drv_file(store_dir, &path, &bytes)
-            .with_context(|| format!("cannot parse derivation '{text}'"))?;
+        let drv = crate::store::on_store(global, ReadDerivation(&path))
+            .with_context(|| format!("cannot read derivation '{text}'"))?;
         return Ok((path, drv));
     }
     // A file outside the store: its name is `[<hash>-]<name>.drv`; its key is the path
@@ -96,13 +85,34 @@ fn load(
     Ok((path, drv))
 }
 
+/// Reads one derivation from the store.
+struct ReadDerivation<'a>(&'a StorePath);
+
+impl OnStore for ReadDerivation<'_> {
+    type Output = Derivation;
+
+    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<Derivation> {
+        Ok(store.read_derivation(self.0)?)
+    }
+}
+
 fn add(global: &GlobalArgs) -> anyhow::Result<()> {
-    let client = crate::store::daemon_client(global)?;
-    let store = match client {
-        Some(_) => None,
-        None => Some(crate::store_commands::open_store(global)?),
-    };
-    let store_dir = StoreDir::default();
+    crate::store::on_store(global, AddDerivation)
+}
+
+/// `derivation add`: the JSON on stdin, its output paths computed, added to the store.
+struct AddDerivation;
+
+impl OnStore for AddDerivation {
+    type Output = ();
+
+    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
+        add_to(store)
+    }
+}
+
+fn add_to<S: StoreOps>(store: &S) -> anyhow::Result<()> {
+    let store_dir = store.store_dir().clone();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
         .context("cannot read the derivation JSON from stdin")?;
@@ -121,17 +131,9 @@ fn add(global: &GlobalArgs) -> anyhow::Result<()> {
         serde_json::from_value(object).context("the derivation JSON on stdin is invalid")?;
     let mut drv = json.into_derivation(&store_dir, name)?;
     let given = drv.clone();
-    match (&store, &client) {
-        (Some(store), _) => store.compute_output_paths(&mut drv)?,
-        (None, Some(client)) => {
-            arca_store_core::derivation::ModuloHashCache::new()
-                .compute_output_paths(&store_dir, &mut drv, |path| {
-                    crate::remote::read_derivation(client, path)
-                })
-                .map_err(|error| anyhow::anyhow!("{error}"))?;
-        }
-        (None, None) => unreachable!("one of the two stores is open"),
-    }
+    arca_store_core::derivation::ModuloHashCache::new()
+        .compute_output_paths(&store_dir, &mut drv, |path| store.read_derivation(path))
+        .with_context(|| format!("derivation '{}' is invalid", drv.name))?;
     for (output, computed) in &drv.outputs {
         if let Some(given_path) = given.outputs.get(output).and_then(|o| o.path()) {
             if Some(given_path) != computed.path() {
@@ -146,18 +148,11 @@ fn add(global: &GlobalArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let path = match (&store, &client) {
-        (Some(store), _) => store.add_derivation(&drv)?,
-        (None, Some(client)) => {
-            use arca_store_core::Store;
-            client.add_text(
-                &format!("{}.drv", drv.name),
-                drv.to_aterm(&store_dir).as_bytes(),
-                &drv.drv_references(),
-            )?
-        }
-        (None, None) => unreachable!("one of the two stores is open"),
-    };
+    let path = store.add_text(
+        &format!("{}.drv", drv.name),
+        drv.to_aterm(&store_dir).as_bytes(),
+        &drv.drv_references(),
+    )?;
     if let Some(given_path) = given_path {
         if given_path != path {
             bail!(

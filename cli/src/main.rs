@@ -12,7 +12,6 @@ mod hash;
 mod nar;
 mod optimise;
 mod progress;
-mod remote;
 mod store;
 mod store_commands;
 
@@ -110,9 +109,9 @@ fn main() -> ExitCode {
         Command::Nar(command) => nar::run(command),
         Command::Derivation(command) => derivation::run(command, &cli.global),
         Command::Store(command) => store_commands::run(command, &cli.global),
-        Command::PathInfo(args) => store_commands::path_info(&args, &cli.global),
-        Command::Build(args) => build::build(&args, &cli.global),
-        Command::Log(args) => build::log(&args, &cli.global),
+        Command::PathInfo(args) => store_commands::path_info(args, &cli.global),
+        Command::Build(args) => build::build(args, &cli.global),
+        Command::Log(args) => build::log(args, &cli.global),
         Command::Daemon(args) => daemon::run(&args, &cli.global),
         Command::Completions { shell } => completions(shell),
     };

@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use arca_store_sqlite::{LocalStore, OptimiseOptions, OptimiseProgress, OptimiseReport};
+use arca_store_core::{OptimiseProgress, OptimiseReport, StoreOps};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -14,11 +14,14 @@ pub struct OptimiseArgs {
     json: bool,
 }
 
-pub fn optimise(args: &OptimiseArgs, store: &LocalStore) -> anyhow::Result<()> {
+pub fn optimise<S: StoreOps>(args: &OptimiseArgs, store: &S) -> anyhow::Result<()> {
     let bar = PathsBar::new();
-    let report = store.optimise(&OptimiseOptions::default(), &|p| bar.update(p));
+    let report = store.optimise(&|p| bar.update(p));
     bar.finish();
-    let report = report?;
+    // A daemon does not say what it did.
+    let Some(report) = report? else {
+        return Ok(());
+    };
     // Nix's wording and rounding, so that scripts reading either keep working.
     eprintln!("{}", summary(&report));
     if args.json {

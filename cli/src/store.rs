@@ -1,11 +1,35 @@
-//! Which store a command works on (`--store`, `$ARCA_STORE`, the embedded default).
+//! Which store a command works on (`--store`, `$ARCA_STORE`, the embedded default), opened
+//! once: [`on_store`] runs a command on it whatever its back end, through the one store
+//! interface (`StoreOps`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use arca_daemon::LocalBackend;
 use arca_daemon_proto::DaemonClient;
+use arca_store_core::StoreOps;
+use arca_store_sqlite::LocalStore;
 
 use crate::GlobalArgs;
+
+/// A command that runs on any store.
+pub trait OnStore {
+    type Output;
+    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<Self::Output>;
+}
+
+/// Runs `command` on the store `--store` names, whichever back end it has: `unix://SOCKET`
+/// and `daemon` connect to a daemon; `local?root=ROOT`, `local://ROOT`, `local` and an
+/// absolute path open a local store (with builds); nothing given, the default store.
+pub fn on_store<C: OnStore>(global: &GlobalArgs, command: C) -> anyhow::Result<C::Output> {
+    if let Some(client) = daemon_client(global)? {
+        return command.run(&client);
+    }
+    let root = local_root(global)?;
+    let store = LocalStore::open(&root)
+        .with_context(|| format!("cannot open the store at '{}'", root.display()))?;
+    command.run(&LocalBackend::new(&store))
+}
 
 /// The physical root of a local store: files live under `ROOT/nix/store`, state under
 /// `ROOT/nix/var/nix`; the logical store dir stays `/nix/store`, as with Nix's
@@ -29,18 +53,19 @@ pub fn local_root(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
 
 /// The daemon named by `--store unix://SOCKET` (or `daemon`: Nix's default socket),
 /// connected, or `None` for a local store.
-pub fn daemon_client(global: &GlobalArgs) -> anyhow::Result<Option<DaemonClient>> {
+fn daemon_client(global: &GlobalArgs) -> anyhow::Result<Option<DaemonClient>> {
     let Some(socket) = global.store.as_deref().and_then(daemon_socket) else {
         return Ok(None);
     };
-    let client = DaemonClient::connect(&socket)
+    let mut client = DaemonClient::connect(&socket)
         .with_context(|| format!("cannot connect to the daemon at '{}'", socket.display()))?;
+    client.set_log_dir(daemon_root(global).join("nix/var/log/nix/drvs"));
     Ok(Some(client))
 }
 
 /// The root a daemon store URI names for files read directly (`unix://SOCKET?root=R`),
 /// `/` otherwise: where Nix's client looks for a daemon's build logs.
-pub fn daemon_root(global: &GlobalArgs) -> PathBuf {
+fn daemon_root(global: &GlobalArgs) -> PathBuf {
     let query = global
         .store
         .as_deref()

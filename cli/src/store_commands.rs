@@ -1,15 +1,19 @@
-//! `arca store …` and `arca path-info`: the local store.
+//! `arca store …` and `arca path-info`, written once against the store interface
+//! (`StoreOps`): the same code runs on a local store and through a daemon.
 
 use std::collections::BTreeSet;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use arca_store_core::{dependency_order, HashAlgo, Store, StoreDir, StorePath};
-use arca_store_sqlite::{GcAction, GcOptions, GcReport, LocalStore, VerifyOptions, VerifyProblem};
+use arca_store_core::{
+    dependency_order, FindRoots, GcAction, GcOptions, GcReport, HashAlgo, Store, StoreDir,
+    StoreOps, StorePath, VerifyOptions, VerifyOutcome, VerifyProblem,
+};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
+use crate::store::OnStore;
 use crate::GlobalArgs;
 
 #[derive(Subcommand)]
@@ -191,13 +195,6 @@ fn parse_algo(text: &str) -> Result<HashAlgo, String> {
     HashAlgo::from_name(text).map_err(|error| error.to_string())
 }
 
-/// Opens the local store named by `--store` (or the default one).
-pub fn open_store(global: &GlobalArgs) -> anyhow::Result<LocalStore> {
-    let root = crate::store::local_root(global)?;
-    LocalStore::open(&root)
-        .with_context(|| format!("cannot open the store at '{}'", root.display()))
-}
-
 /// Turns a command-line argument into a store path: a path in the store dir (or below a
 /// store path), or a symlink to one such as a `result` link (followed like Nix does).
 pub fn parse_path_arg(store_dir: &StoreDir, argument: &str) -> anyhow::Result<StorePath> {
@@ -250,157 +247,120 @@ pub fn default_name(path: &Path, name: &Option<String>) -> anyhow::Result<String
 }
 
 pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    if let Some(client) = crate::store::daemon_client(global)? {
-        return crate::remote::run(command, &client);
-    }
-    let store = open_store(global)?;
-    let store_dir = store.store_dir().clone();
-    let mut out = BufWriter::new(io::stdout().lock());
-    match command {
-        StoreCommand::AddPath(args) => {
-            let sources = args
-                .paths
-                .iter()
-                .map(|source| Ok((source.clone(), default_name(source, &args.name)?)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            // One progress bar at a time, for the source being added.
-            let current: std::sync::Mutex<Option<(usize, crate::progress::AddBar)>> =
-                std::sync::Mutex::new(None);
-            let paths = store.add_paths(&sources, &|index, progress| {
-                let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
-                if current.as_ref().map(|(shown, _)| *shown) != Some(index) {
-                    if let Some((_, bar)) = current.take() {
-                        bar.finish();
-                    }
-                    *current = Some((index, crate::progress::AddBar::new(&sources[index].0)));
-                }
-                if let Some((_, bar)) = current.as_ref() {
-                    bar.update(progress);
-                }
-            })?;
-            if let Some((_, bar)) = current.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                bar.finish();
-            }
-            for path in &paths {
-                writeln!(out, "{}", store_dir.display(path))?;
-            }
-        }
-        StoreCommand::AddFile(args) => {
-            let name = default_name(&args.file, &args.name)?;
-            let path = store.add_fixed_file(&args.file, &name, args.algo)?;
-            writeln!(out, "{}", store_dir.display(&path))?;
-        }
-        StoreCommand::Export(args) => {
-            let paths = parse_paths(&store, &args.paths)?;
-            require_valid(&store, &paths)?;
-            store.export_paths(&paths, &mut out)?;
-        }
-        StoreCommand::Import => {
-            let mut input = BufReader::with_capacity(1 << 16, io::stdin().lock());
-            for path in store.import_paths(&mut input)? {
-                writeln!(out, "{}", store_dir.display(&path))?;
-            }
-        }
-        StoreCommand::Query(args) => query(&store, &args, &mut out)?,
-        StoreCommand::Verify(args) => {
-            let paths = if args.paths.is_empty() {
-                None
-            } else {
-                Some(parse_paths(&store, &args.paths)?)
-            };
-            let options = VerifyOptions {
-                check_contents: args.check_contents,
-                repair: args.repair,
-            };
-            let report = store.verify(paths.as_ref(), options)?;
-            print_report(&store_dir, &report, args.json, &mut out)?;
-            out.flush()?;
-            if !report.is_clean() {
-                bail!("the store has {} problem(s)", report.problems.len());
-            }
-        }
-        StoreCommand::Delete(args) => {
-            let paths = parse_paths(&store, &args.paths)?;
-            let options = GcOptions {
-                action: GcAction::DeleteSpecific(paths.into_iter().collect()),
-                ignore_liveness: args.ignore_liveness,
-                ..GcOptions::default()
-            };
-            let report = collect(&store, &options)?;
-            print_freed(&report, true, &mut out)?;
-        }
-        StoreCommand::Gc(args) => gc(&store, &args, &mut out)?,
-        StoreCommand::Optimise(args) => crate::optimise::optimise(&args, &store)?,
-        StoreCommand::AddRoot(args) => {
-            let path = parse_path_arg(&store_dir, &args.path)?;
-            require_valid(&store, &BTreeSet::from([path.clone()]))?;
-            let link = store.add_perm_root(&path, &args.link)?;
-            writeln!(out, "{}", link.display())?;
-        }
-    }
-    out.flush()?;
-    Ok(())
+    crate::store::on_store(global, command)
 }
 
-fn query(store: &LocalStore, args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
+impl OnStore for StoreCommand {
+    type Output = ();
+
+    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
+        let store_dir = store.store_dir().clone();
+        let mut out = BufWriter::new(io::stdout().lock());
+        match self {
+            StoreCommand::AddPath(args) => {
+                let sources = args
+                    .paths
+                    .iter()
+                    .map(|source| Ok((source.clone(), default_name(source, &args.name)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                // One progress bar at a time, for the source being added.
+                let current: std::sync::Mutex<Option<(usize, crate::progress::AddBar)>> =
+                    std::sync::Mutex::new(None);
+                let paths = store.add_paths(&sources, &|index, progress| {
+                    let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+                    if current.as_ref().map(|(shown, _)| *shown) != Some(index) {
+                        if let Some((_, bar)) = current.take() {
+                            bar.finish();
+                        }
+                        *current = Some((index, crate::progress::AddBar::new(&sources[index].0)));
+                    }
+                    if let Some((_, bar)) = current.as_ref() {
+                        bar.update(progress);
+                    }
+                })?;
+                if let Some((_, bar)) = current.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    bar.finish();
+                }
+                for path in &paths {
+                    writeln!(out, "{}", store_dir.display(path))?;
+                }
+            }
+            StoreCommand::AddFile(args) => {
+                let name = default_name(&args.file, &args.name)?;
+                let path = store.add_file(&args.file, &name, args.algo)?;
+                writeln!(out, "{}", store_dir.display(&path))?;
+            }
+            StoreCommand::Export(args) => {
+                let paths = parse_paths(store, &args.paths)?;
+                require_valid(store, &paths)?;
+                store.export_paths(&paths, &mut out)?;
+            }
+            StoreCommand::Import => {
+                let mut input = BufReader::with_capacity(1 << 16, io::stdin().lock());
+                for path in store.import_paths(&mut input)? {
+                    writeln!(out, "{}", store_dir.display(&path))?;
+                }
+            }
+            StoreCommand::Query(args) => query(store, &args, &mut out)?,
+            StoreCommand::Verify(args) => {
+                let paths = if args.paths.is_empty() {
+                    None
+                } else {
+                    Some(parse_paths(store, &args.paths)?)
+                };
+                let options = VerifyOptions {
+                    check_contents: args.check_contents,
+                    repair: args.repair,
+                };
+                let outcome = store.verify_store(paths.as_ref(), options)?;
+                print_verify(&store_dir, &outcome, args.json, &mut out)?;
+                out.flush()?;
+                match outcome {
+                    VerifyOutcome::Report(report) if !report.is_clean() => {
+                        bail!("the store has {} problem(s)", report.problems.len())
+                    }
+                    VerifyOutcome::ErrorsFound(true) => bail!("the store has problems"),
+                    _ => {}
+                }
+            }
+            StoreCommand::Delete(args) => {
+                let paths = parse_paths(store, &args.paths)?;
+                let options = GcOptions {
+                    action: GcAction::DeleteSpecific(paths),
+                    ignore_liveness: args.ignore_liveness,
+                    ..GcOptions::default()
+                };
+                let report = collect(store, &options)?;
+                print_freed(&report, &mut out)?;
+            }
+            StoreCommand::Gc(args) => gc(store, &args, &mut out)?,
+            StoreCommand::Optimise(args) => crate::optimise::optimise(&args, store)?,
+            StoreCommand::AddRoot(args) => {
+                let path = parse_path_arg(&store_dir, &args.path)?;
+                require_valid(store, &BTreeSet::from([path.clone()]))?;
+                let link = store.add_perm_root(&path, &args.link)?;
+                writeln!(out, "{}", link.display())?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+fn query<S: StoreOps>(store: &S, args: &QueryArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let store_dir = store.store_dir();
     let paths = parse_paths(store, &args.paths)?;
     require_valid(store, &paths)?;
     let flags = &args.flags;
-    if print_store_independent_query(store, flags, &paths, out)? {
-        return Ok(());
-    }
-    if flags.roots {
-        // As Nix: the roots of everything that keeps the paths alive, with Nix's
-        // defaults (keep-derivations on, keep-outputs off).
-        for root in store.roots_of(&paths, false, true)? {
-            writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
-        }
-        return Ok(());
-    }
-    let mut result = BTreeSet::new();
-    if flags.requisites {
-        // The walk hands back each path's references too, so the ordering below needs no
-        // further queries.
-        let outputs = if args.include_outputs {
-            arca_store_sqlite::DerivationOutputs::Included
-        } else {
-            arca_store_sqlite::DerivationOutputs::Excluded
-        };
-        let graph = store.requisites_graph(&paths, outputs)?;
-        let closure: BTreeSet<StorePath> = graph.keys().cloned().collect();
-        let order = dependency_order(&closure, |p| {
-            Ok::<_, anyhow::Error>(graph.get(p).cloned().unwrap_or_default())
-        })?;
-        for path in order {
+    let print = |out: &mut dyn Write, set: &BTreeSet<StorePath>| -> anyhow::Result<()> {
+        // Nix prints these sets dependencies first.
+        for path in dependency_order(set, |p| store.query_references(p))? {
             writeln!(out, "{}", store_dir.display(&path))?;
         }
-        return Ok(());
-    } else if flags.referrers_closure {
-        result = store.referrers_closure(&paths)?;
-    }
-    // Nix prints these sets dependencies first.
-    for path in dependency_order(&result, |p| store.query_references(p))? {
-        writeln!(out, "{}", store_dir.display(&path))?;
-    }
-    Ok(())
-}
-
-/// The `query` flags that mean the same on every store (`--deriver`, `--outputs`,
-/// `--references`, `--referrers`), answered through the `Store` trait. Returns whether
-/// one of them was asked for.
-pub fn print_store_independent_query<S: Store>(
-    store: &S,
-    flags: &QueryFlags,
-    paths: &BTreeSet<StorePath>,
-    out: &mut impl Write,
-) -> anyhow::Result<bool>
-where
-    S::Error: std::error::Error + Send + Sync + 'static,
-{
-    let store_dir = store.store_dir();
+        Ok(())
+    };
     if flags.deriver {
-        for path in paths {
+        for path in &paths {
             match store.query_path_info(path)?.and_then(|info| info.deriver) {
                 Some(deriver) => writeln!(out, "{}", store_dir.display(&deriver))?,
                 None => writeln!(out, "unknown-deriver")?,
@@ -408,7 +368,7 @@ where
         }
     } else if flags.outputs {
         // As Nix: a derivation gives its outputs (in path order), anything else itself.
-        for path in paths {
+        for path in &paths {
             if path.is_derivation() {
                 let outputs: BTreeSet<StorePath> = store
                     .query_derivation_outputs(path)?
@@ -423,29 +383,50 @@ where
         }
     } else if flags.references || flags.referrers {
         let mut result = BTreeSet::new();
-        for path in paths {
+        for path in &paths {
             result.extend(if flags.references {
                 store.query_references(path)?
             } else {
                 store.query_referrers(path)?
             });
         }
-        // Nix prints these sets dependencies first.
-        for path in dependency_order(&result, |p| store.query_references(p))? {
+        print(out, &result)?;
+    } else if flags.roots {
+        for (link, path) in store.roots_of(&paths)? {
+            writeln!(out, "{link} -> {}", store_dir.display(&path))?;
+        }
+    } else if flags.requisites {
+        // The graph comes with each path's references: ordering it needs no more queries.
+        let graph = store.closure_graph(&paths, args.include_outputs)?;
+        let closure: BTreeSet<StorePath> = graph.keys().cloned().collect();
+        let order = dependency_order(&closure, |p| {
+            Ok::<_, anyhow::Error>(graph.get(p).cloned().unwrap_or_default())
+        })?;
+        for path in order {
             writeln!(out, "{}", store_dir.display(&path))?;
         }
-    } else {
-        return Ok(false);
+    } else if flags.referrers_closure {
+        print(out, &store.referrers_closure(&paths)?)?;
     }
-    Ok(true)
+    Ok(())
 }
 
-fn print_report(
+fn print_verify(
     store_dir: &StoreDir,
-    report: &arca_store_sqlite::VerifyReport,
+    outcome: &VerifyOutcome,
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let report = match outcome {
+        VerifyOutcome::Report(report) => report,
+        VerifyOutcome::ErrorsFound(found) => {
+            // A daemon sent its findings to the log; only the verdict is left.
+            if json {
+                writeln!(out, "{}", json!({ "errorsFound": found }))?;
+            }
+            return Ok(());
+        }
+    };
     let describe = |problem: &VerifyProblem| match problem {
         VerifyProblem::Missing { path, repaired } => json!({
             "kind": "missing", "path": store_dir.display(path), "repaired": repaired,
@@ -473,45 +454,21 @@ fn print_report(
         return Ok(());
     }
     for problem in &report.problems {
-        let line = match problem {
-            VerifyProblem::Missing {
-                path,
-                repaired: false,
-            } => {
-                format!("path '{}' disappeared", store_dir.display(path))
-            }
-            VerifyProblem::Missing {
-                path,
-                repaired: true,
-            } => {
-                format!(
-                    "path '{}' disappeared, removed from the registry",
-                    store_dir.display(path)
-                )
-            }
-            VerifyProblem::Modified {
-                path,
-                expected,
-                actual,
-            } => format!(
-                "path '{}' was modified! expected hash '{expected}', got '{actual}'",
-                store_dir.display(path)
-            ),
-            VerifyProblem::DanglingReference { path, missing_id } => format!(
-                "path '{}' refers to registry row {missing_id}, which does not exist",
-                store_dir.display(path)
-            ),
-        };
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", problem.describe(store_dir))?;
     }
     Ok(())
 }
 
 /// `arca path-info`.
-pub fn path_info(args: &PathInfoArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    match crate::store::daemon_client(global)? {
-        Some(client) => path_info_in(&client, args),
-        None => path_info_in(&open_store(global)?, args),
+pub fn path_info(args: PathInfoArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    crate::store::on_store(global, args)
+}
+
+impl OnStore for PathInfoArgs {
+    type Output = ();
+
+    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
+        path_info_in(store, &self)
     }
 }
 
@@ -596,11 +553,15 @@ where
     Ok(())
 }
 
-fn gc(store: &LocalStore, args: &GcArgs, out: &mut impl Write) -> anyhow::Result<()> {
+fn gc<S: StoreOps>(store: &S, args: &GcArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let store_dir = store.store_dir();
     if args.action.print_roots {
-        for root in store.find_roots(!args.no_runtime_roots)? {
-            writeln!(out, "{} -> {}", root.link, store_dir.display(&root.path))?;
+        let options = FindRoots {
+            censor: false,
+            runtime_roots: !args.no_runtime_roots,
+        };
+        for (link, path) in store.find_roots(options)? {
+            writeln!(out, "{link} -> {}", store_dir.display(&path))?;
         }
         return Ok(());
     }
@@ -622,7 +583,7 @@ fn gc(store: &LocalStore, args: &GcArgs, out: &mut impl Write) -> anyhow::Result
     };
     let report = collect(store, &options)?;
     if deleting {
-        print_freed(&report, true, out)?;
+        print_freed(&report, out)?;
     } else {
         for path in &report.paths {
             writeln!(out, "{path}")?;
@@ -635,7 +596,7 @@ fn gc(store: &LocalStore, args: &GcArgs, out: &mut impl Write) -> anyhow::Result
 }
 
 /// Runs the collector with a progress bar on a terminal.
-fn collect(store: &LocalStore, options: &GcOptions) -> anyhow::Result<GcReport> {
+fn collect<S: StoreOps>(store: &S, options: &GcOptions) -> anyhow::Result<GcReport> {
     let bar = crate::progress::GcBar::new();
     let report = store.collect_garbage(options, &|p| bar.update(p));
     bar.finish();
@@ -643,14 +604,12 @@ fn collect(store: &LocalStore, options: &GcOptions) -> anyhow::Result<GcReport> 
 }
 
 /// Nix's summary: each deleted path on stderr, then `N store paths deleted, X MiB freed`.
-fn print_freed(report: &GcReport, deleted: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    if deleted {
-        let mut stderr = io::BufWriter::new(io::stderr().lock());
-        for path in &report.paths {
-            writeln!(stderr, "deleting '{path}'")?;
-        }
-        stderr.flush()?;
+fn print_freed(report: &GcReport, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut stderr = io::BufWriter::new(io::stderr().lock());
+    for path in &report.paths {
+        writeln!(stderr, "deleting '{path}'")?;
     }
+    stderr.flush()?;
     writeln!(
         out,
         "{} store paths deleted, {:.2} MiB freed",

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use arca_store_core::{
-    AddressingMethod, ContentAddress, Hash, HashAlgo, PathInfo, Store, StoreDir, StorePath,
+    AddressingMethod, BuildMode, BuildOutcomes, Built, ContentAddress, DerivedPath, Hash, HashAlgo,
+    PathInfo, Realisation, Store, StoreDir, StorePath,
 };
 
 use crate::protocol::{self, minor, stderr, Op};
@@ -35,9 +36,6 @@ pub enum ClientError {
     #[error("the daemon sent an invalid reply: {0}")]
     BadReply(String),
 }
-
-/// A build target as the daemon named it, and whether it was built (or was valid).
-pub type TargetOutcome = (String, Result<(), String>);
 
 /// What a daemon reports while an operation runs, as far as a build's log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +64,9 @@ pub struct DaemonClient {
     store_dir: StoreDir,
     connection: Mutex<Connection>,
     daemon_version: Option<String>,
+    /// Where the daemon's build logs are, for reading them directly from a daemon that
+    /// cannot send them (Nix's): `/nix/var/log/nix/drvs` unless set.
+    log_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for DaemonClient {
@@ -126,6 +127,7 @@ impl DaemonClient {
         let mut connection = Connection { from, to, version };
         connection.process_stderr(None)?;
         Ok(DaemonClient {
+            log_dir: std::path::PathBuf::from("/nix/var/log/nix/drvs"),
             store_dir,
             connection: Mutex::new(connection),
             daemon_version,
@@ -245,6 +247,17 @@ impl DaemonClient {
             }
             Ok(graph)
         })
+    }
+
+    /// Reads build logs of a daemon that cannot send them (not Arca's) from `log_dir`, as
+    /// Nix's own client does (it reads the daemon's log files under the store's root).
+    pub fn set_log_dir(&mut self, log_dir: std::path::PathBuf) {
+        self.log_dir = log_dir;
+    }
+
+    /// Where [`DaemonClient::read_build_log`] reads logs of a daemon that is not Arca's.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
     }
 
     /// Whether the daemon is Arca's (and so understands Arca's extension operations).
@@ -486,43 +499,52 @@ impl DaemonClient {
         })
     }
 
-    /// `BuildPathsWithResults` for derivations (`DRV!out,…`, empty outputs = all):
-    /// per target, `Ok(())` or the failure message.
-    pub fn build_paths(
-        &self,
-        targets: &[(StorePath, BTreeSet<String>)],
-    ) -> Result<Vec<TargetOutcome>, ClientError> {
-        self.build_paths_logged(targets, &mut |_| {})
-    }
-
-    /// [`DaemonClient::build_paths`], hearing the builds' log as the daemon streams it.
+    /// `BuildPathsWithResults` (`BuildPaths` before 1.34): per target, what is there now
+    /// (the outputs the daemon named, when it is new enough to say) or why it failed;
+    /// `on_log` hears the builds' log as the daemon streams it.
     pub fn build_paths_logged(
         &self,
-        targets: &[(StorePath, BTreeSet<String>)],
+        targets: &[DerivedPath],
+        mode: BuildMode,
         on_log: &mut dyn FnMut(DaemonLog),
-    ) -> Result<Vec<TargetOutcome>, ClientError> {
+    ) -> Result<BuildOutcomes, ClientError> {
         self.with(|connection, store_dir| {
-            let wire: Vec<String> = targets
-                .iter()
-                .map(|(drv, outputs)| {
-                    let outputs = if outputs.is_empty() {
-                        "*".to_owned()
-                    } else {
-                        outputs.iter().cloned().collect::<Vec<_>>().join(",")
-                    };
-                    format!("{}!{outputs}", store_dir.display(drv))
-                })
-                .collect();
-            connection.to.write_u64(Op::BuildPathsWithResults as u64)?;
+            let wire: Vec<String> = targets.iter().map(|t| t.to_wire(store_dir)).collect();
+            let version = minor(connection.version);
+            let with_results = version >= 34;
+            connection.to.write_u64(if with_results {
+                Op::BuildPathsWithResults as u64
+            } else {
+                Op::BuildPaths as u64
+            })?;
             connection.to.write_strings(wire.iter())?;
-            connection.to.write_u64(protocol::build_mode::NORMAL)?;
+            connection.to.write_u64(match mode {
+                BuildMode::Normal => protocol::build_mode::NORMAL,
+                BuildMode::Repair => protocol::build_mode::REPAIR,
+                BuildMode::Check => protocol::build_mode::CHECK,
+            })?;
             connection.to.flush()?;
-            connection.process_stderr_logged(None, on_log)?;
+            let logged = connection.process_stderr_logged(None, on_log);
+            if !with_results {
+                // One verdict for all: a failure is the daemon's error message.
+                let verdict = match logged {
+                    Ok(()) => {
+                        connection.from.read_u64()?;
+                        Ok(Built::default())
+                    }
+                    Err(ClientError::Daemon(message)) => Err(message),
+                    Err(error) => return Err(error),
+                };
+                return Ok(targets
+                    .iter()
+                    .map(|t| (t.clone(), verdict.clone()))
+                    .collect());
+            }
+            logged?;
             let count = connection.from.read_list_len("build results")?;
             let mut results = Vec::new();
-            let version = minor(connection.version);
-            for _ in 0..count {
-                let target = connection.from.read_string("derived path")?;
+            for index in 0..count as usize {
+                connection.from.read_string("derived path")?;
                 let status = connection.from.read_u64()?;
                 let message = connection.from.read_string("error message")?;
                 if version >= 29 {
@@ -537,16 +559,36 @@ impl DaemonClient {
                         }
                     }
                 }
+                let mut outputs = Vec::new();
                 if version >= 28 {
-                    let outputs = connection.from.read_list_len("built outputs")?;
-                    for _ in 0..outputs {
+                    let count = connection.from.read_list_len("built outputs")?;
+                    for _ in 0..count {
                         connection.from.read_string("output id")?;
-                        connection.from.read_string("realisation")?;
+                        let json = connection.from.read_string("realisation")?;
+                        let realisation = Realisation::from_json(&json)
+                            .map_err(|error| ClientError::BadReply(error.to_string()))?;
+                        outputs.push(realisation);
                     }
                 }
                 // Built, substituted, already valid, resolved (0, 1, 2, 13) succeed.
-                let ok = matches!(status, 0 | 1 | 2 | 13);
-                results.push((target, if ok { Ok(()) } else { Err(message) }));
+                let result = match status {
+                    0 | 1 | 2 | 13 => Ok(Built {
+                        now: status == 0,
+                        outputs,
+                        timing: None,
+                    }),
+                    _ => Err(message),
+                };
+                if let Some(target) = targets.get(index) {
+                    results.push((target.clone(), result));
+                }
+            }
+            // Every reply was read (the connection stays in step) before this check.
+            if results.len() != targets.len() {
+                return Err(ClientError::BadReply(format!(
+                    "{count} build results for {} targets",
+                    targets.len()
+                )));
             }
             Ok(results)
         })

@@ -39,13 +39,12 @@
 //! crate) gets the wire format, the client and the server only.
 
 mod client;
+mod client_ops;
 pub mod long_path;
 pub mod protocol;
 mod server;
 pub mod wire;
 
-pub use arca_store_core::{
-    BuildMode, Built, DerivedPath, GcRequest, Settings, StoreOpError, StoreOps,
-};
-pub use client::{ClientError, DaemonClient, DaemonLog, TargetOutcome};
+pub use arca_store_core::{BuildMode, Built, DerivedPath, Settings, StoreOpError, StoreOps};
+pub use client::{ClientError, DaemonClient, DaemonLog};
 pub use server::{apply_client_options, refuse, serve, serve_socket, Peer, ServeError};

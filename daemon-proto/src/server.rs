@@ -15,8 +15,8 @@ use std::time::Duration;
 use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
     AddressingMethod, BuildEvent, BuildMode, Built, ContentAddressMethod, DerivedPath, DrvOutput,
-    GcRequest, Hash, HashAlgo, PathInfo, Realisation, Settings, Signature, SignatureError,
-    StoreOpError, StoreOps, StorePath,
+    FindRoots, GcAction, GcOptions, Hash, HashAlgo, PathInfo, Realisation, Settings, Signature,
+    SignatureError, StoreOpError, StoreOps, StorePath,
 };
 
 use crate::protocol::{self, gc_action, minor, stderr, Op};
@@ -155,7 +155,7 @@ fn serve_with<S: StoreOps>(
         };
         match connection.perform(op) {
             Ok(()) => {}
-            Err(Failure::Op(error)) => connection.send_error(&error.to_string())?,
+            Err(Failure::Op(error)) => connection.send_error(&error.chain())?,
             Err(Failure::Fatal(error)) => {
                 // The request could not be read: say why, then hang up.
                 let _ = connection.send_error(&error.to_string());
@@ -426,21 +426,15 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
     fn read_derived_paths(&mut self) -> Result<Vec<DerivedPath>, Failure> {
         let mut targets = Vec::new();
         for text in self.from.read_strings("derived paths")? {
-            let (path, outputs) = match text.split_once('!') {
-                Some((path, outputs)) => (path, Some(outputs)),
-                None => (text.as_str(), None),
-            };
-            let path = self.store.store_dir().parse_path(path).map_err(|error| {
-                Failure::Fatal(ServeError::Wire(invalid(&format!("'{text}': {error}"))))
-            })?;
-            let outputs = outputs.map(|outputs| {
-                if outputs == "*" {
-                    BTreeSet::new()
-                } else {
-                    outputs.split(',').map(str::to_owned).collect()
+            match DerivedPath::parse(self.store.store_dir(), &text) {
+                Ok(target) => targets.push(target),
+                Err(error @ arca_store_core::DerivedPathError::Path { .. }) => {
+                    return Err(Failure::Fatal(ServeError::Wire(invalid(
+                        &error.to_string(),
+                    ))))
                 }
-            });
-            targets.push(DerivedPath { path, outputs });
+                Err(error) => return Err(Failure::Op(StoreOpError::from_error(error))),
+            }
         }
         Ok(targets)
     }
@@ -733,7 +727,11 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 self.to.write_u64(1)?;
             }
             Op::FindRoots => {
-                let roots = store.find_roots(!self.peer.trusted)?;
+                let options = FindRoots {
+                    censor: !self.peer.trusted,
+                    ..FindRoots::default()
+                };
+                let roots = store.find_roots(options)?;
                 self.last()?;
                 self.to.write_u64(roots.len() as u64)?;
                 for (link, path) in &roots {
@@ -752,11 +750,11 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 if ignore_liveness {
                     return Err(op_error("you are not allowed to ignore liveness"));
                 }
-                let request = match action {
-                    gc_action::RETURN_LIVE => GcRequest::ReturnLive,
-                    gc_action::RETURN_DEAD => GcRequest::ReturnDead,
-                    gc_action::DELETE_DEAD => GcRequest::DeleteDead,
-                    gc_action::DELETE_SPECIFIC => GcRequest::DeleteSpecific(paths),
+                let action = match action {
+                    gc_action::RETURN_LIVE => GcAction::ReturnLive,
+                    gc_action::RETURN_DEAD => GcAction::ReturnDead,
+                    gc_action::DELETE_DEAD => GcAction::DeleteDead,
+                    gc_action::DELETE_SPECIFIC => GcAction::DeleteSpecific(paths),
                     other => {
                         return Err(op_error(format!(
                             "unknown garbage collector action {other}"
@@ -764,10 +762,18 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                     }
                 };
                 let max_freed = (max_freed != u64::MAX && max_freed != 0).then_some(max_freed);
-                let (paths, freed) = store.collect_garbage(request, max_freed, &self.settings)?;
+                // What to keep is the daemon's configuration (and a trusted client's).
+                let options = GcOptions {
+                    action,
+                    max_freed,
+                    keep_outputs: self.settings.keep_outputs,
+                    keep_derivations: self.settings.keep_derivations,
+                    ..GcOptions::default()
+                };
+                let report = store.collect_garbage(&options, &|_| {})?;
                 self.last()?;
-                self.to.write_strings(paths.iter())?;
-                self.to.write_u64(freed)?;
+                self.to.write_strings(report.paths.iter())?;
+                self.to.write_u64(report.bytes_freed)?;
                 self.to.write_u64(0)?; // obsolete
             }
             Op::SetOptions => {
@@ -809,7 +815,7 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 self.to.write_u64(0)?;
             }
             Op::OptimiseStore => {
-                store.optimise()?;
+                store.optimise(&|_| {})?;
                 self.last()?;
                 self.to.write_u64(1)?;
             }
@@ -819,9 +825,19 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 if repair && !self.peer.trusted {
                     return Err(op_error("you are not privileged to repair paths"));
                 }
-                let errors = store.verify_store(check_contents, repair)?;
+                let options = arca_store_core::VerifyOptions {
+                    check_contents,
+                    repair,
+                };
+                let outcome = store.verify_store(None, options)?;
+                if let arca_store_core::VerifyOutcome::Report(report) = &outcome {
+                    // Nix's daemon sends each problem to the client's log.
+                    for problem in &report.problems {
+                        self.log(&format!("{}\n", problem.describe(store.store_dir())))?;
+                    }
+                }
                 self.last()?;
-                self.to.write_bool(errors)?;
+                self.to.write_bool(outcome.errors_found())?;
             }
             Op::AddSignatures => {
                 let path = self.read_path()?;
@@ -871,7 +887,7 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                     to: self.to.get_mut(),
                     max,
                 });
-                let paths = store.import_export(&mut pulled)?;
+                let paths = store.import_paths(&mut pulled)?;
                 self.last()?;
                 self.write_paths(paths.iter())?;
             }
@@ -1424,6 +1440,10 @@ impl BuildActivities {
                 to.write_u64(1)?;
                 to.write_u64(1)?;
                 to.write_str(line)?;
+            }
+            BuildEvent::Message { text } => {
+                to.write_u64(stderr::NEXT)?;
+                to.write_str(text)?;
             }
             BuildEvent::Built { drv, .. } | BuildEvent::Failed { drv, .. } => {
                 let Some(id) = self.running.remove(drv) else {

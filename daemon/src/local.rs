@@ -8,18 +8,33 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use arca_build::{BuildOptions, BuildResult, BuildTarget};
-use arca_store_core::derivation::{Derivation, OutputName};
+use arca_store_core::derivation::Derivation;
 use arca_store_core::{
-    AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, ContentAddress,
-    ContentAddressMethod, DerivedPath, DrvOutput, GcRequest, HashAlgo, Hasher, PathInfo,
-    Realisation, Settings, Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
+    AddProgress, AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built,
+    ContentAddress, ContentAddressMethod, DerivedPath, DrvOutput, FindRoots, GcOptions, GcProgress,
+    GcReport, HashAlgo, Hasher, OptimiseProgress, OptimiseReport, PathInfo, Realisation, Settings,
+    Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath, VerifyOptions, VerifyOutcome,
 };
-use arca_store_sqlite::{
-    GcAction, GcOptions, LocalStore, OptimiseOptions, StoreError, VerifyOptions,
-};
+use arca_store_sqlite::{GcRoot, GcRootKind, LocalStore, OptimiseOptions, StoreError};
 
-fn refuse(error: impl std::fmt::Display) -> StoreOpError {
-    StoreOpError::new(error.to_string())
+/// A root as (link, path); with `censor`, the origins of runtime and temporary roots
+/// read `{censored}` (what a daemon shows an untrusted client, as Nix).
+fn root_entry(root: GcRoot, censor: bool) -> (String, StorePath) {
+    let link = if censor
+        && root.link.starts_with(['/', '{'])
+        && !matches!(
+            root.kind,
+            GcRootKind::Link | GcRootKind::Indirect | GcRootKind::File
+        ) {
+        "{censored}".to_owned()
+    } else {
+        root.link
+    };
+    (link, root.path)
+}
+
+fn refuse(message: impl Into<String>) -> StoreOpError {
+    StoreOpError::new(message)
 }
 
 /// The builder's options for a client's settings and build mode, on `store`: a build
@@ -40,19 +55,8 @@ fn build_options(
         check: mode == BuildMode::Check,
         repair: mode == BuildMode::Repair,
         recursive_nix: Some(std::sync::Arc::new(recursive)),
-        ..BuildOptions::from_settings(settings).map_err(|error| refuse(error_chain(&error)))?
+        ..BuildOptions::from_settings(settings).map_err(StoreOpError::from_error)?
     })
-}
-
-/// An error and its causes, `: `-separated, as the client shows one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// A [`LocalStore`] with builds (through `arca-build`, recursive Nix included), as a
@@ -142,7 +146,9 @@ impl StoreOps for LocalBackend<'_> {
     }
 
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        self.store.all_valid_paths().map_err(refuse)
+        self.store
+            .all_valid_paths()
+            .map_err(StoreOpError::from_error)
     }
 
     fn closure_graph(
@@ -152,7 +158,11 @@ impl StoreOps for LocalBackend<'_> {
     ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreOpError> {
         let mut valid = BTreeSet::new();
         for path in paths {
-            if self.store.is_valid_path(path).map_err(refuse)? {
+            if self
+                .store
+                .is_valid_path(path)
+                .map_err(StoreOpError::from_error)?
+            {
                 valid.insert(path.clone());
             }
         }
@@ -161,7 +171,9 @@ impl StoreOps for LocalBackend<'_> {
         } else {
             arca_store_sqlite::DerivationOutputs::Excluded
         };
-        self.store.requisites_graph(&valid, outputs).map_err(refuse)
+        self.store
+            .requisites_graph(&valid, outputs)
+            .map_err(StoreOpError::from_error)
     }
 
     fn query_derivation_output_map(
@@ -172,19 +184,18 @@ impl StoreOps for LocalBackend<'_> {
         Ok(self
             .store
             .derivation_output_map(drv, realisations)
-            .map_err(refuse)?
+            .map_err(StoreOpError::from_error)?
             .into_iter()
             .map(|(name, path)| (name.to_string(), path))
             .collect())
     }
 
     fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
-        LocalStore::query_realisation(self.store, id).map_err(refuse)
+        LocalStore::query_realisation(self.store, id).map_err(StoreOpError::from_error)
     }
 
     fn register_realisation(&self, realisation: &Realisation) -> Result<(), StoreOpError> {
-        LocalStore::register_realisation(self.store, realisation)
-            .map_err(|e| refuse(error_chain(&e)))
+        LocalStore::register_realisation(self.store, realisation).map_err(StoreOpError::from_error)
     }
 
     fn add_dump(
@@ -205,7 +216,7 @@ impl StoreOps for LocalBackend<'_> {
                 let mut contents = Vec::new();
                 dump.take(MAX_TEXT + 1)
                     .read_to_end(&mut contents)
-                    .map_err(refuse)?;
+                    .map_err(StoreOpError::from_error)?;
                 if contents.len() as u64 > MAX_TEXT {
                     return Err(refuse(format!(
                         "text '{name}' is larger than the limit of {} MiB",
@@ -213,7 +224,7 @@ impl StoreOps for LocalBackend<'_> {
                     )));
                 }
                 self.store.add_text_path(name, &contents, references)
-                    .map_err(refuse)
+                    .map_err(StoreOpError::from_error)
             }
             AddressingMethod::Fixed(..) if !references.is_empty() => {
                 Err(refuse("a fixed-output path cannot have references"))
@@ -221,7 +232,7 @@ impl StoreOps for LocalBackend<'_> {
             AddressingMethod::Fixed(ContentAddressMethod::Flat, algo) => {
                 let spool = spool(self.store, dump)?;
                 self.store.add_fixed_file(spool.file.path(), name, algo)
-                    .map_err(refuse)
+                    .map_err(StoreOpError::from_error)
             }
             AddressingMethod::Fixed(ContentAddressMethod::Recursive, algo) => {
                 // Spool the NAR, hashing it for its NAR hash (sha256) and for its
@@ -233,14 +244,14 @@ impl StoreOps for LocalBackend<'_> {
                 let mut size = 0u64;
                 let mut buffer = [0u8; 16 << 10];
                 loop {
-                    let read = dump.read(&mut buffer).map_err(refuse)?;
+                    let read = dump.read(&mut buffer).map_err(StoreOpError::from_error)?;
                     if read == 0 {
                         break;
                     }
                     let chunk = &buffer[..read];
                     nar_hasher.update(chunk);
                     ca_hasher.update(chunk);
-                    spool.write_all(chunk).map_err(refuse)?;
+                    spool.write_all(chunk).map_err(StoreOpError::from_error)?;
                     size += read as u64;
                 }
                 let hash = ca_hasher.finish();
@@ -254,14 +265,14 @@ impl StoreOps for LocalBackend<'_> {
                         &BTreeSet::new(),
                         false,
                     )
-                    .map_err(refuse)?;
+                    .map_err(StoreOpError::from_error)?;
                 let mut info = PathInfo::new(path.clone(), nar_hasher.finish(), size);
                 info.ca = Some(ContentAddress::Fixed {
                     method: ContentAddressMethod::Recursive,
                     hash,
                 });
-                let mut nar = spool.into_reader().map_err(refuse)?;
-                self.store.add_nar_embedded(&info, &mut nar).map_err(refuse)?;
+                let mut nar = spool.into_reader().map_err(StoreOpError::from_error)?;
+                self.store.add_nar_embedded(&info, &mut nar).map_err(StoreOpError::from_error)?;
                 Ok(path)
             }
         }
@@ -281,7 +292,7 @@ impl StoreOps for LocalBackend<'_> {
         }
         self.store
             .add_nar_embedded(info, &mut BufReadRef(nar))
-            .map_err(refuse)
+            .map_err(StoreOpError::from_error)
     }
 
     fn build_paths(
@@ -296,17 +307,7 @@ impl StoreOps for LocalBackend<'_> {
         for target in targets {
             match &target.outputs {
                 Some(outputs) => {
-                    let outputs = if outputs.is_empty() {
-                        None
-                    } else {
-                        Some(
-                            outputs
-                                .iter()
-                                .map(|o| OutputName::new(o))
-                                .collect::<Result<BTreeSet<_>, _>>()
-                                .map_err(refuse)?,
-                        )
-                    };
+                    let outputs = (!outputs.is_empty()).then(|| outputs.clone());
                     builds.push(BuildTarget {
                         drv: target.path.clone(),
                         outputs,
@@ -334,13 +335,13 @@ impl StoreOps for LocalBackend<'_> {
                     timings.insert(drv, timing);
                 }
             })
-            .map_err(refuse)?
+            .map_err(StoreOpError::from_error)?
         };
         for target in targets {
             let outcome = match built.get(&target.path) {
                 Some(BuildResult::Built(outputs)) => Ok((true, outputs)),
                 Some(BuildResult::AlreadyValid(outputs)) => Ok((false, outputs)),
-                Some(BuildResult::Failed(error)) => Err(error.to_string()),
+                Some(BuildResult::Failed(error)) => Err(arca_build::error_chain(error)),
                 Some(BuildResult::NotBuilt { because_of }) => Err(match because_of {
                     Some(drv) => format!(
                         "dependency '{}' failed to build",
@@ -356,16 +357,18 @@ impl StoreOps for LocalBackend<'_> {
             let result = match outcome {
                 Err(message) => Err(message),
                 Ok((now, outputs)) => {
-                    let derivation = self.store.read_derivation(&target.path).map_err(refuse)?;
+                    let derivation = self
+                        .store
+                        .read_derivation(&target.path)
+                        .map_err(StoreOpError::from_error)?;
                     let hash = self
                         .store
                         .static_output_hash(&derivation)
-                        .map_err(refuse)?
+                        .map_err(StoreOpError::from_error)?
                         .hash;
-                    let wanted = target.outputs.as_ref().filter(|o| !o.is_empty());
                     let mut outputs: Vec<Realisation> = outputs
                         .iter()
-                        .filter(|(name, _)| wanted.is_none_or(|w| w.contains(name.as_str())))
+                        .filter(|(name, _)| target.wants(name))
                         .map(|(name, path)| {
                             let id = DrvOutput {
                                 drv_hash: hash.clone(),
@@ -402,8 +405,14 @@ impl StoreOps for LocalBackend<'_> {
     }
 
     fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        self.store.add_temp_root(path).map_err(refuse)?;
-        if self.store.is_valid_path(path).map_err(refuse)? {
+        self.store
+            .add_temp_root(path)
+            .map_err(StoreOpError::from_error)?;
+        if self
+            .store
+            .is_valid_path(path)
+            .map_err(StoreOpError::from_error)?
+        {
             return Ok(());
         }
         Err(refuse(format!(
@@ -413,78 +422,98 @@ impl StoreOps for LocalBackend<'_> {
     }
 
     fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        LocalStore::add_temp_root(self.store, path).map_err(refuse)
+        LocalStore::add_temp_root(self.store, path).map_err(StoreOpError::from_error)
     }
 
     fn add_indirect_root(&self, link: &Path) -> Result<(), StoreOpError> {
-        LocalStore::add_indirect_root(self.store, link).map_err(refuse)
+        LocalStore::add_indirect_root(self.store, link).map_err(StoreOpError::from_error)
     }
 
     fn add_perm_root(&self, path: &StorePath, link: &Path) -> Result<PathBuf, StoreOpError> {
-        LocalStore::add_perm_root(self.store, path, link).map_err(refuse)
+        LocalStore::add_perm_root(self.store, path, link).map_err(StoreOpError::from_error)
     }
 
-    fn find_roots(&self, censor: bool) -> Result<Vec<(String, StorePath)>, StoreOpError> {
-        Ok(LocalStore::find_roots(self.store, true)
-            .map_err(refuse)?
+    fn find_roots(&self, options: FindRoots) -> Result<Vec<(String, StorePath)>, StoreOpError> {
+        let mut roots: Vec<(String, StorePath)> =
+            LocalStore::find_roots(self.store, options.runtime_roots)
+                .map_err(StoreOpError::from_error)?
+                .into_iter()
+                .map(|root| root_entry(root, options.censor))
+                .collect();
+        roots.sort();
+        Ok(roots)
+    }
+
+    /// As Nix: the roots of everything that keeps `paths` alive, with Nix's defaults
+    /// (derivers of live outputs kept, outputs of live derivations not).
+    fn roots_of(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<Vec<(String, StorePath)>, StoreOpError> {
+        let mut roots: Vec<(String, StorePath)> = self
+            .store
+            .roots_of(paths, &GcOptions::default())
+            .map_err(StoreOpError::from_error)?
             .into_iter()
-            .map(|root| {
-                let link = if censor
-                    && root.link.starts_with(['/', '{'])
-                    && root.kind != arca_store_sqlite::GcRootKind::Link
-                    && root.kind != arca_store_sqlite::GcRootKind::Indirect
-                    && root.kind != arca_store_sqlite::GcRootKind::File
-                {
-                    "{censored}".to_owned()
-                } else {
-                    root.link
-                };
-                (link, root.path)
-            })
-            .collect())
+            .map(|root| (root.link, root.path))
+            .collect();
+        roots.sort();
+        Ok(roots)
+    }
+
+    fn referrers_closure(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        self.store
+            .referrers_closure(paths)
+            .map_err(StoreOpError::from_error)
     }
 
     fn collect_garbage(
         &self,
-        request: GcRequest,
-        max_freed: Option<u64>,
-        settings: &Settings,
-    ) -> Result<(Vec<String>, u64), StoreOpError> {
-        let action = match request {
-            GcRequest::ReturnLive => GcAction::ReturnLive,
-            GcRequest::ReturnDead => GcAction::ReturnDead,
-            GcRequest::DeleteDead => GcAction::DeleteDead,
-            GcRequest::DeleteSpecific(paths) => GcAction::DeleteSpecific(paths),
-        };
-        let options = GcOptions {
-            action,
-            max_freed,
-            keep_outputs: settings.keep_outputs,
-            keep_derivations: settings.keep_derivations,
-            ..GcOptions::default()
-        };
-        let report = LocalStore::collect_garbage(self.store, &options, &|_| {}).map_err(refuse)?;
-        Ok((report.paths, report.bytes_freed))
+        options: &GcOptions,
+        progress: &(dyn Fn(GcProgress) + Sync),
+    ) -> Result<GcReport, StoreOpError> {
+        LocalStore::collect_garbage(self.store, options, progress).map_err(StoreOpError::from_error)
     }
 
-    fn optimise(&self) -> Result<(), StoreOpError> {
-        LocalStore::optimise(self.store, &OptimiseOptions::default(), &|_| {})
-            .map(drop)
-            .map_err(refuse)
+    fn optimise(
+        &self,
+        progress: &(dyn Fn(OptimiseProgress) + Sync),
+    ) -> Result<Option<OptimiseReport>, StoreOpError> {
+        LocalStore::optimise(self.store, &OptimiseOptions::default(), progress)
+            .map(Some)
+            .map_err(StoreOpError::from_error)
     }
 
-    fn verify_store(&self, check_contents: bool, repair: bool) -> Result<bool, StoreOpError> {
-        let report = self
-            .store
-            .verify(
-                None,
-                VerifyOptions {
-                    check_contents,
-                    repair,
-                },
-            )
-            .map_err(refuse)?;
-        Ok(!report.is_clean())
+    fn verify_store(
+        &self,
+        paths: Option<&BTreeSet<StorePath>>,
+        options: VerifyOptions,
+    ) -> Result<VerifyOutcome, StoreOpError> {
+        self.store
+            .verify(paths, options)
+            .map(VerifyOutcome::Report)
+            .map_err(StoreOpError::from_error)
+    }
+
+    fn add_paths(
+        &self,
+        sources: &[(PathBuf, String)],
+        progress: &(dyn Fn(usize, AddProgress) + Sync),
+    ) -> Result<Vec<StorePath>, StoreOpError> {
+        LocalStore::add_paths(self.store, sources, progress).map_err(StoreOpError::from_error)
+    }
+
+    fn add_file(&self, file: &Path, name: &str, algo: HashAlgo) -> Result<StorePath, StoreOpError> {
+        self.store
+            .add_fixed_file(file, name, algo)
+            .map_err(StoreOpError::from_error)
+    }
+
+    fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
+        LocalStore::read_derivation(self.store, path).map_err(StoreOpError::from_error)
     }
 
     fn add_signatures(
@@ -492,25 +521,25 @@ impl StoreOps for LocalBackend<'_> {
         path: &StorePath,
         signatures: &[Signature],
     ) -> Result<(), StoreOpError> {
-        LocalStore::add_signatures(self.store, path, signatures).map_err(refuse)
+        LocalStore::add_signatures(self.store, path, signatures).map_err(StoreOpError::from_error)
     }
 
-    fn import_export(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
+    fn import_paths(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
         self.store
             .import_paths(&mut BufReadRef(input))
-            .map_err(refuse)
+            .map_err(StoreOpError::from_error)
     }
 
     fn read_build_log(&self, drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {
         match arca_build::open_log(self.store.log_dir(), drv) {
             Ok(reader) => Ok(Some(reader)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(refuse(error)),
+            Err(error) => Err(StoreOpError::from_error(error)),
         }
     }
 
     fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), StoreOpError> {
-        arca_build::write_log(self.store.log_dir(), drv, text).map_err(refuse)
+        arca_build::write_log(self.store.log_dir(), drv, text).map_err(StoreOpError::from_error)
     }
 
     fn build_derivation(
@@ -524,7 +553,9 @@ impl StoreOps for LocalBackend<'_> {
         // Built as sent, without writing a `.drv`: its inputs are all sources now, so the
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
-        self.store.add_temp_roots(&drv.input_srcs).map_err(refuse)?;
+        self.store
+            .add_temp_roots(&drv.input_srcs)
+            .map_err(StoreOpError::from_error)?;
         let options = build_options(mode, settings, self.store)?;
         let mut timing = None;
         let result =
@@ -534,7 +565,7 @@ impl StoreOps for LocalBackend<'_> {
                     timing = Some(exited);
                 }
             })
-            .map_err(refuse)?;
+            .map_err(StoreOpError::from_error)?;
         Ok(match result {
             // No realisation ids, as the derivation is not in this store under the
             // client's path.
@@ -562,7 +593,11 @@ impl StoreOps for LocalBackend<'_> {
         for target in targets {
             if target.outputs.is_some() || target.path.is_derivation() {
                 pending.push(target.path.clone());
-            } else if !self.store.is_valid_path(&target.path).map_err(refuse)? {
+            } else if !self
+                .store
+                .is_valid_path(&target.path)
+                .map_err(StoreOpError::from_error)?
+            {
                 unknown.insert(target.path.clone());
             }
         }
@@ -570,16 +605,29 @@ impl StoreOps for LocalBackend<'_> {
             if !seen.insert(drv.clone()) {
                 continue;
             }
-            self.store.add_temp_root(&drv).map_err(refuse)?;
-            if !self.store.is_valid_path(&drv).map_err(refuse)? {
+            self.store
+                .add_temp_root(&drv)
+                .map_err(StoreOpError::from_error)?;
+            if !self
+                .store
+                .is_valid_path(&drv)
+                .map_err(StoreOpError::from_error)?
+            {
                 unknown.insert(drv);
                 continue;
             }
-            let derivation = self.store.read_derivation(&drv).map_err(refuse)?;
+            let derivation = self
+                .store
+                .read_derivation(&drv)
+                .map_err(StoreOpError::from_error)?;
             let mut missing = false;
             for path in self.query_derivation_output_map(&drv, true)?.values() {
                 match path {
-                    Some(path) if self.store.is_valid_path(path).map_err(refuse)? => {}
+                    Some(path)
+                        if self
+                            .store
+                            .is_valid_path(path)
+                            .map_err(StoreOpError::from_error)? => {}
                     _ => missing = true,
                 }
             }
@@ -600,13 +648,13 @@ struct FlatSpool {
 }
 
 fn spool(store: &LocalStore, dump: &mut dyn Read) -> Result<FlatSpool, StoreOpError> {
-    let dir = store.staging_dir().map_err(refuse)?;
+    let dir = store.staging_dir().map_err(StoreOpError::from_error)?;
     let mut file = tempfile::Builder::new()
         .prefix("flat-")
         .tempfile_in(dir.path())
-        .map_err(refuse)?;
-    std::io::copy(dump, &mut file).map_err(refuse)?;
-    file.flush().map_err(refuse)?;
+        .map_err(StoreOpError::from_error)?;
+    std::io::copy(dump, &mut file).map_err(StoreOpError::from_error)?;
+    file.flush().map_err(StoreOpError::from_error)?;
     Ok(FlatSpool { file, _dir: dir })
 }
 

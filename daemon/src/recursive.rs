@@ -19,8 +19,8 @@ use arca_daemon_proto::wire::Limits;
 use arca_daemon_proto::{serve, Peer};
 use arca_store_core::derivation::Derivation;
 use arca_store_core::{
-    AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, Built, DerivedPath, GcRequest,
-    PathInfo, Settings, Store, StoreDir, StoreOpError, StoreOps, StorePath,
+    AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, Built, DerivedPath, GcOptions,
+    GcProgress, GcReport, PathInfo, Settings, Store, StoreDir, StoreOpError, StoreOps, StorePath,
 };
 use arca_store_sqlite::{LocalStore, StoreError, StoreOptions};
 
@@ -345,11 +345,10 @@ impl StoreOps for RestrictedStore<'_> {
     /// Nothing is collected from inside a build; the request succeeds, as in Nix.
     fn collect_garbage(
         &self,
-        _request: GcRequest,
-        _max_freed: Option<u64>,
-        _settings: &Settings,
-    ) -> Result<(Vec<String>, u64), StoreOpError> {
-        Ok((Vec::new(), 0))
+        _options: &GcOptions,
+        _progress: &(dyn Fn(GcProgress) + Sync),
+    ) -> Result<GcReport, StoreOpError> {
+        Ok(GcReport::default())
     }
 
     fn query_missing(

@@ -40,6 +40,7 @@
 pub mod base32;
 pub mod config;
 pub mod derivation;
+pub mod export;
 pub mod hash;
 pub mod ops;
 pub mod path_info;
@@ -53,8 +54,10 @@ pub mod store_path;
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use ops::{
-    BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, DerivedPath, GcRequest, StoreOpError,
-    StoreOps,
+    AddProgress, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, DerivedPath,
+    DerivedPathError, FindRoots, GcAction, GcOptions, GcProgress, GcReport, OptimiseProgress,
+    OptimiseReport, StoreOpError, StoreOps, VerifyOptions, VerifyOutcome, VerifyProblem,
+    VerifyReport,
 };
 pub use path_info::{
     AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,

@@ -5,14 +5,16 @@
 //! store with builds (`arca-daemon`'s `LocalBackend`) is the other implementation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::derivation::{Derivation, OutputName};
 use crate::settings::Settings;
+use crate::store_path::ContentAddressMethod;
 use crate::{
-    AddressingMethod, DrvOutput, PathInfo, Realisation, Signature, Store, StoreDir, StorePath,
+    AddressingMethod, DrvOutput, Hash, HashAlgo, PathInfo, Realisation, Signature, Store, StoreDir,
+    StorePath,
 };
 
 /// What happens during a build (`arca_build::build`), in order per derivation; what a
@@ -65,6 +67,12 @@ pub enum BuildEvent {
         /// The directory on the host.
         path: PathBuf,
     },
+    /// A message for the user from where the builds run (what a daemon printed), with
+    /// its newline.
+    Message {
+        /// The text.
+        text: String,
+    },
     /// A derivation failed.
     Failed {
         /// The derivation.
@@ -74,19 +82,281 @@ pub enum BuildEvent {
     },
 }
 
-/// An operation the store refused, with the message the client sees.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreOpError(String);
+/// How far adding a path from the file system got (for a progress bar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddProgress {
+    /// Hashing the source: NAR bytes so far (the total is not known yet).
+    Hashing { bytes: u64 },
+    /// Copying into the store: NAR bytes so far, of `total`.
+    Copying { bytes: u64, total: u64 },
+}
 
-impl StoreOpError {
-    pub fn new(message: impl Into<String>) -> StoreOpError {
-        StoreOpError(message.into())
+/// What a garbage collection does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GcAction {
+    /// Delete every dead path (`nix-store --gc`).
+    #[default]
+    DeleteDead,
+    /// Only list what would be deleted (`--print-dead`, `--dry-run`).
+    ReturnDead,
+    /// Only list the live paths (`--print-live`).
+    ReturnLive,
+    /// Delete exactly these paths, which must be dead (`nix-store --delete`).
+    DeleteSpecific(BTreeSet<StorePath>),
+}
+
+/// How a garbage collection runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    pub action: GcAction,
+    /// Stop once this many bytes are freed.
+    pub max_freed: Option<u64>,
+    /// Keep the outputs of live derivations (Nix's `keep-outputs`, default off).
+    pub keep_outputs: bool,
+    /// Keep the derivers of live outputs (Nix's `keep-derivations`, default on).
+    pub keep_derivations: bool,
+    /// Look for runtime roots in `/proc` (default on).
+    pub runtime_roots: bool,
+    /// With [`GcAction::DeleteSpecific`]: ignore roots, only refuse paths that other
+    /// valid paths refer to (`--ignore-liveness`).
+    pub ignore_liveness: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions {
+            action: GcAction::DeleteDead,
+            max_freed: None,
+            keep_outputs: false,
+            keep_derivations: true,
+            runtime_roots: true,
+            ignore_liveness: false,
+        }
     }
 }
 
-fn refuse(error: impl std::fmt::Display) -> StoreOpError {
-    StoreOpError(error.to_string())
+/// What a garbage collection did or found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Full paths deleted (or dead, or live, by the action), sorted.
+    pub paths: Vec<String>,
+    /// Bytes freed by deleting files (0 when only listing).
+    pub bytes_freed: u64,
+    /// `.links` entries removed because nothing used them any more.
+    pub links_removed: u64,
+}
+
+/// How far a collection got (for a progress bar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcProgress {
+    /// Reading roots and the registry.
+    FindingRoots,
+    /// Deleting: `deleted` of `dead` paths, `bytes_freed` so far.
+    Deleting {
+        deleted: u64,
+        dead: u64,
+        bytes_freed: u64,
+    },
+    /// Removing unused `.links` entries.
+    PruningLinks,
+}
+
+/// What `verify` should do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    /// Re-hash every path and compare with the registry (slow: reads the whole store).
+    pub check_contents: bool,
+    /// Fix what can be fixed without a substituter: unregister paths whose files are
+    /// gone (when nothing valid refers to them). A modified path cannot be repaired
+    /// without a copy of the original and is only reported.
+    pub repair: bool,
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyProblem {
+    /// The path is registered but its files are missing.
+    Missing { path: StorePath, repaired: bool },
+    /// The path's NAR hash or size differs from the registry.
+    Modified {
+        path: StorePath,
+        expected: Hash,
+        actual: Hash,
+    },
+    /// A registered reference points at a registry row that is gone (the registry's
+    /// foreign keys make this impossible unless the database was edited without them).
+    DanglingReference { path: StorePath, missing_id: i64 },
+}
+
+/// The outcome of `verify`: empty when the store is consistent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub problems: Vec<VerifyProblem>,
+}
+
+impl VerifyProblem {
+    /// The problem in one line, as Nix words it.
+    pub fn describe(&self, store_dir: &StoreDir) -> String {
+        match self {
+            VerifyProblem::Missing {
+                path,
+                repaired: false,
+            } => format!("path '{}' disappeared", store_dir.display(path)),
+            VerifyProblem::Missing {
+                path,
+                repaired: true,
+            } => format!(
+                "path '{}' disappeared, removed from the registry",
+                store_dir.display(path)
+            ),
+            VerifyProblem::Modified {
+                path,
+                expected,
+                actual,
+            } => format!(
+                "path '{}' was modified! expected hash '{expected}', got '{actual}'",
+                store_dir.display(path)
+            ),
+            VerifyProblem::DanglingReference { path, missing_id } => format!(
+                "path '{}' refers to registry row {missing_id}, which does not exist",
+                store_dir.display(path)
+            ),
+        }
+    }
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What an optimise run did. `files_linked` and `bytes_saved` are counted as Nix counts
+/// them (`X MiB freed by hard-linking N files`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptimiseReport {
+    /// Store paths optimised.
+    pub paths: u64,
+    /// Regular files looked at, including those found already linked.
+    pub files_scanned: u64,
+    /// Files read to compute their key (files already linked are not read).
+    pub files_hashed: u64,
+    /// Files replaced by a hard link.
+    pub files_linked: u64,
+    /// The sizes of the files replaced.
+    pub bytes_saved: u64,
+    /// Files left alone because their link file holds different bytes under the same
+    /// key (a corrupt link file, or a collision).
+    pub files_differing: u64,
+}
+
+impl OptimiseReport {
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &OptimiseReport) {
+        self.paths += other.paths;
+        self.files_scanned += other.files_scanned;
+        self.files_hashed += other.files_hashed;
+        self.files_linked += other.files_linked;
+        self.bytes_saved += other.bytes_saved;
+        self.files_differing += other.files_differing;
+    }
+}
+
+/// How far an optimise run got, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimiseProgress {
+    /// `done` store paths of `total` are optimised.
+    Path { done: u64, total: u64 },
+}
+
+/// Why a store operation failed: refused with a message, or a back end's own error
+/// with its causes (an errno, a path) kept for callers to inspect.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpError {
+    /// Refused, with the message a client sees.
+    #[error("{0}")]
+    Refused(String),
+    /// The back end failed; the error says how and keeps its source chain.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreOpError {
+    /// A refusal with `message`.
+    pub fn new(message: impl Into<String>) -> StoreOpError {
+        StoreOpError::Refused(message.into())
+    }
+
+    /// A back end's error, kept whole.
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreOpError {
+        StoreOpError::Failed(Box::new(error))
+    }
+
+    /// The message and its causes, `: `-separated (what a daemon sends its client).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
+}
+
+/// Which roots [`StoreOps::find_roots`] returns, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FindRoots {
+    /// Show `{censored}` for the origins of runtime and temporary roots (what a daemon
+    /// tells an untrusted client), as Nix does.
+    pub censor: bool,
+    /// Include runtime roots (processes' open files, maps and environments, from
+    /// `/proc`).
+    pub runtime_roots: bool,
+}
+
+impl Default for FindRoots {
+    fn default() -> FindRoots {
+        FindRoots {
+            censor: false,
+            runtime_roots: true,
+        }
+    }
+}
+
+/// What [`StoreOps::verify_store`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// Every problem, from a store that reports them one by one.
+    Report(VerifyReport),
+    /// Only whether there were errors, from a store that says no more (a daemon: it sent
+    /// its messages to the client's log).
+    ErrorsFound(bool),
+}
+
+impl VerifyOutcome {
+    /// Whether problems were found.
+    pub fn errors_found(&self) -> bool {
+        match self {
+            VerifyOutcome::Report(report) => !report.is_clean(),
+            VerifyOutcome::ErrorsFound(found) => *found,
+        }
+    }
+}
+
+/// A file given to a store operation could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read '{}'", path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn refuse(message: impl Into<String>) -> StoreOpError {
+    StoreOpError::new(message)
 }
 
 /// A path to build or check: a derivation with the outputs wanted (`None`: an opaque
@@ -94,10 +364,72 @@ fn refuse(error: impl std::fmt::Display) -> StoreOpError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DerivedPath {
     pub path: StorePath,
-    pub outputs: Option<BTreeSet<String>>,
+    pub outputs: Option<BTreeSet<OutputName>>,
+}
+
+/// A derived path's text is malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum DerivedPathError {
+    #[error("'{text}' does not name a store path")]
+    Path {
+        text: String,
+        #[source]
+        source: crate::StorePathError,
+    },
+    #[error("'{text}' names a bad output")]
+    Output {
+        text: String,
+        #[source]
+        source: crate::derivation::InvalidOutputName,
+    },
 }
 
 impl DerivedPath {
+    /// Every output of `drv`.
+    pub fn all_outputs(drv: StorePath) -> DerivedPath {
+        DerivedPath {
+            path: drv,
+            outputs: Some(BTreeSet::new()),
+        }
+    }
+
+    /// Nix's legacy text form: `PATH` or `DRV!out1,out2` (`DRV!*` for all); `^` also
+    /// separates the outputs, as in Nix's newer form.
+    pub fn parse(store_dir: &StoreDir, text: &str) -> Result<DerivedPath, DerivedPathError> {
+        let (path, outputs) = match text.split_once(['!', '^']) {
+            Some((path, outputs)) => (path, Some(outputs)),
+            None => (text, None),
+        };
+        let path = store_dir
+            .parse_path(path)
+            .map_err(|source| DerivedPathError::Path {
+                text: text.to_owned(),
+                source,
+            })?;
+        let outputs = match outputs {
+            None => None,
+            Some("*") => Some(BTreeSet::new()),
+            Some(names) => Some(
+                names
+                    .split(',')
+                    .map(OutputName::new)
+                    .collect::<Result<BTreeSet<_>, _>>()
+                    .map_err(|source| DerivedPathError::Output {
+                        text: text.to_owned(),
+                        source,
+                    })?,
+            ),
+        };
+        Ok(DerivedPath { path, outputs })
+    }
+
+    /// Whether `output` is wanted (every output of an all-outputs target).
+    pub fn wants(&self, output: &OutputName) -> bool {
+        self.outputs
+            .as_ref()
+            .is_none_or(|wanted| wanted.is_empty() || wanted.contains(output))
+    }
+
     /// Nix's legacy text form: `PATH` or `DRV!out1,out2` (`DRV!*` for all).
     pub fn to_wire(&self, store_dir: &StoreDir) -> String {
         let path = store_dir.display(&self.path);
@@ -105,10 +437,8 @@ impl DerivedPath {
             None => path,
             Some(outputs) if outputs.is_empty() => format!("{path}!*"),
             Some(outputs) => {
-                format!(
-                    "{path}!{}",
-                    outputs.iter().cloned().collect::<Vec<_>>().join(",")
-                )
+                let names: Vec<&str> = outputs.iter().map(OutputName::as_str).collect();
+                format!("{path}!{}", names.join(","))
             }
         }
     }
@@ -171,22 +501,10 @@ pub enum BuildMode {
     Check,
 }
 
-/// What a garbage collection request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GcRequest {
-    ReturnLive,
-    ReturnDead,
-    DeleteDead,
-    DeleteSpecific(BTreeSet<StorePath>),
-}
-
 /// A store with every operation: the [`Store`] trait plus the operations Nix clients
 /// send that the trait has no word for. The defaults refuse, so a store that cannot
 /// build or collect garbage still serves queries and adds.
-pub trait StoreOps: Store + Sync
-where
-    Self::Error: std::fmt::Display,
-{
+pub trait StoreOps: Store + Sync {
     /// Every output of `drv` with its path where known (with `realisations`, Nix's
     /// `ca-derivations`: also where a realisation records it).
     fn query_derivation_output_map(
@@ -196,7 +514,7 @@ where
     ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
         Ok(self
             .query_derivation_outputs(drv)
-            .map_err(refuse)?
+            .map_err(StoreOpError::from_error)?
             .into_iter()
             .map(|(name, path)| (name, Some(path)))
             .collect())
@@ -234,8 +552,13 @@ where
             ));
         }
         let mut graph = BTreeMap::new();
-        for path in self.query_closure(paths).map_err(refuse)? {
-            let references = self.query_references(&path).map_err(refuse)?;
+        for path in self
+            .query_closure(paths)
+            .map_err(StoreOpError::from_error)?
+        {
+            let references = self
+                .query_references(&path)
+                .map_err(StoreOpError::from_error)?;
             graph.insert(path, references);
         }
         Ok(graph)
@@ -278,7 +601,7 @@ where
     }
 
     fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        if self.is_valid_path(path).map_err(refuse)? {
+        if self.is_valid_path(path).map_err(StoreOpError::from_error)? {
             Ok(())
         } else {
             Err(refuse(format!(
@@ -304,27 +627,65 @@ where
         ))
     }
 
-    /// Roots as (link, path); `censor` hides runtime and temporary roots' origins.
-    fn find_roots(&self, _censor: bool) -> Result<Vec<(String, StorePath)>, StoreOpError> {
+    /// Roots as (link, path), sorted; see [`FindRoots`].
+    fn find_roots(&self, _options: FindRoots) -> Result<Vec<(String, StorePath)>, StoreOpError> {
         Ok(Vec::new())
     }
 
-    /// The paths deleted (or listed) and the bytes freed.
+    /// The roots that keep any of `paths` alive (`nix-store -q --roots`): roots whose
+    /// target refers to one of them, directly or not.
+    fn roots_of(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<Vec<(String, StorePath)>, StoreOpError> {
+        let referrers = self.referrers_closure(paths)?;
+        let mut roots = self.find_roots(FindRoots::default())?;
+        roots.retain(|(_, path)| referrers.contains(path));
+        Ok(roots)
+    }
+
+    /// `paths` and every valid path that refers to them, directly or not.
+    fn referrers_closure(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        let mut closure = BTreeSet::new();
+        let mut pending: Vec<StorePath> = paths.iter().cloned().collect();
+        while let Some(path) = pending.pop() {
+            if closure.insert(path.clone()) {
+                pending.extend(
+                    self.query_referrers(&path)
+                        .map_err(StoreOpError::from_error)?,
+                );
+            }
+        }
+        Ok(closure)
+    }
+
+    /// Collects garbage as `options` say; `progress` hears how far it got (where the
+    /// store can tell).
     fn collect_garbage(
         &self,
-        _request: GcRequest,
-        _max_freed: Option<u64>,
-        _settings: &Settings,
-    ) -> Result<(Vec<String>, u64), StoreOpError> {
+        _options: &GcOptions,
+        _progress: &(dyn Fn(GcProgress) + Sync),
+    ) -> Result<GcReport, StoreOpError> {
         Err(refuse("garbage collection is not supported by this store"))
     }
 
-    fn optimise(&self) -> Result<(), StoreOpError> {
+    /// Hard-links identical files; the report, when the store gives one.
+    fn optimise(
+        &self,
+        _progress: &(dyn Fn(OptimiseProgress) + Sync),
+    ) -> Result<Option<OptimiseReport>, StoreOpError> {
         Err(refuse("optimisation is not supported by this store"))
     }
 
-    /// Whether verification found errors.
-    fn verify_store(&self, _check_contents: bool, _repair: bool) -> Result<bool, StoreOpError> {
+    /// Checks `paths` (all, when `None`) against the registry.
+    fn verify_store(
+        &self,
+        _paths: Option<&BTreeSet<StorePath>>,
+        _options: VerifyOptions,
+    ) -> Result<VerifyOutcome, StoreOpError> {
         Err(refuse("verification is not supported by this store"))
     }
 
@@ -343,11 +704,53 @@ where
         ))
     }
 
-    /// Imports an export archive (`ImportPaths`, Nix 2.3's `nix-store --import`).
-    fn import_export(&self, _input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
+    /// Writes `paths` in Nix's export format (`nix-store --export`).
+    fn export_paths(
+        &self,
+        paths: &BTreeSet<StorePath>,
+        out: &mut dyn Write,
+    ) -> Result<(), StoreOpError> {
+        crate::export::write_archive(self, paths, out).map_err(StoreOpError::from_error)
+    }
+
+    /// Imports an export archive (`nix-store --import`); the paths it held, in order.
+    fn import_paths(&self, _input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
         Err(refuse(
             "importing export archives is not supported by this store",
         ))
+    }
+
+    /// Adds each (file or tree, name) of `sources` as `nix-store --add` does; `progress`
+    /// hears, per source index, how far it got (where the store can tell).
+    fn add_paths(
+        &self,
+        _sources: &[(PathBuf, String)],
+        _progress: &(dyn Fn(usize, AddProgress) + Sync),
+    ) -> Result<Vec<StorePath>, StoreOpError> {
+        Err(refuse(
+            "adding files from this machine is not supported by this store",
+        ))
+    }
+
+    /// Adds the regular file `file` as a flat fixed-output path hashed with `algo`
+    /// (`nix-store --add-fixed`).
+    fn add_file(&self, file: &Path, name: &str, algo: HashAlgo) -> Result<StorePath, StoreOpError> {
+        let mut opened = std::fs::File::open(file).map_err(|source| {
+            StoreOpError::from_error(FileError {
+                path: file.to_owned(),
+                source,
+            })
+        })?;
+        let method = AddressingMethod::Fixed(ContentAddressMethod::Flat, algo);
+        self.add_dump(name, method, &BTreeSet::new(), &mut opened)
+    }
+
+    /// The derivation at `path`, parsed.
+    fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
+        Err(refuse(format!(
+            "reading derivation '{}' is not supported by this store",
+            self.store_dir().display(path)
+        )))
     }
 
     /// Adds `signatures` to the valid `path`'s (`AddSignatures`, from trusted clients).

@@ -86,8 +86,9 @@ pub enum StoreError {
     /// A `.drv` claims output paths (or output variables) its contents do not give.
     #[error(transparent)]
     IncorrectDerivation(Box<arca_store_core::derivation::DerivationCheckError<StoreError>>),
-    #[error("malformed export archive: {0}")]
-    BadExport(String),
+    /// An export archive to import is malformed, or an export failed.
+    #[error(transparent)]
+    Export(#[from] arca_store_core::export::ExportError),
     #[error("cycle detected in the references of '{path}' from '{reference}'")]
     ReferenceCycle { path: String, reference: String },
     #[error("invalid hash part '{0}'")]

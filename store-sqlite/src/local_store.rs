@@ -27,15 +27,7 @@ use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
 use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
-
-/// How far [`LocalStore::add_path_with_progress`] got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddProgress {
-    /// Hashing the source: NAR bytes so far (the total is not known yet).
-    Hashing { bytes: u64 },
-    /// Copying into the store: NAR bytes so far, of `total`.
-    Copying { bytes: u64, total: u64 },
-}
+pub use arca_store_core::ops::AddProgress;
 
 /// How a [`LocalStore`] behaves.
 #[derive(Debug, Clone, Default)]

@@ -54,6 +54,7 @@ use nix::sys::time::TimeSpec;
 use crate::durability::Durability;
 use crate::error::{IoContext, StoreError};
 use crate::LocalStore;
+pub use arca_store_core::ops::{OptimiseProgress, OptimiseReport};
 pub(crate) use links::LINKS_DIR;
 use links::{for_each_link_file, link_inodes, prune_link, to_hex};
 use worker::{open_no_follow, Temporaries, Worker};
@@ -73,44 +74,6 @@ pub struct OptimiseOptions {
     /// (EMLINK, 65000 on ext4). `None`: only the file system's limit counts. A test hook
     /// and a setting for file systems with small limits.
     pub max_links_per_file: Option<u64>,
-}
-
-/// What an optimise run did. `files_linked` and `bytes_saved` are counted as Nix counts
-/// them (`X MiB freed by hard-linking N files`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OptimiseReport {
-    /// Store paths optimised.
-    pub paths: u64,
-    /// Regular files looked at, including those found already linked.
-    pub files_scanned: u64,
-    /// Files read to compute their key (files already linked are not read).
-    pub files_hashed: u64,
-    /// Files replaced by a hard link.
-    pub files_linked: u64,
-    /// The sizes of the files replaced.
-    pub bytes_saved: u64,
-    /// Files left alone because their link file holds different bytes under the same
-    /// key (a corrupt link file, or a collision).
-    pub files_differing: u64,
-}
-
-impl OptimiseReport {
-    /// Adds `other`'s counts to these.
-    pub fn merge(&mut self, other: &OptimiseReport) {
-        self.paths += other.paths;
-        self.files_scanned += other.files_scanned;
-        self.files_hashed += other.files_hashed;
-        self.files_linked += other.files_linked;
-        self.bytes_saved += other.bytes_saved;
-        self.files_differing += other.files_differing;
-    }
-}
-
-/// How far an optimise run got, for a progress bar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptimiseProgress {
-    /// `done` store paths of `total` are optimised.
-    Path { done: u64, total: u64 },
 }
 
 /// What [`LocalStore::prune_links`] removed.

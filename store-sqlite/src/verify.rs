@@ -10,46 +10,7 @@ use arca_store_core::{Hash, HashAlgo, Hasher, Store, StorePath};
 use crate::error::{IoContext, StoreError};
 use crate::gc::{GcAction, GcOptions};
 use crate::LocalStore;
-
-/// What `verify` should do.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VerifyOptions {
-    /// Re-hash every path and compare with the registry (slow: reads the whole store).
-    pub check_contents: bool,
-    /// Fix what can be fixed without a substituter: unregister paths whose files are
-    /// gone (when nothing valid refers to them). A modified path cannot be repaired
-    /// without a copy of the original and is only reported.
-    pub repair: bool,
-}
-
-/// One problem `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VerifyProblem {
-    /// The path is registered but its files are missing.
-    Missing { path: StorePath, repaired: bool },
-    /// The path's NAR hash or size differs from the registry.
-    Modified {
-        path: StorePath,
-        expected: Hash,
-        actual: Hash,
-    },
-    /// A registered reference points at a registry row that is gone (the registry's
-    /// foreign keys make this impossible unless the database was edited without them).
-    DanglingReference { path: StorePath, missing_id: i64 },
-}
-
-/// The outcome of `verify`: empty when the store is consistent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VerifyReport {
-    pub checked: usize,
-    pub problems: Vec<VerifyProblem>,
-}
-
-impl VerifyReport {
-    pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
+pub use arca_store_core::ops::{VerifyOptions, VerifyProblem, VerifyReport};
 
 impl LocalStore {
     /// Verifies every valid path (or only `paths`, when given).

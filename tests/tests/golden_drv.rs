@@ -350,8 +350,10 @@ fn arca_derivation_show_prints_nix_show_derivation_json() {
     );
 }
 
-/// The store form: `arca --store ROOT derivation show /nix/store/<drv>` reads
-/// `ROOT/nix/store/<drv>` (a chroot store, like Nix's `local?root=ROOT`).
+/// The store form: `arca --store ROOT derivation show /nix/store/<drv>` reads the `.drv`
+/// through the store, which must have it as a valid path, as Nix's `show-derivation`
+/// requires (a file merely lying in `ROOT/nix/store` is refused, naming it); that file
+/// given by its own name is read as it is, keyed by the path its contents give.
 #[test]
 fn arca_derivation_show_reads_drvs_from_a_store_root() {
     let all = drvs();
@@ -370,15 +372,25 @@ fn arca_derivation_show_reads_drvs_from_a_store_root() {
             "show".as_ref(),
             logical.as_ref(),
         ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{logical}: {stderr}");
+        assert!(
+            stderr.contains(&format!("path '{logical}' is not valid")),
+            "{logical}: {stderr}"
+        );
+        let physical = store_dir.join(&drv.base);
+        let output = arca(&["derivation".as_ref(), "show".as_ref(), physical.as_os_str()]);
         assert!(
             output.status.success(),
-            "arca --store ROOT derivation show {logical}: {}",
+            "arca derivation show {}: {}",
+            physical.display(),
             String::from_utf8_lossy(&output.stderr)
         );
         let theirs = std::fs::read(&drv.json_file).unwrap();
         assert!(
             output.stdout == theirs,
-            "arca derivation show {logical}: differs from nix show-derivation"
+            "arca derivation show {}: differs from nix show-derivation",
+            physical.display()
         );
     }
     // A .drv that is not in that store: a failed operation naming it.

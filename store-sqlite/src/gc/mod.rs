@@ -50,6 +50,7 @@ use crate::error::{IoContext, StoreError};
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::PathGraph;
 use crate::LocalStore;
+pub use arca_store_core::ops::{GcAction, GcOptions, GcProgress, GcReport};
 pub(crate) use remove::TRASH_DIR;
 use remove::{empty_trash, move_out, remove_tree_counting, MovedOut};
 use roots::{find_link_roots, find_runtime_roots, parse_base_name, StoreLocation};
@@ -57,76 +58,6 @@ pub use roots::{GcRoot, GcRootKind};
 use server::{Collector, Keep};
 pub use temp_roots::TempRoots;
 use temp_roots::{read_temp_roots, GC_LOCK};
-
-/// What a garbage collection does.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum GcAction {
-    /// Delete every dead path (`nix-store --gc`).
-    #[default]
-    DeleteDead,
-    /// Only list what would be deleted (`--print-dead`, `--dry-run`).
-    ReturnDead,
-    /// Only list the live paths (`--print-live`).
-    ReturnLive,
-    /// Delete exactly these paths, which must be dead (`nix-store --delete`).
-    DeleteSpecific(BTreeSet<StorePath>),
-}
-
-/// How a garbage collection runs.
-#[derive(Debug, Clone)]
-pub struct GcOptions {
-    pub action: GcAction,
-    /// Stop once this many bytes are freed.
-    pub max_freed: Option<u64>,
-    /// Keep the outputs of live derivations (Nix's `keep-outputs`, default off).
-    pub keep_outputs: bool,
-    /// Keep the derivers of live outputs (Nix's `keep-derivations`, default on).
-    pub keep_derivations: bool,
-    /// Look for runtime roots in `/proc` (default on).
-    pub runtime_roots: bool,
-    /// With [`GcAction::DeleteSpecific`]: ignore roots, only refuse paths that other
-    /// valid paths refer to (`--ignore-liveness`).
-    pub ignore_liveness: bool,
-}
-
-impl Default for GcOptions {
-    fn default() -> GcOptions {
-        GcOptions {
-            action: GcAction::DeleteDead,
-            max_freed: None,
-            keep_outputs: false,
-            keep_derivations: true,
-            runtime_roots: true,
-            ignore_liveness: false,
-        }
-    }
-}
-
-/// What a garbage collection did or found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// Full paths deleted (or dead, or live, by the action), sorted.
-    pub paths: Vec<String>,
-    /// Bytes freed by deleting files (0 when only listing).
-    pub bytes_freed: u64,
-    /// `.links` entries removed because nothing used them any more.
-    pub links_removed: u64,
-}
-
-/// How far a collection got (for a progress bar).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GcProgress {
-    /// Reading roots and the registry.
-    FindingRoots,
-    /// Deleting: `deleted` of `dead` paths, `bytes_freed` so far.
-    Deleting {
-        deleted: u64,
-        dead: u64,
-        bytes_freed: u64,
-    },
-    /// Removing unused `.links` entries.
-    PruningLinks,
-}
 
 /// Paths unregistered per transaction while deleting.
 const BATCH: usize = 2048;
@@ -222,15 +153,16 @@ impl LocalStore {
     }
 
     /// The roots that keep any of `paths` alive (`nix-store -q --roots`): roots among
-    /// the paths' referrers closure, extended as the collector extends liveness (with
-    /// `keep_derivations`, a derivation's outputs keep it; with `keep_outputs`, a
-    /// derivation keeps its outputs).
+    /// the paths' referrers closure, extended as a collection with `options` extends
+    /// liveness (with `keep_derivations`, a derivation's outputs keep it; with
+    /// `keep_outputs`, a derivation keeps its outputs; runtime roots with
+    /// `runtime_roots`).
     pub fn roots_of(
         &self,
         paths: &BTreeSet<StorePath>,
-        keep_outputs: bool,
-        keep_derivations: bool,
+        options: &GcOptions,
     ) -> Result<Vec<GcRoot>, StoreError> {
+        let (keep_outputs, keep_derivations) = (options.keep_outputs, options.keep_derivations);
         let mut keepers: BTreeSet<StorePath> = BTreeSet::new();
         let mut pending: Vec<StorePath> = paths.iter().cloned().collect();
         while let Some(path) = pending.pop() {
@@ -251,7 +183,7 @@ impl LocalStore {
             }
         }
         Ok(self
-            .find_roots(true)?
+            .find_roots(options.runtime_roots)?
             .into_iter()
             .filter(|root| keepers.contains(&root.path))
             .collect())
