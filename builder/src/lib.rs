@@ -19,16 +19,19 @@
 //! With [`BuildOptions::sandbox`] [`SandboxMode::Disabled`] (Nix's `sandbox = false`)
 //! builders run on the host instead ([`arca_sandbox::run_on_host`]), writing their
 //! outputs at their store paths (valid ones under same-length fallback paths, rewritten
-//! back afterwards); the rest is the same. [`Settings`] is Nix's settings, typed, read
-//! where Nix reads them and turned into [`BuildOptions`]. Placeholders, `passAsFile`,
+//! back afterwards); the rest is the same. [`Settings`] (`arca-store-core`'s) is Nix's
+//! settings, typed, read where Nix reads them; [`BuildOptions::from_settings`] turns them
+//! into a build's options. Placeholders, `passAsFile`,
 //! structured attributes, `exportReferencesGraph`, secret-key signing, the post-build
 //! hook and `builtin:buildenv` are as in Nix.
 //!
 //! A build asking for recursive Nix gets a daemon of its own through
 //! [`BuildOptions::recursive_nix`] (provided by the daemon layer).
 //!
-//! Not supported yet: content-addressed (floating) and impure derivations,
-//! `builtin:fetchurl`, substitution, remote builds.
+//! With `ca-derivations`, floating content-addressed derivations are built and resolved
+//! through realisations; with `impure-derivations`, impure ones; `builtin:fetchurl`
+//! fetches over HTTP(S) (feature `fetchurl`). Not supported yet: substitution, remote
+//! builds.
 //!
 //! # Example
 //!

@@ -28,7 +28,8 @@ pub fn on_store<C: OnStore>(global: &GlobalArgs, command: C) -> anyhow::Result<C
     let root = local_root(global)?;
     let store = LocalStore::open(&root)
         .with_context(|| format!("cannot open the store at '{}'", root.display()))?;
-    command.run(&LocalBackend::new(&store))
+    // Builds it starts by itself (a repair) follow the settings, as `build` does.
+    command.run(&LocalBackend::new(&store).with_settings(global.settings()?))
 }
 
 /// The physical root of a local store: files live under `ROOT/nix/store`, state under

@@ -316,8 +316,9 @@ impl OnStore for StoreCommand {
                 print_verify(&store_dir, &outcome, args.json, &mut out)?;
                 out.flush()?;
                 match outcome {
-                    VerifyOutcome::Report(report) if !report.is_clean() => {
-                        bail!("the store has {} problem(s)", report.problems.len())
+                    VerifyOutcome::Report(report) if report.errors_found() => {
+                        let left = report.problems.iter().filter(|p| !p.repaired()).count();
+                        bail!("the store has {left} problem(s)")
                     }
                     VerifyOutcome::ErrorsFound(true) => bail!("the store has problems"),
                     _ => {}
@@ -435,9 +436,11 @@ fn print_verify(
             path,
             expected,
             actual,
+            repaired,
         } => json!({
             "kind": "modified", "path": store_dir.display(path),
             "expected": expected.to_string(), "actual": actual.to_string(),
+            "repaired": repaired,
         }),
         VerifyProblem::DanglingReference { path, missing_id } => json!({
             "kind": "dangling-reference", "path": store_dir.display(path),

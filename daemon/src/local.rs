@@ -14,6 +14,7 @@ use arca_store_core::{
     ContentAddress, ContentAddressMethod, DerivedPath, DrvOutput, FindRoots, GcOptions, GcProgress,
     GcReport, HashAlgo, Hasher, OptimiseProgress, OptimiseReport, PathInfo, Realisation, Settings,
     Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath, VerifyOptions, VerifyOutcome,
+    VerifyProblem,
 };
 use arca_store_sqlite::{GcRoot, GcRootKind, LocalStore, OptimiseOptions, StoreError};
 
@@ -61,19 +62,89 @@ fn build_options(
 
 /// A [`LocalStore`] with builds (through `arca-build`, recursive Nix included), as a
 /// [`StoreOps`]: what `arca daemon` serves and what `arca` uses for a local store.
-#[derive(Clone, Copy)]
 pub struct LocalBackend<'a> {
-    store: &'a LocalStore,
+    store: Handle<'a>,
+    /// The settings of builds it starts by itself (`verify --repair`): the default ones,
+    /// those given to [`LocalBackend::with_settings`], or a client's (`apply_settings`).
+    settings: std::sync::Mutex<Settings>,
+}
+
+/// The store a backend works on: borrowed, or its own.
+enum Handle<'a> {
+    Borrowed(&'a LocalStore),
+    Owned(Box<LocalStore>),
 }
 
 impl<'a> LocalBackend<'a> {
+    /// On a store the caller keeps.
     pub fn new(store: &'a LocalStore) -> LocalBackend<'a> {
-        LocalBackend { store }
+        LocalBackend {
+            store: Handle::Borrowed(store),
+            settings: Default::default(),
+        }
+    }
+
+    /// Owning `store` (its temporary roots go when the backend is dropped).
+    pub fn owning(store: LocalStore) -> LocalBackend<'static> {
+        LocalBackend {
+            store: Handle::Owned(Box::new(store)),
+            settings: Default::default(),
+        }
+    }
+
+    /// With `settings` for the builds it starts by itself (a repair).
+    pub fn with_settings(self, settings: Settings) -> LocalBackend<'a> {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        self
+    }
+
+    /// Restores the modified valid `path` as Nix's `repairPath` does without a
+    /// substituter: by building its deriver again in repair mode (all its outputs). Whether
+    /// it was restored; `false` when it has no valid deriver.
+    fn rebuild(&self, path: &StorePath) -> Result<bool, StoreOpError> {
+        let store = self.store();
+        let deriver = Store::query_path_info(store, path)
+            .map_err(StoreOpError::from_error)?
+            .and_then(|info| info.deriver);
+        let Some(drv) = deriver else {
+            tracing::warn!(
+                "cannot repair path '{}': it has no deriver",
+                store.store_dir().display(path)
+            );
+            return Ok(false);
+        };
+        if !store
+            .is_valid_path(&drv)
+            .map_err(StoreOpError::from_error)?
+        {
+            tracing::warn!(
+                "cannot repair path '{}': its deriver '{}' is not valid",
+                store.store_dir().display(path),
+                store.store_dir().display(&drv)
+            );
+            return Ok(false);
+        }
+        tracing::warn!("repairing outputs of '{}'", store.store_dir().display(&drv));
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcomes = self.build_paths(
+            &[DerivedPath::all_outputs(drv)],
+            BuildMode::Repair,
+            &settings,
+            &mut |_| {},
+        )?;
+        Ok(outcomes.iter().all(|(_, outcome)| outcome.is_ok()))
     }
 
     /// The local store itself.
-    pub fn store(&self) -> &'a LocalStore {
-        self.store
+    pub fn store(&self) -> &LocalStore {
+        match &self.store {
+            Handle::Borrowed(store) => store,
+            Handle::Owned(store) => store,
+        }
     }
 }
 
@@ -81,38 +152,38 @@ impl Store for LocalBackend<'_> {
     type Error = StoreError;
 
     fn store_dir(&self) -> &StoreDir {
-        self.store.store_dir()
+        self.store().store_dir()
     }
 
     fn is_valid_path(&self, path: &StorePath) -> Result<bool, StoreError> {
-        self.store.is_valid_path(path)
+        self.store().is_valid_path(path)
     }
 
     fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, StoreError> {
-        Store::query_path_info(self.store, path)
+        Store::query_path_info(self.store(), path)
     }
 
     fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Store::query_referrers(self.store, path)
+        Store::query_referrers(self.store(), path)
     }
 
     fn query_valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Store::query_valid_derivers(self.store, path)
+        Store::query_valid_derivers(self.store(), path)
     }
 
     fn query_derivation_outputs(
         &self,
         drv: &StorePath,
     ) -> Result<BTreeMap<String, StorePath>, StoreError> {
-        Store::query_derivation_outputs(self.store, drv)
+        Store::query_derivation_outputs(self.store(), drv)
     }
 
     fn query_path_from_hash_part(&self, hash_part: &str) -> Result<Option<StorePath>, StoreError> {
-        Store::query_path_from_hash_part(self.store, hash_part)
+        Store::query_path_from_hash_part(self.store(), hash_part)
     }
 
     fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), StoreError> {
-        Store::add_nar(self.store, info, nar)
+        Store::add_nar(self.store(), info, nar)
     }
 
     fn add_text(
@@ -121,32 +192,33 @@ impl Store for LocalBackend<'_> {
         text: &[u8],
         references: &BTreeSet<StorePath>,
     ) -> Result<StorePath, StoreError> {
-        Store::add_text(self.store, name, text, references)
+        Store::add_text(self.store(), name, text, references)
     }
 
     fn nar_from_path(&self, path: &StorePath, out: &mut dyn Write) -> Result<(), StoreError> {
-        Store::nar_from_path(self.store, path, out)
+        Store::nar_from_path(self.store(), path, out)
     }
 
     fn query_references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, StoreError> {
-        Store::query_references(self.store, path)
+        Store::query_references(self.store(), path)
     }
 
     fn query_closure(
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreError> {
-        Store::query_closure(self.store, paths)
+        Store::query_closure(self.store(), paths)
     }
 }
 
 impl StoreOps for LocalBackend<'_> {
     fn apply_settings(&self, settings: &Settings) {
-        self.store.set_auto_optimise(settings.auto_optimise_store);
+        self.store().set_auto_optimise(settings.auto_optimise_store);
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings.clone();
     }
 
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        self.store
+        self.store()
             .all_valid_paths()
             .map_err(StoreOpError::from_error)
     }
@@ -159,7 +231,7 @@ impl StoreOps for LocalBackend<'_> {
         let mut valid = BTreeSet::new();
         for path in paths {
             if self
-                .store
+                .store()
                 .is_valid_path(path)
                 .map_err(StoreOpError::from_error)?
             {
@@ -171,7 +243,7 @@ impl StoreOps for LocalBackend<'_> {
         } else {
             arca_store_sqlite::DerivationOutputs::Excluded
         };
-        self.store
+        self.store()
             .requisites_graph(&valid, outputs)
             .map_err(StoreOpError::from_error)
     }
@@ -182,7 +254,7 @@ impl StoreOps for LocalBackend<'_> {
         realisations: bool,
     ) -> Result<BTreeMap<String, Option<StorePath>>, StoreOpError> {
         Ok(self
-            .store
+            .store()
             .derivation_output_map(drv, realisations)
             .map_err(StoreOpError::from_error)?
             .into_iter()
@@ -191,11 +263,12 @@ impl StoreOps for LocalBackend<'_> {
     }
 
     fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
-        LocalStore::query_realisation(self.store, id).map_err(StoreOpError::from_error)
+        LocalStore::query_realisation(self.store(), id).map_err(StoreOpError::from_error)
     }
 
     fn register_realisation(&self, realisation: &Realisation) -> Result<(), StoreOpError> {
-        LocalStore::register_realisation(self.store, realisation).map_err(StoreOpError::from_error)
+        LocalStore::register_realisation(self.store(), realisation)
+            .map_err(StoreOpError::from_error)
     }
 
     fn add_dump(
@@ -223,22 +296,22 @@ impl StoreOps for LocalBackend<'_> {
                         MAX_TEXT >> 20
                     )));
                 }
-                self.store.add_text_path(name, &contents, references)
+                self.store().add_text_path(name, &contents, references)
                     .map_err(StoreOpError::from_error)
             }
             AddressingMethod::Fixed(..) if !references.is_empty() => {
                 Err(refuse("a fixed-output path cannot have references"))
             }
             AddressingMethod::Fixed(ContentAddressMethod::Flat, algo) => {
-                let spool = spool(self.store, dump)?;
-                self.store.add_fixed_file(spool.file.path(), name, algo)
+                let spool = spool(self.store(), dump)?;
+                self.store().add_fixed_file(spool.file.path(), name, algo)
                     .map_err(StoreOpError::from_error)
             }
             AddressingMethod::Fixed(ContentAddressMethod::Recursive, algo) => {
                 // Spool the NAR, hashing it for its NAR hash (sha256) and for its
                 // content address (`algo`) on the way; the path follows from the latter.
                 // Small NARs (the common case: one source file) stay in memory.
-                let mut spool = NarSpool::new(self.store);
+                let mut spool = NarSpool::new(self.store());
                 let mut nar_hasher = Hasher::new(HashAlgo::Sha256);
                 let mut ca_hasher = Hasher::new(algo);
                 let mut size = 0u64;
@@ -256,7 +329,7 @@ impl StoreOps for LocalBackend<'_> {
                 }
                 let hash = ca_hasher.finish();
                 let path = self
-                    .store
+                    .store()
                     .store_dir()
                     .make_fixed_output_path(
                         name,
@@ -272,7 +345,7 @@ impl StoreOps for LocalBackend<'_> {
                     hash,
                 });
                 let mut nar = spool.into_reader().map_err(StoreOpError::from_error)?;
-                self.store.add_nar_embedded(&info, &mut nar).map_err(StoreOpError::from_error)?;
+                self.store().add_nar_embedded(&info, &mut nar).map_err(StoreOpError::from_error)?;
                 Ok(path)
             }
         }
@@ -284,13 +357,13 @@ impl StoreOps for LocalBackend<'_> {
         nar: &mut dyn BufRead,
         trusted: bool,
     ) -> Result<(), StoreOpError> {
-        if !trusted && !info.is_content_addressed_correctly(self.store.store_dir()) {
+        if !trusted && !info.is_content_addressed_correctly(self.store().store_dir()) {
             return Err(refuse(format!(
                 "cannot add path '{}' because it lacks a signature by a trusted key",
-                self.store.store_dir().display(&info.path)
+                self.store().store_dir().display(&info.path)
             )));
         }
-        self.store
+        self.store()
             .add_nar_embedded(info, &mut BufReadRef(nar))
             .map_err(StoreOpError::from_error)
     }
@@ -324,12 +397,12 @@ impl StoreOps for LocalBackend<'_> {
                 }
             }
         }
-        let options = build_options(mode, settings, self.store)?;
+        let options = build_options(mode, settings, self.store())?;
         let mut timings = BTreeMap::new();
         let built = if builds.is_empty() {
             BTreeMap::new()
         } else {
-            arca_build::build(self.store, &builds, &options, &mut |event| {
+            arca_build::build(self.store(), &builds, &options, &mut |event| {
                 events(&event);
                 if let Some((drv, timing)) = BuildTiming::of(event) {
                     timings.insert(drv, timing);
@@ -345,7 +418,7 @@ impl StoreOps for LocalBackend<'_> {
                 Some(BuildResult::NotBuilt { because_of }) => Err(match because_of {
                     Some(drv) => format!(
                         "dependency '{}' failed to build",
-                        self.store.store_dir().display(drv)
+                        self.store().store_dir().display(drv)
                     ),
                     None => "not built".to_owned(),
                 }),
@@ -358,11 +431,11 @@ impl StoreOps for LocalBackend<'_> {
                 Err(message) => Err(message),
                 Ok((now, outputs)) => {
                     let derivation = self
-                        .store
+                        .store()
                         .read_derivation(&target.path)
                         .map_err(StoreOpError::from_error)?;
                     let hash = self
-                        .store
+                        .store()
                         .static_output_hash(&derivation)
                         .map_err(StoreOpError::from_error)?
                         .hash;
@@ -381,7 +454,7 @@ impl StoreOps for LocalBackend<'_> {
                         // As recorded, with signatures and dependent realisations.
                         for realisation in &mut outputs {
                             if let Ok(Some(recorded)) =
-                                LocalStore::query_realisation(self.store, &realisation.id)
+                                LocalStore::query_realisation(self.store(), &realisation.id)
                             {
                                 *realisation = recorded;
                             }
@@ -405,11 +478,11 @@ impl StoreOps for LocalBackend<'_> {
     }
 
     fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        self.store
+        self.store()
             .add_temp_root(path)
             .map_err(StoreOpError::from_error)?;
         if self
-            .store
+            .store()
             .is_valid_path(path)
             .map_err(StoreOpError::from_error)?
         {
@@ -417,25 +490,25 @@ impl StoreOps for LocalBackend<'_> {
         }
         Err(refuse(format!(
             "path '{}' is not valid",
-            self.store.store_dir().display(path)
+            self.store().store_dir().display(path)
         )))
     }
 
     fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        LocalStore::add_temp_root(self.store, path).map_err(StoreOpError::from_error)
+        LocalStore::add_temp_root(self.store(), path).map_err(StoreOpError::from_error)
     }
 
     fn add_indirect_root(&self, link: &Path) -> Result<(), StoreOpError> {
-        LocalStore::add_indirect_root(self.store, link).map_err(StoreOpError::from_error)
+        LocalStore::add_indirect_root(self.store(), link).map_err(StoreOpError::from_error)
     }
 
     fn add_perm_root(&self, path: &StorePath, link: &Path) -> Result<PathBuf, StoreOpError> {
-        LocalStore::add_perm_root(self.store, path, link).map_err(StoreOpError::from_error)
+        LocalStore::add_perm_root(self.store(), path, link).map_err(StoreOpError::from_error)
     }
 
     fn find_roots(&self, options: FindRoots) -> Result<Vec<(String, StorePath)>, StoreOpError> {
         let mut roots: Vec<(String, StorePath)> =
-            LocalStore::find_roots(self.store, options.runtime_roots)
+            LocalStore::find_roots(self.store(), options.runtime_roots)
                 .map_err(StoreOpError::from_error)?
                 .into_iter()
                 .map(|root| root_entry(root, options.censor))
@@ -451,7 +524,7 @@ impl StoreOps for LocalBackend<'_> {
         paths: &BTreeSet<StorePath>,
     ) -> Result<Vec<(String, StorePath)>, StoreOpError> {
         let mut roots: Vec<(String, StorePath)> = self
-            .store
+            .store()
             .roots_of(paths, &GcOptions::default())
             .map_err(StoreOpError::from_error)?
             .into_iter()
@@ -465,7 +538,7 @@ impl StoreOps for LocalBackend<'_> {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        self.store
+        self.store()
             .referrers_closure(paths)
             .map_err(StoreOpError::from_error)
     }
@@ -475,14 +548,15 @@ impl StoreOps for LocalBackend<'_> {
         options: &GcOptions,
         progress: &(dyn Fn(GcProgress) + Sync),
     ) -> Result<GcReport, StoreOpError> {
-        LocalStore::collect_garbage(self.store, options, progress).map_err(StoreOpError::from_error)
+        LocalStore::collect_garbage(self.store(), options, progress)
+            .map_err(StoreOpError::from_error)
     }
 
     fn optimise(
         &self,
         progress: &(dyn Fn(OptimiseProgress) + Sync),
     ) -> Result<Option<OptimiseReport>, StoreOpError> {
-        LocalStore::optimise(self.store, &OptimiseOptions::default(), progress)
+        LocalStore::optimise(self.store(), &OptimiseOptions::default(), progress)
             .map(Some)
             .map_err(StoreOpError::from_error)
     }
@@ -492,10 +566,18 @@ impl StoreOps for LocalBackend<'_> {
         paths: Option<&BTreeSet<StorePath>>,
         options: VerifyOptions,
     ) -> Result<VerifyOutcome, StoreOpError> {
-        self.store
+        let mut report = self
+            .store()
             .verify(paths, options)
-            .map(VerifyOutcome::Report)
-            .map_err(StoreOpError::from_error)
+            .map_err(StoreOpError::from_error)?;
+        if options.repair {
+            for problem in &mut report.problems {
+                if let VerifyProblem::Modified { path, repaired, .. } = problem {
+                    *repaired = self.rebuild(path)?;
+                }
+            }
+        }
+        Ok(VerifyOutcome::Report(report))
     }
 
     fn add_paths(
@@ -503,17 +585,17 @@ impl StoreOps for LocalBackend<'_> {
         sources: &[(PathBuf, String)],
         progress: &(dyn Fn(usize, AddProgress) + Sync),
     ) -> Result<Vec<StorePath>, StoreOpError> {
-        LocalStore::add_paths(self.store, sources, progress).map_err(StoreOpError::from_error)
+        LocalStore::add_paths(self.store(), sources, progress).map_err(StoreOpError::from_error)
     }
 
     fn add_file(&self, file: &Path, name: &str, algo: HashAlgo) -> Result<StorePath, StoreOpError> {
-        self.store
+        self.store()
             .add_fixed_file(file, name, algo)
             .map_err(StoreOpError::from_error)
     }
 
     fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
-        LocalStore::read_derivation(self.store, path).map_err(StoreOpError::from_error)
+        LocalStore::read_derivation(self.store(), path).map_err(StoreOpError::from_error)
     }
 
     fn add_signatures(
@@ -521,17 +603,17 @@ impl StoreOps for LocalBackend<'_> {
         path: &StorePath,
         signatures: &[Signature],
     ) -> Result<(), StoreOpError> {
-        LocalStore::add_signatures(self.store, path, signatures).map_err(StoreOpError::from_error)
+        LocalStore::add_signatures(self.store(), path, signatures).map_err(StoreOpError::from_error)
     }
 
     fn import_paths(&self, input: &mut dyn BufRead) -> Result<Vec<StorePath>, StoreOpError> {
-        self.store
+        self.store()
             .import_paths(&mut BufReadRef(input))
             .map_err(StoreOpError::from_error)
     }
 
     fn read_build_log(&self, drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {
-        match arca_build::open_log(self.store.log_dir(), drv) {
+        match arca_build::open_log(self.store().log_dir(), drv) {
             Ok(reader) => Ok(Some(reader)),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(StoreOpError::from_error(error)),
@@ -539,7 +621,7 @@ impl StoreOps for LocalBackend<'_> {
     }
 
     fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), StoreOpError> {
-        arca_build::write_log(self.store.log_dir(), drv, text).map_err(StoreOpError::from_error)
+        arca_build::write_log(self.store().log_dir(), drv, text).map_err(StoreOpError::from_error)
     }
 
     fn build_derivation(
@@ -553,13 +635,13 @@ impl StoreOps for LocalBackend<'_> {
         // Built as sent, without writing a `.drv`: its inputs are all sources now, so the
         // paths it claims cannot be recomputed here (the caller decided whether to trust
         // them: a trusted client, or fixed outputs only).
-        self.store
+        self.store()
             .add_temp_roots(&drv.input_srcs)
             .map_err(StoreOpError::from_error)?;
-        let options = build_options(mode, settings, self.store)?;
+        let options = build_options(mode, settings, self.store())?;
         let mut timing = None;
         let result =
-            arca_build::build_derivation(self.store, drv_path, drv, &options, &mut |event| {
+            arca_build::build_derivation(self.store(), drv_path, drv, &options, &mut |event| {
                 events(&event);
                 if let Some((_, exited)) = BuildTiming::of(event) {
                     timing = Some(exited);
@@ -594,7 +676,7 @@ impl StoreOps for LocalBackend<'_> {
             if target.outputs.is_some() || target.path.is_derivation() {
                 pending.push(target.path.clone());
             } else if !self
-                .store
+                .store()
                 .is_valid_path(&target.path)
                 .map_err(StoreOpError::from_error)?
             {
@@ -605,11 +687,11 @@ impl StoreOps for LocalBackend<'_> {
             if !seen.insert(drv.clone()) {
                 continue;
             }
-            self.store
+            self.store()
                 .add_temp_root(&drv)
                 .map_err(StoreOpError::from_error)?;
             if !self
-                .store
+                .store()
                 .is_valid_path(&drv)
                 .map_err(StoreOpError::from_error)?
             {
@@ -617,7 +699,7 @@ impl StoreOps for LocalBackend<'_> {
                 continue;
             }
             let derivation = self
-                .store
+                .store()
                 .read_derivation(&drv)
                 .map_err(StoreOpError::from_error)?;
             let mut missing = false;
@@ -625,7 +707,7 @@ impl StoreOps for LocalBackend<'_> {
                 match path {
                     Some(path)
                         if self
-                            .store
+                            .store()
                             .is_valid_path(path)
                             .map_err(StoreOpError::from_error)? => {}
                     _ => missing = true,

@@ -177,11 +177,13 @@ pub struct VerifyOptions {
 pub enum VerifyProblem {
     /// The path is registered but its files are missing.
     Missing { path: StorePath, repaired: bool },
-    /// The path's NAR hash or size differs from the registry.
+    /// The path's NAR hash or size differs from the registry; `repaired` when its
+    /// deriver was built again to restore it (`--repair`, as Nix does).
     Modified {
         path: StorePath,
         expected: Hash,
         actual: Hash,
+        repaired: bool,
     },
     /// A registered reference points at a registry row that is gone (the registry's
     /// foreign keys make this impossible unless the database was edited without them).
@@ -214,9 +216,11 @@ impl VerifyProblem {
                 path,
                 expected,
                 actual,
+                repaired,
             } => format!(
-                "path '{}' was modified! expected hash '{expected}', got '{actual}'",
-                store_dir.display(path)
+                "path '{}' was modified! expected hash '{expected}', got '{actual}'{}",
+                store_dir.display(path),
+                if *repaired { "; repaired" } else { "" }
             ),
             VerifyProblem::DanglingReference { path, missing_id } => format!(
                 "path '{}' refers to registry row {missing_id}, which does not exist",
@@ -226,10 +230,28 @@ impl VerifyProblem {
     }
 }
 
+impl VerifyProblem {
+    /// Whether `--repair` fixed it.
+    pub fn repaired(&self) -> bool {
+        match self {
+            VerifyProblem::Missing { repaired, .. } | VerifyProblem::Modified { repaired, .. } => {
+                *repaired
+            }
+            VerifyProblem::DanglingReference { .. } => false,
+        }
+    }
+}
+
 impl VerifyReport {
     /// Whether no problem was found.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Whether a problem is left (one that was not repaired): what makes a verification
+    /// fail, as Nix's `errors`.
+    pub fn errors_found(&self) -> bool {
+        self.problems.iter().any(|problem| !problem.repaired())
     }
 }
 
@@ -340,7 +362,7 @@ impl VerifyOutcome {
     /// Whether problems were found.
     pub fn errors_found(&self) -> bool {
         match self {
-            VerifyOutcome::Report(report) => !report.is_clean(),
+            VerifyOutcome::Report(report) => report.errors_found(),
             VerifyOutcome::ErrorsFound(found) => *found,
         }
     }

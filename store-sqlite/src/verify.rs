@@ -140,6 +140,8 @@ impl LocalStore {
                         path: path.clone(),
                         expected: expected.clone(),
                         actual,
+                        // Repairing takes a rebuild: the layer with builds does it.
+                        repaired: false,
                     },
                 ));
             }

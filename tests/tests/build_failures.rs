@@ -474,6 +474,71 @@ fn repair_restores_a_corrupted_output() {
     assert!(leftovers.is_empty(), "the old tree is gone: {leftovers:?}");
 }
 
+/// `store verify --check-contents --repair` restores a corrupted built output by
+/// building its deriver again in repair mode, as Nix's `verifyStore` does without a
+/// substituter ("repairing outputs of …"); the store is then sound, and the verification
+/// succeeds. A corrupted path without a deriver stays a problem.
+#[test]
+fn verify_repair_rebuilds_a_corrupted_built_output() {
+    let Some((scratch, bb)) =
+        Scratch::with_busybox("verify_repair_rebuilds_a_corrupted_built_output")
+    else {
+        return;
+    };
+    let drv = scratch.add_derivation(&bb, "fixme", "mkdir $out; echo good > $out/file", &[], &[]);
+    let out = scratch.arca_output(&drv);
+    scratch.arca_build_ok(&[&drv]);
+    let file = scratch.arca_physical(&out).join("file");
+    let dir = scratch.arca_physical(&out);
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&file, "bad\n").unwrap();
+
+    let repair = scratch.arca(&["store", "verify", "--check-contents", "--repair", "--json"]);
+    let stdout = String::from_utf8_lossy(&repair.stdout);
+    let stderr = String::from_utf8_lossy(&repair.stderr);
+    assert!(repair.status.success(), "repaired: {stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["kind"], "modified");
+    assert_eq!(problems[0]["path"], out.as_str());
+    assert_eq!(problems[0]["repaired"], true);
+    assert!(
+        stderr.contains(&format!("repairing outputs of '{drv}'")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "good\n");
+    let verify = scratch.arca(&["store", "verify", "--check-contents"]);
+    assert!(
+        verify.status.success(),
+        "sound again: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // The builder (an added path, no deriver) cannot be rebuilt: still a problem.
+    let busybox = scratch.arca_physical(&bb).join("busybox");
+    let bb_dir = scratch.arca_physical(&bb);
+    std::fs::set_permissions(&bb_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &busybox,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut bytes = std::fs::read(&busybox).unwrap();
+    bytes.push(0);
+    std::fs::write(&busybox, bytes).unwrap();
+    let repair = scratch.arca(&["store", "verify", "--check-contents", "--repair"]);
+    let stdout = String::from_utf8_lossy(&repair.stdout);
+    let stderr = String::from_utf8_lossy(&repair.stderr);
+    assert_eq!(repair.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("path '{bb}' was modified!")) && !stdout.contains("repaired"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("it has no deriver"), "{stderr}");
+}
+
 /// `--sandbox-path TARGET=SOURCE` with a source inside a store path binds that file at
 /// the target and brings the store path's closure along, as Nix does.
 #[test]
