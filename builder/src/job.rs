@@ -219,6 +219,22 @@ impl Job<'_> {
             locks,
         };
 
+        tracing::info!(
+            "{} '{}': outputs {}",
+            if self.options.check {
+                "checking"
+            } else if self.options.repair {
+                "repairing"
+            } else {
+                "building"
+            },
+            store.store_dir().display(self.drv_path),
+            work.rebuild
+                .iter()
+                .map(|path| store.store_dir().display(path))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         (self.emit)(BuildEvent::Started {
             drv: self.drv_path.clone(),
         });

@@ -141,7 +141,8 @@ impl StoreOps for DaemonClient {
     }
 
     /// What a collection keeps (`keep-outputs`, `keep-derivations`, runtime roots) is
-    /// the daemon's configuration, as with Nix's client; ignoring liveness is refused.
+    /// the daemon's configuration, as with Nix's client: asking for other than the
+    /// defaults is refused rather than ignored, and so is ignoring liveness.
     fn collect_garbage(
         &self,
         options: &GcOptions,
@@ -150,6 +151,21 @@ impl StoreOps for DaemonClient {
         if options.ignore_liveness {
             return Err(StoreOpError::new(
                 "a daemon does not let clients ignore liveness",
+            ));
+        }
+        let defaults = GcOptions::default();
+        if (
+            options.keep_outputs,
+            options.keep_derivations,
+            options.runtime_roots,
+        ) != (
+            defaults.keep_outputs,
+            defaults.keep_derivations,
+            defaults.runtime_roots,
+        ) {
+            return Err(StoreOpError::new(
+                "through a daemon, what a collection keeps (keep-outputs, keep-derivations, \
+                 runtime roots) is the daemon's configuration",
             ));
         }
         let none = BTreeSet::new();

@@ -308,6 +308,19 @@ fn the_store_ops_suite_passes_through_the_daemon() {
     )
     .unwrap_err();
     assert!(error.to_string().contains("liveness"), "{error}");
+    let error = StoreOps::collect_garbage(
+        &client,
+        &GcOptions {
+            keep_outputs: true,
+            ..GcOptions::default()
+        },
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("the daemon's configuration"),
+        "{error}"
+    );
     drop((client, other_client));
     server.join().unwrap();
     other_server.join().unwrap();

@@ -276,6 +276,23 @@ impl LocalStore {
             self.find_all_roots(options.runtime_roots, deleting)?
         };
         let graph = Arc::new(self.registry().path_graph()?);
+        tracing::info!(
+            "{} roots ({}), {} valid paths",
+            roots.len(),
+            if options.runtime_roots {
+                "runtime roots included"
+            } else {
+                "no runtime roots"
+            },
+            graph.len()
+        );
+        for root in &roots {
+            tracing::debug!(
+                "root {} -> {}",
+                root.link,
+                self.store_dir().display(&root.path)
+            );
+        }
         collector.install(&graph, &roots);
 
         let store_dir = self.store_dir();
@@ -290,6 +307,12 @@ impl LocalStore {
             }
             GcAction::ReturnDead => {
                 let live = collector.live_indices().into_iter().collect::<HashSet<_>>();
+                tracing::info!(
+                    "{} live paths (keep-outputs {}, keep-derivations {})",
+                    live.len(),
+                    options.keep_outputs,
+                    options.keep_derivations
+                );
                 report.paths = (0..graph.len() as u32)
                     .filter(|i| !live.contains(i))
                     .map(|i| store_dir.display(&graph.paths[i as usize]))
