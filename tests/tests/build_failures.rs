@@ -439,6 +439,21 @@ fn keep_going_builds_what_does_not_depend_on_the_failure() {
     assert_arca_verify_clean(&scratch.arca_root(), "after --keep-going");
 }
 
+/// Builds a derivation whose output holds `file` = "good", then corrupts that file as a
+/// careless admin would (the store is read-only by mode only): the `.drv`, the output
+/// and the file.
+fn build_and_corrupt(scratch: &Scratch, bb: &str) -> (String, String, std::path::PathBuf) {
+    let drv = scratch.add_derivation(bb, "fixme", "mkdir $out; echo good > $out/file", &[], &[]);
+    let out = scratch.arca_output(&drv);
+    scratch.arca_build_ok(&[&drv]);
+    let file = scratch.arca_physical(&out).join("file");
+    let dir = scratch.arca_physical(&out);
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&file, "bad\n").unwrap();
+    (drv, out, file)
+}
+
 /// `--repair` rebuilds an output whose files no longer match the registration and swaps
 /// the rebuilt tree in; a sound output is left alone.
 #[test]
@@ -446,15 +461,7 @@ fn repair_restores_a_corrupted_output() {
     let Some((scratch, bb)) = Scratch::with_busybox("repair_restores_a_corrupted_output") else {
         return;
     };
-    let drv = scratch.add_derivation(&bb, "fixme", "mkdir $out; echo good > $out/file", &[], &[]);
-    let out = scratch.arca_output(&drv);
-    scratch.arca_build_ok(&[&drv]);
-    let file = scratch.arca_physical(&out).join("file");
-    let dir = scratch.arca_physical(&out);
-    // Corrupt it as a careless admin would (the store is read-only by mode only).
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(&file, "bad\n").unwrap();
+    let (drv, out, file) = build_and_corrupt(&scratch, &bb);
     let verify = scratch.arca(&["store", "verify", "--check-contents"]);
     assert!(!verify.status.success(), "verify notices the corruption");
 
@@ -485,14 +492,7 @@ fn verify_repair_rebuilds_a_corrupted_built_output() {
     else {
         return;
     };
-    let drv = scratch.add_derivation(&bb, "fixme", "mkdir $out; echo good > $out/file", &[], &[]);
-    let out = scratch.arca_output(&drv);
-    scratch.arca_build_ok(&[&drv]);
-    let file = scratch.arca_physical(&out).join("file");
-    let dir = scratch.arca_physical(&out);
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(&file, "bad\n").unwrap();
+    let (drv, out, file) = build_and_corrupt(&scratch, &bb);
 
     let repair = scratch.arca(&["store", "verify", "--check-contents", "--repair", "--json"]);
     let stdout = String::from_utf8_lossy(&repair.stdout);
