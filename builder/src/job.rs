@@ -1745,14 +1745,13 @@ impl Job<'_> {
         let mut mounts = Vec::new();
         let mut store_paths = BTreeSet::new();
         for entry in &self.options.sandbox_paths {
-            let (entry, optional) = match entry.strip_suffix('?') {
-                Some(entry) => (entry, true),
-                None => (entry.as_str(), false),
-            };
-            let (target, source) = entry.split_once('=').unwrap_or((entry, entry));
+            let (target, source, optional) = (&entry.target, &entry.source, entry.optional);
             // A source in the store brings the closure of its store path; the source
             // itself is read where this store keeps its files.
-            if let Ok((path, below)) = store.store_dir().parse_path_prefix(source) {
+            let in_store = source
+                .to_str()
+                .and_then(|source| store.store_dir().parse_path_prefix(source).ok());
+            if let Some((path, below)) = in_store {
                 store.add_temp_root(&path)?;
                 if !store.is_valid_path(&path)? {
                     if optional {
@@ -1768,7 +1767,7 @@ impl Job<'_> {
                 if target != source {
                     mounts.push(Mount::Bind {
                         source: physical,
-                        target: target.into(),
+                        target: target.clone(),
                         writable: false,
                         optional,
                     });
@@ -1776,8 +1775,8 @@ impl Job<'_> {
                 continue;
             }
             mounts.push(Mount::Bind {
-                source: source.into(),
-                target: target.into(),
+                source: source.clone(),
+                target: target.clone(),
                 writable: false,
                 optional,
             });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arca_sandbox::SandboxError;
 use arca_store_core::derivation::OutputName;
 use arca_store_core::settings::{default_system_features, SettingsError};
-use arca_store_core::{Hash, SandboxMode, Settings, StorePath};
+use arca_store_core::{Hash, SandboxMode, SandboxPath, Settings, StorePath};
 use arca_store_sqlite::StoreError;
 
 /// One thing to build: a derivation and which of its outputs (all when `None`).
@@ -52,7 +52,7 @@ pub struct BuildOptions {
     pub sandbox: SandboxMode,
     /// Extra host paths in every sandbox (`sandbox-paths`): `path`, `target=source`, with
     /// a `?` suffix for optional ones.
-    pub sandbox_paths: Vec<String>,
+    pub sandbox_paths: Vec<SandboxPath>,
     /// Where build directories are made (the system temporary directory by default).
     pub build_dir_parent: PathBuf,
     /// Where the host user and group that the sandbox's build user maps to come from
@@ -483,7 +483,10 @@ mod settings_tests {
         assert_eq!(options.max_log_size, Some(1000));
         assert!(options.keep_going && !options.keep_failed);
         assert_eq!((options.max_jobs, options.cores), (3, 2));
-        assert_eq!(options.sandbox_paths, ["/bin/sh=/usr/bin/bash?"]);
+        assert_eq!(
+            options.sandbox_paths,
+            [SandboxPath::parse("/bin/sh=/usr/bin/bash?").unwrap()]
+        );
         // cores = 0 means every CPU, max-jobs = 0 still builds one at a time.
         settings.set("cores", "0").unwrap();
         settings.set("max-jobs", "0").unwrap();

@@ -54,7 +54,7 @@ pub struct BuildArgs {
     max_log_size: Option<u64>,
     /// Extra host paths in the sandbox: `PATH`, `TARGET=SOURCE`, `?` suffix if optional.
     #[arg(long = "sandbox-path", value_name = "PATH")]
-    sandbox_paths: Vec<String>,
+    sandbox_paths: Vec<arca_store_core::SandboxPath>,
     /// Make symlinks to the outputs that keep them alive as garbage collector roots, as
     /// `nix-build -o` does: LINK for the first target's `out`, LINK-<output> for its
     /// other outputs, LINK-2, LINK-2-<output>, … for the next targets.

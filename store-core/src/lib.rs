@@ -63,7 +63,7 @@ pub use path_info::{
     AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,
 };
 pub use realisation::{DrvOutput, Realisation, RealisationError};
-pub use settings::{SandboxMode, SettingError, Settings, SettingsError};
+pub use settings::{SandboxMode, SandboxPath, SettingError, Settings, SettingsError};
 pub use signature::{KeyError, PublicKey, SecretKey, Signature, SignatureError};
 pub use store::{dependency_order, Store};
 pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};

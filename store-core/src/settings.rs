@@ -23,7 +23,7 @@ pub struct Settings {
     /// (default true).
     pub sandbox_fallback: bool,
     /// `sandbox-paths` (`extra-sandbox-paths` appends).
-    pub sandbox_paths: Vec<String>,
+    pub sandbox_paths: Vec<SandboxPath>,
     /// `timeout`, in seconds (0: none).
     pub timeout: u64,
     /// `max-silent-time`, in seconds (0: none).
@@ -160,6 +160,76 @@ impl std::fmt::Display for SandboxMode {
             SandboxMode::Disabled => "false",
             SandboxMode::Relaxed => "relaxed",
         })
+    }
+}
+
+/// One entry of `sandbox-paths`: a host path made visible in the sandbox, as Nix
+/// writes it: `PATH` (at the same place), `TARGET=SOURCE`, with a `?` suffix when a
+/// missing source is to be skipped rather than fail the build. Both paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPath {
+    /// Where it appears inside the sandbox.
+    pub target: PathBuf,
+    /// The host path (or a path in the store, whose closure then comes along).
+    pub source: PathBuf,
+    /// A missing source is skipped.
+    pub optional: bool,
+}
+
+/// A `sandbox-paths` entry that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sandbox path '{entry}': {reason}")]
+pub struct SandboxPathError {
+    pub entry: String,
+    pub reason: &'static str,
+}
+
+impl SandboxPath {
+    /// Parses Nix's form (see [`SandboxPath`]).
+    pub fn parse(entry: &str) -> Result<SandboxPath, SandboxPathError> {
+        let error = |reason| SandboxPathError {
+            entry: entry.to_owned(),
+            reason,
+        };
+        let (spec, optional) = match entry.strip_suffix('?') {
+            Some(spec) => (spec, true),
+            None => (entry, false),
+        };
+        let (target, source) = spec.split_once('=').unwrap_or((spec, spec));
+        if target.is_empty() || source.is_empty() {
+            return Err(error("a path is empty"));
+        }
+        if !target.starts_with('/') || !source.starts_with('/') {
+            return Err(error("paths must be absolute"));
+        }
+        Ok(SandboxPath {
+            target: PathBuf::from(target),
+            source: PathBuf::from(source),
+            optional,
+        })
+    }
+}
+
+impl std::str::FromStr for SandboxPath {
+    type Err = SandboxPathError;
+
+    fn from_str(entry: &str) -> Result<SandboxPath, SandboxPathError> {
+        SandboxPath::parse(entry)
+    }
+}
+
+impl std::fmt::Display for SandboxPath {
+    /// Nix's form, which [`SandboxPath::parse`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.target == self.source {
+            write!(f, "{}", self.target.display())?;
+        } else {
+            write!(f, "{}={}", self.target.display(), self.source.display())?;
+        }
+        if self.optional {
+            f.write_str("?")?;
+        }
+        Ok(())
     }
 }
 
@@ -402,10 +472,10 @@ impl Settings {
                 .map_err(|_| invalid("not a non-negative integer"))
         };
         let words = || value.split_ascii_whitespace().map(String::from);
-        fn list<T: Extend<String> + Default>(
+        fn list<I, T: Extend<I> + Default>(
             target: &mut T,
             append: bool,
-            words: impl Iterator<Item = String>,
+            words: impl Iterator<Item = I>,
         ) {
             if !append {
                 *target = T::default();
@@ -421,7 +491,14 @@ impl Settings {
                 scalar(append)?;
                 self.sandbox_fallback = boolean(value)?;
             }
-            "sandbox-paths" => list(&mut self.sandbox_paths, append, words()),
+            "sandbox-paths" => {
+                let parsed = value
+                    .split_ascii_whitespace()
+                    .map(SandboxPath::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| invalid(&error.to_string()))?;
+                list(&mut self.sandbox_paths, append, parsed.into_iter());
+            }
             "timeout" => {
                 scalar(append)?;
                 self.timeout = number(value)?;
@@ -594,7 +671,12 @@ mod tests {
              extra-trusted-users = bob\nsandbox-paths = /d\nextra-sandbox-paths = /e\n",
         );
         let settings = settings.unwrap();
-        assert_eq!(settings.sandbox_paths, ["/d", "/e"]);
+        let paths: Vec<String> = settings
+            .sandbox_paths
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(paths, ["/d", "/e"]);
         assert_eq!(settings.trusted_users, ["alice", "bob"]);
     }
 
@@ -667,5 +749,26 @@ mod tests {
         );
         assert!(settings.set("sandbox", "maybe").is_err());
         assert!(settings.set("timeout", "-1").is_err());
+    }
+
+    #[test]
+    fn sandbox_paths_are_parsed_once_and_bad_ones_refused() {
+        for entry in ["/bin/sh", "/bin/sh=/usr/bin/bash", "/etc/x?", "/a=/b?"] {
+            assert_eq!(SandboxPath::parse(entry).unwrap().to_string(), entry);
+        }
+        let path = SandboxPath::parse("/bin/sh=/usr/bin/bash?").unwrap();
+        assert_eq!(path.target, PathBuf::from("/bin/sh"));
+        assert_eq!(path.source, PathBuf::from("/usr/bin/bash"));
+        assert!(path.optional);
+        let mut settings = Settings::default();
+        for bad in ["relative", "/a=relative", "=/b", "/a="] {
+            assert!(
+                matches!(
+                    settings.set("sandbox-paths", bad),
+                    Err(SettingError::Invalid { ref name, .. }) if name == "sandbox-paths"
+                ),
+                "{bad}"
+            );
+        }
     }
 }
