@@ -7,6 +7,9 @@ The store: N paths (default 2000), each a directory of 8 files of 1-16 KiB in tw
 subdirectories, some executable; 4 files of each path come from a pool of 500 contents
 shared across paths (so about half the files are duplicates), 4 are unique.
 
+With `--shape small` (issue #15's store): each path is a directory of two small files,
+one unique to it and one with one of 7 contents (so half the files are duplicates of 7).
+
 Rows: a first optimise of a fresh copy; a second optimise of the same, already optimised
 copy (nothing left to link). Runs interleave the tools (Nix, Arca, Nix, Arca, ...) on
 fresh copies. Prints medians and Nix/Arca ratios, and checks that both print the same
@@ -56,6 +59,19 @@ def make_trees(src, paths):
     return trees
 
 
+def make_small_trees(src, paths):
+    trees = []
+    for i in range(paths):
+        tree = os.path.join(src, f"p{i:05d}")
+        os.makedirs(tree)
+        with open(os.path.join(tree, "own"), "wb") as out:
+            out.write(contents(POOL + i, 64))
+        with open(os.path.join(tree, "shared"), "wb") as out:
+            out.write(contents(i % 7, 64))
+        trees.append(tree)
+    return trees
+
+
 def fresh_copy(base, target):
     if os.path.exists(target):
         check(["rm", "-rf", target])
@@ -79,13 +95,16 @@ def main():
     parser.add_argument("--work", default="/tmp/arca-bench")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--paths", type=int, default=2000)
+    parser.add_argument("--shape", choices=("default", "small"), default="default")
     args = parser.parse_args()
     arca = os.path.abspath(args.arca)
     if not shutil.which("nix-store"):
         sys.exit("nix-store is required")
     work = os.path.join(args.work, "optimise")
     shutil.rmtree(work, ignore_errors=True)
-    trees = make_trees(os.path.join(work, "src"), args.paths)
+    make = make_small_trees if args.shape == "small" else make_trees
+    trees = make(os.path.join(work, "src"), args.paths)
+    files = args.paths * (2 if args.shape == "small" else 8)
     base = os.path.join(work, "base")
     for start in range(0, len(trees), 500):
         check(["nix-store", "--store", f"local?root={base}", "--add"] + trees[start:start + 500])
@@ -108,7 +127,7 @@ def main():
         times["nix again"].append(timed(nix)[0])
         times["arca again"].append(timed(ours)[0])
 
-    print(f"store: {args.paths} paths, {args.paths * 8} files; both print: {' / '.join(sorted(summaries))}")
+    print(f"store: {args.paths} paths, {files} files; both print: {' / '.join(sorted(summaries))}")
     print(f"{'row':<34} {'nix-store --optimise':>21} {'arca store optimise':>20} {'nix/arca':>9}")
     for label, key in (("first optimise", ""), ("again (nothing left to link)", " again")):
         n, a = statistics.median(times["nix" + key]), statistics.median(times["arca" + key])

@@ -474,8 +474,11 @@ impl<'a> Run<'a> {
         }
         // With deferred durability the link file's inode may be a path's file whose
         // bytes are not on disk yet; `file` may belong to a path flushed long ago, which
-        // no recovery would check. So the bytes go to disk before the rename.
-        if self.store.durability() == Durability::Deferred {
+        // no recovery would check. So the bytes go to disk before the rename, once per
+        // link file and run (store files never change).
+        if self.store.durability() == Durability::Deferred
+            && worker.synced.insert((link.ino(), link.created().ok()))
+        {
             link_file.sync_data().at(temporary)?;
         }
         if let Err(error) = rename_into(temporary, file, dir) {

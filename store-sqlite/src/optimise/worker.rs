@@ -61,6 +61,10 @@ pub(super) struct Worker {
     pub(super) report: OptimiseReport,
     /// Inodes this thread linked (or found linked) during the run.
     pub(super) linked: HashSet<u64>,
+    /// Link files whose bytes this thread flushed during the run, by inode and birth
+    /// time (an inode number freed and reused is another file): a store file never
+    /// changes, so once is enough (one `fdatasync` per link file, not per linked file).
+    pub(super) synced: HashSet<(u64, Option<std::time::SystemTime>)>,
     /// Per key whose first link files were full: the first one that may not be.
     pub(super) first_free: HashMap<[u8; 32], u64>,
     temporaries: PathBuf,
@@ -78,6 +82,7 @@ impl Worker {
         Worker {
             report: OptimiseReport::default(),
             linked: HashSet::new(),
+            synced: HashSet::new(),
             first_free: HashMap::new(),
             temporaries,
             temporaries_used: 0,
