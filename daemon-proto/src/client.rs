@@ -201,12 +201,13 @@ impl DaemonClient {
     }
 }
 
-/// The operations beyond the [`Store`] trait that the `arca` command sends to a daemon.
+/// The operations beyond the [`Store`] trait, as the protocol has them; the public face is
+/// [`StoreOps`](arca_store_core::StoreOps) (`client_ops.rs`).
 impl DaemonClient {
     /// The closure of `paths` (plus the valid outputs of its derivations when
     /// `include_outputs`), each member with its references: one request to an Arca
     /// daemon, a level of the graph per round trip to another.
-    pub fn closure_graph(
+    pub(crate) fn send_closure_graph(
         &self,
         paths: &BTreeSet<StorePath>,
         include_outputs: bool,
@@ -255,7 +256,7 @@ impl DaemonClient {
         self.log_dir = log_dir;
     }
 
-    /// Where [`DaemonClient::read_build_log`] reads logs of a daemon that is not Arca's.
+    /// Where [`StoreOps::read_build_log`](arca_store_core::StoreOps::read_build_log) reads logs of a daemon that is not Arca's.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
     }
@@ -270,7 +271,7 @@ impl DaemonClient {
     /// Copies the stored build log of `drv` to `out` (decompressed, streamed); `false`
     /// when the daemon has none. Nix's protocol has no operation for this (Nix's client
     /// reads the daemon's log files directly), so it takes an Arca daemon.
-    pub fn read_build_log(
+    pub(crate) fn send_read_build_log(
         &self,
         drv: &StorePath,
         out: &mut dyn Write,
@@ -296,7 +297,11 @@ impl DaemonClient {
     }
 
     /// `AddBuildLog`: stores `text` as the build log of `drv` (trusted clients only).
-    pub fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), ClientError> {
+    pub(crate) fn send_add_build_log(
+        &self,
+        drv: &StorePath,
+        text: &mut dyn Read,
+    ) -> Result<(), ClientError> {
         self.with(|connection, _| {
             if minor(connection.version) < 32 {
                 return Err(ClientError::Daemon(
@@ -320,7 +325,7 @@ impl DaemonClient {
 
     /// The closure of `paths` with every member's path info (invalid starting paths
     /// are skipped), asked for a level of the graph at a time.
-    pub fn query_closure_infos(
+    pub(crate) fn query_closure_infos(
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeMap<StorePath, PathInfo>, ClientError> {
@@ -365,7 +370,7 @@ impl DaemonClient {
     /// Adds a content-addressed path from a dump (a NAR for `fixed:r:ALGO`, a file's
     /// bytes for `fixed:ALGO`, a text for `text:sha256`), as `nix-store --add` does
     /// through a daemon. Needs protocol 1.25.
-    pub fn add_dump(
+    pub(crate) fn send_add_dump(
         &self,
         name: &str,
         method: AddressingMethod,
@@ -409,7 +414,7 @@ impl DaemonClient {
 
     /// `CollectGarbage`: `action` is a [`protocol::gc_action`] value. Returns the paths
     /// deleted (or listed) and the bytes freed.
-    pub fn collect_garbage(
+    pub(crate) fn send_collect_garbage(
         &self,
         action: u64,
         paths: &BTreeSet<StorePath>,
@@ -436,7 +441,7 @@ impl DaemonClient {
     }
 
     /// `FindRoots`: (link, path) pairs.
-    pub fn find_roots(&self) -> Result<Vec<(String, StorePath)>, ClientError> {
+    pub(crate) fn send_find_roots(&self) -> Result<Vec<(String, StorePath)>, ClientError> {
         self.with(|connection, store_dir| {
             connection.to.write_u64(Op::FindRoots as u64)?;
             connection.to.flush()?;
@@ -463,12 +468,16 @@ impl DaemonClient {
     }
 
     /// `OptimiseStore`.
-    pub fn optimise(&self) -> Result<(), ClientError> {
+    pub(crate) fn send_optimise(&self) -> Result<(), ClientError> {
         self.simple(Op::OptimiseStore).map(drop)
     }
 
     /// `VerifyStore`: whether the daemon found errors.
-    pub fn verify_store(&self, check_contents: bool, repair: bool) -> Result<bool, ClientError> {
+    pub(crate) fn send_verify_store(
+        &self,
+        check_contents: bool,
+        repair: bool,
+    ) -> Result<bool, ClientError> {
         self.with(|connection, _| {
             connection.to.write_u64(Op::VerifyStore as u64)?;
             connection.to.write_bool(check_contents)?;
@@ -480,7 +489,7 @@ impl DaemonClient {
     }
 
     /// `AddIndirectRoot`: the daemon registers `link` (which the caller created).
-    pub fn add_indirect_root(&self, link: &Path) -> Result<(), ClientError> {
+    pub(crate) fn send_add_indirect_root(&self, link: &Path) -> Result<(), ClientError> {
         self.with(|connection, _| {
             connection.to.write_u64(Op::AddIndirectRoot as u64)?;
             connection.to.write_str(&link.to_string_lossy())?;
@@ -492,7 +501,7 @@ impl DaemonClient {
     }
 
     /// `AddTempRoot`: keeps `path` alive while this connection lasts.
-    pub fn add_temp_root(&self, path: &StorePath) -> Result<(), ClientError> {
+    pub(crate) fn send_add_temp_root(&self, path: &StorePath) -> Result<(), ClientError> {
         self.query(Op::AddTempRoot, path, |connection, _| {
             connection.from.read_u64()?;
             Ok(())
@@ -502,7 +511,7 @@ impl DaemonClient {
     /// `BuildPathsWithResults` (`BuildPaths` before 1.34): per target, what is there now
     /// (the outputs the daemon named, when it is new enough to say) or why it failed;
     /// `on_log` hears the builds' log as the daemon streams it.
-    pub fn build_paths_logged(
+    pub(crate) fn send_build_paths(
         &self,
         targets: &[DerivedPath],
         mode: BuildMode,
@@ -595,7 +604,7 @@ impl DaemonClient {
     }
 
     /// `QueryAllValidPaths`.
-    pub fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, ClientError> {
+    pub(crate) fn send_query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, ClientError> {
         self.with(|connection, store_dir| {
             connection.to.write_u64(Op::QueryAllValidPaths as u64)?;
             connection.to.flush()?;

@@ -42,7 +42,7 @@ fn local(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreOpError {
 
 impl StoreOps for DaemonClient {
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        DaemonClient::query_all_valid_paths(self).map_err(failed)
+        DaemonClient::send_query_all_valid_paths(self).map_err(failed)
     }
 
     fn query_realisation(&self, _id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
@@ -54,7 +54,7 @@ impl StoreOps for DaemonClient {
         paths: &BTreeSet<StorePath>,
         include_outputs: bool,
     ) -> Result<BTreeMap<StorePath, BTreeSet<StorePath>>, StoreOpError> {
-        DaemonClient::closure_graph(self, paths, include_outputs).map_err(failed)
+        DaemonClient::send_closure_graph(self, paths, include_outputs).map_err(failed)
     }
 
     fn add_dump(
@@ -64,7 +64,7 @@ impl StoreOps for DaemonClient {
         references: &BTreeSet<StorePath>,
         dump: &mut dyn Read,
     ) -> Result<StorePath, StoreOpError> {
-        DaemonClient::add_dump(self, name, method, references, dump).map_err(failed)
+        DaemonClient::send_add_dump(self, name, method, references, dump).map_err(failed)
     }
 
     /// The daemon decides whether to take the path (its trust in this client, the
@@ -89,7 +89,7 @@ impl StoreOps for DaemonClient {
     ) -> Result<BuildOutcomes, StoreOpError> {
         let store_dir = self.store_dir().clone();
         let drv_path = |text: &str| store_dir.parse_path(text).ok();
-        DaemonClient::build_paths_logged(self, targets, mode, &mut |log| {
+        DaemonClient::send_build_paths(self, targets, mode, &mut |log| {
             let event = match log {
                 DaemonLog::BuildStarted { drv } => match drv_path(&drv) {
                     Some(drv) => BuildEvent::Started { drv },
@@ -109,17 +109,17 @@ impl StoreOps for DaemonClient {
     }
 
     fn add_temp_root(&self, path: &StorePath) -> Result<(), StoreOpError> {
-        DaemonClient::add_temp_root(self, path).map_err(failed)
+        DaemonClient::send_add_temp_root(self, path).map_err(failed)
     }
 
     fn add_indirect_root(&self, link: &Path) -> Result<(), StoreOpError> {
-        DaemonClient::add_indirect_root(self, link).map_err(failed)
+        DaemonClient::send_add_indirect_root(self, link).map_err(failed)
     }
 
     /// As Nix's client: the link is made here (it is the caller's file), the daemon
     /// records it as an indirect root; a temporary root covers the moment between.
     fn add_perm_root(&self, path: &StorePath, link: &Path) -> Result<PathBuf, StoreOpError> {
-        DaemonClient::add_temp_root(self, path).map_err(failed)?;
+        DaemonClient::send_add_temp_root(self, path).map_err(failed)?;
         let link = std::path::absolute(link)
             .map_err(local(format!("cannot resolve '{}'", link.display())))?;
         if link.symlink_metadata().is_ok() {
@@ -128,14 +128,14 @@ impl StoreOps for DaemonClient {
         }
         std::os::unix::fs::symlink(self.store_dir().display(path), &link)
             .map_err(local(format!("cannot create '{}'", link.display())))?;
-        DaemonClient::add_indirect_root(self, &link).map_err(failed)?;
+        DaemonClient::send_add_indirect_root(self, &link).map_err(failed)?;
         Ok(link)
     }
 
     /// The daemon censors root origins for untrusted clients and always looks for
     /// runtime roots.
     fn find_roots(&self, _options: FindRoots) -> Result<Vec<(String, StorePath)>, StoreOpError> {
-        let mut roots = DaemonClient::find_roots(self).map_err(failed)?;
+        let mut roots = DaemonClient::send_find_roots(self).map_err(failed)?;
         roots.sort();
         Ok(roots)
     }
@@ -176,7 +176,7 @@ impl StoreOps for DaemonClient {
             GcAction::DeleteSpecific(paths) => (gc_action::DELETE_SPECIFIC, paths),
         };
         let (paths, bytes_freed) =
-            DaemonClient::collect_garbage(self, action, paths, options.max_freed)
+            DaemonClient::send_collect_garbage(self, action, paths, options.max_freed)
                 .map_err(failed)?;
         Ok(GcReport {
             paths,
@@ -190,7 +190,7 @@ impl StoreOps for DaemonClient {
         &self,
         _progress: &(dyn Fn(OptimiseProgress) + Sync),
     ) -> Result<Option<OptimiseReport>, StoreOpError> {
-        DaemonClient::optimise(self).map_err(failed)?;
+        DaemonClient::send_optimise(self).map_err(failed)?;
         Ok(None)
     }
 
@@ -205,7 +205,7 @@ impl StoreOps for DaemonClient {
                 "through a daemon, verify checks the whole store (Nix's protocol names no paths)",
             ));
         }
-        let found = DaemonClient::verify_store(self, options.check_contents, options.repair)
+        let found = DaemonClient::send_verify_store(self, options.check_contents, options.repair)
             .map_err(failed)?;
         Ok(VerifyOutcome::ErrorsFound(found))
     }
@@ -268,7 +268,7 @@ impl StoreOps for DaemonClient {
                 drop(writer);
                 result
             });
-            let path = DaemonClient::add_dump(
+            let path = DaemonClient::send_add_dump(
                 self,
                 name,
                 AddressingMethod::NIX_STORE_ADD,
@@ -332,7 +332,7 @@ impl StoreOps for DaemonClient {
             };
         }
         let mut text = Vec::new();
-        if DaemonClient::read_build_log(self, drv, &mut text).map_err(failed)? {
+        if DaemonClient::send_read_build_log(self, drv, &mut text).map_err(failed)? {
             Ok(Some(Box::new(io::Cursor::new(text))))
         } else {
             Ok(None)
@@ -340,7 +340,7 @@ impl StoreOps for DaemonClient {
     }
 
     fn add_build_log(&self, drv: &StorePath, text: &mut dyn Read) -> Result<(), StoreOpError> {
-        DaemonClient::add_build_log(self, drv, text).map_err(failed)
+        DaemonClient::send_add_build_log(self, drv, text).map_err(failed)
     }
 }
 

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 
 use arca_daemon_proto::wire::Limits;
 use arca_daemon_proto::{protocol, serve, DaemonClient, Peer};
-use arca_store_core::{Hash, HashAlgo, PathInfo, Store, StorePath};
+use arca_store_core::{Hash, HashAlgo, PathInfo, Store, StoreOps, StorePath};
 use arca_store_sqlite::LocalStore;
 
 /// Everything the trait promises, checked on `store`.
