@@ -64,7 +64,7 @@ pub struct BuildArgs {
 
 pub fn build(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     // The settings (nix.conf, --option), then this command's flags over them. (A daemon
-    // builds with its own.)
+    // builds with its own, and takes from these what its trust in this client allows.)
     let mut settings = global.settings()?;
     settings
         .sandbox_paths
@@ -132,6 +132,9 @@ impl OnStore for Build {
             BuildMode::Normal
         };
 
+        // A daemon gets what a client may set (as Nix's client sends it); the local store
+        // builds with all of it.
+        store.apply_settings(&settings)?;
         let mut display = Display::new(args.print_build_logs);
         let results = store.build_paths(&targets, mode, &settings, &mut |event| {
             display.event(&store_dir, event)

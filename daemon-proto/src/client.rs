@@ -603,6 +603,29 @@ impl DaemonClient {
         })
     }
 
+    /// `SetOptions`: the twelve fixed fields (as [`crate::apply_client_options`] reads
+    /// them) and named overrides; the daemon applies what this client's trust allows and
+    /// sends a warning for the rest.
+    pub(crate) fn send_set_options(
+        &self,
+        fixed: &[u64; 12],
+        overrides: &[(String, String)],
+    ) -> Result<(), ClientError> {
+        self.with(|connection, _| {
+            connection.to.write_u64(Op::SetOptions as u64)?;
+            for value in fixed {
+                connection.to.write_u64(*value)?;
+            }
+            connection.to.write_u64(overrides.len() as u64)?;
+            for (name, value) in overrides {
+                connection.to.write_str(name)?;
+                connection.to.write_str(value)?;
+            }
+            connection.to.flush()?;
+            connection.process_stderr(None)
+        })
+    }
+
     /// `QueryAllValidPaths`.
     pub(crate) fn send_query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, ClientError> {
         self.with(|connection, store_dir| {
@@ -620,7 +643,11 @@ impl Connection {
     fn process_stderr(&mut self, source: Option<&mut dyn Read>) -> Result<(), ClientError> {
         self.process_stderr_logged(source, &mut |log| {
             if let DaemonLog::Message(line) = log {
-                tracing::info!("{}", line.trim_end());
+                // The daemon's warnings (a setting refused, …) are for the user.
+                match line.trim_end().strip_prefix("warning: ") {
+                    Some(warning) => tracing::warn!("{warning}"),
+                    None => tracing::info!("{}", line.trim_end()),
+                }
             }
         })
     }

@@ -41,6 +41,35 @@ fn local(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreOpError {
 }
 
 impl StoreOps for DaemonClient {
+    /// Sends the build settings a client may give (`SetOptions`, as Nix's client does):
+    /// keep-failed, keep-going, fallback, max-jobs, max-silent-time and cores, and
+    /// `timeout` and `max-log-size` when set. The daemon takes what this client's trust
+    /// allows and warns about the rest (shown as its messages).
+    fn apply_settings(&self, settings: &Settings) -> Result<(), StoreOpError> {
+        let fixed = [
+            u64::from(settings.keep_failed),
+            u64::from(settings.keep_going),
+            u64::from(settings.fallback),
+            0, // verbosity
+            settings.max_jobs as u64,
+            settings.max_silent_time,
+            1, // obsolete: use the build hook
+            0, // verbose build: no
+            0, // obsolete: log type
+            0, // obsolete: print build trace
+            u64::from(settings.cores),
+            1, // use substitutes
+        ];
+        let mut overrides = Vec::new();
+        if settings.timeout != 0 {
+            overrides.push(("timeout".to_owned(), settings.timeout.to_string()));
+        }
+        if settings.max_log_size != 0 {
+            overrides.push(("max-log-size".to_owned(), settings.max_log_size.to_string()));
+        }
+        self.send_set_options(&fixed, &overrides).map_err(failed)
+    }
+
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         DaemonClient::send_query_all_valid_paths(self).map_err(failed)
     }

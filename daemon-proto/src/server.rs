@@ -793,7 +793,7 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 {
                     self.log(&format!("warning: {warning}\n"))?;
                 }
-                store.apply_settings(&self.settings);
+                store.apply_settings(&self.settings)?;
                 self.last()?;
             }
             Op::QuerySubstitutablePathInfo => {

@@ -212,9 +212,10 @@ impl Store for LocalBackend<'_> {
 }
 
 impl StoreOps for LocalBackend<'_> {
-    fn apply_settings(&self, settings: &Settings) {
+    fn apply_settings(&self, settings: &Settings) -> Result<(), StoreOpError> {
         self.store().set_auto_optimise(settings.auto_optimise_store);
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings.clone();
+        Ok(())
     }
 
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {

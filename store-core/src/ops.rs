@@ -606,9 +606,12 @@ pub trait StoreOps: Store + Sync {
         trusted: bool,
     ) -> Result<(), StoreOpError>;
 
-    /// Takes up what of a connection's `settings` the store itself acts on (for the
-    /// local store: `auto-optimise-store`).
-    fn apply_settings(&self, _settings: &Settings) {}
+    /// Takes up what of `settings` the store itself acts on (for the local store:
+    /// `auto-optimise-store`, and the settings of builds it starts by itself; for a
+    /// daemon's: those a client may send).
+    fn apply_settings(&self, _settings: &Settings) -> Result<(), StoreOpError> {
+        Ok(())
+    }
 
     /// Builds `targets`; per target, what is there now or why it failed. `events` hears
     /// the builds' progress as it happens (the server streams it to the client).

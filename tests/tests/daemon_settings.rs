@@ -315,6 +315,51 @@ fn client_max_silent_time_stops_a_silent_build() {
     assert_eq!(fs::read_to_string(lab.physical(&out)).unwrap(), "done\n");
 }
 
+/// `arca build` through a daemon sends its settings as Nix's client does (`SetOptions`):
+/// `--timeout 1` and `--max-silent-time 1` stop builds that would run 30 s, for root and
+/// for an untrusted user (both are settings anyone may set).
+#[test]
+fn arca_client_sends_timeouts_to_the_daemon() {
+    let test = "arca_client_sends_timeouts_to_the_daemon";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(Some("sandbox = false\n"));
+    let nobody = nobody(&lab);
+    let daemon = NsDaemon::start(&lab, &[]);
+    let arca = arca_bin();
+    let store = lab.store_uri();
+    let cases = [
+        ("arca-chatty", "i=0; while [ $i -lt 150 ]; do echo tick $i; /bin/sleep 0.2; i=$((i+1)); done; echo done > $out", "--timeout", "timed out after 1 seconds"),
+        ("arca-silent", "/bin/sleep 30; echo done > $out", "--max-silent-time", "timed out after 1 seconds of silence"),
+    ];
+    for (name, script, flag, says) in cases {
+        let file = lab.derivation(name, script);
+        let drv = lab.run_ok(&daemon, "nix-instantiate", &[file.to_str().unwrap()]);
+        for user in [None, Some(&nobody)] {
+            let start = Instant::now();
+            let output = lab.run(
+                arca.to_str().unwrap(),
+                user,
+                &["--store", &store, "build", flag, "1", &drv],
+            );
+            let elapsed = start.elapsed();
+            let stderr = stderr_of(&output);
+            assert!(!output.status.success(), "{name}: {stderr}");
+            assert!(
+                elapsed < Duration::from_secs(15),
+                "{name} took {elapsed:?}: {stderr}\ndaemon log:\n{}",
+                daemon.log()
+            );
+            assert!(
+                stderr.contains(says),
+                "{name} (as nobody: {}): {stderr}",
+                user.is_some()
+            );
+        }
+    }
+}
+
 // --- keep-derivations -------------------------------------------------------------------
 
 /// Builds a derivation with a GC root on its output (`nix-build -o`, an indirect root
