@@ -238,7 +238,8 @@ fn truncated_exports_are_refused() {
 fn truncation_in_a_later_path_leaves_earlier_paths_out_too() {
     let mut messages = Vec::new();
     // The store must be unchanged even when the archive breaks after some paths were
-    // complete: an import is all or nothing.
+    // complete: an import smaller than one commit batch (see `LocalStore::import_paths`)
+    // is all or nothing; a larger one keeps the batches committed before the break.
     let (_scratch, source, target, trees) = setup();
     let paths: Vec<&str> = trees[2..5].iter().map(String::as_str).collect();
     let full = export(&source, &paths);
