@@ -86,7 +86,7 @@ pub fn build(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(max_log_size) = args.max_log_size {
         settings.max_log_size = max_log_size;
     }
-    crate::store::on_store(global, Build { args, settings })
+    crate::store::on_store_with(global, Some(&settings.clone()), Build { args, settings })
 }
 
 struct Build {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use arca_daemon::LocalBackend;
 use arca_daemon_proto::DaemonClient;
-use arca_store_core::StoreOps;
+use arca_store_core::{Settings, StoreOps};
 use arca_store_sqlite::LocalStore;
 
 use crate::GlobalArgs;
@@ -20,16 +20,30 @@ pub trait OnStore {
 
 /// Runs `command` on the store `--store` names, whichever back end it has: `unix://SOCKET`
 /// and `daemon` connect to a daemon; `local?root=ROOT`, `local://ROOT`, `local` and an
-/// absolute path open a local store (with builds); nothing given, the default store.
+/// absolute path open a local store (with builds, following the settings); nothing given,
+/// the default store.
 pub fn on_store<C: OnStore>(global: &GlobalArgs, command: C) -> anyhow::Result<C::Output> {
+    on_store_with(global, None, command)
+}
+
+/// [`on_store`] with the settings already loaded (`None`: loaded here when the store is
+/// local, where builds it starts by itself follow them).
+pub fn on_store_with<C: OnStore>(
+    global: &GlobalArgs,
+    settings: Option<&Settings>,
+    command: C,
+) -> anyhow::Result<C::Output> {
     if let Some(client) = daemon_client(global)? {
         return command.run(&client);
     }
     let root = local_root(global)?;
     let store = LocalStore::open(&root)
         .with_context(|| format!("cannot open the store at '{}'", root.display()))?;
-    // Builds it starts by itself (a repair) follow the settings, as `build` does.
-    command.run(&LocalBackend::new(&store).with_settings(global.settings()?))
+    let settings = match settings {
+        Some(settings) => settings.clone(),
+        None => global.settings()?,
+    };
+    command.run(&LocalBackend::new(&store).with_settings(settings))
 }
 
 /// The physical root of a local store: files live under `ROOT/nix/store`, state under
