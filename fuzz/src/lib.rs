@@ -4,3 +4,4 @@
 pub mod daemon;
 pub mod drv;
 pub mod nar;
+pub mod narinfo;

@@ -33,3 +33,8 @@ fn drv_parse_corpus_runs_clean() {
 fn daemon_requests_corpus_runs_clean() {
     run_corpus("daemon_requests", arca_fuzz::daemon::fuzz_daemon_requests);
 }
+
+#[test]
+fn narinfo_parse_corpus_runs_clean() {
+    run_corpus("narinfo_parse", arca_fuzz::narinfo::fuzz_narinfo_parse);
+}

@@ -1,0 +1,295 @@
+//! Binary cache formats beside real Nix 2.8 (issue #16): the `.narinfo` files and the
+//! `nix-cache-info` that `nix copy --to file://…?secret-key=…` writes are parsed by
+//! `arca-cache` and printed back byte for byte; a `.narinfo` made by Arca from the
+//! path's metadata and signed with the same key is the file Nix wrote; signatures verify
+//! against Nix's public key and fail against another key or after tampering.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::Path;
+
+use arca_cache::{CacheInfo, Compression, NarInfo, NarInfoError, SignatureCheck};
+use arca_store_core::{PublicKey, SecretKey, StoreDir};
+use arca_tests::{nix, nix_available, workspace_root};
+
+/// A Nix store with a tree (content-addressed), a `.drv` and a chain of paths with
+/// references (imported, so not content-addressed), copied into a signed `file://`
+/// cache per compression; the cache directories by compression name, and the key pair.
+fn nix_caches(dir: &Path) -> (BTreeMap<&'static str, std::path::PathBuf>, String, String) {
+    let root = dir.join("root");
+    let store = format!("local?root={}", root.display());
+    let s = |text: &str| text.to_owned();
+    nix(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key".as_ref(),
+            "test-1".as_ref(),
+            dir.join("sk").as_os_str(),
+            dir.join("pk").as_os_str(),
+        ],
+        None,
+    );
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/file"), "contents\n").unwrap();
+    std::os::unix::fs::symlink("sub/file", tree.join("link")).unwrap();
+    let mut paths = Vec::new();
+    let added = nix(
+        "nix-store",
+        &[
+            "--store".as_ref(),
+            store.as_ref(),
+            "--add".as_ref(),
+            tree.as_os_str(),
+        ],
+        None,
+    );
+    paths.push(s(String::from_utf8(added).unwrap().trim()));
+    let drv_file = dir.join("d.nix");
+    std::fs::write(
+        &drv_file,
+        "derivation { name = \"d\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo > $out\" ]; }",
+    )
+    .unwrap();
+    let drv = nix(
+        "nix-instantiate",
+        &["--store".as_ref(), store.as_ref(), drv_file.as_os_str()],
+        None,
+    );
+    paths.push(s(String::from_utf8(drv).unwrap().trim()));
+    let export = std::process::Command::new("python3")
+        .arg(workspace_root().join("bench/gen_export.py"))
+        .arg("4")
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let imported = nix(
+        "nix-store",
+        &["--store".as_ref(), store.as_ref(), "--import".as_ref()],
+        Some(&export.stdout),
+    );
+    paths.extend(
+        String::from_utf8(imported)
+            .unwrap()
+            .lines()
+            .map(String::from),
+    );
+
+    let mut caches = BTreeMap::new();
+    for compression in ["none", "xz"] {
+        let cache = dir.join(format!("cache-{compression}"));
+        let to = format!(
+            "file://{}?secret-key={}&compression={compression}",
+            cache.display(),
+            dir.join("sk").display()
+        );
+        // The .drv itself (`--derivation`: not its outputs), then the other paths.
+        let (drvs, others): (Vec<&String>, Vec<&String>) =
+            paths.iter().partition(|p| p.ends_with(".drv"));
+        for (flag, group) in [(Some("--derivation"), drvs), (None, others)] {
+            let mut args: Vec<&OsStr> = vec![
+                "--extra-experimental-features".as_ref(),
+                "nix-command".as_ref(),
+                "copy".as_ref(),
+                "--store".as_ref(),
+                store.as_ref(),
+                "--to".as_ref(),
+                to.as_ref(),
+            ];
+            args.extend(flag.map(OsStr::new));
+            args.extend(group.into_iter().map(OsStr::new));
+            nix("nix", &args, None);
+        }
+        caches.insert(compression, cache);
+    }
+    let sk = std::fs::read_to_string(dir.join("sk")).unwrap();
+    let pk = std::fs::read_to_string(dir.join("pk")).unwrap();
+    (caches, sk, pk)
+}
+
+fn narinfos(cache: &Path) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "narinfo"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn nix_s_narinfos_parse_print_back_and_verify() {
+    if !nix_available("nix_s_narinfos_parse_print_back_and_verify") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (caches, sk, pk) = nix_caches(dir.path());
+    let store_dir = StoreDir::default();
+    let trusted = [PublicKey::parse(pk.trim()).unwrap()];
+    nix(
+        "nix-store",
+        &[
+            "--generate-binary-cache-key".as_ref(),
+            "other-1".as_ref(),
+            dir.path().join("other-sk").as_os_str(),
+            dir.path().join("other-pk").as_os_str(),
+        ],
+        None,
+    );
+    let other_pk = std::fs::read_to_string(dir.path().join("other-pk")).unwrap();
+    let untrusted = [PublicKey::parse(other_pk.trim()).unwrap()];
+    let secret = SecretKey::parse(sk.trim()).unwrap();
+    let mut signed_only = 0;
+    for (compression, cache) in &caches {
+        let info = std::fs::read_to_string(cache.join("nix-cache-info")).unwrap();
+        let parsed = CacheInfo::parse(&info, "/nix/store", "file://cache").unwrap();
+        assert_eq!(parsed.to_string(), info, "nix-cache-info prints back");
+        let files = narinfos(cache);
+        assert_eq!(files.len(), 6, "{compression}: one per path");
+        for (file, text) in files {
+            let narinfo = NarInfo::parse(&store_dir, &text, &file).unwrap();
+            assert_eq!(narinfo.to_text(&store_dir), text, "{file} prints back");
+            assert_eq!(narinfo.compression.name(), *compression);
+            assert!(narinfo
+                .url
+                .ends_with(&format!(".nar{}", narinfo.compression.extension())));
+            assert!(file.ends_with(&NarInfo::file_name(&narinfo.info.path)));
+            assert_eq!(
+                narinfo.check_signatures(&store_dir, &trusted),
+                SignatureCheck::Trusted(vec!["test-1".into()]),
+                "{file}"
+            );
+            // The same narinfo made from the metadata and signed by Arca: Nix's file.
+            let mut ours = NarInfo::new(
+                {
+                    let mut info = narinfo.info.clone();
+                    info.signatures.clear();
+                    info.sign(&store_dir, &secret);
+                    info
+                },
+                narinfo.url.clone(),
+                narinfo.compression,
+            );
+            ours.file_hash = narinfo.file_hash.clone();
+            ours.file_size = narinfo.file_size;
+            assert_eq!(ours.to_text(&store_dir), text, "{file}: signed by Arca");
+            // Another key: only a correct content address makes up for it.
+            match narinfo.check_signatures(&store_dir, &untrusted) {
+                SignatureCheck::ContentAddressed => assert!(narinfo.info.ca.is_some()),
+                SignatureCheck::Untrusted { signed_by } => {
+                    assert_eq!(signed_by, ["test-1"]);
+                    signed_only += 1;
+                    // Tampering breaks the signature: no trusted key vouches any more.
+                    let nar_hash = format!(
+                        "{}:{}",
+                        narinfo.info.nar_hash.algo(),
+                        narinfo.info.nar_hash.to_base32()
+                    );
+                    let forged_hash = format!("sha256:{}", "0".repeat(52));
+                    for tampered in [
+                        text.replacen("NarSize: ", "NarSize: 1", 1),
+                        text.replacen(
+                            &format!("NarHash: {nar_hash}"),
+                            &format!("NarHash: {forged_hash}"),
+                            1,
+                        ),
+                    ] {
+                        assert_ne!(tampered, text);
+                        let tampered = NarInfo::parse(&store_dir, &tampered, &file).unwrap();
+                        assert!(matches!(
+                            tampered.check_signatures(&store_dir, &trusted),
+                            SignatureCheck::Untrusted { .. }
+                        ));
+                    }
+                }
+                other => panic!("{file}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        signed_only, 8,
+        "the four imported paths in both caches need a signature"
+    );
+}
+
+#[test]
+fn malformed_narinfos_are_refused_naming_the_file() {
+    let store_dir = StoreDir::default();
+    let good = "StorePath: /nix/store/ri6dmcs1lb5n6vgg1fb93lvscxq6jly3-src\n\
+                URL: nar/19w0faprn432gw32zzlxhgy62azxf7sfz1gh1j4azr8pp6rcwm2w.nar\n\
+                Compression: none\n\
+                NarHash: sha256:19w0faprn432gw32zzlxhgy62azxf7sfz1gh1j4azr8pp6rcwm2w\n\
+                NarSize: 480\n\
+                References: \n";
+    let parsed = NarInfo::parse(&store_dir, good, "good").unwrap();
+    assert_eq!(parsed.compression, Compression::None);
+    // No Compression line: bzip2, as Nix.
+    let bzip2 = good.replace("Compression: none\n", "");
+    assert_eq!(
+        NarInfo::parse(&store_dir, &bzip2, "f").unwrap().compression,
+        Compression::Bzip2
+    );
+    for (case, text) in [
+        (
+            "no StorePath",
+            good.replace(
+                "StorePath: /nix/store/ri6dmcs1lb5n6vgg1fb93lvscxq6jly3-src\n",
+                "",
+            ),
+        ),
+        (
+            "no URL",
+            good.replace(
+                "URL: nar/19w0faprn432gw32zzlxhgy62azxf7sfz1gh1j4azr8pp6rcwm2w.nar\n",
+                "",
+            ),
+        ),
+        (
+            "no NarHash",
+            good.replace(
+                "NarHash: sha256:19w0faprn432gw32zzlxhgy62azxf7sfz1gh1j4azr8pp6rcwm2w\n",
+                "",
+            ),
+        ),
+        ("NarSize 0", good.replace("NarSize: 480", "NarSize: 0")),
+        (
+            "NarSize not a number",
+            good.replace("NarSize: 480", "NarSize: many"),
+        ),
+        ("bad hash", good.replace("sha256:19w0", "sha256:XXXX")),
+        (
+            "bad reference",
+            good.replace("References: ", "References: not-a-path"),
+        ),
+        ("no newline at the end", good.trim_end().to_owned()),
+        ("a line without colon", format!("{good}garbage\n")),
+        ("a bad signature", format!("{good}Sig: test-1:AAAA\n")),
+        ("two References", format!("{good}References: \n")),
+    ] {
+        let error = NarInfo::parse(&store_dir, &text, "https://cache/x.narinfo").unwrap_err();
+        assert!(
+            matches!(&error, NarInfoError::Corrupt { whence, .. } if whence == "https://cache/x.narinfo"),
+            "{case}: {error}"
+        );
+    }
+    let other = good.replace("/nix/store/", "/gnu/store/");
+    assert!(matches!(
+        NarInfo::parse(&store_dir, &other, "f"),
+        Err(NarInfoError::OtherStoreDir { .. })
+    ));
+    let unknown = good.replace("Compression: none", "Compression: lzma9");
+    assert_eq!(
+        NarInfo::parse(&store_dir, &unknown, "f")
+            .unwrap_err()
+            .to_string(),
+        "NAR info file 'f' has unknown compression method 'lzma9'"
+    );
+    let huge = format!("{good}{}", "X: y\n".repeat(arca_cache::MAX_NARINFO / 5 + 1));
+    assert!(NarInfo::parse(&store_dir, &huge, "f").is_err());
+}
