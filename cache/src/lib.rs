@@ -4,8 +4,11 @@
 //! - [`narinfo`]: [`NarInfo`], a cache's `.narinfo` parsed and printed exactly as Nix 2.8
 //!   does, and its signatures checked against trusted keys ([`SignatureCheck`]).
 //! - [`cache_info`]: [`CacheInfo`], a cache's `nix-cache-info`.
+//! - [`file`]: [`FileCache`], a `file://` cache: pushing a closure (NARs uncompressed,
+//!   signed with a secret key), reading `.narinfo`s.
 //!
-//! Not here yet (issue #16): compression, the back ends, substitution, pushing, serving.
+//! Not here yet (issue #16): compression (xz, zstd, …), the http(s) and s3 back ends,
+//! substitution (pulling into a store), serving.
 //!
 //! ```
 //! use arca_cache::{Compression, NarInfo};
@@ -24,7 +27,9 @@
 //! ```
 
 pub mod cache_info;
+pub mod file;
 pub mod narinfo;
 
 pub use cache_info::{CacheInfo, CacheInfoError};
+pub use file::{FileCache, FileCacheError, PushReport};
 pub use narinfo::{Compression, NarInfo, NarInfoError, SignatureCheck, MAX_NARINFO};

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod build;
+mod copy;
 mod daemon;
 mod derivation;
 mod hash;
@@ -93,6 +94,8 @@ enum Command {
     Log(build::LogArgs),
     /// Serve the store to Nix clients over Nix's daemon protocol (== `nix-daemon`).
     Daemon(daemon::DaemonArgs),
+    /// Copy paths and their closures to a binary cache (== `nix copy --to`).
+    Copy(copy::CopyArgs),
     /// Print a completion script for SHELL (e.g. `arca completions bash >
     /// /etc/bash_completion.d/arca`).
     Completions {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(args, &cli.global),
         Command::Log(args) => build::log(args, &cli.global),
         Command::Daemon(args) => daemon::run(&args, &cli.global),
+        Command::Copy(args) => copy::copy(args, &cli.global),
         Command::Completions { shell } => completions(shell),
     };
     match result {

@@ -78,6 +78,29 @@ pub fn arca_ok(args: &[&OsStr]) -> Vec<u8> {
     output.stdout
 }
 
+/// Runs `arca` with `args` and `stdin`, returning its stdout, panicking with its stderr
+/// when it fails.
+pub fn arca_ok_with_stdin(args: &[&OsStr], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(arca_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("arca can be spawned");
+    let mut pipe = child.stdin.take().expect("stdin was piped");
+    pipe.write_all(stdin).expect("arca reads its stdin");
+    drop(pipe);
+    let output = child.wait_with_output().expect("arca runs to completion");
+    assert!(
+        output.status.success(),
+        "arca {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// Whether `program --version` runs and succeeds (the program is installed).
 pub fn program_runs(program: &str) -> bool {
     Command::new(program)

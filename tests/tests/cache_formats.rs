@@ -293,3 +293,167 @@ fn malformed_narinfos_are_refused_naming_the_file() {
     let huge = format!("{good}{}", "X: y\n".repeat(arca_cache::MAX_NARINFO / 5 + 1));
     assert!(NarInfo::parse(&store_dir, &huge, "f").is_err());
 }
+
+/// Real Nix substitutes from a `file://` cache that `arca copy --to` wrote (signed with a
+/// key Nix trusts, NARs uncompressed): the closure becomes valid in Nix's store with the
+/// same hashes, and `nix-store --verify --check-contents` is clean. With another key
+/// trusted, Nix refuses the paths that need a signature.
+#[test]
+fn nix_substitutes_from_a_cache_arca_wrote() {
+    if !nix_available("nix_substitutes_from_a_cache_arca_wrote") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["test-2", "other-2"] {
+        nix(
+            "nix-store",
+            &[
+                "--generate-binary-cache-key".as_ref(),
+                name.as_ref(),
+                d.join(format!("{name}.sk")).as_os_str(),
+                d.join(format!("{name}.pk")).as_os_str(),
+            ],
+            None,
+        );
+    }
+    let arca_store = d.join("arca");
+    let export = std::process::Command::new("python3")
+        .arg(workspace_root().join("bench/gen_export.py"))
+        .arg("4")
+        .output()
+        .unwrap();
+    let imported = arca_tests::arca_ok_with_stdin(
+        &[
+            "--store".as_ref(),
+            arca_store.as_os_str(),
+            "store".as_ref(),
+            "import".as_ref(),
+        ],
+        &export.stdout,
+    );
+    let top = String::from_utf8(imported)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let tree = d.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/file"), "contents\n").unwrap();
+    let added = arca_tests::arca_ok(&[
+        "--store".as_ref(),
+        arca_store.as_os_str(),
+        "store".as_ref(),
+        "add-path".as_ref(),
+        tree.as_os_str(),
+    ]);
+    let tree_path = String::from_utf8(added).unwrap().trim().to_owned();
+    let cache = d.join("cache");
+    let to = format!(
+        "file://{}?secret-key={}&compression=none",
+        cache.display(),
+        d.join("test-2.sk").display()
+    );
+    let copy = |paths: &[&str]| {
+        let mut args: Vec<&OsStr> = vec![
+            "--store".as_ref(),
+            arca_store.as_os_str(),
+            "copy".as_ref(),
+            "--to".as_ref(),
+            to.as_ref(),
+        ];
+        args.extend(paths.iter().map(OsStr::new));
+        arca_tests::arca(&args)
+    };
+    let first = copy(&[&top, &tree_path]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("copied 5 paths"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = copy(&[&top]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("copied 0 paths"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(narinfos(&cache).len(), 5);
+    assert!(
+        !std::fs::read_dir(&cache).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".tmp")),
+        "no temporary file is left"
+    );
+
+    let substitute = |root: &Path, key: &str| {
+        let store = format!("local?root={}", root.display());
+        let substituters = format!("file://{}", cache.display());
+        let trusted = std::fs::read_to_string(d.join(format!("{key}.pk"))).unwrap();
+        std::process::Command::new("nix-store")
+            .args(["--store", &store, "-r", &top, &tree_path])
+            .args(["--option", "substituters", &substituters])
+            .args(["--option", "trusted-public-keys", trusted.trim()])
+            .env("NIX_CONFIG", "experimental-features = nix-command")
+            .output()
+            .unwrap()
+    };
+    let nix_root = d.join("nix");
+    let output = substitute(&nix_root, "test-2");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let store = format!("local?root={}", nix_root.display());
+    // Exits 1 (and `nix` panics) on any problem.
+    nix(
+        "nix-store",
+        &[
+            "--store".as_ref(),
+            store.as_ref(),
+            "--verify".as_ref(),
+            "--check-contents".as_ref(),
+        ],
+        None,
+    );
+    for path in [&top, &tree_path] {
+        let theirs = nix(
+            "nix-store",
+            &[
+                "--store".as_ref(),
+                store.as_ref(),
+                "-q".as_ref(),
+                "--hash".as_ref(),
+                path.as_ref(),
+            ],
+            None,
+        );
+        let ours = arca_tests::arca_ok(&[
+            "--store".as_ref(),
+            arca_store.as_os_str(),
+            "path-info".as_ref(),
+            "--json".as_ref(),
+            path.as_ref(),
+        ]);
+        let ours: serde_json::Value = serde_json::from_slice(&ours).unwrap();
+        let theirs = String::from_utf8(theirs).unwrap();
+        let sri = ours[0]["narHash"].as_str().unwrap();
+        let theirs_hash = arca_store_core::Hash::parse(theirs.trim(), None).unwrap();
+        assert_eq!(theirs_hash.to_sri(), sri, "{path}");
+    }
+
+    // Trusting another key: the imported paths (not content-addressed) are refused.
+    let refused = substitute(&d.join("nix-other"), "other-2");
+    assert!(
+        !refused.status.success(),
+        "substituted without a trusted signature"
+    );
+}
