@@ -12,11 +12,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use arca_store_core::{
-    dependency_order, Hash, HashAlgo, Hasher, SecretKey, Store, StoreDir, StorePath,
+    dependency_order, Hash, HashAlgo, Hasher, PublicKey, SecretKey, Store, StoreDir, StorePath,
 };
 
 use crate::cache_info::{CacheInfo, CacheInfoError};
-use crate::narinfo::{Compression, NarInfo, NarInfoError};
+use crate::narinfo::{Compression, NarInfo, NarInfoError, SignatureCheck};
 
 /// Why a `file://` cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,54 @@ pub enum FileCacheError {
     InvalidPath(String),
     #[error("compression '{0}' is not supported for writing yet (use compression=none)")]
     UnsupportedCompression(Compression),
+    #[error("compression '{compression}' of '{path}' is not supported for reading yet")]
+    UnsupportedDecompression {
+        path: String,
+        compression: Compression,
+    },
+    /// The cache has no `.narinfo` for a path wanted (or one its closure needs).
+    #[error("path '{0}' is not in the cache")]
+    NotInCache(String),
+    /// No signature by a trusted key (and not content-addressed), with `require-sigs`.
+    #[error(
+        "path '{path}' is not signed by a trusted key: signed by [{}], trusted are [{}]",
+        signed_by.join(", "),
+        trusted.join(", ")
+    )]
+    Untrusted {
+        path: String,
+        signed_by: Vec<String>,
+        trusted: Vec<String>,
+    },
+    /// A `.narinfo`'s URL leaves the cache (absolute, or with `..`).
+    #[error("path '{path}': NAR URL '{url}' is outside the cache")]
+    BadUrl { path: String, url: String },
+    /// The store refused the NAR (its hash or size is not the `.narinfo`'s, …).
+    #[error("cannot add '{path}' from the cache")]
+    Add {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How [`FileCache::pull`] decides whom to believe.
+#[derive(Debug, Clone, Copy)]
+pub struct PullOptions<'a> {
+    /// Nix's `trusted-public-keys`.
+    pub trusted_keys: &'a [PublicKey],
+    /// Nix's `require-sigs`: a path must be signed by a trusted key or be correctly
+    /// content-addressed.
+    pub require_sigs: bool,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Paths added to the store, references first.
+    pub added: Vec<StorePath>,
+    /// Paths the store had already.
+    pub present: Vec<StorePath>,
 }
 
 /// What a push did.
@@ -208,6 +256,124 @@ impl FileCache {
             report.pushed.push(path);
         }
         Ok(report)
+    }
+
+    /// Copies the closures of `paths` from the cache into `store`: every `.narinfo` of
+    /// the paths the store lacks is read and checked first (signatures as `options`
+    /// say), then each NAR is read, decompressed and added in one streaming pass, the
+    /// store checking its hash and size; references first. A path refused leaves nothing
+    /// in the store; the paths added before it stay (they are complete and valid).
+    pub fn pull<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        paths: &BTreeSet<StorePath>,
+        options: PullOptions<'_>,
+    ) -> Result<PullReport, FileCacheError> {
+        let store_error = |path: &StorePath| {
+            let path = self.store_dir.display(path);
+            move |error: S::Error| FileCacheError::Store {
+                path,
+                source: Box::new(error),
+            }
+        };
+        let mut report = PullReport::default();
+        let mut wanted = std::collections::BTreeMap::new();
+        let mut pending: Vec<StorePath> = paths.iter().cloned().collect();
+        while let Some(path) = pending.pop() {
+            if wanted.contains_key(&path) || report.present.contains(&path) {
+                continue;
+            }
+            if store.is_valid_path(&path).map_err(store_error(&path))? {
+                report.present.push(path);
+                continue;
+            }
+            let narinfo = self
+                .narinfo(&path)?
+                .ok_or_else(|| FileCacheError::NotInCache(self.store_dir.display(&path)))?;
+            if narinfo.info.path != path {
+                return Err(FileCacheError::NarInfo(NarInfoError::Corrupt {
+                    whence: NarInfo::file_name(&path),
+                    reason: format!(
+                        "it describes '{}'",
+                        self.store_dir.display(&narinfo.info.path)
+                    ),
+                }));
+            }
+            if options.require_sigs {
+                if let SignatureCheck::Untrusted { signed_by } =
+                    narinfo.check_signatures(&self.store_dir, options.trusted_keys)
+                {
+                    return Err(FileCacheError::Untrusted {
+                        path: self.store_dir.display(&path),
+                        signed_by,
+                        trusted: options
+                            .trusted_keys
+                            .iter()
+                            .map(|key| key.name().to_owned())
+                            .collect(),
+                    });
+                }
+            }
+            pending.extend(
+                narinfo
+                    .info
+                    .references
+                    .iter()
+                    .filter(|r| **r != path)
+                    .cloned(),
+            );
+            wanted.insert(path, narinfo);
+        }
+        let missing: BTreeSet<StorePath> = wanted.keys().cloned().collect();
+        let order = dependency_order(&missing, |path| {
+            Ok::<_, FileCacheError>(wanted[path].info.references.clone())
+        })?;
+        for path in order {
+            let narinfo = &wanted[&path];
+            let mut nar = self.open_nar(narinfo)?;
+            store
+                .add_nar(&narinfo.info, &mut nar)
+                .map_err(|error| FileCacheError::Add {
+                    path: self.store_dir.display(&path),
+                    source: Box::new(error),
+                })?;
+            report.added.push(path);
+        }
+        Ok(report)
+    }
+
+    /// The decompressed NAR of `narinfo`, as a stream.
+    fn open_nar(&self, narinfo: &NarInfo) -> Result<Box<dyn io::Read>, FileCacheError> {
+        let path = self.store_dir.display(&narinfo.info.path);
+        let relative = Path::new(&narinfo.url);
+        if relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(FileCacheError::BadUrl {
+                path,
+                url: narinfo.url.clone(),
+            });
+        }
+        let file = self.dir.join(relative);
+        let opened = fs::File::open(&file).map_err(|source| FileCacheError::Io {
+            action: "read",
+            path: file.clone(),
+            source,
+        })?;
+        let reader = io::BufReader::with_capacity(1 << 16, opened);
+        Ok(match narinfo.compression {
+            Compression::None => Box::new(reader),
+            Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(reader)),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(reader)),
+            other => {
+                return Err(FileCacheError::UnsupportedDecompression {
+                    path,
+                    compression: other,
+                })
+            }
+        })
     }
 
     fn temporary(&self, what: &str) -> PathBuf {

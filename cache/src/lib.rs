@@ -5,10 +5,12 @@
 //!   does, and its signatures checked against trusted keys ([`SignatureCheck`]).
 //! - [`cache_info`]: [`CacheInfo`], a cache's `nix-cache-info`.
 //! - [`file`]: [`FileCache`], a `file://` cache: pushing a closure (NARs uncompressed,
-//!   signed with a secret key), reading `.narinfo`s.
+//!   signed with a secret key), pulling one into a store (signatures checked against
+//!   trusted keys; NARs uncompressed, xz or bzip2, streamed into the store, which checks
+//!   their hash and size).
 //!
-//! Not here yet (issue #16): compression (xz, zstd, …), the http(s) and s3 back ends,
-//! substitution (pulling into a store), serving.
+//! Not here yet (issue #16): writing compressed NARs, zstd and gzip, the http(s) and s3
+//! back ends, substitution inside builds, serving.
 //!
 //! ```
 //! use arca_cache::{Compression, NarInfo};
@@ -31,5 +33,5 @@ pub mod file;
 pub mod narinfo;
 
 pub use cache_info::{CacheInfo, CacheInfoError};
-pub use file::{FileCache, FileCacheError, PushReport};
+pub use file::{FileCache, FileCacheError, PullOptions, PullReport, PushReport};
 pub use narinfo::{Compression, NarInfo, NarInfoError, SignatureCheck, MAX_NARINFO};

@@ -457,3 +457,231 @@ fn nix_substitutes_from_a_cache_arca_wrote() {
         "substituted without a trusted signature"
     );
 }
+
+/// The paths of a cache, by the `.narinfo` files in it.
+fn cached_paths(cache: &Path) -> Vec<String> {
+    let store_dir = StoreDir::default();
+    narinfos(cache)
+        .into_iter()
+        .map(|(file, text)| {
+            let info = NarInfo::parse(&store_dir, &text, &file).unwrap();
+            store_dir.display(&info.info.path)
+        })
+        .collect()
+}
+
+/// `arca copy --from` into a fresh store at `root`, trusting `pk`; the output.
+fn arca_pull(root: &Path, cache: &Path, pk: &str, paths: &[String]) -> std::process::Output {
+    let from = format!("file://{}", cache.display());
+    let mut args: Vec<&OsStr> = vec![
+        "--store".as_ref(),
+        root.as_os_str(),
+        "--option".as_ref(),
+        "trusted-public-keys".as_ref(),
+        pk.as_ref(),
+        "copy".as_ref(),
+        "--from".as_ref(),
+        from.as_ref(),
+    ];
+    args.extend(paths.iter().map(OsStr::new));
+    arca_tests::arca(&args)
+}
+
+/// Whether `path` is valid in the Arca store at `root`.
+fn arca_has(root: &Path, path: &str) -> bool {
+    arca_tests::arca(&[
+        "--store".as_ref(),
+        root.as_os_str(),
+        "path-info".as_ref(),
+        path.as_ref(),
+    ])
+    .status
+    .success()
+}
+
+/// Arca substitutes from caches real Nix wrote (`nix copy --to file://…?secret-key=…`,
+/// NARs uncompressed and xz), Nix's key trusted: the closure becomes valid, `arca store
+/// verify --check-contents` and Nix's own `nix-store --verify --check-contents` on the
+/// Arca store are clean. Attacks leave nothing registered and say what was wrong: an
+/// untrusted signer, a tampered NAR, a NAR gone, a truncated xz stream, a NAR URL out of
+/// the cache, a `.narinfo` of another store dir.
+#[test]
+fn arca_substitutes_from_caches_nix_wrote_and_refuses_attacks() {
+    if !nix_available("arca_substitutes_from_caches_nix_wrote_and_refuses_attacks") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (caches, _sk, pk) = nix_caches(dir.path());
+    let pk = pk.trim().to_owned();
+    for (compression, cache) in &caches {
+        let paths = cached_paths(cache);
+        let root = dir.path().join(format!("arca-{compression}"));
+        let output = arca_pull(&root, cache, &pk, &paths);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for path in &paths {
+            assert!(arca_has(&root, path), "{compression}: {path}");
+        }
+        let verify = arca_tests::arca(&[
+            "--store".as_ref(),
+            root.as_os_str(),
+            "store".as_ref(),
+            "verify".as_ref(),
+            "--check-contents".as_ref(),
+        ]);
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let store = format!("local?root={}", root.display());
+        nix(
+            "nix-store",
+            &[
+                "--store".as_ref(),
+                store.as_ref(),
+                "--verify".as_ref(),
+                "--check-contents".as_ref(),
+            ],
+            None,
+        );
+    }
+
+    // The attacks, each on a copy of the uncompressed cache, into a fresh store.
+    let clean = &caches["none"];
+    let paths = cached_paths(clean);
+    let store_dir = StoreDir::default();
+    let imported: Vec<&String> = paths.iter().filter(|p| p.contains("-bench-")).collect();
+    let victim = imported[0].clone();
+    let victim_path = store_dir.parse_path(&victim).unwrap();
+    let narinfo_file = |cache: &Path| cache.join(NarInfo::file_name(&victim_path));
+    let nar_file = |cache: &Path| {
+        let text = std::fs::read_to_string(narinfo_file(cache)).unwrap();
+        cache.join(NarInfo::parse(&store_dir, &text, "x").unwrap().url)
+    };
+    let copy_of = |name: &str| {
+        let copy = dir.path().join(format!("attack-{name}"));
+        let status = std::process::Command::new("cp")
+            .args(["-a", clean.to_str().unwrap(), copy.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        copy
+    };
+    let other_pk = {
+        nix(
+            "nix-store",
+            &[
+                "--generate-binary-cache-key".as_ref(),
+                "other-1".as_ref(),
+                dir.path().join("o.sk").as_os_str(),
+                dir.path().join("o.pk").as_os_str(),
+            ],
+            None,
+        );
+        std::fs::read_to_string(dir.path().join("o.pk"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let attacks: Vec<(&str, std::path::PathBuf, String, &str)> = vec![
+        (
+            "untrusted",
+            clean.clone(),
+            other_pk.clone(),
+            "signed by [test-1], trusted are [other-1]",
+        ),
+        (
+            "tampered NAR",
+            {
+                let copy = copy_of("nar");
+                let nar = nar_file(&copy);
+                let mut bytes = std::fs::read(&nar).unwrap();
+                let at = bytes.len() - 20;
+                bytes[at] ^= 1;
+                std::fs::write(&nar, bytes).unwrap();
+                copy
+            },
+            pk.clone(),
+            "hash",
+        ),
+        (
+            "NAR gone",
+            {
+                let copy = copy_of("gone");
+                std::fs::remove_file(nar_file(&copy)).unwrap();
+                copy
+            },
+            pk.clone(),
+            "cannot read",
+        ),
+        (
+            "NAR URL outside the cache",
+            {
+                let copy = copy_of("url");
+                let file = narinfo_file(&copy);
+                let text = std::fs::read_to_string(&file).unwrap();
+                let url = text
+                    .lines()
+                    .find(|l| l.starts_with("URL: "))
+                    .unwrap()
+                    .to_owned();
+                std::fs::write(&file, text.replace(&url, "URL: ../../../etc/passwd")).unwrap();
+                copy
+            },
+            pk.clone(),
+            "outside the cache",
+        ),
+    ];
+    for (case, cache, key, says) in attacks {
+        let root = dir
+            .path()
+            .join(format!("attacked-{}", case.replace(' ', "-")));
+        let output = arca_pull(&root, &cache, &key, std::slice::from_ref(&victim));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{case}: accepted");
+        assert!(stderr.contains(says), "{case}: {stderr}");
+        assert!(!arca_has(&root, &victim), "{case}: registered");
+        let physical = root.join(victim.trim_start_matches('/'));
+        assert!(
+            physical.symlink_metadata().is_err(),
+            "{case}: left in the store"
+        );
+    }
+
+    // A truncated xz stream.
+    let xz = copy_of("xz-source");
+    std::fs::remove_dir_all(&xz).unwrap();
+    let status = std::process::Command::new("cp")
+        .args(["-a", caches["xz"].to_str().unwrap(), xz.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let nar = nar_file(&xz);
+    let bytes = std::fs::read(&nar).unwrap();
+    std::fs::write(&nar, &bytes[..bytes.len() / 2]).unwrap();
+    let root = dir.path().join("attacked-xz");
+    let output = arca_pull(&root, &xz, &pk, std::slice::from_ref(&victim));
+    assert!(!output.status.success(), "truncated xz accepted");
+    assert!(!arca_has(&root, &victim));
+
+    // A cache of another store dir.
+    let other = dir.path().join("other-store-dir");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("nix-cache-info"), "StoreDir: /gnu/store\n").unwrap();
+    let output = arca_pull(
+        &dir.path().join("attacked-dir"),
+        &other,
+        &pk,
+        std::slice::from_ref(&victim),
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("is for Nix stores with prefix '/gnu/store'"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
