@@ -21,6 +21,13 @@ if ! command -v nix-store >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&
       || echo "apt-get could not install nix-bin busybox-static slirp4netns jq"
   fi
 fi
+# The binary cache tests run a real S3-compatible server, s3s-fs (an S3 API on a
+# directory), on 127.0.0.1. Pinned: later versions need a newer rustc than ours.
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  say "installing the S3 test server (cargo install s3s-fs --version 0.14.1)"
+  cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary \
+    || echo "cargo could not install s3s-fs: the S3 tests will be skipped"
+fi
 nix_skipped=0
 if command -v nix-store >/dev/null 2>&1; then
   say "oracle: $(nix-store --version)"

@@ -1,16 +1,19 @@
-//! `arca-cache`: Nix binary caches (`file://`, `http(s)://`, `s3://` stores), starting
-//! with their formats.
+//! `arca-cache`: Nix binary caches — `file://`, `http(s)://` and `s3://` — read and
+//! written exactly as Nix 2.8 reads and writes them.
 //!
-//! - [`narinfo`]: [`NarInfo`], a cache's `.narinfo` parsed and printed exactly as Nix 2.8
+//! - [`narinfo`]: [`NarInfo`], a cache's `.narinfo` parsed and printed exactly as Nix
 //!   does, and its signatures checked against trusted keys ([`SignatureCheck`]).
 //! - [`cache_info`]: [`CacheInfo`], a cache's `nix-cache-info`.
-//! - [`file`]: [`FileCache`], a `file://` cache: pushing a closure (NARs uncompressed,
-//!   signed with a secret key), pulling one into a store (signatures checked against
-//!   trusted keys; NARs uncompressed, xz or bzip2, streamed into the store, which checks
-//!   their hash and size).
-//!
-//! Not here yet (issue #16): writing compressed NARs, zstd and gzip, the http(s) and s3
-//! back ends, substitution inside builds, serving.
+//! - [`compression`]: NARs compressed and decompressed as Nix does (xz, zstd, bzip2,
+//!   gzip, none), as streams.
+//! - [`backend`]: [`Backend`], where a cache keeps its files, and its implementations
+//!   [`FileBackend`], [`HttpBackend`] and [`S3Backend`]; [`url`]: [`CacheUrl`], Nix's
+//!   cache URLs and their parameters.
+//! - [`cache`]: [`BinaryCache`], a cache on a backend: its `.narinfo`s, NARs and logs,
+//!   and pushing closures into it.
+//! - [`substitute`]: copying closures from caches into a store, concurrently, with
+//!   every `.narinfo` checked before anything is added.
+//! - [`serve`]: serving a store as an HTTP binary cache (`arca cache serve`).
 //!
 //! ```
 //! use arca_cache::{Compression, NarInfo};
@@ -28,10 +31,24 @@
 //! # Ok::<(), arca_cache::NarInfoError>(())
 //! ```
 
+pub mod backend;
+pub mod cache;
 pub mod cache_info;
-pub mod file;
+pub mod compression;
+pub mod http;
 pub mod narinfo;
+pub mod s3;
+mod schedule;
+pub mod serve;
+pub mod substitute;
+pub mod url;
 
+pub use backend::{Backend, BackendError, Body, FileBackend};
+pub use cache::{BinaryCache, CacheError, OpenMode, PushReport, Refusal};
 pub use cache_info::{CacheInfo, CacheInfoError};
-pub use file::{FileCache, FileCacheError, PullOptions, PullReport, PushReport};
+pub use compression::{decompress, CompressionError, Compressor};
+pub use http::HttpBackend;
 pub use narinfo::{Compression, NarInfo, NarInfoError, SignatureCheck, MAX_NARINFO};
+pub use s3::{S3Backend, S3Location};
+pub use substitute::{fetch, plan, substitute, Plan, SubstituteOptions};
+pub use url::{CacheUrl, Location};

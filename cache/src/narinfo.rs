@@ -118,6 +118,9 @@ pub enum SignatureCheck {
     Untrusted {
         /// The names of the keys that signed it, as written in its `Sig:` lines.
         signed_by: Vec<String>,
+        /// Those of them that name a trusted key but do not verify (a forged or
+        /// tampered narinfo).
+        forged: Vec<String>,
     },
 }
 
@@ -311,23 +314,32 @@ impl NarInfo {
         let fingerprint = self.info.fingerprint(store_dir);
         let mut good = Vec::new();
         let mut signed_by = Vec::new();
+        let mut forged = Vec::new();
         for text in &self.info.signatures {
             let Ok(signature) = Signature::parse(text) else {
                 continue;
             };
-            signed_by.push(signature.key_name().to_owned());
-            if trusted.iter().any(|key| {
-                key.name() == signature.key_name() && key.verify(&fingerprint, &signature)
-            }) {
-                good.push(signature.key_name().to_owned());
+            let name = signature.key_name().to_owned();
+            let keys = trusted.iter().filter(|key| key.name() == name);
+            let mut named_trusted = false;
+            let mut verified = false;
+            for key in keys {
+                named_trusted = true;
+                verified |= key.verify(&fingerprint, &signature);
             }
+            if verified {
+                good.push(name.clone());
+            } else if named_trusted {
+                forged.push(name.clone());
+            }
+            signed_by.push(name);
         }
         if !good.is_empty() {
             SignatureCheck::Trusted(good)
         } else if self.info.is_content_addressed_correctly(store_dir) {
             SignatureCheck::ContentAddressed
         } else {
-            SignatureCheck::Untrusted { signed_by }
+            SignatureCheck::Untrusted { signed_by, forged }
         }
     }
 

@@ -1,14 +1,14 @@
 //! `arca copy --to URL PATH...` copies closures from the store to a binary cache;
 //! `arca copy --from URL PATH...` copies them from a cache into the store, trusting what
-//! the settings `trusted-public-keys` and `require-sigs` say (issue #16; so far `file://`
-//! caches: written uncompressed, read uncompressed, xz or bzip2).
+//! the settings `trusted-public-keys` and `require-sigs` say. URLs are Nix's:
+//! `file://DIR`, `http(s)://…`, `s3://BUCKET`, with their parameters
+//! ([`arca_cache::url`]).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use arca_cache::{Compression, FileCache, PullOptions};
-use arca_store_core::{SecretKey, Settings, StoreOps};
+use arca_cache::{BinaryCache, OpenMode, SubstituteOptions};
+use arca_store_core::{Settings, StoreOps};
 
 use crate::store::OnStore;
 use crate::store_commands::parse_paths;
@@ -17,8 +17,9 @@ use crate::GlobalArgs;
 /// Copy store paths and their closures to or from a binary cache (== `nix copy`).
 #[derive(clap::Args)]
 pub struct CopyArgs {
-    /// Copy to this cache: `file://DIR`, with Nix's parameters `secret-key=FILE` (sign
-    /// what is written) and `compression=none`.
+    /// Copy to this cache: `file://DIR`, `http(s)://…` or `s3://BUCKET`, with Nix's
+    /// parameters (`secret-key=FILE` signs what is written, `compression=xz|zstd|none`,
+    /// and for S3 `endpoint`, `region`, `scheme`, `profile`).
     #[arg(
         long,
         value_name = "URL",
@@ -26,146 +27,106 @@ pub struct CopyArgs {
         required_unless_present = "from"
     )]
     to: Option<String>,
-    /// Copy from this cache (`file://DIR`) into the store; the paths must be signed by a
-    /// key of `trusted-public-keys` unless `require-sigs` is false.
+    /// Copy from this cache into the store; the paths must be signed by a key of
+    /// `trusted-public-keys` (or be content-addressed) unless `require-sigs` is false.
     #[arg(long, value_name = "URL")]
     from: Option<String>,
+    /// With --to: also copy the build logs of the paths' derivers (to `log/DRV`).
+    #[arg(long, requires = "to")]
+    logs: bool,
+    /// How many paths to copy at once.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 8)]
+    jobs: usize,
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<String>,
 }
 
-/// A cache URL, parsed.
-struct CacheUrl {
-    dir: PathBuf,
-    secret_key: Option<PathBuf>,
-    compression: Compression,
-}
-
-fn parse_url(url: &str) -> anyhow::Result<CacheUrl> {
-    let Some(rest) = url.strip_prefix("file://") else {
-        bail!("cache '{url}': only file:// caches are supported so far");
-    };
-    let (dir, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if !dir.starts_with('/') {
-        bail!("cache '{url}': the directory must be absolute");
-    }
-    let mut parsed = CacheUrl {
-        dir: PathBuf::from(dir),
-        secret_key: None,
-        // Nix's default is xz, which Arca does not write yet: say so rather than differ.
-        compression: Compression::Xz,
-    };
-    for parameter in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
-        match name {
-            "secret-key" => parsed.secret_key = Some(PathBuf::from(value)),
-            "compression" => {
-                parsed.compression = Compression::from_name(value).with_context(|| {
-                    format!("cache '{url}': unknown compression method '{value}'")
-                })?
-            }
-            other => bail!("cache '{url}': unknown parameter '{other}'"),
-        }
-    }
-    Ok(parsed)
-}
-
 pub fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    match (&args.to, &args.from) {
-        (Some(to), None) => {
-            let push = Push {
-                to: to.clone(),
-                paths: args.paths,
-            };
-            crate::store::on_store(global, push)
-        }
-        (None, Some(from)) => {
-            let pull = Pull {
-                from: from.clone(),
-                paths: args.paths,
-                settings: global.settings()?,
-            };
-            crate::store::on_store(global, pull)
-        }
-        _ => bail!("give one of --to and --from"),
-    }
+    let settings = global.settings()?;
+    crate::store::on_store(global, Copy { args, settings })
 }
 
-/// `copy --from`.
-struct Pull {
-    from: String,
-    paths: Vec<String>,
+struct Copy {
+    args: CopyArgs,
     settings: Settings,
 }
 
-impl OnStore for Pull {
+impl OnStore for Copy {
     type Output = ();
 
     fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
-        let url = parse_url(&self.from)?;
-        if url.secret_key.is_some() {
-            bail!(
-                "cache '{}': secret-key is for writing to a cache",
-                self.from
-            );
-        }
-        let store_dir = store.store_dir();
-        let paths = self
-            .paths
-            .iter()
-            .map(|p| {
-                store_dir
-                    .parse_path(p)
-                    .with_context(|| format!("'{p}' is not a store path"))
-            })
-            .collect::<anyhow::Result<BTreeSet<_>>>()?;
-        let cache = FileCache::open(&url.dir, store_dir)?;
-        let options = PullOptions {
-            trusted_keys: &self.settings.trusted_public_keys,
-            require_sigs: self.settings.require_sigs,
+        let Copy { args, settings } = self;
+        let paths: BTreeSet<_> = match &args.to {
+            Some(_) => parse_paths(store, &args.paths)?,
+            // Pulled paths need not be in the store yet: only parsed.
+            None => args
+                .paths
+                .iter()
+                .map(|p| {
+                    store
+                        .store_dir()
+                        .parse_path(p)
+                        .with_context(|| format!("'{p}' is not a store path"))
+                })
+                .collect::<anyhow::Result<_>>()?,
         };
-        let report = cache.pull(store, &paths, options)?;
-        eprintln!(
-            "copied {} paths from '{}' ({} there already)",
-            report.added.len(),
-            self.from,
-            report.present.len()
-        );
-        Ok(())
-    }
-}
-
-/// `copy --to`.
-struct Push {
-    to: String,
-    paths: Vec<String>,
-}
-
-impl OnStore for Push {
-    type Output = ();
-
-    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
-        let url = parse_url(&self.to)?;
-        let key = match &url.secret_key {
-            Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read secret key file '{}'", file.display()))?;
-                Some(
-                    SecretKey::parse(text.trim())
-                        .with_context(|| format!("secret key file '{}'", file.display()))?,
-                )
+        match (&args.to, &args.from) {
+            (Some(to), None) => {
+                let cache = BinaryCache::open(to, store.store_dir(), OpenMode::Write)?;
+                let report = cache.push(store, &paths, args.jobs)?;
+                let mut logs = 0;
+                if args.logs {
+                    for path in report.pushed.iter().chain(&report.present) {
+                        logs += push_log(store, &cache, path)?;
+                    }
+                }
+                eprintln!(
+                    "copied {} paths to '{}' ({} there already{})",
+                    report.pushed.len(),
+                    cache.url(),
+                    report.present.len(),
+                    if args.logs {
+                        format!(", {logs} build logs")
+                    } else {
+                        String::new()
+                    }
+                );
             }
-            None => None,
-        };
-        let paths: BTreeSet<_> = parse_paths(store, &self.paths)?;
-        let cache = FileCache::open(&url.dir, store.store_dir())?;
-        let report = cache.push(store, &paths, url.compression, key.as_ref())?;
-        eprintln!(
-            "copied {} paths to '{}' ({} there already)",
-            report.pushed.len(),
-            self.to,
-            report.present.len()
-        );
+            (None, Some(from)) => {
+                let cache = BinaryCache::open(from, store.store_dir(), OpenMode::Read)?;
+                let mut options =
+                    SubstituteOptions::new(&settings.trusted_public_keys, settings.require_sigs);
+                options.downloads = args.jobs.max(1);
+                let added = arca_cache::substitute(store, &[cache], &paths, options)?;
+                eprintln!("copied {} paths from '{from}'", added.len());
+            }
+            _ => bail!("give one of --to and --from"),
+        }
         Ok(())
     }
+}
+
+/// Pushes the build log of `path`'s deriver, if the store has one; how many were pushed.
+fn push_log<S: StoreOps>(
+    store: &S,
+    cache: &BinaryCache,
+    path: &arca_store_core::StorePath,
+) -> anyhow::Result<usize> {
+    let Some(info) = store.query_path_info(path)? else {
+        return Ok(0);
+    };
+    let Some(deriver) = info.deriver else {
+        return Ok(0);
+    };
+    let Some(mut log) = store
+        .read_build_log(&deriver)
+        .map_err(|e| anyhow::anyhow!(e.chain()))?
+    else {
+        return Ok(0);
+    };
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut log, &mut text)
+        .with_context(|| format!("cannot read the build log of '{deriver}'"))?;
+    cache.put_log(&deriver, &text)?;
+    Ok(1)
 }

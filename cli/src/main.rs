@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod build;
+mod cache;
 mod copy;
 mod daemon;
 mod derivation;
@@ -94,8 +95,14 @@ enum Command {
     Log(build::LogArgs),
     /// Serve the store to Nix clients over Nix's daemon protocol (== `nix-daemon`).
     Daemon(daemon::DaemonArgs),
-    /// Copy paths and their closures to a binary cache (== `nix copy --to`).
+    /// Copy paths and their closures to or from a binary cache (== `nix copy`).
     Copy(copy::CopyArgs),
+    /// Serve the store as a binary cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Make and convert signing keys (== `nix key`).
+    #[command(subcommand)]
+    Key(cache::KeyCommand),
     /// Print a completion script for SHELL (e.g. `arca completions bash >
     /// /etc/bash_completion.d/arca`).
     Completions {
@@ -117,6 +124,8 @@ fn main() -> ExitCode {
         Command::Log(args) => build::log(args, &cli.global),
         Command::Daemon(args) => daemon::run(&args, &cli.global),
         Command::Copy(args) => copy::copy(args, &cli.global),
+        Command::Cache(command) => cache::run(command, &cli.global),
+        Command::Key(command) => cache::key(command),
         Command::Completions { shell } => completions(shell),
     };
     match result {

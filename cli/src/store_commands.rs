@@ -28,8 +28,12 @@ pub enum StoreCommand {
     Import,
     /// Query the registry (== `nix-store -q`).
     Query(QueryArgs),
-    /// Check the store against the registry (== `nix-store --verify`).
+    /// Check the store against the registry (== `nix-store --verify`), and with
+    /// --sigs-needed the paths' signatures (== `nix store verify --sigs-needed`).
     Verify(VerifyArgs),
+    /// Sign paths with a secret key, adding to the signatures they have (== `nix store
+    /// sign`).
+    Sign(SignArgs),
     /// Delete paths that are dead: no root keeps them and nothing refers to them
     /// (== `nix-store --delete`).
     Delete(DeleteArgs),
@@ -169,7 +173,27 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also require every path checked to carry at least N signatures by keys of
+    /// `trusted-public-keys` (a content-addressed path needs none); untrusted paths are
+    /// listed and the command fails.
+    #[arg(long, value_name = "N")]
+    pub(crate) sigs_needed: Option<usize>,
+    /// The settings' `trusted-public-keys`, filled in before running.
+    #[arg(skip)]
+    pub(crate) trusted_keys: Vec<arca_store_core::PublicKey>,
     /// Paths to check (default: all).
+    pub(crate) paths: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    /// The secret key file (as `nix key generate-secret` writes it).
+    #[arg(long, short = 'k', value_name = "FILE")]
+    pub(crate) key_file: PathBuf,
+    /// Sign the closures of the paths.
+    #[arg(long, short)]
+    pub(crate) recursive: bool,
+    #[arg(required = true, value_name = "PATH")]
     pub(crate) paths: Vec<String>,
 }
 
@@ -246,7 +270,12 @@ pub fn default_name(path: &Path, name: &Option<String>) -> anyhow::Result<String
     Ok(base.to_string_lossy().into_owned())
 }
 
-pub fn run(command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+pub fn run(mut command: StoreCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let StoreCommand::Verify(args) = &mut command {
+        if args.sigs_needed.is_some() {
+            args.trusted_keys = global.settings()?.trusted_public_keys;
+        }
+    }
     crate::store::on_store(global, command)
 }
 
@@ -312,9 +341,34 @@ impl OnStore for StoreCommand {
                     check_contents: args.check_contents,
                     repair: args.repair,
                 };
+                let untrusted = match args.sigs_needed {
+                    Some(needed) => {
+                        let checked = match &paths {
+                            Some(paths) => paths.clone(),
+                            None => store.query_all_valid_paths()?,
+                        };
+                        untrusted_paths(store, &checked, needed, &args.trusted_keys)?
+                    }
+                    None => Vec::new(),
+                };
                 let outcome = store.verify_store(paths.as_ref(), options)?;
                 print_verify(&store_dir, &outcome, args.json, &mut out)?;
                 out.flush()?;
+                for path in &untrusted {
+                    eprintln!("path '{}' is untrusted", store_dir.display(path));
+                }
+                if !untrusted.is_empty() {
+                    bail!(
+                        "{} path(s) lack {} signature(s) by trusted keys [{}]",
+                        untrusted.len(),
+                        args.sigs_needed.unwrap_or(1).max(1),
+                        args.trusted_keys
+                            .iter()
+                            .map(|key| key.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
                 match outcome {
                     VerifyOutcome::Report(report) if report.errors_found() => {
                         let left = report.problems.iter().filter(|p| !p.repaired()).count();
@@ -323,6 +377,27 @@ impl OnStore for StoreCommand {
                     VerifyOutcome::ErrorsFound(true) => bail!("the store has problems"),
                     _ => {}
                 }
+            }
+            StoreCommand::Sign(args) => {
+                let key = arca_cache::cache::read_secret_key(&args.key_file)?;
+                let mut paths = parse_paths(store, &args.paths)?;
+                if args.recursive {
+                    paths = store.query_closure(&paths)?;
+                }
+                let mut added = 0;
+                for path in &paths {
+                    let Some(info) = store.query_path_info(path)? else {
+                        bail!("path '{}' is not valid", store_dir.display(path));
+                    };
+                    let signature = key.sign(&info.fingerprint(&store_dir));
+                    if !info.signatures.contains(&signature.to_string()) {
+                        store
+                            .add_signatures(path, &[signature])
+                            .map_err(|e| anyhow::anyhow!(e.chain()))?;
+                        added += 1;
+                    }
+                }
+                eprintln!("added {added} signatures");
             }
             StoreCommand::Delete(args) => {
                 let paths = parse_paths(store, &args.paths)?;
@@ -636,4 +711,29 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1u64 << shift))
         .ok_or_else(|| format!("'{text}' is not a byte count"))
+}
+
+/// The paths among `paths` with fewer than `needed` (at least one) signatures by
+/// `trusted` keys, content-addressed paths excepted — what `nix store verify
+/// --sigs-needed` calls untrusted.
+fn untrusted_paths<S: StoreOps>(
+    store: &S,
+    paths: &BTreeSet<StorePath>,
+    needed: usize,
+    trusted: &[arca_store_core::PublicKey],
+) -> anyhow::Result<Vec<StorePath>> {
+    let store_dir = store.store_dir();
+    let mut untrusted = Vec::new();
+    for path in paths {
+        let Some(info) = store.query_path_info(path)? else {
+            continue;
+        };
+        if info.is_content_addressed_correctly(store_dir) {
+            continue;
+        }
+        if info.trusted_signers(store_dir, trusted).len() < needed.max(1) {
+            untrusted.push(path.clone());
+        }
+    }
+    Ok(untrusted)
 }

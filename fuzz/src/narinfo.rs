@@ -25,3 +25,28 @@ pub fn fuzz_narinfo_parse(data: &[u8]) {
     );
     let _ = narinfo.check_signatures(&store_dir, &[]);
 }
+
+/// The decompressor front end: the first byte picks the method a `.narinfo` claims, the
+/// rest is the stream. Never panics and never reads without bound: output is capped and a
+/// bad stream is an error.
+pub fn fuzz_decompress(data: &[u8]) {
+    use arca_cache::Compression;
+    use std::io::Read;
+    let Some((&method, stream)) = data.split_first() else {
+        return;
+    };
+    let methods = [
+        Compression::None,
+        Compression::Xz,
+        Compression::Bzip2,
+        Compression::Zstd,
+        Compression::Gzip,
+        Compression::Brotli,
+    ];
+    let method = methods[usize::from(method) % methods.len()];
+    let Ok(reader) = arca_cache::decompress(method, stream) else {
+        return;
+    };
+    let mut sink = Vec::new();
+    let _ = reader.take(16 << 20).read_to_end(&mut sink);
+}

@@ -38,3 +38,8 @@ fn daemon_requests_corpus_runs_clean() {
 fn narinfo_parse_corpus_runs_clean() {
     run_corpus("narinfo_parse", arca_fuzz::narinfo::fuzz_narinfo_parse);
 }
+
+#[test]
+fn decompress_corpus_runs_clean() {
+    run_corpus("decompress", arca_fuzz::narinfo::fuzz_decompress);
+}

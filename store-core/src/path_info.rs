@@ -194,6 +194,26 @@ impl PathInfo {
         self.signatures.insert(signature.to_string());
     }
 
+    /// The names of the keys among `trusted` whose signatures of the path verify (each
+    /// key counted once), as `nix store verify --sigs-needed` counts them.
+    pub fn trusted_signers(
+        &self,
+        store_dir: &StoreDir,
+        trusted: &[crate::PublicKey],
+    ) -> std::collections::BTreeSet<String> {
+        let fingerprint = self.fingerprint(store_dir);
+        self.signatures
+            .iter()
+            .filter_map(|text| crate::Signature::parse(text).ok())
+            .filter(|signature| {
+                trusted.iter().any(|key| {
+                    key.name() == signature.key_name() && key.verify(&fingerprint, signature)
+                })
+            })
+            .map(|signature| signature.key_name().to_owned())
+            .collect()
+    }
+
     /// Whether the path refers to itself.
     pub fn has_self_reference(&self) -> bool {
         self.references.contains(&self.path)

@@ -172,6 +172,28 @@ impl SecretKey {
         })
     }
 
+    /// The key named `name` whose ed25519 seed is `seed` (32 bytes; give random ones to
+    /// make a new key, as `nix key generate-secret` does).
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<SecretKey, KeyError> {
+        if !is_key_name(name) {
+            return Err(KeyError::BadName);
+        }
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(seed),
+        })
+    }
+
+    /// `NAME:BASE64` of the 64 bytes (seed, then public key), as Nix writes secret key
+    /// files. Deliberately not `Display`: a secret is not printed by accident.
+    pub fn to_file_text(&self) -> String {
+        format!(
+            "{}:{}",
+            self.name,
+            BASE64.encode(&self.key.to_keypair_bytes())
+        )
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -258,6 +280,20 @@ mod tests {
     /// Made by Nix 2.8: `nix-store --generate-binary-cache-key test-1 sk pk`, then
     /// `nix store sign --key-file sk` of `nix-store --add` of a file holding "hello\n",
     /// then `nix path-info --sigs`.
+    #[test]
+    fn a_seeded_key_writes_and_reads_back_as_nix_s_files() {
+        let key = SecretKey::from_seed("cache-1", &[7; 32]).unwrap();
+        let text = key.to_file_text();
+        assert!(text.starts_with("cache-1:"));
+        let back = SecretKey::parse(&text).unwrap();
+        assert_eq!(back.public_key(), key.public_key());
+        assert_eq!(back.to_file_text(), text);
+        assert!(matches!(
+            SecretKey::from_seed("bad name", &[7; 32]),
+            Err(KeyError::BadName)
+        ));
+    }
+
     const NIX_MADE: &str = "test-1:uGSbsJe/iJ0qEs8Tu75m8bR0semMlugtLNlPIwOj3sG4jZkGWPTDihb/wg2W7to0//LUnbdDPb6DKYxrhU0QDQ==";
 
     /// Made by Nix 2.8: `nix-store --generate-binary-cache-key test-1 sk pk`, then

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod build;
+pub mod cache;
 pub mod daemon;
 pub mod gc;
 pub mod golden;

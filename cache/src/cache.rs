@@ -1,0 +1,494 @@
+//! [`BinaryCache`]: a binary cache on any [`Backend`], laid out as Nix lays it out —
+//! `nix-cache-info`, `<hash part>.narinfo`, `nar/<file hash>.nar[.ext]`, `log/<drv>`.
+//!
+//! Pushing ([`BinaryCache::push`]) copies closures into the cache: each NAR is streamed
+//! from the store through the compressor and a hasher into a spooled file (memory stays
+//! bounded whatever its size), stored under its file hash, and only then is its
+//! `.narinfo` written, and only once the `.narinfo`s of the paths it refers to are: a
+//! reader (Nix or Arca) never sees a `.narinfo` whose NAR or references are missing.
+//! Pulling is [`crate::substitute`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read, Write};
+
+use arca_store_core::{Hash, HashAlgo, Hasher, SecretKey, Store, StoreDir, StorePath};
+
+use crate::backend::{Backend, BackendError, Body, Download, FileBackend};
+use crate::cache_info::{CacheInfo, CacheInfoError};
+use crate::compression::{decompress, CompressionError, Compressor};
+use crate::http::HttpBackend;
+use crate::narinfo::{Compression, NarInfo, NarInfoError, MAX_NARINFO};
+use crate::s3::{S3Backend, S3Error};
+use crate::schedule::in_dependency_order;
+use crate::url::{CacheUrl, Location, UrlError};
+
+/// Nix's priority for a cache whose `nix-cache-info` says none.
+pub const DEFAULT_PRIORITY: u32 = 50;
+
+/// Why a binary cache operation failed. Each names the cache (its URL) or the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    CacheInfo(#[from] CacheInfoError),
+    #[error("'{0}' does not appear to be a binary cache (it has no nix-cache-info)")]
+    NotACache(String),
+    #[error("cannot read secret key file '{}'", path.display())]
+    SecretKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A cache's answer that fails a check: the path was not taken from it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("cannot {action} the NAR of '{path}'")]
+    Compression {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: CompressionError,
+    },
+    #[error("cannot spool the NAR of '{path}'")]
+    Spool {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The store failed to say what a path is or to give its NAR.
+    #[error("cannot read '{path}' from the store")]
+    Store {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("path '{0}' is not valid")]
+    InvalidPath(String),
+    /// No substituter has a `.narinfo` for a path wanted (or one its closure needs).
+    #[error("path '{path}' is not in {}", caches_phrase(caches))]
+    NotInCache { path: String, caches: Vec<String> },
+    /// A `.narinfo` was found but its NAR is gone.
+    #[error("binary cache '{cache}' has the narinfo of '{path}' but not its NAR '{url}'")]
+    NarMissing {
+        path: String,
+        cache: String,
+        url: String,
+    },
+    /// A `.narinfo`'s URL leaves the cache (absolute, or with `..`).
+    #[error("path '{path}': NAR URL '{url}' is outside the cache")]
+    BadUrl { path: String, url: String },
+    /// The store refused the NAR (its hash or size is not the `.narinfo`'s, a truncated
+    /// or corrupt stream, …).
+    #[error("cannot add '{path}' from '{cache}'")]
+    Add {
+        path: String,
+        cache: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why a cache's `.narinfo` was not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// It is malformed, or for another store dir.
+    #[error(transparent)]
+    NarInfo(#[from] NarInfoError),
+    /// It was fetched for one path and describes another.
+    #[error("binary cache '{cache}': the narinfo of '{asked}' describes '{got}'")]
+    WrongPath {
+        cache: String,
+        asked: String,
+        got: String,
+    },
+    /// No signature by a trusted key (and not content-addressed), with `require-sigs`.
+    #[error(
+        "path '{path}' from '{cache}' is not signed by a trusted key: it carries signatures \
+         by [{}]{}, and the trusted keys are [{}]",
+        signed_by.join(", "),
+        if forged.is_empty() { String::new() } else {
+            format!(" (those by [{}] do not verify: forged or tampered)", forged.join(", "))
+        },
+        trusted.join(", ")
+    )]
+    Untrusted {
+        path: String,
+        cache: String,
+        signed_by: Vec<String>,
+        forged: Vec<String>,
+        trusted: Vec<String>,
+    },
+}
+
+fn caches_phrase(caches: &[String]) -> String {
+    match caches {
+        [] => "any substituter (none is configured)".to_owned(),
+        [one] => format!("binary cache '{one}'"),
+        many => format!("any of the substituters '{}'", many.join("', '")),
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Paths written, references first.
+    pub pushed: Vec<StorePath>,
+    /// Paths the cache had already.
+    pub present: Vec<StorePath>,
+}
+
+/// Whether [`BinaryCache::open`] may create a cache that does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Only read: a missing `nix-cache-info` is an error.
+    Read,
+    /// Write too: a missing `nix-cache-info` is written, as Nix writes it.
+    Write,
+}
+
+/// A binary cache.
+pub struct BinaryCache {
+    base: String,
+    backend: Box<dyn Backend>,
+    store_dir: StoreDir,
+    compression: Compression,
+    secret_key: Option<SecretKey>,
+    priority: u32,
+    want_mass_query: bool,
+}
+
+impl std::fmt::Debug for BinaryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BinaryCache")
+            .field("url", &self.base)
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BinaryCache {
+    /// Opens the cache `url` names for a store of `store_dir`: reads its
+    /// `nix-cache-info` (a cache for another store dir is refused), writing one first in
+    /// [`OpenMode::Write`] when it has none; reads the URL's `secret-key`.
+    pub fn open(
+        url: &str,
+        store_dir: &StoreDir,
+        mode: OpenMode,
+    ) -> Result<BinaryCache, CacheError> {
+        let url = CacheUrl::parse(url)?;
+        let backend: Box<dyn Backend> = match &url.location {
+            Location::File(dir) => Box::new(FileBackend::new(dir)),
+            Location::Http(base) => Box::new(HttpBackend::new(base)),
+            Location::S3(location) => Box::new(S3Backend::new(location)?),
+        };
+        let secret_key = match &url.secret_key {
+            Some(path) => Some(read_secret_key(path)?),
+            None => None,
+        };
+        BinaryCache::with_backend(&url, backend, store_dir, mode, secret_key)
+    }
+
+    /// Opens a cache on `backend` (an embedder's own), with `url`'s parameters.
+    pub fn with_backend(
+        url: &CacheUrl,
+        backend: Box<dyn Backend>,
+        store_dir: &StoreDir,
+        mode: OpenMode,
+        secret_key: Option<SecretKey>,
+    ) -> Result<BinaryCache, CacheError> {
+        const INFO: &str = "nix-cache-info";
+        let info = match backend.get(INFO)? {
+            Some(stream) => {
+                let text = read_small(stream, &backend.url_of(INFO))?;
+                CacheInfo::parse(&text, &store_dir.to_string(), &url.base)?
+            }
+            None if mode == OpenMode::Write => {
+                let info = CacheInfo::new(&store_dir.to_string());
+                backend.put(
+                    INFO,
+                    Body::Bytes(info.to_string().as_bytes()),
+                    "text/x-nix-cache-info",
+                )?;
+                info
+            }
+            None => return Err(CacheError::NotACache(url.base.clone())),
+        };
+        Ok(BinaryCache {
+            base: url.base.clone(),
+            backend,
+            store_dir: store_dir.clone(),
+            compression: url.compression,
+            secret_key,
+            priority: url.priority.or(info.priority).unwrap_or(DEFAULT_PRIORITY),
+            want_mass_query: url.want_mass_query.unwrap_or(info.want_mass_query),
+        })
+    }
+
+    /// The cache's URL, without parameters.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Its priority (lower is tried first).
+    pub fn priority(&self) -> u32 {
+        self.priority
+    }
+
+    /// Whether it welcomes many queries at once (`WantMassQuery`).
+    pub fn want_mass_query(&self) -> bool {
+        self.want_mass_query
+    }
+
+    /// The store dir its paths are in.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    /// The `.narinfo` of `path`, if the cache has one. One that describes another path
+    /// is refused.
+    pub fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, CacheError> {
+        let key = NarInfo::file_name(path);
+        let Some(stream) = self.backend.get(&key)? else {
+            return Ok(None);
+        };
+        let whence = self.backend.url_of(&key);
+        let text = read_small(stream, &whence)?;
+        let narinfo = NarInfo::parse(&self.store_dir, &text, &whence).map_err(Refusal::from)?;
+        if narinfo.info.path != *path {
+            return Err(Refusal::WrongPath {
+                cache: self.base.clone(),
+                asked: self.store_dir.display(path),
+                got: self.store_dir.display(&narinfo.info.path),
+            }
+            .into());
+        }
+        Ok(Some(narinfo))
+    }
+
+    /// Whether the cache has a `.narinfo` for `path`.
+    pub fn has(&self, path: &StorePath) -> Result<bool, CacheError> {
+        Ok(self.backend.exists(&NarInfo::file_name(path))?)
+    }
+
+    /// The NAR of `narinfo`, decompressed, as a stream (errors of a truncated or corrupt
+    /// stream come from reading it).
+    pub fn nar(&self, narinfo: &NarInfo) -> Result<Box<dyn Read + Send>, CacheError> {
+        let path = self.store_dir.display(&narinfo.info.path);
+        let url = &narinfo.url;
+        if url.is_empty()
+            || url.starts_with('/')
+            || url.contains("://")
+            || url
+                .split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(CacheError::BadUrl {
+                path,
+                url: url.clone(),
+            });
+        }
+        let stream = self
+            .backend
+            .get(url)?
+            .ok_or_else(|| CacheError::NarMissing {
+                path: path.clone(),
+                cache: self.base.clone(),
+                url: url.clone(),
+            })?;
+        let reader = io::BufReader::with_capacity(1 << 16, stream);
+        decompress(narinfo.compression, reader).map_err(|source| CacheError::Compression {
+            action: "decompress",
+            path,
+            source,
+        })
+    }
+
+    /// The build log of `drv` (`log/<drv base name>`), if the cache has one.
+    pub fn log(&self, drv: &StorePath) -> Result<Option<Download>, CacheError> {
+        Ok(self.backend.get(&format!("log/{drv}"))?)
+    }
+
+    /// Stores `log` as the build log of `drv`.
+    pub fn put_log(&self, drv: &StorePath, log: &[u8]) -> Result<(), CacheError> {
+        Ok(self.backend.put(
+            &format!("log/{drv}"),
+            Body::Bytes(log),
+            "text/plain; charset=utf-8",
+        )?)
+    }
+
+    /// Copies the closure of `paths` from `store` into the cache, `jobs` paths at a
+    /// time, references first, each NAR before its `.narinfo`; paths the cache has are
+    /// skipped. Each `.narinfo` written is signed with the URL's `secret-key` (and keeps
+    /// the signatures the store has).
+    pub fn push<S: Store + Sync + ?Sized>(
+        &self,
+        store: &S,
+        paths: &BTreeSet<StorePath>,
+        jobs: usize,
+    ) -> Result<PushReport, CacheError> {
+        let closure = store
+            .query_closure(paths)
+            .map_err(|error| CacheError::Store {
+                path: "the closure".into(),
+                source: Box::new(error),
+            })?;
+        let mut infos = BTreeMap::new();
+        for path in &closure {
+            let info = store
+                .query_path_info(path)
+                .map_err(|error| CacheError::Store {
+                    path: self.store_dir.display(path),
+                    source: Box::new(error),
+                })?
+                .ok_or_else(|| CacheError::InvalidPath(self.store_dir.display(path)))?;
+            infos.insert(path.clone(), info);
+        }
+        let present: BTreeSet<StorePath> =
+            crate::schedule::for_each(&closure.iter().collect::<Vec<_>>(), jobs.max(8), |path| {
+                self.has(path).map(|has| has.then(|| (*path).clone()))
+            })
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let graph: BTreeMap<StorePath, BTreeSet<StorePath>> = infos
+            .iter()
+            .filter(|(path, _)| !present.contains(*path))
+            .map(|(path, info)| (path.clone(), info.references.clone()))
+            .collect();
+        let pushed = in_dependency_order(&graph, jobs, |path| self.push_one(store, &infos[path]))?;
+        Ok(PushReport {
+            pushed,
+            present: present.into_iter().collect(),
+        })
+    }
+
+    fn push_one<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        info: &arca_store_core::PathInfo,
+    ) -> Result<(), CacheError> {
+        let path = self.store_dir.display(&info.path);
+        let spool = |source| CacheError::Spool {
+            path: path.clone(),
+            source,
+        };
+        let file = self.backend.spool()?;
+        let hashing = HashingWriter::new(io::BufWriter::with_capacity(1 << 16, file));
+        let mut compressor = Compressor::new(self.compression, hashing).map_err(|source| {
+            CacheError::Compression {
+                action: "compress",
+                path: path.clone(),
+                source,
+            }
+        })?;
+        store
+            .nar_from_path(&info.path, &mut compressor)
+            .map_err(|error| CacheError::Store {
+                path: path.clone(),
+                source: Box::new(error),
+            })?;
+        let hashing = compressor.finish().map_err(spool)?;
+        let (file, file_hash, file_size) = hashing.finish();
+        let file = file
+            .into_inner()
+            .map_err(|error| spool(error.into_error()))?;
+        let url = format!(
+            "nar/{}.nar{}",
+            file_hash.to_base32(),
+            self.compression.extension()
+        );
+        self.backend
+            .put(&url, Body::File(file), "application/x-nix-nar")?;
+        let mut info = info.clone();
+        if let Some(key) = &self.secret_key {
+            info.sign(&self.store_dir, key);
+        }
+        info.registration_time = 0;
+        info.ultimate = false;
+        let mut narinfo = NarInfo::new(info, url, self.compression);
+        narinfo.file_hash = Some(file_hash);
+        narinfo.file_size = Some(file_size);
+        self.backend.put(
+            &NarInfo::file_name(&narinfo.info.path),
+            Body::Bytes(narinfo.to_text(&self.store_dir).as_bytes()),
+            "text/x-nix-narinfo",
+        )?;
+        Ok(())
+    }
+}
+
+/// Reads a small file (a `.narinfo`, `nix-cache-info`), refusing one larger than
+/// [`MAX_NARINFO`] rather than reading without bound.
+fn read_small(stream: Download, url: &str) -> Result<String, CacheError> {
+    let mut bytes = Vec::new();
+    stream
+        .take(MAX_NARINFO as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| BackendError::new("download", url, error))?;
+    if bytes.len() > MAX_NARINFO {
+        return Err(Refusal::NarInfo(NarInfoError::Corrupt {
+            whence: url.to_owned(),
+            reason: format!("longer than {MAX_NARINFO} bytes"),
+        })
+        .into());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        Refusal::NarInfo(NarInfoError::Corrupt {
+            whence: url.to_owned(),
+            reason: "not UTF-8".into(),
+        })
+        .into()
+    })
+}
+
+/// Reads a secret key file (`NAME:BASE64`, as `nix key generate-secret` writes it).
+pub fn read_secret_key(path: &std::path::Path) -> Result<SecretKey, CacheError> {
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| CacheError::SecretKey {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| failed(Box::new(error)))?;
+    SecretKey::parse(text.trim()).map_err(|error| failed(Box::new(error)))
+}
+
+/// A writer that hashes (sha256) and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl<W> HashingWriter<W> {
+    fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(HashAlgo::Sha256),
+            size: 0,
+        }
+    }
+
+    fn finish(self) -> (W, Hash, u64) {
+        (self.inner, self.hasher.finish(), self.size)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.size += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

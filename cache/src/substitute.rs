@@ -1,0 +1,288 @@
+//! Substitution: copying paths' closures from binary caches into a store.
+//!
+//! [`plan`] finds, for every path of the closures the store lacks, the `.narinfo` to
+//! trust: every missing path is looked up in every cache concurrently (up to
+//! [`SubstituteOptions::lookups`] requests at a time), and the cache of lowest priority
+//! number whose `.narinfo` passes the checks wins — its signatures (a trusted key's, or
+//! a content address that gives the path, unless `require-sigs` is off), and that it
+//! describes the path asked for. A path no cache can give is reported with why each
+//! cache could not.
+//!
+//! [`fetch`] then copies what was planned, [`SubstituteOptions::downloads`] NARs at a
+//! time, a path only after the paths it refers to: each NAR is downloaded, decompressed
+//! and handed to the store as one stream, the store hashing it, checking its hash and
+//! size against the `.narinfo` and unpacking it. A path refused (a NAR gone, a hash
+//! mismatch, a truncated stream) leaves nothing in the store; paths added before it stay
+//! (they are complete, valid and their references too).
+//!
+//! Nothing is remembered between calls: a path pushed to a cache a second after a miss
+//! is found by the next lookup.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arca_store_core::{PublicKey, Store, StorePath};
+
+use crate::cache::{BinaryCache, CacheError, Refusal};
+use crate::narinfo::{NarInfo, SignatureCheck};
+use crate::schedule::{for_each, in_dependency_order};
+
+/// Whom to believe, and how much to do at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SubstituteOptions<'a> {
+    /// Nix's `trusted-public-keys`.
+    pub trusted_keys: &'a [PublicKey],
+    /// Nix's `require-sigs`: a path must be signed by a trusted key or be correctly
+    /// content-addressed.
+    pub require_sigs: bool,
+    /// Narinfo requests in flight at once (all caches together).
+    pub lookups: usize,
+    /// NAR downloads at once (independent of `max-jobs`).
+    pub downloads: usize,
+}
+
+impl<'a> SubstituteOptions<'a> {
+    /// 32 lookups and 8 downloads at a time.
+    pub fn new(trusted_keys: &'a [PublicKey], require_sigs: bool) -> SubstituteOptions<'a> {
+        SubstituteOptions {
+            trusted_keys,
+            require_sigs,
+            lookups: 32,
+            downloads: 8,
+        }
+    }
+}
+
+/// A path a cache can give: which cache, and its checked `.narinfo`.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Index into the caches given to [`plan`].
+    pub cache: usize,
+    pub narinfo: NarInfo,
+}
+
+/// What [`plan`] found.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Paths the store has already.
+    pub present: BTreeSet<StorePath>,
+    /// Paths to fetch, and from where.
+    pub found: BTreeMap<StorePath, Found>,
+    /// Paths no cache can give, with why not (one error per cache that has it but was
+    /// refused; none when no cache has it at all).
+    pub missing: BTreeMap<StorePath, Vec<Refusal>>,
+}
+
+impl Plan {
+    /// Whether every path of `path`'s closure is present or found.
+    pub fn substitutable(&self, path: &StorePath) -> bool {
+        let mut seen = BTreeSet::new();
+        let mut pending = vec![path];
+        while let Some(path) = pending.pop() {
+            if !seen.insert(path) || self.present.contains(path) {
+                continue;
+            }
+            match self.found.get(path) {
+                Some(found) => pending.extend(found.narinfo.info.references.iter()),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Why `path` (or a path of its closure) cannot be substituted, if it cannot: the
+    /// refusal of the cache of best priority, else "not in any cache".
+    pub fn why_not(&self, path: &StorePath, caches: &[BinaryCache]) -> Option<CacheError> {
+        let mut seen = BTreeSet::new();
+        let mut pending = vec![path];
+        while let Some(path) = pending.pop() {
+            if !seen.insert(path) || self.present.contains(path) {
+                continue;
+            }
+            if let Some(found) = self.found.get(path) {
+                pending.extend(found.narinfo.info.references.iter());
+                continue;
+            }
+            let mut reasons = self.missing.get(path).into_iter().flatten();
+            let store_dir = caches
+                .first()
+                .map(|c| c.store_dir().clone())
+                .unwrap_or_default();
+            return Some(match reasons.next() {
+                Some(reason) => CacheError::Refused(reason.clone()),
+                None => CacheError::NotInCache {
+                    path: store_dir.display(path),
+                    caches: caches.iter().map(|c| c.url().to_owned()).collect(),
+                },
+            });
+        }
+        None
+    }
+}
+
+/// Plans substituting the closures of `paths` into `store` from `caches` (see the
+/// module docs). A cache that cannot be reached at all is an error; a `.narinfo` that
+/// fails a check is a refusal recorded in [`Plan::missing`].
+pub fn plan<S: Store + Sync + ?Sized>(
+    store: &S,
+    caches: &[BinaryCache],
+    paths: &BTreeSet<StorePath>,
+    options: SubstituteOptions<'_>,
+) -> Result<Plan, CacheError> {
+    let mut order: Vec<usize> = (0..caches.len()).collect();
+    order.sort_by_key(|&i| caches[i].priority());
+    let mut plan = Plan::default();
+    let mut level: BTreeSet<StorePath> = paths.clone();
+    while !level.is_empty() {
+        let mut lookups = Vec::new();
+        for path in std::mem::take(&mut level) {
+            let valid = store
+                .is_valid_path(&path)
+                .map_err(|error| CacheError::Store {
+                    path: store.store_dir().display(&path),
+                    source: Box::new(error),
+                })?;
+            if valid {
+                plan.present.insert(path);
+            } else {
+                lookups.extend(order.iter().map(|&cache| (path.clone(), cache)));
+            }
+        }
+        let answers = for_each(&lookups, options.lookups, |(path, cache)| {
+            check(&caches[*cache], path, options)
+        });
+        // The answers come in priority order for each path.
+        let mut decided: BTreeSet<StorePath> = BTreeSet::new();
+        for ((path, cache), answer) in lookups.into_iter().zip(answers) {
+            if decided.contains(&path) {
+                continue;
+            }
+            match answer? {
+                Answer::Hit(narinfo) => {
+                    level.extend(
+                        narinfo
+                            .info
+                            .references
+                            .iter()
+                            .filter(|r| {
+                                **r != path
+                                    && !plan.found.contains_key(*r)
+                                    && !plan.present.contains(*r)
+                                    && !plan.missing.contains_key(*r)
+                            })
+                            .cloned(),
+                    );
+                    plan.missing.remove(&path);
+                    plan.found.insert(
+                        path.clone(),
+                        Found {
+                            cache,
+                            narinfo: *narinfo,
+                        },
+                    );
+                    decided.insert(path);
+                }
+                Answer::Miss => {
+                    plan.missing.entry(path).or_default();
+                }
+                Answer::Refused(reason) => {
+                    plan.missing.entry(path).or_default().push(reason);
+                }
+            }
+        }
+        level.retain(|path| !decided.contains(path));
+    }
+    Ok(plan)
+}
+
+enum Answer {
+    Hit(Box<NarInfo>),
+    Miss,
+    Refused(Refusal),
+}
+
+/// Looks `path` up in `cache` and checks what it says.
+fn check(
+    cache: &BinaryCache,
+    path: &StorePath,
+    options: SubstituteOptions<'_>,
+) -> Result<Answer, CacheError> {
+    let narinfo = match cache.narinfo(path) {
+        Ok(Some(narinfo)) => narinfo,
+        Ok(None) => return Ok(Answer::Miss),
+        Err(CacheError::Refused(refusal)) => return Ok(Answer::Refused(refusal)),
+        Err(error) => return Err(error),
+    };
+    if options.require_sigs {
+        if let SignatureCheck::Untrusted { signed_by, forged } =
+            narinfo.check_signatures(cache.store_dir(), options.trusted_keys)
+        {
+            return Ok(Answer::Refused(Refusal::Untrusted {
+                path: cache.store_dir().display(path),
+                cache: cache.url().to_owned(),
+                signed_by,
+                forged,
+                trusted: options
+                    .trusted_keys
+                    .iter()
+                    .map(|key| key.name().to_owned())
+                    .collect(),
+            }));
+        }
+    }
+    Ok(Answer::Hit(Box::new(narinfo)))
+}
+
+/// Fetches the closures of `paths` as `plan` found them (every one must be
+/// [`Plan::substitutable`]), into `store`; returns the paths added, in the order they
+/// were.
+pub fn fetch<S: Store + Sync + ?Sized>(
+    store: &S,
+    caches: &[BinaryCache],
+    plan: &Plan,
+    paths: &BTreeSet<StorePath>,
+    options: SubstituteOptions<'_>,
+) -> Result<Vec<StorePath>, CacheError> {
+    let mut graph = BTreeMap::new();
+    let mut pending: Vec<&StorePath> = paths.iter().collect();
+    while let Some(path) = pending.pop() {
+        if graph.contains_key(path) || plan.present.contains(path) {
+            continue;
+        }
+        let Some(found) = plan.found.get(path) else {
+            return Err(plan
+                .why_not(path, caches)
+                .unwrap_or_else(|| CacheError::InvalidPath(store.store_dir().display(path))));
+        };
+        pending.extend(found.narinfo.info.references.iter());
+        graph.insert(path.clone(), found.narinfo.info.references.clone());
+    }
+    in_dependency_order(&graph, options.downloads, |path| {
+        let found = &plan.found[path];
+        let cache = &caches[found.cache];
+        let mut nar = cache.nar(&found.narinfo)?;
+        store
+            .add_nar(&found.narinfo.info, &mut nar)
+            .map_err(|error| CacheError::Add {
+                path: store.store_dir().display(path),
+                cache: cache.url().to_owned(),
+                source: Box::new(error),
+            })
+    })
+}
+
+/// Copies the closures of `paths` from `caches` into `store` ([`plan`], then [`fetch`]);
+/// a path that cannot be substituted is an error saying why, and nothing is fetched.
+pub fn substitute<S: Store + Sync + ?Sized>(
+    store: &S,
+    caches: &[BinaryCache],
+    paths: &BTreeSet<StorePath>,
+    options: SubstituteOptions<'_>,
+) -> Result<Vec<StorePath>, CacheError> {
+    let plan = plan(store, caches, paths, options)?;
+    for path in paths {
+        if let Some(reason) = plan.why_not(path, caches) {
+            return Err(reason);
+        }
+    }
+    fetch(store, caches, &plan, paths, options)
+}
