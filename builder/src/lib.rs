@@ -61,6 +61,7 @@ mod pending;
 mod rewrite;
 mod scheduler;
 mod structured_attrs;
+mod substitution;
 mod types;
 
 pub use arca_store_core::settings::{SandboxMode, SettingError, Settings, SettingsError};
@@ -73,6 +74,7 @@ pub use environment::{
 pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
 pub use scheduler::{build, build_derivation, error_chain};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
+pub use substitution::Substitution;
 pub use types::{
     BuildError, BuildOptions, BuildResult, BuildTarget, RecursiveNix, RecursiveSession,
 };

@@ -66,6 +66,16 @@ fn run(
     options: &BuildOptions,
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> Result<BTreeMap<StorePath, BuildResult>, BuildError> {
+    // A rebuild (check, repair) builds; anything else is substituted where it can be.
+    if !options.check && !options.repair && !options.substitution.substituters.is_empty() {
+        crate::substitution::substitute_targets(
+            store,
+            targets,
+            given,
+            &options.substitution,
+            on_event,
+        )?;
+    }
     let graph = Graph::load(store, targets, given, options)?;
     let mut results: BTreeMap<StorePath, BuildResult> = BTreeMap::new();
     for (drv, node) in &graph.nodes {

@@ -94,6 +94,8 @@ pub struct BuildOptions {
     pub ca_derivations: bool,
     /// Nix's experimental `impure-derivations`: build impure derivations.
     pub impure_derivations: bool,
+    /// Binary caches to substitute from before building ([`crate::Substitution`]).
+    pub substitution: crate::Substitution,
 }
 
 impl Default for BuildOptions {
@@ -122,6 +124,7 @@ impl Default for BuildOptions {
             build_users_group: None,
             ca_derivations: false,
             impure_derivations: false,
+            substitution: crate::Substitution::default(),
         }
     }
 }
@@ -190,6 +193,16 @@ pub enum BuildError {
         drv: String,
         /// What.
         reason: String,
+    },
+    /// Substituting failed and `fallback` is off (Nix's wording).
+    #[error(
+        "some substitutes for the outputs of derivation '{drv}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source"
+    )]
+    Substitution {
+        /// The `.drv` path (empty when no derivation is to blame yet).
+        drv: String,
+        #[source]
+        source: Box<arca_cache::CacheError>,
     },
     /// An input the derivation needs is not valid.
     #[error("cannot build '{drv}': input '{input}' is not valid")]
@@ -452,6 +465,17 @@ impl BuildOptions {
             impure_derivations: settings
                 .experimental_features
                 .contains("impure-derivations"),
+            substitution: crate::Substitution {
+                substituters: if settings.substitute {
+                    settings.substituters.clone()
+                } else {
+                    Vec::new()
+                },
+                trusted_keys: settings.trusted_public_keys.clone(),
+                require_sigs: settings.require_sigs,
+                fallback: settings.fallback,
+                downloads: settings.max_substitution_jobs.max(1),
+            },
             ..defaults
         })
     }

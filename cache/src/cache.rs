@@ -363,9 +363,14 @@ impl BinaryCache {
             .filter(|(path, _)| !present.contains(*path))
             .map(|(path, info)| (path.clone(), info.references.clone()))
             .collect();
-        let pushed = in_dependency_order(&graph, jobs, |path| self.push_one(store, &infos[path]))?;
+        let outcome = in_dependency_order(&graph, jobs, false, |path| {
+            self.push_one(store, &infos[path])
+        });
+        if let Some((_, error)) = outcome.failed.into_iter().next() {
+            return Err(error);
+        }
         Ok(PushReport {
-            pushed,
+            pushed: outcome.done,
             present: present.into_iter().collect(),
         })
     }

@@ -50,5 +50,5 @@ pub use compression::{decompress, CompressionError, Compressor};
 pub use http::HttpBackend;
 pub use narinfo::{Compression, NarInfo, NarInfoError, SignatureCheck, MAX_NARINFO};
 pub use s3::{S3Backend, S3Location};
-pub use substitute::{fetch, plan, substitute, Plan, SubstituteOptions};
+pub use substitute::{fetch, plan, substitute, Fetched, Plan, SubstituteOptions};
 pub use url::{CacheUrl, Location};

@@ -40,23 +40,33 @@ pub(crate) fn for_each<T: Sync, R: Send>(
         .collect()
 }
 
+/// What [`in_dependency_order`] did.
+#[derive(Debug)]
+pub(crate) struct Outcome<E> {
+    /// The paths whose work succeeded, in the order it finished.
+    pub done: Vec<StorePath>,
+    /// The paths whose work failed, and why (at most one without `keep_going`).
+    pub failed: Vec<(StorePath, E)>,
+}
+
 /// Runs `work` on every path of `graph` (a path and the paths it refers to; references
 /// outside the graph, and a path's reference to itself, are taken as done) on up to
-/// `jobs` threads, a path only once its references' work is done. After the first
-/// error no new work starts; the work running finishes, and the error is returned. On
-/// success, the paths in the order their work finished.
+/// `jobs` threads, a path only once its references' work is done. After an error, no
+/// new work starts unless `keep_going`, in which case only the paths that need the
+/// failed one (directly or not) are skipped; the work running always finishes.
 pub(crate) fn in_dependency_order<E: Send>(
     graph: &BTreeMap<StorePath, BTreeSet<StorePath>>,
     jobs: usize,
+    keep_going: bool,
     work: impl Fn(&StorePath) -> Result<(), E> + Sync,
-) -> Result<Vec<StorePath>, E> {
+) -> Outcome<E> {
     struct State<'a, E> {
         /// How many of each waiting path's references are not done yet.
         waiting: BTreeMap<&'a StorePath, usize>,
         ready: Vec<&'a StorePath>,
         running: usize,
         done: Vec<StorePath>,
-        error: Option<E>,
+        failed: Vec<(StorePath, E)>,
     }
     // Who refers to each path, so that finishing one releases its referrers.
     let mut referrers: BTreeMap<&StorePath, Vec<&StorePath>> = BTreeMap::new();
@@ -81,7 +91,7 @@ pub(crate) fn in_dependency_order<E: Send>(
         ready,
         running: 0,
         done: Vec::new(),
-        error: None,
+        failed: Vec::new(),
     });
     let changed = Condvar::new();
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,7 +99,7 @@ pub(crate) fn in_dependency_order<E: Send>(
         let path = {
             let mut state = lock();
             loop {
-                if state.error.is_some() {
+                if !keep_going && !state.failed.is_empty() {
                     return;
                 }
                 if let Some(path) = state.ready.pop() {
@@ -122,9 +132,8 @@ pub(crate) fn in_dependency_order<E: Send>(
                     }
                 }
             }
-            Err(error) => {
-                state.error.get_or_insert(error);
-            }
+            // Its referrers stay waiting for good: they are skipped.
+            Err(error) => state.failed.push((path.clone(), error)),
         }
         changed.notify_all();
     };
@@ -135,9 +144,9 @@ pub(crate) fn in_dependency_order<E: Send>(
         worker();
     });
     let state = state.into_inner().unwrap_or_else(|e| e.into_inner());
-    match state.error {
-        Some(error) => Err(error),
-        None => Ok(state.done),
+    Outcome {
+        done: state.done,
+        failed: state.failed,
     }
 }
 
@@ -160,11 +169,12 @@ mod tests {
         graph.insert(p("e"), BTreeSet::new());
         for jobs in [1, 2, 8] {
             let started = Mutex::new(Vec::new());
-            let order = in_dependency_order(&graph, jobs, |path| {
+            let outcome = in_dependency_order(&graph, jobs, false, |path| {
                 started.lock().unwrap().push(path.clone());
                 Ok::<_, ()>(())
-            })
-            .unwrap();
+            });
+            assert!(outcome.failed.is_empty());
+            let order = outcome.done;
             assert_eq!(order.len(), 5);
             let position = |name| order.iter().position(|q| *q == p(name)).unwrap();
             assert!(position("a") < position("b"));
@@ -174,21 +184,26 @@ mod tests {
     }
 
     #[test]
-    fn an_error_stops_the_referrers() {
+    fn an_error_stops_the_referrers_and_without_keep_going_everything() {
+        // b needs a; c and d are independent of both (one job: a runs first).
         let mut graph = BTreeMap::new();
         graph.insert(p("a"), BTreeSet::new());
         graph.insert(p("b"), BTreeSet::from([p("a")]));
-        let ran = Mutex::new(Vec::new());
-        let result = in_dependency_order(&graph, 4, |path| {
-            ran.lock().unwrap().push(path.clone());
+        graph.insert(p("c"), BTreeSet::new());
+        graph.insert(p("d"), BTreeSet::from([p("c")]));
+        let fail_a = |path: &StorePath| {
             if *path == p("a") {
                 Err("a failed")
             } else {
                 Ok(())
             }
-        });
-        assert_eq!(result, Err("a failed"));
-        assert_eq!(*ran.lock().unwrap(), [p("a")]);
+        };
+        let stopped = in_dependency_order(&graph, 1, false, fail_a);
+        assert_eq!(stopped.failed, [(p("a"), "a failed")]);
+        assert!(stopped.done.is_empty(), "{:?}", stopped.done);
+        let going = in_dependency_order(&graph, 1, true, fail_a);
+        assert_eq!(going.failed, [(p("a"), "a failed")]);
+        assert_eq!(going.done, [p("c"), p("d")]);
     }
 
     #[test]

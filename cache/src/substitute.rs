@@ -232,16 +232,26 @@ fn check(
     Ok(Answer::Hit(Box::new(narinfo)))
 }
 
+/// What [`fetch`] did.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Paths added to the store, in the order they were.
+    pub added: Vec<StorePath>,
+    /// Paths that failed, and why (nothing of them is in the store); the paths that
+    /// refer to them were not tried.
+    pub failed: Vec<(StorePath, CacheError)>,
+}
+
 /// Fetches the closures of `paths` as `plan` found them (every one must be
-/// [`Plan::substitutable`]), into `store`; returns the paths added, in the order they
-/// were.
+/// [`Plan::substitutable`], else the error says why not and nothing is fetched) into
+/// `store`. A path that fails does not stop the others, only those that need it.
 pub fn fetch<S: Store + Sync + ?Sized>(
     store: &S,
     caches: &[BinaryCache],
     plan: &Plan,
     paths: &BTreeSet<StorePath>,
     options: SubstituteOptions<'_>,
-) -> Result<Vec<StorePath>, CacheError> {
+) -> Result<Fetched, CacheError> {
     let mut graph = BTreeMap::new();
     let mut pending: Vec<&StorePath> = paths.iter().collect();
     while let Some(path) = pending.pop() {
@@ -256,7 +266,7 @@ pub fn fetch<S: Store + Sync + ?Sized>(
         pending.extend(found.narinfo.info.references.iter());
         graph.insert(path.clone(), found.narinfo.info.references.clone());
     }
-    in_dependency_order(&graph, options.downloads, |path| {
+    let outcome = in_dependency_order(&graph, options.downloads, true, |path| {
         let found = &plan.found[path];
         let cache = &caches[found.cache];
         let mut nar = cache.nar(&found.narinfo)?;
@@ -267,6 +277,10 @@ pub fn fetch<S: Store + Sync + ?Sized>(
                 cache: cache.url().to_owned(),
                 source: Box::new(error),
             })
+    });
+    Ok(Fetched {
+        added: outcome.done,
+        failed: outcome.failed,
     })
 }
 
@@ -284,5 +298,9 @@ pub fn substitute<S: Store + Sync + ?Sized>(
             return Err(reason);
         }
     }
-    fetch(store, caches, &plan, paths, options)
+    let fetched = fetch(store, caches, &plan, paths, options)?;
+    match fetched.failed.into_iter().next() {
+        Some((_, error)) => Err(error),
+        None => Ok(fetched.added),
+    }
 }

@@ -332,18 +332,52 @@ pub struct LogArgs {
 }
 
 pub fn log(args: LogArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    crate::store::on_store(global, args)
+    let substituters = global.settings()?.substituters;
+    crate::store::on_store(global, Log { args, substituters })
 }
 
-impl OnStore for LogArgs {
+/// `arca log`, with the substituters to ask when the store has no log (as `nix log`
+/// asks the binary caches' `log/`).
+struct Log {
+    args: LogArgs,
+    substituters: Vec<String>,
+}
+
+impl OnStore for Log {
     type Output = ();
 
     fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
-        let path = parse_path_arg(store.store_dir(), &self.path)?;
-        for drv in log_candidates(store, &path)? {
-            if let Some(mut log) = store.read_build_log(&drv)? {
+        let path = parse_path_arg(store.store_dir(), &self.args.path)?;
+        let mut candidates = log_candidates(store, &path)?;
+        for drv in &candidates {
+            if let Some(mut log) = store.read_build_log(drv)? {
                 std::io::copy(&mut log, &mut std::io::stdout().lock())?;
                 return Ok(());
+            }
+        }
+        for url in &self.substituters {
+            let cache = match arca_cache::BinaryCache::open(
+                url,
+                store.store_dir(),
+                arca_cache::OpenMode::Read,
+            ) {
+                Ok(cache) => cache,
+                Err(error) => {
+                    eprintln!("warning: disabling substituter '{url}': {error:#}");
+                    continue;
+                }
+            };
+            // The cache may know the deriver of a path this store lacks.
+            if !path.is_derivation() {
+                if let Ok(Some(narinfo)) = cache.narinfo(&path) {
+                    candidates.extend(narinfo.info.deriver);
+                }
+            }
+            for drv in &candidates {
+                if let Some(mut log) = cache.log(drv)? {
+                    std::io::copy(&mut log, &mut std::io::stdout().lock())?;
+                    return Ok(());
+                }
             }
         }
         bail!(

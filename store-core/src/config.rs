@@ -7,7 +7,9 @@
 //! ones win), is [`ConfigSources`]: `$NIX_CONF_DIR/nix.conf` (default
 //! `/etc/nix/nix.conf`), Arca's own `arca.conf` beside it, the user's files
 //! (`$NIX_USER_CONF_FILES`, else `nix/nix.conf` under `$XDG_CONFIG_DIRS` and
-//! `$XDG_CONFIG_HOME`), then the text of `$NIX_CONFIG`.
+//! `$XDG_CONFIG_HOME`), Arca's own file (`$ARCA_CONFIG`, else
+//! `$XDG_CONFIG_HOME/arca/arca.conf` when it exists, else `/etc/arca/arca.conf`), then
+//! the text of `$NIX_CONFIG`.
 //!
 //! This module knows nothing of what a setting means: it yields `(name, value)`
 //! assignments in order, each with where it came from, and the typed settings
@@ -134,7 +136,9 @@ pub struct ConfigSources {
 
 impl ConfigSources {
     /// Nix's: `$NIX_CONF_DIR/nix.conf` (default `/etc/nix`), then `arca.conf` in the same
-    /// directory, then the user's files, then `$NIX_CONFIG`.
+    /// directory, then the user's files, then Arca's own file (`$ARCA_CONFIG`, else
+    /// `$XDG_CONFIG_HOME/arca/arca.conf` when it exists, else `/etc/arca/arca.conf`),
+    /// then `$NIX_CONFIG`.
     pub fn from_env() -> ConfigSources {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let conf_dir = var("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
@@ -158,6 +162,17 @@ impl ConfigSources {
                 }
             }
         }
+        // Arca's own file: `$ARCA_CONFIG`, else the user's `arca/arca.conf` when there is
+        // one, else `/etc/arca/arca.conf`.
+        let user_arca = var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".config")))
+            .map(|dir| dir.join("arca/arca.conf"));
+        files.push(match (var("ARCA_CONFIG"), user_arca) {
+            (Some(file), _) => PathBuf::from(file),
+            (None, Some(user)) if user.exists() => user,
+            _ => PathBuf::from("/etc/arca/arca.conf"),
+        });
         ConfigSources {
             files,
             text: std::env::var("NIX_CONFIG").ok().filter(|t| !t.is_empty()),

@@ -38,7 +38,7 @@ pub struct Settings {
     pub max_jobs: usize,
     /// `cores` (0: every CPU; the default).
     pub cores: u32,
-    /// `fallback`: build when substitution fails (there is no substitution yet).
+    /// `fallback`: build a derivation whose outputs fail to substitute.
     pub fallback: bool,
     /// `secret-key-files`: keys that sign every path this store builds.
     pub secret_key_files: Vec<PathBuf>,
@@ -75,6 +75,15 @@ pub struct Settings {
     pub trusted_public_keys: Vec<PublicKey>,
     /// `fsync-metadata` (default true).
     pub fsync_metadata: bool,
+    /// `substituters`: binary caches builds substitute from, by URL. Unlike Nix (whose
+    /// default is `https://cache.nixos.org/`), none by default: Arca never reaches out
+    /// to the network unless told to.
+    pub substituters: Vec<String>,
+    /// `substitute` (default true): whether builds substitute at all.
+    pub substitute: bool,
+    /// `max-substitution-jobs` (default 16, Nix's from 2.16 on): NAR downloads at once,
+    /// independent of `max-jobs`.
+    pub max_substitution_jobs: usize,
 }
 
 impl Default for Settings {
@@ -112,6 +121,9 @@ impl Default for Settings {
             trusted_public_keys: vec![PublicKey::parse(CACHE_NIXOS_ORG_KEY)
                 .expect("cache.nixos.org's public key is well-formed")],
             fsync_metadata: true,
+            substituters: Vec::new(),
+            substitute: true,
+            max_substitution_jobs: 16,
         }
     }
 }
@@ -353,8 +365,6 @@ const NIX_ONLY: &[&str] = &[
     "ssl-cert-file",
     "stalled-download-timeout",
     "store",
-    "substitute",
-    "substituters",
     "sync-before-registering",
     "tarball-ttl",
     "trace-function-calls",
@@ -592,6 +602,15 @@ impl Settings {
             "fsync-metadata" => {
                 scalar(append)?;
                 self.fsync_metadata = boolean(value)?;
+            }
+            "substituters" => list(&mut self.substituters, append, words()),
+            "substitute" => {
+                scalar(append)?;
+                self.substitute = boolean(value)?;
+            }
+            "max-substitution-jobs" => {
+                scalar(append)?;
+                self.max_substitution_jobs = number(value)? as usize;
             }
             other if NIX_ONLY.contains(&other) => {}
             other => return Err(SettingError::Unknown(other.to_string())),

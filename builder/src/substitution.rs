@@ -1,0 +1,268 @@
+//! Substituting before building, as Nix's goals do: the missing outputs of every
+//! derivation wanted are looked up in the substituters (all of them, concurrently), and
+//! a derivation whose missing outputs can all be substituted is not built — nor are its
+//! inputs looked at. The inputs of the others are wanted in turn, level by level, until
+//! nothing more can be substituted; then everything found is fetched at once, up to
+//! [`Substitution::downloads`] NARs at a time. What remains missing is built by the
+//! scheduler afterwards.
+//!
+//! A derivation with `allowSubstitutes = false` is never substituted (Nix 2.8;
+//! `preferLocalBuild` says nothing about substitution there, and says nothing here).
+//! Outputs whose paths are not known before building (floating content-addressed
+//! derivations) are built. A substituter that cannot be opened is skipped with a
+//! warning, as Nix disables it. A failed fetch (a NAR gone, a hash mismatch, a cut
+//! stream) leaves nothing in the store; with `fallback` the derivations whose outputs
+//! could not be fetched are built instead (their inputs substituted where possible),
+//! without it the build fails saying what went wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arca_cache::{BinaryCache, OpenMode, SubstituteOptions};
+use arca_store_core::derivation::{Derivation, OutputName};
+use arca_store_core::{BuildEvent, PublicKey, Store, StorePath};
+use arca_store_sqlite::LocalStore;
+
+use crate::environment::substitutes_allowed;
+use crate::types::{BuildError, BuildTarget};
+
+/// Where and how builds substitute: Nix's `substituters`, `trusted-public-keys`,
+/// `require-sigs` and `fallback`.
+#[derive(Debug, Clone)]
+pub struct Substitution {
+    /// Cache URLs (`file://`, `http(s)://`, `s3://`); none: no substitution.
+    pub substituters: Vec<String>,
+    /// Keys whose signatures make a path trusted.
+    pub trusted_keys: Vec<PublicKey>,
+    /// Whether a path needs a trusted signature (or a content address that checks out).
+    pub require_sigs: bool,
+    /// Build what cannot be fetched instead of failing.
+    pub fallback: bool,
+    /// NAR downloads at once (independent of `max-jobs`).
+    pub downloads: usize,
+}
+
+impl Default for Substitution {
+    fn default() -> Self {
+        Substitution {
+            substituters: Vec::new(),
+            trusted_keys: Vec::new(),
+            require_sigs: true,
+            fallback: false,
+            downloads: 16,
+        }
+    }
+}
+
+/// Substitutes what it can of `targets` (see the module docs).
+pub(crate) fn substitute_targets(
+    store: &LocalStore,
+    targets: &[BuildTarget],
+    given: &BTreeMap<StorePath, Derivation>,
+    substitution: &Substitution,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<(), BuildError> {
+    let store_dir = store.store_dir();
+    let mut caches = Vec::new();
+    for url in &substitution.substituters {
+        match BinaryCache::open(url, store_dir, OpenMode::Read) {
+            Ok(cache) => caches.push(cache),
+            Err(error) => on_event(BuildEvent::Message {
+                text: format!(
+                    "warning: disabling substituter '{url}': {}\n",
+                    crate::error_chain(&error)
+                ),
+            }),
+        }
+    }
+    if caches.is_empty() {
+        return Ok(());
+    }
+    let mut options = SubstituteOptions::new(&substitution.trusted_keys, substitution.require_sigs);
+    options.downloads = substitution.downloads.max(1);
+    // Derivations not to substitute: their outputs failed to fetch (with `fallback`).
+    let mut build_instead: BTreeSet<StorePath> = BTreeSet::new();
+    loop {
+        let (planned, wanted) = plan(store, &caches, targets, given, &build_instead, options)?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let paths: BTreeSet<StorePath> = wanted.values().flatten().cloned().collect();
+        for path in planned.found.keys() {
+            let found = &planned.found[path];
+            on_event(BuildEvent::Message {
+                text: format!(
+                    "copying path '{}' from '{}'...\n",
+                    store_dir.display(path),
+                    caches[found.cache].url()
+                ),
+            });
+        }
+        let fetched =
+            arca_cache::fetch(store, &caches, &planned, &paths, options).map_err(|error| {
+                BuildError::Substitution {
+                    drv: String::new(),
+                    source: Box::new(error),
+                }
+            })?;
+        let Some((_, error)) = fetched.failed.into_iter().next() else {
+            return Ok(());
+        };
+        let failed: Vec<StorePath> = wanted
+            .iter()
+            .filter(|(_, outputs)| {
+                !outputs
+                    .iter()
+                    .all(|output| store.is_valid_path(output).unwrap_or(false))
+            })
+            .map(|(drv, _)| drv.clone())
+            .collect();
+        let drv = failed
+            .first()
+            .map_or_else(String::new, |drv| store_dir.display(drv));
+        if !substitution.fallback {
+            return Err(BuildError::Substitution {
+                drv,
+                source: Box::new(error),
+            });
+        }
+        on_event(BuildEvent::Message {
+            text: format!(
+                "warning: {}; building instead ('fallback' is set)\n",
+                crate::error_chain(&error)
+            ),
+        });
+        build_instead.extend(failed);
+    }
+}
+
+/// Finds which derivations' missing outputs can be substituted, top-down: the plan and,
+/// for each derivation to substitute, its missing outputs.
+fn plan(
+    store: &LocalStore,
+    caches: &[BinaryCache],
+    targets: &[BuildTarget],
+    given: &BTreeMap<StorePath, Derivation>,
+    build_instead: &BTreeSet<StorePath>,
+    options: SubstituteOptions<'_>,
+) -> Result<(arca_cache::Plan, BTreeMap<StorePath, BTreeSet<StorePath>>), BuildError> {
+    let mut level: BTreeMap<StorePath, Option<BTreeSet<OutputName>>> = BTreeMap::new();
+    for target in targets {
+        let outputs = level
+            .entry(target.drv.clone())
+            .or_insert(Some(BTreeSet::new()));
+        match (&target.outputs, outputs.as_mut()) {
+            (Some(wanted), Some(outputs)) => outputs.extend(wanted.iter().cloned()),
+            _ => *outputs = None,
+        }
+    }
+    let mut seen: BTreeSet<StorePath> = BTreeSet::new();
+    let mut merged = arca_cache::Plan::default();
+    let mut substituted: BTreeMap<StorePath, BTreeSet<StorePath>> = BTreeMap::new();
+    // Missing input sources of the derivations to build.
+    let mut sources: BTreeSet<StorePath> = BTreeSet::new();
+    while !level.is_empty() {
+        // Each derivation of this level: its missing output paths, and its inputs.
+        let mut missing: BTreeMap<StorePath, (BTreeSet<StorePath>, Derivation)> = BTreeMap::new();
+        for (drv_path, outputs) in std::mem::take(&mut level) {
+            if !seen.insert(drv_path.clone()) {
+                continue;
+            }
+            let drv = match given.get(&drv_path) {
+                Some(drv) => drv.clone(),
+                None => match store.read_derivation(&drv_path) {
+                    Ok(drv) => drv,
+                    // Not here to substitute: the scheduler reports it.
+                    Err(_) => continue,
+                },
+            };
+            let mut paths = BTreeSet::new();
+            let mut known = true;
+            for (name, output) in &drv.outputs {
+                if outputs
+                    .as_ref()
+                    .is_some_and(|wanted| !wanted.contains(name))
+                {
+                    continue;
+                }
+                match output.path() {
+                    Some(path) if !store.is_valid_path(path)? => {
+                        paths.insert(path.clone());
+                    }
+                    Some(_) => {}
+                    None => known = false,
+                }
+            }
+            if paths.is_empty() && known {
+                continue;
+            }
+            missing.insert(drv_path, (paths, drv));
+        }
+        let candidates: BTreeSet<StorePath> = missing
+            .iter()
+            .filter(|(drv_path, (_, drv))| {
+                !build_instead.contains(*drv_path) && substitutes_allowed(drv)
+            })
+            .flat_map(|(_, (paths, _))| paths.iter().cloned())
+            .collect();
+        let planned = if candidates.is_empty() {
+            arca_cache::Plan::default()
+        } else {
+            arca_cache::plan(store, caches, &candidates, options).map_err(|error| {
+                BuildError::Substitution {
+                    drv: String::new(),
+                    source: Box::new(error),
+                }
+            })?
+        };
+        for (drv_path, (paths, drv)) in missing {
+            let can = !build_instead.contains(&drv_path)
+                && substitutes_allowed(&drv)
+                && !paths.is_empty()
+                && drv.outputs.values().all(|output| output.path().is_some())
+                && paths.iter().all(|path| planned.substitutable(path));
+            if can {
+                substituted.insert(drv_path, paths);
+            } else {
+                for (input, outputs) in &drv.input_drvs {
+                    if let Some(wanted) = level
+                        .entry(input.clone())
+                        .or_insert_with(|| Some(BTreeSet::new()))
+                    {
+                        wanted.extend(outputs.iter().cloned());
+                    }
+                }
+                // Its sources too, when they are missing.
+                for source in &drv.input_srcs {
+                    if !store.is_valid_path(source)? {
+                        sources.insert(source.clone());
+                    }
+                }
+            }
+        }
+        merged.present.extend(planned.present);
+        merged.found.extend(planned.found);
+        merged.missing.extend(planned.missing);
+    }
+    sources.retain(|source| !merged.found.contains_key(source));
+    if !sources.is_empty() {
+        let planned = arca_cache::plan(store, caches, &sources, options).map_err(|error| {
+            BuildError::Substitution {
+                drv: String::new(),
+                source: Box::new(error),
+            }
+        })?;
+        let found: BTreeSet<StorePath> = sources
+            .into_iter()
+            .filter(|source| planned.substitutable(source))
+            .collect();
+        merged.present.extend(planned.present);
+        merged.found.extend(planned.found);
+        if !found.is_empty() {
+            // Keyed by the source itself: it is its own "output".
+            for source in found {
+                substituted.insert(source.clone(), BTreeSet::from([source]));
+            }
+        }
+    }
+    Ok((merged, substituted))
+}
