@@ -13,7 +13,8 @@
 //!   and pushing closures into it.
 //! - [`substitute`]: copying closures from caches into a store, concurrently, with
 //!   every `.narinfo` checked before anything is added.
-//! - [`serve`]: serving a store as an HTTP binary cache (`arca cache serve`).
+//! - `serve` (feature `serve`): serving a store as an HTTP binary cache (`arca cache
+//!   serve`).
 //!
 //! ```
 //! use arca_cache::{Compression, NarInfo};
@@ -39,6 +40,7 @@ pub mod http;
 pub mod narinfo;
 pub mod s3;
 mod schedule;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod substitute;
 pub mod url;

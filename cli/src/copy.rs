@@ -5,6 +5,7 @@
 //! ([`arca_cache::url`]).
 
 use std::collections::BTreeSet;
+use std::io::Write;
 
 use anyhow::{bail, Context};
 use arca_cache::{BinaryCache, OpenMode, SubstituteOptions};
@@ -34,6 +35,10 @@ pub struct CopyArgs {
     /// With --to: also copy the build logs of the paths' derivers (to `log/DRV`).
     #[arg(long, requires = "to")]
     logs: bool,
+    /// With --from: only look the closures up in the cache and say what would be
+    /// fetched (and what the cache lacks); nothing is added.
+    #[arg(long, requires = "from")]
+    dry_run: bool,
     /// How many paths to copy at once.
     #[arg(long, short = 'j', value_name = "N", default_value_t = 8)]
     jobs: usize,
@@ -97,7 +102,24 @@ impl OnStore for Copy {
                 let mut options =
                     SubstituteOptions::new(&settings.trusted_public_keys, settings.require_sigs);
                 options.downloads = args.jobs.max(1);
-                let added = arca_cache::substitute(store, &[cache], &paths, options)?;
+                let caches = [cache];
+                if args.dry_run {
+                    let plan = arca_cache::plan(store, &caches, &paths, options)?;
+                    let size: u64 = plan.found.values().map(|f| f.narinfo.info.nar_size).sum();
+                    eprintln!(
+                        "{} paths would be fetched ({:.2} MiB unpacked), {} are present, {} are not in '{from}'",
+                        plan.found.len(),
+                        size as f64 / f64::from(1 << 20),
+                        plan.present.len(),
+                        plan.missing.len()
+                    );
+                    let mut out = std::io::stdout().lock();
+                    for path in plan.found.keys() {
+                        writeln!(out, "{}", store.store_dir().display(path))?;
+                    }
+                    return Ok(());
+                }
+                let added = arca_cache::substitute(store, &caches, &paths, options)?;
                 eprintln!("copied {} paths from '{from}'", added.len());
             }
             _ => bail!("give one of --to and --from"),

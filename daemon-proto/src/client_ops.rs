@@ -58,7 +58,7 @@ impl StoreOps for DaemonClient {
             0, // obsolete: log type
             0, // obsolete: print build trace
             u64::from(settings.cores),
-            1, // use substitutes
+            u64::from(settings.substitute),
         ];
         let mut overrides = Vec::new();
         if settings.timeout != 0 {

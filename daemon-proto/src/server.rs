@@ -1472,7 +1472,7 @@ pub fn apply_client_options(
     overrides: &[(String, String)],
     trusted: bool,
 ) -> Vec<String> {
-    let [keep_failed, keep_going, fallback, _verbosity, max_jobs, max_silent_time, _build_hook, _verbose_build, _log_type, _print_build_trace, cores, _use_substitutes] =
+    let [keep_failed, keep_going, fallback, _verbosity, max_jobs, max_silent_time, _build_hook, _verbose_build, _log_type, _print_build_trace, cores, use_substitutes] =
         *fixed;
     settings.keep_failed = keep_failed != 0;
     settings.keep_going = keep_going != 0;
@@ -1480,6 +1480,9 @@ pub fn apply_client_options(
     settings.max_jobs = usize::try_from(max_jobs).unwrap_or(usize::MAX);
     settings.max_silent_time = max_silent_time;
     settings.cores = u32::try_from(cores).unwrap_or(u32::MAX);
+    // `--no-substitute` (`useSubstitutes`): builds through this connection substitute
+    // only if the client lets them.
+    settings.substitute = settings.substitute && use_substitutes != 0;
     let mut warnings = Vec::new();
     for (name, value) in overrides {
         let harmless = matches!(

@@ -76,3 +76,31 @@ fn the_vocabulary_crate_links_no_other_arca_crate() {
         .collect();
     assert!(arca.is_empty(), "arca-store-core depends on {arca:?}");
 }
+
+/// The builder substitutes through `arca-cache` but carries no HTTP server (the `serve`
+/// feature is the `arca` command's), and the cache crate links no SQLite, sandbox or
+/// builder: it works over any `Store`.
+#[test]
+fn the_builder_carries_no_cache_server_and_the_cache_crate_no_store_back_end() {
+    let builder = normal_dependencies("arca-build");
+    assert!(builder.iter().any(|d| d == "arca-cache"), "{builder:?}");
+    for banned in ["hyper", "tokio", "hyper-util"] {
+        assert!(
+            !builder.iter().any(|d| d == banned),
+            "arca-build links {banned}"
+        );
+    }
+    let cache = normal_dependencies("arca-cache");
+    for banned in [
+        "rusqlite",
+        "libsqlite3-sys",
+        "arca-store-sqlite",
+        "arca-sandbox",
+        "arca-build",
+    ] {
+        assert!(
+            !cache.iter().any(|d| d == banned),
+            "arca-cache links {banned}"
+        );
+    }
+}
