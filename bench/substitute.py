@@ -4,10 +4,13 @@ substituters URL`) and Arca (`arca copy --from URL PATH`) pull the same closure 
 same binary cache into an empty store.
 
 The closure: N paths (default 500) with sizes spread log-uniformly from 1 KiB to 10 MiB
-(seeded; compressible text), each referring to up to 3 earlier ones (i-1, i-7, i-100),
-content-addressed as `builtins.toFile` makes them and signed. It is imported into an Arca
+(seeded; compressible text), content-addressed as `builtins.toFile` makes them and
+signed. `--shape chain` (default): each refers to up to 3 earlier ones (i-1, i-7,
+i-100), one chain through all of them, so no path can be added before the previous one
+(the worst case for any substituter); `--shape dag`: each refers to up to 3 random
+earlier ones and the last to all (a wide graph, as real closures are). It is imported into an Arca
 store, pushed once with `arca copy --to file://CACHE?compression=C&secret-key=…`, and
-served over HTTP by `arca cache serve` on the same store.
+served over HTTP by `arca cache serve --sign-key …` on the same store.
 
 Rows: the file:// cache, and HTTP from `arca cache serve` (uncompressed NARs). Runs
 interleave the tools (Nix, Arca, Nix, Arca, ...), each into a new empty store; prints
@@ -32,19 +35,25 @@ NIX_ENV = dict(os.environ, NIX_CONFIG="substituters =\nexperimental-features = n
 def check(cmd, **kw):
     proc = subprocess.run(cmd, env=NIX_ENV, capture_output=True, **kw)
     if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()}")
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()[-2000:]}")
     return proc
 
 
-def export(n, seed):
-    """An export archive of the closure, and its top path."""
+def export(n, seed, shape):
+    """An export archive of the closure, and its top path (which refers to every path
+    of the closure, directly or not)."""
     rng = random.Random(seed)
     out = []
     paths = []
     total = 0
     for i in range(n):
         size = int(1024 * (10240 ** rng.random()))
-        refs = sorted({paths[i - d] for d in (1, 7, 100) if i - d >= 0})
+        if shape == "chain" or i == n - 1:
+            refs = sorted({paths[i - d] for d in (1, 7, 100) if i - d >= 0})
+        else:
+            refs = sorted({rng.choice(paths) for _ in range(3)} if paths else set())
+        if i == n - 1 and shape == "dag":
+            refs = sorted(set(paths))
         head = (f"path {i}\n" + "".join(r + "\n" for r in refs)).encode()
         line = hashlib.sha256(f"{seed}-{i}".encode()).hexdigest().encode() + b" lorem ipsum\n"
         contents = head + (line * (size // len(line) + 1))[: max(0, size - len(head))]
@@ -77,13 +86,14 @@ def main():
     parser.add_argument("--paths", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compression", default="zstd")
+    parser.add_argument("--shape", choices=["chain", "dag"], default="chain")
     args = parser.parse_args()
     arca = os.path.abspath(args.arca)
     work = os.path.join(args.work, "substitute")
     check(["rm", "-rf", work])
     os.makedirs(work)
 
-    archive, top, total = export(args.paths, 16)
+    archive, top, total = export(args.paths, 16, args.shape)
     source = os.path.join(work, "source")
     check([arca, "--store", source, "store", "import"], input=archive)
     secret = check([arca, "key", "generate-secret", "--key-name", "bench-1"]).stdout
@@ -95,7 +105,7 @@ def main():
     check([arca, "--store", source, "copy", "--to",
            f"file://{cache}?compression={args.compression}&secret-key={sk}", top])
     server = subprocess.Popen([arca, "--store", source, "cache", "serve", "--listen",
-                               "127.0.0.1:0"], stderr=subprocess.PIPE)
+                               "127.0.0.1:0", "--sign-key", sk], stderr=subprocess.PIPE)
     http = server.stderr.readline().decode().strip().rsplit(" ", 1)[-1]
 
     rows = [(f"file:// ({args.compression})", f"file://{cache}"), ("http:// (arca cache serve)", http)]
@@ -121,7 +131,7 @@ def main():
                         sys.exit(f"{tool} from {label}: {count} paths, not {args.paths}")
     finally:
         server.kill()
-    print(f"closure: {args.paths} paths, {total / 2**20:.0f} MiB of NAR contents")
+    print(f"closure: {args.paths} paths ({args.shape}), {total / 2**20:.0f} MiB of NAR contents")
     print(f"{'row':<30} {'nix-store -r':>14} {'arca copy --from':>17} {'nix/arca':>9}")
     for label, _ in rows:
         n = statistics.median(times[(label, "nix")])

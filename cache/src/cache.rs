@@ -15,7 +15,7 @@ use arca_store_core::{Hash, HashAlgo, Hasher, SecretKey, Store, StoreDir, StoreP
 
 use crate::backend::{Backend, BackendError, Body, Download, FileBackend};
 use crate::cache_info::{CacheInfo, CacheInfoError};
-use crate::compression::{decompress, CompressionError, Compressor};
+use crate::compression::{decompress, read_ahead, CompressionError, Compressor};
 use crate::http::HttpBackend;
 use crate::narinfo::{Compression, NarInfo, NarInfoError, MAX_NARINFO};
 use crate::s3::{S3Backend, S3Error};
@@ -275,8 +275,8 @@ impl BinaryCache {
         Ok(self.backend.exists(&NarInfo::file_name(path))?)
     }
 
-    /// The NAR of `narinfo`, decompressed, as a stream (errors of a truncated or corrupt
-    /// stream come from reading it).
+    /// The NAR of `narinfo`, decompressed (on a thread of its own, reading ahead), as a
+    /// stream (errors of a truncated or corrupt stream come from reading it).
     pub fn nar(&self, narinfo: &NarInfo) -> Result<Box<dyn Read + Send>, CacheError> {
         let path = self.store_dir.display(&narinfo.info.path);
         let url = &narinfo.url;
@@ -301,10 +301,16 @@ impl BinaryCache {
                 url: url.clone(),
             })?;
         let reader = io::BufReader::with_capacity(1 << 16, stream);
-        decompress(narinfo.compression, reader).map_err(|source| CacheError::Compression {
-            action: "decompress",
-            path,
-            source,
+        let decompressed =
+            decompress(narinfo.compression, reader).map_err(|source| CacheError::Compression {
+                action: "decompress",
+                path,
+                source,
+            })?;
+        Ok(match narinfo.compression {
+            Compression::None => decompressed,
+            // Decompression on another core, overlapping the store's hashing and writing.
+            _ => Box::new(read_ahead(decompressed)),
         })
     }
 

@@ -67,6 +67,76 @@ pub fn decompress<'a>(
     })
 }
 
+/// `reader`, read on a thread of its own, 64 KiB at a time, at most four chunks ahead:
+/// decompressing a NAR then overlaps with the hashing and unpacking of what came before,
+/// on another core, with memory still bounded. A read error is passed on, in its place.
+pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        loop {
+            let mut chunk = vec![0; 1 << 16];
+            let read = loop {
+                match reader.read(&mut chunk) {
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let last = !matches!(read, Ok(n) if n > 0);
+            let sent = read.map(|n| {
+                chunk.truncate(n);
+                chunk
+            });
+            // The reader went away: stop.
+            if sender.send(sent).is_err() || last {
+                return;
+            }
+        }
+    });
+    ReadAhead {
+        receiver,
+        chunk: Vec::new(),
+        offset: 0,
+        done: false,
+    }
+}
+
+struct ReadAhead {
+    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    offset: usize,
+    done: bool,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.receiver.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.offset = 0;
+                }
+                Ok(Err(error)) => {
+                    self.done = true;
+                    return Err(error);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Err(io::Error::other("the decompressing thread stopped"));
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.offset);
+        buf[..n].copy_from_slice(&self.chunk[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
 /// The compression `head` starts with, by magic number.
 fn sniff(head: &[u8]) -> Option<Compression> {
     const MAGICS: [(&[u8], Compression); 4] = [
@@ -205,6 +275,19 @@ mod tests {
             let cut = &compressed[..compressed.len() - 4];
             assert!(read_all(*method, cut).is_err(), "{method}");
         }
+    }
+
+    #[test]
+    fn reading_ahead_gives_the_same_bytes_and_errors() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let compressed = compress(Compression::Zstd, &bytes);
+        let decoder = decompress(Compression::Zstd, io::Cursor::new(compressed.clone())).unwrap();
+        let mut out = Vec::new();
+        read_ahead(decoder).read_to_end(&mut out).unwrap();
+        assert_eq!(out, bytes);
+        let cut = compressed[..compressed.len() / 2].to_vec();
+        let decoder = decompress(Compression::Zstd, io::Cursor::new(cut)).unwrap();
+        assert!(read_ahead(decoder).read_to_end(&mut Vec::new()).is_err());
     }
 
     #[test]
