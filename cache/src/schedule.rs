@@ -117,6 +117,7 @@ pub(crate) fn in_dependency_order<E: Send>(
         let result = work(path);
         let mut state = lock();
         state.running -= 1;
+        let ready_before = state.ready.len();
         match result {
             Ok(()) => {
                 state.done.push(path.clone());
@@ -135,7 +136,19 @@ pub(crate) fn in_dependency_order<E: Send>(
             // Its referrers stay waiting for good: they are skipped.
             Err(error) => state.failed.push((path.clone(), error)),
         }
-        changed.notify_all();
+        // This worker takes one of the paths made ready itself (it stays warm, and a
+        // chain runs on one thread); the others wake one worker each. When nothing is
+        // left to wait for (all done, or stopped by an error), every worker wakes to
+        // leave.
+        let newly_ready = state.ready.len() - ready_before;
+        let finished = state.running == 0 && state.ready.is_empty();
+        if finished || (!keep_going && !state.failed.is_empty()) {
+            changed.notify_all();
+        } else {
+            for _ in 1..newly_ready {
+                changed.notify_one();
+            }
+        }
     };
     std::thread::scope(|scope| {
         for _ in 1..jobs.clamp(1, graph.len().max(1)) {

@@ -257,7 +257,7 @@ pub fn nix_caches(dir: &Path) -> (BTreeMap<&'static str, std::path::PathBuf>, St
     );
 
     let mut caches = BTreeMap::new();
-    for compression in ["none", "xz"] {
+    for compression in ["none", "xz", "zstd"] {
         let cache = dir.join(format!("cache-{compression}"));
         let to = format!(
             "file://{}?secret-key={}&compression={compression}",

@@ -8,7 +8,7 @@
 //!   `nix-store --verify --check-contents` are clean; real Nix substitutes from what Arca
 //!   pushed (file and HTTP: Debian's Nix has no S3 support) and `nix store verify
 //!   --sigs-needed 1` accepts Arca's signatures.
-//! - Caches real Nix wrote (xz and uncompressed) are pulled from on every backend.
+//! - Caches real Nix wrote (xz, zstd and uncompressed) are pulled from on every backend.
 //! - Attacks on a Nix-written cache, on every backend, are refused and leave nothing in
 //!   the store, each with an error naming what was wrong.
 //! - `arca cache serve`: real Nix and Arca substitute from it (uncompressed, xz, zstd).
@@ -324,7 +324,7 @@ fn arca_pushes_and_pulls_on_every_backend_and_nix_substitutes_what_it_pushed() {
     }
 }
 
-/// Caches real Nix wrote (uncompressed and xz), put on every backend.
+/// Caches real Nix wrote (uncompressed, xz and zstd), put on every backend.
 #[test]
 fn arca_substitutes_from_caches_nix_wrote_on_every_backend() {
     if !nix_available("arca_substitutes_from_caches_nix_wrote_on_every_backend") {
