@@ -36,7 +36,7 @@ pub enum CacheError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     CacheInfo(#[from] CacheInfoError),
-    #[error("'{0}' does not appear to be a binary cache (it has no nix-cache-info)")]
+    #[error("'{0}' does not appear to be a binary cache (it has no nix-cache-info, or will not show it: S3 answers 403 to bad credentials)")]
     NotACache(String),
     #[error("cannot read secret key file '{}'", path.display())]
     SecretKey {

@@ -18,6 +18,12 @@ use crate::narinfo::Compression;
 /// own default limit): a hostile frame cannot make the reader allocate more.
 const ZSTD_MAX_WINDOW_LOG: u32 = 27;
 
+/// The most memory an xz stream may make its decoder use (its header names a dictionary
+/// size; `xz -9` needs 65 MiB). Nix sets no limit, so a hostile header could make it
+/// allocate up to 4 GiB; past this limit the stream is an error instead. Only xz streams
+/// are read (as Nix, `lzma_stream_decoder`), not legacy `.lzma` ones.
+pub const XZ_MEMORY_LIMIT: u64 = 256 << 20;
+
 /// Why a compressed stream could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum CompressionError {
@@ -52,7 +58,15 @@ pub fn decompress<'a>(
         }
     };
     Ok(match method {
-        Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(input)),
+        Compression::Xz => {
+            let stream =
+                xz2::stream::Stream::new_stream_decoder(XZ_MEMORY_LIMIT, xz2::stream::CONCATENATED)
+                    .map_err(|error| CompressionError::Io {
+                        method,
+                        source: io::Error::other(error),
+                    })?;
+            Box::new(xz2::bufread::XzDecoder::new_stream(input, stream))
+        }
         Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::Zstd => {
@@ -288,6 +302,21 @@ mod tests {
         let cut = compressed[..compressed.len() / 2].to_vec();
         let decoder = decompress(Compression::Zstd, io::Cursor::new(cut)).unwrap();
         assert!(read_ahead(decoder).read_to_end(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn legacy_lzma_with_a_4_gib_dictionary_is_refused_not_allocated() {
+        // Found by the `decompress` fuzz target: liblzma's auto decoder (what
+        // `XzDecoder::new_multi_decoder` uses) took this legacy `.lzma` header, whose
+        // dictionary is 4 GiB, and allocated it. Nix reads xz streams only, and so do we.
+        let header = [
+            0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        let error = read_all(Compression::Xz, &header).unwrap_err();
+        assert!(
+            error.to_string().contains("format not recognized"),
+            "{error}"
+        );
     }
 
     #[test]
