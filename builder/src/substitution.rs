@@ -10,7 +10,8 @@
 //! `preferLocalBuild` says nothing about substitution there, and says nothing here).
 //! Outputs whose paths are not known before building (floating content-addressed
 //! derivations) are built. A substituter that cannot be opened is skipped with a
-//! warning, as Nix disables it. A failed fetch (a NAR gone, a hash mismatch, a cut
+//! warning, as Nix disables it; one that fails while being asked makes the build go on
+//! without substitution, with a warning. A failed fetch (a NAR gone, a hash mismatch, a cut
 //! stream) leaves nothing in the store; with `fallback` the derivations whose outputs
 //! could not be fetched are built instead (their inputs substituted where possible),
 //! without it the build fails saying what went wrong.
@@ -82,7 +83,22 @@ pub(crate) fn substitute_targets(
     // Derivations not to substitute: their outputs failed to fetch (with `fallback`).
     let mut build_instead: BTreeSet<StorePath> = BTreeSet::new();
     loop {
-        let (planned, wanted) = plan(store, &caches, targets, given, &build_instead, options)?;
+        let (planned, wanted) = match plan(store, &caches, targets, given, &build_instead, options)
+        {
+            Ok(planned) => planned,
+            // A cache that cannot be asked (down, unreachable, answering errors): build,
+            // as Nix does when it disables a substituter.
+            Err(BuildError::Substitution { source, .. }) => {
+                on_event(BuildEvent::Message {
+                    text: format!(
+                        "warning: substituters could not be queried, building instead: {}\n",
+                        crate::error_chain(&*source)
+                    ),
+                });
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
         if wanted.is_empty() {
             return Ok(());
         }

@@ -1,13 +1,14 @@
 //! Substitution in `arca build` (issue #16): a store builds derivations another store
 //! built and pushed to a signed `file://` cache, and gets their outputs from the cache
 //! instead of building them — unless `allowSubstitutes = false`, or the signature is
-//! not trusted; `preferLocalBuild` changes nothing (Nix 2.8); a NAR gone fails the build
-//! with Nix's message, and with `fallback` the derivation is built instead.
+//! not trusted (or a substituter does not answer); `preferLocalBuild` changes nothing
+//! (Nix 2.8); a NAR gone fails the build with Nix's message, and with `fallback` the
+//! derivation is built instead.
 //!
-//! Every builder writes a random UUID and the time it ran into its output, so an output built again has
-//! other contents (another NAR hash) than the one in the cache: comparing hashes tells
-//! a substituted output from a rebuilt one, and so does the build log (only a build
-//! leaves one).
+//! Every builder writes a random UUID and the time it ran into its output, so an output
+//! built again has other contents (another NAR hash) than the one in the cache:
+//! comparing hashes tells a substituted output from a rebuilt one, and so does what the
+//! build said (`copying path` or `building`).
 
 use std::path::Path;
 
@@ -146,17 +147,24 @@ fn builds_substitute_what_a_trusted_cache_has() {
             .arca_ok_with(&["key", "convert-secret-to-public"], &other_secret),
     )
     .unwrap();
+    // A substituter nobody answers at comes first: it is disabled with a warning.
+    let substituters = format!("http://127.0.0.1:9 {}", fixture.cache);
     let untrusted = fixture.fresh.arca(&[
         "build",
         plain,
         "--option",
         "substituters",
-        &fixture.cache,
+        &substituters,
         "--option",
         "trusted-public-keys",
         &other_key,
     ]);
     assert!(untrusted.status.success(), "{}", stderr(&untrusted));
+    assert!(
+        stderr(&untrusted).contains("warning: disabling substituter 'http://127.0.0.1:9'"),
+        "{}",
+        stderr(&untrusted)
+    );
     assert!(
         !fixture.substituted(plain, &untrusted),
         "substituted from an untrusted cache"
