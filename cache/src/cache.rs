@@ -22,6 +22,9 @@ use crate::s3::{S3Backend, S3Error};
 use crate::schedule::in_dependency_order;
 use crate::url::{CacheUrl, Location, UrlError};
 
+/// NARs at least this large are decompressed on a thread of their own.
+const READ_AHEAD_FROM: u64 = 4 << 20;
+
 /// Nix's priority for a cache whose `nix-cache-info` says none.
 pub const DEFAULT_PRIORITY: u32 = 50;
 
@@ -275,8 +278,8 @@ impl BinaryCache {
         Ok(self.backend.exists(&NarInfo::file_name(path))?)
     }
 
-    /// The NAR of `narinfo`, decompressed (on a thread of its own, reading ahead), as a
-    /// stream (errors of a truncated or corrupt stream come from reading it).
+    /// The NAR of `narinfo`, decompressed (a large one on a thread of its own, reading
+    /// ahead), as a stream (errors of a truncated or corrupt stream come from reading it).
     pub fn nar(&self, narinfo: &NarInfo) -> Result<Box<dyn Read + Send>, CacheError> {
         let path = self.store_dir.display(&narinfo.info.path);
         let url = &narinfo.url;
@@ -307,11 +310,16 @@ impl BinaryCache {
                 path,
                 source,
             })?;
-        Ok(match narinfo.compression {
-            Compression::None => decompressed,
-            // Decompression on another core, overlapping the store's hashing and writing.
-            _ => Box::new(read_ahead(decompressed)),
-        })
+        // Decompressing a large NAR on another core overlaps the store's hashing and
+        // writing; for a small one, a thread costs more than it saves.
+        Ok(
+            if narinfo.compression != Compression::None && narinfo.info.nar_size >= READ_AHEAD_FROM
+            {
+                Box::new(read_ahead(decompressed))
+            } else {
+                decompressed
+            },
+        )
     }
 
     /// The build log of `drv` (`log/<drv base name>`), if the cache has one.

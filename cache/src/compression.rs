@@ -81,7 +81,7 @@ pub fn decompress<'a>(
     })
 }
 
-/// `reader`, read on a thread of its own, 64 KiB at a time, at most four chunks ahead:
+/// `reader`, read on a thread of its own, 256 KiB at a time, at most four chunks ahead:
 /// decompressing a NAR then overlaps with the hashing and unpacking of what came before,
 /// on another core, with memory still bounded. A read error is passed on, in its place.
 pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
@@ -89,7 +89,7 @@ pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
     std::thread::spawn(move || {
         let mut reader = reader;
         loop {
-            let mut chunk = vec![0; 1 << 16];
+            let mut chunk = vec![0; 1 << 18];
             let read = loop {
                 match reader.read(&mut chunk) {
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
