@@ -57,6 +57,17 @@ impl Body<'_> {
     }
 }
 
+/// A spooled file opened anew for reading from its start, and its length (what an
+/// upload sends, `url` naming it in errors).
+pub(crate) fn open_spooled(
+    file: &NamedTempFile,
+    url: &str,
+) -> Result<(fs::File, u64), BackendError> {
+    let failed = |error| BackendError::new("upload", url, error);
+    let len = file.as_file().metadata().map_err(failed)?.len();
+    Ok((file.reopen().map_err(failed)?, len))
+}
+
 /// A stream of a file's bytes from a backend.
 pub type Download = Box<dyn Read + Send>;
 

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendError, Body, Download};
+use crate::backend::{open_spooled, Backend, BackendError, Body, Download};
 
 /// How many idle connections an agent keeps per host (at least the lookup concurrency,
 /// so that concurrent lookups do not open a connection each time).
@@ -93,14 +93,7 @@ impl Backend for HttpBackend {
         let sent = match body {
             Body::Bytes(bytes) => request.send_bytes(bytes),
             Body::File(file) => {
-                let len = file
-                    .as_file()
-                    .metadata()
-                    .map_err(|error| BackendError::new("upload", &url, error))?
-                    .len();
-                let reader = file
-                    .reopen()
-                    .map_err(|error| BackendError::new("upload", &url, error))?;
+                let (reader, len) = open_spooled(&file, &url)?;
                 request
                     .set("Content-Length", &len.to_string())
                     .send(std::io::BufReader::with_capacity(1 << 16, reader))

@@ -51,18 +51,19 @@ impl Compression {
         }
     }
 
+    /// Every method Nix names.
+    pub const ALL: [Compression; 6] = [
+        Compression::None,
+        Compression::Xz,
+        Compression::Bzip2,
+        Compression::Zstd,
+        Compression::Gzip,
+        Compression::Brotli,
+    ];
+
     /// The method named `name`, if it is one of Nix's.
     pub fn from_name(name: &str) -> Option<Compression> {
-        [
-            Compression::None,
-            Compression::Xz,
-            Compression::Bzip2,
-            Compression::Zstd,
-            Compression::Gzip,
-            Compression::Brotli,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
+        Compression::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -388,14 +389,7 @@ mod tests {
             );
             info.references = refs.iter().map(|&i| path(i, "r")).collect();
             info.deriver = deriver.then(|| path(100, "d.drv"));
-            let compression = [
-                Compression::None,
-                Compression::Xz,
-                Compression::Bzip2,
-                Compression::Zstd,
-                Compression::Gzip,
-                Compression::Brotli,
-            ][compression];
+            let compression = Compression::ALL[compression];
             let url = format!("nar/x.nar{}", compression.extension());
             let mut narinfo = NarInfo::new(info, url, compression);
             if let Some((hash, size)) = file {

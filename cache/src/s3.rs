@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use crate::backend::{Backend, BackendError, Body, Download};
+use crate::backend::{open_spooled, Backend, BackendError, Body, Download};
 use crate::http::{agent, not_found, request_error};
 
 /// Parts of a multipart upload are this big (S3's minimum is 5 MiB; at most 10,000
@@ -209,14 +209,7 @@ impl Backend for S3Backend {
                 .set("Content-Type", content_type)
                 .send_bytes(bytes),
             Body::File(file) => {
-                let len = file
-                    .as_file()
-                    .metadata()
-                    .map_err(|error| BackendError::new("upload", &url, error))?
-                    .len();
-                let reader = file
-                    .reopen()
-                    .map_err(|error| BackendError::new("upload", &url, error))?;
+                let (reader, len) = open_spooled(&file, &url)?;
                 if len > PART_SIZE {
                     return self.put_multipart(key, reader, len);
                 }

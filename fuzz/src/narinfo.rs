@@ -35,14 +35,7 @@ pub fn fuzz_decompress(data: &[u8]) {
     let Some((&method, stream)) = data.split_first() else {
         return;
     };
-    let methods = [
-        Compression::None,
-        Compression::Xz,
-        Compression::Bzip2,
-        Compression::Zstd,
-        Compression::Gzip,
-        Compression::Brotli,
-    ];
+    let methods = Compression::ALL;
     let method = methods[usize::from(method) % methods.len()];
     let Ok(reader) = arca_cache::decompress(method, stream) else {
         return;

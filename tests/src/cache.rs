@@ -315,3 +315,19 @@ pub fn cached_paths(cache: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Real Nix's `nix-store --verify --check-contents` on the store at `root` (logical
+/// store dir `/nix/store`): panics (with Nix's stderr) unless it is clean.
+pub fn nix_verify_contents(root: &Path) {
+    let store = format!("local?root={}", root.display());
+    nix(
+        "nix-store",
+        &[
+            "--store".as_ref(),
+            store.as_ref(),
+            "--verify".as_ref(),
+            "--check-contents".as_ref(),
+        ],
+        None,
+    );
+}

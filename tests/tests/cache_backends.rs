@@ -13,15 +13,17 @@
 //!   the store, each with an error naming what was wrong.
 //! - `arca cache serve`: real Nix and Arca substitute from it (uncompressed, xz, zstd).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use arca_cache::NarInfo;
 use arca_store_core::StoreDir;
 use arca_tests::cache::{
-    cached_paths, nix_caches, s3_available, s3_env, ArcaServe, HttpDirServer, S3Server,
+    cached_paths, nix_caches, nix_verify_contents, s3_available, s3_env, ArcaServe, HttpDirServer,
+    S3Server,
 };
-use arca_tests::{arca_bin, nix, nix_available, workspace_root};
+use arca_tests::{arca_bin, nix_available, workspace_root};
 
 /// One cache on one backend: its URL (without parameters) and the directory its files
 /// are in (a test may tamper with them there).
@@ -126,18 +128,7 @@ fn verify_clean(root: &Path, pk: &str) {
             "1",
         ],
     );
-    let store = format!("local?root={}", root.display());
-    // `nix` panics on a non-zero exit.
-    nix(
-        "nix-store",
-        &[
-            "--store".as_ref(),
-            store.as_ref(),
-            "--verify".as_ref(),
-            "--check-contents".as_ref(),
-        ],
-        None,
-    );
+    nix_verify_contents(root);
 }
 
 /// A new key pair made by `arca key`: (secret key file, public key).
@@ -231,17 +222,7 @@ fn nix_substitutes(d: &Path, name: &str, url: &str, pk: &str, paths: &[String]) 
         .output()
         .unwrap();
     assert!(verify.status.success(), "{name}: {}", stderr(&verify));
-    let store = format!("local?root={}", root.display());
-    nix(
-        "nix-store",
-        &[
-            "--store".as_ref(),
-            store.as_ref(),
-            "--verify".as_ref(),
-            "--check-contents".as_ref(),
-        ],
-        None,
-    );
+    nix_verify_contents(&root);
 }
 
 #[test]
@@ -324,17 +305,35 @@ fn arca_pushes_and_pulls_on_every_backend_and_nix_substitutes_what_it_pushed() {
     }
 }
 
+/// For test `test`, when real Nix is here: a scratch directory with the caches Nix
+/// wrote in it ([`nix_caches`]), by compression, Nix's public key, and whether the S3
+/// server is installed.
+fn nix_made_caches(
+    test: &str,
+) -> Option<(
+    tempfile::TempDir,
+    BTreeMap<&'static str, PathBuf>,
+    String,
+    bool,
+)> {
+    if !nix_available(test) {
+        return None;
+    }
+    let with_s3 = s3_available(test);
+    let dir = tempfile::tempdir().unwrap();
+    let (nix_made, _sk, pk) = nix_caches(dir.path());
+    Some((dir, nix_made, pk.trim().to_owned(), with_s3))
+}
+
 /// Caches real Nix wrote (uncompressed, xz and zstd), put on every backend.
 #[test]
 fn arca_substitutes_from_caches_nix_wrote_on_every_backend() {
-    if !nix_available("arca_substitutes_from_caches_nix_wrote_on_every_backend") {
+    let Some((dir, nix_made, pk, with_s3)) =
+        nix_made_caches("arca_substitutes_from_caches_nix_wrote_on_every_backend")
+    else {
         return;
-    }
-    let with_s3 = s3_available("arca_substitutes_from_caches_nix_wrote_on_every_backend");
-    let dir = tempfile::tempdir().unwrap();
+    };
     let d = dir.path();
-    let (nix_made, _sk, pk) = nix_caches(d);
-    let pk = pk.trim().to_owned();
     for (compression, cache) in &nix_made {
         let (backends, _s3) = backends(&d.join(format!("backends-{compression}")), with_s3);
         let paths = cached_paths(cache);
@@ -385,14 +384,12 @@ fn set_field(file: &Path, field: &str, value: Option<&str>) {
 /// saying what was wrong, the path left unregistered and absent from the store.
 #[test]
 fn attacks_are_refused_on_every_backend_and_leave_nothing() {
-    if !nix_available("attacks_are_refused_on_every_backend_and_leave_nothing") {
+    let Some((dir, nix_made, pk, with_s3)) =
+        nix_made_caches("attacks_are_refused_on_every_backend_and_leave_nothing")
+    else {
         return;
-    }
-    let with_s3 = s3_available("attacks_are_refused_on_every_backend_and_leave_nothing");
-    let dir = tempfile::tempdir().unwrap();
+    };
     let d = dir.path();
-    let (nix_made, _sk, pk) = nix_caches(d);
-    let pk = pk.trim().to_owned();
     let store_dir = StoreDir::default();
     let paths = cached_paths(&nix_made["none"]);
     // The top of the imported chain: it has references, and no content address.
