@@ -12,8 +12,10 @@
 //! time, a path only after the paths it refers to: each NAR is downloaded, decompressed
 //! and handed to the store as one stream, the store hashing it, checking its hash and
 //! size against the `.narinfo` and unpacking it. A path refused (a NAR gone, a hash
-//! mismatch, a truncated stream) leaves nothing in the store; paths added before it stay
-//! (they are complete, valid and their references too).
+//! mismatch, a truncated stream) leaves nothing in the store, and only the paths that
+//! refer to it are not tried: the others are fetched all the same, and every path added
+//! stays (it is complete, valid and so are its references). [`substitute`] then reports
+//! the first failure as its error.
 //!
 //! Nothing is remembered between calls: a path pushed to a cache a second after a miss
 //! is found by the next lookup.

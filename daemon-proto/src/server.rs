@@ -1463,7 +1463,8 @@ static NEXT_ACTIVITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// Applies a client's `SetOptions` to its connection's settings, with Nix 2.8's trust
 /// rules (`daemon.cc`): the twelve fixed fields (keep-failed, keep-going, fallback,
 /// verbosity, max-jobs, max-silent-time, three obsolete ones, verbose-build, cores,
-/// use-substitutes) apply for every client; of the named overrides, an untrusted client
+/// use-substitutes, which can only turn substitution off) apply for every client; of
+/// the named overrides, an untrusted client
 /// may set only `timeout`, `repeat`, `connect-timeout` and an empty `builders`. Returns
 /// the warnings for the client: settings refused, unknown or invalid.
 pub fn apply_client_options(

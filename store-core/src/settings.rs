@@ -1,12 +1,12 @@
 //! Nix's settings, typed: one layer that the CLI, the daemon and the builder share.
 //!
 //! [`Settings::load`] reads them where Nix does ([`ConfigSources`]: `nix.conf`,
-//! `arca.conf`, the user's files, `$NIX_CONFIG`); [`Settings::set`] applies one more
-//! (`--option`, a daemon client's `SetOptions`). Names are Nix's, with its old aliases
-//! and `extra-` prefixes (which append to a list instead of replacing it). A setting Nix
-//! has that Arca does not act on (an evaluator's, a substituter's) is accepted and kept
-//! nowhere; a name Nix does not know either is an error that callers report as a warning,
-//! as Nix does. A bad value is an error naming the setting.
+//! `arca.conf`, the user's files, Arca's own file, `$NIX_CONFIG`); [`Settings::set`]
+//! applies one more (`--option`, a daemon client's `SetOptions`). Names are Nix's, with
+//! its old aliases and `extra-` prefixes (which append to a list instead of replacing
+//! it). A setting Nix has that Arca does not act on (an evaluator's, the narinfo cache's
+//! TTLs) is accepted and kept nowhere; a name Nix does not know either is an error that
+//! callers report as a warning, as Nix does. A bad value is an error naming the setting.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -66,12 +66,13 @@ pub struct Settings {
     pub allowed_users: Vec<String>,
     /// `experimental-features`.
     pub experimental_features: BTreeSet<String>,
-    /// `require-sigs` (default true): a path added by a client must be signed by a
-    /// trusted key, content-addressed, or vouched for by a trusted client; with false,
-    /// any path is accepted from anyone (the daemon's own configuration decides).
+    /// `require-sigs` (default true): a path added by a client or substituted from a
+    /// binary cache must be signed by a trusted key or content-addressed (a client's
+    /// may also be vouched for by a trusted client); with false, any path is accepted
+    /// (the daemon's own configuration decides).
     pub require_sigs: bool,
     /// `trusted-public-keys`: a path (or realisation) signed by one of these is
-    /// accepted from any client (default: `cache.nixos.org-1`'s key).
+    /// accepted from any client or binary cache (default: `cache.nixos.org-1`'s key).
     pub trusted_public_keys: Vec<PublicKey>,
     /// `fsync-metadata` (default true).
     pub fsync_metadata: bool,
