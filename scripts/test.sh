@@ -11,14 +11,17 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-# The sandbox and build tests use a static busybox as their builder.
+# The sandbox and build tests use a static busybox as their builder; the remote builder
+# tests log in through a real OpenSSH server (sshd) on a loopback port.
 if ! command -v nix-store >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1 \
-   || ! command -v slirp4netns >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+   || ! command -v slirp4netns >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 \
+   || [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the Nix oracle (nix-bin), busybox-static, slirp4netns and jq with apt-get"
+    packages="nix-bin busybox-static slirp4netns jq openssh-server openssh-client"
+    say "installing the Nix oracle and test tools with apt-get: $packages"
     apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin busybox-static slirp4netns jq >/dev/null \
-      || echo "apt-get could not install nix-bin busybox-static slirp4netns jq"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null \
+      || echo "apt-get could not install $packages"
   fi
 fi
 # The binary cache tests run a real S3-compatible server, s3s-fs (an S3 API on a

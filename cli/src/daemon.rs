@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arca_daemon::daemon::{self, DaemonOptions};
+use arca_daemon_proto::serve_protocol::{serve_legacy, ServeOptions};
+use arca_store_core::StoreOps;
 use arca_store_sqlite::Durability;
 use clap::builder::RangedU64ValueParser;
 use clap::Args;
@@ -17,12 +19,17 @@ pub struct DaemonArgs {
     /// passed by systemd is used when there is one).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Serve one client on stdin/stdout (for ssh) instead of listening.
+    /// Serve one client on stdin/stdout instead of listening: the `ssh-ng://` remote
+    /// program (`arca --stdio` is the same). As `nix-daemon --stdio`, the client is
+    /// trusted: whoever holds the stream (an ssh login) already acts as this process's
+    /// user on the store.
     #[arg(long)]
     stdio: bool,
-    /// With --stdio: treat the client as trusted.
+    /// With --stdio: treat the client as untrusted (e.g. in an ssh `command=` of
+    /// `authorized_keys` for a user who may only add signed or content-addressed
+    /// paths), as Nix's `--force-untrusted`.
     #[arg(long, requires = "stdio")]
-    trusted: bool,
+    force_untrusted: bool,
     /// Users who may connect: names, @group, * (Nix's allowed-users; default: the
     /// setting's, `*` unless nix.conf says otherwise).
     #[arg(long, value_delimiter = ',', value_name = "USERS")]
@@ -63,6 +70,43 @@ pub struct DaemonArgs {
     /// (default 3600; 0: never). An operation under way, a build, is never timed out.
     #[arg(long, value_name = "SECONDS")]
     idle_timeout: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Allow the client to change the store: add paths, build (Nix's `--write`).
+    #[arg(long)]
+    write: bool,
+}
+
+/// `arca serve`: Nix's serve protocol on stdin/stdout, over whichever store `--store`
+/// names (a daemon's too, for a user who may not open the store's files).
+pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let settings = global.settings()?;
+    let options = ServeOptions {
+        write: args.write,
+        settings: settings.clone(),
+        ..ServeOptions::default()
+    };
+    crate::store::on_store_with(global, Some(&settings), Serve(options))
+}
+
+struct Serve(ServeOptions);
+
+impl crate::store::OnStore for Serve {
+    type Output = ();
+
+    fn run<S: StoreOps>(self, store: &S) -> anyhow::Result<()> {
+        let mut log = std::io::stderr().lock();
+        serve_legacy(
+            store,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+            &mut log,
+            &self.0,
+        )?;
+        Ok(())
+    }
 }
 
 /// `123`, `64K`, `64M`, `1G`: bytes, in powers of 1024.
@@ -121,7 +165,7 @@ pub fn run(args: &DaemonArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         options.idle_timeout = (seconds > 0).then(|| Duration::from_secs(seconds));
     }
     if args.stdio {
-        return Ok(daemon::serve_stdio(&root, args.trusted, &options)?);
+        return Ok(daemon::serve_stdio(&root, !args.force_untrusted, &options)?);
     }
     let listener = match daemon::systemd_listener() {
         Some(listener) if args.socket.is_none() => listener,

@@ -95,6 +95,9 @@ enum Command {
     Log(build::LogArgs),
     /// Serve the store to Nix clients over Nix's daemon protocol (== `nix-daemon`).
     Daemon(daemon::DaemonArgs),
+    /// Serve the store on stdin/stdout over Nix's serve protocol, for `ssh://` stores
+    /// and remote builders (== `nix-store --serve`; `arca --serve` is the same).
+    Serve(daemon::ServeArgs),
     /// Copy paths and their closures to or from a binary cache (== `nix copy`).
     Copy(copy::CopyArgs),
     /// Serve the store as a binary cache.
@@ -112,7 +115,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(nix_spellings(std::env::args_os().collect()));
     init_tracing(cli.global.verbose);
     let result = match cli.command {
         Command::Hash(command) => hash::run(command),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(args, &cli.global),
         Command::Log(args) => build::log(args, &cli.global),
         Command::Daemon(args) => daemon::run(&args, &cli.global),
+        Command::Serve(args) => daemon::serve(&args, &cli.global),
         Command::Copy(args) => copy::copy(args, &cli.global),
         Command::Cache(command) => cache::run(command, &cli.global),
         Command::Key(command) => cache::key(command),
@@ -136,6 +140,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command lines Nix's ssh stores run on a remote machine, as spelt for `arca`:
+/// `PROGRAM --serve --write [--store STORE]` (`ssh://`) is `arca serve --write …`, and
+/// `PROGRAM --stdio [--store STORE]` (`ssh-ng://`) is `arca daemon --stdio …`, so that
+/// `remote-program=arca` works for both.
+fn nix_spellings(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let command: &[&str] = match args.get(1).and_then(|arg| arg.to_str()) {
+        Some("--serve") => &["serve"],
+        Some("--stdio") => &["daemon", "--stdio"],
+        _ => return args,
+    };
+    args.splice(1..2, command.iter().map(Into::into));
+    args
 }
 
 /// The completion script for `shell`, written whole (clap_complete panics on a write
@@ -164,4 +182,33 @@ fn init_tracing(verbosity: u8) {
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nix_spellings;
+
+    fn spelt(args: &[&str]) -> Vec<String> {
+        nix_spellings(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|arg| arg.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn nix_remote_programs_spellings_name_commands() {
+        assert_eq!(
+            spelt(&["arca", "--serve", "--write", "--store", "/r"]),
+            ["arca", "serve", "--write", "--store", "/r"]
+        );
+        assert_eq!(
+            spelt(&["arca", "--stdio", "--store", "/r"]),
+            ["arca", "daemon", "--stdio", "--store", "/r"]
+        );
+        assert_eq!(
+            spelt(&["arca", "--store", "/r", "serve"]),
+            ["arca", "--store", "/r", "serve"]
+        );
+        assert_eq!(spelt(&["arca"]), ["arca"]);
+    }
 }

@@ -110,6 +110,10 @@ impl DaemonClient {
             return Err(ClientError::TooOld(server >> 8, minor(server)));
         }
         to.write_u64(offered)?;
+        if minor(version) >= 38 {
+            // Feature names: Arca's client asks for none; the daemon's are read below.
+            to.write_u64(0)?;
+        }
         if minor(version) >= 14 {
             to.write_u64(0)?; // no CPU affinity
         }
@@ -117,6 +121,9 @@ impl DaemonClient {
             to.write_u64(0)?; // reserveSpace (obsolete)
         }
         to.flush()?;
+        if minor(version) >= 38 {
+            from.read_strings("daemon features")?;
+        }
         let mut daemon_version = None;
         if minor(version) >= 33 {
             daemon_version = Some(from.read_string("daemon version")?);

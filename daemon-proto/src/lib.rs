@@ -4,8 +4,8 @@
 //! - [`wire`]: the primitives (`u64`s, padded byte strings, string lists, framed
 //!   streams), decoded with [`wire::Limits`] so that no length from the wire sizes an
 //!   allocation before its bytes arrive.
-//! - [`protocol`]: magic numbers, versions (1.21, Nix 2.3, through 1.37, Nix 2.20 and later), log codes and
-//!   operation numbers.
+//! - [`protocol`]: magic numbers, versions (1.21, Nix 2.3, through 1.38, Nix 2.24 and
+//!   later), log codes and operation numbers.
 //! - [`serve`]: one connection, from the handshake to the client hanging up, over any
 //!   [`StoreOps`] (`arca-store-core`'s one store interface: queries, adds, builds,
 //!   roots, garbage collection); `arca-daemon`'s local store with builds is one.
@@ -32,6 +32,9 @@
 //! # }
 //! ```
 //!
+//! - [`serve_protocol`]: the other protocol Nix speaks over ssh, `nix-store --serve`'s
+//!   (what `ssh://` stores and remote builders use), served by
+//!   [`serve_protocol::serve_legacy`] over any [`StoreOps`].
 //! - [`DaemonClient`]: the client side, itself a [`StoreOps`], so that every command
 //!   written against the interface works through a daemon too.
 //!
@@ -42,6 +45,7 @@ mod client;
 mod client_ops;
 pub mod long_path;
 pub mod protocol;
+pub mod serve_protocol;
 mod server;
 pub mod wire;
 

@@ -18,10 +18,10 @@ pub const fn minor(version: u64) -> u64 {
 
 /// The oldest version served: what Nix 2.3 speaks.
 pub const MIN_VERSION: u64 = version(1, 21);
-/// The newest version served: what Nix 2.20 and later speak (1.35 adds the trusted
-/// flag to the handshake, 1.37 CPU times to build results; 1.38 and later negotiate
-/// features, which a newer client does only when we offer 1.38).
-pub const MAX_VERSION: u64 = version(1, 37);
+/// The newest version served: what Nix 2.24 and later speak (1.35 adds the trusted
+/// flag to the handshake, 1.37 CPU times to build results, 1.38 an exchange of feature
+/// names right after the versions, in which Arca offers none).
+pub const MAX_VERSION: u64 = version(1, 38);
 
 /// Log channel codes the server sends while an operation runs.
 pub mod stderr {

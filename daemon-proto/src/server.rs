@@ -16,7 +16,7 @@ use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
 use arca_store_core::{
     AddressingMethod, BuildEvent, BuildMode, Built, ContentAddressMethod, DerivedPath, DrvOutput,
     FindRoots, GcAction, GcOptions, Hash, HashAlgo, PathInfo, Realisation, Settings, Signature,
-    SignatureError, StoreOpError, StoreOps, StorePath,
+    SignatureError, StoreDir, StoreOpError, StoreOps, StorePath,
 };
 
 use crate::protocol::{self, gc_action, minor, stderr, Op};
@@ -186,6 +186,12 @@ fn handshake<R: BufRead, W: Write>(
     if version < protocol::MIN_VERSION {
         return Err(ServeError::TooOld(client >> 8, minor(client)));
     }
+    if minor(version) >= 38 {
+        // Feature names, each side's; what both name is in use. Arca names none.
+        from.read_strings("protocol features")?;
+        to.write_u64(0)?;
+        to.flush()?;
+    }
     if minor(version) >= 14 && from.read_u64()? != 0 {
         from.read_u64()?; // obsolete CPU affinity
     }
@@ -340,14 +346,7 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
     }
 
     fn read_paths(&mut self) -> Result<BTreeSet<StorePath>, Failure> {
-        let mut paths = BTreeSet::new();
-        for text in self.from.read_strings("store paths")? {
-            let path = self.store.store_dir().parse_path(&text).map_err(|error| {
-                Failure::Fatal(ServeError::Wire(invalid(&format!("'{text}': {error}"))))
-            })?;
-            paths.insert(path);
-        }
-        Ok(paths)
+        Ok(read_path_set(&mut self.from, self.store.store_dir())?)
     }
 
     fn write_paths<'p>(
@@ -439,87 +438,13 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
         Ok(targets)
     }
 
-    /// A `BasicDerivation`: outputs (name, path, hash algorithm, hash), input sources,
-    /// platform, builder, arguments, environment; its name comes from `drv_path`.
-    /// Reads a `BasicDerivation`; the inner error refuses it once all of it was read
-    /// (the connection stays in step).
+    /// A `BasicDerivation` named after `drv_path`; see [`read_basic_derivation`].
     fn read_basic_derivation(
         &mut self,
         drv_path: &StorePath,
     ) -> Result<Result<Derivation, StoreOpError>, Failure> {
-        let mut refusal = None;
-        let bad = |what: String| Failure::Fatal(ServeError::Wire(invalid(&what)));
-        let name = drv_path
-            .name()
-            .strip_suffix(".drv")
-            .ok_or_else(|| bad(format!("'{}' is not a derivation", drv_path.as_str())))?
-            .to_owned();
-        let mut outputs = BTreeMap::new();
-        for _ in 0..self.from.read_list_len("outputs")? {
-            let output = self.from.read_string("output name")?;
-            let path = self.from.read_string("output path")?;
-            let algo = self.from.read_string("output hash algorithm")?;
-            let hash = self.from.read_string("output hash")?;
-            let path = self
-                .store
-                .store_dir()
-                .parse_path(&path)
-                .map_err(|e| bad(e.to_string()))?;
-            let output_value = if algo.is_empty() {
-                DerivationOutput::InputAddressed { path }
-            } else {
-                let (method, algo) = match algo.strip_prefix("r:") {
-                    Some(algo) => (ContentAddressMethod::Recursive, algo),
-                    None => (ContentAddressMethod::Flat, algo.as_str()),
-                };
-                let algo = HashAlgo::from_name(algo).map_err(|e| bad(e.to_string()))?;
-                let hash = Hash::from_base16(algo, &hash).map_err(|e| bad(e.to_string()))?;
-                let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
-                // A fixed output's path follows from its hash (Nix recomputes it and
-                // ignores the one sent): one that does not would let any client build
-                // content of its choosing into another derivation's output path.
-                let fixed =
-                    DerivationOutput::fixed(self.store.store_dir(), &name, &output, method, hash)
-                        .map_err(|e| bad(e.to_string()))?;
-                if fixed.path() != Some(&path) && refusal.is_none() {
-                    refusal = Some(StoreOpError::new(format!(
-                        "fixed output '{output}' of '{}' has path '{}', but its hash gives '{}'",
-                        self.store.store_dir().display(drv_path),
-                        self.store.store_dir().display(&path),
-                        fixed
-                            .path()
-                            .map(|p| self.store.store_dir().display(p))
-                            .unwrap_or_default()
-                    )));
-                }
-                fixed
-            };
-            let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
-            outputs.insert(output, output_value);
-        }
-        let input_srcs = self.read_paths()?;
-        let system = self.from.read_string("platform")?;
-        let builder = self.from.read_string("builder")?;
-        let args = self.from.read_strings("arguments")?;
-        let mut env = BTreeMap::new();
-        for _ in 0..self.from.read_list_len("environment")? {
-            let key = self.from.read_string("variable")?;
-            let value = self.from.read_string("value")?;
-            env.insert(key, value);
-        }
-        if let Some(refusal) = refusal {
-            return Ok(Err(refusal));
-        }
-        Ok(Ok(Derivation {
-            name,
-            outputs,
-            input_drvs: BTreeMap::new(),
-            input_srcs,
-            system,
-            builder,
-            args,
-            env,
-        }))
+        let store_dir = self.store.store_dir();
+        Ok(read_basic_derivation(&mut self.from, store_dir, drv_path)?)
     }
 
     fn read_build_mode(&mut self) -> Result<BuildMode, Failure> {
@@ -1344,6 +1269,102 @@ impl<R: BufRead, W: Write> Read for Pull<'_, R, W> {
         }
         Ok(len)
     }
+}
+
+/// A `BasicDerivation` as both of Nix's protocols carry it (`BuildDerivation`): outputs
+/// (name, path, hash algorithm, hash), input sources, platform, builder, arguments,
+/// environment; its name comes from `drv_path`. The inner error refuses it once all of
+/// it was read (the connection stays in step); the outer one means it could not be read.
+pub(crate) fn read_basic_derivation<R: BufRead>(
+    from: &mut WireReader<R>,
+    store_dir: &StoreDir,
+    drv_path: &StorePath,
+) -> Result<Result<Derivation, StoreOpError>, WireError> {
+    let mut refusal = None;
+    let bad = |what: String| invalid(&what);
+    let name = drv_path
+        .name()
+        .strip_suffix(".drv")
+        .ok_or_else(|| bad(format!("'{}' is not a derivation", drv_path.as_str())))?
+        .to_owned();
+    let mut outputs = BTreeMap::new();
+    for _ in 0..from.read_list_len("outputs")? {
+        let output = from.read_string("output name")?;
+        let path = from.read_string("output path")?;
+        let algo = from.read_string("output hash algorithm")?;
+        let hash = from.read_string("output hash")?;
+        let path = store_dir
+            .parse_path(&path)
+            .map_err(|e| bad(e.to_string()))?;
+        let output_value = if algo.is_empty() {
+            DerivationOutput::InputAddressed { path }
+        } else {
+            let (method, algo) = match algo.strip_prefix("r:") {
+                Some(algo) => (ContentAddressMethod::Recursive, algo),
+                None => (ContentAddressMethod::Flat, algo.as_str()),
+            };
+            let algo = HashAlgo::from_name(algo).map_err(|e| bad(e.to_string()))?;
+            let hash = Hash::from_base16(algo, &hash).map_err(|e| bad(e.to_string()))?;
+            let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
+            // A fixed output's path follows from its hash (Nix recomputes it and
+            // ignores the one sent): one that does not would let any client build
+            // content of its choosing into another derivation's output path.
+            let fixed = DerivationOutput::fixed(store_dir, &name, &output, method, hash)
+                .map_err(|e| bad(e.to_string()))?;
+            if fixed.path() != Some(&path) && refusal.is_none() {
+                refusal = Some(StoreOpError::new(format!(
+                    "fixed output '{output}' of '{}' has path '{}', but its hash gives '{}'",
+                    store_dir.display(drv_path),
+                    store_dir.display(&path),
+                    fixed
+                        .path()
+                        .map(|p| store_dir.display(p))
+                        .unwrap_or_default()
+                )));
+            }
+            fixed
+        };
+        let output = OutputName::new(&output).map_err(|e| bad(e.to_string()))?;
+        outputs.insert(output, output_value);
+    }
+    let input_srcs = read_path_set(from, store_dir)?;
+    let system = from.read_string("platform")?;
+    let builder = from.read_string("builder")?;
+    let args = from.read_strings("arguments")?;
+    let mut env = BTreeMap::new();
+    for _ in 0..from.read_list_len("environment")? {
+        let key = from.read_string("variable")?;
+        let value = from.read_string("value")?;
+        env.insert(key, value);
+    }
+    if let Some(refusal) = refusal {
+        return Ok(Err(refusal));
+    }
+    Ok(Ok(Derivation {
+        name,
+        outputs,
+        input_drvs: BTreeMap::new(),
+        input_srcs,
+        system,
+        builder,
+        args,
+        env,
+    }))
+}
+
+/// A set of full store paths; one that is not a path of `store_dir` breaks the stream.
+pub(crate) fn read_path_set<R: BufRead>(
+    from: &mut WireReader<R>,
+    store_dir: &StoreDir,
+) -> Result<BTreeSet<StorePath>, WireError> {
+    from.read_strings("store paths")?
+        .iter()
+        .map(|text| {
+            store_dir
+                .parse_path(text)
+                .map_err(|error| invalid(&format!("'{text}': {error}")))
+        })
+        .collect()
 }
 
 fn invalid(message: &str) -> WireError {

@@ -126,3 +126,25 @@ pub fn fuzz_daemon_requests(data: &[u8]) {
         &Default::default(),
     );
 }
+
+/// Serves `data` as one serve-protocol client's whole stream (`arca serve`); the first
+/// byte picks `--write` or not. Every input ends the connection cleanly or with an
+/// error, never a panic or an allocation past the limits.
+pub fn fuzz_serve_requests(data: &[u8]) {
+    use arca_daemon_proto::serve_protocol::{serve_legacy, ServeOptions};
+    let store = OnePathStore::new();
+    let (write, stream) = match data.split_first() {
+        Some((first, rest)) => (first & 1 == 1, rest),
+        None => (false, data),
+    };
+    let options = ServeOptions {
+        write,
+        limits: Limits {
+            max_string: 1 << 16,
+            max_list: 1 << 10,
+            max_frame: 1 << 16,
+        },
+        settings: Default::default(),
+    };
+    let _ = serve_legacy(&store, stream, io::sink(), &mut io::sink(), &options);
+}

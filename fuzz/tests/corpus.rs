@@ -35,6 +35,11 @@ fn daemon_requests_corpus_runs_clean() {
 }
 
 #[test]
+fn serve_requests_corpus_runs_clean() {
+    run_corpus("serve_requests", arca_fuzz::daemon::fuzz_serve_requests);
+}
+
+#[test]
 fn narinfo_parse_corpus_runs_clean() {
     run_corpus("narinfo_parse", arca_fuzz::narinfo::fuzz_narinfo_parse);
 }

@@ -507,8 +507,6 @@ impl RawClient {
     pub fn handshake(&mut self, client_version: u64) -> io::Result<Handshake> {
         self.send_u64(WORKER_MAGIC_1)?;
         self.send_u64(client_version)?;
-        self.send_u64(0)?; // CPU affinity: none
-        self.send_u64(0)?; // reserve space: no
         let magic = self.recv_u64()?;
         if magic != WORKER_MAGIC_2 {
             return Err(io::Error::new(
@@ -518,6 +516,17 @@ impl RawClient {
         }
         let server_version = self.recv_u64()?;
         self.version = client_version.min(server_version);
+        if self.minor() >= 38 {
+            self.send_u64(0)?; // protocol features: none
+        }
+        self.send_u64(0)?; // CPU affinity: none
+        self.send_u64(0)?; // reserve space: no
+        if self.minor() >= 38 {
+            let features = self.recv_u64()?;
+            for _ in 0..features {
+                self.recv_string()?;
+            }
+        }
         let daemon_version = if self.minor() >= 33 {
             Some(self.recv_string()?)
         } else {

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod gc;
 pub mod golden;
 pub mod lab;
+pub mod ssh;
 pub mod store;
 
 /// The `NIX_CONFIG` the tests run real Nix with: substituters off (there is no network)

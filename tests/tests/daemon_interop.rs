@@ -1246,6 +1246,7 @@ const STRESS_VERSIONS: &[u64] = &[
     version(1, 25),
     version(1, 34),
     version(1, 37),
+    version(1, 38),
 ];
 
 #[test]
@@ -1755,17 +1756,17 @@ impl QueryDeriverOfAbsent for RawClient {
 }
 
 #[test]
-fn stdio_serves_one_client_trusted_only_when_told() {
+fn stdio_serves_one_client_trusted_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let input_addressed = "/nix/store/00000000000000000000000000000000-input-addressed";
     let nar = file_nar(b"built somewhere\n", false);
     for (args, trusted) in [
-        (&["--stdio"][..], false),
-        (&["--stdio", "--trusted"][..], true),
+        (&["--stdio", "--force-untrusted"][..], false),
+        (&["--stdio"][..], true),
     ] {
         let (child, mut client) = stdio_daemon(&root, args);
-        let handshake = client.handshake(version(1, 37)).unwrap();
+        let handshake = client.handshake(version(1, 38)).unwrap();
         assert_eq!(
             handshake.trusted,
             Some(if trusted { 1 } else { 2 }),

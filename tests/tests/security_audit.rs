@@ -17,7 +17,7 @@
 //! - Symlinks in build outputs are stored as symlinks: what they point to is neither
 //!   read nor changed.
 //!
-//! The daemon is served over `--stdio` (untrusted, or `--trusted`), so most tests need
+//! The daemon is served over `--stdio` (trusted, or `--force-untrusted`), so most tests need
 //! neither root nor Nix; the builds need a static busybox (skipped loudly without it, an
 //! error in CI).
 
@@ -42,7 +42,7 @@ const ADD_MULTIPLE_TO_STORE: u64 = 44;
 const ADD_BUILD_LOG: u64 = 45;
 const ARCA_READ_LOG: u64 = 1001;
 
-/// `arca --store ROOT daemon --stdio [--trusted]` with `TMPDIR` `tmp`, its client after
+/// `arca --store ROOT daemon --stdio [--force-untrusted]` with `TMPDIR` `tmp`, its client after
 /// the handshake (protocol 1.34).
 fn stdio_daemon(root: &Path, tmp: &Path, trusted: bool) -> (Child, RawClient) {
     fs::create_dir_all(tmp).unwrap();
@@ -52,8 +52,8 @@ fn stdio_daemon(root: &Path, tmp: &Path, trusted: bool) -> (Child, RawClient) {
         .arg("--store")
         .arg(root)
         .args(["daemon", "--stdio"]);
-    if trusted {
-        command.arg("--trusted");
+    if !trusted {
+        command.arg("--force-untrusted");
     }
     let mut child = command
         .stdin(Stdio::piped())

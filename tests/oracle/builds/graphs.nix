@@ -25,6 +25,10 @@ let
   chain4 = mk "chain-4" "{ echo link 4; cat ${chain3}; echo ${chain3}; } > $out" { };
   chain5 = mk "chain-5" "{ echo link 5; cat ${chain4}; echo ${chain4}; } > $out" { };
 
+  # Talks on its standard output (the build log) and depends on the chain: for the
+  # remote builders' tests, whose logs travel back to the client.
+  chatty = mk "chatty" "echo chatty builds on ${chain2}; echo done > $out; cat ${chain2} >> $out" { };
+
   # A diamond: two sides share a base; the top refers to both sides (and so, through
   # them, to the base).
   base = mk "diamond-base" "mkdir $out; echo base > $out/data" { };
@@ -97,5 +101,5 @@ let
 in
 {
   inherit chain5 top fanout multi selfref fodFlat fodFlatSha1 fodRecursive
-    fodRecursiveSha512 fodUser fodWrong;
+    fodRecursiveSha512 fodUser fodWrong chatty;
 }
