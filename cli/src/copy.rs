@@ -1,26 +1,30 @@
-//! `arca copy --to URL PATH...` copies closures from the store to a binary cache;
-//! `arca copy --from URL PATH...` copies them from a cache into the store, trusting what
-//! the settings `trusted-public-keys` and `require-sigs` say. URLs are Nix's:
-//! `file://DIR`, `http(s)://…`, `s3://BUCKET`, with their parameters
-//! ([`arca_cache::url`]).
+//! `arca copy --to URL PATH...` copies closures from the store to a binary cache or
+//! another store; `arca copy --from URL PATH...` copies them from a cache or a store into
+//! the store, trusting what the settings `trusted-public-keys` and `require-sigs` say.
+//! Cache URLs are Nix's: `file://DIR`, `http(s)://…`, `s3://BUCKET`, with their
+//! parameters ([`arca_cache::url`]); any other URL names a store, as `--store` does
+//! (`ssh://HOST`, `ssh-ng://HOST`, `unix://SOCKET`, `local?root=ROOT`, …).
 
 use std::collections::BTreeSet;
 use std::io::Write;
 
 use anyhow::{bail, Context};
 use arca_cache::{BinaryCache, OpenMode, SubstituteOptions};
-use arca_store_core::{Settings, StoreOps};
+use arca_store_core::copy::{copy_closure, Trust};
+use arca_store_core::{Settings, StoreOps, StorePath};
 
 use crate::store::OnStore;
 use crate::store_commands::parse_paths;
 use crate::GlobalArgs;
 
-/// Copy store paths and their closures to or from a binary cache (== `nix copy`).
+/// Copy store paths and their closures to or from a binary cache or a store (== `nix
+/// copy`).
 #[derive(clap::Args)]
 pub struct CopyArgs {
     /// Copy to this cache: `file://DIR`, `http(s)://…` or `s3://BUCKET`, with Nix's
     /// parameters (`secret-key=FILE` signs what is written, `compression=xz|zstd|none`,
-    /// and for S3 `endpoint`, `region`, `scheme`, `profile`).
+    /// and for S3 `endpoint`, `region`, `scheme`, `profile`); or to this store
+    /// (`ssh://[USER@]HOST`, `ssh-ng://…`, `unix://SOCKET`, `local?root=ROOT`, …).
     #[arg(
         long,
         value_name = "URL",
@@ -28,10 +32,15 @@ pub struct CopyArgs {
         required_unless_present = "from"
     )]
     to: Option<String>,
-    /// Copy from this cache into the store; the paths must be signed by a key of
-    /// `trusted-public-keys` (or be content-addressed) unless `require-sigs` is false.
+    /// Copy from this cache or store into the store; the paths must be signed by a key
+    /// of `trusted-public-keys` (or be content-addressed) unless `require-sigs` is false
+    /// or `--no-check-sigs` is given.
     #[arg(long, value_name = "URL")]
     from: Option<String>,
+    /// Between stores: let the destination take the paths without signatures (Nix's
+    /// `--no-check-sigs`; a daemon takes that only from a trusted client).
+    #[arg(long)]
+    no_check_sigs: bool,
     /// With --to: also copy the build logs of the paths' derivers (to `log/DRV`).
     #[arg(long, requires = "to")]
     logs: bool,
@@ -75,6 +84,22 @@ impl OnStore for Copy {
                 })
                 .collect::<anyhow::Result<_>>()?,
         };
+        if let Some(url) = args.to.as_ref().or(args.from.as_ref()) {
+            if !is_cache_url(url) {
+                let between = Between {
+                    here: store,
+                    paths: &paths,
+                    outward: args.to.is_some(),
+                    trust: if args.no_check_sigs || !settings.require_sigs {
+                        Trust::All
+                    } else {
+                        Trust::SignedBy(&settings.trusted_public_keys)
+                    },
+                    url,
+                };
+                return crate::store::on_store_url(url, &settings, between);
+            }
+        }
         match (&args.to, &args.from) {
             (Some(to), None) => {
                 let cache = BinaryCache::open(to, store.store_dir(), OpenMode::Write)?;
@@ -124,6 +149,55 @@ impl OnStore for Copy {
             }
             _ => bail!("give one of --to and --from"),
         }
+        Ok(())
+    }
+}
+
+/// Whether `url` names a binary cache rather than a store.
+fn is_cache_url(url: &str) -> bool {
+    ["file://", "http://", "https://", "s3://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+}
+
+/// A copy between this store and the store `url`.
+struct Between<'a, S> {
+    here: &'a S,
+    paths: &'a BTreeSet<StorePath>,
+    /// From here to there (`--to`), or back (`--from`).
+    outward: bool,
+    trust: Trust<'a>,
+    url: &'a str,
+}
+
+impl<S: StoreOps> OnStore for Between<'_, S> {
+    type Output = ();
+
+    fn run<T: StoreOps>(self, there: &T) -> anyhow::Result<()> {
+        let store_dir = self.here.store_dir().clone();
+        let mut say = |path: &StorePath| {
+            let (direction, url) = if self.outward {
+                ("to", self.url)
+            } else {
+                ("from", self.url)
+            };
+            eprintln!(
+                "copying path '{}' {direction} '{url}'...",
+                store_dir.display(path)
+            );
+        };
+        let copied = if self.outward {
+            copy_closure(self.here, there, self.paths, self.trust, &mut say)
+        } else {
+            copy_closure(there, self.here, self.paths, self.trust, &mut say)
+        }
+        .map_err(|error| anyhow::anyhow!(error.chain()))?;
+        eprintln!(
+            "copied {} paths {} '{}'",
+            copied.len(),
+            if self.outward { "to" } else { "from" },
+            self.url
+        );
         Ok(())
     }
 }

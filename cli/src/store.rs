@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use arca_daemon::LocalBackend;
+use arca_daemon_proto::ssh::{SshStore, SshStoreUrl};
 use arca_daemon_proto::DaemonClient;
 use arca_store_core::{Settings, StoreOps};
 use arca_store_sqlite::LocalStore;
@@ -19,7 +20,8 @@ pub trait OnStore {
 }
 
 /// Runs `command` on the store `--store` names, whichever back end it has: `unix://SOCKET`
-/// and `daemon` connect to a daemon; `local?root=ROOT`, `local://ROOT`, `local` and an
+/// and `daemon` connect to a daemon, `ssh://[USER@]HOST?…` and `ssh-ng://…` to a machine
+/// over ssh (`arca_daemon_proto::ssh`); `local?root=ROOT`, `local://ROOT`, `local` and an
 /// absolute path open a local store (with builds, following the settings); nothing given,
 /// the default store.
 pub fn on_store<C: OnStore>(global: &GlobalArgs, command: C) -> anyhow::Result<C::Output> {
@@ -33,6 +35,13 @@ pub fn on_store_with<C: OnStore>(
     settings: Option<&Settings>,
     command: C,
 ) -> anyhow::Result<C::Output> {
+    if let Some(url) = global
+        .store
+        .as_deref()
+        .filter(|url| SshStoreUrl::is_ssh(url))
+    {
+        return on_ssh_store(url, command);
+    }
     if let Some(client) = daemon_client(global)? {
         return command.run(&client);
     }
@@ -44,6 +53,31 @@ pub fn on_store_with<C: OnStore>(
         None => global.settings()?,
     };
     command.run(&LocalBackend::new(&store).with_settings(settings))
+}
+
+/// Runs `command` on the store `url` names (see [`on_store`]), with `settings` for a
+/// local one: for commands that work on a second store (`arca copy --to STORE`).
+pub fn on_store_url<C: OnStore>(
+    url: &str,
+    settings: &Settings,
+    command: C,
+) -> anyhow::Result<C::Output> {
+    let global = GlobalArgs {
+        store: Some(url.to_owned()),
+        verbose: 0,
+        option: Vec::new(),
+    };
+    on_store_with(&global, Some(settings), command)
+}
+
+/// Runs `command` on an `ssh://` or `ssh-ng://` store; the remote program's messages
+/// reach this process's stderr.
+fn on_ssh_store<C: OnStore>(url: &str, command: C) -> anyhow::Result<C::Output> {
+    let parsed = SshStoreUrl::parse(url)?;
+    match parsed.open(std::process::Stdio::inherit())? {
+        SshStore::Serve(client) => command.run(&client),
+        SshStore::Worker(client) => command.run(&client),
+    }
 }
 
 /// The physical root of a local store: files live under `ROOT/nix/store`, state under
@@ -116,7 +150,7 @@ fn parse_store_uri(store: &str) -> anyhow::Result<PathBuf> {
     if !root.starts_with('/') {
         bail!(
             "store '{store}' must be an absolute path, 'local?root=/path', 'local', \
-             'unix:///path/to/socket' or 'daemon'"
+             'unix:///path/to/socket', 'daemon', 'ssh://HOST' or 'ssh-ng://HOST'"
         );
     }
     Ok(PathBuf::from(root))

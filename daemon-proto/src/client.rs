@@ -52,9 +52,14 @@ pub enum DaemonLog {
 const ACT_BUILD: u64 = 105;
 const RES_BUILD_LOG_LINE: u64 = 101;
 
+/// The two halves of a byte stream to a daemon: a socket's, or a process's stdout and
+/// stdin (`ssh-ng://`).
+pub type Reader = Box<dyn Read + Send>;
+pub type Writer = Box<dyn Write + Send>;
+
 struct Connection {
-    from: WireReader<BufReader<UnixStream>>,
-    to: WireWriter<BufWriter<UnixStream>>,
+    from: WireReader<BufReader<Reader>>,
+    to: WireWriter<BufWriter<Writer>>,
     version: u64,
 }
 
@@ -63,6 +68,9 @@ struct Connection {
 pub struct DaemonClient {
     store_dir: StoreDir,
     connection: Mutex<Connection>,
+    /// What carries the stream, kept as long as the client (an ssh process, ended when
+    /// the client is dropped).
+    _transport: Option<Box<dyn Send + Sync>>,
     daemon_version: Option<String>,
     /// Where the daemon's build logs are, for reading them directly from a daemon that
     /// cannot send them (Nix's): `/nix/var/log/nix/drvs` unless set.
@@ -96,8 +104,20 @@ impl DaemonClient {
         store_dir: StoreDir,
         offered: u64,
     ) -> Result<DaemonClient, ClientError> {
-        let mut from = WireReader::new(BufReader::new(stream.try_clone()?), Limits::default());
-        let mut to = WireWriter::new(BufWriter::new(stream));
+        let reader = Box::new(stream.try_clone()?);
+        DaemonClient::handshake_over(reader, Box::new(stream), store_dir, offered)
+    }
+
+    /// The handshake over any byte stream (a process's stdout and stdin, say), offering
+    /// protocol `offered`.
+    pub fn handshake_over(
+        reader: Reader,
+        writer: Writer,
+        store_dir: StoreDir,
+        offered: u64,
+    ) -> Result<DaemonClient, ClientError> {
+        let mut from = WireReader::new(BufReader::new(reader), Limits::default());
+        let mut to = WireWriter::new(BufWriter::new(writer));
         to.write_u64(protocol::WORKER_MAGIC_1)?;
         to.flush()?;
         let magic = from.read_u64()?;
@@ -137,8 +157,15 @@ impl DaemonClient {
             log_dir: std::path::PathBuf::from("/nix/var/log/nix/drvs"),
             store_dir,
             connection: Mutex::new(connection),
+            _transport: None,
             daemon_version,
         })
+    }
+
+    /// Keeps `transport` (what carries the stream) alive as long as this client.
+    pub fn with_transport(mut self, transport: Box<dyn Send + Sync>) -> DaemonClient {
+        self._transport = Some(transport);
+        self
     }
 
     /// The daemon's version string (protocol 1.33 and later).
@@ -254,6 +281,24 @@ impl DaemonClient {
                 graph.insert(path, references);
             }
             Ok(graph)
+        })
+    }
+
+    /// `QueryValidPaths`: which of `paths` are valid, in one request (never substituted).
+    pub(crate) fn send_query_valid_paths(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, ClientError> {
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::QueryValidPaths as u64)?;
+            let texts: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
+            connection.to.write_strings(texts.iter())?;
+            if minor(connection.version) >= 27 {
+                connection.to.write_bool(false)?; // substitute
+            }
+            connection.to.flush()?;
+            connection.process_stderr(None)?;
+            DaemonClient::read_paths(connection, store_dir)
         })
     }
 
@@ -840,51 +885,10 @@ impl Store for DaemonClient {
         })
     }
 
+    /// Sends the path asking the daemon not to check its signatures (which only a
+    /// trusted client's request makes it skip).
     fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), ClientError> {
-        self.with(|connection, store_dir| {
-            let to = &mut connection.to;
-            to.write_u64(Op::AddToStoreNar as u64)?;
-            to.write_str(&store_dir.display(&info.path))?;
-            let deriver = info
-                .deriver
-                .as_ref()
-                .map(|d| store_dir.display(d))
-                .unwrap_or_default();
-            to.write_str(&deriver)?;
-            to.write_str(&info.nar_hash.to_base16())?;
-            to.write_strings(
-                info.references
-                    .iter()
-                    .map(|r| store_dir.display(r))
-                    .collect::<Vec<_>>()
-                    .iter(),
-            )?;
-            to.write_u64(u64::try_from(info.registration_time).unwrap_or(0))?;
-            to.write_u64(info.nar_size)?;
-            to.write_bool(info.ultimate)?;
-            to.write_strings(info.signatures.iter())?;
-            to.write_str(
-                &info
-                    .ca
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            )?;
-            to.write_bool(false)?; // repair
-            to.write_bool(true)?; // don't check signatures (honoured for trusted clients)
-            if minor(connection.version) < 23 {
-                // The daemon pulls the NAR while it adds it.
-                to.flush()?;
-                return connection.process_stderr(Some(nar));
-            }
-            {
-                let mut framed = FramedWriter::new(to.get_mut());
-                io::copy(nar, &mut framed)?;
-                framed.finish()?;
-            }
-            to.flush()?;
-            connection.process_stderr(None)
-        })
+        self.send_add_nar(info, nar, true)
     }
 
     fn add_text(
@@ -928,6 +932,61 @@ impl Store for DaemonClient {
                 Some(error) => Err(error.into()),
                 None => Ok(()),
             }
+        })
+    }
+}
+
+impl DaemonClient {
+    /// `AddToStoreNar`: the path's info, then its NAR (framed from 1.23 on).
+    pub(crate) fn send_add_nar(
+        &self,
+        info: &PathInfo,
+        nar: &mut dyn Read,
+        dont_check_signatures: bool,
+    ) -> Result<(), ClientError> {
+        self.with(|connection, store_dir| {
+            let to = &mut connection.to;
+            to.write_u64(Op::AddToStoreNar as u64)?;
+            to.write_str(&store_dir.display(&info.path))?;
+            let deriver = info
+                .deriver
+                .as_ref()
+                .map(|d| store_dir.display(d))
+                .unwrap_or_default();
+            to.write_str(&deriver)?;
+            to.write_str(&info.nar_hash.to_base16())?;
+            to.write_strings(
+                info.references
+                    .iter()
+                    .map(|r| store_dir.display(r))
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )?;
+            to.write_u64(u64::try_from(info.registration_time).unwrap_or(0))?;
+            to.write_u64(info.nar_size)?;
+            to.write_bool(info.ultimate)?;
+            to.write_strings(info.signatures.iter())?;
+            to.write_str(
+                &info
+                    .ca
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            )?;
+            to.write_bool(false)?; // repair
+            to.write_bool(dont_check_signatures)?; // honoured for trusted clients only
+            if minor(connection.version) < 23 {
+                // The daemon pulls the NAR while it adds it.
+                to.flush()?;
+                return connection.process_stderr(Some(nar));
+            }
+            {
+                let mut framed = FramedWriter::new(to.get_mut());
+                io::copy(nar, &mut framed)?;
+                framed.finish()?;
+            }
+            to.flush()?;
+            connection.process_stderr(None)
         })
     }
 }

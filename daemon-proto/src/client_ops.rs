@@ -70,6 +70,13 @@ impl StoreOps for DaemonClient {
         self.send_set_options(&fixed, &overrides).map_err(failed)
     }
 
+    fn query_valid_paths(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        DaemonClient::send_query_valid_paths(self, paths).map_err(failed)
+    }
+
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         DaemonClient::send_query_all_valid_paths(self).map_err(failed)
     }
@@ -97,14 +104,15 @@ impl StoreOps for DaemonClient {
     }
 
     /// The daemon decides whether to take the path (its trust in this client, the
-    /// signatures); this side only sends it.
+    /// signatures); `trusted` asks it not to check signatures, which it grants a
+    /// trusted client only.
     fn add_nar_checked(
         &self,
         info: &PathInfo,
         nar: &mut dyn BufRead,
-        _trusted: bool,
+        trusted: bool,
     ) -> Result<(), StoreOpError> {
-        Store::add_nar(self, info, nar).map_err(failed)
+        DaemonClient::send_add_nar(self, info, nar, trusted).map_err(failed)
     }
 
     /// The daemon builds with its own settings (and what this client's `SetOptions` may

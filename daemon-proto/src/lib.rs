@@ -45,10 +45,13 @@ mod client;
 mod client_ops;
 pub mod long_path;
 pub mod protocol;
+mod serve_client;
 pub mod serve_protocol;
 mod server;
+pub mod ssh;
 pub mod wire;
 
 pub use arca_store_core::{BuildMode, Built, DerivedPath, Settings, StoreOpError, StoreOps};
 pub use client::{ClientError, DaemonClient, DaemonLog};
+pub use serve_client::{ServeClient, ServeClientError};
 pub use server::{apply_client_options, refuse, serve, serve_socket, Peer, ServeError};

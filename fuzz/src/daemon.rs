@@ -148,3 +148,47 @@ pub fn fuzz_serve_requests(data: &[u8]) {
     };
     let _ = serve_legacy(&store, stream, io::sink(), &mut io::sink(), &options);
 }
+
+/// Feeds `data` to an `ssh://` store client ([`arca_daemon_proto::ServeClient`]) as
+/// everything its server says: the greeting, then the replies to a path info query, a
+/// validity query, a closure query, a NAR dump and a build. Whatever it says, each
+/// request ends in a value or an error, never a panic or an allocation past the limits.
+pub fn fuzz_serve_replies(data: &[u8]) {
+    use arca_daemon_proto::ServeClient;
+    use arca_store_core::derivation::{Derivation, DerivationOutput, OutputName};
+    let reader: Box<dyn Read + Send> = Box::new(io::Cursor::new(data.to_vec()));
+    let Ok(client) =
+        ServeClient::handshake(reader, Box::new(io::sink()), StoreDir::default(), "fuzz")
+    else {
+        return;
+    };
+    let one = OnePathStore::new().path;
+    let paths = BTreeSet::from([one.clone()]);
+    let _ = client.query_path_infos(&paths);
+    let _ = client.query_valid_paths(&paths);
+    let _ = client.closure_graph(&paths, true);
+    let _ = client.nar_from_path(&one, &mut io::sink());
+    let drv_path = StorePath::from_base_name("00000000000000000000000000000000-x.drv")
+        .expect("a valid base name");
+    let mut outputs = BTreeMap::new();
+    if let Ok(name) = OutputName::new("out") {
+        outputs.insert(name, DerivationOutput::InputAddressed { path: one });
+    }
+    let drv = Derivation {
+        name: "x".to_owned(),
+        outputs,
+        input_drvs: BTreeMap::new(),
+        input_srcs: BTreeSet::new(),
+        system: "x86_64-linux".to_owned(),
+        builder: "/bin/sh".to_owned(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+    };
+    let _ = client.build_derivation(
+        &drv_path,
+        &drv,
+        arca_store_core::BuildMode::Normal,
+        &Default::default(),
+        &mut |_| {},
+    );
+}

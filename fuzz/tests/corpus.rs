@@ -40,6 +40,11 @@ fn serve_requests_corpus_runs_clean() {
 }
 
 #[test]
+fn serve_replies_corpus_runs_clean() {
+    run_corpus("serve_replies", arca_fuzz::daemon::fuzz_serve_replies);
+}
+
+#[test]
 fn narinfo_parse_corpus_runs_clean() {
     run_corpus("narinfo_parse", arca_fuzz::narinfo::fuzz_narinfo_parse);
 }

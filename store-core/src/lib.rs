@@ -39,6 +39,7 @@
 
 pub mod base32;
 pub mod config;
+pub mod copy;
 pub mod derivation;
 pub mod export;
 pub mod hash;

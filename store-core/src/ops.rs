@@ -542,6 +542,21 @@ pub trait StoreOps: Store + Sync {
             .collect())
     }
 
+    /// Which of `paths` are valid: one request where the back end has one (a daemon's
+    /// `QueryValidPaths`), a question per path otherwise.
+    fn query_valid_paths(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        let mut valid = BTreeSet::new();
+        for path in paths {
+            if self.is_valid_path(path).map_err(StoreOpError::from_error)? {
+                valid.insert(path.clone());
+            }
+        }
+        Ok(valid)
+    }
+
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         Err(refuse(
             "listing all valid paths is not supported by this store",

@@ -181,7 +181,7 @@ impl DerivationOutput {
     }
 
     /// The `hashAlgo` field of the ATerm and JSON forms: `r:sha256`, `sha1`, or empty.
-    pub(crate) fn hash_algo_field(&self) -> String {
+    pub fn hash_algo_field(&self) -> String {
         match self.content_hashing() {
             Some((method, algo)) => format!("{}{}", method.prefix(), algo.name()),
             None => String::new(),
@@ -190,7 +190,7 @@ impl DerivationOutput {
 
     /// The `hash` field of the ATerm form: base16 for a fixed output, `impure` for an
     /// impure one, else empty.
-    pub(crate) fn hash_field(&self) -> String {
+    pub fn hash_field(&self) -> String {
         match self {
             DerivationOutput::Fixed { hash, .. } => hash.to_base16(),
             DerivationOutput::Impure { .. } => "impure".to_owned(),

@@ -1,0 +1,352 @@
+//! `arca` as a client of machines over ssh (issue #17, client side), through a real
+//! OpenSSH server on a loopback port, with real Nix on the other end (`nix-store --serve
+//! --write` for `ssh://`, `nix-daemon --stdio` for `ssh-ng://`) and Arca
+//! (`arca --serve`, `arca --stdio`):
+//!
+//! - `--store ssh://…` and `ssh-ng://…` work for store commands: `path-info -r --json`
+//!   agrees with Nix's own view of the machine's store, `store export` is byte for byte
+//!   Nix's `--export`;
+//! - `arca copy --to`/`--from` such stores moves closures with their metadata, which
+//!   Nix then verifies; an unsigned path is refused by a checking daemon in Nix's words,
+//!   and taken with `--no-check-sigs`;
+//! - `NIX_SSHOPTS='-F CONFIG'` reaches a host alias with its own port and key;
+//! - bad URLs are refused naming the parameter at fault.
+//!
+//! Needs root, OpenSSH's server, real Nix and a static busybox; skipped loudly without
+//! them (an error in CI).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+
+use arca_tests::build::{busybox_available, Scratch};
+use arca_tests::daemon::running_as_root;
+use arca_tests::ssh::{sshd_available, Sshd};
+use arca_tests::store::{assert_arca_verify_clean, lines};
+use arca_tests::{arca_bin, nix_available, NIX_CONFIG};
+use serde_json::Value;
+
+fn tools_available(test: &str) -> bool {
+    if !running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (sshd logs in as root)");
+        return false;
+    }
+    nix_available(test) && busybox_available(test) && sshd_available(test)
+}
+
+/// `arca --store STORE ARGS` with `NIX_SSHOPTS` reaching `sshd` (whatever the exit
+/// status); `STORE` is a local root or a URL.
+fn arca_over_ssh(sshd: &Sshd, store: &str, args: &[&str]) -> Output {
+    Command::new(arca_bin())
+        .env("NIX_SSHOPTS", sshd.ssh_opts())
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .args(["--store", store])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("arca can be spawned")
+}
+
+fn ok(output: Output, context: &str) -> Vec<u8> {
+    assert!(
+        output.status.success(),
+        "{context}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// What two views of one path must agree on: path, NAR hash and size, references,
+/// content address.
+type Essentials = (String, String, u64, Vec<String>, Option<String>);
+
+fn essentials(info: &Value) -> Essentials {
+    let refs = info["references"]
+        .as_array()
+        .map(|refs| {
+            refs.iter()
+                .map(|r| r.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        info["path"].as_str().unwrap().to_owned(),
+        info["narHash"].as_str().unwrap().to_owned(),
+        info["narSize"].as_u64().unwrap(),
+        refs,
+        info["ca"].as_str().map(str::to_owned),
+    )
+}
+
+fn by_path(infos: &[Value]) -> BTreeMap<String, Essentials> {
+    infos
+        .iter()
+        .map(essentials)
+        .map(|info| (info.0.clone(), info))
+        .collect()
+}
+
+/// The ssh URL of the Nix store in `machine`'s Nix root, reached as root.
+fn nix_machine(scheme: &str, machine: &Scratch) -> String {
+    let program = if scheme == "ssh" {
+        "nix-store"
+    } else {
+        "nix-daemon"
+    };
+    format!(
+        "{scheme}://root@localhost?remote-program={program}&remote-store={}",
+        machine.nix_uri()
+    )
+}
+
+/// The ssh URL of the Arca store in `machine`'s Arca root.
+fn arca_machine(scheme: &str, machine: &Scratch) -> String {
+    format!(
+        "{scheme}://root@localhost?remote-program={}&remote-store={}",
+        arca_bin().display(),
+        machine.arca_root().display()
+    )
+}
+
+#[test]
+fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
+    let test = "store_commands_and_copies_work_over_ssh_and_ssh_ng";
+    if !tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    // A machine with real Nix, which has built a small graph.
+    let machine = Scratch::new();
+    let drvs = machine.instantiate("graphs.nix", &[], &["chatty", "top"]);
+    let outputs = machine.nix_realise(&drvs.iter().map(String::as_str).collect::<Vec<_>>());
+    let output_args: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let closure =
+        lines(&machine.nix_store(&[&["--query", "--requisites"][..], &output_args].concat()));
+    let closure_args: Vec<&str> = closure.iter().map(String::as_str).collect();
+    let expected = by_path(&machine.nix_path_info(&closure_args));
+    let export = machine.nix_store(&[&["--export"][..], &closure_args].concat());
+
+    for scheme in ["ssh", "ssh-ng"] {
+        let url = nix_machine(scheme, &machine);
+        let local = Scratch::new();
+        let local_root = local.arca_root().to_str().unwrap().to_owned();
+        // Queries and dumps of the machine's store, as Nix sees it there.
+        let json = ok(
+            arca_over_ssh(
+                &sshd,
+                &url,
+                &[&["path-info", "--json", "-r"][..], &output_args].concat(),
+            ),
+            scheme,
+        );
+        let infos: Vec<Value> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(by_path(&infos), expected, "{scheme}: path-info -r");
+        let exported = ok(
+            arca_over_ssh(
+                &sshd,
+                &url,
+                &[&["store", "export"][..], &closure_args].concat(),
+            ),
+            scheme,
+        );
+        assert!(
+            exported == export,
+            "{scheme}: store export differs from nix-store --export"
+        );
+
+        // Pull the closures into a local Arca store: unsigned, so only with
+        // --no-check-sigs (the settings require signatures).
+        let refused = arca_over_ssh(
+            &sshd,
+            &local_root,
+            &[&["copy", "--from", &url][..], &output_args].concat(),
+        );
+        assert!(
+            !refused.status.success(),
+            "{scheme}: unsigned paths were taken"
+        );
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("lacks a signature by a trusted key"),
+            "{scheme}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        ok(
+            arca_over_ssh(
+                &sshd,
+                &local_root,
+                &[
+                    &["copy", "--no-check-sigs", "--from", &url][..],
+                    &output_args,
+                ]
+                .concat(),
+            ),
+            scheme,
+        );
+        assert_eq!(
+            by_path(&local.arca_path_info(&closure_args)),
+            expected,
+            "{scheme}: pulled"
+        );
+        assert_arca_verify_clean(&local.arca_root(), scheme);
+
+        // Push them to an Arca machine, then from there to a fresh Nix machine, which
+        // verifies what it got.
+        let arca_box = Scratch::new();
+        let to_arca = arca_machine(scheme, &arca_box);
+        ok(
+            arca_over_ssh(
+                &sshd,
+                &local_root,
+                &[
+                    &["copy", "--no-check-sigs", "--to", &to_arca][..],
+                    &output_args,
+                ]
+                .concat(),
+            ),
+            scheme,
+        );
+        assert_eq!(
+            by_path(&arca_box.arca_path_info(&closure_args)),
+            expected,
+            "{scheme}: pushed"
+        );
+        let nix_box = Scratch::new();
+        ok(
+            arca_over_ssh(
+                &sshd,
+                arca_box.arca_root().to_str().unwrap(),
+                &[
+                    &[
+                        "copy",
+                        "--no-check-sigs",
+                        "--to",
+                        &nix_machine(scheme, &nix_box),
+                    ][..],
+                    &output_args,
+                ]
+                .concat(),
+            ),
+            scheme,
+        );
+        assert_eq!(
+            by_path(&nix_box.nix_path_info(&closure_args)),
+            expected,
+            "{scheme}: on Nix"
+        );
+        nix_box.nix_store(&["--verify", "--check-contents"]);
+        // Copying again sends nothing.
+        let again = arca_over_ssh(
+            &sshd,
+            arca_box.arca_root().to_str().unwrap(),
+            &[
+                &[
+                    "copy",
+                    "--no-check-sigs",
+                    "--to",
+                    &nix_machine(scheme, &nix_box),
+                ][..],
+                &output_args,
+            ]
+            .concat(),
+        );
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            again.status.success() && stderr.contains("copied 0 paths"),
+            "{scheme}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn nix_sshopts_reach_a_host_alias_of_an_ssh_config() {
+    let test = "nix_sshopts_reach_a_host_alias_of_an_ssh_config";
+    if !tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    let config = ssh_dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host builder\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  \
+             BatchMode yes\n",
+            sshd.port(),
+            sshd.client_key().display(),
+            ssh_dir.path().join("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    let machine = Scratch::new();
+    let url = format!(
+        "ssh://builder?remote-program={}&remote-store={}",
+        arca_bin().display(),
+        machine.arca_root().display()
+    );
+    let bb = machine.add_busybox_to_arca();
+    let output = Command::new(arca_bin())
+        .env("NIX_SSHOPTS", format!("-F {}", config.display()))
+        .args(["--store", &url, "path-info", &bb])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\nsshd: {}",
+        String::from_utf8_lossy(&output.stderr),
+        sshd.log()
+    );
+    assert_eq!(lines(&output.stdout), [bb]);
+}
+
+#[test]
+fn bad_ssh_store_urls_are_refused_by_name() {
+    for (url, words) in [
+        ("ssh://h?frobnicate=1", "unknown parameter 'frobnicate'"),
+        ("ssh-ng://-oProxyCommand=evil", "invalid SSH host name"),
+        ("ssh://h?compress=maybe", "compress must be true or false"),
+    ] {
+        let output = Command::new(arca_bin())
+            .args(["--store", url, "path-info"])
+            .arg("/nix/store/00000000000000000000000000000000-x")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url}");
+        assert!(stderr.contains(words), "{url}: {stderr}");
+    }
+}
+
+/// The host `localhost` (no user) runs the remote program directly, as Nix does: no
+/// ssh, no server needed.
+#[test]
+fn localhost_runs_the_remote_program_without_ssh() {
+    let test = "localhost_runs_the_remote_program_without_ssh";
+    if !busybox_available(test) {
+        return;
+    }
+    let machine = Scratch::new();
+    let bb = machine.add_busybox_to_arca();
+    let local = Scratch::new();
+    for scheme in ["ssh", "ssh-ng"] {
+        let url = format!(
+            "{scheme}://localhost?remote-program={}&remote-store={}",
+            arca_bin().display(),
+            machine.arca_root().display()
+        );
+        let output = local
+            .arca_cmd()
+            .env("NIX_SSHOPTS", "-o ProxyCommand=false")
+            .env("PATH", "/usr/bin:/bin")
+            .args(["copy", "--no-check-sigs", "--from", &url, &bb])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{scheme}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(local.arca_registered(&bb), "{scheme}");
+        std::fs::remove_dir_all(local.arca_root()).unwrap();
+    }
+}
