@@ -149,6 +149,28 @@ pub fn substitutes_allowed(drv: &Derivation) -> bool {
     drv.env.get("allowSubstitutes").is_none_or(|v| v == "1")
 }
 
+/// The derivation's `requiredSystemFeatures` (a list with structured attributes, else
+/// words).
+pub fn required_system_features(drv: &Derivation) -> BTreeSet<String> {
+    match drv.env.get("__json") {
+        Some(json) => serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|attrs| {
+                attrs.get("requiredSystemFeatures")?.as_array().map(|list| {
+                    list.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+            })
+            .unwrap_or_default(),
+        None => drv
+            .env
+            .get("requiredSystemFeatures")
+            .map(|words| words.split_ascii_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
+    }
+}
+
 /// Whether `drv` asks to be built locally rather than on a remote builder
 /// (`preferLocalBuild`).
 pub fn prefers_local_build(drv: &Derivation) -> bool {

@@ -237,6 +237,7 @@ impl Job<'_> {
         );
         (self.emit)(BuildEvent::Started {
             drv: self.drv_path.clone(),
+            machine: None,
         });
         let drv_path = self.drv_path.clone();
         let emit = self.emit;
@@ -338,24 +339,7 @@ impl Job<'_> {
 
     /// The derivation's `requiredSystemFeatures`.
     fn required_features(&self) -> BTreeSet<String> {
-        match self.drv.env.get("__json") {
-            Some(json) => serde_json::from_str::<serde_json::Value>(json)
-                .ok()
-                .and_then(|attrs| {
-                    attrs.get("requiredSystemFeatures")?.as_array().map(|list| {
-                        list.iter()
-                            .filter_map(|v| v.as_str().map(String::from))
-                            .collect()
-                    })
-                })
-                .unwrap_or_default(),
-            None => self
-                .drv
-                .env
-                .get("requiredSystemFeatures")
-                .map(|words| words.split_ascii_whitespace().map(String::from).collect())
-                .unwrap_or_default(),
-        }
+        crate::environment::required_system_features(self.drv)
     }
 
     /// Runs a builtin builder (`builtin:buildenv`) here, writing its output into the

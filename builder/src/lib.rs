@@ -58,12 +58,14 @@ mod fetchurl;
 mod job;
 mod log;
 mod pending;
+mod remote;
 mod rewrite;
 mod scheduler;
 mod structured_attrs;
 mod substitution;
 mod types;
 
+pub use arca_store_core::machines::{Machine, MachinesError};
 pub use arca_store_core::settings::{SandboxMode, SettingError, Settings, SettingsError};
 pub use arca_store_core::BuildEvent;
 pub use build_user::{BuildUsers, IDS_PER_SLOT};

@@ -1,5 +1,6 @@
 //! The goal graph and its scheduler: find what must be built, then build it in
-//! dependency order with up to `max_jobs` builds at once, each derivation once.
+//! dependency order with up to `max_jobs` builds at once here, and as many as their
+//! slots allow on remote machines ([`crate::remote`]), each derivation once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;
@@ -11,6 +12,7 @@ use arca_store_sqlite::{LocalStore, PublishedPaths};
 
 use crate::job::{Job, JobOutcome};
 use crate::pending::Pending;
+use crate::remote::{Machines, Placement, RemoteFailure};
 use arca_store_core::BuildEvent;
 
 use crate::types::{BuildError, BuildOptions, BuildResult, BuildTarget};
@@ -99,8 +101,12 @@ fn run(
             .collect(),
     );
     let (commits, commit_queue) = mpsc::channel::<Commit>();
-    let workers = options.max_jobs.max(1).min(to_build.max(1));
+    let machines = Machines::new(&options.machines, store.state_dir());
+    let workers = (options.max_jobs + machines.slots())
+        .max(1)
+        .min(to_build.max(1));
     let shared = Shared {
+        machines: &machines,
         store,
         graph: &graph,
         options,
@@ -385,6 +391,8 @@ struct State {
     ready: VecDeque<StorePath>,
     dependents: BTreeMap<StorePath, Vec<StorePath>>,
     running: usize,
+    /// Of those, the ones building here (at most `max_jobs`).
+    local_running: usize,
     /// Ready derivations whose outputs another process was building when last tried:
     /// others are started first, and only when every ready one is busy does a worker
     /// wait for one of them (so that several clients building the same graph build its
@@ -418,6 +426,7 @@ impl State {
             ready,
             dependents,
             running: 0,
+            local_running: 0,
             busy: BTreeSet::new(),
             stopped: false,
             not_built: BTreeMap::new(),
@@ -465,6 +474,8 @@ impl State {
 #[derive(Clone, Copy)]
 struct Shared<'a> {
     store: &'a LocalStore,
+    /// Remote machines and their connections.
+    machines: &'a Machines,
     graph: &'a Graph,
     options: &'a BuildOptions,
     state: &'a Mutex<State>,
@@ -640,7 +651,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         ..
     } = *shared;
     loop {
-        let (drv_path, wait_for_locks) = {
+        let (drv_path, wait_for_locks, placement) = {
             let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if guard.stopped && guard.running == 0 {
@@ -648,12 +659,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                     return;
                 }
                 if !guard.stopped {
-                    let free = guard.ready.iter().position(|drv| !guard.busy.contains(drv));
-                    let picked = match free {
-                        Some(index) => guard.ready.remove(index).map(|drv| (drv, false)),
-                        None => guard.ready.pop_front().map(|drv| (drv, true)),
-                    };
-                    if let Some(next) = picked {
+                    if let Some(next) = pick(shared, &mut guard) {
                         guard.running += 1;
                         break next;
                     }
@@ -664,14 +670,42 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                     wake.notify_all();
                     return;
                 }
-                guard = wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+                guard = if guard.ready.is_empty() || guard.stopped {
+                    wake.wait(guard).unwrap_or_else(|p| p.into_inner())
+                } else {
+                    // Ready work waits for a slot, which another process may free:
+                    // look again now and then.
+                    wake.wait_timeout(guard, std::time::Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                };
             }
         };
+        match placement {
+            Placement::Local => {}
+            Placement::Remote { index, slot } => {
+                build_remotely(shared, emit, drv_path, index, slot);
+                continue;
+            }
+            Placement::Nowhere(message) => {
+                let drv = store.store_dir().display(&drv_path);
+                fail(
+                    shared,
+                    emit,
+                    &drv_path,
+                    BuildError::NoMachine { drv, message },
+                );
+                continue;
+            }
+            // `pick` places every derivation it hands out.
+            Placement::Wait => {}
+        }
         let node = &graph.nodes[&drv_path];
         let resolved = if node.resolves(options) {
             match resolve(shared, node) {
                 Ok(resolved) => Some(resolved),
                 Err(error) => {
+                    release_local_slot(shared);
                     fail(shared, emit, &drv_path, error);
                     continue;
                 }
@@ -766,6 +800,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 // Back in the queue, tried again after the others.
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
                 guard.running -= 1;
+                guard.local_running -= 1;
                 guard.busy.insert(drv_path.clone());
                 guard.ready.push_back(drv_path);
                 wake.notify_all();
@@ -799,6 +834,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         }
         let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
         guard.running -= 1;
+        guard.local_running -= 1;
         // Other processes may have finished too: try every ready one again.
         guard.busy.clear();
         if ok {
@@ -811,6 +847,151 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         // Whatever waited for this build may start on another worker meanwhile.
         drop(leftovers);
     }
+}
+
+/// The next ready derivation that can start now, and where: those whose outputs no
+/// other process was building first; a derivation no machine fits is handed out to be
+/// failed. Counts a local slot taken.
+fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Placement)> {
+    let options = shared.options;
+    let local_free = state.local_running < options.max_jobs;
+    let (free, busy): (Vec<usize>, Vec<usize>) =
+        (0..state.ready.len()).partition(|&i| !state.busy.contains(&state.ready[i]));
+    for index in free.into_iter().chain(busy) {
+        let drv_path = &state.ready[index];
+        let node = &shared.graph.nodes[drv_path];
+        // A machine gets what it can build from the derivation alone: outputs known
+        // in advance, nothing to resolve first.
+        let remote_ok = !node.resolves(options)
+            && matches!(
+                node.kind,
+                DerivationKind::InputAddressed | DerivationKind::Fixed
+            );
+        let placement = shared.machines.place(
+            &node.drv,
+            drv_path,
+            shared.store.store_dir(),
+            options.max_jobs,
+            local_free,
+            &options.system_features,
+            remote_ok,
+        );
+        if matches!(placement, Placement::Wait) {
+            continue;
+        }
+        let wait_for_locks = state.busy.contains(drv_path);
+        let drv_path = state.ready.remove(index)?;
+        if matches!(placement, Placement::Local) {
+            state.local_running += 1;
+        }
+        return Some((drv_path, wait_for_locks, placement));
+    }
+    None
+}
+
+/// Gives back the local slot of a build that ends before its job ran.
+fn release_local_slot(shared: &Shared<'_>) {
+    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    guard.local_running -= 1;
+}
+
+/// Builds `drv_path` on machine `index` (holding `slot` until done): its outputs
+/// copied back and registered here, or the step failed; when the machine failed rather
+/// than the build, the step goes back to the ready queue for another machine.
+fn build_remotely(
+    shared: &Shared<'_>,
+    emit: &(dyn Fn(BuildEvent) + Sync),
+    drv_path: StorePath,
+    index: usize,
+    slot: nix::fcntl::Flock<std::fs::File>,
+) {
+    let Shared {
+        store,
+        graph,
+        options,
+        state,
+        wake,
+        finished,
+        ..
+    } = *shared;
+    let node = &graph.nodes[&drv_path];
+    let display = store.store_dir().display(&drv_path);
+    // Its inputs: the sources and the wanted outputs of its input derivations.
+    let mut inputs = node.drv.input_srcs.clone();
+    {
+        let realised = shared.realised.lock().unwrap_or_else(|p| p.into_inner());
+        for (input, wanted) in &node.drv.input_drvs {
+            if let Some(outputs) = realised.get(input) {
+                inputs.extend(
+                    outputs
+                        .iter()
+                        .filter(|(name, _)| wanted.is_empty() || wanted.contains(*name))
+                        .map(|(_, path)| path.clone()),
+                );
+            }
+        }
+    }
+    // What the machine is told of this run's limits.
+    let settings = arca_store_core::Settings {
+        timeout: options.timeout.map_or(0, |t| t.as_secs()),
+        max_silent_time: options.max_silent_time.map_or(0, |t| t.as_secs()),
+        max_log_size: options.max_log_size.unwrap_or(0),
+        keep_failed: options.keep_failed,
+        ..Default::default()
+    };
+    emit(BuildEvent::Started {
+        drv: drv_path.clone(),
+        machine: Some(shared.machines.uri(index).to_owned()),
+    });
+    let outcome = shared
+        .machines
+        .build(index, store, &drv_path, &node.drv, &inputs, &settings, emit);
+    drop(slot);
+    let result = match outcome {
+        Ok(outputs) => {
+            emit(BuildEvent::Built {
+                drv: drv_path.clone(),
+                outputs: outputs.clone(),
+            });
+            shared
+                .realised
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(drv_path.clone(), outputs.clone());
+            BuildResult::Built(outputs)
+        }
+        Err(RemoteFailure::MachineDown) => {
+            // Elsewhere, then: the machine is marked down.
+            let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+            guard.running -= 1;
+            guard.ready.push_front(drv_path);
+            wake.notify_all();
+            return;
+        }
+        Err(RemoteFailure::Build(message) | RemoteFailure::Local(message)) => failed(
+            emit,
+            &drv_path,
+            BuildError::Remote {
+                drv: display,
+                machine: shared.machines.uri(index).to_owned(),
+                message,
+            },
+        ),
+    };
+    let ok = !matches!(result, BuildResult::Failed(_));
+    finished
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((drv_path.clone(), result));
+    let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+    guard.running -= 1;
+    guard.busy.clear();
+    if ok {
+        guard.succeeded(&drv_path);
+    } else {
+        guard.failed(&drv_path, options.keep_going);
+    }
+    wake.notify_all();
 }
 
 /// Reports `drv` failed.

@@ -96,6 +96,9 @@ pub struct BuildOptions {
     pub impure_derivations: bool,
     /// Binary caches to substitute from before building ([`crate::Substitution`]).
     pub substitution: crate::Substitution,
+    /// Remote machines to build on (Nix's `builders`), besides the `max_jobs` local
+    /// slots; with `max_jobs` 0, builds run on them only.
+    pub machines: Vec<crate::Machine>,
 }
 
 impl Default for BuildOptions {
@@ -125,6 +128,7 @@ impl Default for BuildOptions {
             ca_derivations: false,
             impure_derivations: false,
             substitution: crate::Substitution::default(),
+            machines: Vec::new(),
         }
     }
 }
@@ -203,6 +207,24 @@ pub enum BuildError {
         drv: String,
         #[source]
         source: Box<arca_cache::CacheError>,
+    },
+    /// No machine (this one included) can build the derivation: the message lists
+    /// the machines and why each does not fit, as Nix's.
+    #[error("{message}")]
+    NoMachine {
+        /// The `.drv` path.
+        drv: String,
+        message: String,
+    },
+    /// The build failed on a remote machine (Nix's words).
+    #[error("build of '{drv}' on '{machine}' failed: {message}")]
+    Remote {
+        /// The `.drv` path.
+        drv: String,
+        /// The machine's store URI.
+        machine: String,
+        /// What the machine said.
+        message: String,
     },
     /// An input the derivation needs is not valid.
     #[error("cannot build '{drv}': input '{input}' is not valid")]
@@ -436,7 +458,8 @@ impl BuildOptions {
         let seconds = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let defaults = BuildOptions::default();
         Ok(BuildOptions {
-            max_jobs: settings.max_jobs.max(1),
+            max_jobs: settings.max_jobs,
+            machines: crate::Machine::parse_all(&settings.builders, &settings.system)?,
             cores: if settings.cores == 0 {
                 defaults.cores
             } else {

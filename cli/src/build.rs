@@ -22,9 +22,15 @@ pub struct BuildArgs {
     /// `.drv` paths, optionally with outputs: `DRV^out,dev` (or `DRV!out`).
     #[arg(required = true)]
     derivations: Vec<String>,
-    /// Builds at once (default: the max-jobs setting, 1 unless nix.conf says otherwise).
+    /// Builds at once here (default: the max-jobs setting, 1 unless nix.conf says
+    /// otherwise); 0 builds on the --builders machines only.
     #[arg(long, short = 'j')]
     max_jobs: Option<usize>,
+    /// Remote machines to build on, in Nix's machines format (`URI SYSTEMS KEY MAX-JOBS
+    /// SPEED FEATURES MANDATORY HOST-KEY`, lines separated by `;`, `@FILE` for a file;
+    /// default: the builders setting, `@/etc/nix/machines`).
+    #[arg(long, value_name = "MACHINES")]
+    builders: Option<String>,
     /// NIX_BUILD_CORES of each builder (default: the number of CPUs).
     #[arg(long)]
     cores: Option<u32>,
@@ -73,6 +79,9 @@ pub fn build(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     settings.keep_failed |= args.keep_failed;
     if let Some(max_jobs) = args.max_jobs {
         settings.max_jobs = max_jobs;
+    }
+    if let Some(builders) = &args.builders {
+        settings.builders.clone_from(builders);
     }
     if let Some(cores) = args.cores {
         settings.cores = cores;
@@ -257,8 +266,14 @@ impl Display {
                     });
                 }
             }
-            BuildEvent::Started { drv } => {
-                self.say(&format!("building '{}'...", store_dir.display(drv)));
+            BuildEvent::Started { drv, machine } => {
+                match machine {
+                    Some(machine) => self.say(&format!(
+                        "building '{}' on '{machine}'...",
+                        store_dir.display(drv)
+                    )),
+                    None => self.say(&format!("building '{}'...", store_dir.display(drv))),
+                }
                 self.running.insert(name(drv));
             }
             BuildEvent::Log { drv, line } => {

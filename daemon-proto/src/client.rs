@@ -606,40 +606,7 @@ impl DaemonClient {
             let mut results = Vec::new();
             for index in 0..count as usize {
                 connection.from.read_string("derived path")?;
-                let status = connection.from.read_u64()?;
-                let message = connection.from.read_string("error message")?;
-                if version >= 29 {
-                    for _ in 0..4 {
-                        connection.from.read_u64()?;
-                    }
-                }
-                if version >= 37 {
-                    for _ in 0..2 {
-                        if connection.from.read_u64()? == 1 {
-                            connection.from.read_u64()?;
-                        }
-                    }
-                }
-                let mut outputs = Vec::new();
-                if version >= 28 {
-                    let count = connection.from.read_list_len("built outputs")?;
-                    for _ in 0..count {
-                        connection.from.read_string("output id")?;
-                        let json = connection.from.read_string("realisation")?;
-                        let realisation = Realisation::from_json(&json)
-                            .map_err(|error| ClientError::BadReply(error.to_string()))?;
-                        outputs.push(realisation);
-                    }
-                }
-                // Built, substituted, already valid, resolved (0, 1, 2, 13) succeed.
-                let result = match status {
-                    0 | 1 | 2 | 13 => Ok(Built {
-                        now: status == 0,
-                        outputs,
-                        timing: None,
-                    }),
-                    _ => Err(message),
-                };
+                let result = connection.read_build_result()?;
                 if let Some(target) = targets.get(index) {
                     results.push((target.clone(), result));
                 }
@@ -652,6 +619,30 @@ impl DaemonClient {
                 )));
             }
             Ok(results)
+        })
+    }
+
+    /// `BuildDerivation`: `drv` sent whole under `drv_path` (what a remote builder
+    /// gets: its inputs are there already); `on_log` hears the build's log.
+    pub(crate) fn send_build_derivation(
+        &self,
+        drv_path: &StorePath,
+        drv: &arca_store_core::Derivation,
+        mode: BuildMode,
+        on_log: &mut dyn FnMut(DaemonLog),
+    ) -> Result<Result<Built, String>, ClientError> {
+        self.with(|connection, store_dir| {
+            connection.to.write_u64(Op::BuildDerivation as u64)?;
+            connection.to.write_str(&store_dir.display(drv_path))?;
+            crate::serve_client::write_basic_derivation(&mut connection.to, store_dir, drv)?;
+            connection.to.write_u64(match mode {
+                BuildMode::Normal => protocol::build_mode::NORMAL,
+                BuildMode::Repair => protocol::build_mode::REPAIR,
+                BuildMode::Check => protocol::build_mode::CHECK,
+            })?;
+            connection.to.flush()?;
+            connection.process_stderr_logged(None, on_log)?;
+            connection.read_build_result()
         })
     }
 
@@ -690,6 +681,47 @@ impl DaemonClient {
 }
 
 impl Connection {
+    /// A build result in the agreed version's shape: status, message, then times built,
+    /// non-determinism and start and stop times (1.29), CPU times (1.37), the outputs'
+    /// realisations (1.28).
+    fn read_build_result(&mut self) -> Result<Result<Built, String>, ClientError> {
+        let version = minor(self.version);
+        let status = self.from.read_u64()?;
+        let message = self.from.read_string("error message")?;
+        if version >= 29 {
+            for _ in 0..4 {
+                self.from.read_u64()?;
+            }
+        }
+        if version >= 37 {
+            for _ in 0..2 {
+                if self.from.read_u64()? == 1 {
+                    self.from.read_u64()?;
+                }
+            }
+        }
+        let mut outputs = Vec::new();
+        if version >= 28 {
+            let count = self.from.read_list_len("built outputs")?;
+            for _ in 0..count {
+                self.from.read_string("output id")?;
+                let json = self.from.read_string("realisation")?;
+                let realisation = Realisation::from_json(&json)
+                    .map_err(|error| ClientError::BadReply(error.to_string()))?;
+                outputs.push(realisation);
+            }
+        }
+        // Built, substituted, already valid, resolved (0, 1, 2, 13) succeed.
+        Ok(match status {
+            0 | 1 | 2 | 13 => Ok(Built {
+                now: status == 0,
+                outputs,
+                timing: None,
+            }),
+            _ => Err(message),
+        })
+    }
+
     /// Reads log messages until `STDERR_LAST` (or the daemon's error), answering the
     /// daemon's requests for data (`STDERR_READ`, old protocols) from `source`.
     fn process_stderr(&mut self, source: Option<&mut dyn Read>) -> Result<(), ClientError> {

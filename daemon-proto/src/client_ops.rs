@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use arca_store_core::derivation::Derivation;
 use arca_store_core::{
-    export, AddProgress, AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, DerivedPath,
-    DrvOutput, FindRoots, GcAction, GcOptions, GcProgress, GcReport, HashAlgo, Hasher,
-    OptimiseProgress, OptimiseReport, PathInfo, Realisation, Settings, Store, StoreOpError,
-    StoreOps, StorePath, VerifyOptions, VerifyOutcome,
+    export, AddProgress, AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, Built,
+    DerivedPath, DrvOutput, FindRoots, GcAction, GcOptions, GcProgress, GcReport, HashAlgo, Hasher,
+    OptimiseProgress, OptimiseReport, PathInfo, Realisation, Settings, Store, StoreDir,
+    StoreOpError, StoreOps, StorePath, VerifyOptions, VerifyOutcome,
 };
 
 use crate::client::{ClientError, DaemonClient, DaemonLog};
@@ -125,22 +125,29 @@ impl StoreOps for DaemonClient {
         events: &mut dyn FnMut(&BuildEvent),
     ) -> Result<BuildOutcomes, StoreOpError> {
         let store_dir = self.store_dir().clone();
-        let drv_path = |text: &str| store_dir.parse_path(text).ok();
         DaemonClient::send_build_paths(self, targets, mode, &mut |log| {
-            let event = match log {
-                DaemonLog::BuildStarted { drv } => match drv_path(&drv) {
-                    Some(drv) => BuildEvent::Started { drv },
-                    None => return,
-                },
-                DaemonLog::BuildLine { drv, line } => match drv_path(&drv) {
-                    Some(drv) => BuildEvent::Log { drv, line },
-                    None => BuildEvent::Message {
-                        text: format!("{line}\n"),
-                    },
-                },
-                DaemonLog::Message(text) => BuildEvent::Message { text },
-            };
-            events(&event);
+            if let Some(event) = log_event(&store_dir, log) {
+                events(&event);
+            }
+        })
+        .map_err(failed)
+    }
+
+    /// The daemon builds `drv` as sent, if it trusts this client (a remote builder's
+    /// `nix-daemon --stdio` or `arca daemon --stdio` does).
+    fn build_derivation(
+        &self,
+        drv_path: &StorePath,
+        drv: &Derivation,
+        mode: BuildMode,
+        _settings: &Settings,
+        events: &mut dyn FnMut(&BuildEvent),
+    ) -> Result<Result<Built, String>, StoreOpError> {
+        let store_dir = self.store_dir().clone();
+        DaemonClient::send_build_derivation(self, drv_path, drv, mode, &mut |log| {
+            if let Some(event) = log_event(&store_dir, log) {
+                events(&event);
+            }
         })
         .map_err(failed)
     }
@@ -406,4 +413,22 @@ impl Write for SpoolAndHash<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.spool.flush()
     }
+}
+
+/// A daemon's log message as a build event (`None`: nothing to tell).
+fn log_event(store_dir: &StoreDir, log: DaemonLog) -> Option<BuildEvent> {
+    let drv_path = |text: &str| store_dir.parse_path(text).ok();
+    Some(match log {
+        DaemonLog::BuildStarted { drv } => BuildEvent::Started {
+            drv: drv_path(&drv)?,
+            machine: None,
+        },
+        DaemonLog::BuildLine { drv, line } => match drv_path(&drv) {
+            Some(drv) => BuildEvent::Log { drv, line },
+            None => BuildEvent::Message {
+                text: format!("{line}\n"),
+            },
+        },
+        DaemonLog::Message(text) => BuildEvent::Message { text },
+    })
 }

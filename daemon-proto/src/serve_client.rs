@@ -80,17 +80,23 @@ impl std::fmt::Debug for ServeClient {
 impl ServeClient {
     /// Opens the `ssh://` store `url`: runs its remote program through ssh and greets
     /// it. The remote program's standard error (its messages, builds' logs) goes where
-    /// `stderr` says.
+    /// `stderr` says (see [`SshStoreUrl::open_with_stderr`] to read it).
     pub fn open(url: &SshStoreUrl, stderr: Stdio) -> Result<ServeClient, ServeClientError> {
         let (process, stdout, stdin) = url.spawn(stderr)?;
-        let mut client = ServeClient::handshake(
+        Ok(ServeClient::handshake(
             Box::new(stdout),
             Box::new(stdin),
             StoreDir::default(),
             &url.display(),
-        )?;
-        client._transport = Some(process);
-        Ok(client)
+        )?
+        .with_transport(process))
+    }
+
+    /// Keeps `process` (what carries the stream) alive as long as this client, ended
+    /// after the connection is closed.
+    pub fn with_transport(mut self, process: SshProcess) -> ServeClient {
+        self._transport = Some(process);
+        self
     }
 
     /// Greets a serve-protocol server on an open byte stream; `host` names it in

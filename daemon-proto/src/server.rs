@@ -1429,7 +1429,7 @@ impl BuildActivities {
         event: &BuildEvent,
     ) -> io::Result<()> {
         match event {
-            BuildEvent::Started { drv } => {
+            BuildEvent::Started { drv, machine } => {
                 self.next += 1;
                 let id = self.next;
                 self.running.insert(drv.clone(), id);
@@ -1438,13 +1438,16 @@ impl BuildActivities {
                 to.write_u64(id)?;
                 to.write_u64(LVL_INFO)?;
                 to.write_u64(ACT_BUILD)?;
-                to.write_str(&format!("building '{path}'"))?;
+                match machine {
+                    Some(machine) => to.write_str(&format!("building '{path}' on '{machine}'"))?,
+                    None => to.write_str(&format!("building '{path}'"))?,
+                }
                 // Fields: the derivation, the machine (local: empty), round 1 of 1.
                 to.write_u64(4)?;
                 to.write_u64(1)?;
                 to.write_str(&path)?;
                 to.write_u64(1)?;
-                to.write_str("")?;
+                to.write_str(machine.as_deref().unwrap_or_default())?;
                 to.write_u64(0)?;
                 to.write_u64(1)?;
                 to.write_u64(0)?;

@@ -15,7 +15,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 
 /// Which protocol an ssh store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +192,7 @@ impl SshStoreUrl {
             });
         };
         let process = SshProcess {
+            stderr: child.stderr.take(),
             child: Some(child),
             _host_key_file: host_key_file,
         };
@@ -221,7 +222,15 @@ pub enum SshError {
 /// remote program ends), then killed if it lingers.
 pub struct SshProcess {
     child: Option<Child>,
+    stderr: Option<ChildStderr>,
     _host_key_file: Option<tempfile::NamedTempFile>,
+}
+
+impl SshProcess {
+    /// Its standard error, when it was spawned with it piped (once).
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.stderr.take()
+    }
 }
 
 impl Drop for SshProcess {
@@ -372,10 +381,35 @@ impl SshStoreUrl {
     /// Connects: starts the remote program and greets it in the URL's protocol. Its
     /// standard error (messages; builds' logs over `ssh://`) goes where `stderr` says.
     pub fn open(&self, stderr: Stdio) -> Result<SshStore, SshStoreError> {
+        Ok(self.open_with_stderr(stderr)?.0)
+    }
+
+    /// [`SshStoreUrl::open`], also handing out the remote program's standard error when
+    /// `stderr` is [`Stdio::piped`]. It is taken before the greeting, so a reader of it
+    /// hears why a greeting failed.
+    pub fn open_with_stderr(
+        &self,
+        stderr: Stdio,
+    ) -> Result<(SshStore, Option<ChildStderr>), SshStoreError> {
         match self.protocol {
-            SshProtocol::Serve => Ok(SshStore::Serve(crate::ServeClient::open(self, stderr)?)),
+            SshProtocol::Serve => {
+                let (mut process, stdout, stdin) =
+                    self.spawn(stderr).map_err(|source| SshStoreError::Ssh {
+                        url: self.display(),
+                        source,
+                    })?;
+                let piped = process.take_stderr();
+                let client = crate::ServeClient::handshake(
+                    Box::new(stdout),
+                    Box::new(stdin),
+                    arca_store_core::StoreDir::default(),
+                    &self.display(),
+                )?
+                .with_transport(process);
+                Ok((SshStore::Serve(client), piped))
+            }
             SshProtocol::Worker => {
-                let (process, stdout, stdin) =
+                let (mut process, stdout, stdin) =
                     self.spawn(stderr).map_err(|source| SshStoreError::Ssh {
                         url: self.display(),
                         source,
@@ -390,7 +424,11 @@ impl SshStoreUrl {
                     url: self.display(),
                     source,
                 })?;
-                Ok(SshStore::Worker(client.with_transport(Box::new(process))))
+                let piped = process.take_stderr();
+                Ok((
+                    SshStore::Worker(client.with_transport(Box::new(process))),
+                    piped,
+                ))
             }
         }
     }

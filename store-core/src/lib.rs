@@ -43,6 +43,7 @@ pub mod copy;
 pub mod derivation;
 pub mod export;
 pub mod hash;
+pub mod machines;
 pub mod ops;
 pub mod path_info;
 pub mod realisation;

@@ -30,6 +30,8 @@ pub enum BuildEvent {
     Started {
         /// The derivation.
         drv: StorePath,
+        /// The remote machine it runs on (its store URI), or `None`: here.
+        machine: Option<String>,
     },
     /// One line of a builder's output (escape sequences filtered).
     Log {

@@ -34,8 +34,14 @@ pub struct Settings {
     pub keep_failed: bool,
     /// `keep-going`.
     pub keep_going: bool,
-    /// `max-jobs` (`auto`: the number of CPUs; default 1).
+    /// `max-jobs` (`auto`: the number of CPUs; default 1; 0 builds on `builders` only).
     pub max_jobs: usize,
+    /// `builders`: remote machines, in Nix's machines format (`;` or newline separated
+    /// lines, `@FILE` for a file of them; default `@/etc/nix/machines`).
+    pub builders: String,
+    /// `builders-use-substitutes`: remote machines substitute missing inputs themselves
+    /// rather than receive them.
+    pub builders_use_substitutes: bool,
     /// `cores` (0: every CPU; the default).
     pub cores: u32,
     /// `fallback`: build a derivation whose outputs fail to substitute.
@@ -100,6 +106,8 @@ impl Default for Settings {
             keep_failed: false,
             keep_going: false,
             max_jobs: 1,
+            builders: "@/etc/nix/machines".to_owned(),
+            builders_use_substitutes: false,
             cores: 0,
             fallback: false,
             secret_key_files: Vec::new(),
@@ -287,6 +295,9 @@ pub enum SettingError {
 pub enum SettingsError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `builders` names machines in a form Nix would refuse.
+    #[error(transparent)]
+    Machines(#[from] crate::machines::MachinesError),
     #[error("{origin}: {source}")]
     Setting {
         origin: String,
@@ -325,8 +336,6 @@ const NIX_ONLY: &[&str] = &[
     "allowed-uris",
     "build-hook",
     "build-poll-interval",
-    "builders",
-    "builders-use-substitutes",
     "commit-lockfile-summary",
     "compress-build-log",
     "connect-timeout",
@@ -537,6 +546,18 @@ impl Settings {
                 } else {
                     usize::try_from(number(value)?).map_err(|_| invalid("too large"))?
                 };
+            }
+            "builders" => {
+                if append {
+                    self.builders.push('\n');
+                    self.builders.push_str(value);
+                } else {
+                    self.builders = value.to_owned();
+                }
+            }
+            "builders-use-substitutes" => {
+                scalar(append)?;
+                self.builders_use_substitutes = boolean(value)?;
             }
             "cores" => {
                 scalar(append)?;
