@@ -1,0 +1,432 @@
+//! `arca build --builders …`: builds spread over machines reached through a real
+//! OpenSSH server on a loopback port (issue #17, distributed builds). The "machines" are
+//! store roots of their own on this host, served by real Nix (`nix-store --serve
+//! --write` for `ssh://`, `nix-daemon --stdio` for `ssh-ng://`) or by Arca
+//! (`arca --serve`, `arca --stdio`):
+//!
+//! - on each kind of machine, a graph builds with outputs, NAR hashes and references
+//!   identical to a local Nix build, registered here and verifiable;
+//! - a fan-out of 40 spreads over this machine and two others by their slots; a machine
+//!   killed mid-build loses no step, and one that refuses connections is skipped with
+//!   one warning;
+//! - systems, supported and mandatory features and `preferLocalBuild` decide where each
+//!   step goes; with `--max-jobs 0` and no machine that fits, the build fails with
+//!   Nix's message, which names each machine and why it does not fit.
+//!
+//! Needs root, OpenSSH's server, real Nix and a static busybox; skipped loudly without
+//! them (an error in CI).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arca_tests::build::{busybox_available, NixArg, Scratch};
+use arca_tests::daemon::running_as_root;
+use arca_tests::ssh::{sshd_available, Sshd};
+use arca_tests::store::{assert_arca_verify_clean, lines};
+use arca_tests::{arca_bin, nix_available};
+use serde_json::Value;
+
+fn tools_available(test: &str) -> bool {
+    if !running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (sshd logs in as root)");
+        return false;
+    }
+    nix_available(test) && busybox_available(test) && sshd_available(test)
+}
+
+/// `arca --store LOCAL build ARGS` with `NIX_SSHOPTS` reaching `sshd`.
+fn arca_build(sshd: &Sshd, local: &Scratch, args: &[&str]) -> Command {
+    let mut command = local.arca_cmd();
+    command
+        .env("NIX_SSHOPTS", sshd.ssh_opts())
+        .arg("build")
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+/// A machine's builders line: its URI, this system, its slots and features.
+fn line(uri: &str, slots: usize, features: &str, mandatory: &str) -> String {
+    format!("{uri} x86_64-linux - {slots} 1 {features} {mandatory}")
+}
+
+/// An Arca machine: `machine`'s Arca root, served by `arca` over `scheme`.
+fn arca_uri(scheme: &str, machine: &Scratch) -> String {
+    format!(
+        "{scheme}://root@localhost?remote-program={}&remote-store={}",
+        arca_bin().display(),
+        machine.arca_root().display()
+    )
+}
+
+/// An Arca machine whose `system-features` are `features`: `arca` through a wrapper
+/// that sets them (ssh passes no environment).
+fn arca_uri_with_features(scheme: &str, machine: &Scratch, features: &str) -> String {
+    let wrapper = machine.path().join("arca-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport NIX_CONFIG='system-features = {features}'\nexec {} \"$@\"\n",
+            arca_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{scheme}://root@localhost?remote-program={}&remote-store={}",
+        wrapper.display(),
+        machine.arca_root().display()
+    )
+}
+
+/// A Nix machine: `machine`'s Nix root, served by `nix-store --serve` (`ssh://`) or
+/// `nix-daemon --stdio` (`ssh-ng://`), through a wrapper that gives Nix the tests'
+/// configuration (ssh passes no environment).
+fn nix_uri(scheme: &str, machine: &Scratch) -> String {
+    let program = if scheme == "ssh" {
+        "nix-store"
+    } else {
+        "nix-daemon"
+    };
+    let wrapper = machine.path().join(format!("{program}-wrapper"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport NIX_CONFIG='substituters =\nsandbox = true\n\
+             experimental-features = nix-command'\nexec {program} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{scheme}://root@localhost?remote-program={}&remote-store={}",
+        wrapper.display(),
+        machine.nix_uri()
+    )
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// What two stores must agree on of a path.
+fn essentials(info: &Value) -> (String, String, u64, Vec<String>) {
+    let refs = info["references"]
+        .as_array()
+        .map(|refs| {
+            refs.iter()
+                .map(|r| r.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        info["path"].as_str().unwrap().to_owned(),
+        info["narHash"].as_str().unwrap().to_owned(),
+        info["narSize"].as_u64().unwrap(),
+        refs,
+    )
+}
+
+#[test]
+fn arca_builds_on_nix_and_arca_machines_as_nix_builds_locally() {
+    let test = "arca_builds_on_nix_and_arca_machines_as_nix_builds_locally";
+    if !tools_available(test) {
+        return;
+    }
+    let attrs = &["chatty", "top", "multi"];
+    let reference = Scratch::new();
+    let drvs = reference.instantiate("graphs.nix", &[], attrs);
+    let drv_args: Vec<&str> = drvs.iter().map(String::as_str).collect();
+    let expected_outputs = reference.nix_realise(&drv_args);
+    let output_args: Vec<&str> = expected_outputs.iter().map(String::as_str).collect();
+    let closure =
+        lines(&reference.nix_store(&[&["--query", "--requisites"][..], &output_args].concat()));
+    let closure_args: Vec<&str> = closure.iter().map(String::as_str).collect();
+    let expected: BTreeMap<_, _> = reference
+        .nix_path_info(&closure_args)
+        .iter()
+        .map(essentials)
+        .map(|e| (e.0.clone(), e))
+        .collect();
+
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    for (kind, scheme) in [
+        ("nix", "ssh"),
+        ("nix", "ssh-ng"),
+        ("arca", "ssh"),
+        ("arca", "ssh-ng"),
+    ] {
+        let context = format!("{kind} machine over {scheme}://");
+        let local = Scratch::new();
+        assert_eq!(local.instantiate_for_both("graphs.nix", &[], attrs), drvs);
+        let machine = Scratch::new();
+        let uri = if kind == "nix" {
+            nix_uri(scheme, &machine)
+        } else {
+            arca_uri(scheme, &machine)
+        };
+        let builders = line(&uri, 2, "-", "-");
+        let output = arca_build(
+            &sshd,
+            &local,
+            &[&["--max-jobs", "0", "--builders", &builders][..], &drv_args].concat(),
+        )
+        .output()
+        .unwrap();
+        let stderr = stderr_of(&output);
+        assert!(
+            output.status.success(),
+            "{context}: {stderr}\nsshd: {}",
+            sshd.log()
+        );
+        assert_eq!(
+            lines(&output.stdout),
+            expected_outputs,
+            "{context}: {stderr}"
+        );
+        for drv in &drvs {
+            assert!(
+                stderr.contains(&format!("building '{drv}' on '{uri}'...")),
+                "{context}: {drv} was not built there: {stderr}"
+            );
+        }
+        let got: BTreeMap<_, _> = local
+            .arca_path_info(&closure_args)
+            .iter()
+            .map(essentials)
+            .map(|e| (e.0.clone(), e))
+            .collect();
+        assert_eq!(got, expected, "{context}: what was registered here");
+        assert_arca_verify_clean(&local.arca_root(), &context);
+    }
+}
+
+/// The leaves of the fan-out built on the machine with `uri` (`None`: here), as the
+/// build's progress says.
+fn leaves_built_on(stderr: &str, uri: Option<&str>) -> usize {
+    stderr
+        .lines()
+        .filter(|line| line.contains("-fan-leaf-") && line.starts_with("building '"))
+        .filter(|line| match uri {
+            Some(uri) => line.ends_with(&format!(" on '{uri}'...")),
+            None => !line.contains(" on '"),
+        })
+        .count()
+}
+
+/// Outputs of fan-out leaves in a machine's store.
+fn leaves_in(root: &Path) -> usize {
+    std::fs::read_dir(root.join("nix/store"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.contains("-fan-leaf-")
+                        && !name.ends_with(".drv")
+                        && !name.ends_with(".lock")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_fan_out_spreads_over_three_machines_and_survives_a_dead_one() {
+    let test = "a_fan_out_spreads_over_three_machines_and_survives_a_dead_one";
+    if !tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    let local = Scratch::new();
+    let salt = format!("{test}-{}", std::process::id());
+    let drvs = local.instantiate_for_both(
+        "remote.nix",
+        &[NixArg::Str("salt", salt), NixArg::Str("pause", "1".into())],
+        &["fan"],
+    );
+    let a = Scratch::new();
+    let b = Scratch::new();
+    let a_uri = arca_uri("ssh", &a);
+    let b_uri = arca_uri("ssh-ng", &b);
+    // Nothing listens on 127.0.0.2: this one refuses connections.
+    let refusing = format!(
+        "ssh://root@127.0.0.2?remote-program={}&remote-store=/nonexistent",
+        arca_bin().display()
+    );
+    let builders = [
+        line(&a_uri, 2, "-", "-"),
+        line(&b_uri, 2, "-", "-"),
+        line(&refusing, 2, "-", "-"),
+    ]
+    .join(";");
+    let log_path = local.path().join("build.log");
+    let child = arca_build(
+        &sshd,
+        &local,
+        &["--max-jobs", "2", "--builders", &builders, &drvs[0]],
+    )
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log_path).unwrap())
+    .spawn()
+    .unwrap();
+    // Kill machine B once it has built something: its remote program (whose command
+    // line, unlike this build's, has `--store ROOT`); its ssh connection ends with it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while leaves_in(&b.arca_root()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "machine B built nothing: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b_root: PathBuf = b.arca_root();
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f", "--"])
+        .arg(format!("--store {}", b_root.display()))
+        .status()
+        .unwrap();
+    assert!(killed.success(), "nothing of machine B was running");
+    let output = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log_path).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    let root = lines(&output.stdout);
+    assert_eq!(root.len(), 1, "{stderr}");
+    // Every step is there, whole.
+    let closure = lines(&local.arca_ok(&["store", "query", "--requisites", &root[0]]));
+    assert_eq!(
+        closure.iter().filter(|p| p.contains("-fan-leaf-")).count(),
+        40,
+        "{stderr}"
+    );
+    assert_arca_verify_clean(&local.arca_root(), test);
+    // One warning per machine lost, none more.
+    for uri in [&refusing, &b_uri] {
+        let warnings = stderr
+            .matches(&format!("warning: cannot build on '{uri}'"))
+            .count();
+        assert_eq!(warnings, 1, "warnings about {uri}: {stderr}");
+    }
+    // The leaves spread over here, A and B by their slots (2 each).
+    let (here, on_a, on_b) = (
+        leaves_built_on(&stderr, None),
+        leaves_built_on(&stderr, Some(&a_uri)),
+        leaves_built_on(&stderr, Some(&b_uri)),
+    );
+    assert!(
+        here >= 5 && on_a >= 5 && on_b >= 2,
+        "here {here}, A {on_a}, B {on_b}: {stderr}"
+    );
+    assert!(leaves_in(&a.arca_root()) >= 5);
+}
+
+#[test]
+fn systems_features_and_prefer_local_build_decide_where_steps_go() {
+    let test = "systems_features_and_prefer_local_build_decide_where_steps_go";
+    if !tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    let local = Scratch::new();
+    let salt = format!("{test}-{}", std::process::id());
+    let attrs = ["kvm", "big", "plain", "local", "gpu", "arm"];
+    let drvs = local.instantiate_for_both("remote.nix", &[NixArg::Str("salt", salt)], &attrs);
+    let drv = |attr: &str| drvs[attrs.iter().position(|a| *a == attr).unwrap()].as_str();
+    let a = Scratch::new();
+    let b = Scratch::new();
+    // Each machine has the features its line says (its own settings decide what it
+    // builds).
+    let a_uri = arca_uri_with_features("ssh", &a, "kvm");
+    let b_uri = arca_uri_with_features("ssh-ng", &b, "big");
+    let builders = [line(&a_uri, 1, "kvm", "-"), line(&b_uri, 1, "big", "big")].join(";");
+
+    // This machine has no features: kvm goes to A, big to B (whose big is mandatory,
+    // so nothing else goes there), prefersLocal stays here.
+    let output = arca_build(
+        &sshd,
+        &local,
+        &[
+            "--max-jobs",
+            "1",
+            "--option",
+            "system-features",
+            "",
+            "--builders",
+            &builders,
+            drv("kvm"),
+            drv("big"),
+            drv("local"),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("building '{}' on '{a_uri}'...", drv("kvm"))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("building '{}' on '{b_uri}'...", drv("big"))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("building '{}'...\n", drv("local"))),
+        "{stderr}"
+    );
+
+    // No machine fits: Nix's message, each machine with why it does not fit.
+    for (attr, why) in [
+        ("gpu", "it lacks the features gpu"),
+        ("arm", "it does not build aarch64-linux"),
+    ] {
+        let output = arca_build(
+            &sshd,
+            &local,
+            &["--max-jobs", "0", "--builders", &builders, drv(attr)],
+        )
+        .output()
+        .unwrap();
+        let stderr = stderr_of(&output);
+        assert!(!output.status.success(), "{attr}: {stderr}");
+        assert!(
+            stderr.contains("Failed to find a machine for remote build!"),
+            "{attr}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("derivation: {}", drv(attr))),
+            "{attr}: {stderr}"
+        );
+        for uri in [&a_uri, &b_uri] {
+            assert!(
+                stderr.contains(&format!("{uri}: {why}")),
+                "{attr}: {uri}: {stderr}"
+            );
+        }
+        assert!(!local.arca_registered(
+            &lines(&local.arca_ok(&["store", "query", "--outputs", drv(attr)]))[0]
+        ));
+    }
+    // Without machines, --max-jobs 0 builds nothing, as Nix says.
+    let output = arca_build(
+        &sshd,
+        &local,
+        &["--max-jobs", "0", "--builders", "", drv("plain")],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        stderr_of(&output).contains(
+            "unable to start any build; either increase '--max-jobs' or enable remote builds"
+        ),
+        "{}",
+        stderr_of(&output)
+    );
+}
