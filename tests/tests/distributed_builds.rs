@@ -430,3 +430,97 @@ fn systems_features_and_prefer_local_build_decide_where_steps_go() {
         stderr_of(&output)
     );
 }
+
+/// `examples/farm.rs`, built for this test when `cargo test` did not build it already.
+fn farm_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let farm = examples.join("farm");
+    if !farm.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "arca-build", "--example", "farm"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build --example farm");
+    }
+    farm
+}
+
+/// The example coordinator builds a jobset on a machine of a machines file, reports
+/// where each step ran, and pushes the results to a binary cache that Nix can read.
+#[test]
+fn the_farm_example_builds_a_jobset_remotely_and_pushes_it() {
+    let test = "the_farm_example_builds_a_jobset_remotely_and_pushes_it";
+    if !tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    let coordinator = Scratch::new();
+    let drvs = coordinator.instantiate_for_both("graphs.nix", &[], &["chatty", "top"]);
+    let machine = Scratch::new();
+    let uri = arca_uri("ssh-ng", &machine);
+    let machines = coordinator.path().join("machines");
+    std::fs::write(
+        &machines,
+        format!("# the farm\n{}\n", line(&uri, 2, "-", "-")),
+    )
+    .unwrap();
+    let cache = coordinator.path().join("cache");
+    let cache_url = format!("file://{}", cache.display());
+    let output = Command::new(farm_example())
+        .env("NIX_SSHOPTS", sshd.ssh_opts())
+        .env("TMPDIR", coordinator.build_tmp())
+        .arg("--store")
+        .arg(coordinator.arca_root())
+        .arg("--machines")
+        .arg(&machines)
+        .args(["--cache", &cache_url])
+        .args(&drvs)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", stderr_of(&output));
+    for drv in &drvs {
+        assert!(
+            stdout.contains(&format!("started {drv} on {uri}")),
+            "{stdout}"
+        );
+        assert!(stdout.contains(&format!("built {drv}")), "{stdout}");
+    }
+    assert!(
+        stdout.contains("log ") && stdout.contains("chatty builds on"),
+        "{stdout}"
+    );
+    // Nix substitutes the results from the cache.
+    let outputs = lines(
+        &coordinator.arca_ok(
+            &[
+                &["store", "query", "--outputs"][..],
+                &drvs.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        ),
+    );
+    let reader = Scratch::new();
+    let mut args = vec![
+        "--store".to_owned(),
+        reader.nix_uri(),
+        "--realise".to_owned(),
+        "--option".to_owned(),
+        "substituters".to_owned(),
+        cache_url.clone(),
+        "--option".to_owned(),
+        "require-sigs".to_owned(),
+        "false".to_owned(),
+    ];
+    args.extend(outputs.iter().cloned());
+    let fetched = Command::new("nix-store")
+        .env("NIX_CONFIG", arca_tests::NIX_CONFIG)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{}", stderr_of(&fetched));
+    assert_eq!(lines(&fetched.stdout), outputs);
+}
