@@ -12,6 +12,11 @@
 //!   `-F CONFIG` for a host alias with a port and key of its own;
 //! - the host `localhost` (without a user) runs the program directly, through
 //!   `bash -c`, without ssh.
+//!
+//! Unlike Nix, connections to one host share one ssh connection (OpenSSH's
+//! `ControlMaster`, its socket in a directory of this user's alone, kept a minute after
+//! the last session), so a build or copy after another skips ssh's key exchange;
+//! `ARCA_SSH_SHARE=0` turns that off.
 
 use std::io;
 use std::path::PathBuf;
@@ -170,6 +175,13 @@ impl SshStoreUrl {
             if self.compress {
                 command.arg("-C");
             }
+            if let Some(dir) = control_dir() {
+                // One ssh connection per host, kept a minute after its last session
+                // (Nix opens one per build): later connections skip the key exchange.
+                command.arg("-oControlMaster=auto");
+                command.arg(format!("-oControlPath={}/%C", dir.display()));
+                command.arg("-oControlPersist=60");
+            }
             command
         };
         command
@@ -246,6 +258,24 @@ impl Drop for SshProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Where ssh's control sockets live: `$XDG_RUNTIME_DIR/arca-ssh`, else
+/// `/tmp/arca-ssh-UID`, a directory of this user's alone (mode 0700, checked); `None`
+/// (no shared connections) when there is none, or `$ARCA_SSH_SHARE` is `0`.
+fn control_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if std::env::var("ARCA_SSH_SHARE").as_deref() == Ok("0") {
+        return None;
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(runtime) => PathBuf::from(runtime).join("arca-ssh"),
+        None => PathBuf::from(format!("/tmp/arca-ssh-{uid}")),
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0).then_some(dir)
 }
 
 /// `HOST KEY` (host without its user) in a file of its own, for `UserKnownHostsFile`.
