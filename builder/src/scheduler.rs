@@ -646,7 +646,6 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         options,
         state,
         wake,
-        finished,
         pending,
         ..
     } = *shared;
@@ -825,25 +824,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
             }
             Err(error) => Some(failed(emit, &drv_path, error)),
         };
-        let ok = !matches!(result, Some(BuildResult::Failed(_)));
-        if let Some(result) = result {
-            finished
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((drv_path.clone(), result));
-        }
-        let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-        guard.running -= 1;
-        guard.local_running -= 1;
-        // Other processes may have finished too: try every ready one again.
-        guard.busy.clear();
-        if ok {
-            guard.succeeded(&drv_path);
-        } else {
-            guard.failed(&drv_path, options.keep_going);
-        }
-        wake.notify_all();
-        drop(guard);
+        finish(shared, &drv_path, result, true);
         // Whatever waited for this build may start on another worker meanwhile.
         drop(leftovers);
     }
@@ -911,7 +892,6 @@ fn build_remotely(
         options,
         state,
         wake,
-        finished,
         ..
     } = *shared;
     let node = &graph.nodes[&drv_path];
@@ -978,20 +958,34 @@ fn build_remotely(
             },
         ),
     };
-    let ok = !matches!(result, BuildResult::Failed(_));
-    finished
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((drv_path.clone(), result));
-    let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+    finish(shared, &drv_path, Some(result), false);
+}
+
+/// Records how `drv_path` ended (`None`: the committer reports it) and lets what it
+/// held go: its place among the running (and a local slot when `local`), its
+/// dependents (ready now, or never to be built after a failure).
+fn finish(shared: &Shared<'_>, drv_path: &StorePath, result: Option<BuildResult>, local: bool) {
+    let ok = !matches!(result, Some(BuildResult::Failed(_)));
+    if let Some(result) = result {
+        shared
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((drv_path.clone(), result));
+    }
+    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     guard.running -= 1;
+    if local {
+        guard.local_running -= 1;
+    }
+    // Other processes may have finished too: try every ready one again.
     guard.busy.clear();
     if ok {
-        guard.succeeded(&drv_path);
+        guard.succeeded(drv_path);
     } else {
-        guard.failed(&drv_path, options.keep_going);
+        guard.failed(drv_path, shared.options.keep_going);
     }
-    wake.notify_all();
+    shared.wake.notify_all();
 }
 
 /// Reports `drv` failed.

@@ -579,11 +579,7 @@ impl DaemonClient {
                 Op::BuildPaths as u64
             })?;
             connection.to.write_strings(wire.iter())?;
-            connection.to.write_u64(match mode {
-                BuildMode::Normal => protocol::build_mode::NORMAL,
-                BuildMode::Repair => protocol::build_mode::REPAIR,
-                BuildMode::Check => protocol::build_mode::CHECK,
-            })?;
+            connection.to.write_u64(protocol::build_mode::of(mode))?;
             connection.to.flush()?;
             let logged = connection.process_stderr_logged(None, on_log);
             if !with_results {
@@ -635,11 +631,7 @@ impl DaemonClient {
             connection.to.write_u64(Op::BuildDerivation as u64)?;
             connection.to.write_str(&store_dir.display(drv_path))?;
             crate::serve_client::write_basic_derivation(&mut connection.to, store_dir, drv)?;
-            connection.to.write_u64(match mode {
-                BuildMode::Normal => protocol::build_mode::NORMAL,
-                BuildMode::Repair => protocol::build_mode::REPAIR,
-                BuildMode::Check => protocol::build_mode::CHECK,
-            })?;
+            connection.to.write_u64(protocol::build_mode::of(mode))?;
             connection.to.flush()?;
             connection.process_stderr_logged(None, on_log)?;
             connection.read_build_result()

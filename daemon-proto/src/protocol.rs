@@ -110,9 +110,20 @@ pub mod gc_action {
 
 /// `BuildMode` on the wire.
 pub mod build_mode {
+    use arca_store_core::BuildMode;
+
     pub const NORMAL: u64 = 0;
     pub const REPAIR: u64 = 1;
     pub const CHECK: u64 = 2;
+
+    /// `mode` as the protocol numbers it.
+    pub fn of(mode: BuildMode) -> u64 {
+        match mode {
+            BuildMode::Normal => NORMAL,
+            BuildMode::Repair => REPAIR,
+            BuildMode::Check => CHECK,
+        }
+    }
 }
 
 /// `BuildResult::Status` values used here.

@@ -39,8 +39,7 @@ use arca_store_core::{
     StoreDir, StoreOpError, StoreOps, StorePath,
 };
 
-use crate::protocol::build_status;
-use crate::server::{read_basic_derivation, read_path_set};
+use crate::server::{read_basic_derivation, read_path_set, write_build_result, BuildResultShape};
 use crate::wire::{Limits, WireError, WireReader, WireWriter};
 
 /// The client's first word.
@@ -410,37 +409,12 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
     /// A build result as 2.7 carries it: status, error message; times built,
     /// non-determinism, start and stop time (2.3); the outputs' realisations (2.6).
     fn write_build_result(&mut self, result: &Result<Built, String>) -> io::Result<()> {
-        let (status, message) = match result {
-            Ok(built) if built.now => (build_status::BUILT, ""),
-            Ok(_) => (build_status::ALREADY_VALID, ""),
-            Err(message) => (build_status::PERMANENT_FAILURE, message.as_str()),
+        let shape = BuildResultShape {
+            times: self.minor >= 3,
+            cpu: false,
+            outputs: self.minor >= 6,
         };
-        self.to.write_u64(status)?;
-        self.to.write_str(message)?;
-        if self.minor >= 3 {
-            let timing = result.as_ref().ok().and_then(|built| built.timing);
-            let seconds = |time: std::time::SystemTime| {
-                time.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            };
-            let built_now = matches!(result, Ok(built) if built.now);
-            self.to.write_u64(u64::from(built_now))?; // times built
-            self.to.write_bool(false)?; // non-deterministic
-            self.to.write_u64(timing.map_or(0, |t| seconds(t.start)))?;
-            self.to.write_u64(timing.map_or(0, |t| seconds(t.stop)))?;
-        }
-        if self.minor >= 6 {
-            let outputs = result
-                .as_ref()
-                .map(|built| built.outputs.as_slice())
-                .unwrap_or_default();
-            self.to.write_u64(outputs.len() as u64)?;
-            for realisation in outputs {
-                self.to.write_str(&realisation.id.to_string())?;
-                self.to.write_str(&realisation.to_json())?;
-            }
-        }
-        Ok(())
+        write_build_result(&mut self.to, result, shape)
     }
 
     /// `AddToStoreNar`: path, deriver, NAR hash (any encoding; Nix sends base16),

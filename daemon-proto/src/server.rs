@@ -990,52 +990,16 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
     }
 
     fn write_build_result(&mut self, result: &Result<Built, String>) -> io::Result<()> {
-        let (status, message) = match result {
-            Ok(built) if built.now => (protocol::build_status::BUILT, String::new()),
-            Ok(_) => (protocol::build_status::ALREADY_VALID, String::new()),
-            Err(message) => (protocol::build_status::PERMANENT_FAILURE, message.clone()),
-        };
-        self.to.write_u64(status)?;
-        self.to.write_str(&message)?;
-        let timing = result.as_ref().ok().and_then(|built| built.timing);
-        if self.minor() >= 29 {
-            let built_now = matches!(result, Ok(built) if built.now);
-            self.to.write_u64(u64::from(built_now))?; // times built
-            self.to.write_bool(false)?; // non-deterministic
-            let seconds = |time: std::time::SystemTime| {
-                time.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            };
-            self.to.write_u64(timing.map_or(0, |t| seconds(t.start)))?;
-            self.to.write_u64(timing.map_or(0, |t| seconds(t.stop)))?;
-        }
-        if self.minor() >= 37 {
-            // Two optional durations in microseconds: a tag, then the value if present.
-            let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-            for cpu in [timing.map(|t| t.cpu_user), timing.map(|t| t.cpu_system)] {
-                match cpu {
-                    Some(duration) => {
-                        self.to.write_u64(1)?;
-                        self.to.write_u64(micros(duration))?;
-                    }
-                    None => self.to.write_u64(0)?,
-                }
-            }
-        }
-        if self.minor() >= 28 {
-            // The realisations of the outputs, keyed by their id, as JSON with Nix's
-            // (sorted) keys and the output's base name.
-            let outputs = result
-                .as_ref()
-                .map(|b| b.outputs.as_slice())
-                .unwrap_or_default();
-            self.to.write_u64(outputs.len() as u64)?;
-            for realisation in outputs {
-                self.to.write_str(&realisation.id.to_string())?;
-                self.to.write_str(&realisation.to_json())?;
-            }
-        }
-        Ok(())
+        let minor = self.minor();
+        write_build_result(
+            &mut self.to,
+            result,
+            BuildResultShape {
+                times: minor >= 29,
+                cpu: minor >= 37,
+                outputs: minor >= 28,
+            },
+        )
     }
 
     /// `AddToStore`: a content-addressed path from a dump (1.25 and later: name, content
@@ -1350,6 +1314,71 @@ pub(crate) fn read_basic_derivation<R: BufRead>(
         args,
         env,
     }))
+}
+
+/// Which parts of a build result a protocol version carries after the status and the
+/// message.
+pub(crate) struct BuildResultShape {
+    /// Times built, non-determinism, start and stop time.
+    pub times: bool,
+    /// CPU times (user, system), each optional.
+    pub cpu: bool,
+    /// The outputs' realisations, by id.
+    pub outputs: bool,
+}
+
+/// A build result, as both protocols carry it (in the parts `shape` says).
+pub(crate) fn write_build_result<W: Write>(
+    to: &mut WireWriter<W>,
+    result: &Result<Built, String>,
+    shape: BuildResultShape,
+) -> io::Result<()> {
+    let (status, message) = match result {
+        Ok(built) if built.now => (protocol::build_status::BUILT, ""),
+        Ok(_) => (protocol::build_status::ALREADY_VALID, ""),
+        Err(message) => (protocol::build_status::PERMANENT_FAILURE, message.as_str()),
+    };
+    to.write_u64(status)?;
+    to.write_str(message)?;
+    let timing = result.as_ref().ok().and_then(|built| built.timing);
+    if shape.times {
+        let built_now = matches!(result, Ok(built) if built.now);
+        let seconds = |time: std::time::SystemTime| {
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        to.write_u64(u64::from(built_now))?; // times built
+        to.write_bool(false)?; // non-deterministic
+        to.write_u64(timing.map_or(0, |t| seconds(t.start)))?;
+        to.write_u64(timing.map_or(0, |t| seconds(t.stop)))?;
+    }
+    if shape.cpu {
+        // Two optional durations in microseconds: a tag, then the value if present.
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        for cpu in [timing.map(|t| t.cpu_user), timing.map(|t| t.cpu_system)] {
+            match cpu {
+                Some(duration) => {
+                    to.write_u64(1)?;
+                    to.write_u64(micros(duration))?;
+                }
+                None => to.write_u64(0)?,
+            }
+        }
+    }
+    if shape.outputs {
+        // The realisations of the outputs, keyed by their id, as JSON with Nix's
+        // (sorted) keys and the output's base name.
+        let outputs = result
+            .as_ref()
+            .map(|b| b.outputs.as_slice())
+            .unwrap_or_default();
+        to.write_u64(outputs.len() as u64)?;
+        for realisation in outputs {
+            to.write_str(&realisation.id.to_string())?;
+            to.write_str(&realisation.to_json())?;
+        }
+    }
+    Ok(())
 }
 
 /// A set of full store paths; one that is not a path of `store_dir` breaks the stream.

@@ -168,3 +168,80 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+/// Whether the remote-machine tests can run: root (sshd logs in as root), real Nix, a
+/// static busybox and OpenSSH; each missing one is said loudly (an error in CI).
+pub fn remote_tools_available(test: &str) -> bool {
+    if !crate::daemon::running_as_root() {
+        eprintln!("SKIPPED {test}: needs root (sshd logs in as root)");
+        return false;
+    }
+    crate::nix_available(test) && crate::build::busybox_available(test) && sshd_available(test)
+}
+
+/// An Arca machine over `scheme` (`ssh` or `ssh-ng`): `machine`'s Arca root, served by
+/// `arca` as root on this host.
+pub fn arca_machine_uri(scheme: &str, machine: &crate::build::Scratch) -> String {
+    format!(
+        "{scheme}://root@localhost?remote-program={}&remote-store={}",
+        crate::arca_bin().display(),
+        machine.arca_root().display()
+    )
+}
+
+/// A Nix machine over `scheme`: `machine`'s Nix root, served by `nix-store --serve`
+/// (`ssh://`) or `nix-daemon --stdio` (`ssh-ng://`) through a wrapper that gives Nix
+/// the tests' configuration with the sandbox on (ssh passes no environment).
+pub fn nix_machine_uri(scheme: &str, machine: &crate::build::Scratch) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let program = if scheme == "ssh" {
+        "nix-store"
+    } else {
+        "nix-daemon"
+    };
+    let wrapper = machine.path().join(format!("{program}-wrapper"));
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport NIX_CONFIG='{}\nsandbox = true'\nexec {program} \"$@\"\n",
+            crate::NIX_CONFIG
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{scheme}://root@localhost?remote-program={}&remote-store={}",
+        wrapper.display(),
+        machine.nix_uri()
+    )
+}
+
+/// What two stores must agree on of a path (`path-info --json`): path, NAR hash and
+/// size, references, content address.
+pub type Essentials = (String, String, u64, Vec<String>, Option<String>);
+
+/// [`Essentials`] of each path-info object, by path.
+pub fn essentials(infos: &[serde_json::Value]) -> std::collections::BTreeMap<String, Essentials> {
+    infos
+        .iter()
+        .map(|info| {
+            let refs = info["references"]
+                .as_array()
+                .map(|refs| {
+                    refs.iter()
+                        .filter_map(|r| r.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let path = info["path"].as_str().unwrap_or_default().to_owned();
+            let essentials = (
+                path.clone(),
+                info["narHash"].as_str().unwrap_or_default().to_owned(),
+                info["narSize"].as_u64().unwrap_or_default(),
+                refs,
+                info["ca"].as_str().map(str::to_owned),
+            );
+            (path, essentials)
+        })
+        .collect()
+}

@@ -16,26 +16,17 @@
 //! Needs root, OpenSSH's server, real Nix and a static busybox; skipped loudly without
 //! them (an error in CI).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arca_tests::build::{busybox_available, NixArg, Scratch};
-use arca_tests::daemon::running_as_root;
-use arca_tests::ssh::{sshd_available, Sshd};
+use arca_tests::arca_bin;
+use arca_tests::build::{NixArg, Scratch};
+use arca_tests::ssh::{
+    arca_machine_uri, essentials, nix_machine_uri, remote_tools_available, Sshd,
+};
 use arca_tests::store::{assert_arca_verify_clean, lines};
-use arca_tests::{arca_bin, nix_available};
-use serde_json::Value;
-
-fn tools_available(test: &str) -> bool {
-    if !running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (sshd logs in as root)");
-        return false;
-    }
-    nix_available(test) && busybox_available(test) && sshd_available(test)
-}
 
 /// `arca --store LOCAL build ARGS` with `NIX_SSHOPTS` reaching `sshd`.
 fn arca_build(sshd: &Sshd, local: &Scratch, args: &[&str]) -> Command {
@@ -51,15 +42,6 @@ fn arca_build(sshd: &Sshd, local: &Scratch, args: &[&str]) -> Command {
 /// A machine's builders line: its URI, this system, its slots and features.
 fn line(uri: &str, slots: usize, features: &str, mandatory: &str) -> String {
     format!("{uri} x86_64-linux - {slots} 1 {features} {mandatory}")
-}
-
-/// An Arca machine: `machine`'s Arca root, served by `arca` over `scheme`.
-fn arca_uri(scheme: &str, machine: &Scratch) -> String {
-    format!(
-        "{scheme}://root@localhost?remote-program={}&remote-store={}",
-        arca_bin().display(),
-        machine.arca_root().display()
-    )
 }
 
 /// An Arca machine whose `system-features` are `features`: `arca` through a wrapper
@@ -82,58 +64,14 @@ fn arca_uri_with_features(scheme: &str, machine: &Scratch, features: &str) -> St
     )
 }
 
-/// A Nix machine: `machine`'s Nix root, served by `nix-store --serve` (`ssh://`) or
-/// `nix-daemon --stdio` (`ssh-ng://`), through a wrapper that gives Nix the tests'
-/// configuration (ssh passes no environment).
-fn nix_uri(scheme: &str, machine: &Scratch) -> String {
-    let program = if scheme == "ssh" {
-        "nix-store"
-    } else {
-        "nix-daemon"
-    };
-    let wrapper = machine.path().join(format!("{program}-wrapper"));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexport NIX_CONFIG='substituters =\nsandbox = true\n\
-             experimental-features = nix-command'\nexec {program} \"$@\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{scheme}://root@localhost?remote-program={}&remote-store={}",
-        wrapper.display(),
-        machine.nix_uri()
-    )
-}
-
 fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// What two stores must agree on of a path.
-fn essentials(info: &Value) -> (String, String, u64, Vec<String>) {
-    let refs = info["references"]
-        .as_array()
-        .map(|refs| {
-            refs.iter()
-                .map(|r| r.as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (
-        info["path"].as_str().unwrap().to_owned(),
-        info["narHash"].as_str().unwrap().to_owned(),
-        info["narSize"].as_u64().unwrap(),
-        refs,
-    )
 }
 
 #[test]
 fn arca_builds_on_nix_and_arca_machines_as_nix_builds_locally() {
     let test = "arca_builds_on_nix_and_arca_machines_as_nix_builds_locally";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let attrs = &["chatty", "top", "multi"];
@@ -145,12 +83,7 @@ fn arca_builds_on_nix_and_arca_machines_as_nix_builds_locally() {
     let closure =
         lines(&reference.nix_store(&[&["--query", "--requisites"][..], &output_args].concat()));
     let closure_args: Vec<&str> = closure.iter().map(String::as_str).collect();
-    let expected: BTreeMap<_, _> = reference
-        .nix_path_info(&closure_args)
-        .iter()
-        .map(essentials)
-        .map(|e| (e.0.clone(), e))
-        .collect();
+    let expected = essentials(&reference.nix_path_info(&closure_args));
 
     let ssh_dir = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(ssh_dir.path());
@@ -165,9 +98,9 @@ fn arca_builds_on_nix_and_arca_machines_as_nix_builds_locally() {
         assert_eq!(local.instantiate_for_both("graphs.nix", &[], attrs), drvs);
         let machine = Scratch::new();
         let uri = if kind == "nix" {
-            nix_uri(scheme, &machine)
+            nix_machine_uri(scheme, &machine)
         } else {
-            arca_uri(scheme, &machine)
+            arca_machine_uri(scheme, &machine)
         };
         let builders = line(&uri, 2, "-", "-");
         let output = arca_build(
@@ -194,12 +127,7 @@ fn arca_builds_on_nix_and_arca_machines_as_nix_builds_locally() {
                 "{context}: {drv} was not built there: {stderr}"
             );
         }
-        let got: BTreeMap<_, _> = local
-            .arca_path_info(&closure_args)
-            .iter()
-            .map(essentials)
-            .map(|e| (e.0.clone(), e))
-            .collect();
+        let got = essentials(&local.arca_path_info(&closure_args));
         assert_eq!(got, expected, "{context}: what was registered here");
         assert_arca_verify_clean(&local.arca_root(), &context);
     }
@@ -238,7 +166,7 @@ fn leaves_in(root: &Path) -> usize {
 #[test]
 fn a_fan_out_spreads_over_three_machines_and_survives_a_dead_one() {
     let test = "a_fan_out_spreads_over_three_machines_and_survives_a_dead_one";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let ssh_dir = tempfile::tempdir().unwrap();
@@ -252,8 +180,8 @@ fn a_fan_out_spreads_over_three_machines_and_survives_a_dead_one() {
     );
     let a = Scratch::new();
     let b = Scratch::new();
-    let a_uri = arca_uri("ssh", &a);
-    let b_uri = arca_uri("ssh-ng", &b);
+    let a_uri = arca_machine_uri("ssh", &a);
+    let b_uri = arca_machine_uri("ssh-ng", &b);
     // Nothing listens on 127.0.0.2: this one refuses connections.
     let refusing = format!(
         "ssh://root@127.0.0.2?remote-program={}&remote-store=/nonexistent",
@@ -329,7 +257,7 @@ fn a_fan_out_spreads_over_three_machines_and_survives_a_dead_one() {
 #[test]
 fn systems_features_and_prefer_local_build_decide_where_steps_go() {
     let test = "systems_features_and_prefer_local_build_decide_where_steps_go";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let ssh_dir = tempfile::tempdir().unwrap();
@@ -452,7 +380,7 @@ fn farm_example() -> PathBuf {
 #[test]
 fn the_farm_example_builds_a_jobset_remotely_and_pushes_it() {
     let test = "the_farm_example_builds_a_jobset_remotely_and_pushes_it";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let ssh_dir = tempfile::tempdir().unwrap();
@@ -460,7 +388,7 @@ fn the_farm_example_builds_a_jobset_remotely_and_pushes_it() {
     let coordinator = Scratch::new();
     let drvs = coordinator.instantiate_for_both("graphs.nix", &[], &["chatty", "top"]);
     let machine = Scratch::new();
-    let uri = arca_uri("ssh-ng", &machine);
+    let uri = arca_machine_uri("ssh-ng", &machine);
     let machines = coordinator.path().join("machines");
     std::fs::write(
         &machines,

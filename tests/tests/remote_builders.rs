@@ -15,37 +15,17 @@
 //! Needs root (sshd logs in as root), OpenSSH's server, real Nix and a static busybox;
 //! skipped loudly without them (an error in CI).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use arca_tests::build::{busybox_available, Scratch};
-use arca_tests::daemon::running_as_root;
-use arca_tests::ssh::{sshd_available, Sshd};
+use arca_tests::ssh::{arca_machine_uri, essentials, remote_tools_available, Sshd};
 use arca_tests::store::{assert_arca_verify_clean, lines};
 use arca_tests::{arca_bin, nix_available, NIX_CONFIG};
-use serde_json::Value;
-
-fn tools_available(test: &str) -> bool {
-    if !running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (sshd logs in as root)");
-        return false;
-    }
-    nix_available(test) && busybox_available(test) && sshd_available(test)
-}
 
 /// The attributes of `graphs.nix` built remotely: a chain with a builder that talks
 /// (`chatty`), a diamond, and two outputs.
 const ATTRS: &[&str] = &["chatty", "top", "multi"];
-
-/// The builders line for one Arca machine reached through `sshd` as root.
-fn arca_machine(scheme: &str, builder: &Scratch) -> String {
-    format!(
-        "{scheme}://root@localhost?remote-program={}&remote-store={} x86_64-linux - 2",
-        arca_bin().display(),
-        builder.arca_root().display()
-    )
-}
 
 /// `nix-store --store NIX_ROOT --realise DRVS --max-jobs 0 --builders BUILDERS` with
 /// `NIX_SSHOPTS` reaching `sshd`.
@@ -62,28 +42,10 @@ fn realise_remotely(client: &Scratch, sshd: &Sshd, builders: &str, drvs: &[Strin
         .expect("nix-store can be spawned")
 }
 
-/// What of a path's info two stores must agree on.
-fn essentials(info: &Value) -> (String, String, u64, Vec<String>) {
-    let refs = info["references"]
-        .as_array()
-        .map(|refs| {
-            refs.iter()
-                .map(|r| r.as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (
-        info["path"].as_str().unwrap().to_owned(),
-        info["narHash"].as_str().unwrap().to_owned(),
-        info["narSize"].as_u64().unwrap(),
-        refs,
-    )
-}
-
 #[test]
 fn nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng() {
     let test = "nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     // The reference: Nix building the same derivations locally.
@@ -104,12 +66,7 @@ fn nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng() {
         ),
     );
     let closure_args: Vec<&str> = closure.iter().map(String::as_str).collect();
-    let expected: BTreeMap<String, _> = reference
-        .nix_path_info(&closure_args)
-        .iter()
-        .map(essentials)
-        .map(|info| (info.0.clone(), info))
-        .collect();
+    let expected = essentials(&reference.nix_path_info(&closure_args));
 
     let ssh_dir = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(ssh_dir.path());
@@ -117,7 +74,12 @@ fn nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng() {
         let client = Scratch::new();
         let builder = Scratch::new();
         assert_eq!(client.instantiate("graphs.nix", &[], ATTRS), drvs);
-        let output = realise_remotely(&client, &sshd, &arca_machine(scheme, &builder), &drvs);
+        let output = realise_remotely(
+            &client,
+            &sshd,
+            &format!("{} x86_64-linux - 2", arca_machine_uri(scheme, &builder)),
+            &drvs,
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success(),
@@ -134,12 +96,7 @@ fn nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng() {
             stderr.contains(&format!("on '{scheme}://root@localhost")),
             "{scheme}: nothing was built remotely: {stderr}"
         );
-        let got: BTreeMap<String, _> = client
-            .nix_path_info(&closure_args)
-            .iter()
-            .map(essentials)
-            .map(|info| (info.0.clone(), info))
-            .collect();
+        let got = essentials(&client.nix_path_info(&closure_args));
         assert_eq!(
             got, expected,
             "{scheme}: the client's outputs differ from a local build"
@@ -160,13 +117,8 @@ fn nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng() {
                 .collect::<Vec<_>>(),
         );
         assert_eq!(on_builder.len(), expected_outputs.len(), "{scheme}");
-        for info in &on_builder {
-            let (path, hash, size, _) = essentials(info);
-            assert_eq!(
-                (&hash, size),
-                (&expected[&path].1, expected[&path].2),
-                "{scheme}: {path}"
-            );
+        for (path, info) in essentials(&on_builder) {
+            assert_eq!(info, expected[&path], "{scheme}: {path} on the builder");
         }
         assert_arca_verify_clean(&builder.arca_root(), scheme);
     }
@@ -175,7 +127,7 @@ fn nix_builds_a_graph_on_an_arca_builder_over_ssh_and_ssh_ng() {
 #[test]
 fn a_build_failing_on_an_arca_builder_fails_the_nix_client() {
     let test = "a_build_failing_on_an_arca_builder_fails_the_nix_client";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let ssh_dir = tempfile::tempdir().unwrap();
@@ -184,7 +136,12 @@ fn a_build_failing_on_an_arca_builder_fails_the_nix_client() {
         let client = Scratch::new();
         let builder = Scratch::new();
         let drvs = client.instantiate("graphs.nix", &[], &["fodWrong"]);
-        let output = realise_remotely(&client, &sshd, &arca_machine(scheme, &builder), &drvs);
+        let output = realise_remotely(
+            &client,
+            &sshd,
+            &format!("{} x86_64-linux - 2", arca_machine_uri(scheme, &builder)),
+            &drvs,
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{scheme}: {stderr}");
         assert!(

@@ -15,23 +15,15 @@
 //! Needs root, OpenSSH's server, real Nix and a static busybox; skipped loudly without
 //! them (an error in CI).
 
-use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 
 use arca_tests::build::{busybox_available, Scratch};
-use arca_tests::daemon::running_as_root;
-use arca_tests::ssh::{sshd_available, Sshd};
+use arca_tests::ssh::{
+    arca_machine_uri, essentials, nix_machine_uri, remote_tools_available, Sshd,
+};
 use arca_tests::store::{assert_arca_verify_clean, lines};
-use arca_tests::{arca_bin, nix_available, NIX_CONFIG};
+use arca_tests::{arca_bin, NIX_CONFIG};
 use serde_json::Value;
-
-fn tools_available(test: &str) -> bool {
-    if !running_as_root() {
-        eprintln!("SKIPPED {test}: needs root (sshd logs in as root)");
-        return false;
-    }
-    nix_available(test) && busybox_available(test) && sshd_available(test)
-}
 
 /// `arca --store STORE ARGS` with `NIX_SSHOPTS` reaching `sshd` (whatever the exit
 /// status); `STORE` is a local root or a URL.
@@ -55,62 +47,10 @@ fn ok(output: Output, context: &str) -> Vec<u8> {
     output.stdout
 }
 
-/// What two views of one path must agree on: path, NAR hash and size, references,
-/// content address.
-type Essentials = (String, String, u64, Vec<String>, Option<String>);
-
-fn essentials(info: &Value) -> Essentials {
-    let refs = info["references"]
-        .as_array()
-        .map(|refs| {
-            refs.iter()
-                .map(|r| r.as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    (
-        info["path"].as_str().unwrap().to_owned(),
-        info["narHash"].as_str().unwrap().to_owned(),
-        info["narSize"].as_u64().unwrap(),
-        refs,
-        info["ca"].as_str().map(str::to_owned),
-    )
-}
-
-fn by_path(infos: &[Value]) -> BTreeMap<String, Essentials> {
-    infos
-        .iter()
-        .map(essentials)
-        .map(|info| (info.0.clone(), info))
-        .collect()
-}
-
-/// The ssh URL of the Nix store in `machine`'s Nix root, reached as root.
-fn nix_machine(scheme: &str, machine: &Scratch) -> String {
-    let program = if scheme == "ssh" {
-        "nix-store"
-    } else {
-        "nix-daemon"
-    };
-    format!(
-        "{scheme}://root@localhost?remote-program={program}&remote-store={}",
-        machine.nix_uri()
-    )
-}
-
-/// The ssh URL of the Arca store in `machine`'s Arca root.
-fn arca_machine(scheme: &str, machine: &Scratch) -> String {
-    format!(
-        "{scheme}://root@localhost?remote-program={}&remote-store={}",
-        arca_bin().display(),
-        machine.arca_root().display()
-    )
-}
-
 #[test]
 fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
     let test = "store_commands_and_copies_work_over_ssh_and_ssh_ng";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let ssh_dir = tempfile::tempdir().unwrap();
@@ -123,11 +63,11 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
     let closure =
         lines(&machine.nix_store(&[&["--query", "--requisites"][..], &output_args].concat()));
     let closure_args: Vec<&str> = closure.iter().map(String::as_str).collect();
-    let expected = by_path(&machine.nix_path_info(&closure_args));
+    let expected = essentials(&machine.nix_path_info(&closure_args));
     let export = machine.nix_store(&[&["--export"][..], &closure_args].concat());
 
     for scheme in ["ssh", "ssh-ng"] {
-        let url = nix_machine(scheme, &machine);
+        let url = nix_machine_uri(scheme, &machine);
         let local = Scratch::new();
         let local_root = local.arca_root().to_str().unwrap().to_owned();
         // Queries and dumps of the machine's store, as Nix sees it there.
@@ -140,7 +80,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
             scheme,
         );
         let infos: Vec<Value> = serde_json::from_slice(&json).unwrap();
-        assert_eq!(by_path(&infos), expected, "{scheme}: path-info -r");
+        assert_eq!(essentials(&infos), expected, "{scheme}: path-info -r");
         let exported = ok(
             arca_over_ssh(
                 &sshd,
@@ -183,7 +123,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
             scheme,
         );
         assert_eq!(
-            by_path(&local.arca_path_info(&closure_args)),
+            essentials(&local.arca_path_info(&closure_args)),
             expected,
             "{scheme}: pulled"
         );
@@ -192,7 +132,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
         // Push them to an Arca machine, then from there to a fresh Nix machine, which
         // verifies what it got.
         let arca_box = Scratch::new();
-        let to_arca = arca_machine(scheme, &arca_box);
+        let to_arca = arca_machine_uri(scheme, &arca_box);
         ok(
             arca_over_ssh(
                 &sshd,
@@ -206,7 +146,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
             scheme,
         );
         assert_eq!(
-            by_path(&arca_box.arca_path_info(&closure_args)),
+            essentials(&arca_box.arca_path_info(&closure_args)),
             expected,
             "{scheme}: pushed"
         );
@@ -220,7 +160,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
                         "copy",
                         "--no-check-sigs",
                         "--to",
-                        &nix_machine(scheme, &nix_box),
+                        &nix_machine_uri(scheme, &nix_box),
                     ][..],
                     &output_args,
                 ]
@@ -229,7 +169,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
             scheme,
         );
         assert_eq!(
-            by_path(&nix_box.nix_path_info(&closure_args)),
+            essentials(&nix_box.nix_path_info(&closure_args)),
             expected,
             "{scheme}: on Nix"
         );
@@ -243,7 +183,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
                     "copy",
                     "--no-check-sigs",
                     "--to",
-                    &nix_machine(scheme, &nix_box),
+                    &nix_machine_uri(scheme, &nix_box),
                 ][..],
                 &output_args,
             ]
@@ -260,7 +200,7 @@ fn store_commands_and_copies_work_over_ssh_and_ssh_ng() {
 #[test]
 fn nix_sshopts_reach_a_host_alias_of_an_ssh_config() {
     let test = "nix_sshopts_reach_a_host_alias_of_an_ssh_config";
-    if !tools_available(test) {
+    if !remote_tools_available(test) {
         return;
     }
     let ssh_dir = tempfile::tempdir().unwrap();
