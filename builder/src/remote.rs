@@ -319,6 +319,16 @@ impl Machines {
             Some(connection) => connection,
             None => connect(&state.machine).map_err(down)?,
         };
+        // Over ssh-ng:// the daemon hears this run's limits (Nix forwards none); over
+        // ssh:// they travel with the build request.
+        if let SshStore::Worker(client) = &connection.store {
+            if let Err(error) = client.apply_settings(settings) {
+                return Err(down(format!(
+                    "setting the build options: {}",
+                    error.chain()
+                )));
+            }
+        }
         let local = LocalOps(store);
         // The derivation as a basic one: its inputs' closure as input sources (as Nix's
         // build hook sends it), no input derivations.

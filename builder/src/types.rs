@@ -534,11 +534,22 @@ mod settings_tests {
             options.sandbox_paths,
             [SandboxPath::parse("/bin/sh=/usr/bin/bash?").unwrap()]
         );
-        // cores = 0 means every CPU, max-jobs = 0 still builds one at a time.
+        // cores = 0 means every CPU; max-jobs = 0 builds on the builders only.
         settings.set("cores", "0").unwrap();
         settings.set("max-jobs", "0").unwrap();
+        settings
+            .set("builders", "ssh://a x86_64-linux - 2; ssh-ng://b")
+            .unwrap();
         let options = BuildOptions::from_settings(&settings).unwrap();
         assert_eq!(options.cores, BuildOptions::default().cores);
-        assert_eq!(options.max_jobs, 1);
+        assert_eq!(options.max_jobs, 0);
+        let uris: Vec<&str> = options.machines.iter().map(|m| m.uri.as_str()).collect();
+        assert_eq!(uris, ["ssh://a", "ssh-ng://b"]);
+        // A bad machines line is an error naming it.
+        settings.set("builders", "ssh://a - - lots").unwrap();
+        let error = BuildOptions::from_settings(&settings)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("'lots'"), "{error}");
     }
 }

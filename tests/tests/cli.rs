@@ -589,7 +589,7 @@ fn bad_stores_are_named_with_what_would_do_and_each_cause_once() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("'unix:///path/to/socket' or 'daemon'"),
+        stderr.contains("'unix:///path/to/socket', 'daemon', 'ssh://HOST' or 'ssh-ng://HOST'"),
         "{stderr}"
     );
     let dir = tempfile::tempdir().unwrap();
