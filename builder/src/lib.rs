@@ -76,7 +76,7 @@ pub use environment::{
 pub use log::{filter_escapes, log_path, open_log, read_log, write_log};
 pub use scheduler::{build, build_derivation, error_chain};
 pub use structured_attrs::{structured_attrs, StructuredAttrs};
-pub use substitution::Substitution;
+pub use substitution::{substitute_paths, Substitution};
 pub use types::{
     BuildError, BuildOptions, BuildResult, BuildTarget, RecursiveNix, RecursiveSession,
 };

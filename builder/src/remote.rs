@@ -12,7 +12,8 @@
 //! process of this store sees the same load.
 //!
 //! A remote build ([`Machines::build`]) copies what the machine lacks of the inputs'
-//! closure (one validity query, then references first), sends the derivation whole
+//! closure (one validity query, then references first; with `builders-use-substitutes`
+//! the machine first substitutes what it can from its own substituters), sends the derivation whole
 //! (`BuildDerivation`, its inputs as input sources), streams the build's log back as
 //! events naming the machine, and copies back the outputs (the machine keeps them, so a
 //! later step there needs nothing sent up again). A machine that cannot be reached, or
@@ -30,7 +31,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use arca_daemon_proto::ssh::{SshStore, SshStoreUrl};
-use arca_store_core::copy::{copy_closure, Trust};
+use arca_store_core::copy::{copy_closure, CopyOptions, Trust};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::machines::Machine;
 use arca_store_core::{
@@ -96,6 +97,7 @@ pub(crate) struct Machines {
     /// `STATE/current-load`: the slot lock files.
     load_dir: PathBuf,
     this_system: String,
+    use_substitutes: bool,
 }
 
 struct MachineState {
@@ -112,7 +114,9 @@ struct Connection {
 }
 
 impl Machines {
-    pub(crate) fn new(machines: &[Machine], state_dir: &Path) -> Machines {
+    /// `use_substitutes`: machines substitute what they lack of a step's inputs before
+    /// it is sent (`builders-use-substitutes`).
+    pub(crate) fn new(machines: &[Machine], state_dir: &Path, use_substitutes: bool) -> Machines {
         Machines {
             machines: machines
                 .iter()
@@ -124,6 +128,7 @@ impl Machines {
                 .collect(),
             load_dir: state_dir.join("current-load"),
             this_system: arca_store_core::settings::host_system(),
+            use_substitutes,
         }
     }
 
@@ -159,14 +164,7 @@ impl Machines {
         };
         if self.machines.is_empty() {
             // Without machines this one builds everything (and says why it cannot).
-            return if local_slots == 0 {
-                Placement::Nowhere(
-                    "unable to start any build; either increase '--max-jobs' or enable remote builds"
-                        .to_owned(),
-                )
-            } else {
-                here(local_free)
-            };
+            return here(local_free);
         }
         let features = crate::environment::required_system_features(drv);
         let local_fits = local_slots > 0
@@ -341,11 +339,15 @@ impl Machines {
                 .into_keys()
                 .collect();
         }
+        let copy = CopyOptions {
+            trust: Trust::All,
+            substitute: self.use_substitutes,
+        };
         let sent = on_remote!(&connection.store, |remote| copy_closure(
             &local,
             remote,
             inputs,
-            Trust::All,
+            copy,
             &mut |_| {}
         ));
         if let Err(error) = sent {
@@ -419,7 +421,7 @@ impl Machines {
             remote,
             &local,
             &wanted,
-            Trust::All,
+            CopyOptions::new(Trust::All),
             &mut |_| {}
         ));
         if let Err(error) = copied {

@@ -101,8 +101,12 @@ fn run(
             .collect(),
     );
     let (commits, commit_queue) = mpsc::channel::<Commit>();
-    let machines = Machines::new(&options.machines, store.state_dir());
-    let workers = (options.max_jobs + machines.slots())
+    let machines = Machines::new(
+        &options.machines,
+        store.state_dir(),
+        options.builders_use_substitutes,
+    );
+    let workers = (local_slots(options) + machines.slots())
         .max(1)
         .min(to_build.max(1));
     let shared = Shared {
@@ -835,7 +839,8 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
 /// failed. Counts a local slot taken.
 fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Placement)> {
     let options = shared.options;
-    let local_free = state.local_running < options.max_jobs;
+    let local_slots = local_slots(options);
+    let local_free = state.local_running < local_slots;
     let (free, busy): (Vec<usize>, Vec<usize>) =
         (0..state.ready.len()).partition(|&i| !state.busy.contains(&state.ready[i]));
     for index in free.into_iter().chain(busy) {
@@ -852,7 +857,7 @@ fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Plac
             &node.drv,
             drv_path,
             shared.store.store_dir(),
-            options.max_jobs,
+            local_slots,
             local_free,
             &options.system_features,
             remote_ok,
@@ -868,6 +873,18 @@ fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Plac
         return Some((drv_path, wait_for_locks, placement));
     }
     None
+}
+
+/// Builds at once here: `max_jobs`, where 0 means none only when there are machines to
+/// build on (without them, 0 builds one at a time, as Arca always has: Nix refuses to
+/// build, but Nix clients send `max-jobs 0` expecting builds their daemon can avoid by
+/// means Arca lacks, such as realisations substituted from a cache).
+fn local_slots(options: &BuildOptions) -> usize {
+    if options.machines.is_empty() {
+        options.max_jobs.max(1)
+    } else {
+        options.max_jobs
+    }
 }
 
 /// Gives back the local slot of a build that ends before its job ran.

@@ -54,18 +54,65 @@ impl Default for Substitution {
     }
 }
 
-/// Substitutes what it can of `targets` (see the module docs).
-pub(crate) fn substitute_targets(
+/// Substitutes what of `paths` (and their closures) is not valid, as Nix's
+/// `substitutePaths` and `ensurePath` do for store paths that are not derivation
+/// outputs asked for by a build: what no cache has, or fails to give, stays invalid
+/// (said as a warning through `on_event`). The paths added.
+pub fn substitute_paths(
     store: &LocalStore,
-    targets: &[BuildTarget],
-    given: &BTreeMap<StorePath, Derivation>,
+    paths: &BTreeSet<StorePath>,
     substitution: &Substitution,
     on_event: &mut dyn FnMut(BuildEvent),
-) -> Result<(), BuildError> {
-    let store_dir = store.store_dir();
+) -> Vec<StorePath> {
+    let caches = open_caches(store, substitution, on_event);
+    if caches.is_empty() {
+        return Vec::new();
+    }
+    let mut options = SubstituteOptions::new(&substitution.trusted_keys, substitution.require_sigs);
+    options.downloads = substitution.downloads.max(1);
+    let warn = |on_event: &mut dyn FnMut(BuildEvent), error: &arca_cache::CacheError| {
+        on_event(BuildEvent::Message {
+            text: format!("warning: {}\n", crate::error_chain(error)),
+        })
+    };
+    let plan = match arca_cache::plan(store, &caches, paths, options) {
+        Ok(plan) => plan,
+        Err(error) => {
+            warn(on_event, &error);
+            return Vec::new();
+        }
+    };
+    let found: BTreeSet<StorePath> = paths
+        .iter()
+        .filter(|path| plan.found.contains_key(*path))
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return Vec::new();
+    }
+    match arca_cache::fetch(store, &caches, &plan, &found, options) {
+        Ok(fetched) => {
+            for (_, error) in &fetched.failed {
+                warn(on_event, error);
+            }
+            fetched.added
+        }
+        Err(error) => {
+            warn(on_event, &error);
+            Vec::new()
+        }
+    }
+}
+
+/// The substituters that open; a warning for each that does not, as Nix disables it.
+fn open_caches(
+    store: &LocalStore,
+    substitution: &Substitution,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Vec<BinaryCache> {
     let mut caches = Vec::new();
     for url in &substitution.substituters {
-        match BinaryCache::open(url, store_dir, OpenMode::Read) {
+        match BinaryCache::open(url, store.store_dir(), OpenMode::Read) {
             Ok(cache) => caches.push(cache),
             Err(error) => on_event(BuildEvent::Message {
                 text: format!(
@@ -75,6 +122,19 @@ pub(crate) fn substitute_targets(
             }),
         }
     }
+    caches
+}
+
+/// Substitutes what it can of `targets` (see the module docs).
+pub(crate) fn substitute_targets(
+    store: &LocalStore,
+    targets: &[BuildTarget],
+    given: &BTreeMap<StorePath, Derivation>,
+    substitution: &Substitution,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<(), BuildError> {
+    let store_dir = store.store_dir();
+    let caches = open_caches(store, substitution, on_event);
     if caches.is_empty() {
         return Ok(());
     }

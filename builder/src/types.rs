@@ -99,6 +99,9 @@ pub struct BuildOptions {
     /// Remote machines to build on (Nix's `builders`), besides the `max_jobs` local
     /// slots; with `max_jobs` 0, builds run on them only.
     pub machines: Vec<crate::Machine>,
+    /// Machines substitute what they lack of a step's inputs from their own
+    /// substituters before the rest is sent (Nix's `builders-use-substitutes`).
+    pub builders_use_substitutes: bool,
 }
 
 impl Default for BuildOptions {
@@ -129,6 +132,7 @@ impl Default for BuildOptions {
             impure_derivations: false,
             substitution: crate::Substitution::default(),
             machines: Vec::new(),
+            builders_use_substitutes: false,
         }
     }
 }
@@ -460,6 +464,7 @@ impl BuildOptions {
         Ok(BuildOptions {
             max_jobs: settings.max_jobs,
             machines: crate::Machine::parse_all(&settings.builders, &settings.system)?,
+            builders_use_substitutes: settings.builders_use_substitutes,
             cores: if settings.cores == 0 {
                 defaults.cores
             } else {
@@ -534,7 +539,8 @@ mod settings_tests {
             options.sandbox_paths,
             [SandboxPath::parse("/bin/sh=/usr/bin/bash?").unwrap()]
         );
-        // cores = 0 means every CPU; max-jobs = 0 builds on the builders only.
+        // cores = 0 means every CPU; max-jobs = 0 builds on the builders only (with none,
+        // the scheduler builds one at a time).
         settings.set("cores", "0").unwrap();
         settings.set("max-jobs", "0").unwrap();
         settings

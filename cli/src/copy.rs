@@ -10,7 +10,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context};
 use arca_cache::{BinaryCache, OpenMode, SubstituteOptions};
-use arca_store_core::copy::{copy_closure, Trust};
+use arca_store_core::copy::{copy_closure, CopyOptions, Trust};
 use arca_store_core::{Settings, StoreOps, StorePath};
 
 use crate::store::OnStore;
@@ -187,9 +187,21 @@ impl<S: StoreOps> OnStore for Between<'_, S> {
             );
         };
         let copied = if self.outward {
-            copy_closure(self.here, there, self.paths, self.trust, &mut say)
+            copy_closure(
+                self.here,
+                there,
+                self.paths,
+                CopyOptions::new(self.trust),
+                &mut say,
+            )
         } else {
-            copy_closure(there, self.here, self.paths, self.trust, &mut say)
+            copy_closure(
+                there,
+                self.here,
+                self.paths,
+                CopyOptions::new(self.trust),
+                &mut say,
+            )
         }
         .map_err(|error| anyhow::anyhow!(error.chain()))?;
         eprintln!(

@@ -284,17 +284,19 @@ impl DaemonClient {
         })
     }
 
-    /// `QueryValidPaths`: which of `paths` are valid, in one request (never substituted).
+    /// `QueryValidPaths`: which of `paths` are valid, in one request, asking the daemon
+    /// to substitute the others first when `substitute` (protocol 1.27 and later).
     pub(crate) fn send_query_valid_paths(
         &self,
         paths: &BTreeSet<StorePath>,
+        substitute: bool,
     ) -> Result<BTreeSet<StorePath>, ClientError> {
         self.with(|connection, store_dir| {
             connection.to.write_u64(Op::QueryValidPaths as u64)?;
             let texts: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
             connection.to.write_strings(texts.iter())?;
             if minor(connection.version) >= 27 {
-                connection.to.write_bool(false)?; // substitute
+                connection.to.write_bool(substitute)?;
             }
             connection.to.flush()?;
             connection.process_stderr(None)?;

@@ -74,7 +74,14 @@ impl StoreOps for DaemonClient {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        DaemonClient::send_query_valid_paths(self, paths).map_err(failed)
+        DaemonClient::send_query_valid_paths(self, paths, false).map_err(failed)
+    }
+
+    /// `QueryValidPaths` asking the daemon to substitute (1.27 and later).
+    fn substitute_paths(&self, paths: &BTreeSet<StorePath>) -> Result<(), StoreOpError> {
+        DaemonClient::send_query_valid_paths(self, paths, true)
+            .map(drop)
+            .map_err(failed)
     }
 
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {

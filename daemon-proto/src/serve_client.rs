@@ -217,15 +217,17 @@ impl ServeClient {
         })
     }
 
-    /// `QueryValidPaths`, neither locking nor substituting.
+    /// `QueryValidPaths`, not locking; substituting the invalid ones first when
+    /// `substitute` (a server with `--write` does).
     fn send_query_valid_paths(
         &self,
         paths: &BTreeSet<StorePath>,
+        substitute: bool,
     ) -> Result<BTreeSet<StorePath>, ServeClientError> {
         self.with(|connection, store_dir| {
             connection.to.write_u64(Command::QueryValidPaths as u64)?;
             connection.to.write_bool(false)?; // lock
-            connection.to.write_bool(false)?; // substitute
+            connection.to.write_bool(substitute)?;
             write_paths(&mut connection.to, store_dir, paths)?;
             connection.to.flush()?;
             read_paths(&mut connection.from, store_dir)
@@ -399,7 +401,7 @@ impl Store for ServeClient {
 
     fn is_valid_path(&self, path: &StorePath) -> Result<bool, ServeClientError> {
         let paths = BTreeSet::from([path.clone()]);
-        Ok(self.send_query_valid_paths(&paths)?.contains(path))
+        Ok(self.send_query_valid_paths(&paths, false)?.contains(path))
     }
 
     fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, ServeClientError> {
@@ -550,7 +552,13 @@ impl StoreOps for ServeClient {
         &self,
         paths: &BTreeSet<StorePath>,
     ) -> Result<BTreeSet<StorePath>, StoreOpError> {
-        self.send_query_valid_paths(paths).map_err(failed)
+        self.send_query_valid_paths(paths, false).map_err(failed)
+    }
+
+    fn substitute_paths(&self, paths: &BTreeSet<StorePath>) -> Result<(), StoreOpError> {
+        self.send_query_valid_paths(paths, true)
+            .map(drop)
+            .map_err(failed)
     }
 
     /// Two requests: the closure (`QueryClosure`), then the references of all of it

@@ -235,11 +235,7 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
                 }
                 if substitute && self.options.write {
                     // As Nix's `substitutePaths`: what cannot be had is simply not valid.
-                    for path in &paths {
-                        if !self.valid(path)? {
-                            let _ = store.ensure_path(path);
-                        }
-                    }
+                    store.substitute_paths(&paths)?;
                 }
                 let mut valid = Vec::new();
                 for path in &paths {

@@ -466,8 +466,10 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
             }
             Op::QueryValidPaths => {
                 let paths = self.read_paths()?;
-                if self.minor() >= 27 {
-                    self.from.read_u64()?; // substitute: there are no substituters
+                let substitute = self.minor() >= 27 && self.from.read_bool("substitute")?;
+                if substitute {
+                    // Nix's `substitutePaths`: what cannot be had stays invalid.
+                    store.substitute_paths(&paths)?;
                 }
                 let mut valid = BTreeSet::new();
                 for path in paths {

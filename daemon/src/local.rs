@@ -478,16 +478,44 @@ impl StoreOps for LocalBackend<'_> {
         Ok(results)
     }
 
+    fn substitute_paths(&self, paths: &BTreeSet<StorePath>) -> Result<(), StoreOpError> {
+        for path in paths {
+            // Each path valid, or substituted where it can be; the rest stays invalid.
+            let _ = self.ensure_path(path);
+        }
+        Ok(())
+    }
+
+    /// Valid already, or substituted now (with `substitute` on, from `substituters`),
+    /// as Nix's `ensurePath`.
     fn ensure_path(&self, path: &StorePath) -> Result<(), StoreOpError> {
         self.store()
             .add_temp_root(path)
             .map_err(StoreOpError::from_error)?;
-        if self
-            .store()
-            .is_valid_path(path)
-            .map_err(StoreOpError::from_error)?
-        {
+        let valid = || {
+            self.store()
+                .is_valid_path(path)
+                .map_err(StoreOpError::from_error)
+        };
+        if valid()? {
             return Ok(());
+        }
+        let substitution = {
+            let settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            BuildOptions::from_settings(&settings)
+                .map_err(StoreOpError::from_error)?
+                .substitution
+        };
+        if !substitution.substituters.is_empty() {
+            let paths = BTreeSet::from([path.clone()]);
+            arca_build::substitute_paths(self.store(), &paths, &substitution, &mut |event| {
+                if let BuildEvent::Message { text } = event {
+                    tracing::warn!("{}", text.trim_end());
+                }
+            });
+            if valid()? {
+                return Ok(());
+            }
         }
         Err(refuse(format!(
             "path '{}' is not valid",

@@ -3,7 +3,8 @@
 //!
 //! The closure is asked of the source in one request where it can answer one
 //! ([`StoreOps::closure_graph`]), the destination is asked once which of it it has
-//! ([`StoreOps::query_valid_paths`]), and the rest goes over references first, each NAR
+//! ([`StoreOps::query_valid_paths`]; with [`CopyOptions::substitute`] it first fetches
+//! what it can from its own substituters, [`StoreOps::substitute_paths`]), and the rest goes over references first, each NAR
 //! streamed from the source into the destination through a pipe (never held whole in
 //! memory), with its metadata: deriver, references, signatures, content address.
 
@@ -25,15 +26,36 @@ pub enum Trust<'k> {
     SignedBy(&'k [crate::PublicKey]),
 }
 
+/// How to copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOptions<'k> {
+    /// What the destination takes on the sender's word.
+    pub trust: Trust<'k>,
+    /// Let the destination substitute what it lacks first, from its own substituters
+    /// (Nix's `builders-use-substitutes`); the rest is sent.
+    pub substitute: bool,
+}
+
+impl<'k> CopyOptions<'k> {
+    /// Copy with `trust`, substituting nothing.
+    pub fn new(trust: Trust<'k>) -> CopyOptions<'k> {
+        CopyOptions {
+            trust,
+            substitute: false,
+        }
+    }
+}
+
 /// Copies the closures of `paths` from `from` to `to`: the paths copied, references
 /// first. `on_copy` hears each path just before it is sent.
 pub fn copy_closure<F: StoreOps, T: StoreOps>(
     from: &F,
     to: &T,
     paths: &BTreeSet<StorePath>,
-    trust: Trust<'_>,
+    options: CopyOptions<'_>,
     on_copy: &mut dyn FnMut(&StorePath),
 ) -> Result<Vec<StorePath>, StoreOpError> {
+    let trust = options.trust;
     let graph = from.closure_graph(paths, false)?;
     for path in paths {
         if !graph.contains_key(path) {
@@ -44,6 +66,9 @@ pub fn copy_closure<F: StoreOps, T: StoreOps>(
         }
     }
     let closure: BTreeSet<StorePath> = graph.keys().cloned().collect();
+    if options.substitute {
+        to.substitute_paths(&closure)?;
+    }
     let present = to.query_valid_paths(&closure)?;
     let missing: BTreeSet<StorePath> = closure.difference(&present).cloned().collect();
     let order = dependency_order(&missing, |path| {

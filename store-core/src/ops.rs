@@ -559,6 +559,13 @@ pub trait StoreOps: Store + Sync {
         Ok(valid)
     }
 
+    /// Asks the store to substitute what of `paths` it lacks from its substituters
+    /// (Nix's `substitutePaths`); what it cannot have stays invalid, which is no error.
+    /// By default nothing is substituted.
+    fn substitute_paths(&self, _paths: &BTreeSet<StorePath>) -> Result<(), StoreOpError> {
+        Ok(())
+    }
+
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         Err(refuse(
             "listing all valid paths is not supported by this store",

@@ -34,7 +34,8 @@ pub struct Settings {
     pub keep_failed: bool,
     /// `keep-going`.
     pub keep_going: bool,
-    /// `max-jobs` (`auto`: the number of CPUs; default 1; 0 builds on `builders` only).
+    /// `max-jobs` (`auto`: the number of CPUs; default 1; 0 builds on `builders` only,
+    /// or one at a time when there are none).
     pub max_jobs: usize,
     /// `builders`: remote machines, in Nix's machines format (`;` or newline separated
     /// lines, `@FILE` for a file of them; default `@/etc/nix/machines`).
