@@ -1,6 +1,7 @@
 //! A small build-farm coordinator on Arca's builder API: builds a jobset (`.drv` paths
 //! already in the store) on the machines of a machines file, prints each event as it
-//! happens (planned, started on which machine, log lines, built, failed), and pushes
+//! happens (queued, copied to or from which machine, started on which machine, log
+//! lines, built, failed), and pushes
 //! what was built to a binary cache.
 //!
 //! ```sh
@@ -68,6 +69,15 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let store_dir = store.store_dir().clone();
     let results = build(&store, &targets, &options, &mut |event| match event {
         BuildEvent::Planned { to_build } => println!("planned {to_build}"),
+        BuildEvent::Queued { drv } => println!("queued {}", store_dir.display(&drv)),
+        BuildEvent::Copied {
+            path,
+            machine,
+            direction,
+        } => println!(
+            "copied {} {direction:?} {machine}",
+            store_dir.display(&path)
+        ),
         BuildEvent::Started { drv, machine } => println!(
             "started {} on {}",
             store_dir.display(&drv),

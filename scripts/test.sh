@@ -49,9 +49,11 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
-# The CLI and interop tests in tests/ run the debug `arca` (or $ARCA_BIN when set); cargo
-# does not build another package's binary for them, so build it first.
+# The CLI and interop tests in tests/ run the debug `arca` (or $ARCA_BIN when set) and the
+# farm example; cargo does not build another package's binaries for them, so build them
+# first.
 cargo build --locked -p arca
+cargo build --locked -p arca-build --example farm
 cargo test --workspace --locked
 
 say "Nix 2.8's functional tests through arca daemon (scripts/conformance.sh)"

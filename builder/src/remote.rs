@@ -35,7 +35,8 @@ use arca_store_core::copy::{copy_closure, CopyOptions, Trust};
 use arca_store_core::derivation::{Derivation, OutputName};
 use arca_store_core::machines::Machine;
 use arca_store_core::{
-    BuildEvent, BuildMode, PathInfo, Settings, Store, StoreDir, StoreOpError, StoreOps, StorePath,
+    BuildEvent, BuildMode, CopyDirection, PathInfo, Settings, Store, StoreDir, StoreOpError,
+    StoreOps, StorePath,
 };
 use arca_store_sqlite::{LocalStore, StoreError};
 use nix::fcntl::{Flock, FlockArg};
@@ -142,7 +143,7 @@ impl Machines {
     }
 
     /// Where `drv` should run now (see the module docs): `local_slots` is this
-    /// machine's `max-jobs`, `local_free` whether one of them is free, `remote_ok`
+    /// machine's `max-jobs`, `local_running` how many of them are taken, `remote_ok`
     /// whether the derivation may leave (floating content-addressed ones are built here).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn place(
@@ -151,10 +152,11 @@ impl Machines {
         drv_path: &StorePath,
         store_dir: &StoreDir,
         local_slots: usize,
-        local_free: bool,
+        local_running: usize,
         local_features: &BTreeSet<String>,
         remote_ok: bool,
     ) -> Placement {
+        let local_free = local_running < local_slots;
         let here = |free: bool| {
             if free {
                 Placement::Local
@@ -197,10 +199,14 @@ impl Machines {
             let speed = state.machine.speed_factor;
             let better = match &best {
                 None => true,
-                // load / speed, compared without division.
+                // Nix's order: load / speed (compared without division), then the
+                // faster machine, then the less loaded one.
                 Some((_, _, best_load, best_speed)) => {
-                    u128::from(load) * u128::from(*best_speed)
-                        < u128::from(*best_load) * u128::from(speed)
+                    let ours = u128::from(load) * u128::from(*best_speed);
+                    let theirs = u128::from(*best_load) * u128::from(speed);
+                    ours < theirs
+                        || (ours == theirs
+                            && (speed > *best_speed || (speed == *best_speed && load < *best_load)))
                 }
             };
             if better {
@@ -208,10 +214,12 @@ impl Machines {
             }
         }
         if local_fits && local_free {
-            // Here is as good as the best machine with no load on it at speed 1.
-            match &best {
-                Some((_, _, load, _)) if *load == 0 => {}
-                _ => return Placement::Local,
+            // Here counts as a machine of speed 1; it wins ties (nothing to copy).
+            let here_wins = best.as_ref().is_none_or(|(_, _, load, speed)| {
+                local_running as u128 * u128::from(*speed) <= u128::from(*load)
+            });
+            if here_wins {
+                return Placement::Local;
             }
         }
         match best {
@@ -343,12 +351,21 @@ impl Machines {
             trust: Trust::All,
             substitute: self.use_substitutes,
         };
+        let copied = |direction| {
+            move |path: &StorePath| {
+                emit(BuildEvent::Copied {
+                    path: path.clone(),
+                    machine: uri.clone(),
+                    direction,
+                })
+            }
+        };
         let sent = on_remote!(&connection.store, |remote| copy_closure(
             &local,
             remote,
             inputs,
             copy,
-            &mut |_| {}
+            &mut copied(CopyDirection::ToMachine)
         ));
         if let Err(error) = sent {
             return Err(down(format!("copying the inputs: {}", error.chain())));
@@ -422,7 +439,7 @@ impl Machines {
             &local,
             &wanted,
             CopyOptions::new(Trust::All),
-            &mut |_| {}
+            &mut copied(CopyDirection::FromMachine)
         ));
         if let Err(error) = copied {
             return Err(down(format!("copying the outputs back: {}", error.chain())));

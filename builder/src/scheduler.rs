@@ -87,6 +87,9 @@ fn run(
     }
     let to_build = graph.nodes.values().filter(|n| n.needed).count();
     on_event(BuildEvent::Planned { to_build });
+    for (drv, _) in graph.nodes.iter().filter(|(_, node)| node.needed) {
+        on_event(BuildEvent::Queued { drv: drv.clone() });
+    }
 
     let state = Mutex::new(State::new(&graph));
     let wake = Condvar::new();
@@ -840,7 +843,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
 fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Placement)> {
     let options = shared.options;
     let local_slots = local_slots(options);
-    let local_free = state.local_running < local_slots;
+    let local_running = state.local_running;
     let (free, busy): (Vec<usize>, Vec<usize>) =
         (0..state.ready.len()).partition(|&i| !state.busy.contains(&state.ready[i]));
     for index in free.into_iter().chain(busy) {
@@ -858,7 +861,7 @@ fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Plac
             drv_path,
             shared.store.store_dir(),
             local_slots,
-            local_free,
+            local_running,
             &options.system_features,
             remote_ok,
         );

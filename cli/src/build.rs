@@ -260,11 +260,27 @@ impl Display {
                 }
                 if *to_build > 0 {
                     self.say(&if *to_build == 1 {
-                        "this derivation will be built".to_string()
+                        "this derivation will be built:".to_string()
                     } else {
-                        format!("these {to_build} derivations will be built")
+                        format!("these {to_build} derivations will be built:")
                     });
                 }
+            }
+            // Nix's list under the count.
+            BuildEvent::Queued { drv } => self.say(&format!("  {}", store_dir.display(drv))),
+            BuildEvent::Copied {
+                path,
+                machine,
+                direction,
+            } => {
+                let way = match direction {
+                    arca_store_core::CopyDirection::ToMachine => "to",
+                    arca_store_core::CopyDirection::FromMachine => "from",
+                };
+                self.say(&format!(
+                    "copying path '{}' {way} '{machine}'...",
+                    store_dir.display(path)
+                ));
             }
             BuildEvent::Started { drv, machine } => {
                 match machine {

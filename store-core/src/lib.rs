@@ -56,10 +56,10 @@ pub mod store_path;
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use ops::{
-    AddProgress, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, DerivedPath,
-    DerivedPathError, FindRoots, GcAction, GcOptions, GcProgress, GcReport, OptimiseProgress,
-    OptimiseReport, StoreOpError, StoreOps, VerifyOptions, VerifyOutcome, VerifyProblem,
-    VerifyReport,
+    AddProgress, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, CopyDirection,
+    DerivedPath, DerivedPathError, FindRoots, GcAction, GcOptions, GcProgress, GcReport,
+    OptimiseProgress, OptimiseReport, StoreOpError, StoreOps, VerifyOptions, VerifyOutcome,
+    VerifyProblem, VerifyReport,
 };
 pub use path_info::{
     AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,

@@ -26,6 +26,20 @@ pub enum BuildEvent {
         /// Derivations to build.
         to_build: usize,
     },
+    /// A derivation will be built (one per derivation, right after `Planned`).
+    Queued {
+        /// The derivation.
+        drv: StorePath,
+    },
+    /// A path was copied to or from a remote machine (a step's inputs, its outputs).
+    Copied {
+        /// The path.
+        path: StorePath,
+        /// The machine's store URI.
+        machine: String,
+        /// Which way.
+        direction: CopyDirection,
+    },
     /// A builder started.
     Started {
         /// The derivation.
@@ -82,6 +96,15 @@ pub enum BuildEvent {
         /// Why, in one message (with the last log lines).
         message: String,
     },
+}
+
+/// Which way a path travelled ([`BuildEvent::Copied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyDirection {
+    /// From here to the machine.
+    ToMachine,
+    /// From the machine to here.
+    FromMachine,
 }
 
 /// How far adding a path from the file system got (for a progress bar).

@@ -127,6 +127,11 @@ fn arca_builds_on_nix_and_arca_machines_as_nix_builds_locally() {
                 "{context}: {drv} was not built there: {stderr}"
             );
         }
+        // Busybox went up, the outputs came back, as Nix says it.
+        assert!(
+            stderr.contains("-bb' to '") && stderr.contains(&format!("-chatty' from '{uri}'...")),
+            "{context}: {stderr}"
+        );
         let got = essentials(&local.arca_path_info(&closure_args));
         assert_eq!(got, expected, "{context}: what was registered here");
         assert_arca_verify_clean(&local.arca_root(), &context);
@@ -353,19 +358,21 @@ fn systems_features_and_prefer_local_build_decide_where_steps_go() {
     assert!(output.status.success(), "{}", stderr_of(&output));
 }
 
-/// `examples/farm.rs`, built for this test when `cargo test` did not build it already.
+/// `examples/farm.rs` as built next to this test (`cargo test --workspace` builds every
+/// example; the README's test command builds it first, as it builds `arca`).
 fn farm_example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    let farm = examples.join("farm");
-    if !farm.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "arca-build", "--example", "farm"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build --example farm");
-    }
+    let farm = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/farm");
+    assert!(
+        farm.exists(),
+        "{} is missing: run `cargo build -p arca-build --example farm`",
+        farm.display()
+    );
     farm
 }
 
@@ -404,7 +411,12 @@ fn the_farm_example_builds_a_jobset_remotely_and_pushes_it() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", stderr_of(&output));
+    assert!(
+        stdout.contains(" ToMachine ") && stdout.contains(" FromMachine "),
+        "{stdout}"
+    );
     for drv in &drvs {
+        assert!(stdout.contains(&format!("queued {drv}")), "{stdout}");
         assert!(
             stdout.contains(&format!("started {drv} on {uri}")),
             "{stdout}"
@@ -512,4 +524,59 @@ fn builders_use_substitutes_lets_machines_fetch_inputs_themselves() {
             "builders-use-substitutes {use_substitutes}: {info}"
         );
     }
+}
+
+/// Slots are Nix's lock files under `current-load`: a slot another process holds is
+/// taken, so a step waits for it (here: with `--max-jobs 0` and one slot, until the
+/// test lets go of it), then runs there.
+#[test]
+fn slots_held_by_another_process_are_taken() {
+    let test = "slots_held_by_another_process_are_taken";
+    if !remote_tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    let local = Scratch::new();
+    let salt = format!("{test}-{}", std::process::id());
+    let drvs = local.instantiate_for_both("remote.nix", &[NixArg::Str("salt", salt)], &["plain"]);
+    let machine = Scratch::new();
+    let uri = arca_machine_uri("ssh", &machine);
+    // The slot, as Nix names it (URI with '/' as '_', then the slot number).
+    let load = local.arca_root().join("nix/var/nix/current-load");
+    std::fs::create_dir_all(&load).unwrap();
+    let slot = std::fs::File::create(load.join(format!("{}-0", uri.replace('/', "_")))).unwrap();
+    let held = nix::fcntl::Flock::lock(slot, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let log = local.path().join("build.log");
+    let child = arca_build(
+        &sshd,
+        &local,
+        &[
+            "--max-jobs",
+            "0",
+            "--builders",
+            &line(&uri, 1, "-", "-"),
+            &drvs[0],
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let so_far = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !so_far.contains("building '"),
+        "it built on a taken slot: {so_far}"
+    );
+    drop(held);
+    let output = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("building '{}' on '{uri}'...", drvs[0])),
+        "{stderr}"
+    );
 }
