@@ -12,8 +12,9 @@
 //! time, a path only after the paths it refers to: each NAR is downloaded, decompressed
 //! and handed to the store as one stream, the store hashing it, checking its hash and
 //! size against the `.narinfo` and unpacking it. A path refused (a NAR gone, a hash
-//! mismatch, a truncated stream) leaves nothing in the store, and only the paths that
-//! refer to it are not tried: the others are fetched all the same, and every path added
+//! mismatch, a truncated stream) leaves nothing in the store; the next cache that has it
+//! (with the same references) is tried, as Nix tries the next substituter; when none
+//! gives it, only the paths that refer to it are not tried: the others are fetched all the same, and every path added
 //! stays (it is complete, valid and so are its references). [`substitute`] then reports
 //! the first failure as its error.
 //!
@@ -60,6 +61,11 @@ pub struct Found {
     /// Index into the caches given to [`plan`].
     pub cache: usize,
     pub narinfo: NarInfo,
+    /// The other caches whose `.narinfo` for the path passed the checks and names the
+    /// same references, in priority order: tried in turn when fetching from `cache`
+    /// fails (a NAR gone, a corrupt one, a cache down), as Nix tries the next
+    /// substituter.
+    pub alternatives: Vec<(usize, NarInfo)>,
 }
 
 /// What [`plan`] found.
@@ -156,6 +162,14 @@ pub fn plan<S: Store + Sync + ?Sized>(
         let mut decided: BTreeSet<StorePath> = BTreeSet::new();
         for ((path, cache), answer) in lookups.into_iter().zip(answers) {
             if decided.contains(&path) {
+                // Another cache that has it is a fallback, if it agrees on references
+                // (the order of the fetch depends on them); an error here is not fatal.
+                if let (Ok(Answer::Hit(narinfo)), Some(found)) = (answer, plan.found.get_mut(&path))
+                {
+                    if narinfo.info.references == found.narinfo.info.references {
+                        found.alternatives.push((cache, *narinfo));
+                    }
+                }
                 continue;
             }
             match answer? {
@@ -179,6 +193,7 @@ pub fn plan<S: Store + Sync + ?Sized>(
                         Found {
                             cache,
                             narinfo: *narinfo,
+                            alternatives: Vec::new(),
                         },
                     );
                     decided.insert(path);
@@ -270,15 +285,35 @@ pub fn fetch<S: Store + Sync + ?Sized>(
     }
     let outcome = in_dependency_order(&graph, options.downloads, true, |path| {
         let found = &plan.found[path];
-        let cache = &caches[found.cache];
-        let mut nar = cache.nar(&found.narinfo)?;
-        store
-            .add_nar(&found.narinfo.info, &mut nar)
-            .map_err(|error| CacheError::Add {
-                path: store.store_dir().display(path),
-                cache: cache.url().to_owned(),
-                source: Box::new(error),
-            })
+        // The cache of best priority, then the others that have it: a failed add leaves
+        // nothing behind, so the next one starts clean. The first failure is the one
+        // reported when all fail.
+        let sources = std::iter::once((found.cache, &found.narinfo)).chain(
+            found
+                .alternatives
+                .iter()
+                .map(|(cache, narinfo)| (*cache, narinfo)),
+        );
+        let mut first_error = None;
+        for (index, narinfo) in sources {
+            let cache = &caches[index];
+            let added = cache.nar(narinfo).and_then(|mut nar| {
+                store
+                    .add_nar(&narinfo.info, &mut nar)
+                    .map_err(|error| CacheError::Add {
+                        path: store.store_dir().display(path),
+                        cache: cache.url().to_owned(),
+                        source: Box::new(error),
+                    })
+            });
+            match added {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| CacheError::InvalidPath(store.store_dir().display(path))))
     });
     Ok(Fetched {
         added: outcome.done,

@@ -263,3 +263,37 @@ fn remove_nar_of(dir: &Path, path: &str) {
     let info = arca_cache::NarInfo::parse(&store_dir, &text, "test").unwrap();
     std::fs::remove_file(dir.join(info.url)).unwrap();
 }
+
+/// A NAR gone from the first substituter is fetched from the next one that has the
+/// path, as Nix tries the next substituter: the build substitutes, builds nothing.
+#[test]
+fn a_nar_gone_from_one_cache_comes_from_the_next() {
+    let Some((fixture, drvs)) = fixture("a_nar_gone_from_one_cache_comes_from_the_next") else {
+        return;
+    };
+    let gone = &drvs[3];
+    let output = fixture.built.arca_output(gone);
+    let first = fixture.built.path().join("cache");
+    let second = fixture.built.path().join("second-cache");
+    let copied = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(&first)
+        .arg(&second)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    remove_nar_of(&first, &output);
+    let both = format!("{} file://{}", fixture.cache, second.display());
+    let built = fixture.fresh.arca(&[
+        "build",
+        gone,
+        "--option",
+        "substituters",
+        &both,
+        "--option",
+        "trusted-public-keys",
+        &fixture.public_key,
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    assert!(fixture.substituted(gone, &built), "{}", stderr(&built));
+}
