@@ -19,7 +19,7 @@ use arca_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, Hasher, PathInfo, Store, StorePath,
 };
 use arca_store_sqlite::{
-    BuildScratch, BuiltPath, DerivationOutputs, LocalStore, PathLock, PublishedPaths,
+    BuildScratch, BuiltPath, DerivationOutputs, LocalStore, PathLocks, PublishedPaths,
 };
 
 use crate::build_user::{BuildUser, PoolUser};
@@ -1790,7 +1790,7 @@ struct Work {
     /// The outputs valid before the build.
     valid: BTreeSet<StorePath>,
     /// The outputs' path locks, held until they are registered.
-    locks: Vec<PathLock>,
+    locks: PathLocks,
 }
 
 /// What a finished job leaves to clean up; dropping it does the work.

@@ -18,7 +18,7 @@ use arca_store_core::{Hash, PathInfo, StorePath};
 
 use crate::error::{IoContext, StoreError};
 use crate::local_store::LocalStore;
-use crate::lock::PathLock;
+use crate::lock::PathLocks;
 use crate::staging::{remove_tree, Staged};
 
 /// One output ready to be registered.
@@ -161,8 +161,12 @@ impl LocalStore {
     /// two processes locking overlapping sets cannot deadlock; blocks until all are held.
     /// The locks are Nix's own (`<path>.lock`), so a real Nix building the same output
     /// waits too.
-    pub fn lock_paths(&self, paths: &BTreeSet<StorePath>) -> Result<Vec<PathLock>, StoreError> {
-        paths.iter().map(|path| self.lock_path(path)).collect()
+    pub fn lock_paths(&self, paths: &BTreeSet<StorePath>) -> Result<PathLocks, StoreError> {
+        paths
+            .iter()
+            .map(|path| self.lock_path(path))
+            .collect::<Result<_, _>>()
+            .map(PathLocks::from_locks)
     }
 
     /// [`LocalStore::lock_paths`] without waiting: all the locks, or `None` (and none
@@ -171,7 +175,7 @@ impl LocalStore {
     pub fn try_lock_paths(
         &self,
         paths: &BTreeSet<StorePath>,
-    ) -> Result<Option<Vec<PathLock>>, StoreError> {
+    ) -> Result<Option<PathLocks>, StoreError> {
         let mut locks = Vec::with_capacity(paths.len());
         for path in paths {
             match self.try_lock_path(path)? {
@@ -179,7 +183,7 @@ impl LocalStore {
                 None => return Ok(None),
             }
         }
-        Ok(Some(locks))
+        Ok(Some(PathLocks::from_locks(locks)))
     }
 
     /// A fresh scratch directory for one build, on the store's file system, reachable by
@@ -280,7 +284,7 @@ impl LocalStore {
     pub fn publish_built(
         &self,
         built: Vec<BuiltPath>,
-        locks: Vec<PathLock>,
+        locks: PathLocks,
     ) -> Result<PublishedPaths, StoreError> {
         let mut entries = Vec::with_capacity(built.len());
         for BuiltPath { info, location } in built {
@@ -421,7 +425,7 @@ fn exchange(a: &Path, b: &Path) -> Result<(), StoreError> {
 #[derive(Debug)]
 pub struct PublishedPaths {
     entries: Vec<(Staged, PathInfo)>,
-    locks: Vec<PathLock>,
+    locks: PathLocks,
 }
 
 impl PublishedPaths {

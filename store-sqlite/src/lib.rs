@@ -51,7 +51,7 @@ pub use durability::{boot_id, Durability};
 pub use error::StoreError;
 pub use gc::{GcAction, GcOptions, GcProgress, GcReport, GcRoot, GcRootKind, TempRoots};
 pub use local_store::{AddProgress, LocalStore, StoreOptions, ADD_BATCH};
-pub use lock::PathLock;
+pub use lock::PathLocks;
 pub use optimise::{LinksPruned, OptimiseOptions, OptimiseProgress, OptimiseReport};
 pub use queries::DerivationOutputs;
 pub use verify::{VerifyOptions, VerifyProblem, VerifyReport};

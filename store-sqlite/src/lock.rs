@@ -20,9 +20,36 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, StoreError};
 
+/// The locks on the paths a build is about to produce ([`crate::LocalStore::lock_paths`]),
+/// held until its outputs are registered ([`crate::LocalStore::publish_built`]) or
+/// dropped. Opaque: only the store takes locks, on store paths only.
+#[derive(Debug, Default)]
+pub struct PathLocks(Vec<PathLock>);
+
+impl PathLocks {
+    /// Adds `more` to the locks held.
+    pub fn extend(&mut self, more: PathLocks) {
+        self.0.extend(more.0);
+    }
+
+    /// How many paths are locked.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no path is locked.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn from_locks(locks: Vec<PathLock>) -> PathLocks {
+        PathLocks(locks)
+    }
+}
+
 /// An exclusive lock on one lock file, released (and the file deleted) on drop.
 #[derive(Debug)]
-pub struct PathLock {
+pub(crate) struct PathLock {
     lock_path: PathBuf,
     file: File,
     kind: Kind,
@@ -39,24 +66,24 @@ enum Kind {
 
 impl PathLock {
     /// Blocks until this thread holds the store-path lock file `lock_path`.
-    pub fn acquire(lock_path: &Path) -> Result<PathLock, StoreError> {
+    pub(crate) fn acquire(lock_path: &Path) -> Result<PathLock, StoreError> {
         PathLock::take(lock_path, Kind::StorePath, true)
             .map(|lock| lock.expect("a blocking lock is always taken"))
     }
 
     /// Takes the store-path lock if nobody holds it, else returns `None` at once.
-    pub fn try_acquire(lock_path: &Path) -> Result<Option<PathLock>, StoreError> {
+    pub(crate) fn try_acquire(lock_path: &Path) -> Result<Option<PathLock>, StoreError> {
         PathLock::take(lock_path, Kind::StorePath, false)
     }
 
     /// Blocks until this thread holds the staging lock file `lock_path`.
-    pub fn acquire_staging(lock_path: &Path) -> Result<PathLock, StoreError> {
+    pub(crate) fn acquire_staging(lock_path: &Path) -> Result<PathLock, StoreError> {
         PathLock::take(lock_path, Kind::Staging, true)
             .map(|lock| lock.expect("a blocking lock is always taken"))
     }
 
     /// Takes the staging lock if nobody holds it, else returns `None` at once.
-    pub fn try_acquire_staging(lock_path: &Path) -> Result<Option<PathLock>, StoreError> {
+    pub(crate) fn try_acquire_staging(lock_path: &Path) -> Result<Option<PathLock>, StoreError> {
         PathLock::take(lock_path, Kind::Staging, false)
     }
 

@@ -59,7 +59,9 @@ fn a_reference_outside_the_commit_must_be_valid() {
         .info
         .references
         .insert(StorePath::from_base_name(&format!("{}-missing", "2".repeat(32))).unwrap());
-    let published = store.publish_built(vec![output], Vec::new()).unwrap();
+    let published = store
+        .publish_built(vec![output], Default::default())
+        .unwrap();
     let error = store.register_published(published).unwrap_err();
     assert!(
         matches!(error, StoreError::MissingReference { .. }),
@@ -86,7 +88,7 @@ fn publish_then_die() {
     let published = store
         .publish_built(
             vec![built(&store, scratch.path(), &path, "hello")],
-            Vec::new(),
+            Default::default(),
         )
         .unwrap();
     assert!(store.physical_path(&path).exists());

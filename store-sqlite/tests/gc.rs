@@ -389,11 +389,9 @@ fn leftovers_being_written_or_rooted_are_left_alone() {
         b"",
     )
     .unwrap();
-    let _lock = arca_store_sqlite::PathLock::acquire(
-        &dir.path()
-            .join(format!("nix/store/{}.lock", locked.as_str())),
-    )
-    .unwrap();
+    let _lock = holder
+        .lock_paths(&std::collections::BTreeSet::from([locked.clone()]))
+        .unwrap();
     holder.add_temp_root(&rooted).unwrap();
 
     gc(dir.path());
