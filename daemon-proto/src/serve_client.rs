@@ -417,11 +417,22 @@ impl Store for ServeClient {
         Err(unsupported("querying derivers"))
     }
 
+    /// From the `.drv` file itself (dumped and parsed): the outputs whose paths it names.
     fn query_derivation_outputs(
         &self,
-        _: &StorePath,
+        drv: &StorePath,
     ) -> Result<BTreeMap<String, StorePath>, ServeClientError> {
-        Err(unsupported("querying a derivation's outputs"))
+        let derivation = crate::client_ops::read_derivation_file(self, drv).map_err(|error| {
+            ServeClientError::BadReply {
+                host: self.host.clone(),
+                reason: error.chain(),
+            }
+        })?;
+        Ok(derivation
+            .outputs
+            .iter()
+            .filter_map(|(name, output)| Some((name.to_string(), output.path()?.clone())))
+            .collect())
     }
 
     fn query_path_from_hash_part(&self, _: &str) -> Result<Option<StorePath>, ServeClientError> {
@@ -548,6 +559,11 @@ fn failed(error: ServeClientError) -> StoreOpError {
 }
 
 impl StoreOps for ServeClient {
+    /// The `.drv` file dumped (`DumpStorePath`) and parsed.
+    fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
+        crate::client_ops::read_derivation_file(self, path)
+    }
+
     fn query_valid_paths(
         &self,
         paths: &BTreeSet<StorePath>,
@@ -617,7 +633,15 @@ impl StoreOps for ServeClient {
                 let minor = connection.minor;
                 let to = &mut connection.to;
                 to.write_u64(Command::BuildPaths as u64)?;
-                let texts: Vec<String> = targets.iter().map(|t| t.to_wire(store_dir)).collect();
+                // Nix's `StorePathWithOutputs`: every output is the bare `.drv` path (the
+                // serve protocol predates `DRV!*`).
+                let texts: Vec<String> = targets
+                    .iter()
+                    .map(|target| match &target.outputs {
+                        Some(outputs) if outputs.is_empty() => store_dir.display(&target.path),
+                        _ => target.to_wire(store_dir),
+                    })
+                    .collect();
                 to.write_strings(texts.iter())?;
                 to.write_u64(settings.max_silent_time)?;
                 to.write_u64(settings.timeout)?;

@@ -290,3 +290,41 @@ fn localhost_runs_the_remote_program_without_ssh() {
         std::fs::remove_dir_all(local.arca_root()).unwrap();
     }
 }
+
+/// `arca build` and `arca derivation show` run on the machine behind `--store ssh://…`
+/// and `ssh-ng://…`, real Nix's or Arca's: the output paths come back (over `ssh://` read
+/// off the `.drv` file, which the serve protocol can only dump).
+#[test]
+fn builds_and_derivations_work_through_ssh_stores() {
+    let test = "builds_and_derivations_work_through_ssh_stores";
+    if !remote_tools_available(test) {
+        return;
+    }
+    let ssh_dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(ssh_dir.path());
+    for kind in ["arca", "nix"] {
+        for scheme in ["ssh", "ssh-ng"] {
+            let context = format!("{kind} machine over {scheme}://");
+            let machine = Scratch::new();
+            let drvs = machine.instantiate_for_both("graphs.nix", &[], &["chatty"]);
+            let expected = lines(&machine.nix_store(&["--query", "--outputs", &drvs[0]]));
+            let url = if kind == "arca" {
+                arca_machine_uri(scheme, &machine)
+            } else {
+                nix_machine_uri(scheme, &machine)
+            };
+            let built = ok(arca_over_ssh(&sshd, &url, &["build", &drvs[0]]), &context);
+            assert_eq!(lines(&built), expected, "{context}");
+            let shown = ok(
+                arca_over_ssh(&sshd, &url, &["derivation", "show", &drvs[0]]),
+                &context,
+            );
+            let json: Value = serde_json::from_slice(&shown).unwrap();
+            assert_eq!(
+                json[&drvs[0]]["outputs"]["out"]["path"].as_str(),
+                Some(expected[0].as_str()),
+                "{context}: {json}"
+            );
+        }
+    }
+}
