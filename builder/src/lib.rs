@@ -30,8 +30,14 @@
 //!
 //! With `ca-derivations`, floating content-addressed derivations are built and resolved
 //! through realisations; with `impure-derivations`, impure ones; `builtin:fetchurl`
-//! fetches over HTTP(S) (feature `fetchurl`). Not supported yet: substitution, remote
-//! builds.
+//! fetches over HTTP(S) (feature `fetchurl`).
+//!
+//! Before building, missing outputs are substituted from binary caches
+//! ([`BuildOptions::substitution`], [`Substitution`]); [`substitute_paths`] does the same
+//! for store paths alone. With [`BuildOptions::machines`] (Nix's `builders`, parsed by
+//! [`Machine::parse_all`]) steps run on remote machines over `ssh://` or `ssh-ng://` as
+//! well as here: placed by slots, speed and features, their inputs copied there and their
+//! outputs copied back and registered, a machine that fails skipped with one warning.
 //!
 //! # Example
 //!

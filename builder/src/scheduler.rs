@@ -1025,16 +1025,7 @@ fn fail(
     error: BuildError,
 ) {
     let result = failed(emit, drv, error);
-    shared
-        .finished
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((drv.clone(), result));
-    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    guard.running -= 1;
-    guard.busy.clear();
-    guard.failed(drv, shared.options.keep_going);
-    shared.wake.notify_all();
+    finish(shared, drv, Some(result), false);
 }
 
 /// How long the committer gathers published outputs before flushing them.

@@ -30,7 +30,8 @@ impl BuildTarget {
 /// How to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Builds at once (`--max-jobs`).
+    /// Builds at once here (`--max-jobs`); 0 builds on [`Self::machines`] only, or, when
+    /// there are none, one at a time.
     pub max_jobs: usize,
     /// `NIX_BUILD_CORES` of each builder (`--cores`).
     pub cores: u32,

@@ -7,7 +7,8 @@
 //!
 //! - parameters `ssh-key` (`-i`), `base64-ssh-public-host-key` (the only key accepted
 //!   for the host), `compress` (`-C`), `remote-program`, `remote-store`,
-//!   `max-connections` (accepted; one connection is used);
+//!   `max-connections` (accepted: a store opened here keeps one connection, and remote
+//!   builds open one per running step, all through one shared ssh connection);
 //! - `$NIX_SSHOPTS` adds options to every `ssh` (split at white space), e.g.
 //!   `-F CONFIG` for a host alias with a port and key of its own;
 //! - the host `localhost` (without a user) runs the program directly, through

@@ -1,7 +1,9 @@
 //! The local store with builds, as a [`StoreOps`]: what `arca daemon` serves and what the
 //! `arca` command uses for a local store. Store logic of the worker protocol's operations
 //! that the registry does not have: adds from dumps (content-address methods, spooling),
-//! builds through `arca-build` (with recursive Nix), roots, garbage collection.
+//! builds through `arca-build` (with recursive Nix, remote machines and substitution,
+//! `ensure_path` substituting a missing path as Nix's `ensurePath`), roots, garbage
+//! collection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};

@@ -19,7 +19,9 @@
 //! - [`ops`]: [`StoreOps`], every operation of a store beyond [`Store`] (adds from
 //!   dumps, builds, roots, garbage collection, verification, logs), with its request and
 //!   result types: the one interface of the daemon's server, the daemon client, the local
-//!   store with builds and the `arca` command.
+//!   store with builds and the `arca` command; [`copy`]: closures copied between any two
+//!   of them.
+//! - [`machines`]: Nix's machines files and `builders` setting (remote builders).
 //!
 //! Not here: the registry, building, the daemon (higher crates), and the NAR format
 //! (`arca-nar`). Nothing here touches a store on disk: callers pass bytes and loaders in.
