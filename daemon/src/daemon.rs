@@ -97,8 +97,11 @@ pub fn systemd_listener() -> Option<UnixListener> {
 }
 
 /// Binds `socket` (replacing a stale one), mode 0666 as Nix's: access is decided per
-/// connection by identity, not by file permissions.
+/// connection by identity, not by file permissions. SIGTERM and SIGINT are blocked in
+/// the calling thread first, so that one sent as soon as the socket exists (before
+/// [`run`] watches for it) is kept for [`run`] rather than killing the process.
 pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
+    block_shutdown_signals();
     let listen_error = |source| DaemonError::Listen {
         path: socket.to_owned(),
         source,
@@ -118,6 +121,18 @@ pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Blocks SIGTERM and SIGINT in the calling thread (a clean shutdown waits for them in a
+/// thread of its own); the set.
+fn block_shutdown_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    if let Err(error) = signals.thread_block() {
+        tracing::warn!("cannot block SIGTERM for a clean shutdown: {error}");
+    }
+    signals
+}
+
 /// How long in-flight operations may take to finish after SIGTERM before the daemon
 /// exits anyway (every operation is atomic: one cut short leaves nothing behind).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -134,17 +149,9 @@ pub fn run(root: &Path, listener: UnixListener, options: DaemonOptions) -> Resul
         root: root.to_owned(),
         source,
     })?;
-    // Blocked here, before any thread starts, so that every thread inherits the mask
-    // and only the waiting thread below receives them.
-    let signals = {
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGTERM);
-        set.add(Signal::SIGINT);
-        set
-    };
-    if let Err(error) = signals.thread_block() {
-        tracing::warn!("cannot block SIGTERM for a clean shutdown: {error}");
-    }
+    // Blocked here (if `bind` has not already), before any thread starts, so that every
+    // thread inherits the mask and only the waiting thread below receives them.
+    let signals = block_shutdown_signals();
     let stopping = Arc::new(AtomicBool::new(false));
     // Shutting the listening socket down wakes the accept loop (with an error), even
     // when its path was deleted or the socket came from systemd.
