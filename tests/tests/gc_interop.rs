@@ -31,6 +31,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arca_tests::build::{busybox, busybox_available, Scratch};
@@ -75,8 +76,16 @@ fn base_name(path: &str) -> &str {
         .expect("a path in /nix/store")
 }
 
+/// Held by each [`NixMadeStore`] for its whole life. Nix's collector counts as a
+/// runtime root every valid path named anywhere in `/proc` (it scans for the logical
+/// `/nix/store`, whatever the store's root), so another test's Nix build of the same
+/// derivations, running beside the queries, would keep paths alive for Nix alone.
+static NIX_MADE_STORES: Mutex<()> = Mutex::new(());
+
 /// A store made by real Nix with roots of every kind and leftovers of crashed writers.
 struct NixMadeStore {
+    /// One such store at a time (see [`NIX_MADE_STORES`]).
+    _alone: MutexGuard<'static, ()>,
     scratch: Scratch,
     /// Trees added with `nix-store --add`: `t1` … `t5`.
     trees: Vec<String>,
@@ -96,6 +105,10 @@ struct NixMadeStore {
 
 impl NixMadeStore {
     fn new() -> NixMadeStore {
+        // A test that failed while holding the lock leaves nothing behind to guard.
+        let alone = NIX_MADE_STORES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let scratch = Scratch::new();
         let root = scratch.nix_root();
 
@@ -198,6 +211,7 @@ impl NixMadeStore {
         }
 
         NixMadeStore {
+            _alone: alone,
             root_targets: vec![
                 trees[0].clone(),
                 trees[1].clone(),
