@@ -490,6 +490,14 @@ struct LocalOps<'a>(&'a LocalStore);
 
 impl Store for LocalOps<'_> {
     type Error = StoreError;
+    type Batch<'a>
+        = arca_store_sqlite::LocalAddBatch<'a>
+    where
+        Self: 'a;
+
+    fn add_batch(&self) -> Self::Batch<'_> {
+        self.0.add_batch()
+    }
 
     fn store_dir(&self) -> &StoreDir {
         self.0.store_dir()

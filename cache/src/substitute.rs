@@ -9,21 +9,25 @@
 //! cache could not.
 //!
 //! [`fetch`] then copies what was planned, [`SubstituteOptions::downloads`] NARs at a
-//! time, a path only after the paths it refers to: each NAR is downloaded, decompressed
-//! and handed to the store as one stream, the store hashing it, checking its hash and
-//! size against the `.narinfo` and unpacking it. A path refused (a NAR gone, a hash
-//! mismatch, a truncated stream) leaves nothing in the store; the next cache that has it
-//! (with the same references) is tried, as Nix tries the next substituter; when none
-//! gives it, only the paths that refer to it are not tried: the others are fetched all the same, and every path added
-//! stays (it is complete, valid and so are its references). [`substitute`] then reports
-//! the first failure as its error.
+//! time, through the store's [`AddBatch`]: each NAR is downloaded, decompressed and
+//! handed to the store as one stream, the store hashing it, checking its hash and size
+//! against the `.narinfo` and unpacking it. The local store unpacks NARs ahead of the
+//! paths they refer to and makes each path valid once its references are, so a chain
+//! downloads as many paths at once as a wide closure; other stores are given a path
+//! only after the paths it refers to. A path refused (a NAR gone, a hash mismatch, a
+//! truncated stream) leaves nothing in the store; the next cache that has it (with the
+//! same references) is tried, as Nix tries the next substituter; when none gives it,
+//! only the paths that refer to it are given up: the others are fetched all the same,
+//! and every path added stays (it is complete, valid and so are its references).
+//! [`substitute`] then reports the first failure as its error.
 //!
 //! Nothing is remembered between calls: a path pushed to a cache a second after a miss
 //! is found by the next lookup.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
-use arca_store_core::{PublicKey, Store, StorePath};
+use arca_store_core::{dependency_order, AddBatch, PublicKey, Store, StorePath};
 
 use crate::cache::{BinaryCache, CacheError, Refusal};
 use crate::narinfo::{NarInfo, SignatureCheck};
@@ -283,11 +287,12 @@ pub fn fetch<S: Store + Sync + ?Sized>(
         pending.extend(found.narinfo.info.references.iter());
         graph.insert(path.clone(), found.narinfo.info.references.clone());
     }
-    let outcome = in_dependency_order(&graph, options.downloads, true, |path| {
+    let batch = store.add_batch();
+    // One path from the cache of best priority, then the others that have it: a failed
+    // add leaves nothing behind, so the next one starts clean. The first failure is the
+    // one reported when all fail.
+    let add = |path: &StorePath| -> Result<(), CacheError> {
         let found = &plan.found[path];
-        // The cache of best priority, then the others that have it: a failed add leaves
-        // nothing behind, so the next one starts clean. The first failure is the one
-        // reported when all fail.
         let sources = std::iter::once((found.cache, &found.narinfo)).chain(
             found
                 .alternatives
@@ -298,7 +303,7 @@ pub fn fetch<S: Store + Sync + ?Sized>(
         for (index, narinfo) in sources {
             let cache = &caches[index];
             let added = cache.nar(narinfo).and_then(|mut nar| {
-                store
+                batch
                     .add_nar(&narinfo.info, &mut nar)
                     .map_err(|error| CacheError::Add {
                         path: store.store_dir().display(path),
@@ -313,12 +318,78 @@ pub fn fetch<S: Store + Sync + ?Sized>(
                 }
             }
         }
+        batch.abandon(path);
         Err(first_error.unwrap_or_else(|| CacheError::InvalidPath(store.store_dir().display(path))))
-    });
+    };
+    let mut failed = if batch.ahead_of_references() {
+        fetch_ahead(&graph, options.downloads, add, |path| batch.abandon(path))
+    } else {
+        in_dependency_order(&graph, options.downloads, true, add).failed
+    };
+    let finished = batch.finish().map_err(|error| CacheError::Store {
+        path: "the paths substituted".to_owned(),
+        source: Box::new(error),
+    })?;
+    failed.extend(finished.failed.into_iter().map(|(path, source)| {
+        let error = CacheError::Add {
+            path: store.store_dir().display(&path),
+            cache: caches[plan.found[&path].cache].url().to_owned(),
+            source,
+        };
+        (path, error)
+    }));
     Ok(Fetched {
-        added: outcome.done,
-        failed: outcome.failed,
+        added: finished.valid,
+        failed,
     })
+}
+
+/// Runs `add` on every path of `graph` on up to `jobs` threads, handing the paths out
+/// references first but without waiting for them (the store makes each path valid once
+/// its references are); a path whose reference failed is not tried but given to
+/// `abandon`, as `add` does with the paths it fails.
+fn fetch_ahead(
+    graph: &BTreeMap<StorePath, BTreeSet<StorePath>>,
+    jobs: usize,
+    add: impl Fn(&StorePath) -> Result<(), CacheError> + Sync,
+    abandon: impl Fn(&StorePath) + Sync,
+) -> Vec<(StorePath, CacheError)> {
+    let keys: BTreeSet<StorePath> = graph.keys().cloned().collect();
+    let order = dependency_order(&keys, |path| {
+        Ok::<_, std::convert::Infallible>(graph.get(path).cloned().unwrap_or_default())
+    })
+    .unwrap_or_else(|never| match never {});
+    let given_up: Mutex<BTreeSet<StorePath>> = Mutex::new(BTreeSet::new());
+    let results = for_each(&order, jobs, |path| {
+        let needs_lost = graph[path].iter().any(|r| {
+            r != path
+                && given_up
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(r)
+        });
+        let result = if needs_lost {
+            abandon(path);
+            Err(None)
+        } else {
+            add(path).map_err(Some)
+        };
+        if result.is_err() {
+            given_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.clone());
+        }
+        result
+    });
+    order
+        .into_iter()
+        .zip(results)
+        .filter_map(|(path, result)| match result {
+            Err(Some(error)) => Some((path, error)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Copies the closures of `paths` from `caches` into `store` ([`plan`], then [`fetch`]);

@@ -845,6 +845,11 @@ enum Field {
 
 impl Store for DaemonClient {
     type Error = ClientError;
+    type Batch<'a> = arca_store_core::OneByOne<'a, Self>;
+
+    fn add_batch(&self) -> Self::Batch<'_> {
+        arca_store_core::OneByOne::new(self)
+    }
 
     fn store_dir(&self) -> &StoreDir {
         &self.store_dir

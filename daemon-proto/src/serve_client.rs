@@ -394,6 +394,11 @@ fn unsupported(what: &'static str) -> ServeClientError {
 
 impl Store for ServeClient {
     type Error = ServeClientError;
+    type Batch<'a> = arca_store_core::OneByOne<'a, Self>;
+
+    fn add_batch(&self) -> Self::Batch<'_> {
+        arca_store_core::OneByOne::new(self)
+    }
 
     fn store_dir(&self) -> &StoreDir {
         &self.store_dir

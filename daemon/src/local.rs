@@ -152,6 +152,14 @@ impl<'a> LocalBackend<'a> {
 
 impl Store for LocalBackend<'_> {
     type Error = StoreError;
+    type Batch<'a>
+        = arca_store_sqlite::LocalAddBatch<'a>
+    where
+        Self: 'a;
+
+    fn add_batch(&self) -> Self::Batch<'_> {
+        self.store().add_batch()
+    }
 
     fn store_dir(&self) -> &StoreDir {
         self.store().store_dir()

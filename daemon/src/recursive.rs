@@ -169,6 +169,14 @@ fn unknown(store_dir: &StoreDir, path: &StorePath) -> StoreError {
 
 impl Store for RestrictedStore<'_> {
     type Error = StoreError;
+    type Batch<'a>
+        = arca_store_core::OneByOne<'a, Self>
+    where
+        Self: 'a;
+
+    fn add_batch(&self) -> Self::Batch<'_> {
+        arca_store_core::OneByOne::new(self)
+    }
 
     fn store_dir(&self) -> &StoreDir {
         self.inner.store_dir()

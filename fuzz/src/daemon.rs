@@ -27,6 +27,11 @@ impl OnePathStore {
 
 impl Store for OnePathStore {
     type Error = StoreOpError;
+    type Batch<'a> = arca_store_core::OneByOne<'a, Self>;
+
+    fn add_batch(&self) -> Self::Batch<'_> {
+        arca_store_core::OneByOne::new(self)
+    }
 
     fn store_dir(&self) -> &StoreDir {
         &self.store_dir

@@ -9,7 +9,8 @@
 //!   byte), hashDerivationModulo and output paths, and the `nix show-derivation` JSON.
 //! - [`references`]: a one-pass scanner for store path hash parts in a byte stream.
 //! - [`path_info`]: [`PathInfo`] (Nix's `ValidPathInfo`) and [`ContentAddress`];
-//!   [`store`]: the [`Store`] trait that the local store and the daemon client implement.
+//!   [`store`]: the [`Store`] trait that the local store and the daemon client implement;
+//!   [`add_batch`]: [`AddBatch`], many paths added from their NARs at once.
 //! - [`signature`]: [`Signature`], a path's signature in Nix's `NAME:BASE64` form.
 //! - [`realisation`]: [`Realisation`] and [`DrvOutput`], where an output of a derivation
 //!   whose paths are not known in advance came to be (Nix's `ca-derivations`).
@@ -39,6 +40,7 @@
 //! assert_eq!(Hash::parse(&hash.to_sri(), None).unwrap(), hash);
 //! ```
 
+pub mod add_batch;
 pub mod base32;
 pub mod config;
 pub mod copy;
@@ -55,6 +57,7 @@ pub mod signature;
 pub mod store;
 pub mod store_path;
 
+pub use add_batch::{AddBatch, Finished, OneByOne};
 pub use derivation::{Derivation, DerivationOutput, OutputName};
 pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use ops::{

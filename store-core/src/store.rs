@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 
+use crate::add_batch::AddBatch;
 use crate::path_info::PathInfo;
 use crate::store_path::{StoreDir, StorePath};
 
@@ -43,6 +44,16 @@ pub trait Store {
     /// import path of `nix-store --import`, substitution and the daemon). The NAR is
     /// checked against `info.nar_hash` and `info.nar_size` before the path becomes valid.
     fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), Self::Error>;
+
+    /// How this store adds many paths at once ([`Store::add_batch`]): a store that adds
+    /// each path by itself uses [`crate::add_batch::OneByOne`].
+    type Batch<'a>: AddBatch<Error = Self::Error>
+    where
+        Self: 'a;
+
+    /// Starts adding many paths from their NARs, from any number of threads (see
+    /// [`AddBatch`]).
+    fn add_batch(&self) -> Self::Batch<'_>;
 
     /// Adds a text file (`builtins.toFile`, `.drv` files) with the given references.
     fn add_text(

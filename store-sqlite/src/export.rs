@@ -10,6 +10,7 @@ use std::io::{BufRead, Write};
 
 use arca_store_core::{export, PathInfo, Store, StorePath};
 
+use crate::add_batch::staged_limit;
 use crate::canonicalise::store_restore_options;
 use crate::error::StoreError;
 use crate::hashing::HashingReader;
@@ -38,7 +39,7 @@ impl LocalStore {
         let mut imported = Vec::new();
         let mut batch = Batch {
             entries: Vec::new(),
-            max_entries: batch_limit(),
+            max_entries: staged_limit(),
             paths: BTreeSet::new(),
             bytes: 0,
         };
@@ -110,22 +111,10 @@ impl LocalStore {
     }
 }
 
-/// How many paths one import batch may hold. Each holds two open files (its staging
-/// lock and its path lock), so the batch must fit the process's descriptor limit with
-/// room to spare (the usual soft limit is 1024); more than 1000 gains nothing.
-fn batch_limit() -> usize {
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(1024, |(soft, _)| soft);
-    let usable = soft.saturating_sub(256) / 2;
-    usize::try_from(usable)
-        .unwrap_or(usize::MAX)
-        .clamp(16, 1000)
-}
-
 /// Paths of an import staged and locked, waiting to be committed together.
 struct Batch {
     entries: Vec<(Staged, PathInfo, PathLock)>,
-    /// Most entries per batch: see [`batch_limit`].
+    /// Most entries per batch: see [`staged_limit`].
     max_entries: usize,
     /// The paths of `entries`.
     paths: BTreeSet<StorePath>,

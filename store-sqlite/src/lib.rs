@@ -30,6 +30,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod add_batch;
 mod built;
 mod canonicalise;
 mod derivations;
@@ -46,6 +47,7 @@ pub mod registry;
 mod staging;
 mod verify;
 
+pub use add_batch::LocalAddBatch;
 pub use built::{nar_hash_of, BuildScratch, BuiltPath, PublishedPaths, StagingDir};
 pub use durability::{boot_id, Durability};
 pub use error::StoreError;

@@ -18,6 +18,7 @@ use arca_store_core::{
     StorePath,
 };
 
+use crate::add_batch::LocalAddBatch;
 use crate::canonicalise::{canonicalise, store_restore_options, Owner};
 use crate::derivations::output_rows;
 use crate::durability::{Durability, Flusher};
@@ -459,34 +460,45 @@ impl LocalStore {
                 })?;
             return Ok(());
         }
+        self.write_locked(info, |tree| self.restore_checked(info, nar, tree))
+    }
+
+    /// Unpacks the NAR `nar` (positioned at it; exactly the NAR is consumed) to `tree`,
+    /// hashing it on the way, and checks it against `info`: NAR hash and size, and the
+    /// content address if it claims one.
+    pub(crate) fn restore_checked(
+        &self,
+        info: &PathInfo,
+        nar: &mut impl BufRead,
+        tree: &Path,
+    ) -> Result<(), StoreError> {
+        let display = self.store_dir.display(&info.path);
         let mut hashing = HashingReader::new(nar);
-        self.write_locked(info, |tree| {
-            arca_nar::restore_embedded(&mut hashing, tree, &store_restore_options()).map_err(
-                |source| StoreError::Restore {
-                    path: display.clone(),
-                    source,
-                },
-            )?;
-            let (hash, size) = hashing.result();
-            if size != info.nar_size {
-                return Err(StoreError::NarSizeMismatch {
-                    path: display.clone(),
-                    expected: info.nar_size,
-                    actual: size,
-                });
-            }
-            if hash != info.nar_hash {
-                return Err(StoreError::NarHashMismatch {
-                    path: display.clone(),
-                    expected: Box::new(info.nar_hash.clone()),
-                    actual: Box::new(hash),
-                });
-            }
-            if let Some(ca) = &info.ca {
-                self.check_content_address(info, ca, tree)?;
-            }
-            Ok(())
-        })
+        arca_nar::restore_embedded(&mut hashing, tree, &store_restore_options()).map_err(
+            |source| StoreError::Restore {
+                path: display.clone(),
+                source,
+            },
+        )?;
+        let (hash, size) = hashing.result();
+        if size != info.nar_size {
+            return Err(StoreError::NarSizeMismatch {
+                path: display,
+                expected: info.nar_size,
+                actual: size,
+            });
+        }
+        if hash != info.nar_hash {
+            return Err(StoreError::NarHashMismatch {
+                path: display,
+                expected: Box::new(info.nar_hash.clone()),
+                actual: Box::new(hash),
+            });
+        }
+        if let Some(ca) = &info.ca {
+            self.check_content_address(info, ca, tree)?;
+        }
+        Ok(())
     }
 
     /// A path that claims a content address must have the path that address gives, and
@@ -732,6 +744,11 @@ impl LocalStore {
 
 impl Store for LocalStore {
     type Error = StoreError;
+    type Batch<'a> = LocalAddBatch<'a>;
+
+    fn add_batch(&self) -> LocalAddBatch<'_> {
+        LocalAddBatch::new(self)
+    }
 
     fn store_dir(&self) -> &StoreDir {
         &self.store_dir
