@@ -19,7 +19,7 @@ use arca_store_core::{Hash, PathInfo, StorePath};
 use crate::error::{IoContext, StoreError};
 use crate::local_store::LocalStore;
 use crate::lock::PathLocks;
-use crate::staging::{remove_tree, Staged};
+use crate::staging::Staged;
 
 /// One output ready to be registered.
 #[derive(Debug, Clone)]
@@ -292,9 +292,7 @@ impl LocalStore {
             fs::rename(&location, staged.tree()).at(&location)?;
             crate::canonicalise::canonicalise(staged.tree(), self.owner())?;
             staged.record_target(&info.path)?;
-            let destination = self.physical_path(&info.path);
-            remove_tree(&destination).at(&destination)?;
-            staged.publish(&destination)?;
+            staged.publish(&self.physical_path(&info.path))?;
             entries.push((staged, info));
         }
         Ok(PublishedPaths { entries, locks })

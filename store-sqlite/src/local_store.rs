@@ -27,7 +27,7 @@ use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
-use crate::staging::{clean_stale, remove_tree, Staged, STAGING_DIR};
+use crate::staging::{clean_stale, Staged, STAGING_DIR};
 pub use arca_store_core::ops::AddProgress;
 
 /// How a [`LocalStore`] behaves.
@@ -667,11 +667,7 @@ impl LocalStore {
         let mut infos = Vec::with_capacity(batch.len());
         let mut outputs = Vec::new();
         for (staged, info) in &batch {
-            let destination = self.physical_path(&info.path);
-            // An unregistered leftover at the final name (a crash of real Nix, or of a
-            // writer killed before staging existed) is garbage: replace it.
-            remove_tree(&destination).at(&destination)?;
-            staged.publish(&destination)?;
+            staged.publish(&self.physical_path(&info.path))?;
             let mut info = info.clone();
             if info.registration_time == 0 {
                 info.registration_time = now();

@@ -65,6 +65,11 @@ enum Kind {
 }
 
 impl PathLock {
+    /// The lock file, open for reading and writing.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Blocks until this thread holds the store-path lock file `lock_path`.
     pub(crate) fn acquire(lock_path: &Path) -> Result<PathLock, StoreError> {
         PathLock::take(lock_path, Kind::StorePath, true)

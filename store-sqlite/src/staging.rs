@@ -18,8 +18,8 @@
 //! path is either absent or complete and valid, never half there.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -102,20 +102,50 @@ impl Staged {
     /// Records the final name of the staged tree in its lock file, so that a crash after
     /// the rename can be undone. Flushed by the caller's `syncfs` before the rename (immediate durability).
     pub fn record_target(&self, path: &StorePath) -> Result<(), StoreError> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&self.lock_path)
-            .at(&self.lock_path)?;
-        file.write_all(path.as_str().as_bytes()).at(&self.lock_path)
+        let name = path.as_str().as_bytes();
+        let recorded = match &self.lock {
+            // Through the descriptor the lock is held on: no second open.
+            Some(lock) => lock
+                .file()
+                .write_all_at(name, 0)
+                .and_then(|()| lock.file().set_len(name.len() as u64)),
+            None => fs::write(&self.lock_path, name),
+        };
+        recorded.at(&self.lock_path)
     }
 
-    /// Moves the staged tree to `destination`, its final name (recorded before).
+    /// Moves the staged tree to `destination`, its final name (recorded before). An
+    /// unregistered leftover at that name (a crash of real Nix, or of a writer killed
+    /// before staging existed) is garbage: it is replaced. The caller holds the path's
+    /// lock and has seen it invalid.
     pub fn publish(&self, destination: &Path) -> Result<(), StoreError> {
-        // Moving a directory to another parent rewrites its `..` entry, which needs write
-        // permission on the directory itself: a canonical (0555) tree can only be moved
-        // by root. Open it for the move and close it again right after; registration
-        // comes later, so a crash in between leaves an unregistered path for cleanup.
+        // The common case costs one rename; the others are found by its error.
+        let error = match fs::rename(&self.tree, destination) {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        match error.raw_os_error().map(nix::errno::Errno::from_raw) {
+            // Something at the final name that a rename cannot replace; or a canonical
+            // (0555) directory, which only root may move to another parent (that
+            // rewrites its `..` entry).
+            Some(
+                nix::errno::Errno::EEXIST
+                | nix::errno::Errno::ENOTEMPTY
+                | nix::errno::Errno::ENOTDIR
+                | nix::errno::Errno::EISDIR
+                | nix::errno::Errno::EACCES,
+            ) => {
+                remove_tree(destination).at(destination)?;
+                self.publish_read_only(destination)
+            }
+            _ => Err(error).at(destination),
+        }
+    }
+
+    /// [`Staged::publish`] for a read-only directory: opened for the move and closed
+    /// again right after; registration comes later, so a crash in between leaves an
+    /// unregistered path for cleanup.
+    fn publish_read_only(&self, destination: &Path) -> Result<(), StoreError> {
         let metadata = fs::symlink_metadata(&self.tree).at(&self.tree)?;
         let reopen = metadata.is_dir() && metadata.permissions().mode() & 0o200 == 0;
         if reopen {
