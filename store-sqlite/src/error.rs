@@ -46,6 +46,8 @@ pub enum StoreError {
     InvalidPath(String),
     #[error("path '{path}' refers to '{reference}', which is not valid")]
     MissingReference { path: String, reference: String },
+    #[error("path '{path}' was not made valid: '{failed}', committed with it, failed")]
+    CommittedWithFailure { path: String, failed: String },
     #[error("NAR of '{path}' has hash {actual}, expected {expected}")]
     NarHashMismatch {
         path: String,

@@ -116,10 +116,6 @@ fn a_chain_added_top_first_becomes_valid_when_its_bottom_comes() {
             .is_err());
     }
     add(&batch, &links[0]);
-    // The bottom completes every closure: all four are valid before `finish`.
-    for link in &links {
-        assert!(store.is_valid_path(&link.info.path).unwrap());
-    }
     let finished = batch.finish().unwrap();
     let order: Vec<StorePath> = links.iter().map(|l| l.info.path.clone()).collect();
     assert_eq!(finished.valid, order, "references first");
@@ -137,8 +133,14 @@ fn a_path_whose_reference_is_abandoned_is_dropped_and_leaves_nothing() {
     add(&batch, &links[2]);
     add(&batch, &links[0]);
     batch.abandon(&links[1].info.path);
-    // Dropped at once, not at the end: their staging trees are gone already.
-    assert!(staging_entries(&store).is_empty());
+    // Dropped at once, not at the end: only the bottom's tree and its lock file are
+    // still staged (it waits to be committed).
+    assert_eq!(
+        staging_entries(&store).len(),
+        2,
+        "{:?}",
+        staging_entries(&store)
+    );
     let finished = batch.finish().unwrap();
     assert_eq!(finished.valid, [links[0].info.path.clone()]);
     let dropped: BTreeSet<StorePath> = finished.dropped.into_iter().collect();
@@ -172,7 +174,6 @@ fn a_reference_valid_from_before_completes_the_closure() {
         .unwrap();
     let batch = store.add_batch();
     add(&batch, &links[1]);
-    assert!(store.is_valid_path(&links[1].info.path).unwrap());
     // Adding a valid path again is nothing.
     add(&batch, &links[0]);
     let finished = batch.finish().unwrap();
@@ -207,6 +208,7 @@ fn a_bad_nar_is_refused_at_once_and_its_referrers_dropped_when_abandoned() {
 
 #[test]
 fn threads_and_two_batches_racing_for_one_chain_finish() {
+    room_for_22();
     within_a_minute(|| {
         let dir = tempfile::tempdir().unwrap();
         let links = chain(dir.path(), 120);
@@ -236,13 +238,40 @@ fn threads_and_two_batches_racing_for_one_chain_finish() {
     });
 }
 
-#[test]
-fn adds_wait_for_room_while_a_reference_is_slow() {
-    // A soft descriptor limit of 300 leaves room for (300 - 256) / 2 = 22 waiting paths
-    // (two open files each). The limit is the process's, but every test here needs few.
+/// Sets the soft descriptor limit to 300, which leaves room for (300 - 256) / 2 = 22
+/// staged paths (two open files each), committed once 11 are ready. The limit is the
+/// process's, but every test here needs few.
+fn room_for_22() {
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 300, hard).unwrap();
+}
+
+#[test]
+fn ready_paths_are_committed_eleven_at_a_time() {
+    room_for_22();
+    let dir = tempfile::tempdir().unwrap();
+    let links = chain(dir.path(), 12);
+    let store = LocalStore::open(&dir.path().join("root")).unwrap();
+    let batch = store.add_batch();
+    for link in &links[..10] {
+        add(&batch, link);
+    }
+    // Ten ready: not committed yet, still staged.
+    assert!(store.all_valid_paths().unwrap().is_empty());
+    add(&batch, &links[10]);
+    // Eleven: committed together.
+    assert_eq!(store.all_valid_paths().unwrap().len(), 11);
+    add(&batch, &links[11]);
+    assert!(!store.is_valid_path(&links[11].info.path).unwrap());
+    let finished = batch.finish().unwrap();
+    assert_eq!(finished.valid.len(), 12);
+    assert_store_holds(&store, &links.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn adds_wait_for_room_while_a_reference_is_slow() {
+    room_for_22();
     within_a_minute(|| {
         let dir = tempfile::tempdir().unwrap();
         let links = chain(dir.path(), 60);
@@ -255,8 +284,10 @@ fn adds_wait_for_room_while_a_reference_is_slow() {
             scope.spawn(|| {
                 std::thread::sleep(Duration::from_millis(400));
                 let waiting = added.load(Ordering::SeqCst);
+                // The room, and one more per worker for a path let in because a
+                // staged path needs it.
                 assert!(
-                    (20..=22).contains(&waiting),
+                    (20..=25).contains(&waiting),
                     "{waiting} paths wait staged, the room is 22"
                 );
                 add(&batch, &links[0]);
@@ -274,4 +305,44 @@ fn adds_wait_for_room_while_a_reference_is_slow() {
         assert_eq!(finished.valid.len(), 60);
         assert_store_holds(&store, &links.iter().collect::<Vec<_>>());
     });
+}
+
+#[test]
+fn a_commit_that_fails_names_the_path_at_fault_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let links = chain(dir.path(), 2);
+    // A `.drv` that is no derivation: committing it fails (as Nix, the store checks
+    // every derivation that becomes valid), and with it the batch it is committed in.
+    let file = dir.path().join("bogus.drv");
+    fs::write(&file, "not a derivation").unwrap();
+    let mut nar = Vec::new();
+    arca_nar::dump_path(&file, &mut nar, &DumpOptions::default()).unwrap();
+    let path = StorePath::from_base_name(&format!("{}-bogus.drv", "b".repeat(32))).unwrap();
+    let bogus = Link {
+        info: PathInfo::new(path, Hash::digest(HashAlgo::Sha256, &nar), nar.len() as u64),
+        nar,
+    };
+    let store = LocalStore::open(&dir.path().join("root")).unwrap();
+    let batch = store.add_batch();
+    add(&batch, &bogus);
+    add(&batch, &links[0]);
+    add(&batch, &links[1]);
+    let finished = batch.finish().unwrap();
+    assert!(finished.valid.is_empty(), "{:?}", finished.valid);
+    let reasons: Vec<(StorePath, String)> = finished
+        .failed
+        .iter()
+        .map(|(path, error)| (path.clone(), error.to_string()))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    let (first, why) = &reasons[0];
+    assert_eq!(*first, bogus.info.path, "{reasons:?}");
+    assert!(why.contains("bogus.drv"), "{why}");
+    for (_, why) in &reasons[1..] {
+        assert!(
+            why.contains("was not made valid") && why.contains("bogus.drv"),
+            "{why}"
+        );
+    }
+    assert_store_holds(&store, &[]);
 }
