@@ -15,6 +15,8 @@ served over HTTP by `arca cache serve --sign-key …` on the same store.
 Rows: the file:// cache, and HTTP from `arca cache serve` (uncompressed NARs). Runs
 interleave the tools (Nix, Arca, Nix, Arca, ...), each into a new empty store; prints
 medians and Nix/Arca ratios, and checks both stores end up with the whole closure.
+With --baseline BIN, an older arca is timed in the same runs too, and the ratio
+baseline/arca says whether a change made substitution slower (< 1).
 """
 import argparse
 import hashlib
@@ -87,7 +89,10 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compression", default="zstd")
     parser.add_argument("--shape", choices=["chain", "dag"], default="chain")
+    parser.add_argument("--baseline", help="an older arca binary to time beside --arca")
     args = parser.parse_args()
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
+    tools = ("nix", "arca", "baseline") if baseline else ("nix", "arca")
     arca = os.path.abspath(args.arca)
     work = os.path.join(args.work, "substitute")
     check(["rm", "-rf", work])
@@ -113,7 +118,7 @@ def main():
     try:
         for run in range(args.runs):
             for label, url in rows:
-                for tool in ("nix", "arca"):
+                for tool in tools:
                     root = os.path.join(work, f"{tool}-store")
                     check(["rm", "-rf", root])
                     check(["sync"])
@@ -122,7 +127,8 @@ def main():
                                "--option", "substituters", url,
                                "--option", "trusted-public-keys", pk]
                     else:
-                        cmd = [arca, "--store", root, "--option", "trusted-public-keys", pk,
+                        binary = baseline if tool == "baseline" else arca
+                        cmd = [binary, "--store", root, "--option", "trusted-public-keys", pk,
                                "copy", "--from", url, top]
                     times.setdefault((label, tool), []).append(timed(cmd))
                     count = check(["find", os.path.join(root, "nix/store"), "-maxdepth", "1",
@@ -132,11 +138,16 @@ def main():
     finally:
         server.kill()
     print(f"closure: {args.paths} paths ({args.shape}), {total / 2**20:.0f} MiB of NAR contents")
-    print(f"{'row':<30} {'nix-store -r':>14} {'arca copy --from':>17} {'nix/arca':>9}")
+    print(f"{'row':<30} {'nix-store -r':>14} {'arca copy --from':>17} {'nix/arca':>9}"
+          + (f" {'baseline':>10} {'base/arca':>10}" if baseline else ""))
     for label, _ in rows:
         n = statistics.median(times[(label, "nix")])
         a = statistics.median(times[(label, "arca")])
-        print(f"{label:<30} {n:12.2f} s {a:15.2f} s {n / a:8.2f}x", flush=True)
+        line = f"{label:<30} {n:12.2f} s {a:15.2f} s {n / a:8.2f}x"
+        if baseline:
+            b = statistics.median(times[(label, "baseline")])
+            line += f" {b:8.2f} s {b / a:9.2f}x"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
