@@ -27,7 +27,7 @@ use crate::environment::{build_environment, placeholder_rewrites, rewrite, SANDB
 use crate::log::{LogSink, PendingLog};
 use crate::pending::Pending;
 use arca_store_core::settings::host_system;
-use arca_store_core::{BuildEvent, SandboxMode};
+use arca_store_core::{BuildEvent, FullStorePath, SandboxMode};
 
 use crate::types::{BuildError, BuildOptions};
 
@@ -64,8 +64,9 @@ pub(crate) struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn display(&self) -> String {
-        self.store.store_dir().display(self.drv_path)
+    /// The `.drv` path as errors carry it.
+    fn full(&self) -> FullStorePath {
+        self.store.store_dir().full(self.drv_path)
     }
 
     /// The paths the outputs are built at: their store paths, and for floating and
@@ -85,7 +86,7 @@ impl Job<'_> {
                         .path()
                         .cloned()
                         .ok_or_else(|| BuildError::Unsupported {
-                            drv: self.display(),
+                            drv: self.full(),
                             reason: format!(
                             "output '{name}' is deferred: the derivation must be resolved first"
                         ),
@@ -108,7 +109,7 @@ impl Job<'_> {
                 &output_path_name(&self.drv.name, output.as_str()),
             )
             .map_err(|error| BuildError::Unsupported {
-                drv: self.display(),
+                drv: self.full(),
                 reason: error.to_string(),
             })
     }
@@ -141,14 +142,14 @@ impl Job<'_> {
             if name == "fetchurl" && !self.drv.is_fixed_output() {
                 // What it fetches is only checked by the declared hash.
                 return Err(BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason: "'builtin:fetchurl' is only allowed for fixed-output derivations"
                         .into(),
                 });
             }
             if !BUILTINS.contains(&name) {
                 return Err(BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason: format!(
                         "the builtin builder '{}' is not supported yet",
                         self.drv.builder
@@ -157,7 +158,7 @@ impl Job<'_> {
             }
         } else if self.drv.system != host_system() {
             return Err(BuildError::WrongSystem {
-                drv: self.display(),
+                drv: self.full(),
                 system: self.drv.system.clone(),
                 host: host_system(),
             });
@@ -183,7 +184,7 @@ impl Job<'_> {
         }
         if (self.options.check || self.options.repair) && self.has_floating_outputs() {
             return Err(BuildError::Unsupported {
-                drv: self.display(),
+                drv: self.full(),
                 reason: "checking or repairing floating content-addressed outputs is not supported"
                     .into(),
             });
@@ -191,7 +192,7 @@ impl Job<'_> {
         let rebuild: BTreeSet<StorePath> = if self.options.check {
             if valid.len() != output_paths.len() {
                 return Err(BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason: "some outputs are not valid, so checking is not possible".into(),
                 });
             }
@@ -292,7 +293,7 @@ impl Job<'_> {
                     .get(name)
                     .and_then(DerivationOutput::path)
                     .ok_or_else(|| BuildError::Unsupported {
-                        drv: self.display(),
+                        drv: self.full(),
                         reason: format!(
                             "input '{}' has no output '{name}'",
                             store.store_dir().display(input_drv)
@@ -306,8 +307,8 @@ impl Job<'_> {
         for input in &inputs {
             if !self.pending.is_available(store, input)? {
                 return Err(BuildError::MissingInput {
-                    drv: self.display(),
-                    input: store.store_dir().display(input),
+                    drv: self.full(),
+                    input: store.store_dir().full(input),
                 });
             }
         }
@@ -329,7 +330,7 @@ impl Job<'_> {
             return Ok(());
         }
         Err(BuildError::MissingFeatures {
-            drv: self.display(),
+            drv: self.full(),
             system: self.drv.system.clone(),
             required: required.into_iter().collect(),
             host: host_system(),
@@ -356,7 +357,7 @@ impl Job<'_> {
         let started = std::time::Instant::now();
         let store = self.store;
         let out = outputs.get("out").ok_or_else(|| BuildError::Unsupported {
-            drv: self.display(),
+            drv: self.full(),
             reason: format!("the builtin builder '{name}' needs an output 'out'"),
         })?;
         let physical = |path: &StorePath| store.physical_path(path);
@@ -392,7 +393,7 @@ impl Job<'_> {
                 SandboxMode::Disabled => true,
                 SandboxMode::Relaxed => no_chroot,
                 SandboxMode::Enabled if no_chroot => return Err(BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason:
                         "it has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'"
                             .into(),
@@ -443,7 +444,7 @@ impl Job<'_> {
             let fallback = store_dir
                 .make_store_path("output:out", &inner, path.name())
                 .map_err(|error| BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason: error.to_string(),
                 })?;
             redirected.insert(path.clone(), fallback);
@@ -539,7 +540,7 @@ impl Job<'_> {
         structured: Option<&serde_json::Value>,
     ) -> Result<ReferenceGraphs, BuildError> {
         let unsupported = |reason: String| BuildError::Unsupported {
-            drv: self.display(),
+            drv: self.full(),
             reason,
         };
         let requests: Vec<(String, Vec<String>)> = match structured {
@@ -626,8 +627,8 @@ impl Job<'_> {
             for path in &closure {
                 let info = self.pending.path_info(store, path)?.ok_or_else(|| {
                     BuildError::MissingInput {
-                        drv: self.display(),
-                        input: store_dir.display(path),
+                        drv: self.full(),
+                        input: store_dir.full(path),
                     }
                 })?;
                 infos.push(info);
@@ -767,7 +768,7 @@ impl Job<'_> {
                 .path
                 .to_str()
                 .ok_or_else(|| BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason: format!(
                         "the build directory '{}' is not valid UTF-8",
                         build_dir.path.display()
@@ -785,7 +786,7 @@ impl Job<'_> {
             &|name| std::env::var(name).ok(),
         )
         .map_err(|reason| BuildError::Unsupported {
-            drv: self.display(),
+            drv: self.full(),
             reason,
         })?;
         // Recursive Nix: a daemon of its own on a socket in the build directory.
@@ -797,7 +798,7 @@ impl Job<'_> {
                     .recursive_nix
                     .as_ref()
                     .ok_or_else(|| BuildError::Unsupported {
-                        drv: self.display(),
+                        drv: self.full(),
                         reason: "it needs recursive Nix, which this builder cannot serve".into(),
                     })?;
             let socket = build_dir.path.join(".nix-socket");
@@ -928,7 +929,7 @@ impl Job<'_> {
             user_time: report.usage.user_time,
             system_time: report.usage.system_time,
         });
-        let display = self.display();
+        let display = self.full();
         match report.outcome {
             Outcome::Exited(0) => {}
             Outcome::Exited(code) => {
@@ -979,9 +980,9 @@ impl Job<'_> {
             let location = scratch.path().join(path.as_str());
             if fs::symlink_metadata(&location).is_err() {
                 return Err(BuildError::MissingOutput {
-                    drv: self.display(),
-                    output: name.to_string(),
-                    path: store_dir.display(path),
+                    drv: self.full(),
+                    output: name.clone(),
+                    path: store_dir.full(path),
                 });
             }
             let (path, location, ca) = match &self.drv.outputs[&name] {
@@ -1022,7 +1023,7 @@ impl Job<'_> {
                 if let Some(registered) = registered {
                     if registered != output.info.nar_hash {
                         differences.push((
-                            store_dir.display(&output.info.path),
+                            store_dir.full(&output.info.path),
                             registered,
                             output.info.nar_hash.clone(),
                         ));
@@ -1031,7 +1032,7 @@ impl Job<'_> {
             }
             if !differences.is_empty() {
                 return Err(BuildError::NotDeterministic {
-                    drv: self.display(),
+                    drv: self.full(),
                     differences,
                 });
             }
@@ -1111,8 +1112,8 @@ impl Job<'_> {
             if fs::symlink_metadata(&location).is_ok() {
                 arca_nar::dump_path(&location, &mut scanner, &DumpOptions::default()).map_err(
                     |source| BuildError::Output {
-                        drv: self.display(),
-                        path: self.store.store_dir().display(path),
+                        drv: self.full(),
+                        path: self.store.store_dir().full(path),
                         source,
                     },
                 )?;
@@ -1153,7 +1154,7 @@ impl Job<'_> {
         for name in outputs.keys() {
             visit(name, &refers, &mut done, &mut visiting, &mut order).map_err(
                 |(output, from)| BuildError::Unsupported {
-                    drv: self.display(),
+                    drv: self.full(),
                     reason: format!(
                         "cycle detected in the references of output '{output}' from output '{from}'"
                     ),
@@ -1198,8 +1199,8 @@ impl Job<'_> {
             ContentAddressMethod::Recursive => {
                 arca_nar::dump_path(location, &mut sink, &DumpOptions::default()).map_err(
                     |source| BuildError::Output {
-                        drv: self.display(),
-                        path: store_dir.display(scratch_path),
+                        drv: self.full(),
+                        path: store_dir.full(scratch_path),
                         source,
                     },
                 )?;
@@ -1208,7 +1209,7 @@ impl Job<'_> {
                 let metadata = fs::symlink_metadata(location).map_err(io_error)?;
                 if !metadata.is_file() || metadata.permissions().mode() & 0o111 != 0 {
                     return Err(BuildError::Unsupported {
-                        drv: self.display(),
+                        drv: self.full(),
                         reason: format!(
                             "output path '{}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)",
                             store_dir.display(scratch_path)
@@ -1242,7 +1243,7 @@ impl Job<'_> {
                 self_reference,
             )
             .map_err(|error| BuildError::Unsupported {
-                drv: self.display(),
+                drv: self.full(),
                 reason: format!("output '{name}' cannot be given a path: {error}"),
             })?;
         let to = location.with_file_name(path.as_str());
@@ -1389,8 +1390,8 @@ impl Job<'_> {
                 .recreate(location, path.as_str(), &mut sink, Some(build_uid))
                 .map_err(|error| match error {
                     arca_store_sqlite::StoreError::Dump { source, .. } => BuildError::Output {
-                        drv: self.display(),
-                        path: store_dir.display(path),
+                        drv: self.full(),
+                        path: store_dir.full(path),
                         source,
                     },
                     other => other.into(),
@@ -1402,8 +1403,8 @@ impl Job<'_> {
                 };
                 arca_nar::dump_path(location, &mut sink, &options).map_err(|source| {
                     BuildError::Output {
-                        drv: self.display(),
-                        path: store_dir.display(path),
+                        drv: self.full(),
+                        path: store_dir.full(path),
                         source,
                     }
                 })?;
@@ -1438,19 +1439,15 @@ impl Job<'_> {
             if got != specified {
                 self.register_mismatched(path, location, method, &got, &info)?;
                 return Err(BuildError::HashMismatch {
-                    drv: self.display(),
+                    drv: self.full(),
                     specified: Box::new(specified),
                     got: Box::new(got),
                 });
             }
             if !info.references.is_empty() {
                 return Err(BuildError::ForbiddenReferences {
-                    path: store_dir.display(path),
-                    paths: info
-                        .references
-                        .iter()
-                        .map(|r| store_dir.display(r))
-                        .collect(),
+                    path: store_dir.full(path),
+                    paths: info.references.iter().map(|r| store_dir.full(r)).collect(),
                 });
             }
             info.ca = Some(ContentAddress::Fixed {
@@ -1521,7 +1518,7 @@ impl Job<'_> {
         })?;
         if !metadata.is_file() || metadata.permissions().mode() & 0o111 != 0 {
             return Err(BuildError::Unsupported {
-                drv: self.display(),
+                drv: self.full(),
                 reason: format!(
                     "output path '{}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)",
                     store_dir.display(path)
@@ -1593,7 +1590,7 @@ impl Job<'_> {
                         listed.insert(path);
                     } else {
                         return Err(BuildError::Unsupported {
-                            drv: self.display(),
+                            drv: self.full(),
                             reason: format!("{variable} names '{word}', which is neither an output nor a store path"),
                         });
                     }
@@ -1619,14 +1616,14 @@ impl Job<'_> {
                 if recursive && ignore_self {
                     used.remove(&output.info.path);
                 }
-                let bad: Vec<String> = used
+                let bad: Vec<FullStorePath> = used
                     .iter()
                     .filter(|path| listed.contains(*path) != allow)
-                    .map(|path| store_dir.display(path))
+                    .map(|path| store_dir.full(path))
                     .collect();
                 if !bad.is_empty() {
                     return Err(BuildError::ForbiddenReferences {
-                        path: store_dir.display(&output.info.path),
+                        path: store_dir.full(&output.info.path),
                         paths: bad,
                     });
                 }
@@ -1742,8 +1739,8 @@ impl Job<'_> {
                         continue;
                     }
                     return Err(BuildError::MissingInput {
-                        drv: self.display(),
-                        input: store.store_dir().display(&path),
+                        drv: self.full(),
+                        input: store.store_dir().full(&path),
                     });
                 }
                 let physical = store.physical_path(&path).join(below);

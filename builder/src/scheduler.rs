@@ -222,7 +222,7 @@ impl Graph {
                         store.read_derivation(&drv_path)?
                     }
                 };
-                let display = || store.store_dir().display(&drv_path);
+                let display = || store.store_dir().full(&drv_path);
                 let kind = drv.kind().map_err(|error| BuildError::Unsupported {
                     drv: display(),
                     reason: error.to_string(),
@@ -292,7 +292,7 @@ impl Graph {
                     None if node.drv.outputs.contains_key(name) => needed = true,
                     None => {
                         return Err(BuildError::Unsupported {
-                            drv: store.store_dir().display(&drv_path),
+                            drv: store.store_dir().full(&drv_path),
                             reason: format!("it has no output '{name}'"),
                         })
                     }
@@ -328,8 +328,8 @@ impl Graph {
                     .is_some_and(|n| n.kind == DerivationKind::Impure)
                 {
                     return Err(BuildError::DependsOnImpure {
-                        drv: store.store_dir().display(path),
-                        input: store.store_dir().display(input),
+                        drv: store.store_dir().full(path),
+                        input: store.store_dir().full(input),
                     });
                 }
             }
@@ -516,7 +516,7 @@ struct Resolved {
 /// Resolves `node` (Nix's `tryResolve`, then `writeDerivation`): its inputs' outputs
 /// replace its input derivations and their placeholders; the resolved `.drv` is written
 /// to the store once those outputs are registered.
-fn resolve(shared: &Shared<'_>, node: &Node) -> Result<Resolved, BuildError> {
+fn resolve(shared: &Shared<'_>, drv_path: &StorePath, node: &Node) -> Result<Resolved, BuildError> {
     let store = shared.store;
     let resolved = {
         let realised = shared.realised.lock().unwrap_or_else(|p| p.into_inner());
@@ -525,7 +525,7 @@ fn resolve(shared: &Shared<'_>, node: &Node) -> Result<Resolved, BuildError> {
                 realised.get(input)?.get(output).cloned()
             })
             .map_err(|error| BuildError::Unsupported {
-                drv: node.drv.name.clone(),
+                drv: store.store_dir().full(drv_path),
                 reason: format!("it cannot be resolved: {error}"),
             })?
     };
@@ -533,7 +533,7 @@ fn resolve(shared: &Shared<'_>, node: &Node) -> Result<Resolved, BuildError> {
     let path = store.add_derivation(&resolved)?;
     store.add_temp_root(&path)?;
     let kind = resolved.kind().map_err(|error| BuildError::Unsupported {
-        drv: store.store_dir().display(&path),
+        drv: store.store_dir().full(&path),
         reason: error.to_string(),
     })?;
     let static_hash = if shared.options.ca_derivations && kind != DerivationKind::Impure {
@@ -628,7 +628,7 @@ fn dependent_realisations(
                 store
                     .query_realisation(&id)?
                     .ok_or_else(|| BuildError::Unsupported {
-                        drv: store.store_dir().display(input),
+                        drv: store.store_dir().full(input),
                         reason: format!("output '{output}' of it isn't built"),
                     })?;
             roots.push(realisation);
@@ -694,7 +694,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 continue;
             }
             Placement::Nowhere(message) => {
-                let drv = store.store_dir().display(&drv_path);
+                let drv = store.store_dir().full(&drv_path);
                 fail(
                     shared,
                     emit,
@@ -708,7 +708,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         }
         let node = &graph.nodes[&drv_path];
         let resolved = if node.resolves(options) {
-            match resolve(shared, node) {
+            match resolve(shared, &drv_path, node) {
                 Ok(resolved) => Some(resolved),
                 Err(error) => {
                     release_local_slot(shared);
@@ -748,7 +748,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "a panic without a message".to_string());
                     let error = BuildError::Panicked {
-                        drv: store.store_dir().display(&drv_path),
+                        drv: store.store_dir().full(&drv_path),
                         message,
                     };
                     (Err(error), Default::default())
@@ -915,7 +915,7 @@ fn build_remotely(
         ..
     } = *shared;
     let node = &graph.nodes[&drv_path];
-    let display = store.store_dir().display(&drv_path);
+    let full = store.store_dir().full(&drv_path);
     // Its inputs: the sources and the wanted outputs of its input derivations.
     let mut inputs = node.drv.input_srcs.clone();
     {
@@ -972,7 +972,7 @@ fn build_remotely(
             emit,
             &drv_path,
             BuildError::Remote {
-                drv: display,
+                drv: full,
                 machine: shared.machines.uri(index).to_owned(),
                 message,
             },
@@ -1114,7 +1114,7 @@ fn committer(
         let mut failed = Vec::new();
         let mut finished_now = Vec::new();
         let register_error = |drv: &StorePath, message: String| BuildError::Register {
-            drv: store.store_dir().display(drv),
+            drv: store.store_dir().full(drv),
             message,
         };
         for (drv, outputs, resolved_hash) in jobs {
@@ -1192,7 +1192,7 @@ fn run_post_build_hook(
     ));
     spec.cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let failed = |reason: String| BuildError::PostBuildHook {
-        drv: store_dir.display(drv),
+        drv: store_dir.full(drv),
         hook: hook.to_path_buf(),
         reason,
     };

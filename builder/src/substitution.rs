@@ -176,7 +176,7 @@ pub(crate) fn substitute_targets(
         let fetched =
             arca_cache::fetch(store, &caches, &planned, &paths, options).map_err(|error| {
                 BuildError::Substitution {
-                    drv: String::new(),
+                    drv: None,
                     source: Box::new(error),
                 }
             })?;
@@ -192,9 +192,7 @@ pub(crate) fn substitute_targets(
             })
             .map(|(drv, _)| drv.clone())
             .collect();
-        let drv = failed
-            .first()
-            .map_or_else(String::new, |drv| store_dir.display(drv));
+        let drv = failed.first().map(|drv| store_dir.full(drv));
         if !substitution.fallback {
             return Err(BuildError::Substitution {
                 drv,
@@ -285,7 +283,7 @@ fn plan(
         } else {
             arca_cache::plan(store, caches, &candidates, options).map_err(|error| {
                 BuildError::Substitution {
-                    drv: String::new(),
+                    drv: None,
                     source: Box::new(error),
                 }
             })?
@@ -323,7 +321,7 @@ fn plan(
     if !sources.is_empty() {
         let planned = arca_cache::plan(store, caches, &sources, options).map_err(|error| {
             BuildError::Substitution {
-                drv: String::new(),
+                drv: None,
                 source: Box::new(error),
             }
         })?;

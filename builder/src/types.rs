@@ -8,7 +8,7 @@ use std::time::Duration;
 use arca_sandbox::SandboxError;
 use arca_store_core::derivation::OutputName;
 use arca_store_core::settings::{default_system_features, SettingsError};
-use arca_store_core::{Hash, SandboxMode, SandboxPath, Settings, StorePath};
+use arca_store_core::{FullStorePath, Hash, SandboxMode, SandboxPath, Settings, StorePath};
 use arca_store_sqlite::StoreError;
 
 /// One thing to build: a derivation and which of its outputs (all when `None`).
@@ -194,22 +194,26 @@ pub enum BuildError {
     Sandbox(#[from] SandboxError),
     /// A pure derivation (not fixed-output) depends on an impure one, which Nix forbids.
     #[error("pure derivation '{drv}' depends on impure derivation '{input}'")]
-    DependsOnImpure { drv: String, input: String },
+    DependsOnImpure {
+        drv: FullStorePath,
+        input: FullStorePath,
+    },
     /// The derivation is malformed or asks for something unsupported.
     #[error("derivation '{drv}': {reason}")]
     Unsupported {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// What.
         reason: String,
     },
     /// Substituting failed and `fallback` is off (Nix's wording).
     #[error(
-        "some substitutes for the outputs of derivation '{drv}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source"
+        "some substitutes for the outputs of derivation '{}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source",
+        drv.as_ref().map(ToString::to_string).unwrap_or_default()
     )]
     Substitution {
-        /// The `.drv` path (empty when no derivation is to blame yet).
-        drv: String,
+        /// The `.drv` path (none when no derivation is to blame yet).
+        drv: Option<FullStorePath>,
         #[source]
         source: Box<arca_cache::CacheError>,
     },
@@ -218,14 +222,14 @@ pub enum BuildError {
     #[error("{message}")]
     NoMachine {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         message: String,
     },
     /// The build failed on a remote machine (Nix's words).
     #[error("build of '{drv}' on '{machine}' failed: {message}")]
     Remote {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The machine's store URI.
         machine: String,
         /// What the machine said.
@@ -235,15 +239,15 @@ pub enum BuildError {
     #[error("cannot build '{drv}': input '{input}' is not valid")]
     MissingInput {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The missing path.
-        input: String,
+        input: FullStorePath,
     },
     /// The builder exited with a non-zero status or was killed by a signal.
     #[error("builder for '{drv}' failed with exit code {code}{}", tail_text(tail))]
     BuilderFailed {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// Exit status (or 128 + signal).
         code: i32,
         /// The last lines of its log.
@@ -256,7 +260,7 @@ pub enum BuildError {
     )]
     BuilderSignaled {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The signal number.
         signal: i32,
         /// Its description, as `strsignal` gives it (`Killed`).
@@ -268,7 +272,7 @@ pub enum BuildError {
     #[error("a '{system}' is required to build '{drv}', but I am a '{host}'")]
     WrongSystem {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The derivation's `system`.
         system: String,
         /// This machine's.
@@ -283,7 +287,7 @@ pub enum BuildError {
     )]
     MissingFeatures {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The derivation's `system`.
         system: String,
         /// The features it requires.
@@ -297,7 +301,7 @@ pub enum BuildError {
     #[error("builder for '{drv}' {reason}{}", tail_text(tail))]
     Limit {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// `timed out after N seconds`, ...
         reason: String,
         /// The last lines of its log.
@@ -307,17 +311,17 @@ pub enum BuildError {
     #[error("builder for '{drv}' failed to produce output path for output '{output}' at '{path}'")]
     MissingOutput {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The output name.
-        output: String,
+        output: OutputName,
         /// Its store path.
-        path: String,
+        path: FullStorePath,
     },
     /// The `post-build-hook` failed after the outputs were registered.
     #[error("post-build hook '{}' of '{drv}' {reason}", hook.display())]
     PostBuildHook {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The hook program.
         hook: PathBuf,
         /// How it ended.
@@ -327,7 +331,7 @@ pub enum BuildError {
     #[error("hash mismatch in fixed-output derivation '{drv}':\n  specified: {}\n     got:    {}", specified.to_sri(), got.to_sri())]
     HashMismatch {
         /// The `.drv` path (what was built is registered under the path of its hash).
-        drv: String,
+        drv: FullStorePath,
         /// The declared hash.
         specified: Box<Hash>,
         /// The hash of what was built.
@@ -341,16 +345,16 @@ pub enum BuildError {
     )]
     ForbiddenReferences {
         /// The output path.
-        path: String,
+        path: FullStorePath,
         /// The offending paths.
-        paths: Vec<String>,
+        paths: Vec<FullStorePath>,
     },
     /// Registering the outputs failed (with every other build of the same group
     /// commit); nothing of them is valid.
     #[error("cannot register the outputs of '{drv}': {message}")]
     Register {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The store's error.
         message: String,
     },
@@ -358,7 +362,7 @@ pub enum BuildError {
     #[error("internal error while building '{drv}': {message}")]
     Panicked {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The panic's message.
         message: String,
     },
@@ -366,18 +370,18 @@ pub enum BuildError {
     #[error("derivation '{drv}' may not be deterministic:{}", differences.iter().map(|(path, expected, got)| format!("\n  output '{path}' differs: registered {}, rebuilt {}", expected.to_sri(), got.to_sri())).collect::<String>())]
     NotDeterministic {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// Every differing output: path, registered hash, rebuilt hash.
-        differences: Vec<(String, Hash, Hash)>,
+        differences: Vec<(FullStorePath, Hash, Hash)>,
     },
     /// An output could not be read after the build (or holds a hard link to a file of
     /// another user, or a file type a NAR cannot hold).
     #[error("cannot read output '{path}' of '{drv}'")]
     Output {
         /// The `.drv` path.
-        drv: String,
+        drv: FullStorePath,
         /// The output path.
-        path: String,
+        path: FullStorePath,
         /// Why.
         #[source]
         source: arca_nar::DumpError,
@@ -393,6 +397,34 @@ pub enum BuildError {
     },
 }
 
+impl BuildError {
+    /// The derivation the error is about, when one is to blame.
+    pub fn drv(&self) -> Option<&FullStorePath> {
+        use BuildError::*;
+        match self {
+            DependsOnImpure { drv, .. }
+            | Unsupported { drv, .. }
+            | NoMachine { drv, .. }
+            | Remote { drv, .. }
+            | MissingInput { drv, .. }
+            | BuilderFailed { drv, .. }
+            | BuilderSignaled { drv, .. }
+            | WrongSystem { drv, .. }
+            | MissingFeatures { drv, .. }
+            | Limit { drv, .. }
+            | MissingOutput { drv, .. }
+            | PostBuildHook { drv, .. }
+            | HashMismatch { drv, .. }
+            | Register { drv, .. }
+            | Panicked { drv, .. }
+            | NotDeterministic { drv, .. }
+            | Output { drv, .. } => Some(drv),
+            Substitution { drv, .. } => drv.as_ref(),
+            Store(_) | Sandbox(_) | ForbiddenReferences { .. } | BuildDir { .. } => None,
+        }
+    }
+}
+
 fn tail_text(tail: &[String]) -> String {
     if tail.is_empty() {
         return String::new();
@@ -405,7 +437,7 @@ fn tail_text(tail: &[String]) -> String {
     text
 }
 
-fn list(paths: &[String]) -> String {
+fn list(paths: &[FullStorePath]) -> String {
     paths.iter().map(|p| format!("\n  {p}")).collect()
 }
 
@@ -420,29 +452,35 @@ fn find_program(program: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    fn drv() -> FullStorePath {
+        let path = StorePath::from_base_name(&format!("{}-a.drv", "x".repeat(32))).unwrap();
+        arca_store_core::StoreDir::default().full(&path)
+    }
+
     #[test]
     fn failures_read_as_nix_words_them() {
         let signaled = BuildError::BuilderSignaled {
-            drv: "/nix/store/x-a.drv".into(),
+            drv: drv(),
             signal: 9,
             name: "Killed".into(),
             tail: vec!["last words".into()],
         };
         assert_eq!(
             signaled.to_string(),
-            "builder for '/nix/store/x-a.drv' failed due to signal 9 (Killed);\nlast 1 log lines:\n> last words"
+            "builder for '/nix/store/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-a.drv' failed due to signal 9 (Killed);\nlast 1 log lines:\n> last words"
         );
+        assert_eq!(signaled.drv().map(|d| d.path().name()), Some("a.drv"));
         let system = BuildError::WrongSystem {
-            drv: "/nix/store/x-a.drv".into(),
+            drv: drv(),
             system: "aarch64-darwin".into(),
             host: "x86_64-linux".into(),
         };
         assert_eq!(
             system.to_string(),
-            "a 'aarch64-darwin' is required to build '/nix/store/x-a.drv', but I am a 'x86_64-linux'"
+            "a 'aarch64-darwin' is required to build '/nix/store/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-a.drv', but I am a 'x86_64-linux'"
         );
         let features = BuildError::MissingFeatures {
-            drv: "/nix/store/x-a.drv".into(),
+            drv: drv(),
             system: "x86_64-linux".into(),
             required: vec!["gpu".into(), "kvm".into()],
             host: "x86_64-linux".into(),
@@ -450,7 +488,7 @@ mod tests {
         };
         assert_eq!(
             features.to_string(),
-            "a 'x86_64-linux' with features {gpu, kvm} is required to build '/nix/store/x-a.drv', but I am a 'x86_64-linux' with features {benchmark, kvm}"
+            "a 'x86_64-linux' with features {gpu, kvm} is required to build '/nix/store/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-a.drv', but I am a 'x86_64-linux' with features {benchmark, kvm}"
         );
     }
 }

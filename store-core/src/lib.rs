@@ -73,4 +73,4 @@ pub use realisation::{DrvOutput, Realisation, RealisationError};
 pub use settings::{SandboxMode, SandboxPath, SettingError, Settings, SettingsError};
 pub use signature::{KeyError, PublicKey, SecretKey, Signature, SignatureError};
 pub use store::{dependency_order, Store};
-pub use store_path::{ContentAddressMethod, StoreDir, StorePath, StorePathError};
+pub use store_path::{ContentAddressMethod, FullStorePath, StoreDir, StorePath, StorePathError};

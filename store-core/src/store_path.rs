@@ -171,6 +171,31 @@ impl ContentAddressMethod {
     }
 }
 
+/// A store path with the store directory it is in: what an error carries, so that it
+/// prints the full path (`/nix/store/…`, as Nix's messages do) and its receiver can
+/// still match on the [`StorePath`] itself.
+/// One pointer wide, so that error enums carrying several stay small.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FullStorePath(Box<(StoreDir, StorePath)>);
+
+impl FullStorePath {
+    /// The store path.
+    pub fn path(&self) -> &StorePath {
+        &self.0 .1
+    }
+
+    /// The store directory it is in.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.0 .0
+    }
+}
+
+impl fmt::Display for FullStorePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.store_dir(), self.path().as_str())
+    }
+}
+
 /// The logical store directory, `/nix/store` unless configured otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StoreDir(String);
@@ -212,6 +237,11 @@ impl StoreDir {
     /// The full path of `path` in this store.
     pub fn display(&self, path: &StorePath) -> String {
         format!("{}/{}", self.0, path.as_str())
+    }
+
+    /// `path` with this store directory: what errors carry (see [`FullStorePath`]).
+    pub fn full(&self, path: &StorePath) -> FullStorePath {
+        FullStorePath(Box::new((self.clone(), path.clone())))
     }
 
     /// Parses a full path `<store dir>/<base name>` (nothing below it).
