@@ -1520,8 +1520,10 @@ static NEXT_ACTIVITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// verbosity, max-jobs, max-silent-time, three obsolete ones, verbose-build, cores,
 /// use-substitutes, which can only turn substitution off) apply for every client; of
 /// the named overrides, an untrusted client
-/// may set only `timeout`, `repeat`, `connect-timeout` and an empty `builders`. Returns
-/// the warnings for the client: settings refused, unknown or invalid.
+/// may set only `timeout`, `repeat`, `connect-timeout`, an empty `builders`, and
+/// `substituters` (alias `binary-caches`) limited to the caches in the daemon's
+/// `trusted-substituters` or `substituters` (each other one ignored with Nix's warning).
+/// Returns the warnings for the client: settings refused, unknown or invalid.
 pub fn apply_client_options(
     settings: &mut Settings,
     fixed: &[u64; 12],
@@ -1548,6 +1550,26 @@ pub fn apply_client_options(
         if name == "ssh-auth-sock" {
             continue; // obsolete
         }
+        if !(trusted || harmless) && matches!(name.as_str(), "substituters" | "binary-caches") {
+            // As Nix: an untrusted client keeps only the caches the daemon trusts (its
+            // `trusted-substituters` and its own `substituters`).
+            let allowed = |url: &str| {
+                settings.trusted_substituters.iter().any(|t| t == url)
+                    || settings.substituters.iter().any(|t| t == url)
+            };
+            let mut kept = Vec::new();
+            for url in value.split_whitespace() {
+                if allowed(url) {
+                    kept.push(url.to_owned());
+                } else if !url.ends_with('/') && allowed(&format!("{url}/")) {
+                    kept.push(format!("{url}/"));
+                } else {
+                    warnings.push(format!("ignoring untrusted substituter '{url}'"));
+                }
+            }
+            settings.substituters = kept;
+            continue;
+        }
         if !(trusted || harmless) {
             warnings.push(format!(
                 "ignoring the client-specified setting '{name}', because it is a restricted setting and you are not a trusted user"
@@ -1559,4 +1581,57 @@ pub fn apply_client_options(
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(trusted: bool, overrides: &[(&str, &str)]) -> (Settings, Vec<String>) {
+        let mut settings = Settings::default();
+        settings.trusted_substituters = vec!["file:///good".into(), "http://cache/".into()];
+        settings.substituters = vec!["https://own".into()];
+        let overrides: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let fixed = [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1];
+        let warnings = apply_client_options(&mut settings, &fixed, &overrides, trusted);
+        (settings, warnings)
+    }
+
+    #[test]
+    fn an_untrusted_client_keeps_only_the_substituters_the_daemon_trusts() {
+        let (settings, warnings) = options(
+            false,
+            &[(
+                "substituters",
+                "file:///good http://cache https://own file:///evil",
+            )],
+        );
+        // `http://cache` is trusted as `http://cache/`, as Nix does.
+        assert_eq!(
+            settings.substituters,
+            ["file:///good", "http://cache/", "https://own"]
+        );
+        assert_eq!(warnings, ["ignoring untrusted substituter 'file:///evil'"]);
+        // Nix's old name too.
+        let (settings, warnings) = options(false, &[("binary-caches", "file:///evil")]);
+        assert!(settings.substituters.is_empty());
+        assert_eq!(warnings.len(), 1);
+        // Other settings about substitution stay restricted.
+        let (settings, warnings) = options(false, &[("extra-substituters", "file:///good")]);
+        assert_eq!(settings.substituters, ["https://own"]);
+        assert!(
+            warnings[0].contains("'extra-substituters', because it is a restricted setting"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_trusted_client_sets_any_substituters() {
+        let (settings, warnings) = options(true, &[("substituters", "file:///evil")]);
+        assert_eq!(settings.substituters, ["file:///evil"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
 }

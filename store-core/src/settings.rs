@@ -87,6 +87,9 @@ pub struct Settings {
     /// default is `https://cache.nixos.org/`), none by default: Arca never reaches out
     /// to the network unless told to.
     pub substituters: Vec<String>,
+    /// `trusted-substituters`: caches an untrusted client of the daemon may name in its
+    /// `substituters`, besides the daemon's own (none by default).
+    pub trusted_substituters: Vec<String>,
     /// `substitute` (default true): whether builds substitute at all.
     pub substitute: bool,
     /// `max-substitution-jobs` (default 16, Nix's from 2.16 on): NAR downloads at once,
@@ -132,6 +135,7 @@ impl Default for Settings {
                 .expect("cache.nixos.org's public key is well-formed")],
             fsync_metadata: true,
             substituters: Vec::new(),
+            trusted_substituters: Vec::new(),
             substitute: true,
             max_substitution_jobs: 16,
         }
@@ -379,7 +383,6 @@ const NIX_ONLY: &[&str] = &[
     "sync-before-registering",
     "tarball-ttl",
     "trace-function-calls",
-    "trusted-substituters",
     "use-case-hack",
     "use-registries",
     "use-sqlite-wal",
@@ -627,6 +630,7 @@ impl Settings {
                 self.fsync_metadata = boolean(value)?;
             }
             "substituters" => list(&mut self.substituters, append, words()),
+            "trusted-substituters" => list(&mut self.trusted_substituters, append, words()),
             "substitute" => {
                 scalar(append)?;
                 self.substitute = boolean(value)?;

@@ -7,7 +7,8 @@
 //!   sandbox hides it and the build fails;
 //! - a trusted client's `--option sandbox false` applies to its connection; an untrusted
 //!   one's is refused with Nix's warning and the build stays sandboxed; `trusted-users`
-//!   with `extra-trusted-users` in nix.conf makes a user trusted;
+//!   with `extra-trusted-users` in nix.conf makes a user trusted; an untrusted client's
+//!   `substituters` keep only the daemon's `trusted-substituters`;
 //! - a client's `--timeout` and `--max-silent-time` stop builds, for trusted and
 //!   untrusted clients alike;
 //! - `keep-derivations = false` lets the garbage collector delete the `.drv` of a live
@@ -224,6 +225,118 @@ fn extra_trusted_users_in_nix_conf_trusts_a_user() {
     assert_eq!(
         fs::read_to_string(lab.physical(&out)).unwrap(),
         "nobody is trusted\n"
+    );
+}
+
+/// An untrusted client's `--option substituters` keeps only the caches in the daemon's
+/// `trusted-substituters` (Nix's rule): `nix-store -r` of a path from another cache
+/// fails with Nix's warning, from a trusted one it substitutes the path, signature and
+/// all.
+#[test]
+fn untrusted_clients_substitute_only_from_trusted_substituters() {
+    let test = "untrusted_clients_substitute_only_from_trusted_substituters";
+    if !prerequisites(test) {
+        return;
+    }
+    let lab = Lab::new(None);
+    let arca = |args: &[&str], input: &[u8]| -> Vec<u8> {
+        let mut child = Command::new(arca_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "arca {args:?}: {}",
+            stderr_of(&output)
+        );
+        output.stdout
+    };
+    let secret = arca(
+        &["key", "generate-secret", "--key-name", "lab-cache-1"],
+        b"",
+    );
+    let public = String::from_utf8(arca(&["key", "convert-secret-to-public"], &secret)).unwrap();
+    let secret_file = lab.path("cache.sk");
+    fs::write(&secret_file, &secret).unwrap();
+    let trusted_cache = format!("file://{}", lab.path("trusted-cache").display());
+    let other_cache = format!("file://{}", lab.path("other-cache").display());
+    lab.write(
+        "daemon-conf/nix.conf",
+        &format!(
+            "sandbox = false
+trusted-public-keys = {}
+trusted-substituters = {trusted_cache}
+",
+            public.trim()
+        ),
+    );
+    let file = marker(&lab, "from a cache\n");
+    let probe = copier(&lab, "probe", &file);
+    let daemon = NsDaemon::start(&lab, &[]);
+
+    // Built once, pushed (signed) to both caches, deleted.
+    let out = lab.run_ok(
+        &daemon,
+        "nix-build",
+        &[probe.to_str().unwrap(), "--no-out-link"],
+    );
+    let root = lab.path("nixroot");
+    for cache in [&trusted_cache, &other_cache] {
+        let url = format!("{cache}?secret-key={}", secret_file.display());
+        arca(
+            &[
+                "--store",
+                root.to_str().unwrap(),
+                "copy",
+                "--to",
+                &url,
+                &out,
+            ],
+            b"",
+        );
+    }
+    lab.run_ok(&daemon, "nix-store", &["--delete", &out]);
+    assert!(!valid(&lab, &out));
+
+    let nobody = nobody(&lab);
+    let refused = lab.run(
+        "nix-store",
+        Some(&nobody),
+        &["-r", &out, "--option", "substituters", &other_cache],
+    );
+    let stderr = stderr_of(&refused);
+    assert!(
+        stderr.contains(&format!("ignoring untrusted substituter '{other_cache}'")),
+        "{stderr}"
+    );
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(!valid(&lab, &out));
+
+    let allowed = lab.run(
+        "nix-store",
+        Some(&nobody),
+        &["-r", &out, "--option", "substituters", &trusted_cache],
+    );
+    let stderr = stderr_of(&allowed);
+    assert!(
+        allowed.status.success(),
+        "{stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        !stderr.contains("ignoring untrusted substituter"),
+        "{stderr}"
+    );
+    assert!(valid(&lab, &out));
+    let sigs = lab.run_ok(&daemon, "nix", &["path-info", "--sigs", &out]);
+    assert!(
+        sigs.contains("lab-cache-1:"),
+        "substituted, signature and all: {sigs}"
     );
 }
 
