@@ -1588,9 +1588,11 @@ mod tests {
     use super::*;
 
     fn options(trusted: bool, overrides: &[(&str, &str)]) -> (Settings, Vec<String>) {
-        let mut settings = Settings::default();
-        settings.trusted_substituters = vec!["file:///good".into(), "http://cache/".into()];
-        settings.substituters = vec!["https://own".into()];
+        let mut settings = Settings {
+            trusted_substituters: vec!["file:///good".into(), "http://cache/".into()],
+            substituters: vec!["https://own".into()],
+            ..Settings::default()
+        };
         let overrides: Vec<(String, String)> = overrides
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
