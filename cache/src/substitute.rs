@@ -25,6 +25,7 @@
 //! is found by the next lookup.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufReader;
 use std::sync::Mutex;
 
 use arca_store_core::{dependency_order, AddBatch, PublicKey, Store, StorePath};
@@ -302,9 +303,9 @@ pub fn fetch<S: Store + Sync + ?Sized>(
         let mut first_error = None;
         for (index, narinfo) in sources {
             let cache = &caches[index];
-            let added = cache.nar(narinfo).and_then(|mut nar| {
+            let added = cache.nar(narinfo).and_then(|nar| {
                 batch
-                    .add_nar(&narinfo.info, &mut nar)
+                    .add_nar(&narinfo.info, &mut BufReader::with_capacity(1 << 16, nar))
                     .map_err(|error| CacheError::Add {
                         path: store.store_dir().display(path),
                         cache: cache.url().to_owned(),

@@ -1156,26 +1156,27 @@ impl<S: StoreOps, R: BufRead, W: Write> Connection<'_, S, R, W> {
             let mut framed =
                 BufReader::new(FramedReader::new(self.from.get_mut(), limits.max_frame));
             let outcome = (|| -> Result<(), Failure> {
-                let mut inner = Connection {
-                    store,
-                    peer,
-                    settings: Settings::default(),
-                    from: WireReader::new(&mut framed, limits),
-                    to: WireWriter::new(io::sink()),
-                    version,
-                };
-                let count = inner.from.read_u64()?;
-                for _ in 0..count {
-                    let path = inner.read_path()?;
-                    let info = inner.read_path_info(path)?;
-                    let signed = signed_by_any(
-                        &keys,
-                        &info.fingerprint(store.store_dir()),
-                        &info.signatures,
-                    );
-                    store.add_nar_checked(&info, inner.from.get_mut(), trusted_import || signed)?;
-                }
-                Ok(())
+                let count = WireReader::new(&mut framed, limits).read_u64()?;
+                let mut read_info =
+                    |stream: &mut dyn BufRead| -> Result<(PathInfo, bool), Failure> {
+                        let mut inner = Connection {
+                            store,
+                            peer,
+                            settings: Settings::default(),
+                            from: WireReader::new(stream, limits),
+                            to: WireWriter::new(io::sink()),
+                            version,
+                        };
+                        let path = inner.read_path()?;
+                        let info = inner.read_path_info(path)?;
+                        let signed = signed_by_any(
+                            &keys,
+                            &info.fingerprint(store.store_dir()),
+                            &info.signatures,
+                        );
+                        Ok((info, trusted_import || signed))
+                    };
+                store.add_many_checked(&mut framed, count, &mut read_info)
             })();
             io::copy(&mut framed, &mut io::sink())?;
             outcome

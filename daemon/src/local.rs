@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use arca_build::{BuildOptions, BuildResult, BuildTarget};
 use arca_store_core::derivation::Derivation;
 use arca_store_core::{
-    AddProgress, AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built,
-    ContentAddress, ContentAddressMethod, DerivedPath, DrvOutput, FindRoots, GcOptions, GcProgress,
-    GcReport, HashAlgo, Hasher, OptimiseProgress, OptimiseReport, PathInfo, Realisation, Settings,
-    Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath, VerifyOptions, VerifyOutcome,
-    VerifyProblem,
+    AddBatch, AddProgress, AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, BuildTiming,
+    Built, ContentAddress, ContentAddressMethod, DerivedPath, DrvOutput, FindRoots, GcOptions,
+    GcProgress, GcReport, HashAlgo, Hasher, OptimiseProgress, OptimiseReport, PathInfo,
+    Realisation, Settings, Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
+    VerifyOptions, VerifyOutcome, VerifyProblem,
 };
 use arca_store_sqlite::{GcRoot, GcRootKind, LocalStore, OptimiseOptions, StoreError};
 
@@ -221,6 +221,20 @@ impl Store for LocalBackend<'_> {
     }
 }
 
+impl LocalBackend<'_> {
+    /// Whether `info` may be added: the client vouches for it (`trusted`), or it is
+    /// correctly content-addressed (there are no signatures to check yet).
+    fn vouched_for(&self, info: &PathInfo, trusted: bool) -> Result<(), StoreOpError> {
+        if trusted || info.is_content_addressed_correctly(self.store().store_dir()) {
+            return Ok(());
+        }
+        Err(refuse(format!(
+            "cannot add path '{}' because it lacks a signature by a trusted key",
+            self.store().store_dir().display(&info.path)
+        )))
+    }
+}
+
 impl StoreOps for LocalBackend<'_> {
     fn apply_settings(&self, settings: &Settings) -> Result<(), StoreOpError> {
         self.store().set_auto_optimise(settings.auto_optimise_store);
@@ -368,15 +382,65 @@ impl StoreOps for LocalBackend<'_> {
         nar: &mut dyn BufRead,
         trusted: bool,
     ) -> Result<(), StoreOpError> {
-        if !trusted && !info.is_content_addressed_correctly(self.store().store_dir()) {
-            return Err(refuse(format!(
-                "cannot add path '{}' because it lacks a signature by a trusted key",
-                self.store().store_dir().display(&info.path)
-            )));
-        }
+        self.vouched_for(info, trusted)?;
         self.store()
             .add_nar_embedded(info, &mut BufReadRef(nar))
             .map_err(StoreOpError::from_error)
+    }
+
+    /// Through the store's [`arca_store_sqlite::LocalAddBatch`]: the paths are made
+    /// valid together (one transaction per few hundred), and a path may come before
+    /// the paths it refers to.
+    fn add_many_checked<E: From<StoreOpError>>(
+        &self,
+        stream: &mut dyn BufRead,
+        count: u64,
+        read_info: &mut dyn FnMut(&mut dyn BufRead) -> Result<(PathInfo, bool), E>,
+    ) -> Result<(), E> {
+        let store = self.store();
+        let batch = store.add_batch();
+        let mut references = BTreeMap::new();
+        let mut outcome = Ok(());
+        for _ in 0..count {
+            let (info, trusted) = match read_info(stream) {
+                Ok(read) => read,
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            };
+            let added = self.vouched_for(&info, trusted).and_then(|()| {
+                batch
+                    .add_nar(&info, stream)
+                    .map_err(StoreOpError::from_error)
+            });
+            if let Err(error) = added {
+                batch.abandon(&info.path);
+                outcome = Err(error.into());
+                break;
+            }
+            references.insert(info.path.clone(), info.references);
+        }
+        let finished = batch.finish().map_err(StoreOpError::from_error)?;
+        outcome?;
+        if let Some((_, error)) = finished.failed.into_iter().next() {
+            return Err(StoreOpError::Failed(error).into());
+        }
+        // A path whose closure never came: name a reference that is not valid, as a
+        // single add does.
+        for path in finished.dropped {
+            let missing = references[&path]
+                .iter()
+                .find(|r| **r != path && !store.is_valid_path(r).unwrap_or(false));
+            if let Some(reference) = missing {
+                return Err(StoreOpError::from_error(StoreError::MissingReference {
+                    path: store.store_dir().display(&path),
+                    reference: store.store_dir().display(reference),
+                })
+                .into());
+            }
+        }
+        Ok(())
     }
 
     fn build_paths(

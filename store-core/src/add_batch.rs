@@ -9,7 +9,7 @@
 //! become valid, in batches. Either way, a path becomes valid only with its whole
 //! closure, and a path whose reference never comes is dropped, leaving nothing behind.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::sync::Mutex;
 
 use crate::path_info::PathInfo;
@@ -26,12 +26,12 @@ pub trait AddBatch: Sync {
     /// returned from).
     fn ahead_of_references(&self) -> bool;
 
-    /// Adds `info.path` from `nar`, checked against `info` (hash, size, content
-    /// address): when this returns, the NAR is consumed and checked, and the path is
-    /// valid or will be once its references are. An error leaves nothing of the path
-    /// behind. When the path turns out to be valid already, the rest of `nar` may be
-    /// left unread.
-    fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), Self::Error>;
+    /// Adds `info.path` from the NAR `nar` is positioned at, checked against `info`
+    /// (hash, size, content address): when this returns, exactly the NAR has been read
+    /// (so `nar` may be a stream of several, such as a daemon connection), also when the
+    /// path was valid already, and the path is valid or will be once its references
+    /// are. An error leaves nothing of the path behind (and `nar` anywhere in the NAR).
+    fn add_nar(&self, info: &PathInfo, nar: &mut dyn BufRead) -> Result<(), Self::Error>;
 
     /// Says that `path` will not be added (it could not be fetched): the paths added
     /// ahead of it that need it are dropped.
@@ -79,8 +79,9 @@ impl<S: Store + Sync + ?Sized> AddBatch for OneByOne<'_, S> {
         false
     }
 
-    fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), S::Error> {
-        self.store.add_nar(info, nar)?;
+    fn add_nar(&self, info: &PathInfo, nar: &mut dyn BufRead) -> Result<(), S::Error> {
+        // The store may read ahead: no further than the NAR's size.
+        self.store.add_nar(info, &mut nar.take(info.nar_size))?;
         self.valid
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -653,6 +653,28 @@ pub trait StoreOps: Store + Sync {
         trusted: bool,
     ) -> Result<(), StoreOpError>;
 
+    /// Adds `count` paths that follow one another on `stream` (Nix's
+    /// `AddMultipleToStore`): `read_info` reads each path's metadata off the stream and
+    /// says whether the client may vouch for it, then its NAR follows. The default adds
+    /// each through [`StoreOps::add_nar_checked`]; a store may add them together (the
+    /// local store: one transaction per few hundred). At the first error nothing more is
+    /// read; the paths complete before it stay.
+    fn add_many_checked<E: From<StoreOpError>>(
+        &self,
+        stream: &mut dyn BufRead,
+        count: u64,
+        read_info: &mut dyn FnMut(&mut dyn BufRead) -> Result<(PathInfo, bool), E>,
+    ) -> Result<(), E>
+    where
+        Self: Sized,
+    {
+        for _ in 0..count {
+            let (info, trusted) = read_info(stream)?;
+            self.add_nar_checked(&info, stream, trusted)?;
+        }
+        Ok(())
+    }
+
     /// Takes up what of `settings` the store itself acts on (for the local store:
     /// `auto-optimise-store`, and the settings of builds it starts by itself; for a
     /// daemon's: those a client may send).

@@ -19,7 +19,9 @@
 //! ([`AddBatch::abandon`]), and every wait ends.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufReader, Read};
+use std::io::BufRead;
+
+use arca_nar::{Limits, NarReader};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use arca_store_core::{AddBatch, Finished, PathInfo, Store, StorePath};
@@ -308,15 +310,17 @@ impl<'s> LocalAddBatch<'s> {
 
 impl LocalAddBatch<'_> {
     /// The common path of every add: room, the path's lock, a staging tree that
-    /// `unpack` fills unless the path is valid already, then staged or ready.
+    /// `unpack` fills unless the path is valid already, then staged or ready. Whether
+    /// `unpack` ran.
     fn add_with(
         &self,
         info: &PathInfo,
         unpack: impl FnOnce(&Staged) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let entering = self.enter(&info.path);
         let lock = self.lock(&info.path)?;
-        if self.store.is_valid_path(&info.path)? {
+        let valid = self.store.is_valid_path(&info.path)?;
+        if valid {
             self.state().became_valid(&info.path);
         } else {
             let staged = self.store.stage()?;
@@ -328,7 +332,7 @@ impl LocalAddBatch<'_> {
         // batch is blocked (see the module documentation).
         let blocked = self.state().blocked > 0;
         self.commit_ready(blocked);
-        Ok(())
+        Ok(!valid)
     }
 }
 
@@ -351,11 +355,20 @@ impl AddBatch for LocalAddBatch<'_> {
         true
     }
 
-    fn add_nar(&self, info: &PathInfo, nar: &mut dyn Read) -> Result<(), StoreError> {
-        self.add_with(info, |staged| {
-            let mut nar = BufReader::with_capacity(1 << 16, nar);
+    fn add_nar(&self, info: &PathInfo, mut nar: &mut dyn BufRead) -> Result<(), StoreError> {
+        let unpacked = self.add_with(info, |staged| {
             self.store.restore_checked(info, &mut nar, staged.tree())
-        })
+        })?;
+        if !unpacked {
+            // Valid already: the NAR is read all the same, to leave the stream after it.
+            NarReader::new(nar, Limits::default())
+                .read_to_end()
+                .map_err(|source| StoreError::Nar {
+                    path: self.store.store_dir().display(&info.path),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     fn abandon(&self, path: &StorePath) {

@@ -346,3 +346,41 @@ fn a_commit_that_fails_names_the_path_at_fault_and_leaves_nothing() {
     }
     assert_store_holds(&store, &[]);
 }
+
+/// Both batches read exactly each NAR off a stream of several (a daemon connection's
+/// `AddMultipleToStore`), also a NAR of a path that is valid already.
+#[test]
+fn a_batch_reads_exactly_each_nar_of_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let links = chain(dir.path(), 3);
+    let mut stream = Vec::new();
+    for link in &links {
+        stream.extend_from_slice(&link.nar);
+    }
+    stream.extend_from_slice(b"what follows");
+    for one_by_one in [false, true] {
+        let store = LocalStore::open(&dir.path().join(format!("root-{one_by_one}"))).unwrap();
+        store
+            .add_nar(&links[1].info, &mut &links[1].nar[..])
+            .unwrap_err(); // no reference yet
+        store
+            .add_nar(&links[0].info, &mut &links[0].nar[..])
+            .unwrap();
+        let mut rest = &stream[..];
+        if one_by_one {
+            let batch = arca_store_core::OneByOne::new(&store);
+            for link in &links {
+                batch.add_nar(&link.info, &mut rest).unwrap();
+            }
+            batch.finish().unwrap();
+        } else {
+            let batch = store.add_batch();
+            for link in &links {
+                batch.add_nar(&link.info, &mut rest).unwrap();
+            }
+            batch.finish().unwrap();
+        }
+        assert_eq!(rest, b"what follows", "one by one: {one_by_one}");
+        assert_store_holds(&store, &links.iter().collect::<Vec<_>>());
+    }
+}
