@@ -15,8 +15,8 @@ use arca_store_core::{
     AddBatch, AddProgress, AddressingMethod, BuildEvent, BuildMode, BuildOutcomes, BuildTiming,
     Built, ContentAddress, ContentAddressMethod, DerivedPath, DrvOutput, FindRoots, GcOptions,
     GcProgress, GcReport, HashAlgo, Hasher, OptimiseProgress, OptimiseReport, PathInfo,
-    Realisation, Settings, Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
-    VerifyOptions, VerifyOutcome, VerifyProblem,
+    ReadPathInfo, Realisation, Settings, Signature, Store, StoreDir, StoreOpError, StoreOps,
+    StorePath, VerifyOptions, VerifyOutcome, VerifyProblem,
 };
 use arca_store_sqlite::{GcRoot, GcRootKind, LocalStore, OptimiseOptions, StoreError};
 
@@ -395,7 +395,7 @@ impl StoreOps for LocalBackend<'_> {
         &self,
         stream: &mut dyn BufRead,
         count: u64,
-        read_info: &mut dyn FnMut(&mut dyn BufRead) -> Result<(PathInfo, bool), E>,
+        read_info: &mut ReadPathInfo<'_, E>,
     ) -> Result<(), E> {
         let store = self.store();
         let batch = store.add_batch();

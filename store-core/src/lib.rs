@@ -63,8 +63,8 @@ pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use ops::{
     AddProgress, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, CopyDirection,
     DerivedPath, DerivedPathError, FindRoots, GcAction, GcOptions, GcProgress, GcReport,
-    OptimiseProgress, OptimiseReport, StoreOpError, StoreOps, VerifyOptions, VerifyOutcome,
-    VerifyProblem, VerifyReport,
+    OptimiseProgress, OptimiseReport, ReadPathInfo, StoreOpError, StoreOps, VerifyOptions,
+    VerifyOutcome, VerifyProblem, VerifyReport,
 };
 pub use path_info::{
     AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,

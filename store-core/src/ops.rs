@@ -548,6 +548,10 @@ pub enum BuildMode {
     Check,
 }
 
+/// Reads one path's metadata off a stream of several paths
+/// ([`StoreOps::add_many_checked`]), and says whether the client may vouch for it.
+pub type ReadPathInfo<'a, E> = dyn FnMut(&mut dyn BufRead) -> Result<(PathInfo, bool), E> + 'a;
+
 /// A store with every operation: the [`Store`] trait plus the operations Nix clients
 /// send that the trait has no word for. The defaults refuse, so a store that cannot
 /// build or collect garbage still serves queries and adds.
@@ -663,7 +667,7 @@ pub trait StoreOps: Store + Sync {
         &self,
         stream: &mut dyn BufRead,
         count: u64,
-        read_info: &mut dyn FnMut(&mut dyn BufRead) -> Result<(PathInfo, bool), E>,
+        read_info: &mut ReadPathInfo<'_, E>,
     ) -> Result<(), E>
     where
         Self: Sized,
