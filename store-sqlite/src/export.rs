@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 use arca_store_core::{export, PathInfo, Store, StorePath};
 
@@ -15,7 +16,7 @@ use crate::canonicalise::store_restore_options;
 use crate::error::StoreError;
 use crate::hashing::HashingReader;
 use crate::lock::PathLock;
-use crate::staging::Staged;
+use crate::staging::{Staged, StagedGroup};
 use crate::LocalStore;
 
 impl LocalStore {
@@ -42,6 +43,7 @@ impl LocalStore {
             max_entries: staged_limit(),
             paths: BTreeSet::new(),
             bytes: 0,
+            group: None,
         };
         while export::read_entry_start(input)? {
             imported.push(self.import_one(input, &mut batch)?);
@@ -57,6 +59,8 @@ impl LocalStore {
         let entries = std::mem::take(&mut batch.entries);
         batch.paths.clear();
         batch.bytes = 0;
+        // The next paths go to a new group; this one goes when its last member does.
+        batch.group = None;
         let (items, locks): (Vec<_>, Vec<_>) = entries
             .into_iter()
             .map(|(staged, info, lock)| ((staged, info), lock))
@@ -71,7 +75,11 @@ impl LocalStore {
         input: &mut impl BufRead,
         batch: &mut Batch,
     ) -> Result<StorePath, StoreError> {
-        let staged = self.stage()?;
+        let group = match &batch.group {
+            Some(group) => group.clone(),
+            None => batch.group.insert(self.stage_group()?).clone(),
+        };
+        let staged = Staged::member(&group);
         let mut hashing = HashingReader::new(input);
         let nar_size =
             arca_nar::restore_embedded(&mut hashing, staged.tree(), &store_restore_options())
@@ -119,6 +127,8 @@ struct Batch {
     /// The paths of `entries`.
     paths: BTreeSet<StorePath>,
     bytes: u64,
+    /// Where the batch's paths are staged, under one lock.
+    group: Option<Arc<StagedGroup>>,
 }
 
 impl Batch {

@@ -27,7 +27,7 @@ use crate::gc::TempRoots;
 use crate::hashing::HashingReader;
 use crate::lock::{open_lock_file, PathLock};
 use crate::registry::Registry;
-use crate::staging::{clean_stale, Staged, STAGING_DIR};
+use crate::staging::{clean_stale, Staged, StagedGroup, STAGING_DIR};
 pub use arca_store_core::ops::AddProgress;
 
 /// How a [`LocalStore`] behaves.
@@ -645,6 +645,11 @@ impl LocalStore {
     /// A fresh staging tree, for writers that learn the path only after writing (import).
     pub(crate) fn stage(&self) -> Result<Staged, StoreError> {
         Staged::new(&self.staging_dir)
+    }
+
+    /// A fresh group of staging trees under one lock (an import's batch).
+    pub(crate) fn stage_group(&self) -> Result<std::sync::Arc<StagedGroup>, StoreError> {
+        StagedGroup::new(&self.staging_dir)
     }
 
     /// Makes a staged tree the valid path `info.path`: canonicalise, flush, rename into

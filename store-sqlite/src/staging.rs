@@ -16,12 +16,18 @@
 //! opened) takes each such lock, deletes the staged tree and, when the final name exists
 //! but was never registered (a crash between 3 and 4), the unregistered path too. So a
 //! path is either absent or complete and valid, never half there.
+//!
+//! An import stages each batch of paths as a [`StagedGroup`]: one lock file for the
+//! batch, `<nonce>.lock`, into which each final name is appended (a line each), and one
+//! directory, `<nonce>/`, holding the trees. The protocol and the cleanup are the same,
+//! name by name; what is saved is a lock file created and deleted per path.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arca_store_core::StorePath;
@@ -58,40 +64,134 @@ pub(crate) fn create_staging_dir(staging_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One staged path being written.
+/// One staged path being written: alone, under a lock of its own, or as a member of a
+/// [`StagedGroup`].
 #[derive(Debug)]
 pub struct Staged {
     tree: PathBuf,
+    /// The store directory.
+    store: PathBuf,
+    guard: Guard,
+    /// The final name, once recorded.
+    target: OnceLock<StorePath>,
+    finished: bool,
+}
+
+#[derive(Debug)]
+enum Guard {
+    /// `<nonce>.lock` beside the tree, holding its final name.
+    Own { lock_path: PathBuf, lock: PathLock },
+    /// The group's lock, holding the final names of all its members.
+    Member(Arc<StagedGroup>),
+}
+
+/// Several paths staged under one lock (the batch of an import): `<nonce>.lock` records
+/// their final names, a line each, and `<nonce>/` holds their trees (`<nonce>/0`,
+/// `<nonce>/1`, …). Recovery after a crash is the same as for a path alone
+/// ([`clean_stale`]): every recorded name found unregistered is removed, then
+/// `<nonce>`. One lock file for the whole batch instead of one per path: an import of
+/// many small paths spends most of its time creating and deleting files.
+#[derive(Debug)]
+pub struct StagedGroup {
+    dir: PathBuf,
+    store: PathBuf,
     lock_path: PathBuf,
-    lock: Option<PathLock>,
+    lock: PathLock,
+    /// How many members were made; and where the next recorded name goes.
+    members: AtomicU64,
+    recorded: Mutex<u64>,
+}
+
+/// A fresh, unique name in the staging directory, and its lock, taken.
+fn reserve(staging_dir: &Path) -> Result<(String, PathBuf, PathLock), StoreError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let nonce = format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let lock_path = staging_dir.join(format!("{nonce}.lock"));
+    let lock = match PathLock::acquire_staging(&lock_path) {
+        // Not made yet, or a garbage collection removed it when it was empty.
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            create_staging_dir(staging_dir)?;
+            PathLock::acquire_staging(&lock_path)?
+        }
+        other => other?,
+    };
+    Ok((nonce, lock_path, lock))
+}
+
+/// The store directory of the staging directory.
+fn store_of(staging_dir: &Path) -> PathBuf {
+    store_of_staging(&staging_dir.join("x"))
+        .unwrap_or(staging_dir)
+        .to_owned()
+}
+
+impl StagedGroup {
+    /// Reserves a fresh group in `staging_dir`.
+    pub fn new(staging_dir: &Path) -> Result<Arc<StagedGroup>, StoreError> {
+        let (nonce, lock_path, lock) = reserve(staging_dir)?;
+        let dir = staging_dir.join(nonce);
+        fs::create_dir(&dir).at(&dir)?;
+        Ok(Arc::new(StagedGroup {
+            dir,
+            store: store_of(staging_dir),
+            lock_path,
+            lock,
+            members: AtomicU64::new(0),
+            recorded: Mutex::new(0),
+        }))
+    }
+
+    /// Appends `path` to the recorded names.
+    fn record(&self, path: &StorePath) -> Result<(), StoreError> {
+        let line = format!("{}\n", path.as_str());
+        let mut offset = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock
+            .file()
+            .write_all_at(line.as_bytes(), *offset)
+            .at(&self.lock_path)?;
+        *offset += line.len() as u64;
+        Ok(())
+    }
+}
+
+impl Drop for StagedGroup {
+    fn drop(&mut self) {
+        // Every member is finished (its tree moved away) or dropped (its tree removed):
+        // what is left goes before the lock file does, which `lock` deletes after this.
+        let _ = remove_tree(&self.dir);
+    }
 }
 
 impl Staged {
-    /// Reserves a fresh staging name in `staging_dir`.
+    /// Reserves a fresh staging name in `staging_dir`, under a lock of its own.
     pub fn new(staging_dir: &Path) -> Result<Staged, StoreError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let nonce = format!(
-            "{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let lock_path = staging_dir.join(format!("{nonce}.lock"));
-        let lock = match PathLock::acquire_staging(&lock_path) {
-            // Not made yet, or a garbage collection removed it when it was empty.
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                create_staging_dir(staging_dir)?;
-                PathLock::acquire_staging(&lock_path)?
-            }
-            other => other?,
-        };
+        let (nonce, lock_path, lock) = reserve(staging_dir)?;
         Ok(Staged {
             tree: staging_dir.join(nonce),
-            lock_path,
-            lock: Some(lock),
+            store: store_of(staging_dir),
+            guard: Guard::Own { lock_path, lock },
+            target: OnceLock::new(),
+            finished: false,
         })
+    }
+
+    /// A new member of `group`.
+    pub fn member(group: &Arc<StagedGroup>) -> Staged {
+        let index = group.members.fetch_add(1, Ordering::Relaxed);
+        Staged {
+            tree: group.dir.join(index.to_string()),
+            store: group.store.clone(),
+            guard: Guard::Member(group.clone()),
+            target: OnceLock::new(),
+            finished: false,
+        }
     }
 
     /// Where to write the tree.
@@ -102,16 +202,19 @@ impl Staged {
     /// Records the final name of the staged tree in its lock file, so that a crash after
     /// the rename can be undone. Flushed by the caller's `syncfs` before the rename (immediate durability).
     pub fn record_target(&self, path: &StorePath) -> Result<(), StoreError> {
-        let name = path.as_str().as_bytes();
-        let recorded = match &self.lock {
+        match &self.guard {
             // Through the descriptor the lock is held on: no second open.
-            Some(lock) => lock
-                .file()
-                .write_all_at(name, 0)
-                .and_then(|()| lock.file().set_len(name.len() as u64)),
-            None => fs::write(&self.lock_path, name),
-        };
-        recorded.at(&self.lock_path)
+            Guard::Own { lock_path, lock } => {
+                let name = path.as_str().as_bytes();
+                lock.file()
+                    .write_all_at(name, 0)
+                    .and_then(|()| lock.file().set_len(name.len() as u64))
+                    .at(lock_path)?;
+            }
+            Guard::Member(group) => group.record(path)?,
+        }
+        let _ = self.target.set(path.clone());
+        Ok(())
     }
 
     /// Moves the staged tree to `destination`, its final name (recorded before). An
@@ -162,26 +265,22 @@ impl Staged {
         Ok(())
     }
 
-    /// The path is registered: forget it (the lock file goes away with the lock).
+    /// The path is registered: forget it (its lock file goes away with the lock, or
+    /// with the group's).
     pub fn finish(mut self) {
-        self.lock.take();
+        self.finished = true;
     }
 }
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if self.lock.is_some() {
-            // Abandoned before publishing (an error): remove what was staged. A tree
-            // already renamed is not here any more, and is cleaned by `clean_stale`
-            // at the next open since its lock file (with the final name) is left behind
-            // only if we crash; on an ordinary error path we remove it now.
+        if !self.finished {
+            // Abandoned (an error): remove what was staged, and what was published
+            // already under the recorded name. (A crash instead leaves the lock file,
+            // and `clean_stale` does the same at the next open.)
             let _ = remove_tree(&self.tree);
-            if let Ok(name) = fs::read_to_string(&self.lock_path) {
-                if !name.is_empty() {
-                    if let Some(store) = store_of_staging(&self.tree) {
-                        let _ = remove_tree(&store.join(name));
-                    }
-                }
+            if let Some(target) = self.target.get() {
+                let _ = remove_tree(&self.store.join(target.as_str()));
             }
         }
     }
@@ -219,7 +318,11 @@ pub fn clean_stale(
             let _ = file.seek(SeekFrom::Start(0));
             let _ = file.read_to_string(&mut recorded);
         }
-        if let Ok(path) = StorePath::from_base_name(recorded.trim()) {
+        // One name (a path alone) or a line each (a group).
+        for name in recorded.lines() {
+            let Ok(path) = StorePath::from_base_name(name.trim()) else {
+                continue;
+            };
             // Another writer may be publishing the same path right now (it holds the
             // path's lock from before its rename until after it registers): leave it be.
             let path_lock = store.join(format!("{}.lock", path.as_str()));
@@ -303,6 +406,70 @@ mod tests {
         fs::create_dir(staging.join("2-crashed")).unwrap();
         clean_stale(&staging, store, never_valid).unwrap();
         assert!(!destination.exists());
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_group_records_every_name_and_cleanup_undoes_a_crashed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        let staging = store.join(STAGING_DIR);
+        fs::create_dir_all(&staging).unwrap();
+        let path = |c: char| {
+            StorePath::from_base_name(&format!("{}-x", c.to_string().repeat(32))).unwrap()
+        };
+        let (a, b, c) = (path('a'), path('b'), path('c'));
+
+        // Three members: `a` published and finished, `b` published then abandoned (its
+        // registration failed), `c` staged only.
+        let group = StagedGroup::new(&staging).unwrap();
+        let members: Vec<Staged> = (0..3).map(|_| Staged::member(&group)).collect();
+        for (member, path) in members.iter().zip([&a, &b, &c]) {
+            fs::write(member.tree(), path.as_str()).unwrap();
+        }
+        let mut members = members.into_iter();
+        let (first, second, third) = (
+            members.next().unwrap(),
+            members.next().unwrap(),
+            members.next().unwrap(),
+        );
+        for (member, path) in [(&first, &a), (&second, &b)] {
+            member.record_target(path).unwrap();
+            member.publish(&store.join(path.as_str())).unwrap();
+        }
+        let lock_file = group.lock_path.clone();
+        assert_eq!(
+            fs::read_to_string(&lock_file).unwrap(),
+            format!("{}\n{}\n", a.as_str(), b.as_str())
+        );
+        first.finish();
+        drop(second);
+        assert!(
+            !store.join(b.as_str()).exists(),
+            "an abandoned member's path goes"
+        );
+        assert!(store.join(a.as_str()).exists());
+        drop(third);
+        drop(group);
+        assert_eq!(
+            fs::read_dir(&staging).unwrap().count(),
+            0,
+            "the group leaves nothing"
+        );
+
+        // A crash after publishing: the lock file and the group's directory remain.
+        // Cleanup removes each recorded name that is not registered.
+        fs::write(
+            staging.join("9-crashed.lock"),
+            format!("{}\n{}\n", a.as_str(), c.as_str()),
+        )
+        .unwrap();
+        fs::create_dir_all(staging.join("9-crashed")).unwrap();
+        fs::write(staging.join("9-crashed/2"), "left").unwrap();
+        fs::write(store.join(c.as_str()), "published, never registered").unwrap();
+        clean_stale(&staging, store, |path| Ok(*path == a)).unwrap();
+        assert!(store.join(a.as_str()).exists(), "a registered path stays");
+        assert!(!store.join(c.as_str()).exists());
         assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
     }
 }
