@@ -22,13 +22,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 
 use arca_nar::{Limits, NarReader};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use arca_store_core::{AddBatch, Finished, PathInfo, Store, StorePath};
 
 use crate::error::StoreError;
 use crate::lock::PathLock;
-use crate::staging::Staged;
+use crate::staging::{Staged, StagedGroup};
 use crate::LocalStore;
 
 /// Ready paths are committed once this many bytes of NAR wait (and at the latest at the
@@ -48,6 +48,8 @@ pub struct LocalAddBatch<'s> {
     limit: usize,
     /// Ready paths are committed once this many wait.
     threshold: usize,
+    /// Where the batch's paths are staged, under one lock (made by the first add).
+    group: std::sync::OnceLock<Arc<StagedGroup>>,
 }
 
 /// A path checked and unpacked.
@@ -144,6 +146,7 @@ impl<'s> LocalAddBatch<'s> {
             committing: Mutex::new(()),
             limit,
             threshold: (limit / 2).max(1),
+            group: std::sync::OnceLock::new(),
         }
     }
 
@@ -323,7 +326,15 @@ impl LocalAddBatch<'_> {
         if valid {
             self.state().became_valid(&info.path);
         } else {
-            let staged = self.store.stage()?;
+            let group = match self.group.get() {
+                Some(group) => group.clone(),
+                None => {
+                    let made = self.store.stage_group()?;
+                    // Another add may have made one meanwhile: the first one set counts.
+                    self.group.get_or_init(|| made).clone()
+                }
+            };
+            let staged = Staged::member(&group);
             unpack(&staged)?;
             self.stage(staged, info, lock)?;
         }
