@@ -163,6 +163,7 @@ pub struct BinaryCache {
     secret_key: Option<SecretKey>,
     priority: u32,
     want_mass_query: bool,
+    write_nar_listing: bool,
 }
 
 impl std::fmt::Debug for BinaryCache {
@@ -229,6 +230,7 @@ impl BinaryCache {
             secret_key,
             priority: url.priority.or(info.priority).unwrap_or(DEFAULT_PRIORITY),
             want_mass_query: url.want_mass_query.unwrap_or(info.want_mass_query),
+            write_nar_listing: url.write_nar_listing,
         })
     }
 
@@ -389,7 +391,7 @@ impl BinaryCache {
         })
     }
 
-    fn push_one<S: Store + ?Sized>(
+    fn push_one<S: Store + Sync + ?Sized>(
         &self,
         store: &S,
         info: &arca_store_core::PathInfo,
@@ -426,6 +428,17 @@ impl BinaryCache {
         );
         self.backend
             .put(&url, Body::File(file), "application/x-nix-nar")?;
+        if self.write_nar_listing {
+            let listing = listing_json(store, &info.path).map_err(|error| CacheError::Store {
+                path: path.clone(),
+                source: error,
+            })?;
+            self.backend.put(
+                &format!("{}.ls", info.path.hash_part()),
+                Body::Bytes(listing.as_bytes()),
+                "application/json",
+            )?;
+        }
         let mut info = info.clone();
         if let Some(key) = &self.secret_key {
             info.sign(&self.store_dir, key);
@@ -442,6 +455,68 @@ impl BinaryCache {
         )?;
         Ok(())
     }
+}
+
+/// The `.ls` file of `path` (`write-nar-listing`): `{"version":1,"root":…}` with the
+/// tree as `nix nar ls --json -R` gives it, keys in Nix's order and nothing between
+/// tokens, byte for byte as Nix 2.8 writes it. The NAR is streamed through a pipe, not held.
+fn listing_json<S: Store + Sync + ?Sized>(
+    store: &S,
+    path: &StorePath,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let (reader, mut writer) = io::pipe()?;
+    let listing = std::thread::scope(|scope| {
+        let sender = scope.spawn(move || store.nar_from_path(path, &mut writer));
+        let listed = arca_nar::list(reader, &arca_nar::Limits::default());
+        let sent = sender
+            .join()
+            .map_err(|_| io::Error::other("the NAR sender panicked"))?;
+        sent.map_err(|error| Box::new(error) as Box<dyn std::error::Error + Send + Sync>)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(listed?)
+    })?;
+    let mut root = serde_json::Map::new();
+    root.insert("version".into(), serde_json::json!(1));
+    root.insert("root".into(), listing_value(&listing));
+    Ok(serde_json::Value::Object(root).to_string())
+}
+
+/// One node of a `.ls` listing, its keys in the order Nix 2.8 writes them (`type`
+/// first); a directory's entries by name.
+fn listing_value(node: &arca_nar::Listing) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut object = Map::new();
+    match node {
+        arca_nar::Listing::Regular {
+            executable,
+            size,
+            nar_offset,
+        } => {
+            object.insert("type".into(), json!("regular"));
+            object.insert("size".into(), json!(size));
+            if *executable {
+                object.insert("executable".into(), json!(true));
+            }
+            object.insert("narOffset".into(), json!(nar_offset));
+        }
+        arca_nar::Listing::Symlink { target } => {
+            object.insert("type".into(), json!("symlink"));
+            object.insert("target".into(), json!(String::from_utf8_lossy(target)));
+        }
+        arca_nar::Listing::Directory { entries } => {
+            let children: Map<String, Value> = entries
+                .iter()
+                .map(|(name, child)| {
+                    (
+                        String::from_utf8_lossy(name).into_owned(),
+                        listing_value(child),
+                    )
+                })
+                .collect();
+            object.insert("type".into(), json!("directory"));
+            object.insert("entries".into(), Value::Object(children));
+        }
+    }
+    Value::Object(object)
 }
 
 /// Reads a small file (a `.narinfo`, `nix-cache-info`), refusing one larger than

@@ -3,11 +3,11 @@
 //!
 //! Parameters every cache takes: `secret-key=FILE` (sign what is written),
 //! `compression=none|xz|zstd|bzip2|gzip` (of the NARs written; default `xz`, as Nix),
-//! `priority=N` and `want-mass-query=BOOL` (override the cache's `nix-cache-info`).
+//! `priority=N` and `want-mass-query=BOOL` (override the cache's `nix-cache-info`),
+//! `write-nar-listing=BOOL` (write each path's `<hash part>.ls`, as Nix does).
 //! `s3://` adds `region`, `endpoint`, `scheme` and `profile` ([`crate::s3`]). Nix's
 //! tuning parameters that do not change what is written or read (`parallel-compression`,
-//! `compression-level`, `multipart-upload`, `buffer-size`, `write-nar-listing`,
-//! `write-debug-info`, `local-nar-cache`) are accepted and ignored; any other parameter
+//! `compression-level`, `multipart-upload`, `buffer-size`, `write-debug-info`, `local-nar-cache`) are accepted and ignored; any other parameter
 //! is an error naming it.
 
 use std::path::PathBuf;
@@ -40,6 +40,8 @@ pub struct CacheUrl {
     pub priority: Option<u32>,
     /// `want-mass-query`.
     pub want_mass_query: Option<bool>,
+    /// `write-nar-listing` (default false).
+    pub write_nar_listing: bool,
 }
 
 /// A URL that names no cache Arca can open.
@@ -56,7 +58,6 @@ const IGNORED: &[&str] = &[
     "compression-level",
     "multipart-upload",
     "buffer-size",
-    "write-nar-listing",
     "write-debug-info",
     "local-nar-cache",
     "narinfo-compression",
@@ -106,6 +107,7 @@ impl CacheUrl {
             compression: Compression::Xz,
             priority: None,
             want_mass_query: None,
+            write_nar_listing: false,
         };
         for parameter in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
@@ -130,6 +132,7 @@ impl CacheUrl {
                     )
                 }
                 ("want-mass-query", _) => parsed.want_mass_query = Some(boolean(value)?),
+                ("write-nar-listing", _) => parsed.write_nar_listing = boolean(value)?,
                 ("region", Some(s3)) => s3.region = Some(value.to_owned()),
                 ("endpoint", Some(s3)) => s3.endpoint = Some(value.to_owned()),
                 ("scheme", Some(s3)) => s3.scheme = Some(value.to_owned()),

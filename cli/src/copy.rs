@@ -23,7 +23,8 @@ use crate::GlobalArgs;
 pub struct CopyArgs {
     /// Copy to this cache: `file://DIR`, `http(s)://…` or `s3://BUCKET`, with Nix's
     /// parameters (`secret-key=FILE` signs what is written, `compression=xz|zstd|none`,
-    /// and for S3 `endpoint`, `region`, `scheme`, `profile`); or to this store
+    /// `write-nar-listing=true` writes each path's `.ls`, and for S3 `endpoint`,
+    /// `region`, `scheme`, `profile`); or to this store
     /// (`ssh://[USER@]HOST`, `ssh-ng://…`, `unix://SOCKET`, `local?root=ROOT`, …).
     #[arg(
         long,

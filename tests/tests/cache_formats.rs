@@ -337,3 +337,112 @@ fn nix_substitutes_from_a_cache_arca_wrote() {
         "substituted without a trusted signature"
     );
 }
+
+/// `write-nar-listing=true`: the `<hash part>.ls` Arca writes is byte for byte the one
+/// `nix copy` writes for the same path (a tree with a directory, an executable, an empty
+/// file and a symlink); without the parameter none is written.
+#[test]
+fn nar_listings_are_the_files_nix_writes() {
+    if !nix_available("nar_listings_are_the_files_nix_writes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("src/tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("sub/file"), "contents\n").unwrap();
+    std::fs::write(tree.join("sub/deeper/empty"), "").unwrap();
+    std::fs::write(tree.join("run"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub/file", tree.join("link")).unwrap();
+
+    let nix_root = d.join("nix");
+    let nix_store = format!("local?root={}", nix_root.display());
+    let added = nix(
+        "nix-store",
+        &[
+            "--store".as_ref(),
+            nix_store.as_ref(),
+            "--add".as_ref(),
+            tree.as_os_str(),
+        ],
+        None,
+    );
+    let path = String::from_utf8(added).unwrap().trim().to_owned();
+    let nix_cache = d.join("nix-cache");
+    let to = format!(
+        "file://{}?write-nar-listing=true&compression=none",
+        nix_cache.display()
+    );
+    nix(
+        "nix",
+        &[
+            "--extra-experimental-features".as_ref(),
+            "nix-command".as_ref(),
+            "copy".as_ref(),
+            "--from".as_ref(),
+            nix_store.as_ref(),
+            "--to".as_ref(),
+            to.as_ref(),
+            path.as_ref(),
+        ],
+        None,
+    );
+
+    let arca_store = d.join("arca");
+    let arca_path = String::from_utf8(arca_tests::arca_ok(&[
+        "--store".as_ref(),
+        arca_store.as_os_str(),
+        "store".as_ref(),
+        "add-path".as_ref(),
+        tree.as_os_str(),
+    ]))
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert_eq!(arca_path, path, "the same tree, the same path");
+    let push = |cache: &Path, listing: bool| {
+        let url = format!(
+            "file://{}?compression=none{}",
+            cache.display(),
+            if listing {
+                "&write-nar-listing=true"
+            } else {
+                ""
+            }
+        );
+        arca_tests::arca_ok(&[
+            "--store".as_ref(),
+            arca_store.as_os_str(),
+            "copy".as_ref(),
+            "--to".as_ref(),
+            url.as_ref(),
+            path.as_ref(),
+        ]);
+    };
+    let arca_cache = d.join("arca-cache");
+    push(&arca_cache, true);
+    let hash_part = path
+        .strip_prefix("/nix/store/")
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap();
+    let listing = format!("{hash_part}.ls");
+    let theirs = std::fs::read(nix_cache.join(&listing)).unwrap();
+    let ours = std::fs::read(arca_cache.join(&listing)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ours),
+        String::from_utf8_lossy(&theirs),
+        "the .ls Nix wrote"
+    );
+    assert!(String::from_utf8_lossy(&ours).contains("\"narOffset\""));
+
+    let plain = d.join("plain-cache");
+    push(&plain, false);
+    assert!(!plain.join(&listing).exists(), "no listing unless asked");
+}
