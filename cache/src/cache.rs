@@ -460,7 +460,7 @@ impl BinaryCache {
 /// The `.ls` file of `path` (`write-nar-listing`): `{"version":1,"root":…}` with the
 /// tree as `nix nar ls --json -R` gives it, keys in Nix's order and nothing between
 /// tokens, byte for byte as Nix 2.8 writes it. The NAR is streamed through a pipe, not held.
-fn listing_json<S: Store + Sync + ?Sized>(
+pub(crate) fn listing_json<S: Store + Sync + ?Sized>(
     store: &S,
     path: &StorePath,
 ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {

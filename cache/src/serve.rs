@@ -9,6 +9,7 @@
 //!   (compressed on the fly when the server was asked to); a NAR hash that is no longer
 //!   the path's is a 404, so a client never gets a NAR its `.narinfo` does not describe.
 //!   A NAR that fails midway is cut short, never completed with wrong bytes.
+//! - `GET /HASH.ls`: the path's NAR listing, as `write-nar-listing` writes it.
 //! - `GET /log/DRV`: the build log of `DRV`.
 //!
 //! `HEAD` is answered as `GET`, without the body; other methods get a 405, other URLs
@@ -190,6 +191,15 @@ impl<'a, S: StoreOps + ?Sized> CacheServer<'a, S> {
             return match self.narinfo(hash) {
                 Some(narinfo) => text_response(narinfo.to_text(store_dir), "text/x-nix-narinfo"),
                 None => status(StatusCode::NOT_FOUND),
+            };
+        }
+        if let Some(hash) = path.strip_prefix('/').and_then(|p| p.strip_suffix(".ls")) {
+            let Some(narinfo) = self.narinfo(hash) else {
+                return status(StatusCode::NOT_FOUND);
+            };
+            return match crate::cache::listing_json(self.store, &narinfo.info.path) {
+                Ok(listing) => text_response(listing, "application/json"),
+                Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
             };
         }
         if let Some(name) = path.strip_prefix("/nar/") {

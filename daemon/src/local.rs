@@ -429,8 +429,10 @@ impl StoreOps for LocalBackend<'_> {
         // A path whose closure never came: name a reference that is not valid, as a
         // single add does.
         for path in finished.dropped {
-            let missing = references[&path]
-                .iter()
+            let missing = references
+                .get(&path)
+                .into_iter()
+                .flatten()
                 .find(|r| **r != path && !store.is_valid_path(r).unwrap_or(false));
             if let Some(reference) = missing {
                 return Err(StoreOpError::from_error(StoreError::MissingReference {

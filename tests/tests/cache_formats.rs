@@ -340,7 +340,8 @@ fn nix_substitutes_from_a_cache_arca_wrote() {
 
 /// `write-nar-listing=true`: the `<hash part>.ls` Arca writes is byte for byte the one
 /// `nix copy` writes for the same path (a tree with a directory, an executable, an empty
-/// file and a symlink); without the parameter none is written.
+/// file and a symlink), and `arca cache serve` serves it; without the parameter none is
+/// written.
 #[test]
 fn nar_listings_are_the_files_nix_writes() {
     if !nix_available("nar_listings_are_the_files_nix_writes") {
@@ -445,4 +446,23 @@ fn nar_listings_are_the_files_nix_writes() {
     let plain = d.join("plain-cache");
     push(&plain, false);
     assert!(!plain.join(&listing).exists(), "no listing unless asked");
+
+    // `arca cache serve` serves the same listing, and a 404 for a path it lacks.
+    let server = arca_tests::cache::ArcaServe::start(&arca_store, &[]);
+    let get = |name: &str| {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("{}/{name}", server.url()),
+            ])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let served = String::from_utf8(get(&listing)).unwrap();
+    assert_eq!(served, format!("{}\n200", String::from_utf8_lossy(&theirs)));
+    let missing = String::from_utf8(get(&format!("{}.ls", "0".repeat(32)))).unwrap();
+    assert!(missing.ends_with("404"), "{missing}");
 }
