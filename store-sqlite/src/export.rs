@@ -34,8 +34,9 @@ impl LocalStore {
     /// valid paths or to paths earlier in the archive.
     ///
     /// Paths are committed in batches (one transaction, and one `syncfs` in immediate
-    /// durability, per batch of up to 200 paths): a crash
-    /// loses at most the batch being written, and never leaves a partial path.
+    /// durability, per batch of up to [`staged_limit`] paths or 256 MiB), each batch
+    /// staged under one lock ([`StagedGroup`]): a crash loses at most the batch being
+    /// written, and never leaves a partial path.
     pub fn import_paths(&self, input: &mut impl BufRead) -> Result<Vec<StorePath>, StoreError> {
         let mut imported = Vec::new();
         let mut batch = Batch {

@@ -11,8 +11,8 @@
 //! a link count of 0) and starts over on a new file. Nix waiters check the mark, so the
 //! protocol holds between Arca and Nix writers of one store too.
 //!
-//! Staging locks ([`PathLock::acquire_staging`]) carry data (the final name of a staged
-//! path), so for them only the link count tells a stale file.
+//! Staging locks ([`PathLock::acquire_staging`]) carry data (the final names of the
+//! staged paths they guard), so for them only the link count tells a stale file.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

@@ -3,6 +3,8 @@
 //! is dropped and leaves nothing behind; many threads, and two batches racing for the
 //! same closure, finish without deadlock.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use arca_nar::DumpOptions;
 use arca_store_core::{AddBatch, Hash, HashAlgo, PathInfo, Store, StorePath};
 use arca_store_sqlite::{LocalStore, StoreError};
+use common::{staging_entries, store_entries};
 
 /// A path of a chain: `chain-I` refers to `chain-(I-1)`; its NAR is a small file.
 struct Link {
@@ -41,24 +44,6 @@ fn chain(dir: &Path, length: usize) -> Vec<Link> {
 
 fn add(batch: &impl AddBatch<Error = StoreError>, link: &Link) {
     batch.add_nar(&link.info, &mut &link.nar[..]).unwrap();
-}
-
-/// The store directory's entries, but for the staging and links directories.
-fn store_entries(store: &LocalStore) -> BTreeSet<String> {
-    fs::read_dir(store.physical_store())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != ".links" && name != ".arca-staging")
-        .collect()
-}
-
-fn staging_entries(store: &LocalStore) -> Vec<String> {
-    match fs::read_dir(store.physical_store().join(".arca-staging")) {
-        Ok(entries) => entries
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
 }
 
 /// Exactly `valid` is valid and in the store directory, with no staging tree or lock

@@ -2,6 +2,8 @@
 //! typed error, and leaves nothing behind: the path is not registered, its final name
 //! does not exist, no staging tree, no lock file.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
@@ -9,6 +11,7 @@ use std::path::Path;
 use arca_nar::DumpOptions;
 use arca_store_core::{Hash, HashAlgo, PathInfo, Store, StorePath};
 use arca_store_sqlite::{LocalStore, StoreError};
+use common::{staging_entries, store_entries};
 
 /// A small tree and its NAR.
 fn sample_nar(dir: &Path) -> Vec<u8> {
@@ -29,24 +32,6 @@ fn store_path(hash_char: char, name: &str) -> StorePath {
 
 fn good_info(path: StorePath, nar: &[u8]) -> PathInfo {
     PathInfo::new(path, Hash::digest(HashAlgo::Sha256, nar), nar.len() as u64)
-}
-
-/// Entries of the physical store directory, but for the staging directory itself.
-fn store_entries(store: &LocalStore) -> BTreeSet<String> {
-    fs::read_dir(store.physical_store())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != ".links" && name != ".arca-staging")
-        .collect()
-}
-
-fn staging_entries(store: &LocalStore) -> Vec<String> {
-    match fs::read_dir(store.physical_store().join(".arca-staging")) {
-        Ok(entries) => entries
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
 }
 
 /// Asserts that the failed add of `path` left no trace and that the store is as

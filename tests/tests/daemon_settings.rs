@@ -240,21 +240,8 @@ fn untrusted_clients_substitute_only_from_trusted_substituters() {
     }
     let lab = Lab::new(None);
     let arca = |args: &[&str], input: &[u8]| -> Vec<u8> {
-        let mut child = Command::new(arca_bin())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "arca {args:?}: {}",
-            stderr_of(&output)
-        );
-        output.stdout
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        arca_tests::arca_ok_with_stdin(&args, input)
     };
     let secret = arca(
         &["key", "generate-secret", "--key-name", "lab-cache-1"],
