@@ -124,11 +124,13 @@ pub(crate) enum Step {
     Chdir,
     Exec,
     FileDescriptors,
+    /// A deferred bind (the op is its index among those sent).
+    Deferred,
 }
 
 impl Step {
     fn from_code(code: u32) -> Option<Step> {
-        const ALL: [Step; 15] = [
+        const ALL: [Step; 16] = [
             Step::Unshare,
             Step::ForkInit,
             Step::PrivateMounts,
@@ -144,6 +146,7 @@ impl Step {
             Step::Chdir,
             Step::Exec,
             Step::FileDescriptors,
+            Step::Deferred,
         ];
         ALL.into_iter().find(|step| *step as u32 == code)
     }
@@ -162,6 +165,8 @@ pub(crate) struct ChildFds {
     pub output: RawFd,
     /// The program's stdin.
     pub dev_null: RawFd,
+    /// Parent → init: the deferred binds (see [`deferred_binds`]); -1 without any.
+    pub deferred: RawFd,
 }
 
 /// Everything the children read, prepared by the parent before `fork()`.
@@ -462,6 +467,9 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     for (index, op) in plan.ops.iter().enumerate() {
         apply(op).map_err(|errno| (Step::Layout, index as u32, errno))?;
     }
+    if let Some(deferred) = &plan.deferred {
+        deferred_binds(deferred, fds.deferred)?;
+    }
 
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
     // leaves no path back to the host (unlike chroot, which `..` games escape).
@@ -530,6 +538,129 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         )
     };
     Err((Step::Exec, 0, Errno::last()))
+}
+
+/// The header of one deferred bind as the parent sends it: kind (`DEFERRED_*`), the
+/// locked mount flags of its source (32 bits), the name's length and the symlink
+/// target's length (16 bits each), native byte order; then the name and the target.
+pub(crate) const DEFERRED_HEADER: usize = 9;
+/// The kinds of deferred entry: the end of the list, a directory, a file, a symlink.
+pub(crate) const DEFERRED_END: u8 = 0;
+pub(crate) const DEFERRED_DIR: u8 = b'd';
+pub(crate) const DEFERRED_FILE: u8 = b'f';
+pub(crate) const DEFERRED_SYMLINK: u8 = b'l';
+/// The longest name and symlink target the parent sends (`NAME_MAX`, `PATH_MAX` - 1).
+pub(crate) const DEFERRED_NAME_MAX: usize = 255;
+pub(crate) const DEFERRED_LINK_MAX: usize = 4095;
+
+/// Reads the deferred binds from `fd` until the end record and makes each, as a bind of
+/// the layout is made: a symlink recreated, else the mount point created, bound and
+/// remounted read-only. Paths are put together in stack buffers. The pipe closing before
+/// the end record means the parent gave up: nothing more is done.
+fn deferred_binds(plan: &crate::plan::DeferredPlan, fd: RawFd) -> StepResult {
+    const PATH: usize = 4096 + DEFERRED_NAME_MAX + 2;
+    let mut header = [0u8; DEFERRED_HEADER];
+    let mut name = [0u8; DEFERRED_NAME_MAX];
+    let mut link = [0u8; DEFERRED_LINK_MAX + 1];
+    let mut source = [0u8; PATH];
+    let mut target = [0u8; PATH];
+    let mut index = 0u32;
+    loop {
+        let fail = |errno: Errno| (Step::Deferred, index, errno);
+        read_exact(fd, &mut header).map_err(fail)?;
+        let kind = header[0];
+        if kind == DEFERRED_END {
+            return Ok(());
+        }
+        let locked = u32::from_ne_bytes([header[1], header[2], header[3], header[4]]);
+        let name_len = u16::from_ne_bytes([header[5], header[6]]) as usize;
+        let link_len = u16::from_ne_bytes([header[7], header[8]]) as usize;
+        if name_len == 0 || name_len > DEFERRED_NAME_MAX || link_len > DEFERRED_LINK_MAX {
+            return Err(fail(Errno::EINVAL));
+        }
+        read_exact(fd, &mut name[..name_len]).map_err(fail)?;
+        read_exact(fd, &mut link[..link_len]).map_err(fail)?;
+        link[link_len] = 0;
+        let name = &name[..name_len];
+        let target = joined(&mut target, &plan.target_prefix, name).map_err(fail)?;
+        match kind {
+            DEFERRED_SYMLINK => {
+                // SAFETY: two NUL-terminated paths in stack buffers.
+                let made = unsafe { libc::symlink(link.as_ptr().cast(), target.as_ptr()) };
+                Errno::result(made).map_err(fail)?;
+            }
+            DEFERRED_DIR | DEFERRED_FILE => {
+                // SAFETY: a NUL-terminated path in a stack buffer; a descriptor closed at
+                // once. Neither follows a symlink.
+                let made = unsafe {
+                    if kind == DEFERRED_DIR {
+                        libc::mkdir(target.as_ptr(), 0o755)
+                    } else {
+                        let fd = libc::open(
+                            target.as_ptr(),
+                            libc::O_RDONLY
+                                | libc::O_CREAT
+                                | libc::O_EXCL
+                                | libc::O_NOFOLLOW
+                                | libc::O_CLOEXEC,
+                            0o444,
+                        );
+                        if fd >= 0 {
+                            libc::close(fd);
+                        }
+                        fd.min(0)
+                    }
+                };
+                Errno::result(made).map_err(fail)?;
+                let source = joined(&mut source, &plan.source_prefix, name).map_err(fail)?;
+                let none: Option<&CStr> = None;
+                mount(Some(source), target, none, MsFlags::MS_BIND, none).map_err(fail)?;
+                let flags = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::from_bits_truncate(locked as libc::c_ulong);
+                mount(none, target, none, flags, none).map_err(fail)?;
+            }
+            _ => return Err(fail(Errno::EINVAL)),
+        }
+        index += 1;
+    }
+}
+
+/// `prefix` then `name` then NUL in `buffer`, as a C string.
+fn joined<'b>(buffer: &'b mut [u8], prefix: &[u8], name: &[u8]) -> Result<&'b CStr, Errno> {
+    let end = prefix.len() + name.len();
+    if end >= buffer.len() {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    buffer[..prefix.len()].copy_from_slice(prefix);
+    buffer[prefix.len()..end].copy_from_slice(name);
+    buffer[end] = 0;
+    CStr::from_bytes_with_nul(&buffer[..=end]).map_err(|_| Errno::EINVAL)
+}
+
+/// Fills `buffer` from the pipe `fd`; end-of-file first is `EPIPE`.
+fn read_exact(fd: RawFd, buffer: &mut [u8]) -> Result<(), Errno> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        // SAFETY: reads into the unfilled tail of a buffer we own.
+        let n = unsafe {
+            libc::read(
+                fd,
+                buffer[filled..].as_mut_ptr().cast(),
+                buffer.len() - filled,
+            )
+        };
+        match n {
+            0 => return Err(Errno::EPIPE),
+            n if n > 0 => filled += n as usize,
+            _ if Errno::last() == Errno::EINTR => {}
+            _ => return Err(Errno::last()),
+        }
+    }
+    Ok(())
 }
 
 /// Asks again for SIGKILL when the keeper dies: the kernel forgets the request whenever

@@ -80,8 +80,8 @@ mod user_net;
 pub use error::{SandboxError, SetupStep};
 pub use host::{kill_user, run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
-pub use run::run;
+pub use run::{prepare, run, Prepared};
 pub use spec::{
-    standard_etc, CgroupMode, Devices, Identity, Limits, Mount, Network, SandboxSpec, TmpfsSize,
+    standard_etc, CgroupMode, DeferredBinds, Devices, Identity, Limits, Mount, Network, SandboxSpec, TmpfsSize,
     UserNamespace,
 };

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use nix::sys::stat::{stat, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
 
 use crate::error::SandboxError;
-use crate::spec::{Mount, Network, SandboxSpec, TmpfsSize, UserNamespace};
+use crate::spec::{DeferredBinds, Mount, Network, SandboxSpec, TmpfsSize, UserNamespace};
 
 /// One step of building the root, with paths under the staging root.
 #[derive(Debug)]
@@ -73,7 +73,23 @@ pub(crate) struct Plan {
     /// The bind sources' parent directories, which the mounts name as
     /// `/proc/self/fd/N/NAME` (see [`Builder::reachable`]).
     pub held: Vec<HeldDir>,
+    /// Where the binds named at start go, when the spec has [`DeferredBinds`].
+    pub deferred: Option<DeferredPlan>,
 }
+
+/// The prepared half of [`DeferredBinds`]: init joins each name it is sent to these
+/// prefixes (in buffers on its stack), so nothing is allocated after the fork.
+#[derive(Debug)]
+pub(crate) struct DeferredPlan {
+    /// `/proc/self/fd/N/`, N a held descriptor of the source directory.
+    pub source_prefix: Vec<u8>,
+    /// The target directory under the staging root, with a trailing `/`.
+    pub target_prefix: Vec<u8>,
+}
+
+/// At most this many deferred binds per sandbox: the root tmpfs has room for them (one
+/// inode each, and a page for a symlink's target), and no more.
+pub(crate) const DEFERRED_MAX: usize = 4096;
 
 /// A directory the sandbox's mounts reach through a descriptor number.
 #[derive(Debug)]
@@ -121,6 +137,10 @@ impl Plan {
         for mount in &spec.mounts {
             builder.mount(mount)?;
         }
+        let deferred = match &spec.deferred_binds {
+            Some(binds) => Some(builder.deferred(binds)?),
+            None => None,
+        };
 
         let program = cstring("program", spec.program.as_os_str())?;
         if spec.args.is_empty() {
@@ -160,7 +180,7 @@ impl Plan {
         let (domainname, hostname) = (spec.domainname.as_bytes(), spec.hostname.as_bytes());
         Ok(Plan {
             root: cstring("root", root.as_os_str())?,
-            root_options: root_tmpfs_options(&builder.ops),
+            root_options: root_tmpfs_options(&builder.ops, deferred.is_some()),
             ops: builder.ops,
             descriptions: builder.descriptions,
             program,
@@ -176,6 +196,7 @@ impl Plan {
             gid: spec.identity.gid,
             umask: spec.umask & 0o777,
             held: builder.held.into_values().collect(),
+            deferred,
         })
     }
 }
@@ -218,7 +239,16 @@ impl Builder {
         let (Some(parent), Some(name)) = (source.parent(), source.file_name()) else {
             return cstring("bind source", source.as_os_str());
         };
-        let fd = match self.held.get(parent) {
+        let fd = self.hold(parent, source)?;
+        let mut via = format!("/proc/self/fd/{fd}/").into_bytes();
+        via.extend_from_slice(name.as_bytes());
+        cstring("bind source", OsStr::from_bytes(&via))
+    }
+
+    /// The held descriptor of directory `parent` (opened now if it is not held yet);
+    /// `source` is what an error names.
+    fn hold(&mut self, parent: &Path, source: &Path) -> Result<RawFd, SandboxError> {
+        Ok(match self.held.get(parent) {
             Some(held) => held.fd.as_raw_fd(),
             None => {
                 let missing = |_| SandboxError::MissingSource {
@@ -244,10 +274,21 @@ impl Builder {
                 self.held.insert(parent.to_path_buf(), held);
                 raw
             }
-        };
-        let mut via = format!("/proc/self/fd/{fd}/").into_bytes();
-        via.extend_from_slice(name.as_bytes());
-        cstring("bind source", OsStr::from_bytes(&via))
+        })
+    }
+
+    /// The target directory of deferred binds made, and their source directory held.
+    fn deferred(&mut self, binds: &DeferredBinds) -> Result<DeferredPlan, SandboxError> {
+        check_absolute("deferred bind source", &binds.source_dir)?;
+        check_absolute("deferred bind target", &binds.target_dir)?;
+        self.dir(&binds.target_dir, 0o755)?;
+        let fd = self.hold(&binds.source_dir, &binds.source_dir)?;
+        let mut target_prefix = self.host(&binds.target_dir)?.into_bytes();
+        target_prefix.push(b'/');
+        Ok(DeferredPlan {
+            source_prefix: format!("/proc/self/fd/{fd}/").into_bytes(),
+            target_prefix,
+        })
     }
 
     /// `mkdir -p` of an inside path: every missing ancestor (0755), then the path.
@@ -547,10 +588,15 @@ fn tmpfs_options(mode: u32, size: TmpfsSize) -> Result<CString, SandboxError> {
 /// so only the layout needs room: one inode per entry it makes and the pages of file
 /// contents and long symlinks, counted in 64 KiB pages (the largest common page size, so
 /// that no page size undercounts), plus 1 MiB and 64 inodes to spare. Entries made inside
-/// other mounts (a writable bind, a tmpfs) are counted too, which only adds room.
-fn root_tmpfs_options(ops: &[Op]) -> CString {
+/// other mounts (a writable bind, a tmpfs) are counted too, which only adds room. With
+/// `deferred`, room for [`DEFERRED_MAX`] more entries, symlinks with 4 KiB targets at most.
+fn root_tmpfs_options(ops: &[Op], deferred: bool) -> CString {
     const PAGE: u64 = 64 * 1024;
     let (mut pages, mut inodes) = (16u64, 1 + 64u64);
+    if deferred {
+        inodes += DEFERRED_MAX as u64;
+        pages += (DEFERRED_MAX as u64 * 4096).div_ceil(PAGE);
+    }
     for op in ops {
         match op {
             Op::Mkdir { .. } | Op::Touch { .. } => inodes += 1,
@@ -570,7 +616,7 @@ fn root_tmpfs_options(ops: &[Op]) -> CString {
 }
 
 /// The per-mount flags a user namespace locks on a bind of a mount with these flags.
-fn locked_flags(flags: FsFlags) -> MsFlags {
+pub(crate) fn locked_flags(flags: FsFlags) -> MsFlags {
     let mut locked = MsFlags::empty();
     for (fs, ms) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),

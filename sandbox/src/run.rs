@@ -1,11 +1,11 @@
 //! The parent side of a run: prepare, fork the keeper, write the id maps, then supervise
 //! the program (output, limits) until every process of the sandbox is gone.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -14,17 +14,23 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::mount::MsFlags;
 use nix::sys::signal::{kill, Signal};
+use nix::sys::statvfs::statvfs;
 use nix::unistd::{pipe2, Pid};
 use seccompiler::BpfProgram;
 
 use crate::budget::Budget;
 use crate::cgroup::Cgroup;
-use crate::child::{fork_keeper, ChildContext, ChildFds, InitUsage, Record, Step, RECORD_LEN};
+use crate::child::{
+    fork_keeper, ChildContext, ChildFds, InitUsage, Record, Step, DEFERRED_DIR, DEFERRED_END,
+    DEFERRED_FILE, DEFERRED_HEADER, DEFERRED_LINK_MAX, DEFERRED_NAME_MAX, DEFERRED_SYMLINK,
+    RECORD_LEN,
+};
 use crate::error::{SandboxError, SetupStep};
 use crate::outcome::{Outcome, Report, Usage};
-use crate::plan::Plan;
-use crate::spec::{CgroupMode, Network, SandboxSpec};
+use crate::plan::{locked_flags, Plan, DEFERRED_MAX};
+use crate::spec::{CgroupMode, Limits, Network, SandboxSpec};
 use crate::user_net::UserModeNetwork;
 
 /// Runs `spec.program` in a fresh sandbox and waits until it and every process it started
@@ -34,7 +40,38 @@ use crate::user_net::UserModeNetwork;
 /// Safe to call from many threads at once: each run forks a single-threaded keeper
 /// process that makes only system calls on data prepared here.
 pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, SandboxError> {
-    let start = Instant::now();
+    prepare(spec)?.run(&[] as &[&OsStr], output)
+}
+
+/// A sandbox built up to its deferred binds: namespaces made, id maps written, the
+/// layout mounted, init waiting. [`Prepared::run`] names the deferred binds and runs the
+/// program; dropping it instead kills the sandbox.
+///
+/// What it is for: nearly all of the cost of starting a sandbox (forks, namespaces,
+/// mounts) can be paid while the builds of the program's inputs still run, and only
+/// those inputs' binds, the `pivot_root` and `execve` wait for them.
+pub struct Prepared {
+    /// First, so that a dropped `Prepared` kills the sandbox before anything else goes.
+    children: Children,
+    plan: Plan,
+    /// Removed (it is empty on the host) when the run is over.
+    staging: StagingDir,
+    limits: Limits,
+    status: File,
+    exec: File,
+    output: OwnedFd,
+    /// Parent → init: the deferred binds; `None` without [`crate::DeferredBinds`].
+    deferred: Option<File>,
+    source_dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    /// Up before the program starts, down when the run is over.
+    _network: Option<UserModeNetwork>,
+}
+
+/// Builds the sandbox `spec` describes up to the point where only its deferred binds
+/// ([`SandboxSpec::deferred_binds`]) are missing, and returns without waiting for init to
+/// get there. Errors of the layout done meanwhile come from [`Prepared::run`].
+pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     let caller_is_root = nix::unistd::geteuid().is_root();
     let staging = StagingDir::create()?;
     let plan = Plan::new(spec, staging.path(), caller_is_root)?;
@@ -60,11 +97,13 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
     let (go_read, go_write) = pipe()?;
     let (exec_read, exec_write) = pipe()?;
     let (output_read, output_write) = pipe()?;
+    let deferred = plan.deferred.as_ref().map(|_| pipe()).transpose()?;
     let dev_null = above_stdio(
         File::open("/dev/null")
             .map_err(|e| host("opening /dev/null", e))?
             .into(),
     )?;
+    let deferred_read = deferred.as_ref().map_or(-1, |(read, _)| read.as_raw_fd());
     // The descriptors the keeper keeps, sorted (it may not allocate to sort them).
     let mut keep: Vec<RawFd> = [
         status_write.as_raw_fd(),
@@ -74,6 +113,7 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         dev_null.as_raw_fd(),
     ]
     .into_iter()
+    .chain((deferred_read >= 0).then_some(deferred_read))
     .chain(plan.held.iter().map(|held| held.fd.as_raw_fd()))
     .collect();
     keep.sort_unstable();
@@ -86,6 +126,7 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
             exec: exec_write.as_raw_fd(),
             output: output_write.as_raw_fd(),
             dev_null: dev_null.as_raw_fd(),
+            deferred: deferred_read,
         },
         parent_pid: nix::unistd::getpid().as_raw(),
         caller_is_root,
@@ -106,15 +147,15 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         reaped: false,
     };
     drop((status_write, go_read, exec_write, output_write, dev_null));
+    let deferred = deferred.map(|(_, write)| File::from(write));
     let mut status = File::from(status_read);
-    let mut exec = File::from(exec_read);
+    let exec = File::from(exec_read);
 
     expect(&mut status, &plan, Record::Ready)?;
     if plan.unshare_user {
         write_id_maps(spec, keeper)?;
     }
-    // Up before the program starts, down when the run is over (dropped on return).
-    let _network = match &spec.network {
+    let network = match &spec.network {
         Network::UserMode {
             program,
             host_loopback,
@@ -140,51 +181,181 @@ pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, Sandbox
         .map_err(|errno| host("starting the sandbox", errno.into()))?;
     match read_record(&mut status)? {
         Some(Record::InitPid(pid)) => children.init = Some(pid),
-        other => return Err(unexpected(other, &plan)),
+        other => return Err(unexpected(other, &plan, &[])),
     }
-    // End-of-file without a record: init reached execve.
-    if let Some(record) = read_record(&mut exec)? {
-        return Err(unexpected(Some(record), &plan));
-    }
-
-    let supervised = supervise(spec, start, &mut children, output_read, &mut status, output);
-    let (outcome, output_bytes, init_usage) = supervised?;
-    if cgroup.is_some() {
-        // The cgroup can only be removed once the keeper has left it.
-        children
-            .reap()
-            .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
-    } else {
-        // Every process of the sandbox is gone (init is a zombie, so its namespace was
-        // emptied); the keeper only has to reap it and tear down the namespaces, which
-        // nobody needs to wait for.
-        children.reap_in_background();
-    }
-    let micros = Duration::from_micros;
-    Ok(Report {
-        outcome,
-        output_bytes,
-        elapsed: start.elapsed(),
-        usage: Usage {
-            user_time: micros(init_usage.user_us),
-            system_time: micros(init_usage.system_us),
-            max_rss_bytes: init_usage.max_rss_kib.saturating_mul(1024),
-            cgroup: cgroup.as_ref().map(Cgroup::usage),
-        },
+    Ok(Prepared {
+        plan,
+        staging,
+        limits: spec.limits,
+        children,
+        status,
+        exec,
+        output: output_read,
+        deferred,
+        source_dir: spec.deferred_binds.as_ref().map(|b| b.source_dir.clone()),
+        cgroup,
+        _network: network,
     })
+}
+
+impl Prepared {
+    /// Binds each of `deferred` (names of entries of [`crate::DeferredBinds::source_dir`],
+    /// which must exist now) and runs the program, as [`run`] does. Names without
+    /// deferred binds in the spec are an error; so are more than 4,096 of them.
+    pub fn run<N: AsRef<OsStr>>(
+        mut self,
+        deferred: &[N],
+        output: &mut dyn Write,
+    ) -> Result<Report, SandboxError> {
+        let start = Instant::now();
+        let names: Vec<&OsStr> = deferred.iter().map(AsRef::as_ref).collect();
+        if let Some(pipe) = self.deferred.take() {
+            let message = deferred_message(self.source_dir.as_deref(), &names)?;
+            send_deferred(pipe, &message)?;
+        } else if !names.is_empty() {
+            return Err(SandboxError::InvalidSpec {
+                field: "deferred binds",
+                value: names[0].to_string_lossy().into_owned(),
+                reason: "the spec has no deferred_binds",
+            });
+        }
+        // End-of-file without a record: init reached execve.
+        if let Some(record) = read_record(&mut self.exec)? {
+            return Err(unexpected(Some(record), &self.plan, &names));
+        }
+
+        // Everything lives until the run is over; the staging directory and the
+        // user-mode network go last.
+        let Prepared {
+            limits,
+            mut children,
+            mut status,
+            output: output_read,
+            cgroup,
+            staging: _staging,
+            _network,
+            ..
+        } = self;
+        let supervised = supervise(
+            &limits,
+            start,
+            &mut children,
+            output_read,
+            &mut status,
+            output,
+        );
+        let (outcome, output_bytes, init_usage) = supervised?;
+        if cgroup.is_some() {
+            // The cgroup can only be removed once the keeper has left it.
+            children
+                .reap()
+                .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
+        } else {
+            // Every process of the sandbox is gone (init is a zombie, so its namespace
+            // was emptied); the keeper only has to reap it and tear down the namespaces,
+            // which nobody needs to wait for.
+            children.reap_in_background();
+        }
+        let micros = Duration::from_micros;
+        Ok(Report {
+            outcome,
+            output_bytes,
+            elapsed: start.elapsed(),
+            usage: Usage {
+                user_time: micros(init_usage.user_us),
+                system_time: micros(init_usage.system_us),
+                max_rss_bytes: init_usage.max_rss_kib.saturating_mul(1024),
+                cgroup: cgroup.as_ref().map(Cgroup::usage),
+            },
+        })
+    }
+}
+
+/// The deferred binds as init reads them (see `child::deferred_binds`): for each name, what
+/// the source is (a directory, a file, or a symlink and its target) and the mount flags a
+/// user namespace locks on it, looked at now; then the end record.
+fn deferred_message(source_dir: Option<&Path>, names: &[&OsStr]) -> Result<Vec<u8>, SandboxError> {
+    let source_dir = source_dir.unwrap_or(Path::new("/"));
+    if names.len() > DEFERRED_MAX {
+        return Err(SandboxError::InvalidSpec {
+            field: "deferred binds",
+            value: names.len().to_string(),
+            reason: "at most 4096 deferred binds",
+        });
+    }
+    let mut message = Vec::with_capacity(names.len() * 80 + DEFERRED_HEADER);
+    for name in names {
+        let bytes = name.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > DEFERRED_NAME_MAX
+            || bytes == b"."
+            || bytes == b".."
+            || bytes.iter().any(|&b| b == b'/' || b == 0)
+        {
+            return Err(SandboxError::InvalidSpec {
+                field: "deferred bind",
+                value: name.to_string_lossy().into_owned(),
+                reason: "must be the name of a directory entry",
+            });
+        }
+        let source = source_dir.join(name);
+        let missing = |_| SandboxError::MissingSource {
+            path: source.clone(),
+        };
+        let metadata = std::fs::symlink_metadata(&source).map_err(missing)?;
+        let (kind, link, locked) = if metadata.file_type().is_symlink() {
+            let link = std::fs::read_link(&source).map_err(missing)?;
+            let link = link.into_os_string().into_vec();
+            if link.len() > DEFERRED_LINK_MAX || link.contains(&0) {
+                return Err(SandboxError::InvalidSpec {
+                    field: "deferred bind",
+                    value: source.display().to_string(),
+                    reason: "a symlink target of at most 4095 bytes",
+                });
+            }
+            (DEFERRED_SYMLINK, link, MsFlags::empty())
+        } else {
+            let flags = statvfs(&source).map_err(|errno| missing(io::Error::from(errno)))?;
+            let kind = if metadata.is_dir() {
+                DEFERRED_DIR
+            } else {
+                DEFERRED_FILE
+            };
+            (kind, Vec::new(), locked_flags(flags.flags()))
+        };
+        message.push(kind);
+        message.extend_from_slice(&(locked.bits() as u32).to_ne_bytes());
+        message.extend_from_slice(&(bytes.len() as u16).to_ne_bytes());
+        message.extend_from_slice(&(link.len() as u16).to_ne_bytes());
+        message.extend_from_slice(bytes);
+        message.extend_from_slice(&link);
+    }
+    message.extend_from_slice(&[DEFERRED_END; DEFERRED_HEADER]);
+    Ok(message)
+}
+
+/// Writes the deferred binds to init and closes the pipe. A pipe init closed (it failed
+/// before it read them) is not an error here: its failure record tells why.
+fn send_deferred(mut pipe: File, message: &[u8]) -> Result<(), SandboxError> {
+    match pipe.write_all(message) {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(host("sending the deferred binds", err))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Passes output on and enforces the limits until init's status arrives and the output
 /// pipe is closed (which, init being pid 1 of its namespace, means every process is gone).
 fn supervise(
-    spec: &SandboxSpec,
+    limits: &Limits,
     start: Instant,
     children: &mut Children,
     output_read: OwnedFd,
     status: &mut File,
     output: &mut dyn Write,
 ) -> Result<(Outcome, u64, InitUsage), SandboxError> {
-    let mut budget = Budget::new(&spec.limits, start);
+    let mut budget = Budget::new(limits, start);
     let mut pipe = Some(File::from(output_read));
     let mut init_status: Option<i32> = None;
     let mut init_usage = InitUsage::default();
@@ -411,12 +582,12 @@ fn write_id_maps(spec: &SandboxSpec, keeper: i32) -> Result<(), SandboxError> {
 fn expect(status: &mut File, plan: &Plan, wanted: Record) -> Result<(), SandboxError> {
     match read_record(status)? {
         Some(record) if record == wanted => Ok(()),
-        other => Err(unexpected(other, plan)),
+        other => Err(unexpected(other, plan, &[])),
     }
 }
 
 /// The error for a record other than the one expected (normally a failure report).
-fn unexpected(record: Option<Record>, plan: &Plan) -> SandboxError {
+fn unexpected(record: Option<Record>, plan: &Plan, deferred: &[&OsStr]) -> SandboxError {
     let Some(Record::Failed(step, op, errno)) = record else {
         return host(
             "starting the sandbox",
@@ -456,6 +627,10 @@ fn unexpected(record: Option<Record>, plan: &Plan) -> SandboxError {
             plan.program.to_bytes(),
         ))),
         Step::FileDescriptors => SetupStep::FileDescriptors,
+        Step::Deferred => SetupStep::Layout(match deferred.get(op as usize) {
+            Some(name) => format!("bind-mounting deferred entry '{}'", name.to_string_lossy()),
+            None => format!("reading deferred bind {op}"),
+        }),
     };
     SandboxError::Setup { step, errno }
 }

@@ -26,6 +26,8 @@ pub struct SandboxSpec {
     pub cwd: PathBuf,
     /// The root layout, applied in order on an empty root (after `/dev` and `/proc`).
     pub mounts: Vec<Mount>,
+    /// Read-only binds named only when a prepared sandbox starts (see [`crate::prepare`]).
+    pub deferred_binds: Option<DeferredBinds>,
     /// Who the program runs as inside the sandbox.
     pub identity: Identity,
     /// Whether to use a user namespace (always the case when the caller is not root).
@@ -105,6 +107,20 @@ pub enum Mount {
         /// What it points to.
         target: PathBuf,
     },
+}
+
+/// Read-only binds of entries of one host directory, named when a [`crate::Prepared`]
+/// sandbox is started rather than when it is prepared: each name given to
+/// [`crate::Prepared::run`] is bound at `target_dir/NAME` as [`Mount::bind_ro`] would bind
+/// it (a symlink recreated, not followed). A build prepares its sandbox while the builds
+/// of its inputs still run and names their outputs (and what those refer to) once they
+/// exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredBinds {
+    /// The host directory the entries are in (a store directory).
+    pub source_dir: PathBuf,
+    /// The directory inside the sandbox they appear in (created by the layout).
+    pub target_dir: PathBuf,
 }
 
 impl Mount {
@@ -275,6 +291,7 @@ impl SandboxSpec {
             env: Vec::new(),
             cwd: PathBuf::from("/"),
             mounts: Vec::new(),
+            deferred_binds: None,
             identity,
             user_namespace: UserNamespace::Auto,
             host_ids: None,

@@ -1,0 +1,157 @@
+//! Prepared sandboxes: built ahead, started later with deferred binds named then.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use arca_sandbox::{prepare, DeferredBinds, Mount, Outcome, SandboxError, SandboxSpec};
+use common::{busybox, processes_with, require_root, sh, tempdir, unique};
+
+fn deferred(spec: SandboxSpec, source: &std::path::Path) -> SandboxSpec {
+    SandboxSpec {
+        deferred_binds: Some(DeferredBinds {
+            source_dir: source.to_path_buf(),
+            target_dir: "/nix/store".into(),
+        }),
+        ..spec
+    }
+}
+
+fn run_prepared(spec: &SandboxSpec, names: &[&str]) -> (Outcome, String) {
+    let prepared = prepare(spec).expect("preparing");
+    let mut output = Vec::new();
+    let report = prepared
+        .run(names, &mut output)
+        .unwrap_or_else(|err| panic!("run failed: {err} ({err:?})"));
+    (report.outcome, String::from_utf8_lossy(&output).into_owned())
+}
+
+#[test]
+fn deferred_binds_made_after_preparing_appear_read_only_and_alone() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let store = tempdir();
+    let spec = deferred(
+        sh(r#"cat /nix/store/dir-a/x /nix/store/file-b; readlink /nix/store/link-c
+              ls /nix/store | tr '\n' ' '; echo
+              (echo y > /nix/store/dir-a/y) 2>&1
+              (echo z >> /nix/store/file-b) 2>&1; true"#),
+        store.path(),
+    );
+    let prepared = prepare(&spec).expect("preparing");
+    // The entries only come into being now, after the sandbox was prepared.
+    fs::create_dir(store.path().join("dir-a")).unwrap();
+    fs::write(store.path().join("dir-a/x"), "in a\n").unwrap();
+    fs::write(store.path().join("file-b"), "in b\n").unwrap();
+    // Writable by anyone on the host: only the read-only mount stops the program.
+    for entry in ["dir-a", "file-b"] {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+        fs::set_permissions(store.path().join(entry), mode).unwrap();
+    }
+    symlink("dir-a", store.path().join("link-c")).unwrap();
+    fs::write(store.path().join("not-named"), "hidden\n").unwrap();
+    let mut output = Vec::new();
+    let report = prepared
+        .run(&["dir-a", "file-b", "link-c"], &mut output)
+        .expect("running");
+    let output = String::from_utf8_lossy(&output);
+    assert_eq!(report.outcome, Outcome::Exited(0), "{output}");
+    assert_eq!(
+        output,
+        "in a\nin b\ndir-a\ndir-a file-b link-c \n\
+         sh: can't create /nix/store/dir-a/y: Read-only file system\n\
+         sh: can't create /nix/store/file-b: Read-only file system\n"
+    );
+    assert!(!store.path().join("dir-a/y").exists());
+    assert_eq!(fs::read(store.path().join("file-b")).unwrap(), b"in b\n");
+}
+
+#[test]
+fn a_prepared_sandbox_without_deferred_names_runs_as_run_does() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let store = tempdir();
+    let (outcome, output) = run_prepared(&deferred(sh("ls -a /nix/store"), store.path()), &[]);
+    assert_eq!(outcome, Outcome::Exited(0));
+    assert_eq!(output, ".\n..\n");
+    let (outcome, output) = run_prepared(&sh("echo plain"), &[]);
+    assert_eq!((outcome, output.as_str()), (Outcome::Exited(0), "plain\n"));
+}
+
+#[test]
+fn a_dropped_prepared_sandbox_never_runs_its_program() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let out = tempdir();
+    fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let marker = unique("arca-prepared-dropped-");
+    let store = tempdir();
+    let spec = deferred(
+        sh(&format!("touch /out/ran; sleep 5 # {marker}")),
+        store.path(),
+    )
+    .mount(Mount::bind_rw(out.path(), "/out"));
+    let prepared = prepare(&spec).expect("preparing");
+    std::thread::sleep(Duration::from_millis(100));
+    drop(prepared);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!out.path().join("ran").exists(), "the program ran");
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+}
+
+#[test]
+fn limits_count_from_the_start_not_from_preparing() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let mut spec = sh("echo started");
+    spec.limits.timeout = Some(Duration::from_millis(300));
+    let prepared = prepare(&spec).expect("preparing");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut output = Vec::new();
+    let report = prepared.run(&[] as &[&str], &mut output).expect("running");
+    assert_eq!(report.outcome, Outcome::Exited(0));
+    assert_eq!(output, b"started\n");
+}
+
+#[test]
+fn bad_deferred_names_are_refused_before_anything_runs() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let store = tempdir();
+    fs::write(store.path().join("there"), "x").unwrap();
+    let spec = deferred(sh("echo ran"), store.path());
+    let error = |names: &[&str], spec: &SandboxSpec| {
+        let mut output = Vec::new();
+        let result = prepare(spec).expect("preparing").run(names, &mut output);
+        assert!(output.is_empty(), "the program ran: {output:?}");
+        result.expect_err("a bad name must be refused")
+    };
+    match error(&["missing"], &spec) {
+        SandboxError::MissingSource { path } => assert_eq!(path, store.path().join("missing")),
+        other => panic!("wrong error {other:?}"),
+    }
+    for bad in ["..", "a/b", ""] {
+        match error(&[bad], &spec) {
+            SandboxError::InvalidSpec { field, value, .. } => {
+                assert_eq!((field, value.as_str()), ("deferred bind", bad))
+            }
+            other => panic!("wrong error for {bad:?}: {other:?}"),
+        }
+    }
+    // Names for a spec without deferred binds.
+    match error(&["there"], &sh("echo ran")) {
+        SandboxError::InvalidSpec { field, .. } => assert_eq!(field, "deferred binds"),
+        other => panic!("wrong error {other:?}"),
+    }
+}
