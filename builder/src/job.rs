@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use arca_nar::DumpOptions;
-use arca_sandbox::{CgroupMode, HostSpec, Mount, Network, Outcome, SandboxSpec, UserNamespace};
+use arca_sandbox::{
+    CgroupMode, DeferredBinds, HostSpec, Mount, Network, Outcome, SandboxSpec, UserNamespace,
+};
 use arca_store_core::derivation::{output_path_name, Derivation, DerivationOutput, OutputName};
 use arca_store_core::references::{HashModuloWriter, ReferenceScanner};
 use arca_store_core::{
@@ -47,6 +49,9 @@ pub(crate) enum JobOutcome {
         published: Option<PublishedPaths>,
         outputs: BTreeMap<OutputName, StorePath>,
     },
+    /// Started early ([`Job::gate`]) and an input was not built after all: nothing ran,
+    /// nothing is left behind, nothing is reported.
+    NotStarted,
 }
 
 /// Everything one build needs.
@@ -61,6 +66,14 @@ pub(crate) struct Job<'a> {
     /// Wait for the outputs' locks when another process holds them; otherwise give up
     /// at once ([`JobOutcome::Busy`]).
     pub wait_for_locks: bool,
+    /// Set when the job starts before the builds of some of its inputs are over (see
+    /// [`Job::may_start_early`]): the sandbox is prepared meanwhile, and the gate is
+    /// called before the builder runs (or before whatever else the job comes to is
+    /// reported). It waits until every input is built (true) or one will not be (false:
+    /// [`JobOutcome::NotStarted`]).
+    pub gate: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// Whether the gate was passed.
+    pub gate_passed: std::cell::Cell<bool>,
 }
 
 impl Job<'_> {
@@ -130,11 +143,54 @@ impl Job<'_> {
     pub fn run(&self) -> (Result<JobOutcome, BuildError>, Leftovers) {
         let mut leftovers = Leftovers::default();
         let result = self.run_with(&mut leftovers);
+        // Whatever a job that started early came to waits until its inputs are built,
+        // and is dropped if they will not be.
+        if !matches!(result, Ok(JobOutcome::NotStarted)) && !self.pass_gate() {
+            if let Some(log) = leftovers.log.take() {
+                log.discard();
+            }
+            return (Ok(JobOutcome::NotStarted), leftovers);
+        }
         (result, leftovers)
+    }
+
+    /// Waits at the gate (once); true without one.
+    fn pass_gate(&self) -> bool {
+        match self.gate {
+            Some(gate) if !self.gate_passed.get() => {
+                let passed = gate();
+                self.gate_passed.set(passed);
+                passed
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether `drv` may start before its inputs are built: a sandboxed build of a
+    /// program (not a builtin) whose outputs are known ahead, that reads nothing of its
+    /// inputs' closure but their files (no `exportReferencesGraph`, no structured
+    /// attributes, no recursive Nix), with no network, no check and no repair. Only
+    /// then is there a sandbox to prepare: anything else waits at the gate at once.
+    pub fn may_start_early(drv: &Derivation, options: &BuildOptions, store: &LocalStore) -> bool {
+        !unsandboxed(drv, options, store).unwrap_or(true)
+            && !options.check
+            && !options.repair
+            && !drv.builder.starts_with("builtin:")
+            && !drv.has_network_access()
+            && !drv.env.contains_key("exportReferencesGraph")
+            && !drv.env.contains_key("__json")
+            && !crate::environment::bool_attr(drv, "__structuredAttrs")
+            && !drv
+                .env
+                .get("requiredSystemFeatures")
+                .is_some_and(|features| features.split_whitespace().any(|f| f == "recursive-nix"))
     }
 
     fn run_with(&self, leftovers: &mut Leftovers) -> Result<JobOutcome, BuildError> {
         let store = self.store;
+        if !Job::may_start_early(self.drv, self.options, store) && !self.pass_gate() {
+            return Ok(JobOutcome::NotStarted);
+        }
         let outputs = self.outputs()?;
         // Only this machine's platform: the seccomp filter kills 32-bit system calls, so
         // not even i686-linux builds here (Nix's extra-platforms is not supported).
@@ -164,7 +220,7 @@ impl Job<'_> {
             });
         }
         self.check_features()?;
-        let inputs = self.input_closure()?;
+        let (inputs, unbuilt) = self.input_closure()?;
 
         let output_paths: BTreeSet<StorePath> = outputs.values().cloned().collect();
         let locks = if self.wait_for_locks {
@@ -215,31 +271,14 @@ impl Job<'_> {
         let mut work = Work {
             outputs,
             inputs,
+            unbuilt,
             rebuild,
             valid,
             locks,
         };
-
-        tracing::info!(
-            "{} '{}': outputs {}",
-            if self.options.check {
-                "checking"
-            } else if self.options.repair {
-                "repairing"
-            } else {
-                "building"
-            },
-            store.store_dir().display(self.drv_path),
-            work.rebuild
-                .iter()
-                .map(|path| store.store_dir().display(path))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        (self.emit)(BuildEvent::Started {
-            drv: self.drv_path.clone(),
-            machine: None,
-        });
+        if self.gate_passed.get() || self.gate.is_none() {
+            self.announce(&work.rebuild);
+        }
         let drv_path = self.drv_path.clone();
         let emit = self.emit;
         let mut on_line = move |line: String| {
@@ -260,6 +299,10 @@ impl Job<'_> {
         })?;
         let build_dir = BuildDir::create(&self.options.build_dir_parent, &self.drv.name)?;
         let result = self.build_in(&mut work, &build_dir, &mut log, leftovers);
+        if let Ok(JobOutcome::NotStarted) = result {
+            log.discard();
+            return result;
+        }
         let tail = log.tail();
         if let Err(error) = &result {
             log.record(&format!("error: {error}"));
@@ -280,9 +323,58 @@ impl Job<'_> {
         result.map_err(|error| with_tail(error, tail))
     }
 
+    /// Says that the build starts: the log line and the event.
+    fn announce(&self, rebuild: &BTreeSet<StorePath>) {
+        let store = self.store;
+        tracing::info!(
+            "{} '{}': outputs {}",
+            if self.options.check {
+                "checking"
+            } else if self.options.repair {
+                "repairing"
+            } else {
+                "building"
+            },
+            store.store_dir().display(self.drv_path),
+            rebuild
+                .iter()
+                .map(|path| store.store_dir().display(path))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        (self.emit)(BuildEvent::Started {
+            drv: self.drv_path.clone(),
+            machine: None,
+        });
+    }
+
     /// The derivation's inputs (sources and the wanted outputs of input derivations),
-    /// closed under references.
-    fn input_closure(&self) -> Result<BTreeSet<StorePath>, BuildError> {
+    /// closed under references; with a gate not passed yet, the closure of those built
+    /// already and, apart, the inputs still being built.
+    fn input_closure(&self) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), BuildError> {
+        let inputs = self.direct_inputs()?;
+        let store = self.store;
+        // Rooted first: an input seen valid keeps its closure until the build is over.
+        store.add_temp_roots(&inputs)?;
+        let mut available = BTreeSet::new();
+        let mut unbuilt = BTreeSet::new();
+        for input in inputs {
+            if self.pending.is_available(store, &input)? {
+                available.insert(input);
+            } else if self.gate.is_some() && !self.gate_passed.get() {
+                unbuilt.insert(input);
+            } else {
+                return Err(BuildError::MissingInput {
+                    drv: self.full(),
+                    input: store.store_dir().full(&input),
+                });
+            }
+        }
+        Ok((self.pending.closure(store, &available)?, unbuilt))
+    }
+
+    /// The derivation's sources and the wanted outputs of its input derivations.
+    fn direct_inputs(&self) -> Result<BTreeSet<StorePath>, BuildError> {
         let store = self.store;
         let mut inputs = self.drv.input_srcs.clone();
         for (input_drv, names) in &self.drv.input_drvs {
@@ -302,17 +394,7 @@ impl Job<'_> {
                 inputs.insert(path.clone());
             }
         }
-        // Rooted first: an input seen valid keeps its closure until the build is over.
-        store.add_temp_roots(&inputs)?;
-        for input in &inputs {
-            if !self.pending.is_available(store, input)? {
-                return Err(BuildError::MissingInput {
-                    drv: self.full(),
-                    input: store.store_dir().full(input),
-                });
-            }
-        }
-        Ok(self.pending.closure(store, &inputs)?)
+        Ok(inputs)
     }
 
     /// Whether a valid path's files still have the registered NAR hash.
@@ -387,23 +469,11 @@ impl Job<'_> {
     /// its logical store dir (a builder writes its outputs at their logical paths), nor
     /// a builtin builder (run here, into the scratch directory).
     fn runs_unsandboxed(&self) -> Result<bool, BuildError> {
-        let no_chroot = crate::environment::bool_attr(self.drv, "__noChroot");
-        let wanted =
-            match self.options.sandbox {
-                SandboxMode::Disabled => true,
-                SandboxMode::Relaxed => no_chroot,
-                SandboxMode::Enabled if no_chroot => return Err(BuildError::Unsupported {
-                    drv: self.full(),
-                    reason:
-                        "it has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'"
-                            .into(),
-                }),
-                SandboxMode::Enabled => false,
-            };
-        let store = self.store;
-        let diverted = store.physical_store() != Path::new(store.store_dir().as_str());
-        let builtin = self.drv.builder.starts_with("builtin:");
-        Ok(wanted && !diverted && !builtin)
+        unsandboxed(self.drv, self.options, self.store).ok_or_else(|| BuildError::Unsupported {
+            drv: self.full(),
+            reason: "it has '__noChroot' set, but that's not allowed when 'sandbox' is 'true'"
+                .into(),
+        })
     }
 
     /// Lets members of `gid` create paths in the store directory, as Nix does when it
@@ -699,11 +769,14 @@ impl Job<'_> {
         let Work {
             outputs,
             inputs,
+            unbuilt,
             rebuild,
             valid,
             locks,
         } = work;
         let (outputs, inputs, rebuild, valid) = (&*outputs, &*inputs, &*rebuild, &*valid);
+        // The closure of inputs built while the sandbox was prepared.
+        let mut late_inputs = BTreeSet::new();
         let unsandboxed = self.runs_unsandboxed()?;
         let is_root = nix::unistd::geteuid().is_root();
         let pool_group = self
@@ -904,15 +977,21 @@ impl Job<'_> {
                 .iter()
                 .map(|(name, value)| (name.into(), value.into()))
                 .collect();
-            self.run_sandboxed(
-                args,
-                (build_uid, build_gid),
+            let sandbox = Sandbox {
+                ids: (build_uid, build_gid),
                 env,
                 inputs,
+                unbuilt,
                 scratch,
                 build_dir,
-                log,
-            )?
+            };
+            match self.run_sandboxed(args, sandbox, log, rebuild)? {
+                Some((report, late)) => {
+                    late_inputs = late;
+                    report
+                }
+                None => return Ok(JobOutcome::NotStarted),
+            }
         };
         // What the build added or built through its daemon is among what its outputs
         // may refer to (kept alive by this handle until they are registered).
@@ -965,6 +1044,7 @@ impl Job<'_> {
         // that is hashed, walked without following symlinks, into a directory nobody
         // else can reach (`BuildScratch::recreate`).
         let mut candidates: BTreeSet<StorePath> = inputs.clone();
+        candidates.extend(late_inputs);
         candidates.extend(added);
         candidates.extend(outputs.values().cloned());
         let mut built = Vec::new();
@@ -1263,16 +1343,25 @@ impl Job<'_> {
     /// Runs the builder in the sandbox: the input closure read-only at the store dir,
     /// the scratch directory writable there for the outputs, the build dir at `/build`.
     #[allow(clippy::too_many_arguments)]
+    /// Runs the builder in a sandbox. A job with a gate prepares the sandbox first, waits
+    /// at the gate, and binds the inputs built meanwhile (with what they refer to) as it
+    /// starts the builder: those come back beside the report. `None`: the gate said the
+    /// inputs will not be built, and nothing ran.
     fn run_sandboxed(
         &self,
         args: impl IntoIterator<Item = String>,
-        (build_uid, build_gid): (u32, u32),
-        env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-        inputs: &BTreeSet<StorePath>,
-        scratch: &BuildScratch,
-        build_dir: &BuildDir,
+        sandbox: Sandbox<'_>,
         log: &mut LogSink<'_>,
-    ) -> Result<arca_sandbox::Report, BuildError> {
+        rebuild: &BTreeSet<StorePath>,
+    ) -> Result<Option<(arca_sandbox::Report, BTreeSet<StorePath>)>, BuildError> {
+        let Sandbox {
+            ids: (build_uid, build_gid),
+            env,
+            inputs,
+            unbuilt,
+            scratch,
+            build_dir,
+        } = sandbox;
         let store = self.store;
         let store_dir = store.store_dir();
         let fixed_output = self.drv.has_network_access();
@@ -1341,11 +1430,53 @@ impl Job<'_> {
                 });
             }
         }
-        for mount in self.sandbox_paths(inputs)? {
-            spec.mounts.push(mount);
+        let (extra, extra_paths) = self.sandbox_paths(inputs)?;
+        spec.mounts.extend(extra);
+        if self.gate.is_none() || self.gate_passed.get() {
+            return Ok(Some((arca_sandbox::run(&spec, log)?, BTreeSet::new())));
         }
-
-        Ok(arca_sandbox::run(&spec, log)?)
+        spec.deferred_binds = Some(DeferredBinds {
+            source_dir: store.physical_store().to_path_buf(),
+            target_dir: store_dir.as_str().into(),
+        });
+        tracing::debug!(
+            "preparing the sandbox of '{}' while {} is built",
+            store_dir.display(self.drv_path),
+            unbuilt
+                .iter()
+                .map(|path| store_dir.display(path))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let prepared = arca_sandbox::prepare(&spec)?;
+        if !self.pass_gate() {
+            tracing::debug!(
+                "dropping the prepared sandbox of '{}': an input was not built",
+                store_dir.display(self.drv_path)
+            );
+            // Dropping the prepared sandbox kills it before it ran anything.
+            return Ok(None);
+        }
+        self.announce(rebuild);
+        // What the inputs built meanwhile bring: themselves and what they refer to,
+        // unless bound already.
+        for input in unbuilt {
+            if !self.pending.is_available(store, input)? {
+                return Err(BuildError::MissingInput {
+                    drv: self.full(),
+                    input: store_dir.full(input),
+                });
+            }
+        }
+        let late: BTreeSet<StorePath> = self
+            .pending
+            .closure(store, unbuilt)?
+            .into_iter()
+            .filter(|path| !inputs.contains(path) && !extra_paths.contains(path))
+            .collect();
+        let names: Vec<&str> = late.iter().map(StorePath::as_str).collect();
+        let report = prepared.run(&names, log)?;
+        Ok(Some((report, late)))
     }
 
     /// Hashes and scans one output; checks a fixed output against its declared hash.
@@ -1721,7 +1852,11 @@ impl Write for OutputSink {
 impl Job<'_> {
     /// Mounts for `sandbox-paths`: `path` or `target=source`, `?` for optional; a source
     /// in this store brings its closure.
-    fn sandbox_paths(&self, inputs: &BTreeSet<StorePath>) -> Result<Vec<Mount>, BuildError> {
+    /// The store paths among them (bound besides the inputs) come back too.
+    fn sandbox_paths(
+        &self,
+        inputs: &BTreeSet<StorePath>,
+    ) -> Result<(Vec<Mount>, BTreeSet<StorePath>), BuildError> {
         let store = self.store;
         let mut mounts = Vec::new();
         let mut store_paths = BTreeSet::new();
@@ -1762,6 +1897,7 @@ impl Job<'_> {
                 optional,
             });
         }
+        let mut bound = BTreeSet::new();
         if !store_paths.is_empty() {
             for path in store.requisites(&store_paths, DerivationOutputs::Excluded)? {
                 if !inputs.contains(&path) {
@@ -1769,10 +1905,11 @@ impl Job<'_> {
                         store.physical_path(&path),
                         store.store_dir().display(&path),
                     ));
+                    bound.insert(path);
                 }
             }
         }
-        Ok(mounts)
+        Ok((mounts, bound))
     }
 }
 
@@ -1780,14 +1917,43 @@ impl Job<'_> {
 struct Work {
     /// Every output of the derivation.
     outputs: BTreeMap<OutputName, StorePath>,
-    /// The input closure.
+    /// The input closure (of the inputs built already, for a job that started early).
     inputs: BTreeSet<StorePath>,
+    /// Inputs whose builds were not over when a job that started early began.
+    unbuilt: BTreeSet<StorePath>,
     /// The outputs to build now.
     rebuild: BTreeSet<StorePath>,
     /// The outputs valid before the build.
     valid: BTreeSet<StorePath>,
     /// The outputs' path locks, held until they are registered.
     locks: PathLocks,
+}
+
+/// Whether `drv` is built without a sandbox: as the `sandbox` setting says, except that a
+/// store kept elsewhere than its store directory and a builtin builder always use one.
+/// `None`: `__noChroot` with `sandbox = true`, which is refused.
+fn unsandboxed(drv: &Derivation, options: &BuildOptions, store: &LocalStore) -> Option<bool> {
+    let no_chroot = crate::environment::bool_attr(drv, "__noChroot");
+    let wanted = match options.sandbox {
+        SandboxMode::Disabled => true,
+        SandboxMode::Relaxed => no_chroot,
+        SandboxMode::Enabled if no_chroot => return None,
+        SandboxMode::Enabled => false,
+    };
+    let diverted = store.physical_store() != Path::new(store.store_dir().as_str());
+    let builtin = drv.builder.starts_with("builtin:");
+    Some(wanted && !diverted && !builtin)
+}
+
+/// What [`Job::run_sandboxed`] runs the builder with.
+struct Sandbox<'w> {
+    /// Host uid and gid of the build.
+    ids: (u32, u32),
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    inputs: &'w BTreeSet<StorePath>,
+    unbuilt: &'w BTreeSet<StorePath>,
+    scratch: &'w BuildScratch,
+    build_dir: &'w BuildDir,
 }
 
 /// What a finished job leaves to clean up; dropping it does the work.

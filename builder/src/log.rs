@@ -128,6 +128,14 @@ impl<'a> LogSink<'a> {
         })
     }
 
+    /// Removes the raw log: the build never ran (it started early and an input failed).
+    pub fn discard(mut self) {
+        if let Some((writer, raw, _)) = self.file.take() {
+            drop(writer);
+            let _ = fs::remove_file(raw);
+        }
+    }
+
     fn line(&mut self, raw: &[u8]) {
         let line = filter_escapes(raw);
         if self.tail.len() == TAIL_LINES {
@@ -156,6 +164,15 @@ impl PendingLog {
     }
 }
 
+impl PendingLog {
+    /// Removes the raw log without storing it.
+    pub fn discard(mut self) {
+        if let Some(raw) = self.raw.take() {
+            let _ = fs::remove_file(&raw);
+        }
+    }
+}
+
 impl Drop for PendingLog {
     fn drop(&mut self) {
         if let Some(raw) = self.raw.take() {
@@ -176,6 +193,10 @@ pub fn write_log(log_dir: &Path, drv: &StorePath, text: &mut dyn Read) -> io::Re
     store_compressed(text, &log_path(log_dir, drv))
 }
 
+/// The bzip2 stream of no bytes at level 1, as the encoder writes it: the header `BZh1`,
+/// the end-of-stream magic and a zero CRC.
+const EMPTY_BZIP2: &[u8] = b"BZh1\x17\x72\x45\x38\x50\x90\0\0\0\0";
+
 fn store_compressed(input: &mut dyn Read, path: &Path) -> io::Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -188,11 +209,24 @@ fn store_compressed(input: &mut dyn Read, path: &Path) -> io::Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     // Level 1 (100 kB blocks): logs are text, and level 9's 900 kB blocks make starting
-    // the encoder cost milliseconds.
-    let written = File::create(&temporary).and_then(|file| {
-        let mut encoder = bzip2::write::BzEncoder::new(file, bzip2::Compression::fast());
-        io::copy(input, &mut encoder)?;
-        encoder.finish()?;
+    // the encoder cost milliseconds. An empty log (a quiet builder's) is written as is:
+    // the encoder's start alone zeroes a megabyte of tables.
+    let written = File::create(&temporary).and_then(|mut file| {
+        let mut first = [0u8; 8192];
+        let n = loop {
+            match input.read(&mut first) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            file.write_all(EMPTY_BZIP2)?;
+        } else {
+            let mut encoder = bzip2::write::BzEncoder::new(file, bzip2::Compression::fast());
+            encoder.write_all(&first[..n])?;
+            io::copy(input, &mut encoder)?;
+            encoder.finish()?;
+        }
         fs::rename(&temporary, path)
     });
     if written.is_err() {
@@ -344,6 +378,23 @@ pub fn filter_escapes(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_log_is_the_stream_the_encoder_writes_and_reads_back_empty() {
+        let mut encoder = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        encoder.flush().unwrap();
+        assert_eq!(encoder.finish().unwrap(), EMPTY_BZIP2);
+        let dir = tempfile::tempdir().unwrap();
+        for text in [&b""[..], b"one line\n"] {
+            let path = dir.path().join("log.bz2");
+            store_compressed(&mut &text[..], &path).unwrap();
+            let mut back = Vec::new();
+            bzip2::read::BzDecoder::new(File::open(&path).unwrap())
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, text);
+        }
+    }
 
     #[test]
     fn escape_sequences_and_controls_are_filtered() {

@@ -253,6 +253,8 @@ impl Graph {
                         options,
                         emit: &|_| {},
                         wait_for_locks: true,
+                        gate: None,
+                        gate_passed: Default::default(),
                     }
                     .outputs()?
                 } else {
@@ -408,6 +410,12 @@ struct State {
     /// Stop starting builds (a failure without `--keep-going`).
     stopped: bool,
     not_built: BTreeMap<StorePath, Option<StorePath>>,
+    /// Local builds past their start (a job that started early: past its gate), which
+    /// a dependent may start early beside.
+    building_here: BTreeSet<StorePath>,
+    /// Jobs started before the builds of their inputs were over (see `pick_early`):
+    /// still `waiting` until those builds are, but never put in `ready`.
+    early: BTreeSet<StorePath>,
 }
 
 impl State {
@@ -437,6 +445,8 @@ impl State {
             busy: BTreeSet::new(),
             stopped: false,
             not_built: BTreeMap::new(),
+            building_here: BTreeSet::new(),
+            early: BTreeSet::new(),
         }
     }
 
@@ -446,7 +456,10 @@ impl State {
                 *count -= 1;
                 if *count == 0 {
                     self.waiting.remove(&dependent);
-                    self.ready.push_back(dependent);
+                    // A job that started early passes its gate now.
+                    if !self.early.contains(&dependent) {
+                        self.ready.push_back(dependent);
+                    }
                 }
             }
         }
@@ -657,7 +670,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         ..
     } = *shared;
     loop {
-        let (drv_path, wait_for_locks, placement) = {
+        let (drv_path, wait_for_locks, placement, early) = {
             let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if guard.stopped && guard.running == 0 {
@@ -667,7 +680,18 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 if !guard.stopped {
                     if let Some(next) = pick(shared, &mut guard) {
                         guard.running += 1;
-                        break next;
+                        if matches!(next.2, Placement::Local) {
+                            guard.building_here.insert(next.0.clone());
+                            // An idle worker may start one of its dependents early.
+                            wake.notify_all();
+                        }
+                        break (next.0, next.1, next.2, false);
+                    }
+                    if let Some(next) = pick_early(shared, &mut guard) {
+                        guard.running += 1;
+                        guard.local_running += 1;
+                        guard.early.insert(next.clone());
+                        break (next, false, Placement::Local, true);
                     }
                 }
                 if guard.running == 0 && guard.ready.is_empty() {
@@ -719,6 +743,7 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         } else {
             None
         };
+        let gate = || pass_gate(shared, &drv_path);
         let job = Job {
             store,
             drv_path: resolved.as_ref().map_or(&drv_path, |r| &r.path),
@@ -727,6 +752,8 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
             emit,
             pending,
             wait_for_locks,
+            gate: early.then_some(&gate as &(dyn Fn() -> bool + Sync)),
+            gate_passed: Default::default(),
         };
         let resolved_hash = resolved.as_ref().and_then(|r| r.static_hash.clone());
         let already = resolved.as_ref().and_then(|r| r.valid.clone());
@@ -802,13 +829,32 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 realised_now(&outputs);
                 Some(BuildResult::Built(outputs))
             }
-            Ok(JobOutcome::Busy) => {
+            Ok(JobOutcome::Busy) if !early || job.gate_passed.get() => {
                 // Back in the queue, tried again after the others.
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
                 guard.running -= 1;
                 guard.local_running -= 1;
+                guard.building_here.remove(&drv_path);
+                guard.early.remove(&drv_path);
                 guard.busy.insert(drv_path.clone());
                 guard.ready.push_back(drv_path);
+                wake.notify_all();
+                continue;
+            }
+            Ok(JobOutcome::Busy | JobOutcome::NotStarted) => {
+                // Started early, and either an input failed (the failure marked this
+                // one not built) or another process builds its outputs: it starts again
+                // in the ordinary way once its inputs are built, if they are.
+                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                guard.running -= 1;
+                guard.local_running -= 1;
+                guard.early.remove(&drv_path);
+                guard.busy.insert(drv_path.clone());
+                if !guard.waiting.contains_key(&drv_path)
+                    && !guard.not_built.contains_key(&drv_path)
+                {
+                    guard.ready.push_back(drv_path);
+                }
                 wake.notify_all();
                 continue;
             }
@@ -876,6 +922,63 @@ fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Plac
         return Some((drv_path, wait_for_locks, placement));
     }
     None
+}
+
+/// A derivation to start early on a free local slot while nothing is ready: one whose
+/// inputs are all built but for some being built here now, whose outputs are known, and
+/// whose job can prepare its sandbox meanwhile ([`Job::may_start_early`]). Its job waits
+/// at a gate ([`pass_gate`]) just before the builder would run; a chain of builds then
+/// pays for each sandbox while the build before it runs.
+fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
+    let options = shared.options;
+    if !state.ready.is_empty()
+        || !options.machines.is_empty()
+        || state.local_running >= local_slots(options)
+    {
+        return None;
+    }
+    for running in &state.building_here {
+        for dependent in state.dependents.get(running).into_iter().flatten() {
+            let Some(&unbuilt) = state.waiting.get(dependent) else {
+                continue;
+            };
+            if state.early.contains(dependent) || state.busy.contains(dependent) {
+                continue;
+            }
+            let node = &shared.graph.nodes[dependent];
+            let building = node
+                .dependencies
+                .iter()
+                .filter(|dependency| state.building_here.contains(*dependency))
+                .count();
+            if building == unbuilt
+                && node.kind == DerivationKind::InputAddressed
+                && !node.resolves(options)
+                && Job::may_start_early(&node.drv, options, shared.store)
+            {
+                return Some(dependent.clone());
+            }
+        }
+    }
+    None
+}
+
+/// The gate of a job that started early: waits until every input of `drv` is built
+/// (true) or one will not be (false).
+fn pass_gate(shared: &Shared<'_>, drv: &StorePath) -> bool {
+    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if !guard.waiting.contains_key(drv) {
+            let passed = !guard.not_built.contains_key(drv);
+            if passed {
+                guard.building_here.insert(drv.clone());
+                // Its own dependents may start early now.
+                shared.wake.notify_all();
+            }
+            return passed;
+        }
+        guard = shared.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+    }
 }
 
 /// Builds at once here: `max_jobs`, where 0 means none only when there are machines to
@@ -998,6 +1101,11 @@ fn finish(shared: &Shared<'_>, drv_path: &StorePath, result: Option<BuildResult>
     if local {
         guard.local_running -= 1;
     }
+    guard.building_here.remove(drv_path);
+    guard.early.remove(drv_path);
+    // A job that started early and ended without passing its gate (a panic) must not
+    // be started again when its inputs are built.
+    guard.waiting.remove(drv_path);
     // Other processes may have finished too: try every ready one again.
     guard.busy.clear();
     if ok {

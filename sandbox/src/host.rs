@@ -334,7 +334,7 @@ fn supervise(
     let mut budget = Budget::new(limits, start);
     let mut pipe = File::from(read_end);
     let mut killed: Option<Outcome> = None;
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = [0u8; 16 * 1024];
     let mut exited = false;
     loop {
         let mut wait = EXIT_POLL;

@@ -82,6 +82,6 @@ pub use host::{kill_user, run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
 pub use run::{prepare, run, Prepared};
 pub use spec::{
-    standard_etc, CgroupMode, DeferredBinds, Devices, Identity, Limits, Mount, Network, SandboxSpec, TmpfsSize,
-    UserNamespace,
+    standard_etc, CgroupMode, DeferredBinds, Devices, Identity, Limits, Mount, Network,
+    SandboxSpec, TmpfsSize, UserNamespace,
 };

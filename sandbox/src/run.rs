@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::mount::MsFlags;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::statvfs::statvfs;
 use nix::unistd::{pipe2, Pid};
@@ -361,7 +361,7 @@ fn supervise(
     let mut init_usage = InitUsage::default();
     let mut killed: Option<Outcome> = None;
     let mut writer_error: Option<io::Error> = None;
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = [0u8; 16 * 1024];
 
     // Killing init (pid 1 of its namespace) kills every process of the sandbox. The
     // cgroup is not used for this: it holds the keeper too, and its `cgroup.kill` would

@@ -25,7 +25,10 @@ fn run_prepared(spec: &SandboxSpec, names: &[&str]) -> (Outcome, String) {
     let report = prepared
         .run(names, &mut output)
         .unwrap_or_else(|err| panic!("run failed: {err} ({err:?})"));
-    (report.outcome, String::from_utf8_lossy(&output).into_owned())
+    (
+        report.outcome,
+        String::from_utf8_lossy(&output).into_owned(),
+    )
 }
 
 #[test]
@@ -35,10 +38,12 @@ fn deferred_binds_made_after_preparing_appear_read_only_and_alone() {
     }
     let store = tempdir();
     let spec = deferred(
-        sh(r#"cat /nix/store/dir-a/x /nix/store/file-b; readlink /nix/store/link-c
+        sh(
+            r#"cat /nix/store/dir-a/x /nix/store/file-b; readlink /nix/store/link-c
               ls /nix/store | tr '\n' ' '; echo
               (echo y > /nix/store/dir-a/y) 2>&1
-              (echo z >> /nix/store/file-b) 2>&1; true"#),
+              (echo z >> /nix/store/file-b) 2>&1; true"#,
+        ),
         store.path(),
     );
     let prepared = prepare(&spec).expect("preparing");
