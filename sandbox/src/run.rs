@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -234,8 +234,11 @@ impl Prepared {
             cgroup,
             staging: _staging,
             _network,
+            plan,
             ..
         } = self;
+        // Freed while the program runs rather than after.
+        drop(plan);
         let supervised = supervise(
             &limits,
             start,
@@ -499,18 +502,31 @@ impl Children {
         Ok(())
     }
 
-    /// Lets a thread reap the keeper (falling back to reaping here if no thread can be
-    /// made), so that the caller does not wait for the namespaces' teardown.
+    /// Hands the keeper to the process's reaper thread (or reaps it here if no thread
+    /// can be made), so that the caller does not wait for the namespaces' teardown.
     fn reap_in_background(&mut self) {
         self.go = None;
-        let keeper = self.keeper;
-        let spawned = std::thread::Builder::new()
-            .name("arca-sandbox-reaper".into())
-            .spawn(move || {
-                let _ = reap(keeper);
-            });
-        if spawned.is_err() {
-            let _ = reap(keeper);
+        static REAPER: OnceLock<Option<Mutex<mpsc::Sender<i32>>>> = OnceLock::new();
+        let reaper = REAPER.get_or_init(|| {
+            let (send, receive) = mpsc::channel::<i32>();
+            std::thread::Builder::new()
+                .name("arca-sandbox-reaper".into())
+                .spawn(move || {
+                    for keeper in receive {
+                        let _ = reap(keeper);
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(send))
+        });
+        let handed = reaper.as_ref().is_some_and(|send| {
+            send.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(self.keeper)
+                .is_ok()
+        });
+        if !handed {
+            let _ = reap(self.keeper);
         }
         self.reaped = true;
     }
