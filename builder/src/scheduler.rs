@@ -109,7 +109,8 @@ fn run(
         store.state_dir(),
         options.builders_use_substitutes,
     );
-    let workers = (local_slots(options) + machines.slots())
+    // Twice the build slots: as many jobs again may wait at their gates (`pick_early`).
+    let workers = (2 * local_slots(options) + machines.slots())
         .max(1)
         .min(to_build.max(1));
     let shared = Shared {
@@ -688,8 +689,8 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                         break (next.0, next.1, next.2, false);
                     }
                     if let Some(next) = pick_early(shared, &mut guard) {
+                        // A build slot is taken at its gate.
                         guard.running += 1;
-                        guard.local_running += 1;
                         guard.early.insert(next.clone());
                         break (next, false, Placement::Local, true);
                     }
@@ -847,7 +848,10 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
                 // in the ordinary way once its inputs are built, if they are.
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
                 guard.running -= 1;
-                guard.local_running -= 1;
+                if job.gate_passed.get() {
+                    guard.local_running -= 1;
+                    guard.building_here.remove(&drv_path);
+                }
                 guard.early.remove(&drv_path);
                 guard.busy.insert(drv_path.clone());
                 if !guard.waiting.contains_key(&drv_path)
@@ -877,7 +881,8 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
             }
             Err(error) => Some(failed(emit, &drv_path, error)),
         };
-        finish(shared, &drv_path, result, true);
+        // A job that started early holds a build slot only once past its gate.
+        finish(shared, &drv_path, result, !early || job.gate_passed.get());
         // Whatever waited for this build may start on another worker meanwhile.
         drop(leftovers);
     }
@@ -924,20 +929,23 @@ fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Plac
     None
 }
 
-/// A derivation to start early on a free local slot while nothing is ready: one whose
-/// inputs are all built but for some being built here now, whose outputs are known, and
-/// whose job can prepare its sandbox meanwhile ([`Job::may_start_early`]). Its job waits
-/// at a gate ([`pass_gate`]) just before the builder would run; a chain of builds then
-/// pays for each sandbox while the build before it runs.
+/// A derivation to start early while nothing is ready: one whose inputs are all built but
+/// for some being built here now (or started early themselves), whose outputs are known,
+/// and whose job can prepare its sandbox meanwhile ([`Job::may_start_early`]). Its job
+/// waits at a gate ([`pass_gate`]) just before the builder would run, and takes a build
+/// slot there; at most `max-jobs` jobs wait so. A chain of builds then pays for each
+/// sandbox while the builds before it run.
 fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
     let options = shared.options;
     if !state.ready.is_empty()
         || !options.machines.is_empty()
-        || state.local_running >= local_slots(options)
+        || state.early.len() >= local_slots(options)
     {
         return None;
     }
-    for running in &state.building_here {
+    let started =
+        |path: &StorePath| state.building_here.contains(path) || state.early.contains(path);
+    for running in state.building_here.iter().chain(&state.early) {
         for dependent in state.dependents.get(running).into_iter().flatten() {
             let Some(&unbuilt) = state.waiting.get(dependent) else {
                 continue;
@@ -949,7 +957,7 @@ fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
             let building = node
                 .dependencies
                 .iter()
-                .filter(|dependency| state.building_here.contains(*dependency))
+                .filter(|dependency| started(dependency))
                 .count();
             if building == unbuilt
                 && node.kind == DerivationKind::InputAddressed
@@ -963,19 +971,22 @@ fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
     None
 }
 
-/// The gate of a job that started early: waits until every input of `drv` is built
-/// (true) or one will not be (false).
+/// The gate of a job that started early: waits until every input of `drv` is built and
+/// a build slot is free (true: the slot is taken), or until an input will not be built
+/// (false).
 fn pass_gate(shared: &Shared<'_>, drv: &StorePath) -> bool {
+    let slots = local_slots(shared.options);
     let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        if !guard.waiting.contains_key(drv) {
-            let passed = !guard.not_built.contains_key(drv);
-            if passed {
-                guard.building_here.insert(drv.clone());
-                // Its own dependents may start early now.
-                shared.wake.notify_all();
-            }
-            return passed;
+        if guard.not_built.contains_key(drv) {
+            return false;
+        }
+        if !guard.waiting.contains_key(drv) && guard.local_running < slots {
+            guard.local_running += 1;
+            guard.building_here.insert(drv.clone());
+            // Its own dependents may start early now.
+            shared.wake.notify_all();
+            return true;
         }
         guard = shared.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
     }

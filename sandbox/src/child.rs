@@ -1,25 +1,30 @@
-//! The two forked processes that build the sandbox. Everything here runs after a fork in
-//! a possibly multi-threaded parent, so it only makes system calls on data prepared
+//! The two processes that build the sandbox. Everything here runs after a fork in a
+//! possibly multi-threaded parent, so it only makes system calls on data prepared
 //! beforehand ([`Plan`]): no allocation, no locks, no `std` I/O. Errors travel as
 //! fixed-size records over pipes (see [`Record`]).
 //!
-//! The keeper may be made by a raw `clone3` (straight into a cgroup) and init by a raw
-//! `clone`, which glibc does not see: its malloc and stdio locks may be copied held, and
-//! it still believes in the parent's threads, so glibc's set*id wrappers (which signal
-//! every thread and wait) would hang. Hence raw system calls for set*id, setgroups and
-//! capabilities, and nothing that allocates, even on error paths.
+//! The keeper may be made by a raw `clone3` (straight into a cgroup), which glibc does
+//! not see: its malloc and stdio locks may be copied held, and it still believes in the
+//! parent's threads, so glibc's set*id wrappers (which signal every thread and wait)
+//! would hang. Hence raw system calls for set*id, setgroups and capabilities, and
+//! nothing that allocates, even on error paths.
 //!
 //! ```text
 //! parent ──fork──▶ keeper (host pid namespace)
 //!                    │ unshare(user?, mount, pid, net?, uts, ipc)
 //!                    │ ◀── id maps written by the parent, then "go"
-//!                    └─fork─▶ init (pid 1 of the new pid namespace)
-//!                               mounts, pivot_root, identity, caps, seccomp, execve
+//!                    └─clone(VM|VFORK)─▶ init (pid 1 of the new pid namespace)
+//!                          mounts, host name, loopback, bounding set, seccomp,
+//!                          ◀── deferred binds (a prepared sandbox's, see `crate::prepare`)
+//!                          pivot_root, identity, caps, execve
 //! ```
 //!
-//! The keeper stays outside the new pid namespace only to wait for init and report its
-//! status; init *is* the program after `execve`, so when it ends the kernel kills every
-//! other process of the namespace.
+//! Init runs in the keeper's memory on a stack of its own while the keeper waits, as
+//! `posix_spawn` does: no page tables are copied for it and its `execve` tears no copy of
+//! the supervisor's memory down. The keeper then reports init's pid, waits for init and
+//! reports its status; it stays outside the new pid namespace only for that. Init *is* the
+//! program after `execve`, so when it ends the kernel kills every other process of the
+//! namespace.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CStr, OsStr};
@@ -184,6 +189,8 @@ pub(crate) struct ChildContext<'a> {
     /// `argv` and `envp` as null-terminated pointer arrays into `plan`.
     pub argv: &'a [*const c_char],
     pub envp: &'a [*const c_char],
+    /// The top of init's stack ([`init_stack`]).
+    pub init_stack: *mut u8,
 }
 
 type StepResult<T = ()> = Result<T, (Step, u32, Errno)>;
@@ -265,13 +272,11 @@ fn clone_into_cgroup(cgroup: RawFd) -> nix::Result<libc::pid_t> {
     Errno::result(pid).map(|pid| pid as libc::pid_t)
 }
 
-/// A plain fork by system call (no glibc atfork handlers or locks): 0 in the child.
-fn raw_fork() -> nix::Result<libc::pid_t> {
-    // SAFETY: clone with only an exit signal is fork(2): the child has its own copy of
-    // memory and continues here. The caller is single-threaded (the keeper) and the
-    // child only makes raw system calls.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
-    Errno::result(pid).map(|pid| pid as libc::pid_t)
+/// Gives `pid` the lowest scheduling priority (nice 19): the keeper's last work, reaping
+/// init and taking the namespaces down, should not compete with builds still running.
+pub(crate) fn lower_priority(pid: libc::pid_t) {
+    // SAFETY: setpriority with integer arguments only; a failure changes nothing.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) };
 }
 
 fn keeper(context: &ChildContext<'_>) -> ! {
@@ -326,19 +331,25 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
         }
     }
 
-    // The keeper may have been made by a raw clone3 (see `fork_keeper`), so init is made
-    // by a raw fork too: glibc's fork would take locks another thread of the parent may
-    // have held at clone time.
-    let init = match raw_fork() {
-        Ok(0) => {
-            if let Err((step, op, errno)) = init_steps(context) {
-                send(fds.exec, Record::Failed(step, op, errno as i32));
-            }
-            exit(127)
-        }
-        Ok(pid) => pid,
-        Err(errno) => return Err((Step::ForkInit, 0, errno)),
+    // Init shares the keeper's memory and runs on a stack of its own while the keeper
+    // waits (vfork semantics, as posix_spawn): no page tables are copied for it, and its
+    // `execve` has no copy of the supervisor's memory to tear down. The keeper only
+    // resumes once init has executed the program or ended, so nothing runs beside it in
+    // that memory. (glibc's `clone` wrapper takes no locks and runs no fork handlers.)
+    // SAFETY: `init_entry` gets a pointer to `context`, which outlives the call (the
+    // keeper is suspended until init has left this memory), and the stack given is a
+    // mapping of its own, `INIT_STACK_SIZE` bytes below `context.init_stack`.
+    let init = unsafe {
+        libc::clone(
+            init_entry,
+            context.init_stack.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (context as *const ChildContext<'_>).cast_mut().cast(),
+        )
     };
+    if init < 0 {
+        return Err((Step::ForkInit, 0, Errno::last()));
+    }
     for fd in [fds.exec, fds.output, fds.dev_null] {
         // SAFETY: closing descriptors this process owns and no longer uses.
         unsafe { libc::close(fd) };
@@ -399,6 +410,53 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     // SAFETY: reaps our own child with a stack out-parameter.
     while unsafe { libc::waitpid(init, &mut raw, 0) } < 0 && Errno::last() == Errno::EINTR {}
     exit(0)
+}
+
+/// Where init starts (see `keeper_steps`): runs [`init_steps`], reports a failure, ends.
+extern "C" fn init_entry(context: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the keeper passes a pointer to its `ChildContext`, alive while init runs.
+    let context = unsafe { &*(context as *const ChildContext<'_>) };
+    if let Err((step, op, errno)) = init_steps(context) {
+        send(context.fds.exec, Record::Failed(step, op, errno as i32));
+    }
+    exit(127)
+}
+
+/// The size of init's stack (see [`init_stack`]), a guard page below it.
+const INIT_STACK_SIZE: usize = 256 * 1024;
+
+/// The top of a stack for init, one per supervisor thread, mapped once and never written
+/// by the supervisor: the keeper's copy of it is what init uses, and untouched pages
+/// cost nothing to copy.
+pub(crate) fn init_stack() -> Result<*mut u8, Errno> {
+    thread_local! {
+        static STACK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    STACK.with(|stack| {
+        if stack.get() == 0 {
+            let guard = 4096;
+            // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    INIT_STACK_SIZE + guard,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(Errno::last());
+            }
+            // SAFETY: the lowest page of the mapping just made becomes the guard.
+            if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
+                return Err(Errno::last());
+            }
+            stack.set(base as usize + guard + INIT_STACK_SIZE);
+        }
+        Ok(stack.get() as *mut u8)
+    })
 }
 
 /// Pid 1 of the sandbox: builds the root, becomes the sandbox user, executes the program.
@@ -467,6 +525,34 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     for (index, op) in plan.ops.iter().enumerate() {
         apply(op).map_err(|errno| (Step::Layout, index as u32, errno))?;
     }
+    // What does not need the finished root comes first, so that a prepared sandbox has
+    // done it by the time its deferred binds arrive.
+    at(
+        Step::Hostname,
+        nix::unistd::sethostname(OsStr::from_bytes(&plan.hostname)),
+    )?;
+    // SAFETY: pointer and length of a live byte vector.
+    if unsafe { libc::setdomainname(plan.domainname.as_ptr().cast(), plan.domainname.len()) } != 0 {
+        return Err((Step::Hostname, 0, Errno::last()));
+    }
+    if plan.isolate_network {
+        loopback_up().map_err(|errno| (Step::Loopback, 0, errno))?;
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
+    // The bounding set needs CAP_SETPCAP to shrink, so it goes before the identity
+    // switch; it limits what an `execve` can gain, not what this process holds, so the
+    // mounts below still work. (Raw prctl/capset rather than the `caps` crate, whose
+    // error paths and `clear` allocate, which nothing may do here.)
+    drop_bounding_set(context.last_capability).map_err(|errno| (Step::Capabilities, 0, errno))?;
+    // The filter only refuses setuid/setgid modes and extended attributes, which
+    // nothing below uses.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err((Step::Seccomp, 0, Errno::last()));
+    }
+    for filter in context.filters {
+        seccompiler::apply_filter(filter).map_err(|_| (Step::Seccomp, 0, Errno::last()))?;
+    }
     if let Some(deferred) = &plan.deferred {
         deferred_binds(deferred, fds.deferred)?;
     }
@@ -492,23 +578,6 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
         ),
     )?;
 
-    at(
-        Step::Hostname,
-        nix::unistd::sethostname(OsStr::from_bytes(&plan.hostname)),
-    )?;
-    // SAFETY: pointer and length of a live byte vector.
-    if unsafe { libc::setdomainname(plan.domainname.as_ptr().cast(), plan.domainname.len()) } != 0 {
-        return Err((Step::Hostname, 0, Errno::last()));
-    }
-    if plan.isolate_network {
-        loopback_up().map_err(|errno| (Step::Loopback, 0, errno))?;
-    }
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
-
-    // The bounding set needs CAP_SETPCAP to shrink, so it goes before the identity
-    // switch. (Raw prctl/capset rather than the `caps` crate, whose error paths and
-    // `clear` allocate, which nothing may do here.)
-    drop_bounding_set(context.last_capability).map_err(|errno| (Step::Capabilities, 0, errno))?;
     if !plan.unshare_user {
         // Real root: dropping to the inside user clears every capability.
         drop_supplementary_groups().map_err(|errno| (Step::Identity, 0, errno))?;
@@ -517,14 +586,6 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     }
     clear_capabilities().map_err(|errno| (Step::Capabilities, 0, errno))?;
     at(Step::Chdir, chdir(plan.cwd.as_c_str()))?;
-
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err((Step::Seccomp, 0, Errno::last()));
-    }
-    for filter in context.filters {
-        seccompiler::apply_filter(filter).map_err(|_| (Step::Seccomp, 0, Errno::last()))?;
-    }
 
     // Everything but stdio closes on exec (the exec pipe already does).
     close_on_exec_from(3).map_err(|errno| (Step::FileDescriptors, 0, errno))?;

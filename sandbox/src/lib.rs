@@ -10,12 +10,13 @@
 //!   then `unshare` of the mount, pid, network, UTS, IPC and cgroup namespaces, and of a
 //!   user namespace when the caller
 //!   is not root (or when asked), whose id maps the parent writes (`setgroups` denied);
-//! - a second fork makes pid 1 of the new pid namespace, which mounts a tmpfs root, lays
-//!   out `/dev`, `/proc` and the spec's mounts, `pivot_root`s into it and detaches the old
-//!   root (no path back to the host remains), seals the root read-only, sets the host
-//!   name, brings up loopback, switches to the sandbox user, drops every capability, sets
-//!   `no_new_privs`, installs Nix's seccomp filter, closes inherited descriptors and
-//!   executes the program;
+//! - a `clone` sharing the keeper's memory (as `posix_spawn`'s) makes pid 1 of the new
+//!   pid namespace, which mounts a tmpfs root, lays out `/dev`, `/proc` and the spec's
+//!   mounts, sets the host name, brings up loopback, empties the capability bounding set,
+//!   sets `no_new_privs` and installs Nix's seccomp filter, makes the deferred binds (see
+//!   below), `pivot_root`s into the root and detaches the old one (no path back to the
+//!   host remains), seals the root read-only, switches to the sandbox user, drops every
+//!   capability, closes inherited descriptors and executes the program;
 //! - the program is pid 1 of its namespace: when it ends the kernel kills everything it
 //!   left behind, and [`run`] returns only once all of it is gone. Timeouts, silence and
 //!   output limits kill the whole namespace (and the cgroup, when one could be made).
@@ -42,6 +43,12 @@
 //!
 //! It is not a container runtime (no images, no overlay file systems, no seccomp
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
+//!
+//! [`prepare`] does all of that but the deferred binds ([`SandboxSpec::deferred_binds`]),
+//! the `pivot_root` and what follows, and returns at once; [`Prepared::run`] names the
+//! deferred binds (entries of one host directory that may not exist before) and runs the
+//! program. A build prepares its sandbox while its inputs are still being built. [`run`]
+//! is `prepare` then `Prepared::run` with no deferred binds.
 //!
 //! [`run_on_host`] is the other way to run a program: unsandboxed, as Nix's
 //! `sandbox = false`, on the host in a process group of its own, with the same limits.

@@ -23,9 +23,9 @@ use seccompiler::BpfProgram;
 use crate::budget::Budget;
 use crate::cgroup::Cgroup;
 use crate::child::{
-    fork_keeper, ChildContext, ChildFds, InitUsage, Record, Step, DEFERRED_DIR, DEFERRED_END,
-    DEFERRED_FILE, DEFERRED_HEADER, DEFERRED_LINK_MAX, DEFERRED_NAME_MAX, DEFERRED_SYMLINK,
-    RECORD_LEN,
+    fork_keeper, init_stack, lower_priority, ChildContext, ChildFds, InitUsage, Record, Step,
+    DEFERRED_DIR, DEFERRED_END, DEFERRED_FILE, DEFERRED_HEADER, DEFERRED_LINK_MAX,
+    DEFERRED_NAME_MAX, DEFERRED_SYMLINK, RECORD_LEN,
 };
 use crate::error::{SandboxError, SetupStep};
 use crate::outcome::{Outcome, Report, Usage};
@@ -134,13 +134,14 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         last_capability: last_capability(),
         argv: &argv,
         envp: &envp,
+        init_stack: init_stack().map_err(|errno| host("mapping a stack", errno.into()))?,
     };
     let cgroup_dir = cgroup.as_ref().and_then(|c| c.open_dir().ok());
     let (keeper, born_in_cgroup) =
         fork_keeper(&context, cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()))
             .map_err(|errno| host("forking", errno.into()))?;
     drop(cgroup_dir);
-    let mut children = Children {
+    let children = Children {
         keeper,
         init: None,
         go: Some(go_write),
@@ -179,10 +180,6 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     children
         .start()
         .map_err(|errno| host("starting the sandbox", errno.into()))?;
-    match read_record(&mut status)? {
-        Some(Record::InitPid(pid)) => children.init = Some(pid),
-        other => return Err(unexpected(other, &plan, &[])),
-    }
     Ok(Prepared {
         plan,
         staging,
@@ -222,6 +219,11 @@ impl Prepared {
         // End-of-file without a record: init reached execve.
         if let Some(record) = read_record(&mut self.exec)? {
             return Err(unexpected(Some(record), &self.plan, &names));
+        }
+        // The keeper learns init's pid once init has executed the program.
+        match read_record(&mut self.status)? {
+            Some(Record::InitPid(pid)) => self.children.init = Some(pid),
+            other => return Err(unexpected(other, &self.plan, &names)),
         }
 
         // Everything lives until the run is over; the staging directory and the
@@ -505,6 +507,7 @@ impl Children {
     /// Hands the keeper to the process's reaper thread (or reaps it here if no thread
     /// can be made), so that the caller does not wait for the namespaces' teardown.
     fn reap_in_background(&mut self) {
+        lower_priority(self.keeper);
         self.go = None;
         static REAPER: OnceLock<Option<Mutex<mpsc::Sender<i32>>>> = OnceLock::new();
         let reaper = REAPER.get_or_init(|| {
