@@ -102,7 +102,9 @@ impl Pending {
                 }
             }
         }
-        closure.extend(store.requisites(&registered, DerivationOutputs::Excluded)?);
+        if !registered.is_empty() {
+            closure.extend(store.requisites(&registered, DerivationOutputs::Excluded)?);
+        }
         Ok(closure)
     }
 }

@@ -10,7 +10,7 @@ use arca_store_core::derivation::{Derivation, DerivationKind, OutputName};
 use arca_store_core::{DrvOutput, Hash, Realisation, Store, StorePath};
 use arca_store_sqlite::{LocalStore, PublishedPaths};
 
-use crate::job::{Job, JobOutcome};
+use crate::job::{Job, JobOutcome, Leftovers};
 use crate::pending::Pending;
 use crate::remote::{Machines, Placement, RemoteFailure};
 use arca_store_core::BuildEvent;
@@ -104,6 +104,7 @@ fn run(
             .collect(),
     );
     let (commits, commit_queue) = mpsc::channel::<Commit>();
+    let (tidy, tidy_queue) = mpsc::channel::<Leftovers>();
     let machines = Machines::new(
         &options.machines,
         store.state_dir(),
@@ -128,11 +129,20 @@ fn run(
         for _ in 0..workers {
             let events = events.clone();
             let commits = commits.clone();
-            scope.spawn(move || worker(&shared, &commits, &forward_to(events)));
+            let tidy = tidy.clone();
+            scope.spawn(move || worker(&shared, &commits, &tidy, &forward_to(events)));
         }
-        drop(commits);
+        drop((commits, tidy));
         let committer_events = events.clone();
         scope.spawn(move || committer(&shared, &commit_queue, &forward_to(committer_events)));
+        // What builds leave to clean up (logs to compress, directories to remove) is
+        // done here, beside the builds rather than before the next.
+        scope.spawn(move || {
+            arca_sandbox::lower_thread_priority();
+            for leftovers in tidy_queue {
+                drop(leftovers);
+            }
+        });
         drop(events);
         for event in receiver {
             on_event(event);
@@ -660,7 +670,12 @@ fn dependent_realisations(
         .collect())
 }
 
-fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(BuildEvent) + Sync)) {
+fn worker(
+    shared: &Shared<'_>,
+    commits: &mpsc::Sender<Commit>,
+    tidy: &mpsc::Sender<Leftovers>,
+    emit: &(dyn Fn(BuildEvent) + Sync),
+) {
     let Shared {
         store,
         graph,
@@ -884,7 +899,9 @@ fn worker(shared: &Shared<'_>, commits: &mpsc::Sender<Commit>, emit: &(dyn Fn(Bu
         // A job that started early holds a build slot only once past its gate.
         finish(shared, &drv_path, result, !early || job.gate_passed.get());
         // Whatever waited for this build may start on another worker meanwhile.
-        drop(leftovers);
+        if let Err(mpsc::SendError(leftovers)) = tidy.send(leftovers) {
+            drop(leftovers);
+        }
     }
 }
 

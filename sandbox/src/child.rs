@@ -279,6 +279,15 @@ pub(crate) fn lower_priority(pid: libc::pid_t) {
     unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) };
 }
 
+/// Gives the calling thread a low scheduling priority (nice 10), for bookkeeping that
+/// should yield to sandboxes being set up and builds running (Linux applies the nice
+/// value of `setpriority` on a thread id to that thread only).
+pub fn lower_thread_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority with integer arguments only; a failure changes nothing.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) };
+}
+
 fn keeper(context: &ChildContext<'_>) -> ! {
     let fds = context.fds;
     if let Err((step, op, errno)) = keeper_steps(context) {

@@ -84,6 +84,7 @@ mod seccomp;
 mod spec;
 mod user_net;
 
+pub use child::lower_thread_priority;
 pub use error::{SandboxError, SetupStep};
 pub use host::{kill_user, run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
