@@ -21,10 +21,11 @@
 //!
 //! Init runs in the keeper's memory on a stack of its own while the keeper waits, as
 //! `posix_spawn` does: no page tables are copied for it and its `execve` tears no copy of
-//! the supervisor's memory down. The keeper then reports init's pid, waits for init and
-//! reports its status; it stays outside the new pid namespace only for that. Init *is* the
-//! program after `execve`, so when it ends the kernel kills every other process of the
-//! namespace.
+//! the supervisor's memory down. Init reports its own pid first (the kernel writes it in
+//! the keeper's memory as it starts init); once init has executed the program, the keeper
+//! waits for it and reports its status: it stays outside the new pid namespace only for
+//! that. Init *is* the program after `execve`, so when it ends the kernel kills every
+//! other process of the namespace.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CStr, OsStr};
@@ -275,17 +276,21 @@ fn clone_into_cgroup(cgroup: RawFd) -> nix::Result<libc::pid_t> {
 /// Gives `pid` the lowest scheduling priority (nice 19): the keeper's last work, reaping
 /// init and taking the namespaces down, should not compete with builds still running.
 pub(crate) fn lower_priority(pid: libc::pid_t) {
+    set_nice(pid, 19);
+}
+
+/// Sets the nice value of one task (a process, or a thread by its id); false if refused
+/// (a lower value than the current one needs `CAP_SYS_NICE`).
+pub(crate) fn set_nice(task: libc::pid_t, nice: i32) -> bool {
     // SAFETY: setpriority with integer arguments only; a failure changes nothing.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, 19) };
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, task as libc::id_t, nice) == 0 }
 }
 
 /// Gives the calling thread a low scheduling priority (nice 10), for bookkeeping that
 /// should yield to sandboxes being set up and builds running (Linux applies the nice
 /// value of `setpriority` on a thread id to that thread only).
 pub fn lower_thread_priority() {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority with integer arguments only; a failure changes nothing.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10) };
+    set_nice(nix::unistd::gettid().as_raw(), 10);
 }
 
 fn keeper(context: &ChildContext<'_>) -> ! {
@@ -345,15 +350,19 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     // `execve` has no copy of the supervisor's memory to tear down. The keeper only
     // resumes once init has executed the program or ended, so nothing runs beside it in
     // that memory. (glibc's `clone` wrapper takes no locks and runs no fork handlers.)
-    // SAFETY: `init_entry` gets a pointer to `context`, which outlives the call (the
-    // keeper is suspended until init has left this memory), and the stack given is a
+    // SAFETY: `init_entry` gets a pointer to `start` (which holds `context`), both alive
+    // for the whole call (the keeper is suspended until init has left this memory); the
+    // kernel writes init's pid into `start.pid` before init runs; the stack given is a
     // mapping of its own, `INIT_STACK_SIZE` bytes below `context.init_stack`.
+    let mut start = InitStart { context, pid: 0 };
+    let start = std::ptr::addr_of_mut!(start);
     let init = unsafe {
         libc::clone(
             init_entry,
             context.init_stack.cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (context as *const ChildContext<'_>).cast_mut().cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD,
+            start.cast(),
+            std::ptr::addr_of_mut!((*start).pid),
         )
     };
     if init < 0 {
@@ -363,7 +372,6 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
         // SAFETY: closing descriptors this process owns and no longer uses.
         unsafe { libc::close(fd) };
     }
-    send(fds.status, Record::InitPid(init));
     // Learn init's status without reaping it: while it is an unreaped zombie its pid
     // cannot be reused, so the parent may kill it by pid until it has read the status
     // and closed the "go" pipe. (A zombie init also means the kernel has already killed
@@ -422,13 +430,25 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
 }
 
 /// Where init starts (see `keeper_steps`): runs [`init_steps`], reports a failure, ends.
-extern "C" fn init_entry(context: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: the keeper passes a pointer to its `ChildContext`, alive while init runs.
-    let context = unsafe { &*(context as *const ChildContext<'_>) };
+extern "C" fn init_entry(start: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the keeper passes a pointer to an `InitStart` on its stack, alive while
+    // init runs (the keeper waits), whose `pid` the kernel set before init started.
+    let start = unsafe { &*(start as *const InitStart<'_, '_>) };
+    let context = start.context;
+    // Init reports its own (host) pid at once, while the keeper waits: the parent can
+    // kill it by pid from now on, also while a prepared sandbox waits.
+    send(context.fds.status, Record::InitPid(start.pid));
     if let Err((step, op, errno)) = init_steps(context) {
         send(context.fds.exec, Record::Failed(step, op, errno as i32));
     }
     exit(127)
+}
+
+/// What the keeper hands init: the context, and init's pid in the keeper's pid
+/// namespace (written there by the kernel: `CLONE_PARENT_SETTID`).
+struct InitStart<'c, 'a> {
+    context: &'c ChildContext<'a>,
+    pid: libc::pid_t,
 }
 
 /// The size of init's stack (see [`init_stack`]), a guard page below it.

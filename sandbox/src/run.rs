@@ -141,7 +141,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         fork_keeper(&context, cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()))
             .map_err(|errno| host("forking", errno.into()))?;
     drop(cgroup_dir);
-    let children = Children {
+    let mut children = Children {
         keeper,
         init: None,
         go: Some(go_write),
@@ -180,6 +180,10 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     children
         .start()
         .map_err(|errno| host("starting the sandbox", errno.into()))?;
+    match read_record(&mut status)? {
+        Some(Record::InitPid(pid)) => children.init = Some(pid),
+        other => return Err(unexpected(other, &plan, &[])),
+    }
     Ok(Prepared {
         plan,
         staging,
@@ -219,11 +223,6 @@ impl Prepared {
         // End-of-file without a record: init reached execve.
         if let Some(record) = read_record(&mut self.exec)? {
             return Err(unexpected(Some(record), &self.plan, &names));
-        }
-        // The keeper learns init's pid once init has executed the program.
-        match read_record(&mut self.status)? {
-            Some(Record::InitPid(pid)) => self.children.init = Some(pid),
-            other => return Err(unexpected(other, &self.plan, &names)),
         }
 
         // Everything lives until the run is over; the staging directory and the
