@@ -3,7 +3,9 @@
 //! at `/build`) — or, unsandboxed, run the builder on the host writing its outputs at
 //! their store paths (valid ones under fallback paths) and move them into the scratch
 //! directory after; a builtin builder runs here — then check, hash, scan and register
-//! its outputs.
+//! its outputs. A job that starts early ([`Job::gate`]) prepares its sandbox with the
+//! inputs built so far, waits at the gate, then binds the inputs built meanwhile and what
+//! they refer to (deferred binds) and runs the builder.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -1,6 +1,13 @@
 //! The goal graph and its scheduler: find what must be built, then build it in
 //! dependency order with up to `max_jobs` builds at once here, and as many as their
 //! slots allow on remote machines ([`crate::remote`]), each derivation once.
+//!
+//! While nothing is ready, up to `max_jobs` more derivations start early (`pick_early`):
+//! those whose unbuilt inputs are all being built here. Their jobs prepare the sandbox
+//! and wait at a gate (`pass_gate`) until the inputs are built and a build slot is free;
+//! one whose input fails never runs and reports nothing of its own (the failure marks it
+//! not built, as any dependent). Leftovers of finished builds (logs to compress,
+//! directories to remove) go to a tidying thread at a low priority.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc;

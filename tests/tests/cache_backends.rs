@@ -202,15 +202,21 @@ fn assert_complete(dir: &Path) {
 
 /// Real Nix substitutes `paths` from `url` into a fresh store below `d`, trusting `pk`,
 /// and checks the paths' signatures with `nix store verify --sigs-needed 1`.
+///
+/// Nix remembers narinfos per cache URL in `~/.cache/nix` for days; an `http://` cache
+/// on a port an earlier server of another test had would be answered from that memory,
+/// so each run gets a cache directory of its own.
 fn nix_substitutes(d: &Path, name: &str, url: &str, pk: &str, paths: &[String]) {
     let root = d.join(format!("nix-{name}"));
     let store = format!("local?root={}", root.display());
+    let cache_home = d.join(format!("nix-{name}-cache-home"));
     let output = Command::new("nix-store")
         .args(["--store", &store, "-r"])
         .args(paths)
         .args(["--option", "substituters", url])
         .args(["--option", "trusted-public-keys", pk])
         .env("NIX_CONFIG", "experimental-features = nix-command")
+        .env("XDG_CACHE_HOME", &cache_home)
         .output()
         .unwrap();
     assert!(output.status.success(), "{name}: {}", stderr(&output));
@@ -219,6 +225,7 @@ fn nix_substitutes(d: &Path, name: &str, url: &str, pk: &str, paths: &[String]) 
         .args(["--option", "trusted-public-keys", pk])
         .args(paths)
         .env("NIX_CONFIG", "experimental-features = nix-command")
+        .env("XDG_CACHE_HOME", &cache_home)
         .output()
         .unwrap();
     assert!(verify.status.success(), "{name}: {}", stderr(&verify));
