@@ -5,7 +5,10 @@
    `arca cache serve` has (hits), and of 1,000 it has not (misses); wall time.
 2. `arca cache serve` under 64 concurrent clients (wrk, 2 threads, 10 s, 30 s timeout): narinfo
    requests per second, and NAR throughput (a 10 MiB NAR, uncompressed); wrk counts
-   non-2xx answers and socket errors, which must be none.
+   non-2xx answers and socket errors, which must be none. Then the spread of NAR answer
+   times under the same load from 64 independent clients (`curl`, five requests per
+   kept-alive connection, 10 s): on 2 cores wrk's two threads are starved by the
+   server's 128 and its latencies say more about wrk than about the server.
 3. One 1 GiB path pushed to and pulled from a `file://` cache (zstd): peak RSS of each
    (`/usr/bin/time -v`), and pull throughput beside `zstd -d < NAR.zst > /dev/null` on the
    same compressed NAR (the floor: decompression alone).
@@ -97,6 +100,7 @@ def main():
         out = check(["wrk", "-t", "2", "-c", "64", "-d", "10s", "--timeout", "30s",
                      "--latency", nar_url]).stdout.decode()
         print(f"{'serve: 10 MiB NAR, 64 clients':<40} {wrk_summary(out)}", flush=True)
+        print(f"{'serve: 10 MiB NAR, 64 curl clients':<40} {curl_spread(nar_url)}", flush=True)
     finally:
         server.kill()
 
@@ -125,6 +129,36 @@ def main():
     floor, _ = timed(["sh", "-c", f"zstd -d -c < {nar} > /dev/null"])
     print(f"{f'pull {args.big_mib} MiB (zstd)':<40} {seconds:8.1f} s   peak RSS {rss:6.1f} MiB   "
           f"zstd -d alone {floor:.1f} s: {seconds / floor:.2f}x of it", flush=True)
+
+
+def curl_spread(url, clients=64, seconds=10):
+    """Answer times of `url` from `clients` curl loops for `seconds`, each curl fetching
+    it five times over one kept-alive connection: percentiles, and failures."""
+    import threading
+    times, failures = [], []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client():
+        args = ["curl", "-sf", "-w", "%{time_total}\\n"]
+        for _ in range(5):
+            args += ["-o", "/dev/null", url]
+        while time.monotonic() < deadline:
+            proc = subprocess.run(args, capture_output=True)
+            with lock:
+                times.extend(float(t) for t in proc.stdout.decode().split())
+                if proc.returncode != 0:
+                    failures.append(proc.returncode)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times.sort()
+    at = lambda q: times[min(len(times) - 1, int(len(times) * q))] * 1000
+    return (f"{len(times) / seconds:10.0f} req/s  p50 {at(0.5):.0f} ms  p90 {at(0.9):.0f} ms  "
+            f"p99 {at(0.99):.0f} ms  max {times[-1] * 1000:.0f} ms  failed: {len(failures)}")
 
 
 def wrk_summary(out):
