@@ -45,7 +45,7 @@ use crate::plan::{Op, Plan};
 pub(crate) enum Record {
     /// The keeper has unshared its namespaces and waits for its id maps.
     Ready,
-    /// Host pid of init.
+    /// Host pid of init, sent by init itself as it starts.
     InitPid(i32),
     /// Raw wait status of init, and the resource use of init and everything it reaped.
     InitStatus(i32, InitUsage),
@@ -161,7 +161,7 @@ impl Step {
 /// The descriptors the children use, all opened `O_CLOEXEC` by the parent.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChildFds {
-    /// Keeper → parent records.
+    /// Keeper → parent records (and init's first one, its pid).
     pub status: RawFd,
     /// Parent → keeper "go" byte.
     pub go: RawFd,

@@ -1,5 +1,6 @@
-//! The parent side of a run: prepare, fork the keeper, write the id maps, then supervise
-//! the program (output, limits) until every process of the sandbox is gone.
+//! The parent side of a run: [`prepare`] plans the root, forks the keeper, writes the id
+//! maps and lets init lay out the root; [`Prepared::run`] sends the deferred binds, then
+//! supervises the program (output, limits) until every process of the sandbox is gone.
 
 use std::ffi::{c_char, OsStr};
 use std::fs::File;
