@@ -70,12 +70,37 @@ pub(crate) struct Job<'a> {
     pub wait_for_locks: bool,
     /// Set when the job starts before the builds of some of its inputs are over (see
     /// [`Job::may_start_early`]): the sandbox is prepared meanwhile, and the gate is
-    /// called before the builder runs (or before whatever else the job comes to is
-    /// reported). It waits until every input is built (true) or one will not be (false:
-    /// [`JobOutcome::NotStarted`]).
-    pub gate: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// passed before the builder runs (or before whatever else the job comes to is
+    /// reported), once every input is built; if one will not be, the job comes to
+    /// [`JobOutcome::NotStarted`].
+    pub gate: Option<&'a dyn Gate>,
     /// Whether the gate was passed.
     pub gate_passed: std::cell::Cell<bool>,
+}
+
+/// Where a job that started early waits for the builds of its inputs.
+pub(crate) trait Gate: Sync {
+    /// Waits until every input is built and a build slot is taken for the job (true), or
+    /// until an input will not be built (false).
+    fn pass(&self) -> bool;
+
+    /// Waits as [`Gate::pass`] does, and runs `start` once the gate is passed: on the
+    /// thread that finished the last input's build, as soon as it has (so that the
+    /// builder does not wait for this thread to wake up), or here. `None`: an input will
+    /// not be built, and `start` was dropped without running.
+    fn pass_and_start(&self, start: Start) -> Option<Result<Begun, BuildError>>;
+}
+
+/// What starts the builder of a prepared sandbox: names the inputs built meanwhile (with
+/// what they refer to) and sends them to the sandbox, which binds them and runs the
+/// builder.
+pub(crate) type Start = Box<dyn FnOnce(&LocalStore, &Pending) -> Result<Begun, BuildError> + Send>;
+
+/// A builder started by [`Start`].
+pub(crate) struct Begun {
+    started: arca_sandbox::Started,
+    /// The inputs bound as it started.
+    late: BTreeSet<StorePath>,
 }
 
 impl Job<'_> {
@@ -160,7 +185,7 @@ impl Job<'_> {
     fn pass_gate(&self) -> bool {
         match self.gate {
             Some(gate) if !self.gate_passed.get() => {
-                let passed = gate();
+                let passed = gate.pass();
                 self.gate_passed.set(passed);
                 passed
             }
@@ -1434,9 +1459,9 @@ impl Job<'_> {
         }
         let (extra, extra_paths) = self.sandbox_paths(inputs)?;
         spec.mounts.extend(extra);
-        if self.gate.is_none() || self.gate_passed.get() {
+        let Some(gate) = self.gate.filter(|_| !self.gate_passed.get()) else {
             return Ok(Some((arca_sandbox::run(&spec, log)?, BTreeSet::new())));
-        }
+        };
         spec.deferred_binds = Some(DeferredBinds {
             source_dir: store.physical_store().to_path_buf(),
             target_dir: store_dir.as_str().into(),
@@ -1451,33 +1476,41 @@ impl Job<'_> {
                 .join(", ")
         );
         let prepared = arca_sandbox::prepare(&spec)?;
-        if !self.pass_gate() {
+        let drv = self.full();
+        let unbuilt = unbuilt.clone();
+        let mut bound = extra_paths;
+        bound.extend(inputs.iter().cloned());
+        let start: Start = Box::new(move |store, pending| {
+            // What the inputs built meanwhile bring: themselves and what they refer to,
+            // unless bound already.
+            for input in &unbuilt {
+                if !pending.is_available(store, input)? {
+                    return Err(BuildError::MissingInput {
+                        drv,
+                        input: store.store_dir().full(input),
+                    });
+                }
+            }
+            let late: BTreeSet<StorePath> = pending
+                .closure(store, &unbuilt)?
+                .into_iter()
+                .filter(|path| !bound.contains(path))
+                .collect();
+            let names: Vec<&str> = late.iter().map(StorePath::as_str).collect();
+            let started = prepared.start(&names)?;
+            Ok(Begun { started, late })
+        });
+        let Some(begun) = gate.pass_and_start(start) else {
             tracing::debug!(
                 "dropping the prepared sandbox of '{}': an input was not built",
                 store_dir.display(self.drv_path)
             );
-            // Dropping the prepared sandbox kills it before it ran anything.
             return Ok(None);
-        }
+        };
+        self.gate_passed.set(true);
         self.announce(rebuild);
-        // What the inputs built meanwhile bring: themselves and what they refer to,
-        // unless bound already.
-        for input in unbuilt {
-            if !self.pending.is_available(store, input)? {
-                return Err(BuildError::MissingInput {
-                    drv: self.full(),
-                    input: store_dir.full(input),
-                });
-            }
-        }
-        let late: BTreeSet<StorePath> = self
-            .pending
-            .closure(store, unbuilt)?
-            .into_iter()
-            .filter(|path| !inputs.contains(path) && !extra_paths.contains(path))
-            .collect();
-        let names: Vec<&str> = late.iter().map(StorePath::as_str).collect();
-        let report = prepared.run(&names, log)?;
+        let Begun { started, late } = begun?;
+        let report = started.wait(log)?;
         Ok(Some((report, late)))
     }
 

@@ -17,7 +17,7 @@ use arca_store_core::derivation::{Derivation, DerivationKind, OutputName};
 use arca_store_core::{DrvOutput, Hash, Realisation, Store, StorePath};
 use arca_store_sqlite::{LocalStore, PublishedPaths};
 
-use crate::job::{Job, JobOutcome, Leftovers};
+use crate::job::{Begun, Gate, Job, JobOutcome, Leftovers, Start};
 use crate::pending::Pending;
 use crate::remote::{Machines, Placement, RemoteFailure};
 use arca_store_core::BuildEvent;
@@ -434,6 +434,11 @@ struct State {
     /// Jobs started before the builds of their inputs were over (see `pick_early`):
     /// still `waiting` until those builds are, but never put in `ready`.
     early: BTreeSet<StorePath>,
+    /// Of those, the ones waiting at their gates with their builders' start
+    /// ([`Gate::pass_and_start`]), which the build that ends their wait runs.
+    handovers: BTreeMap<StorePath, Start>,
+    /// What running a handed-over start came to, for the job's thread to pick up.
+    begun: BTreeMap<StorePath, Result<Begun, BuildError>>,
 }
 
 impl State {
@@ -465,6 +470,8 @@ impl State {
             not_built: BTreeMap::new(),
             building_here: BTreeSet::new(),
             early: BTreeSet::new(),
+            handovers: BTreeMap::new(),
+            begun: BTreeMap::new(),
         }
     }
 
@@ -766,7 +773,10 @@ fn worker(
         } else {
             None
         };
-        let gate = || pass_gate(shared, &drv_path);
+        let gate = EarlyGate {
+            shared,
+            drv: &drv_path,
+        };
         let job = Job {
             store,
             drv_path: resolved.as_ref().map_or(&drv_path, |r| &r.path),
@@ -775,7 +785,7 @@ fn worker(
             emit,
             pending,
             wait_for_locks,
-            gate: early.then_some(&gate as &(dyn Fn() -> bool + Sync)),
+            gate: early.then_some(&gate as &dyn Gate),
             gate_passed: Default::default(),
         };
         let resolved_hash = resolved.as_ref().and_then(|r| r.static_hash.clone());
@@ -792,14 +802,9 @@ fn worker(
             ),
             None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
                 .unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic without a message".to_string());
                     let error = BuildError::Panicked {
                         drv: store.store_dir().full(&drv_path),
-                        message,
+                        message: panic_message(&*panic),
                     };
                     (Err(error), Default::default())
                 }),
@@ -995,25 +1000,99 @@ fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
     None
 }
 
-/// The gate of a job that started early: waits until every input of `drv` is built and
-/// a build slot is free (true: the slot is taken), or until an input will not be built
-/// (false).
-fn pass_gate(shared: &Shared<'_>, drv: &StorePath) -> bool {
-    let slots = local_slots(shared.options);
-    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        if guard.not_built.contains_key(drv) {
-            return false;
+/// The gate of a job that started early ([`pick_early`]).
+struct EarlyGate<'s, 'a> {
+    shared: &'s Shared<'a>,
+    drv: &'s StorePath,
+}
+
+impl Gate for EarlyGate<'_, '_> {
+    fn pass(&self) -> bool {
+        let slots = local_slots(self.shared.options);
+        let mut guard = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if guard.not_built.contains_key(self.drv) {
+                return false;
+            }
+            if !guard.waiting.contains_key(self.drv) && guard.local_running < slots {
+                take_slot(&mut guard, self.drv);
+                self.shared.wake.notify_all();
+                return true;
+            }
+            guard = self
+                .shared
+                .wake
+                .wait(guard)
+                .unwrap_or_else(|p| p.into_inner());
         }
-        if !guard.waiting.contains_key(drv) && guard.local_running < slots {
-            guard.local_running += 1;
-            guard.building_here.insert(drv.clone());
-            // Its own dependents may start early now.
-            shared.wake.notify_all();
-            return true;
-        }
-        guard = shared.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
     }
+
+    fn pass_and_start(&self, start: Start) -> Option<Result<Begun, BuildError>> {
+        let Shared {
+            state,
+            wake,
+            store,
+            pending,
+            options,
+            ..
+        } = *self.shared;
+        let slots = local_slots(options);
+        let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+        guard.handovers.insert(self.drv.clone(), start);
+        loop {
+            if let Some(begun) = guard.begun.remove(self.drv) {
+                return Some(begun);
+            }
+            if guard.not_built.contains_key(self.drv) {
+                let start = guard.handovers.remove(self.drv);
+                drop(guard);
+                // Killing the prepared sandbox waits for it: not under the lock.
+                drop(start);
+                return None;
+            }
+            // Not handed over yet (this thread registered it after the last input was
+            // built, or no slot was free then): started here.
+            if !guard.waiting.contains_key(self.drv) && guard.local_running < slots {
+                if let Some(start) = guard.handovers.remove(self.drv) {
+                    take_slot(&mut guard, self.drv);
+                    wake.notify_all();
+                    drop(guard);
+                    return Some(start(store, pending));
+                }
+            }
+            guard = wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Takes a build slot for `drv`, a job that started early, as it passes its gate. Its
+/// own dependents may start early then: the caller wakes the workers.
+fn take_slot(state: &mut State, drv: &StorePath) {
+    state.local_running += 1;
+    state.building_here.insert(drv.clone());
+}
+
+/// Takes the handed-over starts ([`Gate::pass_and_start`]) of jobs whose inputs are all
+/// built now, with a build slot for each while there are free ones.
+fn take_handovers(shared: &Shared<'_>, state: &mut State) -> Vec<(StorePath, Start)> {
+    let slots = local_slots(shared.options);
+    let mut taken = Vec::new();
+    let ready: Vec<StorePath> = state
+        .handovers
+        .keys()
+        .filter(|drv| !state.waiting.contains_key(*drv) && !state.not_built.contains_key(*drv))
+        .cloned()
+        .collect();
+    for drv in ready {
+        if state.local_running >= slots {
+            break;
+        }
+        if let Some(start) = state.handovers.remove(&drv) {
+            take_slot(state, &drv);
+            taken.push((drv, start));
+        }
+    }
+    taken
 }
 
 /// Builds at once here: `max_jobs`, where 0 means none only when there are machines to
@@ -1148,7 +1227,47 @@ fn finish(shared: &Shared<'_>, drv_path: &StorePath, result: Option<BuildResult>
     } else {
         guard.failed(drv_path, shared.options.keep_going);
     }
+    // Builders of prepared sandboxes that waited for this build start here and now,
+    // before their own threads are even awake.
+    let handed = take_handovers(shared, &mut guard);
+    if handed.is_empty() {
+        shared.wake.notify_all();
+        return;
+    }
+    drop(guard);
+    let begun: Vec<_> = handed
+        .into_iter()
+        .map(|(drv, start)| {
+            let store_dir = shared.store.store_dir();
+            tracing::debug!(
+                "starting the builder of '{}', prepared early, as '{}' is built",
+                store_dir.display(&drv),
+                store_dir.display(drv_path)
+            );
+            let run = || start(shared.store, shared.pending);
+            let begun = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(
+                |panic| {
+                    Err(BuildError::Panicked {
+                        drv: shared.store.store_dir().full(&drv),
+                        message: panic_message(&*panic),
+                    })
+                },
+            );
+            (drv, begun)
+        })
+        .collect();
+    let mut guard = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    guard.begun.extend(begun);
     shared.wake.notify_all();
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Reports `drv` failed.

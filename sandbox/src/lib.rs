@@ -45,10 +45,12 @@
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
 //!
 //! [`prepare`] does all of that but the deferred binds ([`SandboxSpec::deferred_binds`]),
-//! the `pivot_root` and what follows, and returns at once; [`Prepared::run`] names the
-//! deferred binds (entries of one host directory that may not exist before) and runs the
-//! program. A build prepares its sandbox while its inputs are still being built. [`run`]
-//! is `prepare` then `Prepared::run` with no deferred binds.
+//! the `pivot_root` and what follows, and returns at once; [`Prepared::start`] names the
+//! deferred binds (entries of one host directory that may not exist before) and lets the
+//! program start, and [`Started::wait`] supervises it ([`Prepared::run`] is the two). A
+//! build prepares its sandbox while its inputs are still being built, and the thread that
+//! finishes the last input starts it. [`run`] is `prepare` then `Prepared::run` with no
+//! deferred binds.
 //!
 //! [`run_on_host`] is the other way to run a program: unsandboxed, as Nix's
 //! `sandbox = false`, on the host in a process group of its own, with the same limits.
@@ -88,7 +90,7 @@ pub use child::lower_thread_priority;
 pub use error::{SandboxError, SetupStep};
 pub use host::{kill_user, run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};
-pub use run::{prepare, run, Prepared};
+pub use run::{prepare, run, Prepared, Started};
 pub use spec::{
     standard_etc, CgroupMode, DeferredBinds, Devices, Identity, Limits, Mount, Network,
     SandboxSpec, TmpfsSize, UserNamespace,

@@ -1,8 +1,9 @@
 //! The parent side of a run: [`prepare`] plans the root, forks the keeper, writes the id
-//! maps and lets init lay out the root; [`Prepared::run`] sends the deferred binds, then
-//! supervises the program (output, limits) until every process of the sandbox is gone.
+//! maps and lets init lay out the root; [`Prepared::start`] sends the deferred binds (from
+//! any thread), and [`Started::wait`] supervises the program (output, limits) until every
+//! process of the sandbox is gone.
 
-use std::ffi::{c_char, OsStr};
+use std::ffi::{c_char, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -202,13 +203,21 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
 
 impl Prepared {
     /// Binds each of `deferred` (names of entries of [`crate::DeferredBinds::source_dir`],
-    /// which must exist now) and runs the program, as [`run`] does. Names without
-    /// deferred binds in the spec are an error; so are more than 4,096 of them.
+    /// which must exist now) and runs the program, as [`run`] does: [`Prepared::start`]
+    /// then [`Started::wait`].
     pub fn run<N: AsRef<OsStr>>(
-        mut self,
+        self,
         deferred: &[N],
         output: &mut dyn Write,
     ) -> Result<Report, SandboxError> {
+        self.start(deferred)?.wait(output)
+    }
+
+    /// Sends init the deferred binds and returns without waiting: init makes them and
+    /// starts the program on its own. Names without deferred binds in the spec are an
+    /// error; so are more than 4,096 of them. The limits count from here. Any thread may
+    /// start a sandbox another prepared.
+    pub fn start<N: AsRef<OsStr>>(mut self, deferred: &[N]) -> Result<Started, SandboxError> {
         let start = Instant::now();
         let names: Vec<&OsStr> = deferred.iter().map(AsRef::as_ref).collect();
         if let Some(pipe) = self.deferred.take() {
@@ -221,24 +230,50 @@ impl Prepared {
                 reason: "the spec has no deferred_binds",
             });
         }
+        Ok(Started {
+            prepared: self,
+            start,
+            names: names.into_iter().map(OsStr::to_os_string).collect(),
+        })
+    }
+}
+
+/// A sandbox whose program was started ([`Prepared::start`]): [`Started::wait`] supervises
+/// it. Dropping it kills the sandbox.
+pub struct Started {
+    prepared: Prepared,
+    start: Instant,
+    /// The deferred binds sent, to name the one that failed.
+    names: Vec<OsString>,
+}
+
+impl Started {
+    /// Passes the program's output on to `output` and enforces the limits until every
+    /// process of the sandbox is gone, as [`run`] does.
+    pub fn wait(self, output: &mut dyn Write) -> Result<Report, SandboxError> {
+        let Started {
+            mut prepared,
+            start,
+            names,
+        } = self;
         // End-of-file without a record: init reached execve.
-        if let Some(record) = read_record(&mut self.exec)? {
-            return Err(unexpected(Some(record), &self.plan, &names));
+        if let Some(record) = read_record(&mut prepared.exec)? {
+            let names: Vec<&OsStr> = names.iter().map(OsString::as_os_str).collect();
+            return Err(unexpected(Some(record), &prepared.plan, &names));
         }
 
-        // Everything lives until the run is over; the staging directory and the
-        // user-mode network go last.
+        // Everything lives until the run is over; the user-mode network goes last.
         let Prepared {
             limits,
             mut children,
             mut status,
             output: output_read,
             cgroup,
-            staging: _staging,
+            staging,
             _network,
             plan,
             ..
-        } = self;
+        } = prepared;
         // Freed while the program runs rather than after.
         drop(plan);
         let supervised = supervise(
@@ -255,11 +290,12 @@ impl Prepared {
             children
                 .reap()
                 .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
+            drop(staging);
         } else {
             // Every process of the sandbox is gone (init is a zombie, so its namespace
             // was emptied); the keeper only has to reap it and tear down the namespaces,
             // which nobody needs to wait for.
-            children.reap_in_background();
+            children.reap_in_background(staging);
         }
         let micros = Duration::from_micros;
         Ok(Report {
@@ -505,31 +541,40 @@ impl Children {
     }
 
     /// Hands the keeper to the process's reaper thread (or reaps it here if no thread
-    /// can be made), so that the caller does not wait for the namespaces' teardown.
-    fn reap_in_background(&mut self) {
+    /// can be made), so that the caller does not wait for the namespaces' teardown. The
+    /// staging directory goes with it and is removed once the keeper is reaped: while its
+    /// mount namespace lives, the root is mounted on that directory there, and removing
+    /// it would detach the whole layout on this thread (about 0.2 ms).
+    fn reap_in_background(&mut self, staging: StagingDir) {
         lower_priority(self.keeper);
         self.go = None;
-        static REAPER: OnceLock<Option<Mutex<mpsc::Sender<i32>>>> = OnceLock::new();
+        /// A keeper to reap, and the staging directory to remove after.
+        type Released = (i32, StagingDir);
+        static REAPER: OnceLock<Option<Mutex<mpsc::Sender<Released>>>> = OnceLock::new();
         let reaper = REAPER.get_or_init(|| {
-            let (send, receive) = mpsc::channel::<i32>();
+            let (send, receive) = mpsc::channel::<Released>();
             std::thread::Builder::new()
                 .name("arca-sandbox-reaper".into())
                 .spawn(move || {
-                    for keeper in receive {
+                    for (keeper, staging) in receive {
                         let _ = reap(keeper);
+                        drop(staging);
                     }
                 })
                 .ok()
                 .map(|_| Mutex::new(send))
         });
-        let handed = reaper.as_ref().is_some_and(|send| {
-            send.lock()
+        let handed = match reaper {
+            Some(send) => send
+                .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .send(self.keeper)
-                .is_ok()
-        });
-        if !handed {
+                .send((self.keeper, staging))
+                .map_err(|mpsc::SendError((_, staging))| staging),
+            None => Err(staging),
+        };
+        if let Err(staging) = handed {
             let _ = reap(self.keeper);
+            drop(staging);
         }
         self.reaped = true;
     }

@@ -160,3 +160,61 @@ fn bad_deferred_names_are_refused_before_anything_runs() {
         other => panic!("wrong error {other:?}"),
     }
 }
+
+#[test]
+fn a_sandbox_prepared_on_one_thread_starts_on_another_and_runs_before_anyone_waits() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    fn send<T: Send>(value: T) -> T {
+        value
+    }
+    let out = tempdir();
+    fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let store = tempdir();
+    let spec = deferred(
+        sh("cat /nix/store/late > /out/started; echo done"),
+        store.path(),
+    )
+    .mount(Mount::bind_rw(out.path(), "/out"));
+    let prepared = send(prepare(&spec).expect("preparing"));
+    fs::write(store.path().join("late"), "late input\n").unwrap();
+    let started = std::thread::spawn(move || send(prepared.start(&["late"]).expect("starting")))
+        .join()
+        .unwrap();
+    // Nobody waits yet, and the program runs all the same.
+    let marker = out.path().join("started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !marker.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(marker.exists(), "the program did not start before wait");
+    let mut output = Vec::new();
+    let report = started.wait(&mut output).expect("waiting");
+    assert_eq!(report.outcome, Outcome::Exited(0));
+    assert_eq!(output, b"done\n");
+    assert_eq!(fs::read(&marker).unwrap(), b"late input\n");
+}
+
+#[test]
+fn a_dropped_started_sandbox_is_killed_with_everything_in_it() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let marker = unique("arca-started-dropped-");
+    let started = prepare(&sh(&format!("sleep 30 & sleep 30; true # {marker}")))
+        .expect("preparing")
+        .start(&[] as &[&str])
+        .expect("starting");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!processes_with(&marker).is_empty(), "the program never ran");
+    drop(started);
+    assert_eq!(processes_with(&marker), Vec::<u32>::new());
+}

@@ -70,6 +70,16 @@ fn inputs_built_while_the_sandbox_was_prepared_are_bound_with_their_closure() {
             "the premise: {drv} starts early\n{stderr}"
         );
     }
+    // Prepared long before their inputs were built, so the worker that built each input
+    // started them at once.
+    for (drv, input) in [(&b, &a), (&c, &b)] {
+        assert!(
+            stderr.contains(&format!(
+                "starting the builder of '{drv}', prepared early, as '{input}' is built"
+            )),
+            "{drv} is started by the worker that built {input}\n{stderr}"
+        );
+    }
     let read = |path: &str| std::fs::read_to_string(scratch.arca_physical(path)).unwrap();
     assert_eq!(read(&b_out), format!("{a_out}\nA\n"));
     assert_eq!(read(&c_out), format!("A\n{a_out}\nA\n"));
