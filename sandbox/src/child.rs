@@ -10,7 +10,7 @@
 //! nothing that allocates, even on error paths.
 //!
 //! ```text
-//! parent ──fork──▶ keeper (host pid namespace)
+//! parent ──fork──▶ keeper (host pid namespace); or parent's zygote ──clone(PARENT)──▶ keeper
 //!                    │ unshare(user?, mount, pid, net?, uts, ipc)
 //!                    │ ◀── id maps written by the parent, then "go"
 //!                    └─clone(VM|VFORK)─▶ init (pid 1 of the new pid namespace)
@@ -29,7 +29,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CStr, OsStr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
@@ -192,6 +192,9 @@ pub(crate) struct ChildContext<'a> {
     pub envp: &'a [*const c_char],
     /// The top of init's stack ([`init_stack`]).
     pub init_stack: *mut u8,
+    /// Descriptors to move before anything else, (where, to the number the plan names):
+    /// a keeper the zygote made received them over a socket (see `crate::zygote`).
+    pub remap: &'a [(RawFd, RawFd)],
 }
 
 type StepResult<T = ()> = Result<T, (Step, u32, Errno)>;
@@ -228,6 +231,113 @@ pub(crate) fn fork_keeper(
         nix::unistd::ForkResult::Parent { child } => Ok((child.as_raw(), false)),
         nix::unistd::ForkResult::Child => keeper(context),
     }
+}
+
+/// Makes the keeper in the zygote (see `crate::zygote`), as [`fork_keeper`] does but as a
+/// sibling of the zygote (`CLONE_PARENT`): a child of the process the zygote serves, which
+/// waits for it, kills it and gets its `SIGCHLD`. Returns its pid and whether it was born
+/// in the cgroup; never returns in the child.
+pub(crate) fn fork_sibling_keeper(
+    context: &ChildContext<'_>,
+    cgroup: Option<RawFd>,
+) -> nix::Result<(libc::pid_t, bool)> {
+    let sibling = |cgroup: Option<RawFd>| {
+        // No exit signal of its own: with CLONE_PARENT the kernel gives it the zygote's
+        // (SIGCHLD, the zygote being an ordinary child).
+        let args = CloneArgs {
+            flags: libc::CLONE_PARENT as u64 | cgroup.map_or(0, |_| CLONE_INTO_CGROUP),
+            cgroup: cgroup.map_or(0, |fd| fd as u64),
+            ..CloneArgs::default()
+        };
+        // SAFETY: without CLONE_VM the child gets a copy of the address space and goes on
+        // on its copy of this stack, as after fork. The zygote is single-threaded, so no
+        // lock is copied held; the child runs `keeper` only.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        Errno::result(pid).map(|pid| pid as libc::pid_t)
+    };
+    let (pid, born_in_cgroup) = match cgroup.map(|fd| sibling(Some(fd))) {
+        Some(Ok(pid)) => (pid, true),
+        // No cgroup, or one that cannot take processes this way: the parent moves it.
+        _ => (sibling(None)?, false),
+    };
+    if pid == 0 {
+        keeper(context)
+    }
+    Ok((pid, born_in_cgroup))
+}
+
+/// Forks the zygote (see `crate::zygote`) from the calling thread, which must outlive it
+/// (the zygote dies with it: `PR_SET_PDEATHSIG`). In the child, closes every descriptor
+/// but `socket`, puts `/dev/null` on 0-2 and runs `serve(socket, parent)`, which must not
+/// return; returns the zygote's pid in the parent.
+pub(crate) fn fork_zygote(
+    socket: RawFd,
+    serve: fn(RawFd, libc::pid_t) -> !,
+) -> nix::Result<libc::pid_t> {
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: glibc's fork (atfork handlers run, so malloc works in the child). The child
+    // takes no lock another thread may have held: it closes descriptors and then serves
+    // requests with its own socket and buffers only (see `crate::zygote`).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            if nix::unistd::getppid().as_raw() != parent || close_all_except(&[socket]).is_err() {
+                exit(1);
+            }
+            // SAFETY: a NUL-terminated path; dup2 and close on descriptors we own.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for to in 0..3 {
+                        if null != to {
+                            libc::dup2(null, to);
+                        }
+                    }
+                    if null > 2 {
+                        libc::close(null);
+                    }
+                }
+            }
+            serve(socket, parent)
+        }
+    }
+}
+
+/// Moves each `(from, to)` descriptor to `to`, through numbers above all of them so that
+/// no move overwrites a descriptor still to be moved; all close on exec. No allocation.
+fn remap_fds(remap: &[(RawFd, RawFd)]) -> nix::Result<()> {
+    const MAX: usize = 256;
+    if remap.is_empty() {
+        return Ok(());
+    }
+    if remap.len() > MAX {
+        return Err(Errno::EMFILE);
+    }
+    let floor = remap
+        .iter()
+        .map(|&(from, to)| from.max(to))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut parked = [0 as RawFd; MAX];
+    for (slot, &(from, _)) in parked.iter_mut().zip(remap) {
+        // SAFETY: duplicates a descriptor we own onto a free number at or above `floor`.
+        *slot = Errno::result(unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, floor) })?;
+    }
+    for (&parked, &(_, to)) in parked.iter().zip(remap) {
+        // SAFETY: dup3 onto a number this process owns (or that is free).
+        Errno::result(unsafe { libc::dup3(parked, to, libc::O_CLOEXEC) })?;
+    }
+    // The parked copies and the received numbers go with `close_all_except`.
+    Ok(())
 }
 
 /// `struct clone_args` of `clone3(2)` (the fields up to `cgroup`, Linux 5.7).
@@ -304,12 +414,14 @@ fn keeper(context: &ChildContext<'_>) -> ! {
 fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     let fds = context.fds;
     let plan = context.plan;
-    // Die with the thread that forked us: nothing outlives a crashed supervisor.
+    // Die with the thread that forked us (through the zygote: the thread that forked the
+    // zygote, which lives as long as the process): nothing outlives a crashed supervisor.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     if nix::unistd::getppid().as_raw() != context.parent_pid {
         exit(1);
     }
+    remap_fds(context.remap).map_err(|errno| (Step::FileDescriptors, 0, errno))?;
     // Another thread of the parent may have forked with descriptors of its own open;
     // keep only ours, or a concurrent run could hold our output pipe open.
     close_all_except(context.keep).map_err(|errno| (Step::FileDescriptors, 0, errno))?;
@@ -513,7 +625,7 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
             )
         };
-        let target = held.fd.as_raw_fd();
+        let target = held.number;
         // SAFETY: dup3 and close on descriptors this process owns.
         if fd < 0 || unsafe { libc::dup3(fd, target, libc::O_CLOEXEC) } < 0 {
             return Err((Step::Layout, held.op as u32, Errno::last()));
@@ -1050,7 +1162,7 @@ fn send(fd: RawFd, record: Record) {
     let _ = write_all(fd, &record.encode());
 }
 
-fn exit(code: i32) -> ! {
+pub(crate) fn exit(code: i32) -> ! {
     // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent.
     unsafe { libc::_exit(code) }
 }

@@ -5,8 +5,9 @@
 //! directories, the user it runs as, its host name, whether it has a network, and limits.
 //! [`run`] builds that root and runs the program in it:
 //!
-//! - `fork` (or, to be born in a cgroup, a raw `clone3` with `CLONE_INTO_CGROUP` and fork
-//!   semantics; never `vfork` or a shared-memory `clone` from a multi-threaded caller),
+//! - a keeper process, forked by the process's zygote (below) or else by the caller: a
+//!   `fork`, or to be born in a cgroup a raw `clone3` with `CLONE_INTO_CGROUP` and fork
+//!   semantics (never `vfork` or a shared-memory `clone` from a multi-threaded caller);
 //!   then `unshare` of the mount, pid, network, UTS, IPC and cgroup namespaces, and of a
 //!   user namespace when the caller
 //!   is not root (or when asked), whose id maps the parent writes (`setgroups` denied);
@@ -55,9 +56,22 @@
 //! [`run_on_host`] is the other way to run a program: unsandboxed, as Nix's
 //! `sandbox = false`, on the host in a process group of its own, with the same limits.
 //!
-//! All `unsafe` code of the crate is in two modules: `child` (what runs between the
-//! forks and `execve`) and `host` (the unsandboxed run's `umask` before `execve` and
-//! its `wait4`). Each block carries a `// SAFETY:` comment.
+//! The keepers are forked from a zygote: a child the process forks with its first sandbox
+//! (from a thread of its own that lives as long as the process), single-threaded and
+//! nearly idle, which forks each keeper as a sibling (`CLONE_PARENT`), so the keepers are
+//! the caller's children all the same. A keeper forked from the caller itself would
+//! write-protect the caller's memory until the program starts, and every page the
+//! caller's threads then write would be copied on a fault that flushes the TLB of every
+//! CPU: for a busy multi-threaded caller, most of what a sandbox cost. The plan and the
+//! descriptors travel over a socket. When the zygote cannot serve (none could be made, a
+//! plan too big for one message, a process forked from the one that made it), the caller
+//! forks the keeper itself; `ARCA_SANDBOX_ZYGOTE=off` in the environment of the process's
+//! first sandbox makes it always do so.
+//!
+//! All `unsafe` code of the crate is in three modules: `child` (what runs between the
+//! forks and `execve`), `zygote` (descriptors received over its socket) and `host` (the
+//! unsandboxed run's `umask` before `execve` and its `wait4`). Each block carries a
+//! `// SAFETY:` comment.
 //!
 //! # Example
 //!
@@ -85,6 +99,7 @@ mod run;
 mod seccomp;
 mod spec;
 mod user_net;
+mod zygote;
 
 pub use child::lower_thread_priority;
 pub use error::{SandboxError, SetupStep};

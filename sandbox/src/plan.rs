@@ -98,6 +98,9 @@ pub(crate) struct HeldDir {
     /// must belong to the mount namespace of the caller, so init opens the directory
     /// again in its own namespace, before it changes identity, and puts it on this number.
     pub fd: OwnedFd,
+    /// The number the children find it at (`fd`'s own, but for a plan a zygote received,
+    /// see `crate::zygote`).
+    pub number: RawFd,
     pub path: CString,
     /// The first op that names it (for errors).
     pub op: usize,
@@ -249,7 +252,7 @@ impl Builder {
     /// `source` is what an error names.
     fn hold(&mut self, parent: &Path, source: &Path) -> Result<RawFd, SandboxError> {
         Ok(match self.held.get(parent) {
-            Some(held) => held.fd.as_raw_fd(),
+            Some(held) => held.number,
             None => {
                 let missing = |_| SandboxError::MissingSource {
                     path: source.to_path_buf(),
@@ -268,6 +271,7 @@ impl Builder {
                 let raw = fd.as_raw_fd();
                 let held = HeldDir {
                     fd,
+                    number: raw,
                     path: cstring("bind source", parent.as_os_str())?,
                     op: self.ops.len(),
                 };

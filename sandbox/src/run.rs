@@ -1,4 +1,5 @@
-//! The parent side of a run: [`prepare`] plans the root, forks the keeper, writes the id
+//! The parent side of a run: [`prepare`] plans the root, has the keeper forked (by the
+//! zygote, see `crate::zygote`, or here), writes the id
 //! maps and lets init lay out the root; [`Prepared::start`] sends the deferred binds (from
 //! any thread), and [`Started::wait`] supervises the program (output, limits) until every
 //! process of the sandbox is gone.
@@ -34,13 +35,14 @@ use crate::outcome::{Outcome, Report, Usage};
 use crate::plan::{locked_flags, Plan, DEFERRED_MAX};
 use crate::spec::{CgroupMode, Limits, Network, SandboxSpec};
 use crate::user_net::UserModeNetwork;
+use crate::zygote::Spawned;
 
 /// Runs `spec.program` in a fresh sandbox and waits until it and every process it started
 /// are gone. Its stdout and stderr, merged, are written to `output` as they arrive (up to
 /// [`crate::Limits::max_output_bytes`]); its stdin is `/dev/null`.
 ///
-/// Safe to call from many threads at once: each run forks a single-threaded keeper
-/// process that makes only system calls on data prepared here.
+/// Safe to call from many threads at once: each run has a single-threaded keeper process
+/// of its own, which makes only system calls on data prepared before it was forked.
 pub fn run(spec: &SandboxSpec, output: &mut dyn Write) -> Result<Report, SandboxError> {
     prepare(spec)?.run(&[] as &[&OsStr], output)
 }
@@ -116,7 +118,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     ]
     .into_iter()
     .chain((deferred_read >= 0).then_some(deferred_read))
-    .chain(plan.held.iter().map(|held| held.fd.as_raw_fd()))
+    .chain(plan.held.iter().map(|held| held.number))
     .collect();
     keep.sort_unstable();
     let context = ChildContext {
@@ -137,11 +139,31 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         argv: &argv,
         envp: &envp,
         init_stack: init_stack().map_err(|errno| host("mapping a stack", errno.into()))?,
+        remap: &[],
     };
     let cgroup_dir = cgroup.as_ref().and_then(|c| c.open_dir().ok());
-    let (keeper, born_in_cgroup) =
-        fork_keeper(&context, cgroup_dir.as_ref().map(|fd| fd.as_raw_fd()))
-            .map_err(|errno| host("forking", errno.into()))?;
+    let cgroup_fd = cgroup_dir.as_ref().map(|fd| fd.as_raw_fd());
+    // Through the zygote when it can (see `crate::zygote`), else forked from here.
+    let request = crate::zygote::Request {
+        plan: &plan,
+        fds: context.fds,
+        caller_is_root,
+        seccomp: spec.seccomp,
+        last_capability: context.last_capability,
+        cgroup: cgroup_fd,
+    };
+    let (keeper, born_in_cgroup) = match crate::zygote::spawn_keeper(&request) {
+        Spawned::Keeper(pid, born_in_cgroup) => (pid, born_in_cgroup),
+        Spawned::NotMade => {
+            fork_keeper(&context, cgroup_fd).map_err(|errno| host("forking", errno.into()))?
+        }
+        Spawned::Lost => {
+            return Err(host(
+                "starting the sandbox",
+                io::Error::other("the sandbox zygote ended before it answered"),
+            ))
+        }
+    };
     drop(cgroup_dir);
     let mut children = Children {
         keeper,

@@ -297,3 +297,47 @@ pub fn assert_no_survivors(marker: &str) {
         "sandbox processes outlived run(): host pids {survivors:?}"
     );
 }
+
+/// Pids of this process's children whose name (`comm`) is `name`.
+pub fn children_named(name: &str) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("listing /proc").flatten() {
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or("")
+                .to_owned()
+        };
+        if field("PPid:") == me && field("Name:") == name {
+            found.extend(field("Pid:").parse::<u32>());
+        }
+    }
+    found
+}
+
+/// A run whose layout holds a directory for its binds and takes deferred binds: it reads
+/// `late` (made after preparing) and a file bound from `source` by the spec.
+pub fn prepared_run_with_binds() -> (Report, String) {
+    let store = tempdir();
+    let bound = tempdir();
+    fs::write(bound.path().join("early"), "early\n").unwrap();
+    let spec = SandboxSpec {
+        deferred_binds: Some(arca_sandbox::DeferredBinds {
+            source_dir: store.path().to_path_buf(),
+            target_dir: "/nix/store".into(),
+        }),
+        ..sh("cat /early /nix/store/late")
+    }
+    .mount(Mount::bind_ro(bound.path().join("early"), "/early"));
+    let prepared = arca_sandbox::prepare(&spec).expect("preparing");
+    fs::write(store.path().join("late"), "late\n").unwrap();
+    let mut output = Vec::new();
+    let report = prepared.run(&["late"], &mut output).expect("running");
+    (report, String::from_utf8_lossy(&output).into_owned())
+}
