@@ -421,6 +421,8 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     if nix::unistd::getppid().as_raw() != context.parent_pid {
         exit(1);
     }
+    // SAFETY: prctl with a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"arca-keeper".as_ptr(), 0, 0, 0) };
     remap_fds(context.remap).map_err(|errno| (Step::FileDescriptors, 0, errno))?;
     // Another thread of the parent may have forked with descriptors of its own open;
     // keep only ours, or a concurrent run could hold our output pipe open.

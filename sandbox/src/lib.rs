@@ -66,7 +66,8 @@
 //! descriptors travel over a socket. When the zygote cannot serve (none could be made, a
 //! plan too big for one message, a process forked from the one that made it), the caller
 //! forks the keeper itself; `ARCA_SANDBOX_ZYGOTE=off` in the environment of the process's
-//! first sandbox makes it always do so.
+//! first sandbox makes it always do so. In `ps` the zygote is `arca-zygote`, each keeper
+//! `arca-keeper`.
 //!
 //! All `unsafe` code of the crate is in three modules: `child` (what runs between the
 //! forks and `execve`), `zygote` (descriptors received over its socket) and `host` (the

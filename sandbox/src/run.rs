@@ -58,7 +58,7 @@ pub struct Prepared {
     /// First, so that a dropped `Prepared` kills the sandbox before anything else goes.
     children: Children,
     plan: Plan,
-    /// Removed (it is empty on the host) when the run is over.
+    /// Removed (it is empty on the host) once init has left it for the program.
     staging: StagingDir,
     limits: Limits,
     status: File,
@@ -296,8 +296,10 @@ impl Started {
             plan,
             ..
         } = prepared;
-        // Freed while the program runs rather than after.
-        drop(plan);
+        // Freed while the program runs rather than after. Init has made the root its own
+        // (`pivot_root`) and left the host's tree, so the directory the root was built on
+        // is nothing to anyone any more.
+        drop((plan, staging));
         let supervised = supervise(
             &limits,
             start,
@@ -312,12 +314,11 @@ impl Started {
             children
                 .reap()
                 .map_err(|errno| host("waiting for the sandbox", errno.into()))?;
-            drop(staging);
         } else {
             // Every process of the sandbox is gone (init is a zombie, so its namespace
             // was emptied); the keeper only has to reap it and tear down the namespaces,
             // which nobody needs to wait for.
-            children.reap_in_background(staging);
+            children.reap_in_background();
         }
         let micros = Duration::from_micros;
         Ok(Report {
@@ -563,40 +564,31 @@ impl Children {
     }
 
     /// Hands the keeper to the process's reaper thread (or reaps it here if no thread
-    /// can be made), so that the caller does not wait for the namespaces' teardown. The
-    /// staging directory goes with it and is removed once the keeper is reaped: while its
-    /// mount namespace lives, the root is mounted on that directory there, and removing
-    /// it would detach the whole layout on this thread (about 0.2 ms).
-    fn reap_in_background(&mut self, staging: StagingDir) {
+    /// can be made), so that the caller does not wait for the namespaces' teardown.
+    fn reap_in_background(&mut self) {
         lower_priority(self.keeper);
         self.go = None;
-        /// A keeper to reap, and the staging directory to remove after.
-        type Released = (i32, StagingDir);
-        static REAPER: OnceLock<Option<Mutex<mpsc::Sender<Released>>>> = OnceLock::new();
+        static REAPER: OnceLock<Option<Mutex<mpsc::Sender<i32>>>> = OnceLock::new();
         let reaper = REAPER.get_or_init(|| {
-            let (send, receive) = mpsc::channel::<Released>();
+            let (send, receive) = mpsc::channel::<i32>();
             std::thread::Builder::new()
                 .name("arca-sandbox-reaper".into())
                 .spawn(move || {
-                    for (keeper, staging) in receive {
+                    for keeper in receive {
                         let _ = reap(keeper);
-                        drop(staging);
                     }
                 })
                 .ok()
                 .map(|_| Mutex::new(send))
         });
-        let handed = match reaper {
-            Some(send) => send
-                .lock()
+        let handed = reaper.as_ref().is_some_and(|send| {
+            send.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .send((self.keeper, staging))
-                .map_err(|mpsc::SendError((_, staging))| staging),
-            None => Err(staging),
-        };
-        if let Err(staging) = handed {
+                .send(self.keeper)
+                .is_ok()
+        });
+        if !handed {
             let _ = reap(self.keeper);
-            drop(staging);
         }
         self.reaped = true;
     }

@@ -120,18 +120,37 @@ fn try_spawn_keeper(request: &Request<'_>) -> Option<Spawned> {
 }
 
 /// The zygote of this process: started with its first sandbox, `None` if it could not be
-/// (or is turned off). A process forked from one with a zygote has none: the zygote's
-/// keepers would not be its children.
+/// (or is turned off). It serves only the process that made it (a process forked from
+/// that one would not be the parent of its keepers) with the identity it had then (its
+/// keepers have the zygote's credentials).
 fn zygote() -> Option<&'static Mutex<OwnedFd>> {
-    static ZYGOTE: OnceLock<Option<(u32, Mutex<OwnedFd>)>> = OnceLock::new();
+    static ZYGOTE: OnceLock<Option<(Owner, Mutex<OwnedFd>)>> = OnceLock::new();
     let (owner, socket) = ZYGOTE
         .get_or_init(|| {
             let off = std::env::var_os("ARCA_SANDBOX_ZYGOTE").is_some_and(|value| value == "off");
             let socket = (!off).then(|| start().ok()).flatten()?;
-            Some((std::process::id(), Mutex::new(socket)))
+            Some((Owner::now(), Mutex::new(socket)))
         })
         .as_ref()?;
-    (*owner == std::process::id()).then_some(socket)
+    (*owner == Owner::now()).then_some(socket)
+}
+
+/// Who asks: the process and its effective ids.
+#[derive(PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+}
+
+impl Owner {
+    fn now() -> Owner {
+        Owner {
+            pid: std::process::id(),
+            uid: nix::unistd::geteuid(),
+            gid: nix::unistd::getegid(),
+        }
+    }
 }
 
 /// Forks the zygote from a thread of its own that lives as long as the process (a process
@@ -146,7 +165,7 @@ fn start() -> io::Result<OwnedFd> {
     )?;
     let (started, forked) = mpsc::channel::<io::Result<()>>();
     std::thread::Builder::new()
-        .name("arca-sandbox-zygote".into())
+        .name("arca-zygote".into())
         .spawn(move || {
             let forked = fork_zygote(theirs.as_raw_fd(), serve).map_err(io::Error::from);
             drop(theirs);

@@ -24,5 +24,5 @@ fn without_a_zygote_keepers_are_forked_here_and_sandboxes_work() {
         assert_eq!(report.outcome, Outcome::Exited(0));
         assert_eq!(output, b"1\n");
     }
-    assert_eq!(children_named("arca-sandbox-zy"), Vec::<u32>::new());
+    assert_eq!(children_named("arca-zygote"), Vec::<u32>::new());
 }

@@ -1,10 +1,8 @@
-//! A run's staging directory (the host directory its root is mounted on) is removed once
-//! the run is over, by the reaper thread after the keeper is gone. In a test binary of its
-//! own: nothing else of this process runs sandboxes meanwhile.
+//! A run's staging directory (the host directory its root is built on) is gone when the
+//! run returns: removed as soon as the program started. In a test binary of its own:
+//! nothing else of this process runs sandboxes meanwhile.
 
 mod common;
-
-use std::time::{Duration, Instant};
 
 use arca_sandbox::{run, CgroupMode, Outcome};
 use common::{busybox, require_root, sh};
@@ -31,10 +29,6 @@ fn staging_directories_are_removed_after_the_runs() {
         let mut output = Vec::new();
         let report = run(&spec, &mut output).expect("running");
         assert_eq!(report.outcome, Outcome::Exited(0));
+        assert_eq!(staging_dirs(), Vec::<String>::new());
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !staging_dirs().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(staging_dirs(), Vec::<String>::new());
 }
