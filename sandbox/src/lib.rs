@@ -56,7 +56,7 @@
 //! [`run_on_host`] is the other way to run a program: unsandboxed, as Nix's
 //! `sandbox = false`, on the host in a process group of its own, with the same limits.
 //!
-//! The keepers are forked from a zygote: a child the process forks with its first sandbox
+//! The keepers are forked from a zygote: a child the process forks with its second sandbox
 //! (from a thread of its own that lives as long as the process), single-threaded and
 //! nearly idle, which forks each keeper as a sibling (`CLONE_PARENT`), so the keepers are
 //! the caller's children all the same. A keeper forked from the caller itself would
@@ -64,10 +64,10 @@
 //! caller's threads then write would be copied on a fault that flushes the TLB of every
 //! CPU: for a busy multi-threaded caller, most of what a sandbox cost. The plan and the
 //! descriptors travel over a socket. When the zygote cannot serve (none could be made, a
-//! plan too big for one message, a process forked from the one that made it), the caller
-//! forks the keeper itself; `ARCA_SANDBOX_ZYGOTE=off` in the environment of the process's
-//! first sandbox makes it always do so. In `ps` the zygote is `arca-zygote`, each keeper
-//! `arca-keeper`.
+//! plan too big for one message, a process forked from the one that made it) and for the
+//! process's first sandbox, the caller forks the keeper itself; `ARCA_SANDBOX_ZYGOTE=off`
+//! in the environment of the process's second sandbox makes it always do so. In `ps` the
+//! zygote is `arca-zygote`, each keeper `arca-keeper`.
 //!
 //! All `unsafe` code of the crate is in three modules: `child` (what runs between the
 //! forks and `execve`), `zygote` (descriptors received over its socket) and `host` (the

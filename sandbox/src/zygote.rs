@@ -1,5 +1,5 @@
-//! The zygote: a small process, forked once, that forks the keepers of this process's
-//! sandboxes.
+//! The zygote: a small process, forked once (with the process's second sandbox), that
+//! forks the keepers of this process's sandboxes.
 //!
 //! A keeper forked from the caller copies the caller's page tables and write-protects every
 //! page of it, and as long as the keeper (and init, which shares its memory until it
@@ -17,12 +17,13 @@
 //! before anything else (`ChildContext::remap`). The reply is the keeper's pid. Whatever
 //! goes wrong on the way (no zygote, a plan too big for one message, a zygote that died),
 //! the caller forks the keeper itself, as without a zygote. `ARCA_SANDBOX_ZYGOTE=off` in
-//! the environment of the process's first sandbox makes every keeper forked so.
+//! the environment of the process's second sandbox makes every keeper forked so.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 
 use nix::cmsg_space;
@@ -71,6 +72,12 @@ pub(crate) fn spawn_keeper(request: &Request<'_>) -> Spawned {
 }
 
 fn try_spawn_keeper(request: &Request<'_>) -> Option<Spawned> {
+    // A process that runs one sandbox pays nothing for a zygote: it is made for the
+    // second.
+    static SPAWNS: AtomicUsize = AtomicUsize::new(0);
+    if SPAWNS.fetch_add(1, Ordering::Relaxed) == 0 {
+        return None;
+    }
     let zygote = zygote()?;
     let message = encode(request)?;
     let mut fds: Vec<RawFd> = [
@@ -119,7 +126,7 @@ fn try_spawn_keeper(request: &Request<'_>) -> Option<Spawned> {
     })
 }
 
-/// The zygote of this process: started with its first sandbox, `None` if it could not be
+/// The zygote of this process: started with its second sandbox, `None` if it could not be
 /// (or is turned off). It serves only the process that made it (a process forked from
 /// that one would not be the parent of its keepers) with the identity it had then (its
 /// keepers have the zygote's credentials).
