@@ -13,10 +13,14 @@
 //! parent ──fork──▶ keeper (host pid namespace); or parent's zygote ──clone(PARENT)──▶ keeper
 //!                    │ unshare(user?, mount, pid, net?, uts, ipc)
 //!                    │ ◀── id maps written by the parent, then "go"
+//!                    │ open_tree: a detached copy of the deferred binds' source
 //!                    └─clone(VM|VFORK)─▶ init (pid 1 of the new pid namespace)
 //!                          mounts, host name, loopback, bounding set, seccomp,
-//!                          ◀── deferred binds (a prepared sandbox's, see `crate::prepare`)
-//!                          pivot_root, identity, caps, execve
+//!                          pivot_root,
+//!                          ◀── deferred binds (a prepared sandbox's, see `crate::prepare`),
+//!                              copied out of that source (by path before pivot_root
+//!                              where the kernel cannot)
+//!                          seal the root, identity, caps, execve
 //! ```
 //!
 //! Init runs in the keeper's memory on a stack of its own while the keeper waits, as
@@ -468,7 +472,15 @@ fn keeper_steps(context: &ChildContext<'_>) -> StepResult {
     // for the whole call (the keeper is suspended until init has left this memory); the
     // kernel writes init's pid into `start.pid` before init runs; the stack given is a
     // mapping of its own, `INIT_STACK_SIZE` bytes below `context.init_stack`.
-    let mut start = InitStart { context, pid: 0 };
+    let source_tree = match &plan.deferred {
+        Some(deferred) if deferred.from_tree => source_tree(&deferred.source_dir),
+        _ => -1,
+    };
+    let mut start = InitStart {
+        context,
+        pid: 0,
+        source_tree,
+    };
     let start = std::ptr::addr_of_mut!(start);
     let init = unsafe {
         libc::clone(
@@ -552,17 +564,91 @@ extern "C" fn init_entry(start: *mut libc::c_void) -> libc::c_int {
     // Init reports its own (host) pid at once, while the keeper waits: the parent can
     // kill it by pid from now on, also while a prepared sandbox waits.
     send(context.fds.status, Record::InitPid(start.pid));
-    if let Err((step, op, errno)) = init_steps(context) {
+    if let Err((step, op, errno)) = init_steps(context, start.source_tree) {
         send(context.fds.exec, Record::Failed(step, op, errno as i32));
     }
     exit(127)
 }
 
-/// What the keeper hands init: the context, and init's pid in the keeper's pid
-/// namespace (written there by the kernel: `CLONE_PARENT_SETTID`).
+/// What the keeper hands init: the context, init's pid in the keeper's pid namespace
+/// (written there by the kernel: `CLONE_PARENT_SETTID`), and the deferred binds' source
+/// tree ([`source_tree`]) or -1.
 struct InitStart<'c, 'a> {
     context: &'c ChildContext<'a>,
     pid: libc::pid_t,
+    source_tree: RawFd,
+}
+
+/// `open_tree(2)` and `move_mount(2)` flags (Linux 5.2) libc does not name.
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// A detached copy (`open_tree(OPEN_TREE_CLONE)`) of the deferred binds' source directory
+/// with what is mounted below it, made read-only, nosuid and nodev: init binds entries
+/// out of it once it has left the host's tree, so that `pivot_root` and the detaching of
+/// the old root (which waits for an RCU grace period) are done while the sandbox is
+/// prepared. The keeper holds it, so that the copy is dissolved when the keeper ends, not
+/// as init executes the program. -1 if the kernel cannot (init then binds the entries by
+/// path before it leaves the host's tree).
+fn source_tree(path: &CStr) -> RawFd {
+    // SAFETY: a NUL-terminated path and integer flags.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+        )
+    } as RawFd;
+    if tree < 0 {
+        return -1;
+    }
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a descriptor we own, an empty NUL-terminated path, a mount_attr of ours
+    // and its size.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set != 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(tree) };
+        return -1;
+    }
+    tree
+}
+
+/// Whether mounts can be copied out of `tree` (a detached copy made in this mount
+/// namespace; Linux 6.15 allows it): tried once, the copy dissolved at once (this waits
+/// for an RCU grace period, while the sandbox is prepared).
+fn clones_from(tree: RawFd) -> bool {
+    // SAFETY: a descriptor we hold, an empty NUL-terminated path, integer flags.
+    let probe = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            tree,
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    } as RawFd;
+    if probe < 0 {
+        return false;
+    }
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(probe) };
+    true
 }
 
 /// The size of init's stack (see [`init_stack`]), a guard page below it.
@@ -603,7 +689,7 @@ pub(crate) fn init_stack() -> Result<*mut u8, Errno> {
 }
 
 /// Pid 1 of the sandbox: builds the root, becomes the sandbox user, executes the program.
-fn init_steps(context: &ChildContext<'_>) -> StepResult {
+fn init_steps(context: &ChildContext<'_>, source_tree: RawFd) -> StepResult {
     let fds = context.fds;
     let plan = context.plan;
     // SAFETY: prctl with integer arguments only.
@@ -696,8 +782,11 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     for filter in context.filters {
         seccompiler::apply_filter(filter).map_err(|_| (Step::Seccomp, 0, Errno::last()))?;
     }
-    if let Some(deferred) = &plan.deferred {
-        deferred_binds(deferred, fds.deferred)?;
+    // The deferred binds come after `pivot_root` when they can be copied out of the
+    // source tree the keeper made (see `source_tree`), else before it, by path.
+    let from_tree = plan.deferred.is_some() && source_tree >= 0 && clones_from(source_tree);
+    if let (Some(deferred), false) = (&plan.deferred, from_tree) {
+        deferred_binds(deferred, fds.deferred, None)?;
     }
 
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
@@ -706,6 +795,9 @@ fn init_steps(context: &ChildContext<'_>) -> StepResult {
     at(Step::PivotRoot, pivot_root(c".", c"."))?;
     at(Step::PivotRoot, umount2(c".", MntFlags::MNT_DETACH))?;
     at(Step::PivotRoot, chdir(c"/"))?;
+    if let (Some(deferred), true) = (&plan.deferred, from_tree) {
+        deferred_binds(deferred, fds.deferred, Some(source_tree))?;
+    }
     at(
         Step::SealRoot,
         mount(
@@ -758,10 +850,12 @@ pub(crate) const DEFERRED_NAME_MAX: usize = 255;
 pub(crate) const DEFERRED_LINK_MAX: usize = 4095;
 
 /// Reads the deferred binds from `fd` until the end record and makes each, as a bind of
-/// the layout is made: a symlink recreated, else the mount point created, bound and
-/// remounted read-only. Paths are put together in stack buffers. The pipe closing before
+/// the layout is made: a symlink recreated, else the mount point created, and bound and
+/// remounted read-only. With `tree` (after `pivot_root`, see [`source_tree`]) the mount
+/// point is inside the new root and the bind a copy of the entry out of the tree, which
+/// is read-only already. Paths are put together in stack buffers. The pipe closing before
 /// the end record means the parent gave up: nothing more is done.
-fn deferred_binds(plan: &crate::plan::DeferredPlan, fd: RawFd) -> StepResult {
+fn deferred_binds(plan: &crate::plan::DeferredPlan, fd: RawFd, tree: Option<RawFd>) -> StepResult {
     const PATH: usize = 4096 + DEFERRED_NAME_MAX + 2;
     let mut header = [0u8; DEFERRED_HEADER];
     let mut name = [0u8; DEFERRED_NAME_MAX];
@@ -786,7 +880,11 @@ fn deferred_binds(plan: &crate::plan::DeferredPlan, fd: RawFd) -> StepResult {
         read_exact(fd, &mut link[..link_len]).map_err(fail)?;
         link[link_len] = 0;
         let name = &name[..name_len];
-        let target = joined(&mut target, &plan.target_prefix, name).map_err(fail)?;
+        let prefix = match tree {
+            Some(_) => &plan.inner_prefix,
+            None => &plan.target_prefix,
+        };
+        let target = joined(&mut target, prefix, name).map_err(fail)?;
         match kind {
             DEFERRED_SYMLINK => {
                 // SAFETY: two NUL-terminated paths in stack buffers.
@@ -816,6 +914,12 @@ fn deferred_binds(plan: &crate::plan::DeferredPlan, fd: RawFd) -> StepResult {
                     }
                 };
                 Errno::result(made).map_err(fail)?;
+                if let Some(tree) = tree {
+                    let name = joined(&mut source, b"", name).map_err(fail)?;
+                    bind_from_tree(tree, name, target).map_err(fail)?;
+                    index += 1;
+                    continue;
+                }
                 let source = joined(&mut source, &plan.source_prefix, name).map_err(fail)?;
                 let none: Option<&CStr> = None;
                 mount(Some(source), target, none, MsFlags::MS_BIND, none).map_err(fail)?;
@@ -831,6 +935,33 @@ fn deferred_binds(plan: &crate::plan::DeferredPlan, fd: RawFd) -> StepResult {
         }
         index += 1;
     }
+}
+
+/// Mounts a copy of the entry `name` of `tree` (not following a symlink) on `target`.
+fn bind_from_tree(tree: RawFd, name: &CStr, target: &CStr) -> nix::Result<()> {
+    // SAFETY: a descriptor we hold, a NUL-terminated name, integer flags.
+    let copy = Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            tree,
+            name.as_ptr(),
+            libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+        )
+    })? as RawFd;
+    // SAFETY: the copy's descriptor, an empty path, a NUL-terminated target path.
+    let moved = Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            copy,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    });
+    // SAFETY: closing the copy's descriptor (once attached, closing it unmounts nothing).
+    unsafe { libc::close(copy) };
+    moved.map(drop)
 }
 
 /// `prefix` then `name` then NUL in `buffer`, as a C string.

@@ -14,10 +14,13 @@
 //! - a `clone` sharing the keeper's memory (as `posix_spawn`'s) makes pid 1 of the new
 //!   pid namespace, which mounts a tmpfs root, lays out `/dev`, `/proc` and the spec's
 //!   mounts, sets the host name, brings up loopback, empties the capability bounding set,
-//!   sets `no_new_privs` and installs Nix's seccomp filter, makes the deferred binds (see
-//!   below), `pivot_root`s into the root and detaches the old one (no path back to the
-//!   host remains), seals the root read-only, switches to the sandbox user, drops every
-//!   capability, closes inherited descriptors and executes the program;
+//!   sets `no_new_privs` and installs Nix's seccomp filter, `pivot_root`s into the root
+//!   and detaches the old one (no path back to the host remains), makes the deferred
+//!   binds (see below: copies of mounts out of a detached copy of their source directory
+//!   that the keeper made with `open_tree`, or, on kernels that cannot copy out of one
+//!   (before 6.15) or with `ARCA_SANDBOX_DEFERRED=by-path`, by path before `pivot_root`),
+//!   seals the root read-only, switches to the sandbox user, drops every capability,
+//!   closes inherited descriptors and executes the program;
 //! - the program is pid 1 of its namespace: when it ends the kernel kills everything it
 //!   left behind, and [`run`] returns only once all of it is gone. Timeouts, silence and
 //!   output limits kill the whole namespace (and the cgroup, when one could be made).
@@ -45,8 +48,8 @@
 //! It is not a container runtime (no images, no overlay file systems, no seccomp
 //! allow-list) and knows nothing of Nix; `arca-build` describes builds with it.
 //!
-//! [`prepare`] does all of that but the deferred binds ([`SandboxSpec::deferred_binds`]),
-//! the `pivot_root` and what follows, and returns at once; [`Prepared::start`] names the
+//! [`prepare`] does all of that but the deferred binds ([`SandboxSpec::deferred_binds`])
+//! and what follows, and returns at once; [`Prepared::start`] names the
 //! deferred binds (entries of one host directory that may not exist before) and lets the
 //! program start, and [`Started::wait`] supervises it ([`Prepared::run`] is the two). A
 //! build prepares its sandbox while its inputs are still being built, and the thread that

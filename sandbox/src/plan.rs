@@ -83,6 +83,15 @@ pub(crate) struct Plan {
 pub(crate) struct DeferredPlan {
     /// `/proc/self/fd/N/`, N a held descriptor of the source directory.
     pub source_prefix: Vec<u8>,
+    /// The source directory itself, of which the keeper makes a detached copy
+    /// (`open_tree`) for init to bind entries from after `pivot_root`.
+    pub source_dir: CString,
+    /// The target directory inside the sandbox, with a trailing `/`.
+    pub inner_prefix: Vec<u8>,
+    /// Whether init may bind the entries out of that copy (where the kernel can), rather
+    /// than by path before `pivot_root`: unless `ARCA_SANDBOX_DEFERRED=by-path` was in
+    /// the environment of the process's first sandbox.
+    pub from_tree: bool,
     /// The target directory under the staging root, with a trailing `/`.
     pub target_prefix: Vec<u8>,
 }
@@ -289,8 +298,17 @@ impl Builder {
         let fd = self.hold(&binds.source_dir, &binds.source_dir)?;
         let mut target_prefix = self.host(&binds.target_dir)?.into_bytes();
         target_prefix.push(b'/');
+        let mut inner_prefix = binds.target_dir.as_os_str().as_bytes().to_vec();
+        inner_prefix.push(b'/');
+        static BY_PATH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let by_path = *BY_PATH.get_or_init(|| {
+            std::env::var_os("ARCA_SANDBOX_DEFERRED").is_some_and(|value| value == "by-path")
+        });
         Ok(DeferredPlan {
             source_prefix: format!("/proc/self/fd/{fd}/").into_bytes(),
+            source_dir: cstring("deferred bind source", binds.source_dir.as_os_str())?,
+            inner_prefix,
+            from_tree: !by_path,
             target_prefix,
         })
     }

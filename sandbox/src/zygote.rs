@@ -391,6 +391,9 @@ fn encode(request: &Request<'_>) -> Option<Vec<u8>> {
         Some(deferred) => {
             out.bool(true);
             out.bytes(&deferred.source_prefix);
+            out.bytes(deferred.source_dir.as_bytes());
+            out.bytes(&deferred.inner_prefix);
+            out.bool(deferred.from_tree);
             out.bytes(&deferred.target_prefix);
         }
         None => out.bool(false),
@@ -497,6 +500,9 @@ fn decode(bytes: &[u8], received: Vec<OwnedFd>) -> Option<Decoded> {
     let deferred = if input.bool()? {
         Some(DeferredPlan {
             source_prefix: input.bytes()?.to_vec(),
+            source_dir: input.cstring()?,
+            inner_prefix: input.bytes()?.to_vec(),
+            from_tree: input.bool()?,
             target_prefix: input.bytes()?.to_vec(),
         })
     } else {

@@ -3,7 +3,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use arca_sandbox::{prepare, DeferredBinds, Mount, Outcome, SandboxError, SandboxSpec};
@@ -33,45 +32,7 @@ fn run_prepared(spec: &SandboxSpec, names: &[&str]) -> (Outcome, String) {
 
 #[test]
 fn deferred_binds_made_after_preparing_appear_read_only_and_alone() {
-    if !require_root() || busybox().is_none() {
-        return;
-    }
-    let store = tempdir();
-    let spec = deferred(
-        sh(
-            r#"cat /nix/store/dir-a/x /nix/store/file-b; readlink /nix/store/link-c
-              ls /nix/store | tr '\n' ' '; echo
-              (echo y > /nix/store/dir-a/y) 2>&1
-              (echo z >> /nix/store/file-b) 2>&1; true"#,
-        ),
-        store.path(),
-    );
-    let prepared = prepare(&spec).expect("preparing");
-    // The entries only come into being now, after the sandbox was prepared.
-    fs::create_dir(store.path().join("dir-a")).unwrap();
-    fs::write(store.path().join("dir-a/x"), "in a\n").unwrap();
-    fs::write(store.path().join("file-b"), "in b\n").unwrap();
-    // Writable by anyone on the host: only the read-only mount stops the program.
-    for entry in ["dir-a", "file-b"] {
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
-        fs::set_permissions(store.path().join(entry), mode).unwrap();
-    }
-    symlink("dir-a", store.path().join("link-c")).unwrap();
-    fs::write(store.path().join("not-named"), "hidden\n").unwrap();
-    let mut output = Vec::new();
-    let report = prepared
-        .run(&["dir-a", "file-b", "link-c"], &mut output)
-        .expect("running");
-    let output = String::from_utf8_lossy(&output);
-    assert_eq!(report.outcome, Outcome::Exited(0), "{output}");
-    assert_eq!(
-        output,
-        "in a\nin b\ndir-a\ndir-a file-b link-c \n\
-         sh: can't create /nix/store/dir-a/y: Read-only file system\n\
-         sh: can't create /nix/store/file-b: Read-only file system\n"
-    );
-    assert!(!store.path().join("dir-a/y").exists());
-    assert_eq!(fs::read(store.path().join("file-b")).unwrap(), b"in b\n");
+    common::check_deferred_binds();
 }
 
 #[test]

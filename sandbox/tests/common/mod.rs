@@ -341,3 +341,54 @@ pub fn prepared_run_with_binds() -> (Report, String) {
     let report = prepared.run(&["late"], &mut output).expect("running");
     (report, String::from_utf8_lossy(&output).into_owned())
 }
+
+/// Entries made after a sandbox was prepared and named as it starts appear read-only,
+/// nosuid and nodev, and nothing unnamed appears (see `prepared.rs`).
+pub fn check_deferred_binds() {
+    if !require_root() || busybox().is_none() {
+        return;
+    }
+    let store = tempdir();
+    let spec = SandboxSpec {
+        deferred_binds: Some(arca_sandbox::DeferredBinds {
+            source_dir: store.path().to_path_buf(),
+            target_dir: "/nix/store".into(),
+        }),
+        ..sh(
+            r#"cat /nix/store/dir-a/x /nix/store/file-b; readlink /nix/store/link-c
+              ls /nix/store | tr '\n' ' '; echo
+              (echo y > /nix/store/dir-a/y) 2>&1
+              (echo z >> /nix/store/file-b) 2>&1
+              grep -q ' /nix/store/dir-a ro,nosuid,nodev' /proc/self/mountinfo && echo sealed
+              grep -q ' /nix/store/file-b ro,nosuid,nodev' /proc/self/mountinfo && echo sealed
+              true"#,
+        )
+    };
+    let prepared = arca_sandbox::prepare(&spec).expect("preparing");
+    // The entries only come into being now, after the sandbox was prepared.
+    fs::create_dir(store.path().join("dir-a")).unwrap();
+    fs::write(store.path().join("dir-a/x"), "in a\n").unwrap();
+    fs::write(store.path().join("file-b"), "in b\n").unwrap();
+    // Writable by anyone on the host: only the read-only mount stops the program.
+    for entry in ["dir-a", "file-b"] {
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+        fs::set_permissions(store.path().join(entry), mode).unwrap();
+    }
+    std::os::unix::fs::symlink("dir-a", store.path().join("link-c")).unwrap();
+    fs::write(store.path().join("not-named"), "hidden\n").unwrap();
+    let mut output = Vec::new();
+    let report = prepared
+        .run(&["dir-a", "file-b", "link-c"], &mut output)
+        .expect("running");
+    let output = String::from_utf8_lossy(&output);
+    assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0), "{output}");
+    assert_eq!(
+        output,
+        "in a\nin b\ndir-a\ndir-a file-b link-c \n\
+         sh: can't create /nix/store/dir-a/y: Read-only file system\n\
+         sh: can't create /nix/store/file-b: Read-only file system\n\
+         sealed\nsealed\n"
+    );
+    assert!(!store.path().join("dir-a/y").exists());
+    assert_eq!(fs::read(store.path().join("file-b")).unwrap(), b"in b\n");
+}
