@@ -630,25 +630,51 @@ fn source_tree(path: &CStr) -> RawFd {
     tree
 }
 
-/// Whether mounts can be copied out of `tree` (a detached copy made in this mount
-/// namespace; Linux 6.15 allows it): tried once, the copy dissolved at once (this waits
-/// for an RCU grace period, while the sandbox is prepared).
-fn clones_from(tree: RawFd) -> bool {
-    // SAFETY: a descriptor we hold, an empty NUL-terminated path, integer flags.
-    let probe = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            tree,
-            c"".as_ptr(),
-            libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
-        )
-    } as RawFd;
-    if probe < 0 {
+/// Whether mounts can be copied out of a detached copy made in the same mount namespace
+/// (Linux 6.15 allows it), in a sandbox with a user namespace of its own or without:
+/// tried in a child that makes a mount namespace (and a user namespace) of its own, a
+/// detached copy of `/` and a copy out of that.
+pub(crate) fn tree_copies_work(user_namespace: bool) -> bool {
+    let flags = if user_namespace {
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS
+    } else {
+        libc::CLONE_NEWNS
+    };
+    // SAFETY: the parent may be multi-threaded; the child only makes raw system calls on
+    // constants and ends in `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: unshare, open_tree and _exit with constant arguments and descriptors
+        // of our own.
+        unsafe {
+            if libc::unshare(flags) != 0 {
+                libc::_exit(1);
+            }
+            let tree = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c"/".as_ptr(),
+                libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+            );
+            if tree < 0 {
+                libc::_exit(1);
+            }
+            let copy = libc::syscall(
+                libc::SYS_open_tree,
+                tree as RawFd,
+                c"".as_ptr(),
+                libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+            );
+            libc::_exit(if copy < 0 { 1 } else { 0 })
+        }
+    }
+    if pid < 0 {
         return false;
     }
-    // SAFETY: closing the descriptor just opened.
-    unsafe { libc::close(probe) };
-    true
+    let mut status = 0;
+    // SAFETY: reaps our own child with a stack out-parameter.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && Errno::last() == Errno::EINTR {}
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
 
 /// The size of init's stack (see [`init_stack`]), a guard page below it.
@@ -784,7 +810,7 @@ fn init_steps(context: &ChildContext<'_>, source_tree: RawFd) -> StepResult {
     }
     // The deferred binds come after `pivot_root` when they can be copied out of the
     // source tree the keeper made (see `source_tree`), else before it, by path.
-    let from_tree = plan.deferred.is_some() && source_tree >= 0 && clones_from(source_tree);
+    let from_tree = plan.deferred.as_ref().is_some_and(|d| d.from_tree) && source_tree >= 0;
     if let (Some(deferred), false) = (&plan.deferred, from_tree) {
         deferred_binds(deferred, fds.deferred, None)?;
     }

@@ -88,9 +88,10 @@ pub(crate) struct DeferredPlan {
     pub source_dir: CString,
     /// The target directory inside the sandbox, with a trailing `/`.
     pub inner_prefix: Vec<u8>,
-    /// Whether init may bind the entries out of that copy (where the kernel can), rather
-    /// than by path before `pivot_root`: unless `ARCA_SANDBOX_DEFERRED=by-path` was in
-    /// the environment of the process's first sandbox.
+    /// Whether init binds the entries out of that copy rather than by path before
+    /// `pivot_root`: where the kernel can (Linux 6.15), unless
+    /// `ARCA_SANDBOX_DEFERRED=by-path` was in the environment of the process's first
+    /// sandbox with deferred binds.
     pub from_tree: bool,
     /// The target directory under the staging root, with a trailing `/`.
     pub target_prefix: Vec<u8>,
@@ -150,7 +151,10 @@ impl Plan {
             builder.mount(mount)?;
         }
         let deferred = match &spec.deferred_binds {
-            Some(binds) => Some(builder.deferred(binds)?),
+            Some(binds) => Some(builder.deferred(
+                binds,
+                spec.user_namespace == UserNamespace::Always || !caller_is_root,
+            )?),
             None => None,
         };
 
@@ -290,8 +294,13 @@ impl Builder {
         })
     }
 
-    /// The target directory of deferred binds made, and their source directory held.
-    fn deferred(&mut self, binds: &DeferredBinds) -> Result<DeferredPlan, SandboxError> {
+    /// The target directory of deferred binds made, and their source directory held;
+    /// `user_namespace` says whether the sandbox has one of its own.
+    fn deferred(
+        &mut self,
+        binds: &DeferredBinds,
+        user_namespace: bool,
+    ) -> Result<DeferredPlan, SandboxError> {
         check_absolute("deferred bind source", &binds.source_dir)?;
         check_absolute("deferred bind target", &binds.target_dir)?;
         self.dir(&binds.target_dir, 0o755)?;
@@ -304,11 +313,18 @@ impl Builder {
         let by_path = *BY_PATH.get_or_init(|| {
             std::env::var_os("ARCA_SANDBOX_DEFERRED").is_some_and(|value| value == "by-path")
         });
+        // Whether the kernel lets mounts be copied out of a detached copy: tried once per
+        // process and kind of sandbox, in a throwaway child.
+        static COPIES: [std::sync::OnceLock<bool>; 2] =
+            [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+        let copies = !by_path
+            && *COPIES[usize::from(user_namespace)]
+                .get_or_init(|| crate::child::tree_copies_work(user_namespace));
         Ok(DeferredPlan {
             source_prefix: format!("/proc/self/fd/{fd}/").into_bytes(),
             source_dir: cstring("deferred bind source", binds.source_dir.as_os_str())?,
             inner_prefix,
-            from_tree: !by_path,
+            from_tree: copies,
             target_prefix,
         })
     }
