@@ -764,7 +764,8 @@ fn host(context: &str, source: io::Error) -> SandboxError {
     }
 }
 
-fn pointer_array(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
+/// `strings` as a null-terminated array of pointers, for `execve`.
+pub(crate) fn pointer_array(strings: &[std::ffi::CString]) -> Vec<*const c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())

@@ -35,6 +35,7 @@ use nix::sys::socket::{
 
 use crate::child::{fork_sibling_keeper, fork_zygote, init_stack, ChildContext, ChildFds};
 use crate::plan::{DeferredPlan, HeldDir, Op, Plan};
+use crate::run::pointer_array;
 
 /// The largest request (and receive buffer): a plan whose environment, files and mounts
 /// take more goes the direct way.
@@ -268,8 +269,8 @@ impl Decoded {
         filters: &[seccompiler::BpfProgram],
         init_stack: *mut u8,
     ) -> Option<(libc::pid_t, bool)> {
-        let argv = pointers(&self.plan.argv);
-        let envp = pointers(&self.plan.envp);
+        let argv = pointer_array(&self.plan.argv);
+        let envp = pointer_array(&self.plan.envp);
         let mut keep: Vec<RawFd> = self.remap.iter().map(|&(_, to)| to).collect();
         keep.sort_unstable();
         let context = ChildContext {
@@ -287,14 +288,6 @@ impl Decoded {
         };
         fork_sibling_keeper(&context, self.cgroup.as_ref().map(AsRawFd::as_raw_fd)).ok()
     }
-}
-
-fn pointers(strings: &[CString]) -> Vec<*const std::ffi::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
 }
 
 /// The plan and flags of `request` as bytes (`None`: too big for one message).
