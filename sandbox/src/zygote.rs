@@ -81,7 +81,7 @@ fn try_spawn_keeper(request: &Request<'_>) -> Option<Spawned> {
     }
     let zygote = zygote()?;
     let message = encode(request)?;
-    let mut fds: Vec<RawFd> = [
+    let fds: Vec<RawFd> = [
         request.fds.status,
         request.fds.go,
         request.fds.exec,
@@ -98,24 +98,28 @@ fn try_spawn_keeper(request: &Request<'_>) -> Option<Spawned> {
     }
     let socket = zygote.lock().unwrap_or_else(|p| p.into_inner());
     let socket = socket.as_raw_fd();
-    let sent = sendmsg::<()>(
-        socket,
-        &[IoSlice::new(&message)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-    fds.clear();
     // A datagram goes whole or not at all.
-    sent.ok()?;
+    retrying(|| {
+        sendmsg::<()>(
+            socket,
+            &[IoSlice::new(&message)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+    })
+    .ok()?;
     let mut reply = [0u8; 5];
-    let received = recvmsg::<()>(
-        socket,
-        &mut [IoSliceMut::new(&mut reply)],
-        None,
-        MsgFlags::empty(),
-    )
-    .map_or(0, |message| message.bytes);
+    let received = retrying(|| {
+        recvmsg::<()>(
+            socket,
+            &mut [IoSliceMut::new(&mut reply)],
+            None,
+            MsgFlags::empty(),
+        )
+        .map(|message| message.bytes)
+    })
+    .unwrap_or(0);
     if received != reply.len() {
         return Some(Spawned::Lost);
     }
@@ -125,6 +129,16 @@ fn try_spawn_keeper(request: &Request<'_>) -> Option<Spawned> {
     } else {
         Spawned::NotMade
     })
+}
+
+/// `call` again while a signal interrupts it.
+fn retrying<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match call() {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// The zygote of this process: started with its second sandbox, `None` if it could not be
@@ -226,6 +240,7 @@ fn serve(socket: RawFd, parent: libc::pid_t) -> ! {
                 }
                 (message.bytes, fds)
             }
+            Err(nix::errno::Errno::EINTR) => continue,
             // The process went away: so do we (`_exit`: the stdio buffers copied from it
             // are not ours to flush).
             _ => crate::child::exit(0),
