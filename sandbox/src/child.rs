@@ -253,17 +253,9 @@ pub(crate) fn fork_sibling_keeper(
             cgroup: cgroup.map_or(0, |fd| fd as u64),
             ..CloneArgs::default()
         };
-        // SAFETY: without CLONE_VM the child gets a copy of the address space and goes on
-        // on its copy of this stack, as after fork. The zygote is single-threaded, so no
-        // lock is copied held; the child runs `keeper` only.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        Errno::result(pid).map(|pid| pid as libc::pid_t)
+        // The zygote is single-threaded, so no lock is copied held; the child runs
+        // `keeper` only.
+        fork_clone3(&args)
     };
     let (pid, born_in_cgroup) = match cgroup.map(|fd| sibling(Some(fd))) {
         Some(Ok(pid)) => (pid, true),
@@ -372,15 +364,21 @@ fn clone_into_cgroup(cgroup: RawFd) -> nix::Result<libc::pid_t> {
         cgroup: cgroup as u64,
         ..CloneArgs::default()
     };
+    // The child runs `keeper`, which makes raw system calls only (see the module docs).
+    fork_clone3(&args)
+}
+
+/// `clone3` with `args` (which must not ask for CLONE_VM): 0 in the child, the child's pid
+/// in the parent. Unlike glibc's fork, no atfork handler runs and glibc's locks (malloc's
+/// among them) are copied in whatever state other threads held them: the child must not
+/// allocate or lock at all.
+fn fork_clone3(args: &CloneArgs) -> nix::Result<libc::pid_t> {
     // SAFETY: without CLONE_VM the child gets a copy of the address space and continues
-    // on its copy of this stack, as after fork. Unlike glibc's fork, no atfork handler
-    // runs and glibc's locks (malloc's among them) are copied in whatever state other
-    // threads held them: the child must not allocate or lock at all, and does not (it
-    // runs `keeper`, which makes raw system calls only, see the module docs).
+    // on its copy of this stack, as after fork; callers keep the child to raw system calls.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &args as *const CloneArgs,
+            args as *const CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };

@@ -392,3 +392,22 @@ pub fn check_deferred_binds() {
     assert!(!store.path().join("dir-a/y").exists());
     assert_eq!(fs::read(store.path().join("file-b")).unwrap(), b"in b\n");
 }
+
+/// Sandboxes of every kind the zygote tests care about work: binds through held
+/// directories and deferred binds, with a cgroup and without.
+pub fn check_sandboxes_work() {
+    let (report, output) = prepared_run_with_binds();
+    assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0), "{output}");
+    assert_eq!(output, "early\nlate\n");
+    for cgroup in [
+        arca_sandbox::CgroupMode::Auto,
+        arca_sandbox::CgroupMode::Off,
+    ] {
+        let mut spec = sh("echo $$");
+        spec.cgroup = cgroup;
+        let mut output = Vec::new();
+        let report = run(&spec, &mut output).expect("running");
+        assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0));
+        assert_eq!(output, b"1\n");
+    }
+}
