@@ -4,8 +4,10 @@
 //! their store paths (valid ones under fallback paths) and move them into the scratch
 //! directory after; a builtin builder runs here — then check, hash, scan and register
 //! its outputs. A job that starts early ([`Job::gate`]) prepares its sandbox with the
-//! inputs built so far, waits at the gate, then binds the inputs built meanwhile and what
-//! they refer to (deferred binds) and runs the builder.
+//! inputs built so far and waits at the gate; once the inputs are built, the inputs built
+//! meanwhile and what they refer to are bound (deferred binds) and the builder started,
+//! by the worker that finished the last input if the job was waiting by then
+//! ([`Gate::pass_and_start`]), and the job's thread supervises it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -4,8 +4,9 @@
 //!
 //! While nothing is ready, up to `max_jobs` more derivations start early (`pick_early`):
 //! those whose unbuilt inputs are all being built here. Their jobs prepare the sandbox
-//! and wait at a gate (`pass_gate`) until the inputs are built and a build slot is free;
-//! one whose input fails never runs and reports nothing of its own (the failure marks it
+//! and wait at a gate (`EarlyGate`) until the inputs are built and a build slot is free;
+//! the worker that finishes the last input starts the builder then (`take_handovers` in
+//! `finish`), before the job's own thread is awake. One whose input fails never runs and reports nothing of its own (the failure marks it
 //! not built, as any dependent). Leftovers of finished builds (logs to compress,
 //! directories to remove) go to a tidying thread at a low priority.
 
@@ -961,7 +962,7 @@ fn pick(shared: &Shared<'_>, state: &mut State) -> Option<(StorePath, bool, Plac
 /// A derivation to start early while nothing is ready: one whose inputs are all built but
 /// for some being built here now (or started early themselves), whose outputs are known,
 /// and whose job can prepare its sandbox meanwhile ([`Job::may_start_early`]). Its job
-/// waits at a gate ([`pass_gate`]) just before the builder would run, and takes a build
+/// waits at a gate ([`EarlyGate`]) just before the builder would run, and takes a build
 /// slot there; at most `max-jobs` jobs wait so. A chain of builds then pays for each
 /// sandbox while the builds before it run.
 fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
