@@ -78,6 +78,9 @@ pub(crate) struct Job<'a> {
     pub gate: Option<&'a dyn Gate>,
     /// Whether the gate was passed.
     pub gate_passed: std::cell::Cell<bool>,
+    /// Until it comes to the gate, the thread of a job that started early runs in the
+    /// background ([`arca_sandbox::background_thread`]).
+    pub background: std::cell::Cell<Option<arca_sandbox::BackgroundThread>>,
 }
 
 /// Where a job that started early waits for the builds of its inputs.
@@ -187,6 +190,7 @@ impl Job<'_> {
     fn pass_gate(&self) -> bool {
         match self.gate {
             Some(gate) if !self.gate_passed.get() => {
+                drop(self.background.take());
                 let passed = gate.pass();
                 self.gate_passed.set(passed);
                 passed
@@ -1502,6 +1506,7 @@ impl Job<'_> {
             let started = prepared.start(&names)?;
             Ok(Begun { started, late })
         });
+        drop(self.background.take());
         let Some(begun) = gate.pass_and_start(start) else {
             tracing::debug!(
                 "dropping the prepared sandbox of '{}': an input was not built",

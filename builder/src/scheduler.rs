@@ -2,8 +2,11 @@
 //! dependency order with up to `max_jobs` builds at once here, and as many as their
 //! slots allow on remote machines ([`crate::remote`]), each derivation once.
 //!
-//! While nothing is ready, up to `max_jobs` more derivations start early (`pick_early`):
-//! those whose unbuilt inputs are all being built here. Their jobs prepare the sandbox
+//! While nothing is ready, derivations start early (`pick_early`): those whose unbuilt
+//! inputs are all being built here or started early themselves, as long as fewer than
+//! `max_jobs` jobs wait at gates (so a chain is prepared two links ahead of the build
+//! running). Their jobs prepare the sandbox in the background (`SCHED_BATCH`, see
+//! `arca_sandbox::background_thread`, as the committer runs)
 //! and wait at a gate (`EarlyGate`) until the inputs are built and a build slot is free;
 //! the worker that finishes the last input starts the builder then (`take_handovers` in
 //! `finish`), before the job's own thread is awake. One whose input fails never runs and reports nothing of its own (the failure marks it
@@ -274,6 +277,7 @@ impl Graph {
                         wait_for_locks: true,
                         gate: None,
                         gate_passed: Default::default(),
+                        background: Default::default(),
                     }
                     .outputs()?
                 } else {
@@ -788,6 +792,8 @@ fn worker(
             wait_for_locks,
             gate: early.then_some(&gate as &dyn Gate),
             gate_passed: Default::default(),
+            // A job that starts early prepares ahead of need, yielding to running builds.
+            background: std::cell::Cell::new(early.then(arca_sandbox::background_thread)),
         };
         let resolved_hash = resolved.as_ref().and_then(|r| r.static_hash.clone());
         let already = resolved.as_ref().and_then(|r| r.valid.clone());
@@ -969,7 +975,12 @@ fn pick_early(shared: &Shared<'_>, state: &mut State) -> Option<StorePath> {
     let options = shared.options;
     if !state.ready.is_empty()
         || !options.machines.is_empty()
-        || state.early.len() >= local_slots(options)
+        || state
+            .early
+            .iter()
+            .filter(|path| !state.building_here.contains(*path))
+            .count()
+            >= local_slots(options)
     {
         return None;
     }
@@ -1302,6 +1313,8 @@ fn committer(
     queue: &mpsc::Receiver<Commit>,
     emit: &(dyn Fn(BuildEvent) + Sync),
 ) {
+    // Registering is not what a dependent waits for (built outputs are usable before).
+    let _background = arca_sandbox::background_thread();
     let Shared {
         store,
         options,

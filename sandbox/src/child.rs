@@ -288,6 +288,7 @@ pub(crate) fn fork_zygote(
             if nix::unistd::getppid().as_raw() != parent || close_all_except(&[socket]).is_err() {
                 exit(1);
             }
+            ZYGOTE_BATCH.store(other_to_batch(), std::sync::atomic::Ordering::Relaxed);
             // SAFETY: a NUL-terminated path; dup2 and close on descriptors we own.
             unsafe {
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
@@ -403,6 +404,69 @@ pub(crate) fn set_nice(task: libc::pid_t, nice: i32) -> bool {
 /// value of `setpriority` on a thread id to that thread only).
 pub fn lower_thread_priority() {
     set_nice(nix::unistd::gettid().as_raw(), 10);
+}
+
+/// The calling thread as `SCHED_BATCH` while this lives ([`background_thread`]).
+pub struct BackgroundThread {
+    /// Whether the thread was `SCHED_OTHER` and is `SCHED_BATCH` now.
+    switched: bool,
+    /// The policy is the calling thread's: the guard stays on it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Makes the calling thread `SCHED_BATCH` (if it is `SCHED_OTHER`) until the guard is
+/// dropped: its wake-ups then never preempt the task running on the CPU (the program of
+/// a sandbox, whose end the builds wait for); it runs when a CPU is free or at the next
+/// tick, with the same share of the CPU as before. For work done ahead of need, such as
+/// preparing a sandbox before its inputs are built.
+pub fn background_thread() -> BackgroundThread {
+    BackgroundThread {
+        switched: other_to_batch(),
+        _thread: std::marker::PhantomData,
+    }
+}
+
+impl Drop for BackgroundThread {
+    fn drop(&mut self) {
+        if self.switched {
+            batch_to_other();
+        }
+    }
+}
+
+/// Whether this process is a zygote (or a keeper or init forked from one) that went from
+/// `SCHED_OTHER` to `SCHED_BATCH` as it started: a keeper just forked and an init woken
+/// by its keeper then never preempt the program of another sandbox while they prepare,
+/// and init goes back to `SCHED_OTHER` once only the start is left
+/// ([`foreground_from_here`]).
+static ZYGOTE_BATCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In init, where what is left is what the program waits for (the deferred binds, which
+/// come when the caller starts the sandbox, and `execve`): back to `SCHED_OTHER` if the
+/// zygote left it (see [`ZYGOTE_BATCH`]), so that the start wakes init at once.
+fn foreground_from_here() {
+    if ZYGOTE_BATCH.load(std::sync::atomic::Ordering::Relaxed) {
+        batch_to_other();
+    }
+}
+
+/// Moves the calling thread from `SCHED_OTHER` to `SCHED_BATCH`; false if it was under
+/// another policy (left as it is) or the kernel refused.
+fn other_to_batch() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: scheduler calls on the calling thread (0) with a parameter of ours.
+    unsafe {
+        libc::sched_getscheduler(0) == libc::SCHED_OTHER
+            && libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0
+    }
+}
+
+/// Moves the calling thread back to `SCHED_OTHER` (see [`other_to_batch`]); any thread
+/// may, at the same nice value. No allocation.
+fn batch_to_other() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a scheduler call on the calling thread with a parameter of ours.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }
 
 fn keeper(context: &ChildContext<'_>) -> ! {
@@ -652,7 +716,7 @@ pub(crate) fn tree_copies_work(user_namespace: bool) -> bool {
                 libc::SYS_open_tree,
                 libc::AT_FDCWD,
                 c"/".as_ptr(),
-                libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+                libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
             );
             if tree < 0 {
                 libc::_exit(1);
@@ -661,7 +725,10 @@ pub(crate) fn tree_copies_work(user_namespace: bool) -> bool {
                 libc::SYS_open_tree,
                 tree as RawFd,
                 c"".as_ptr(),
-                libc::OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+                libc::OPEN_TREE_CLONE
+                    | OPEN_TREE_CLOEXEC
+                    | AT_RECURSIVE
+                    | libc::AT_EMPTY_PATH as libc::c_uint,
             );
             libc::_exit(if copy < 0 { 1 } else { 0 })
         }
@@ -809,6 +876,9 @@ fn init_steps(context: &ChildContext<'_>, source_tree: RawFd) -> StepResult {
     // The deferred binds come after `pivot_root` when they can be copied out of the
     // source tree the keeper made (see `source_tree`), else before it, by path.
     let from_tree = plan.deferred.as_ref().is_some_and(|d| d.from_tree) && source_tree >= 0;
+    if !from_tree {
+        foreground_from_here();
+    }
     if let (Some(deferred), false) = (&plan.deferred, from_tree) {
         deferred_binds(deferred, fds.deferred, None)?;
     }
@@ -819,6 +889,9 @@ fn init_steps(context: &ChildContext<'_>, source_tree: RawFd) -> StepResult {
     at(Step::PivotRoot, pivot_root(c".", c"."))?;
     at(Step::PivotRoot, umount2(c".", MntFlags::MNT_DETACH))?;
     at(Step::PivotRoot, chdir(c"/"))?;
+    if from_tree {
+        foreground_from_here();
+    }
     if let (Some(deferred), true) = (&plan.deferred, from_tree) {
         deferred_binds(deferred, fds.deferred, Some(source_tree))?;
     }
@@ -1347,5 +1420,50 @@ mod tests {
             assert_eq!(Record::decode(&record.encode()), Some(record));
         }
         assert_eq!(Record::decode(&[0xff; RECORD_LEN]), None);
+    }
+
+    /// The kernel's version as (major, minor).
+    fn kernel_version() -> (u32, u32) {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        let mut numbers = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse().unwrap_or(0));
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    }
+
+    /// Since Linux 6.15 mounts are copied out of a detached tree, with a user namespace
+    /// (as builds run) and without: the probe must say so, or every sandbox binds its
+    /// late entries by path and detaches the old root as it starts. (A root whose
+    /// submounts a user namespace locks once made the probe fail there.)
+    #[test]
+    fn tree_copies_work_from_linux_6_15() {
+        if kernel_version() < (6, 15) || !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        assert!(tree_copies_work(true), "with a user namespace");
+        assert!(tree_copies_work(false), "without a user namespace");
+    }
+
+    fn policy() -> i32 {
+        // SAFETY: the calling thread's policy.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn a_background_thread_is_batch_until_the_guard_drops() {
+        std::thread::spawn(|| {
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            let background = background_thread();
+            assert_eq!(policy(), libc::SCHED_BATCH);
+            drop(background);
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            // A thread under another policy is left under it.
+            assert!(other_to_batch());
+            let background = background_thread();
+            drop(background);
+            assert_eq!(policy(), libc::SCHED_BATCH);
+        })
+        .join()
+        .expect("the thread");
     }
 }

@@ -72,6 +72,14 @@
 //! in the environment of the process's second sandbox makes it always do so. In `ps` the
 //! zygote is `arca-zygote`, each keeper `arca-keeper`.
 //!
+//! The zygote runs as `SCHED_BATCH` (when the caller is `SCHED_OTHER`), and so do the
+//! keepers and inits it forks while they prepare: a waking batch task never preempts the
+//! task on its CPU, so preparing the next sandbox does not stall the program of the one
+//! running, whose end is what a chain of builds waits for. Init goes back to `SCHED_OTHER`
+//! once only its start is left (before it waits for the deferred binds), and the program
+//! runs under the caller's policy. [`background_thread`] does the same for a thread of the
+//! caller that prepares ahead of need.
+//!
 //! All `unsafe` code of the crate is in three modules: `child` (what runs between the
 //! forks and `execve`), `zygote` (descriptors received over its socket) and `host` (the
 //! unsandboxed run's `umask` before `execve` and its `wait4`). Each block carries a
@@ -105,7 +113,7 @@ mod spec;
 mod user_net;
 mod zygote;
 
-pub use child::lower_thread_priority;
+pub use child::{background_thread, lower_thread_priority, BackgroundThread};
 pub use error::{SandboxError, SetupStep};
 pub use host::{kill_user, run_on_host, HostSpec};
 pub use outcome::{CgroupUsage, Outcome, Report, Usage};

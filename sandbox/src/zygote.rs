@@ -10,7 +10,9 @@
 //! interrupting the other CPU. The zygote is forked once (the caller's pages are copied at
 //! most once more, on its first write after that), is single-threaded, and barely writes
 //! memory; keepers are forked from it with `CLONE_PARENT`, so they are this process's
-//! children all the same (it waits for them and kills them as before).
+//! children all the same (it waits for them and kills them as before). It makes itself
+//! `SCHED_BATCH` (from `SCHED_OTHER`), so keepers and inits prepare without preempting
+//! running programs; init returns to `SCHED_OTHER` before it waits for its start.
 //!
 //! A request carries the [`Plan`] and the run's flags as bytes, and the descriptors the
 //! keeper keeps (`SCM_RIGHTS`). The keeper moves those to the numbers the plan names

@@ -11,5 +11,6 @@ fn deferred_binds_by_path_appear_read_only_and_alone() {
     if !common::require_root() || common::busybox().is_none() {
         return;
     }
-    common::check_deferred_binds();
+    common::check_deferred_binds(arca_sandbox::UserNamespace::Auto);
+    common::check_deferred_binds(arca_sandbox::UserNamespace::Always);
 }

@@ -32,7 +32,12 @@ fn run_prepared(spec: &SandboxSpec, names: &[&str]) -> (Outcome, String) {
 
 #[test]
 fn deferred_binds_made_after_preparing_appear_read_only_and_alone() {
-    common::check_deferred_binds();
+    common::check_deferred_binds(arca_sandbox::UserNamespace::Auto);
+}
+
+#[test]
+fn deferred_binds_in_a_user_namespace_appear_read_only_and_alone() {
+    common::check_deferred_binds(arca_sandbox::UserNamespace::Always);
 }
 
 #[test]

@@ -92,6 +92,7 @@ fn inputs_built_while_the_sandbox_was_prepared_are_bound_with_their_closure() {
         position(&format!("building '{b}'")) > position(&format!("building '{a}'")),
         "{stderr}"
     );
+
     arca_tests::store::assert_arca_verify_clean(&scratch.arca_root(), "after early builds");
 }
 
@@ -179,4 +180,42 @@ fn a_fan_in_starts_early_only_once_all_but_running_inputs_are_built() {
     );
     let info: Vec<Value> = scratch.arca_path_info(&[&root_out]);
     assert!(info[0]["references"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_chain_is_prepared_two_links_ahead() {
+    let Some((scratch, bb)) = Scratch::with_busybox("a_chain_is_prepared_two_links_ahead") else {
+        return;
+    };
+    // a → b → c → d, on two slots: while b builds (itself started early), c waits at its
+    // gate and d is prepared already, so that a sandbox is always ready when a build
+    // ends.
+    let mut drvs: Vec<String> = Vec::new();
+    let mut outs: Vec<String> = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let (script, env, inputs) = match (drvs.last(), outs.last()) {
+            (Some(drv), Some(out)) => (
+                "sleep 0.3; cat $in > $out; echo . >> $out",
+                vec![("in", out.as_str())],
+                vec![drv.as_str()],
+            ),
+            _ => ("sleep 0.3; echo . > $out", vec![], vec![]),
+        };
+        let drv = scratch.add_derivation(&bb, name, script, &env, &inputs);
+        outs.push(scratch.arca_output(&drv));
+        drvs.push(drv);
+    }
+    let (status, printed, stderr) = build_verbose(&scratch, &[&drvs[3]]);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(printed, std::slice::from_ref(&outs[3]));
+    let position = |needle: &str| stderr.find(needle).expect(needle);
+    let (b, c, d) = (&drvs[1], &drvs[2], &drvs[3]);
+    assert!(
+        position(&format!("building '{b}'")) < position(&format!("preparing the sandbox of '{d}'"))
+            && position(&format!("preparing the sandbox of '{d}'"))
+                < position(&format!("building '{c}'")),
+        "d is prepared while b builds\n{stderr}"
+    );
+    let read = |path: &str| std::fs::read_to_string(scratch.arca_physical(path)).unwrap();
+    assert_eq!(read(&outs[3]), ".\n.\n.\n.\n");
 }

@@ -343,13 +343,15 @@ pub fn prepared_run_with_binds() -> (Report, String) {
 }
 
 /// Entries made after a sandbox was prepared and named as it starts appear read-only,
-/// nosuid and nodev, and nothing unnamed appears (see `prepared.rs`).
-pub fn check_deferred_binds() {
+/// nosuid and nodev, and nothing unnamed appears (see `prepared.rs`); with a user
+/// namespace of the sandbox's own (as builds run) or without.
+pub fn check_deferred_binds(user_namespace: arca_sandbox::UserNamespace) {
     if !require_root() || busybox().is_none() {
         return;
     }
     let store = tempdir();
     let spec = SandboxSpec {
+        user_namespace,
         deferred_binds: Some(arca_sandbox::DeferredBinds {
             source_dir: store.path().to_path_buf(),
             target_dir: "/nix/store".into(),
@@ -403,11 +405,13 @@ pub fn check_sandboxes_work() {
         arca_sandbox::CgroupMode::Auto,
         arca_sandbox::CgroupMode::Off,
     ] {
-        let mut spec = sh("echo $$");
+        // The program runs under the caller's scheduling policy (SCHED_OTHER, 0: the
+        // 41st field of `stat`), whatever the keeper that made it ran under.
+        let mut spec = sh("echo $$; read -r stat < /proc/self/stat; set -- $stat; echo ${41}");
         spec.cgroup = cgroup;
         let mut output = Vec::new();
         let report = run(&spec, &mut output).expect("running");
         assert_eq!(report.outcome, arca_sandbox::Outcome::Exited(0));
-        assert_eq!(output, b"1\n");
+        assert_eq!(String::from_utf8_lossy(&output), "1\n0\n");
     }
 }
