@@ -85,6 +85,58 @@ pub enum CacheError {
     /// A `.narinfo`'s URL leaves the cache (absolute, or with `..`).
     #[error("path '{path}': NAR URL '{url}' is outside the cache")]
     BadUrl { path: String, url: String },
+    /// What the cache cannot do as a store (Nix's `BinaryCacheStore` cannot either).
+    #[error("binary cache '{cache}' does not support {operation}")]
+    Unsupported {
+        operation: &'static str,
+        cache: String,
+    },
+    /// A read-only cache (`http(s)://`) was asked to store something.
+    #[error("binary cache '{0}' is read-only")]
+    ReadOnly(String),
+    /// A NAR given to the cache, or read from it, is not the one its metadata describes.
+    #[error(
+        "the NAR of '{path}' has hash {got_hash} and size {got_size}, not the {hash} and {size} its metadata gives"
+    )]
+    NarMismatch {
+        path: String,
+        hash: String,
+        size: u64,
+        got_hash: String,
+        got_size: u64,
+    },
+    /// A NAR given to the cache is malformed.
+    #[error("the NAR of '{path}' is not valid")]
+    BadNar {
+        path: String,
+        #[source]
+        source: arca_nar::ReadError,
+    },
+    /// A path was given to the cache before the paths it refers to.
+    #[error("cannot add '{path}' to '{cache}': it refers to paths the cache lacks: {}", missing.join(", "))]
+    MissingReferences {
+        path: String,
+        cache: String,
+        missing: Vec<String>,
+    },
+    /// The text of a text path is longer than a cache takes in one piece.
+    #[error("text '{name}' is larger than the limit of {limit} bytes")]
+    TooLarge { name: String, limit: u64 },
+    /// A name, hash or reference that gives no store path.
+    #[error("cannot make a store path named '{name}'")]
+    BadPath {
+        name: String,
+        #[source]
+        source: arca_store_core::StorePathError,
+    },
+    /// Reading what was given to the cache, or writing what it gives, failed.
+    #[error("cannot {action} '{path}'")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     /// The store refused the NAR (its hash or size is not the `.narinfo`'s, a truncated
     /// or corrupt stream, …).
     #[error("cannot add '{path}' from '{cache}'")]
@@ -258,12 +310,9 @@ impl BinaryCache {
     /// is refused.
     pub fn narinfo(&self, path: &StorePath) -> Result<Option<NarInfo>, CacheError> {
         let key = NarInfo::file_name(path);
-        let Some(stream) = self.backend.get(&key)? else {
+        let Some(narinfo) = self.narinfo_at(&key)? else {
             return Ok(None);
         };
-        let whence = self.backend.url_of(&key);
-        let text = read_small(stream, &whence)?;
-        let narinfo = NarInfo::parse(&self.store_dir, &text, &whence).map_err(Refusal::from)?;
         if narinfo.info.path != *path {
             return Err(Refusal::WrongPath {
                 cache: self.base.clone(),
@@ -397,6 +446,37 @@ impl BinaryCache {
         info: &arca_store_core::PathInfo,
     ) -> Result<(), CacheError> {
         let path = self.store_dir.display(&info.path);
+        let listing = if self.write_nar_listing {
+            Some(
+                listing_json(store, &info.path).map_err(|error| CacheError::Store {
+                    path: path.clone(),
+                    source: error,
+                })?,
+            )
+        } else {
+            None
+        };
+        self.upload(info, listing, |out| {
+            store
+                .nar_from_path(&info.path, out)
+                .map_err(|error| CacheError::Store {
+                    path: path.clone(),
+                    source: Box::new(error),
+                })
+        })
+    }
+
+    /// Writes a path to the cache: its NAR as `write_nar` writes it (compressed on the
+    /// way into a spool file, uploaded once `write_nar` returns without error), its
+    /// `.ls` listing if given, then its `.narinfo`, signed with the URL's `secret-key`
+    /// (keeping the signatures `info` has).
+    pub(crate) fn upload(
+        &self,
+        info: &arca_store_core::PathInfo,
+        listing: Option<String>,
+        write_nar: impl FnOnce(&mut dyn Write) -> Result<(), CacheError>,
+    ) -> Result<(), CacheError> {
+        let path = self.store_dir.display(&info.path);
         let spool = |source| CacheError::Spool {
             path: path.clone(),
             source,
@@ -410,12 +490,7 @@ impl BinaryCache {
                 source,
             }
         })?;
-        store
-            .nar_from_path(&info.path, &mut compressor)
-            .map_err(|error| CacheError::Store {
-                path: path.clone(),
-                source: Box::new(error),
-            })?;
+        write_nar(&mut compressor)?;
         let hashing = compressor.finish().map_err(spool)?;
         let (file, file_hash, file_size) = hashing.finish();
         let file = file
@@ -428,11 +503,7 @@ impl BinaryCache {
         );
         self.backend
             .put(&url, Body::File(file), "application/x-nix-nar")?;
-        if self.write_nar_listing {
-            let listing = listing_json(store, &info.path).map_err(|error| CacheError::Store {
-                path: path.clone(),
-                source: error,
-            })?;
+        if let Some(listing) = listing {
             self.backend.put(
                 &format!("{}.ls", info.path.hash_part()),
                 Body::Bytes(listing.as_bytes()),
@@ -448,12 +519,51 @@ impl BinaryCache {
         let mut narinfo = NarInfo::new(info, url, self.compression);
         narinfo.file_hash = Some(file_hash);
         narinfo.file_size = Some(file_size);
-        self.backend.put(
+        self.put_narinfo(&narinfo)
+    }
+
+    /// Writes (or overwrites) `narinfo`'s `.narinfo` file.
+    pub(crate) fn put_narinfo(&self, narinfo: &NarInfo) -> Result<(), CacheError> {
+        Ok(self.backend.put(
             &NarInfo::file_name(&narinfo.info.path),
             Body::Bytes(narinfo.to_text(&self.store_dir).as_bytes()),
             "text/x-nix-narinfo",
-        )?;
-        Ok(())
+        )?)
+    }
+
+    /// The `.narinfo` named `key` (`HASH.narinfo`), parsed, if the cache has it.
+    pub(crate) fn narinfo_at(&self, key: &str) -> Result<Option<NarInfo>, CacheError> {
+        let Some(stream) = self.backend.get(key)? else {
+            return Ok(None);
+        };
+        let whence = self.backend.url_of(key);
+        let text = read_small(stream, &whence)?;
+        Ok(Some(
+            NarInfo::parse(&self.store_dir, &text, &whence).map_err(Refusal::from)?,
+        ))
+    }
+
+    /// Whether the cache can be written to at all.
+    pub(crate) fn writable(&self) -> bool {
+        self.backend.writable()
+    }
+
+    /// A spool file for what the cache is about to store.
+    pub(crate) fn spool(&self) -> Result<tempfile::NamedTempFile, CacheError> {
+        Ok(self.backend.spool()?)
+    }
+
+    /// Stores the log in `file` as the build log of `drv`.
+    pub(crate) fn put_log_file(
+        &self,
+        drv: &StorePath,
+        file: tempfile::NamedTempFile,
+    ) -> Result<(), CacheError> {
+        Ok(self.backend.put(
+            &format!("log/{drv}"),
+            Body::File(file),
+            "text/plain; charset=utf-8",
+        )?)
     }
 }
 

@@ -11,6 +11,8 @@
 //!   cache URLs and their parameters.
 //! - [`cache`]: [`BinaryCache`], a cache on a backend: its `.narinfo`s, NARs and logs,
 //!   and pushing closures into it.
+//! - [`store`]: a `BinaryCache` as a store (`Store` and `StoreOps`, what `--store
+//!   file://…` opens), as Nix's `BinaryCacheStore`.
 //! - [`substitute`]: copying closures from caches into a store, concurrently, with
 //!   every `.narinfo` checked before anything is added.
 //! - `serve` (feature `serve`): serving a store as an HTTP binary cache (`arca cache
@@ -42,6 +44,7 @@ pub mod s3;
 mod schedule;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod store;
 pub mod substitute;
 pub mod url;
 

@@ -86,7 +86,7 @@ impl OnStore for Copy {
                 .collect::<anyhow::Result<_>>()?,
         };
         if let Some(url) = args.to.as_ref().or(args.from.as_ref()) {
-            if !is_cache_url(url) {
+            if !crate::store::is_cache_url(url) {
                 let between = Between {
                     here: store,
                     paths: &paths,
@@ -152,13 +152,6 @@ impl OnStore for Copy {
         }
         Ok(())
     }
-}
-
-/// Whether `url` names a binary cache rather than a store.
-fn is_cache_url(url: &str) -> bool {
-    ["file://", "http://", "https://", "s3://"]
-        .iter()
-        .any(|scheme| url.starts_with(scheme))
 }
 
 /// A copy between this store and the store `url`.

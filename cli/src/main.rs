@@ -37,8 +37,9 @@ struct Cli {
 pub struct GlobalArgs {
     /// The store to use: a directory ROOT holding ROOT/nix/store and ROOT/nix/var/nix
     /// ('/' is the system store; also 'local?root=ROOT'), or a daemon:
-    /// 'unix:///path/to/socket', or 'daemon' for Nix's default socket. Default:
-    /// $ARCA_STORE, else $XDG_DATA_HOME/arca.
+    /// 'unix:///path/to/socket', or 'daemon' for Nix's default socket; a machine over
+    /// ssh ('ssh://HOST', 'ssh-ng://HOST'); a binary cache ('file:///DIR',
+    /// 'http(s)://…', 's3://BUCKET'). Default: $ARCA_STORE, else $XDG_DATA_HOME/arca.
     #[arg(long, global = true, value_name = "STORE")]
     pub store: Option<String>,
     /// More log output (repeat for more).

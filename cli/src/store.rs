@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use arca_cache::{BinaryCache, OpenMode};
 use arca_daemon::LocalBackend;
 use arca_daemon_proto::ssh::{SshStore, SshStoreUrl};
 use arca_daemon_proto::DaemonClient;
-use arca_store_core::{Settings, StoreOps};
+use arca_store_core::{Settings, StoreDir, StoreOps};
 use arca_store_sqlite::LocalStore;
 
 use crate::GlobalArgs;
@@ -21,7 +22,8 @@ pub trait OnStore {
 
 /// Runs `command` on the store `--store` names, whichever back end it has: `unix://SOCKET`
 /// and `daemon` connect to a daemon, `ssh://[USER@]HOST?…` and `ssh-ng://…` to a machine
-/// over ssh (`arca_daemon_proto::ssh`); `local?root=ROOT`, `local://ROOT`, `local` and an
+/// over ssh (`arca_daemon_proto::ssh`), `file://DIR`, `http(s)://…` and `s3://BUCKET` open
+/// a binary cache (`arca_cache::store`); `local?root=ROOT`, `local://ROOT`, `local` and an
 /// absolute path open a local store (with builds, following the settings); nothing given,
 /// the default store.
 pub fn on_store<C: OnStore>(global: &GlobalArgs, command: C) -> anyhow::Result<C::Output> {
@@ -41,6 +43,13 @@ pub fn on_store_with<C: OnStore>(
         .filter(|url| SshStoreUrl::is_ssh(url))
     {
         return on_ssh_store(url, command);
+    }
+    if let Some(url) = global.store.as_deref().filter(|url| is_cache_url(url)) {
+        // As Nix, a `nix-cache-info` is written into a cache that has none (an HTTP
+        // server that takes no uploads then says so).
+        let cache = BinaryCache::open(url, &StoreDir::default(), OpenMode::Write)
+            .with_context(|| format!("cannot open the binary cache '{url}'"))?;
+        return command.run(&cache);
     }
     if let Some(client) = daemon_client(global)? {
         return command.run(&client);
@@ -154,6 +163,13 @@ fn parse_store_uri(store: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(PathBuf::from(root))
+}
+
+/// Whether `url` names a binary cache rather than a store.
+pub fn is_cache_url(url: &str) -> bool {
+    ["file://", "http://", "https://", "s3://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
 }
 
 #[cfg(test)]

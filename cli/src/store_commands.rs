@@ -550,11 +550,8 @@ impl OnStore for PathInfoArgs {
     }
 }
 
-/// `path-info` on any store (local, or a daemon's).
-fn path_info_in<S: Store>(store: &S, args: &PathInfoArgs) -> anyhow::Result<()>
-where
-    S::Error: std::error::Error + Send + Sync + 'static,
-{
+/// `path-info` on any store (local, a daemon's, a binary cache), as Nix prints it.
+fn path_info_in<S: StoreOps>(store: &S, args: &PathInfoArgs) -> anyhow::Result<()> {
     let store_dir = store.store_dir().clone();
     let mut paths = parse_paths(store, &args.paths)?;
     require_valid(store, &paths)?;
@@ -595,12 +592,36 @@ where
             if let Some(deriver) = &info.deriver {
                 object.insert("deriver".into(), json!(store_dir.display(deriver)));
             }
-            object.insert("registrationTime".into(), json!(info.registration_time));
+            if info.registration_time != 0 {
+                object.insert("registrationTime".into(), json!(info.registration_time));
+            }
             if info.ultimate {
                 object.insert("ultimate".into(), json!(true));
             }
             if !info.signatures.is_empty() {
                 object.insert("signatures".into(), json!(info.signatures));
+            }
+            if let Some(download) = store.query_nar_download(path)? {
+                if !download.url.is_empty() {
+                    object.insert("url".into(), json!(download.url));
+                }
+                if let Some(hash) = &download.file_hash {
+                    object.insert("downloadHash".into(), json!(hash.to_sri()));
+                }
+                if let Some(size) = download.file_size {
+                    object.insert("downloadSize".into(), json!(size));
+                }
+                if args.closure_size {
+                    let closure = store.query_closure(&BTreeSet::from([path.clone()]))?;
+                    let mut total = 0;
+                    for member in &closure {
+                        total += store
+                            .query_nar_download(member)?
+                            .and_then(|d| d.file_size)
+                            .unwrap_or(0);
+                    }
+                    object.insert("closureDownloadSize".into(), json!(total));
+                }
             }
             entries.push(Value::Object(object));
         }

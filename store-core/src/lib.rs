@@ -56,6 +56,7 @@ pub mod settings;
 pub mod signature;
 pub mod store;
 pub mod store_path;
+pub mod tee;
 
 pub use add_batch::{AddBatch, Finished, OneByOne};
 pub use derivation::{Derivation, DerivationOutput, OutputName};
@@ -63,8 +64,8 @@ pub use hash::{ContentKey, Encoding, Hash, HashAlgo, HashError, Hasher};
 pub use ops::{
     AddProgress, BuildEvent, BuildMode, BuildOutcomes, BuildTiming, Built, CopyDirection,
     DerivedPath, DerivedPathError, FindRoots, GcAction, GcOptions, GcProgress, GcReport,
-    OptimiseProgress, OptimiseReport, ReadPathInfo, StoreOpError, StoreOps, VerifyOptions,
-    VerifyOutcome, VerifyProblem, VerifyReport,
+    NarDownload, OptimiseProgress, OptimiseReport, ReadPathInfo, StoreOpError, StoreOps,
+    VerifyOptions, VerifyOutcome, VerifyProblem, VerifyReport,
 };
 pub use path_info::{
     AddressingMethod, ContentAddress, ContentAddressError, InvalidAddressingMethod, PathInfo,

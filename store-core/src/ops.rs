@@ -353,6 +353,18 @@ impl StoreOpError {
     }
 }
 
+/// Where a binary cache keeps a path's NAR, as its `.narinfo` says (what Nix's
+/// `path-info --json` shows of a cache's path: `url`, `downloadHash`, `downloadSize`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarDownload {
+    /// Relative to the cache (`nar/….nar.xz`).
+    pub url: String,
+    /// The hash of the file as stored (compressed).
+    pub file_hash: Option<Hash>,
+    /// Its size.
+    pub file_size: Option<u64>,
+}
+
 /// Which roots [`StoreOps::find_roots`] returns, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FindRoots {
@@ -866,6 +878,12 @@ pub trait StoreOps: Store + Sync {
         _targets: &[DerivedPath],
     ) -> Result<(BTreeSet<StorePath>, BTreeSet<StorePath>), StoreOpError> {
         Ok((BTreeSet::new(), BTreeSet::new()))
+    }
+
+    /// Where a binary cache keeps the NAR of `path` (`None` for every other store, and
+    /// for a path the cache lacks).
+    fn query_nar_download(&self, _path: &StorePath) -> Result<Option<NarDownload>, StoreOpError> {
+        Ok(None)
     }
 
     /// The stored build log of `drv`, opened for reading (decompressed), if there is one.

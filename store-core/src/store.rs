@@ -1,7 +1,8 @@
 //! The `Store` trait: what every store offers, local or behind a daemon socket.
 //!
-//! The local SQLite store (`arca-store-sqlite`) and the daemon client implement it; the
-//! daemon server and the builder are written against it, so they work with either.
+//! The local SQLite store (`arca-store-sqlite`), the daemon client and binary caches
+//! (`arca-cache`) implement it; the daemon server and the builder are written against
+//! it, so they work with any.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

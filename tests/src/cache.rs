@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
@@ -330,4 +330,147 @@ pub fn nix_verify_contents(root: &Path) {
         ],
         None,
     );
+}
+
+/// One cache on one backend: its URL (without parameters) and the directory its files
+/// are in (a test may tamper with them there).
+pub struct Backend {
+    pub name: &'static str,
+    pub url: String,
+    pub dir: PathBuf,
+    _http: Option<HttpDirServer>,
+}
+
+/// An empty cache on each backend, below `d`; the S3 server lives as long as the
+/// returned guard.
+pub fn backends(d: &Path, with_s3: bool) -> (Vec<Backend>, Option<S3Server>) {
+    let file = d.join("file-cache");
+    let http_dir = d.join("http-cache");
+    let http = HttpDirServer::start(&http_dir);
+    let mut backends = vec![
+        Backend {
+            name: "file",
+            url: format!("file://{}", file.display()),
+            dir: file,
+            _http: None,
+        },
+        Backend {
+            name: "http",
+            url: http.url(),
+            dir: http_dir,
+            _http: Some(http),
+        },
+    ];
+    let s3 = with_s3.then(|| {
+        let root = d.join("s3-root");
+        std::fs::create_dir_all(root.join("arca-cache")).unwrap();
+        let server = S3Server::start(&root);
+        backends.push(Backend {
+            name: "s3",
+            url: server.url("arca-cache"),
+            dir: root.join("arca-cache"),
+            _http: None,
+        });
+        server
+    });
+    (backends, s3)
+}
+
+/// `url` with `parameters` added (`&`-joined, after `?` or `&`).
+pub fn with_parameters(url: &str, parameters: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{parameters}")
+}
+
+/// `arca --store ROOT ARGS...`, with the S3 test credentials in its environment.
+pub fn arca(root: &Path, args: &[&str]) -> Output {
+    s3_env(&mut Command::new(arca_bin()))
+        .arg("--store")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("arca runs")
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn arca_ok(root: &Path, args: &[&str]) -> String {
+    let output = arca(root, args);
+    assert!(
+        output.status.success(),
+        "arca {args:?}: {}",
+        stderr(&output)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A new key pair made by `arca key`: (secret key file, public key).
+pub fn arca_keys(d: &Path, name: &str) -> (PathBuf, String) {
+    let sk = d.join(format!("{name}.sk"));
+    let secret = Command::new(arca_bin())
+        .args(["key", "generate-secret", "--key-name", name])
+        .output()
+        .unwrap();
+    assert!(secret.status.success());
+    std::fs::write(&sk, &secret.stdout).unwrap();
+    let mut convert = Command::new(arca_bin())
+        .args(["key", "convert-secret-to-public"])
+        .stdin(std::fs::File::open(&sk).unwrap())
+        .output()
+        .unwrap();
+    assert!(convert.status.success(), "{}", stderr(&convert));
+    let pk = String::from_utf8(std::mem::take(&mut convert.stdout)).unwrap();
+    assert!(pk.starts_with(&format!("{name}:")), "{pk}");
+    (sk, pk)
+}
+
+/// An Arca store with a chain of four input-addressed paths (imported, unsigned) and a
+/// content-addressed tree; the paths, top of the chain first.
+pub fn source_store(d: &Path) -> (PathBuf, Vec<String>) {
+    let root = d.join("source");
+    let export = Command::new("python3")
+        .arg(workspace_root().join("bench/gen_export.py"))
+        .arg("4")
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let imported = crate::arca_ok_with_stdin(
+        &[
+            "--store".as_ref(),
+            root.as_os_str(),
+            "store".as_ref(),
+            "import".as_ref(),
+        ],
+        &export.stdout,
+    );
+    let mut paths: Vec<String> = String::from_utf8(imported)
+        .unwrap()
+        .lines()
+        .rev()
+        .map(String::from)
+        .collect();
+    let tree = d.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/file"), "contents\n").unwrap();
+    std::os::unix::fs::symlink("sub/file", tree.join("link")).unwrap();
+    let added = arca_ok(&root, &["store", "add-path", tree.to_str().unwrap()]);
+    paths.push(added.trim().to_owned());
+    (root, paths)
+}
+
+/// Every `.narinfo` in `dir` has its NAR and the `.narinfo`s of its references there.
+pub fn assert_complete(dir: &Path) {
+    let store_dir = StoreDir::default();
+    for (file, text) in narinfos(dir) {
+        let narinfo = NarInfo::parse(&store_dir, &text, &file).unwrap();
+        assert!(dir.join(&narinfo.url).is_file(), "{file}: no NAR");
+        for reference in &narinfo.info.references {
+            assert!(
+                dir.join(NarInfo::file_name(reference)).is_file(),
+                "{file}: reference {reference} missing"
+            );
+        }
+    }
 }
