@@ -95,6 +95,12 @@ pub trait Backend: Send + Sync {
     fn writable(&self) -> bool {
         true
     }
+
+    /// The names of the files at the cache's top level (not below `nar/` or `log/`);
+    /// `None` where the backend cannot list them (HTTP has no listing).
+    fn list_top(&self) -> Result<Option<Vec<String>>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// A cache in a directory (`file://DIR`).
@@ -173,6 +179,18 @@ impl Backend for FileBackend {
             .persist(&file)
             .map_err(|error| failed(error.error))?;
         Ok(())
+    }
+
+    fn list_top(&self) -> Result<Option<Vec<String>>, BackendError> {
+        let failed = |error: io::Error| BackendError::new("list", self.url_of(""), error);
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(failed)? {
+            let entry = entry.map_err(failed)?;
+            if entry.file_type().map_err(failed)?.is_file() {
+                names.extend(entry.file_name().to_str().map(str::to_owned));
+            }
+        }
+        Ok(Some(names))
     }
 
     fn spool(&self) -> Result<NamedTempFile, BackendError> {

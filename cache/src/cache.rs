@@ -543,6 +543,11 @@ impl BinaryCache {
         ))
     }
 
+    /// The files at the cache's top level, where its backend can list them.
+    pub(crate) fn list_top(&self) -> Result<Option<Vec<String>>, CacheError> {
+        Ok(self.backend.list_top()?)
+    }
+
     /// Whether the cache can be written to at all.
     pub(crate) fn writable(&self) -> bool {
         self.backend.writable()

@@ -5,7 +5,7 @@
 //! `.narinfo` as it is passed on; adds (`add-path`, `add-file`, text, `import`, NARs
 //! from a client) write the NAR, compressed as the URL says, then the `.narinfo`,
 //! signed with the URL's `secret-key`; signatures are added by rewriting the
-//! `.narinfo`; build logs live under `log/`. What a cache has no word for (referrers,
+//! `.narinfo`; verification fetches and hashes NARs; build logs live under `log/`. What a cache has no word for (referrers,
 //! derivers, builds, roots, garbage collection) is refused, naming the operation.
 //!
 //! Nothing is written before an add is checked: the NAR is read whole into the spool
@@ -22,7 +22,9 @@ use std::path::PathBuf;
 
 use arca_nar::{DumpOptions, NarEncoder, NarReader};
 use arca_store_core::export;
-use arca_store_core::ops::{AddProgress, ReadPathInfo};
+use arca_store_core::ops::{
+    AddProgress, ReadPathInfo, VerifyOptions, VerifyOutcome, VerifyProblem, VerifyReport,
+};
 use arca_store_core::path_info::{AddressingMethod, ContentAddress};
 use arca_store_core::tee::TeeBufRead;
 use arca_store_core::{
@@ -160,6 +162,62 @@ impl StoreOps for BinaryCache {
             }
         }
         Ok(valid)
+    }
+
+    /// Every path with a `.narinfo`, where the backend can list its files (`file://`);
+    /// refused over HTTP and S3.
+    fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
+        let names = self
+            .list_top()
+            .map_err(StoreOpError::from_error)?
+            .ok_or_else(|| StoreOpError::from_error(self.unsupported("listing all its paths")))?;
+        let mut paths = BTreeSet::new();
+        for name in names {
+            let Some(hash_part) = name.strip_suffix(".narinfo") else {
+                continue;
+            };
+            if let Some(path) = self
+                .query_path_from_hash_part(hash_part)
+                .map_err(StoreOpError::from_error)?
+            {
+                paths.insert(path);
+            }
+        }
+        Ok(paths)
+    }
+
+    /// Each path (every path the cache lists, when `None`) must have a `.narinfo` and
+    /// its NAR; with `check_contents`, the NAR is fetched, decompressed and hashed, and
+    /// one that is not the `.narinfo`'s (or cannot be read whole) is reported modified.
+    /// Nothing can be repaired in a cache: `repair` is refused.
+    fn verify_store(
+        &self,
+        paths: Option<&BTreeSet<StorePath>>,
+        options: VerifyOptions,
+    ) -> Result<VerifyOutcome, StoreOpError> {
+        if options.repair {
+            return Err(StoreOpError::from_error(self.unsupported("repairing")));
+        }
+        let all;
+        let paths = match paths {
+            Some(paths) => paths,
+            None => {
+                all = self.query_all_valid_paths()?;
+                &all
+            }
+        };
+        let listed: Vec<&StorePath> = paths.iter().collect();
+        let checked = crate::schedule::for_each(&listed, 4, |path| self.verify_one(path, options));
+        let mut report = VerifyReport {
+            checked: listed.len(),
+            problems: Vec::new(),
+        };
+        for problem in checked {
+            report
+                .problems
+                .extend(problem.map_err(StoreOpError::from_error)?);
+        }
+        Ok(VerifyOutcome::Report(report))
     }
 
     fn add_dump(
@@ -353,6 +411,56 @@ impl StoreOps for BinaryCache {
 }
 
 impl BinaryCache {
+    /// What is wrong with `path` in the cache, if anything (see
+    /// [`StoreOps::verify_store`]).
+    fn verify_one(
+        &self,
+        path: &StorePath,
+        options: VerifyOptions,
+    ) -> Result<Option<VerifyProblem>, CacheError> {
+        let missing = VerifyProblem::Missing {
+            path: path.clone(),
+            repaired: false,
+        };
+        let Some(narinfo) = self.narinfo(path)? else {
+            return Ok(Some(missing));
+        };
+        if !options.check_contents {
+            return Ok(None);
+        }
+        let mut nar = match self.nar(&narinfo) {
+            Ok(nar) => nar,
+            Err(CacheError::NarMissing { .. }) => return Ok(Some(missing)),
+            Err(error) => return Err(error),
+        };
+        let mut hasher = Hasher::new(HashAlgo::Sha256);
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            match nar.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => {
+                    hasher.update(&buffer[..read]);
+                    size += read as u64;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                // A NAR that cannot be read whole (truncated, corrupt compression) is
+                // not the one the `.narinfo` describes.
+                Err(_) => break,
+            }
+        }
+        let actual = hasher.finish();
+        if actual == narinfo.info.nar_hash && size == narinfo.info.nar_size {
+            return Ok(None);
+        }
+        Ok(Some(VerifyProblem::Modified {
+            path: path.clone(),
+            expected: narinfo.info.nar_hash,
+            actual,
+            repaired: false,
+        }))
+    }
+
     fn unsupported(&self, operation: &'static str) -> CacheError {
         CacheError::Unsupported {
             operation,

@@ -9,7 +9,8 @@
 //! - `store import` writes a closure with its references; a path whose references the
 //!   cache lacks is refused and nothing of it is written;
 //! - `store export` from the cache imports into a local store whose verification is
-//!   clean; `store sign` adds a signature; what a cache cannot do is refused by name;
+//!   clean; `store sign` adds a signature; `store verify --check-contents --sigs-needed`
+//!   passes, and finds a tampered NAR; what a cache cannot do is refused by name;
 //! - real Nix substitutes what was added this way.
 
 use std::path::Path;
@@ -182,6 +183,50 @@ fn store_commands_work_on_a_cache_on_every_backend() {
             "{name}: {}",
             stderr(&referrers)
         );
+
+        // Verification: clean, with the signatures trusted; then a NAR is tampered with.
+        let mut verify = vec![
+            "--option",
+            "trusted-public-keys",
+            pk.trim(),
+            "store",
+            "verify",
+        ];
+        verify.extend(["--check-contents", "--sigs-needed", "1", added]);
+        arca_ok(Path::new(&backend.url), &verify);
+        if name == "file" {
+            // Every path, where the backend can list them.
+            arca_ok(
+                Path::new(&backend.url),
+                &["store", "verify", "--check-contents"],
+            );
+        }
+        let narinfo = arca_cache::NarInfo::parse(
+            &arca_store_core::StoreDir::default(),
+            &std::fs::read_to_string(backend.dir.join(format!("{}.narinfo", &added[11..43])))
+                .unwrap(),
+            "test",
+        )
+        .unwrap();
+        let nar_file = backend.dir.join(&narinfo.url);
+        let pristine = std::fs::read(&nar_file).unwrap();
+        let mut tampered = pristine.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 0x20;
+        std::fs::write(&nar_file, &tampered).unwrap();
+        let found = arca(
+            Path::new(&backend.url),
+            &["store", "verify", "--check-contents", added],
+        );
+        assert!(!found.status.success(), "{name}");
+        assert!(
+            String::from_utf8_lossy(&found.stdout)
+                .contains(&format!("path '{added}' was modified!")),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&found.stdout),
+            stderr(&found)
+        );
+        std::fs::write(&nar_file, &pristine).unwrap();
 
         if name == "s3" || !nix_available("store_commands_work_on_a_cache_on_every_backend") {
             continue;
