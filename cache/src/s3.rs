@@ -196,6 +196,41 @@ impl Backend for S3Backend {
         }
     }
 
+    /// `ListObjectsV2` with the delimiter `/`, page by page.
+    fn list_top(&self) -> Result<Option<Vec<String>>, BackendError> {
+        let whence = self.url_of("");
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(self.credentials.as_ref());
+            action.with_delimiter("/");
+            if let Some(token) = &token {
+                action.with_continuation_token(token.clone());
+            }
+            let body = self
+                .agent
+                .get(&self.signed(action))
+                .call()
+                .map_err(|error| request_error("list", &whence, error))?
+                .into_string()
+                .map_err(|error| BackendError::new("list", whence.clone(), error))?;
+            let page =
+                rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|error| {
+                    BackendError::new(
+                        "list",
+                        whence.clone(),
+                        std::io::Error::other(error.to_string()),
+                    )
+                })?;
+            names.extend(page.contents.into_iter().map(|object| object.key));
+            match page.next_continuation_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(Some(names))
+    }
+
     fn put(&self, key: &str, body: Body<'_>, content_type: &str) -> Result<(), BackendError> {
         let url = self.url_of(key);
         let mut action = self.bucket.put_object(self.credentials.as_ref(), key);

@@ -164,8 +164,8 @@ impl StoreOps for BinaryCache {
         Ok(valid)
     }
 
-    /// Every path with a `.narinfo`, where the backend can list its files (`file://`);
-    /// refused over HTTP and S3.
+    /// Every path with a `.narinfo`, where the backend can list its files (`file://`,
+    /// `s3://`); refused over HTTP.
     fn query_all_valid_paths(&self) -> Result<BTreeSet<StorePath>, StoreOpError> {
         let names = self
             .list_top()

@@ -194,12 +194,25 @@ fn store_commands_work_on_a_cache_on_every_backend() {
         ];
         verify.extend(["--check-contents", "--sigs-needed", "1", added]);
         arca_ok(Path::new(&backend.url), &verify);
-        if name == "file" {
-            // Every path, where the backend can list them.
+        if name != "http" {
+            // Every path, where the backend can list them (a directory, an S3 bucket).
             arca_ok(
                 Path::new(&backend.url),
                 &["store", "verify", "--check-contents"],
             );
+            // Listed: with no key trusted, each input-addressed path is untrusted.
+            let all = arca(
+                Path::new(&backend.url),
+                &["store", "verify", "--sigs-needed", "1"],
+            );
+            assert!(!all.status.success(), "{name}");
+            for path in chain {
+                assert!(
+                    stderr(&all).contains(&format!("path '{path}' is untrusted")),
+                    "{name}: {}",
+                    stderr(&all)
+                );
+            }
         }
         let narinfo = arca_cache::NarInfo::parse(
             &arca_store_core::StoreDir::default(),
