@@ -2,7 +2,8 @@
 //! (or `http(s)://…`, `s3://…`) opens a cache, and the commands that work on any store
 //! work on it. Queries read `.narinfo` files (the path of a hash part too: the file is
 //! named by it); a path's NAR is fetched, decompressed and checked against its
-//! `.narinfo` as it is passed on; adds (`add-path`, `add-file`, text, `import`, NARs
+//! `.narinfo` as it is passed on (a `.drv` is read out of its NAR: the default
+//! `StoreOps::read_derivation`); adds (`add-path`, `add-file`, text, `import`, NARs
 //! from a client) write the NAR, compressed as the URL says, then the `.narinfo`,
 //! signed with the URL's `secret-key`; signatures are added by rewriting the
 //! `.narinfo`; verification fetches and hashes NARs; build logs live under `log/`. What a cache has no word for (referrers,

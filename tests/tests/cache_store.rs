@@ -8,6 +8,7 @@
 //!   against real Nix where it reads the backend);
 //! - `store import` writes a closure with its references; a path whose references the
 //!   cache lacks is refused and nothing of it is written;
+//! - `derivation show` reads a `.drv` out of the cache (as Nix's `show-derivation`);
 //! - `store export` from the cache imports into a local store whose verification is
 //!   clean; `store sign` adds a signature; `store verify --check-contents --sigs-needed`
 //!   passes, and finds a tampered NAR; what a cache cannot do is refused by name;
@@ -156,6 +157,33 @@ fn store_commands_work_on_a_cache_on_every_backend() {
         arca_ok(&fresh, &["store", "verify", "--check-contents"]);
         nix_verify_contents(&fresh);
 
+        // A derivation read out of the cache is the one the local store has.
+        let drv_json = format!(
+            r#"{{"name":"x","outputs":{{"out":{{"path":""}}}},"inputSrcs":["{added}"],"inputDrvs":{{}},"system":"x86_64-linux","builder":"/bin/sh","args":["-c","echo > $out"],"env":{{"builder":"/bin/sh","name":"x","out":"","system":"x86_64-linux"}}}}"#
+        );
+        let drv = String::from_utf8(arca_stdin_ok(
+            local_store,
+            &["derivation", "add"],
+            drv_json.as_bytes(),
+        ))
+        .unwrap();
+        let drv = drv.trim();
+        let drv_export = arca_stdin_ok(local_store, &["store", "export", drv], b"");
+        arca_stdin_ok(&signed, &["store", "import"], &drv_export);
+        let shown: Value = serde_json::from_slice(&arca_stdin_ok(
+            &backend.url,
+            &["derivation", "show", drv],
+            b"",
+        ))
+        .unwrap();
+        let local_shown: Value = serde_json::from_slice(&arca_stdin_ok(
+            local_store,
+            &["derivation", "show", drv],
+            b"",
+        ))
+        .unwrap();
+        assert_eq!(shown, local_shown, "{name}");
+
         // Signatures added in place; what a cache cannot do is refused by name.
         arca_ok(
             Path::new(&backend.url),
@@ -266,6 +294,18 @@ fn store_commands_work_on_a_cache_on_every_backend() {
             serde_json::from_str(&arca_ok(Path::new(&backend.url), &arca_args)).unwrap();
         let theirs: Value = serde_json::from_slice(&nix_info.stdout).unwrap();
         assert_eq!(ours, theirs, "{name}");
+        let nix_shown = Command::new("nix")
+            .args(["show-derivation", "--store", backend.url.as_str(), drv])
+            .env("NIX_CONFIG", "experimental-features = nix-command")
+            .output()
+            .unwrap();
+        assert!(
+            nix_shown.status.success(),
+            "{}",
+            String::from_utf8_lossy(&nix_shown.stderr)
+        );
+        let nix_shown: Value = serde_json::from_slice(&nix_shown.stdout).unwrap();
+        assert_eq!(shown, nix_shown, "{name}");
         let nix_root = d.path().join(format!("nix-{name}"));
         let realised = Command::new("nix-store")
             .arg("--store")
