@@ -89,7 +89,7 @@ fn run(
             on_event,
         )?;
     }
-    let graph = Graph::load(store, targets, given, options)?;
+    let graph = Graph::load(store, targets, given, options, on_event)?;
     let mut results: BTreeMap<StorePath, BuildResult> = BTreeMap::new();
     for (drv, node) in &graph.nodes {
         if !node.needed {
@@ -223,6 +223,7 @@ impl Graph {
         targets: &[BuildTarget],
         given: &BTreeMap<StorePath, Derivation>,
         options: &BuildOptions,
+        on_event: &mut dyn FnMut(BuildEvent),
     ) -> Result<Graph, BuildError> {
         let mut nodes: BTreeMap<StorePath, Node> = BTreeMap::new();
         // Derivations read from the store, to be checked once all are parsed.
@@ -281,7 +282,30 @@ impl Graph {
                     }
                     .outputs()?
                 } else {
-                    realised_outputs(store, &drv, static_hash.as_ref())?
+                    let known = realised_outputs(store, &drv, static_hash.as_ref())?;
+                    match &static_hash {
+                        Some(hash)
+                            if known.len() < drv.outputs.len()
+                                && !options.check
+                                && !options.repair
+                                && !options.substitution.substituters.is_empty()
+                                && crate::environment::substitutes_allowed(&drv) =>
+                        {
+                            let substituted = crate::substitution::substitute_realisations(
+                                store,
+                                &drv,
+                                hash,
+                                &options.substitution,
+                                on_event,
+                            );
+                            if substituted.is_empty() {
+                                known
+                            } else {
+                                substituted
+                            }
+                        }
+                        _ => known,
+                    }
                 };
                 store.add_temp_roots(known.values())?;
                 nodes.insert(

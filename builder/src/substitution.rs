@@ -9,7 +9,8 @@
 //! A derivation with `allowSubstitutes = false` is never substituted (Nix 2.8;
 //! `preferLocalBuild` says nothing about substitution there, and says nothing here).
 //! Outputs whose paths are not known before building (floating content-addressed
-//! derivations) are built. A substituter that cannot be opened is skipped with a
+//! derivations) are substituted through their realisations when the substituters have
+//! them, signed by a trusted key (`substitute_realisations`), and built otherwise. A substituter that cannot be opened is skipped with a
 //! warning, as Nix disables it; one that fails while being asked makes the build go on
 //! without substitution, with a warning. A failed fetch (a NAR gone, a hash mismatch, a cut
 //! stream) leaves nothing in the store; with `fallback` the derivations whose outputs
@@ -102,6 +103,83 @@ pub fn substitute_paths(
             Vec::new()
         }
     }
+}
+
+/// The outputs of a content-addressed derivation whose paths are not known before
+/// building (static output hash `hash`) that the substituters have realisations for
+/// (Nix's `DrvOutputSubstitutionGoal`): each output's `realisations/<id>.doi` is looked
+/// up in the substituters in turn; when every output has one, their paths are
+/// substituted (with their closures) and the realisations registered here. All outputs
+/// or none: what comes back is empty unless all are valid now.
+///
+/// With `require-sigs`, a realisation counts only when a trusted key signed it (Nix
+/// 2.8 takes any: a cache could otherwise say that an output is whatever
+/// content-addressed path it likes). Nix signs realisations with its `secret-key-files`
+/// as it builds, and `nix copy` carries those signatures.
+pub(crate) fn substitute_realisations(
+    store: &LocalStore,
+    drv: &Derivation,
+    hash: &arca_store_core::Hash,
+    substitution: &Substitution,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> BTreeMap<OutputName, StorePath> {
+    let caches = open_caches(store, substitution, on_event);
+    let mut found = BTreeMap::new();
+    for name in drv.outputs.keys() {
+        let id = arca_store_core::DrvOutput {
+            drv_hash: hash.clone(),
+            output: name.clone(),
+        };
+        let mut realisation = None;
+        for cache in &caches {
+            match cache.realisation(&id) {
+                Ok(Some(candidate)) => {
+                    if substitution.require_sigs
+                        && candidate
+                            .trusted_signers(&substitution.trusted_keys)
+                            .is_empty()
+                    {
+                        on_event(BuildEvent::Message {
+                            text: format!(
+                                "warning: ignoring the realisation of '{id}' from '{}': it is not signed by a trusted key\n",
+                                cache.url()
+                            ),
+                        });
+                        continue;
+                    }
+                    realisation = Some(candidate);
+                    break;
+                }
+                Ok(None) => {}
+                Err(error) => on_event(BuildEvent::Message {
+                    text: format!("warning: {}\n", crate::error_chain(&error)),
+                }),
+            }
+        }
+        match realisation {
+            Some(realisation) => {
+                found.insert(name.clone(), realisation);
+            }
+            None => return BTreeMap::new(),
+        }
+    }
+    let paths: BTreeSet<StorePath> = found.values().map(|r| r.out_path.clone()).collect();
+    substitute_paths(store, &paths, substitution, on_event);
+    let mut outputs = BTreeMap::new();
+    for (name, realisation) in found {
+        match store.is_valid_path(&realisation.out_path) {
+            Ok(true) => {}
+            _ => return BTreeMap::new(),
+        }
+        if let Err(error) = store.register_realisation(&realisation) {
+            on_event(BuildEvent::Message {
+                text: format!("warning: {}\n", crate::error_chain(&error)),
+            });
+            return BTreeMap::new();
+        }
+        outputs.insert(name, realisation.out_path);
+    }
+    outputs
 }
 
 /// The substituters that open; a warning for each that does not, as Nix disables it.

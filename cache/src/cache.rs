@@ -85,6 +85,9 @@ pub enum CacheError {
     /// A `.narinfo`'s URL leaves the cache (absolute, or with `..`).
     #[error("path '{path}': NAR URL '{url}' is outside the cache")]
     BadUrl { path: String, url: String },
+    /// A realisation file that is not one, or not the one asked for.
+    #[error("invalid realisation at '{url}': {reason}")]
+    BadRealisation { url: String, reason: String },
     /// What the cache cannot do as a store (Nix's `BinaryCacheStore` cannot either).
     #[error("binary cache '{cache}' does not support {operation}")]
     Unsupported {
@@ -371,6 +374,45 @@ impl BinaryCache {
                 decompressed
             },
         )
+    }
+
+    /// The realisation of the derivation output `id` (`realisations/<id>.doi`, as Nix
+    /// 2.8 writes it), if the cache has one. One for another output is refused.
+    pub fn realisation(
+        &self,
+        id: &arca_store_core::DrvOutput,
+    ) -> Result<Option<arca_store_core::Realisation>, CacheError> {
+        let key = format!("realisations/{id}.doi");
+        let Some(stream) = self.backend.get(&key)? else {
+            return Ok(None);
+        };
+        let whence = self.backend.url_of(&key);
+        let text = read_small(stream, &whence)?;
+        let realisation = arca_store_core::Realisation::from_json(&text).map_err(|source| {
+            CacheError::BadRealisation {
+                url: whence.clone(),
+                reason: source.to_string(),
+            }
+        })?;
+        if realisation.id != *id {
+            return Err(CacheError::BadRealisation {
+                url: whence,
+                reason: format!("it is the realisation of '{}'", realisation.id),
+            });
+        }
+        Ok(Some(realisation))
+    }
+
+    /// Stores `realisation` (`realisations/<id>.doi`).
+    pub fn put_realisation(
+        &self,
+        realisation: &arca_store_core::Realisation,
+    ) -> Result<(), CacheError> {
+        Ok(self.backend.put(
+            &format!("realisations/{}.doi", realisation.id),
+            Body::Bytes(realisation.to_json().as_bytes()),
+            "application/json",
+        )?)
     }
 
     /// The build log of `drv` (`log/<drv base name>`), if the cache has one.

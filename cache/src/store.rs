@@ -29,8 +29,8 @@ use arca_store_core::ops::{
 use arca_store_core::path_info::{AddressingMethod, ContentAddress};
 use arca_store_core::tee::TeeBufRead;
 use arca_store_core::{
-    ContentAddressMethod, Hash, HashAlgo, Hasher, NarDownload, OneByOne, PathInfo, Signature,
-    Store, StoreDir, StoreOpError, StoreOps, StorePath,
+    ContentAddressMethod, DrvOutput, Hash, HashAlgo, Hasher, NarDownload, OneByOne, PathInfo,
+    Realisation, Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
 };
 
 use crate::cache::{BinaryCache, CacheError};
@@ -390,6 +390,28 @@ impl StoreOps for BinaryCache {
                 file_hash: narinfo.file_hash,
                 file_size: narinfo.file_size,
             }))
+    }
+
+    fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {
+        self.realisation(id).map_err(StoreOpError::from_error)
+    }
+
+    /// Written as Nix writes it; its output path must be in the cache already.
+    fn register_realisation(&self, realisation: &Realisation) -> Result<(), StoreOpError> {
+        self.writable_or_refuse()
+            .map_err(StoreOpError::from_error)?;
+        if !self
+            .has(&realisation.out_path)
+            .map_err(StoreOpError::from_error)?
+        {
+            return Err(StoreOpError::from_error(CacheError::MissingReferences {
+                path: realisation.id.to_string(),
+                cache: self.url().to_owned(),
+                missing: vec![self.store_dir().display(&realisation.out_path)],
+            }));
+        }
+        self.put_realisation(realisation)
+            .map_err(StoreOpError::from_error)
     }
 
     fn read_build_log(&self, drv: &StorePath) -> Result<Option<Box<dyn Read>>, StoreOpError> {

@@ -119,6 +119,22 @@ impl Realisation {
         self.signatures.insert(signature.to_string());
     }
 
+    /// The names of the keys among `trusted` whose signatures of the realisation verify
+    /// (each counted once).
+    pub fn trusted_signers(&self, trusted: &[crate::PublicKey]) -> BTreeSet<String> {
+        let fingerprint = self.fingerprint();
+        self.signatures
+            .iter()
+            .filter_map(|text| crate::Signature::parse(text).ok())
+            .filter(|signature| {
+                trusted.iter().any(|key| {
+                    key.name() == signature.key_name() && key.verify(&fingerprint, signature)
+                })
+            })
+            .map(|signature| signature.key_name().to_owned())
+            .collect()
+    }
+
     /// Reads Nix's JSON form (`dependentRealisations` may be missing).
     pub fn from_json(text: &str) -> Result<Realisation, RealisationError> {
         let invalid = |what: &str| RealisationError::InvalidJson(what.to_owned());

@@ -1,0 +1,201 @@
+//! Floating content-addressed outputs substituted through realisations (issue #16), from
+//! a cache real Nix 2.8 wrote: Nix builds a `__contentAddressed` derivation (whose
+//! builder prints a random number, so that a rebuild gives another path), signing the
+//! realisation with its `secret-key-files`, and `nix copy --to file://…` writes the
+//! output and `realisations/<id>.doi`. Then `arca build` of the same `.drv`:
+//!
+//! - with the key trusted, gets Nix's output path without building, and records the
+//!   realisation (a later build without substituters builds nothing);
+//! - with the key not trusted (`require-sigs`), ignores the realisation with a warning
+//!   and builds (another path).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use arca_tests::build::{busybox, busybox_available};
+use arca_tests::{arca_bin, nix_available};
+use serde_json::Value;
+
+const NIX_CA: &str = "substituters =\nexperimental-features = nix-command ca-derivations";
+
+fn nix_ok(args: &[&str]) -> Vec<u8> {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .env("NIX_CONFIG", NIX_CA)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn arca_build(store: &Path, options: &[&str], drv: &str) -> Output {
+    Command::new(arca_bin())
+        .arg("--store")
+        .arg(store)
+        .args([
+            "--option",
+            "experimental-features",
+            "nix-command ca-derivations",
+        ])
+        .args(options)
+        .args(["build", drv])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn floating_ca_outputs_are_substituted_through_signed_realisations() {
+    let test = "floating_ca_outputs_are_substituted_through_signed_realisations";
+    if !nix_available(test) || !busybox_available(test) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::create_dir(dir.join("bb")).unwrap();
+    std::fs::copy(busybox(), dir.join("bb/busybox")).unwrap();
+    std::fs::write(
+        dir.join("ca.nix"),
+        r#"{ salt }:
+let bb = builtins.path { path = ./bb; name = "bb"; }; in
+derivation {
+  name = "ca-random"; inherit salt;
+  system = "x86_64-linux";
+  builder = "${bb}/busybox";
+  args = [ "sh" "-c" "echo $RANDOM$RANDOM$RANDOM > $out" ];
+  __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";
+}
+"#,
+    )
+    .unwrap();
+    let sk = dir.join("sk");
+    std::fs::write(
+        &sk,
+        nix_ok(&["nix", "key", "generate-secret", "--key-name", "ca-subst-1"]),
+    )
+    .unwrap();
+    let pk = String::from_utf8(
+        Command::new("nix")
+            .args(["key", "convert-secret-to-public"])
+            .env("NIX_CONFIG", NIX_CA)
+            .stdin(std::fs::File::open(&sk).unwrap())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let nix_store = format!("local?root={}", dir.join("nix").display());
+    let salt = format!("{}", std::process::id());
+    let expr = dir.join("ca.nix");
+    let expr = expr.to_str().unwrap();
+    let built: Value = serde_json::from_slice(&nix_ok(&[
+        "nix",
+        "build",
+        "--store",
+        &nix_store,
+        "-f",
+        expr,
+        "--argstr",
+        "salt",
+        &salt,
+        "--no-link",
+        "--json",
+        "--option",
+        "secret-key-files",
+        sk.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let drv = built[0]["drvPath"].as_str().unwrap().to_owned();
+    let nix_out = built[0]["outputs"]["out"].as_str().unwrap().to_owned();
+    let cache = format!("file://{}", dir.join("cache").display());
+    nix_ok(&[
+        "nix",
+        "copy",
+        "--store",
+        &nix_store,
+        "--to",
+        &format!("{cache}?secret-key={}", sk.display()),
+        "-f",
+        expr,
+        "--argstr",
+        "salt",
+        &salt,
+    ]);
+    assert!(
+        std::fs::read_dir(dir.join("cache/realisations"))
+            .unwrap()
+            .count()
+            == 1,
+        "the premise: Nix wrote the realisation"
+    );
+    // The derivation's closure (busybox, the .drv), as an Arca store gets it.
+    let closure =
+        String::from_utf8(nix_ok(&["nix-store", "--store", &nix_store, "-qR", &drv])).unwrap();
+    let mut export_args = vec!["nix-store", "--store", &nix_store, "--export"];
+    export_args.extend(closure.lines());
+    let export = nix_ok(&export_args);
+    let import = |store: &Path| {
+        arca_tests::arca_ok_with_stdin(
+            &[
+                "--store".as_ref(),
+                store.as_os_str(),
+                "store".as_ref(),
+                "import".as_ref(),
+            ],
+            &export,
+        );
+    };
+
+    // Not trusted: ignored, with a warning, and built.
+    let untrusted = dir.join("untrusted");
+    import(&untrusted);
+    let output = arca_build(&untrusted, &["--option", "substituters", &cache], &drv);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("it is not signed by a trusted key"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("building '{drv}'")), "{stderr}");
+    let rebuilt = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert_ne!(rebuilt, nix_out, "a rebuild prints another number");
+
+    // Trusted: Nix's path, substituted, nothing built.
+    let trusted = dir.join("trusted");
+    import(&trusted);
+    let output = arca_build(
+        &trusted,
+        &[
+            "--option",
+            "substituters",
+            &cache,
+            "--option",
+            "trusted-public-keys",
+            pk.trim(),
+        ],
+        &drv,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), nix_out);
+    assert!(!stderr.contains("building"), "{stderr}");
+    arca_tests::arca_ok_with_stdin(
+        &[
+            "--store".as_ref(),
+            trusted.as_os_str(),
+            "store".as_ref(),
+            "verify".as_ref(),
+            "--check-contents".as_ref(),
+        ],
+        b"",
+    );
+    // The realisation is recorded: without substituters, nothing is built either.
+    let output = arca_build(&trusted, &[], &drv);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), nix_out);
+    assert!(!stderr.contains("building"), "{stderr}");
+}
