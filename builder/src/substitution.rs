@@ -130,33 +130,7 @@ pub(crate) fn substitute_realisations(
             drv_hash: hash.clone(),
             output: name.clone(),
         };
-        let mut realisation = None;
-        for cache in &caches {
-            match cache.realisation(&id) {
-                Ok(Some(candidate)) => {
-                    if substitution.require_sigs
-                        && candidate
-                            .trusted_signers(&substitution.trusted_keys)
-                            .is_empty()
-                    {
-                        on_event(BuildEvent::Message {
-                            text: format!(
-                                "warning: ignoring the realisation of '{id}' from '{}': it is not signed by a trusted key\n",
-                                cache.url()
-                            ),
-                        });
-                        continue;
-                    }
-                    realisation = Some(candidate);
-                    break;
-                }
-                Ok(None) => {}
-                Err(error) => on_event(BuildEvent::Message {
-                    text: format!("warning: {}\n", crate::error_chain(&error)),
-                }),
-            }
-        }
-        match realisation {
+        match trusted_realisation(&caches, &id, substitution, on_event) {
             Some(realisation) => {
                 found.insert(name.clone(), realisation);
             }
@@ -166,20 +140,114 @@ pub(crate) fn substitute_realisations(
     let paths: BTreeSet<StorePath> = found.values().map(|r| r.out_path.clone()).collect();
     substitute_paths(store, &paths, substitution, on_event);
     let mut outputs = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for (name, realisation) in found {
-        match store.is_valid_path(&realisation.out_path) {
-            Ok(true) => {}
-            _ => return BTreeMap::new(),
-        }
-        if let Err(error) = store.register_realisation(&realisation) {
-            on_event(BuildEvent::Message {
-                text: format!("warning: {}\n", crate::error_chain(&error)),
-            });
+        let path = realisation.out_path.clone();
+        if !register_with_dependents(
+            store,
+            &caches,
+            realisation,
+            substitution,
+            &mut seen,
+            on_event,
+        ) {
             return BTreeMap::new();
         }
-        outputs.insert(name, realisation.out_path);
+        outputs.insert(name, path);
     }
     outputs
+}
+
+/// The realisation of `id` from the first substituter that has one it may take (see
+/// [`substitute_realisations`]).
+fn trusted_realisation(
+    caches: &[BinaryCache],
+    id: &arca_store_core::DrvOutput,
+    substitution: &Substitution,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Option<arca_store_core::Realisation> {
+    for cache in caches {
+        match cache.realisation(id) {
+            Ok(Some(candidate)) => {
+                if substitution.require_sigs
+                    && candidate
+                        .trusted_signers(&substitution.trusted_keys)
+                        .is_empty()
+                {
+                    on_event(BuildEvent::Message {
+                        text: format!(
+                            "warning: ignoring the realisation of '{id}' from '{}': it is not signed by a trusted key\n",
+                            cache.url()
+                        ),
+                    });
+                    continue;
+                }
+                return Some(candidate);
+            }
+            Ok(None) => {}
+            Err(error) => on_event(BuildEvent::Message {
+                text: format!("warning: {}\n", crate::error_chain(&error)),
+            }),
+        }
+    }
+    None
+}
+
+/// Records `realisation` here, after the realisations it depends on that are not
+/// recorded yet (fetched from the substituters as it was; their paths are in its
+/// closure, substituted with it). False, with a warning, if one cannot be had.
+fn register_with_dependents(
+    store: &LocalStore,
+    caches: &[BinaryCache],
+    realisation: arca_store_core::Realisation,
+    substitution: &Substitution,
+    seen: &mut BTreeSet<arca_store_core::DrvOutput>,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> bool {
+    if !seen.insert(realisation.id.clone()) {
+        return true;
+    }
+    let warn = |on_event: &mut dyn FnMut(BuildEvent), text: String| {
+        on_event(BuildEvent::Message {
+            text: format!("warning: {text}\n"),
+        })
+    };
+    for (dependency, path) in &realisation.dependent_realisations {
+        match store.query_realisation(dependency) {
+            Ok(Some(known)) if known.out_path == *path => continue,
+            Ok(Some(_)) => {
+                warn(
+                    on_event,
+                    format!(
+                        "the substituters' realisation of '{}' needs another '{dependency}' than the one recorded here",
+                        realisation.id
+                    ),
+                );
+                return false;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                warn(on_event, crate::error_chain(&error));
+                return false;
+            }
+        }
+        let Some(fetched) = trusted_realisation(caches, dependency, substitution, on_event) else {
+            return false;
+        };
+        if fetched.out_path != *path
+            || !register_with_dependents(store, caches, fetched, substitution, seen, on_event)
+        {
+            return false;
+        }
+    }
+    if !matches!(store.is_valid_path(&realisation.out_path), Ok(true)) {
+        return false;
+    }
+    if let Err(error) = store.register_realisation(&realisation) {
+        warn(on_event, crate::error_chain(&error));
+        return false;
+    }
+    true
 }
 
 /// The substituters that open; a warning for each that does not, as Nix disables it.
