@@ -1133,8 +1133,8 @@ fn take_handovers(shared: &Shared<'_>, state: &mut State) -> Vec<(StorePath, Sta
 
 /// Builds at once here: `max_jobs`, where 0 means none only when there are machines to
 /// build on (without them, 0 builds one at a time, as Arca always has: Nix refuses to
-/// build, but Nix clients send `max-jobs 0` expecting builds their daemon can avoid by
-/// means Arca lacks, such as realisations substituted from a cache).
+/// build, but Nix clients send `max-jobs 0` expecting every build to be avoided by
+/// substitution, and what could not be substituted is built rather than failed).
 fn local_slots(options: &BuildOptions) -> usize {
     if options.machines.is_empty() {
         options.max_jobs.max(1)
