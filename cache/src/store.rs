@@ -2,8 +2,7 @@
 //! (or `http(s)://…`, `s3://…`) opens a cache, and the commands that work on any store
 //! work on it. Queries read `.narinfo` files (the path of a hash part too: the file is
 //! named by it); a path's NAR is fetched, decompressed and checked against its
-//! `.narinfo` as it is passed on (a `.drv` is read out of its NAR: the default
-//! `StoreOps::read_derivation`); adds (`add-path`, `add-file`, text, `import`, NARs
+//! `.narinfo` as it is passed on (a `.drv` is read out of its NAR); adds (`add-path`, `add-file`, text, `import`, NARs
 //! from a client) write the NAR, compressed as the URL says, then the `.narinfo`,
 //! signed with the URL's `secret-key`; signatures are added by rewriting the
 //! `.narinfo`; verification fetches and hashes NARs; build logs live under `log/`. What a cache has no word for (referrers,
@@ -22,6 +21,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::PathBuf;
 
 use arca_nar::{DumpOptions, NarEncoder, NarReader};
+use arca_store_core::derivation::Derivation;
 use arca_store_core::export;
 use arca_store_core::ops::{
     AddProgress, ReadPathInfo, VerifyOptions, VerifyOutcome, VerifyProblem, VerifyReport,
@@ -37,6 +37,9 @@ use crate::cache::{BinaryCache, CacheError};
 
 /// The longest text a text path may have (as the daemon's limit).
 const MAX_TEXT: u64 = 64 << 20;
+
+/// The largest `.drv` NAR read out of a cache (Nix's biggest derivations are a few MiB).
+const MAX_DRV_NAR: u64 = 64 << 20;
 
 impl Store for BinaryCache {
     type Error = CacheError;
@@ -390,6 +393,34 @@ impl StoreOps for BinaryCache {
                 file_hash: narinfo.file_hash,
                 file_size: narinfo.file_size,
             }))
+    }
+
+    /// Read out of its NAR (a single regular file, at most [`MAX_DRV_NAR`] bytes as its
+    /// `.narinfo` says, checked against it).
+    fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
+        let display = self.store_dir().display(path);
+        let not_a_drv = || StoreOpError::new(format!("'{display}' is not a derivation file"));
+        let narinfo = self
+            .narinfo(path)
+            .map_err(StoreOpError::from_error)?
+            .ok_or_else(|| StoreOpError::from_error(CacheError::InvalidPath(display.clone())))?;
+        if narinfo.info.nar_size > MAX_DRV_NAR {
+            return Err(not_a_drv());
+        }
+        let mut nar = Vec::with_capacity(narinfo.info.nar_size as usize);
+        self.nar_from_path(path, &mut nar)
+            .map_err(StoreOpError::from_error)?;
+        let mut reader = NarReader::new(&nar[..], arca_nar::Limits::default());
+        let mut text = Vec::new();
+        match reader.next().map_err(StoreOpError::from_error)? {
+            Some(arca_nar::Event::Regular { .. }) => {
+                reader.contents().read_to_end(&mut text).map_err(|error| {
+                    StoreOpError::from_error(self.io_error("read", path, error))
+                })?;
+            }
+            _ => return Err(not_a_drv()),
+        }
+        Derivation::parse_drv_file(self.store_dir(), path, &text).map_err(StoreOpError::from_error)
     }
 
     fn query_realisation(&self, id: &DrvOutput) -> Result<Option<Realisation>, StoreOpError> {

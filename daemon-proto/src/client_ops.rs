@@ -343,6 +343,10 @@ impl StoreOps for DaemonClient {
     }
 
     /// Its NAR is one regular file, the ATerm text.
+    fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
+        read_derivation_file(self, path)
+    }
+
     /// From an Arca daemon, read whole (Nix's client reads a log whole too); from another,
     /// read from its log files directly (see [`DaemonClient::set_log_dir`]), as Nix's
     /// client does.
@@ -415,4 +419,69 @@ fn log_event(store_dir: &StoreDir, log: DaemonLog) -> Option<BuildEvent> {
         },
         DaemonLog::Message(text) => BuildEvent::Message { text },
     })
+}
+
+/// The largest `.drv` file read from another store (Nix's biggest are a few MiB).
+const MAX_DRV_NAR: u64 = 64 << 20;
+
+/// The derivation at `path` of a store that can only dump it: its NAR (a single regular
+/// file, at most [`MAX_DRV_NAR`] bytes), parsed.
+pub(crate) fn read_derivation_file<S: Store>(
+    store: &S,
+    path: &StorePath,
+) -> Result<Derivation, StoreOpError>
+where
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let store_dir = store.store_dir();
+    let mut nar = Vec::new();
+    store
+        .nar_from_path(
+            path,
+            &mut CappedWriter {
+                out: &mut nar,
+                left: MAX_DRV_NAR,
+            },
+        )
+        .map_err(StoreOpError::from_error)?;
+    let mut reader = arca_nar::NarReader::new(&nar[..], arca_nar::Limits::default());
+    let mut text = Vec::new();
+    match reader.next().map_err(StoreOpError::from_error)? {
+        Some(arca_nar::Event::Regular { .. }) => {
+            reader
+                .contents()
+                .read_to_end(&mut text)
+                .map_err(local("cannot read a derivation's NAR"))?;
+        }
+        _ => {
+            return Err(StoreOpError::new(format!(
+                "'{}' is not a derivation file",
+                store_dir.display(path)
+            )))
+        }
+    }
+    Derivation::parse_drv_file(store_dir, path, &text).map_err(StoreOpError::from_error)
+}
+
+/// A writer that refuses to take more than `left` bytes.
+struct CappedWriter<'a> {
+    out: &'a mut Vec<u8>,
+    left: u64,
+}
+
+impl Write for CappedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "a derivation's NAR is larger than {MAX_DRV_NAR} bytes"
+            )));
+        }
+        self.left -= buf.len() as u64;
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -427,13 +427,12 @@ impl Store for ServeClient {
         &self,
         drv: &StorePath,
     ) -> Result<BTreeMap<String, StorePath>, ServeClientError> {
-        let derivation =
-            arca_store_core::ops::read_derivation_from_nar(self, drv).map_err(|error| {
-                ServeClientError::BadReply {
-                    host: self.host.clone(),
-                    reason: error.chain(),
-                }
-            })?;
+        let derivation = crate::client_ops::read_derivation_file(self, drv).map_err(|error| {
+            ServeClientError::BadReply {
+                host: self.host.clone(),
+                reason: error.chain(),
+            }
+        })?;
         Ok(derivation
             .outputs
             .iter()
@@ -567,7 +566,7 @@ fn failed(error: ServeClientError) -> StoreOpError {
 impl StoreOps for ServeClient {
     /// The `.drv` file dumped (`DumpStorePath`) and parsed.
     fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
-        arca_store_core::ops::read_derivation_from_nar(self, path)
+        crate::client_ops::read_derivation_file(self, path)
     }
 
     fn query_valid_paths(

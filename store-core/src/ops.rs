@@ -5,7 +5,7 @@
 //! store with builds (`arca-daemon`'s `LocalBackend`) is the other implementation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -855,10 +855,12 @@ pub trait StoreOps: Store + Sync {
         self.add_dump(name, method, &BTreeSet::new(), &mut opened)
     }
 
-    /// The derivation at `path`, parsed: by default, read from its NAR
-    /// ([`read_derivation_from_nar`]).
+    /// The derivation at `path`, parsed.
     fn read_derivation(&self, path: &StorePath) -> Result<Derivation, StoreOpError> {
-        read_derivation_from_nar(self, path)
+        Err(refuse(format!(
+            "reading derivation '{}' is not supported by this store",
+            self.store_dir().display(path)
+        )))
     }
 
     /// Adds `signatures` to the valid `path`'s (`AddSignatures`, from trusted clients).
@@ -892,71 +894,5 @@ pub trait StoreOps: Store + Sync {
     /// Stores `text` as the build log of `drv` (`nix store copy-log`), streamed.
     fn add_build_log(&self, _drv: &StorePath, _text: &mut dyn Read) -> Result<(), StoreOpError> {
         Err(refuse("build logs are not supported by this store"))
-    }
-}
-
-/// The largest `.drv` file read from another store (Nix's biggest are a few MiB).
-const MAX_DRV_NAR: u64 = 64 << 20;
-
-/// The derivation at `path` of a store that can only dump it (the default
-/// [`StoreOps::read_derivation`]): its NAR (a single regular
-/// file, at most [`MAX_DRV_NAR`] bytes), parsed.
-pub fn read_derivation_from_nar<S: Store + ?Sized>(
-    store: &S,
-    path: &StorePath,
-) -> Result<Derivation, StoreOpError>
-where
-    S::Error: std::error::Error + Send + Sync + 'static,
-{
-    let store_dir = store.store_dir();
-    let mut nar = Vec::new();
-    store
-        .nar_from_path(
-            path,
-            &mut CappedWriter {
-                out: &mut nar,
-                left: MAX_DRV_NAR,
-            },
-        )
-        .map_err(StoreOpError::from_error)?;
-    let mut reader = arca_nar::NarReader::new(&nar[..], arca_nar::Limits::default());
-    let mut text = Vec::new();
-    match reader.next().map_err(StoreOpError::from_error)? {
-        Some(arca_nar::Event::Regular { .. }) => {
-            reader
-                .contents()
-                .read_to_end(&mut text)
-                .map_err(StoreOpError::from_error)?;
-        }
-        _ => {
-            return Err(StoreOpError::new(format!(
-                "'{}' is not a derivation file",
-                store_dir.display(path)
-            )))
-        }
-    }
-    Derivation::parse_drv_file(store_dir, path, &text).map_err(StoreOpError::from_error)
-}
-
-/// A writer that refuses to take more than `left` bytes.
-struct CappedWriter<'a> {
-    out: &'a mut Vec<u8>,
-    left: u64,
-}
-
-impl Write for CappedWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.len() as u64 > self.left {
-            return Err(io::Error::other(format!(
-                "a derivation's NAR is larger than {MAX_DRV_NAR} bytes"
-            )));
-        }
-        self.left -= buf.len() as u64;
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
