@@ -710,24 +710,41 @@ pub fn read_secret_key(path: &std::path::Path) -> Result<SecretKey, CacheError> 
     SecretKey::parse(text.trim()).map_err(|error| failed(Box::new(error)))
 }
 
-/// A writer that hashes (sha256) and counts what passes through it.
-struct HashingWriter<W> {
+/// A writer that hashes (sha256, and with another algorithm when asked) and counts what
+/// passes through it.
+pub(crate) struct HashingWriter<W> {
     inner: W,
     hasher: Hasher,
+    other: Option<Hasher>,
     size: u64,
 }
 
 impl<W> HashingWriter<W> {
-    fn new(inner: W) -> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter::with_other(inner, None)
+    }
+
+    /// Hashing with `other` too (a content address's algorithm).
+    pub(crate) fn with_other(inner: W, other: Option<HashAlgo>) -> HashingWriter<W> {
         HashingWriter {
             inner,
             hasher: Hasher::new(HashAlgo::Sha256),
+            other: other.map(Hasher::new),
             size: 0,
         }
     }
 
-    fn finish(self) -> (W, Hash, u64) {
+    /// The writer, the sha256 hash and the size.
+    pub(crate) fn finish(self) -> (W, Hash, u64) {
         (self.inner, self.hasher.finish(), self.size)
+    }
+
+    /// The sha256 hash, the size and the other hash (the sha256 one when none was asked
+    /// for).
+    pub(crate) fn finish_with_other(self) -> (Hash, u64, Hash) {
+        let sha256 = self.hasher.finish();
+        let other = self.other.map_or_else(|| sha256.clone(), Hasher::finish);
+        (sha256, self.size, other)
     }
 }
 
@@ -735,6 +752,9 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(bytes)?;
         self.hasher.update(&bytes[..written]);
+        if let Some(other) = &mut self.other {
+            other.update(&bytes[..written]);
+        }
         self.size += written as u64;
         Ok(written)
     }

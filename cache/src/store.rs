@@ -29,11 +29,11 @@ use arca_store_core::ops::{
 use arca_store_core::path_info::{AddressingMethod, ContentAddress};
 use arca_store_core::tee::TeeBufRead;
 use arca_store_core::{
-    ContentAddressMethod, DrvOutput, Hash, HashAlgo, Hasher, NarDownload, OneByOne, PathInfo,
-    Realisation, Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
+    ContentAddressMethod, DrvOutput, Hash, HashAlgo, NarDownload, OneByOne, PathInfo, Realisation,
+    Signature, Store, StoreDir, StoreOpError, StoreOps, StorePath,
 };
 
-use crate::cache::{BinaryCache, CacheError};
+use crate::cache::{BinaryCache, CacheError, HashingWriter};
 
 /// The longest text a text path may have (as the daemon's limit).
 const MAX_TEXT: u64 = 64 << 20;
@@ -130,22 +130,13 @@ impl Store for BinaryCache {
             .narinfo(path)?
             .ok_or_else(|| CacheError::InvalidPath(display.clone()))?;
         let mut nar = self.nar(&narinfo)?;
-        let mut hasher = Hasher::new(HashAlgo::Sha256);
-        let mut size = 0u64;
-        let mut buffer = vec![0u8; 1 << 16];
-        loop {
-            let read = match nar.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(self.io_error("download the NAR of", path, error)),
-            };
-            hasher.update(&buffer[..read]);
-            size += read as u64;
-            out.write_all(&buffer[..read])
-                .map_err(|error| self.io_error("pass on the NAR of", path, error))?;
-        }
-        check_nar(&display, &narinfo.info, &hasher.finish(), size)
+        let mut hashing = HashingWriter::new(out);
+        copy(&mut nar, &mut hashing).map_err(|failed| match failed {
+            Copy::Read(error) => self.io_error("download the NAR of", path, error),
+            Copy::Write(error) => self.io_error("pass on the NAR of", path, error),
+        })?;
+        let (_, hash, size) = hashing.finish();
+        check_nar(&display, &narinfo.info, &hash, size)
     }
 }
 
@@ -327,10 +318,10 @@ impl StoreOps for BinaryCache {
         let mut added = Vec::with_capacity(sources.len());
         for (source, name) in sources {
             let mut spool = self.spool().map_err(StoreOpError::from_error)?;
-            let mut hashing = HashingSink::new(&mut spool, None);
+            let mut hashing = HashingWriter::new(&mut spool);
             arca_nar::dump_path(source, &mut hashing, &DumpOptions::default())
                 .map_err(StoreOpError::from_error)?;
-            let (nar_hash, size, _) = hashing.finish();
+            let (_, nar_hash, size) = hashing.finish();
             let path = self
                 .store_dir()
                 .make_fixed_output_path(
@@ -350,7 +341,7 @@ impl StoreOps for BinaryCache {
                 file: spool,
                 nar_hash: info.nar_hash.clone(),
                 size,
-                ca_hash: None,
+                ca_hash: info.nar_hash.clone(),
             };
             let mut nar = spooled.reopen().map_err(StoreOpError::from_error)?;
             self.add_checked(&info, &mut nar)
@@ -487,23 +478,11 @@ impl BinaryCache {
             Err(CacheError::NarMissing { .. }) => return Ok(Some(missing)),
             Err(error) => return Err(error),
         };
-        let mut hasher = Hasher::new(HashAlgo::Sha256);
-        let mut size = 0u64;
-        let mut buffer = vec![0u8; 1 << 16];
-        loop {
-            match nar.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => {
-                    hasher.update(&buffer[..read]);
-                    size += read as u64;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                // A NAR that cannot be read whole (truncated, corrupt compression) is
-                // not the one the `.narinfo` describes.
-                Err(_) => break,
-            }
-        }
-        let actual = hasher.finish();
+        let mut hashing = HashingWriter::new(io::sink());
+        // A NAR that cannot be read whole (truncated, corrupt compression) is not the one
+        // the `.narinfo` describes: what was read is hashed and compared.
+        let _ = copy(&mut nar, &mut hashing);
+        let (_, actual, size) = hashing.finish();
         if actual == narinfo.info.nar_hash && size == narinfo.info.nar_size {
             return Ok(None);
         }
@@ -566,7 +545,7 @@ impl BinaryCache {
             .filter(|reference| **reference != info.path)
             .collect();
         self.upload(info, None, |out| {
-            let mut hashing = HashingSink::new(out, None);
+            let mut hashing = HashingWriter::new(out);
             let size = {
                 let mut nar = nar;
                 let mut tee = TeeBufRead::new(&mut nar, &mut hashing);
@@ -582,7 +561,7 @@ impl BinaryCache {
                     source,
                 })?
             };
-            let (hash, _, _) = hashing.finish();
+            let (_, hash, _) = hashing.finish();
             check_nar(&display, info, &hash, size)?;
             let missing: Vec<String> = crate::schedule::for_each(&others, 8, |reference| {
                 self.has(reference).map(|has| (!has).then_some(*reference))
@@ -613,22 +592,12 @@ impl BinaryCache {
         dump: &mut dyn Read,
     ) -> Result<StorePath, CacheError> {
         let mut file = self.spool()?;
-        let mut hasher = Hasher::new(algo);
-        let mut size = 0u64;
-        let mut buffer = vec![0u8; 1 << 16];
-        loop {
-            let read = match dump.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(self.io_error_named("read", name, error)),
-            };
-            hasher.update(&buffer[..read]);
-            size += read as u64;
-            file.write_all(&buffer[..read])
-                .map_err(|error| self.io_error_named("spool", name, error))?;
-        }
-        let hash = hasher.finish();
+        let mut hashing = HashingWriter::with_other(&mut file, Some(algo));
+        copy(dump, &mut hashing).map_err(|failed| match failed {
+            Copy::Read(error) => self.io_error_named("read", name, error),
+            Copy::Write(error) => self.io_error_named("spool", name, error),
+        })?;
+        let (_, size, hash) = hashing.finish_with_other();
         let path = self
             .store_dir()
             .make_fixed_output_path(
@@ -642,13 +611,13 @@ impl BinaryCache {
         file.rewind()
             .map_err(|error| self.io_error("read the spooled file of", &path, error))?;
         let mut nar_spool = self.spool()?;
-        let mut hashing = HashingSink::new(&mut nar_spool, None);
+        let mut hashing = HashingWriter::new(&mut nar_spool);
         let mut encoder = NarEncoder::new(&mut hashing);
         encoder
             .regular(false, size, &mut BufReader::new(file.as_file_mut()))
             .and_then(|()| encoder.finish().map(drop))
             .map_err(|error| self.io_error("serialise", &path, io::Error::other(error)))?;
-        let (nar_hash, nar_size, _) = hashing.finish();
+        let (_, nar_hash, nar_size) = hashing.finish();
         let mut info = PathInfo::new(path.clone(), nar_hash.clone(), nar_size);
         info.ca = Some(ContentAddress::Fixed {
             method: ContentAddressMethod::Flat,
@@ -656,9 +625,9 @@ impl BinaryCache {
         });
         let spooled = Spooled {
             file: nar_spool,
+            ca_hash: nar_hash.clone(),
             nar_hash,
             size: nar_size,
-            ca_hash: None,
         };
         self.add_checked(&info, &mut spooled.reopen()?)?;
         Ok(path)
@@ -672,10 +641,7 @@ impl BinaryCache {
         dump: &mut dyn BufRead,
     ) -> Result<StorePath, CacheError> {
         let spooled = self.spool_nar(dump, name, Some(algo))?;
-        let hash = spooled
-            .ca_hash
-            .clone()
-            .unwrap_or_else(|| spooled.nar_hash.clone());
+        let hash = spooled.ca_hash.clone();
         let path = self
             .store_dir()
             .make_fixed_output_path(
@@ -704,7 +670,7 @@ impl BinaryCache {
         algo: Option<HashAlgo>,
     ) -> Result<Spooled, CacheError> {
         let mut file = self.spool()?;
-        let mut hashing = HashingSink::new(&mut file, algo);
+        let mut hashing = HashingWriter::with_other(&mut file, algo);
         let read = {
             let mut input = input;
             let mut tee = TeeBufRead::new(&mut input, &mut hashing);
@@ -718,7 +684,7 @@ impl BinaryCache {
             path: whence.to_owned(),
             source,
         })?;
-        let (nar_hash, size, ca_hash) = hashing.finish();
+        let (nar_hash, size, ca_hash) = hashing.finish_with_other();
         Ok(Spooled {
             file,
             nar_hash,
@@ -733,7 +699,8 @@ struct Spooled {
     file: tempfile::NamedTempFile,
     nar_hash: Hash,
     size: u64,
-    ca_hash: Option<Hash>,
+    /// Hashed with the algorithm asked for (sha256 by default).
+    ca_hash: Hash,
 }
 
 impl Spooled {
@@ -748,48 +715,23 @@ impl Spooled {
     }
 }
 
-/// A writer that hashes what goes through it (sha256, and another algorithm when asked)
-/// and counts it.
-struct HashingSink<W> {
-    inner: W,
-    sha256: Hasher,
-    other: Option<Hasher>,
-    size: u64,
+/// Why [`copy`] stopped.
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
 }
 
-impl<W: Write> HashingSink<W> {
-    fn new(inner: W, other: Option<HashAlgo>) -> HashingSink<W> {
-        HashingSink {
-            inner,
-            sha256: Hasher::new(HashAlgo::Sha256),
-            other: other.map(Hasher::new),
-            size: 0,
-        }
-    }
-
-    /// The sha256 hash, the size and the other hash.
-    fn finish(self) -> (Hash, u64, Option<Hash>) {
-        (
-            self.sha256.finish(),
-            self.size,
-            self.other.map(Hasher::finish),
-        )
-    }
-}
-
-impl<W: Write> Write for HashingSink<W> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(bytes)?;
-        self.sha256.update(&bytes[..written]);
-        if let Some(other) = &mut self.other {
-            other.update(&bytes[..written]);
-        }
-        self.size += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+/// Copies `from` to `to` until `from` ends, saying which side failed.
+fn copy(from: &mut dyn Read, to: &mut dyn Write) -> Result<(), Copy> {
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(Copy::Read(error)),
+        };
+        to.write_all(&buffer[..read]).map_err(Copy::Write)?;
     }
 }
 
@@ -811,134 +753,5 @@ fn bad_path(name: &str, source: arca_store_core::StorePathError) -> CacheError {
     CacheError::BadPath {
         name: name.to_owned(),
         source,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::OpenMode;
-
-    fn cache(dir: &std::path::Path) -> BinaryCache {
-        let url = format!("file://{}?compression=none", dir.display());
-        BinaryCache::open(&url, &StoreDir::default(), OpenMode::Write).expect("a cache")
-    }
-
-    fn files(dir: &std::path::Path) -> Vec<String> {
-        let mut found = Vec::new();
-        for entry in walk(dir) {
-            found.push(entry.strip_prefix(dir).unwrap().display().to_string());
-        }
-        found.sort();
-        found
-    }
-
-    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-        out
-    }
-
-    fn nar_of(contents: &[u8]) -> Vec<u8> {
-        let mut encoder = NarEncoder::new(Vec::new());
-        encoder
-            .regular(false, contents.len() as u64, &mut &contents[..])
-            .unwrap();
-        encoder.finish().unwrap()
-    }
-
-    #[test]
-    fn a_text_path_round_trips_and_is_found_by_its_hash_part() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path());
-        let path = cache
-            .add_text("hello", b"hello\n", &BTreeSet::new())
-            .unwrap();
-        let info = cache.query_path_info(&path).unwrap().expect("valid");
-        assert_eq!(
-            info.nar_hash,
-            Hash::digest(HashAlgo::Sha256, &nar_of(b"hello\n"))
-        );
-        assert!(info.is_content_addressed_correctly(cache.store_dir()));
-        let mut nar = Vec::new();
-        cache.nar_from_path(&path, &mut nar).unwrap();
-        assert_eq!(nar, nar_of(b"hello\n"));
-        assert_eq!(
-            cache.query_path_from_hash_part(path.hash_part()).unwrap(),
-            Some(path.clone())
-        );
-        assert_eq!(cache.query_path_from_hash_part("not-a-hash").unwrap(), None);
-        // Added again: nothing changes.
-        let before = files(dir.path());
-        cache
-            .add_text("hello", b"hello\n", &BTreeSet::new())
-            .unwrap();
-        assert_eq!(files(dir.path()), before);
-    }
-
-    #[test]
-    fn a_nar_that_is_not_the_one_described_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path());
-        let before = files(dir.path());
-        let nar = nar_of(b"right\n");
-        let path = StoreDir::default()
-            .parse_path("/nix/store/7rjj86a15146cq1d3qy068lml7n8ykzm-x")
-            .unwrap();
-        let mut info = PathInfo::new(
-            path.clone(),
-            Hash::digest(HashAlgo::Sha256, b"other"),
-            nar.len() as u64,
-        );
-        let error = cache.add_nar(&info, &mut &nar[..]).unwrap_err();
-        assert!(matches!(error, CacheError::NarMismatch { .. }), "{error}");
-        // A size that is not the NAR's.
-        info.nar_hash = Hash::digest(HashAlgo::Sha256, &nar);
-        info.nar_size += 1;
-        let error = cache.add_nar(&info, &mut &nar[..]).unwrap_err();
-        assert!(matches!(error, CacheError::NarMismatch { .. }), "{error}");
-        // Not a NAR at all.
-        info.nar_size -= 1;
-        let error = cache.add_nar(&info, &mut &b"garbage"[..]).unwrap_err();
-        assert!(matches!(error, CacheError::BadNar { .. }), "{error}");
-        // A reference the cache lacks.
-        info.references.insert(
-            StoreDir::default()
-                .parse_path("/nix/store/00000000000000000000000000000000-dep")
-                .unwrap(),
-        );
-        let error = cache.add_nar(&info, &mut &nar[..]).unwrap_err();
-        assert!(
-            matches!(error, CacheError::MissingReferences { .. }),
-            "{error}"
-        );
-        assert_eq!(files(dir.path()), before);
-        assert!(!cache.is_valid_path(&path).unwrap());
-    }
-
-    #[test]
-    fn a_tampered_nar_in_the_cache_is_an_error_when_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path());
-        let path = cache
-            .add_text("t", b"twelve bytes", &BTreeSet::new())
-            .unwrap();
-        let narinfo = cache.narinfo(&path).unwrap().unwrap();
-        let file = dir.path().join(&narinfo.url);
-        let mut bytes = std::fs::read(&file).unwrap();
-        let at = bytes.len() - 20;
-        bytes[at] ^= 1;
-        std::fs::write(&file, bytes).unwrap();
-        let error = cache.nar_from_path(&path, &mut io::sink()).unwrap_err();
-        assert!(matches!(error, CacheError::NarMismatch { .. }), "{error}");
-        let error = cache.query_referrers(&path).unwrap_err();
-        assert!(matches!(error, CacheError::Unsupported { .. }), "{error}");
     }
 }

@@ -201,17 +201,7 @@ impl PathInfo {
         store_dir: &StoreDir,
         trusted: &[crate::PublicKey],
     ) -> std::collections::BTreeSet<String> {
-        let fingerprint = self.fingerprint(store_dir);
-        self.signatures
-            .iter()
-            .filter_map(|text| crate::Signature::parse(text).ok())
-            .filter(|signature| {
-                trusted.iter().any(|key| {
-                    key.name() == signature.key_name() && key.verify(&fingerprint, signature)
-                })
-            })
-            .map(|signature| signature.key_name().to_owned())
-            .collect()
+        crate::signature::trusted_signers(&self.signatures, &self.fingerprint(store_dir), trusted)
     }
 
     /// Whether the path refers to itself.

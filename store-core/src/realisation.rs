@@ -122,17 +122,7 @@ impl Realisation {
     /// The names of the keys among `trusted` whose signatures of the realisation verify
     /// (each counted once).
     pub fn trusted_signers(&self, trusted: &[crate::PublicKey]) -> BTreeSet<String> {
-        let fingerprint = self.fingerprint();
-        self.signatures
-            .iter()
-            .filter_map(|text| crate::Signature::parse(text).ok())
-            .filter(|signature| {
-                trusted.iter().any(|key| {
-                    key.name() == signature.key_name() && key.verify(&fingerprint, signature)
-                })
-            })
-            .map(|signature| signature.key_name().to_owned())
-            .collect()
+        crate::signature::trusted_signers(&self.signatures, &self.fingerprint(), trusted)
     }
 
     /// Reads Nix's JSON form (`dependentRealisations` may be missing).

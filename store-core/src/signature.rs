@@ -272,6 +272,26 @@ impl FromStr for Signature {
     }
 }
 
+/// The names of the keys among `trusted` whose signatures (of `signatures`, Nix's
+/// `NAME:BASE64` texts) of `fingerprint` verify, each counted once: how many trusted
+/// keys vouch for a path or a realisation.
+pub fn trusted_signers<'s>(
+    signatures: impl IntoIterator<Item = &'s String>,
+    fingerprint: &str,
+    trusted: &[PublicKey],
+) -> std::collections::BTreeSet<String> {
+    signatures
+        .into_iter()
+        .filter_map(|text| Signature::parse(text).ok())
+        .filter(|signature| {
+            trusted
+                .iter()
+                .any(|key| key.name() == signature.key_name() && key.verify(fingerprint, signature))
+        })
+        .map(|signature| signature.key_name().to_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
