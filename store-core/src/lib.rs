@@ -9,9 +9,11 @@
 //!   byte), hashDerivationModulo and output paths, and the `nix show-derivation` JSON.
 //! - [`references`]: a one-pass scanner for store path hash parts in a byte stream.
 //! - [`path_info`]: [`PathInfo`] (Nix's `ValidPathInfo`) and [`ContentAddress`];
-//!   [`store`]: the [`Store`] trait that the local store and the daemon client implement;
+//!   [`store`]: the [`Store`] trait that the local store, the daemon client and binary
+//!   caches implement;
 //!   [`add_batch`]: [`AddBatch`], many paths added from their NARs at once.
-//! - [`signature`]: [`Signature`], a path's signature in Nix's `NAME:BASE64` form.
+//! - [`signature`]: [`Signature`], a path's (or a realisation's) signature in Nix's
+//!   `NAME:BASE64` form, and [`signature::trusted_signers`].
 //! - [`realisation`]: [`Realisation`] and [`DrvOutput`], where an output of a derivation
 //!   whose paths are not known in advance came to be (Nix's `ca-derivations`).
 //! - [`config`]: Nix's configuration files (`nix.conf` syntax, includes, where Nix
@@ -20,9 +22,11 @@
 //! - [`ops`]: [`StoreOps`], every operation of a store beyond [`Store`] (adds from
 //!   dumps, builds, roots, garbage collection, verification, logs), with its request and
 //!   result types: the one interface of the daemon's server, the daemon client, the local
-//!   store with builds and the `arca` command; [`copy`]: closures copied between any two
+//!   store with builds, binary caches and the `arca` command; [`copy`]: closures copied between any two
 //!   of them.
 //! - [`machines`]: Nix's machines files and `builders` setting (remote builders).
+//! - [`tee`]: [`tee::TeeBufRead`], a stream read while what a parser consumed of it is
+//!   copied elsewhere.
 //!
 //! Not here: the registry, building, the daemon (higher crates), and the NAR format
 //! (`arca-nar`). Nothing here touches a store on disk: callers pass bytes and loaders in.
