@@ -83,6 +83,8 @@ while IFS=$'\t' read -r test result _rc _reason; do
       fi;;
   esac
 done < "$summary"
+# The mode's stores and copies of the kit are not needed past its summary and logs.
+rm -rf "$work/tmp/work/$mode" 2>/dev/null || true
 done
 if [ "$status" = 0 ]; then
   echo "conformance: in both modes, every test that passes through nix-daemon passes through arca daemon, but those excused in tests/conformance/expected-failures*.txt"

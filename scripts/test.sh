@@ -42,6 +42,16 @@ else
   fi
 fi
 
+# A full run needs ~10 GB for target/ and ~2 GB under /var/tmp (conformance stores): say
+# up front when the disk is short, since "No space left on device" later is a confusing way
+# to learn it.
+for dir in . /var/tmp; do
+  free_kb=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "${free_kb:-0}" -lt $((12 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kb / 1024)) MiB free under $dir; a full run needs ~12 GiB" >&2
+  fi
+done
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
