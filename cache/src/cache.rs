@@ -403,11 +403,17 @@ impl BinaryCache {
         Ok(Some(realisation))
     }
 
-    /// Stores `realisation` (`realisations/<id>.doi`).
+    /// Stores `realisation` (`realisations/<id>.doi`), signed with the URL's
+    /// `secret-key` too when it has one (which Nix 2.8 does not do: its caches carry
+    /// only the signatures the realisation had).
     pub fn put_realisation(
         &self,
         realisation: &arca_store_core::Realisation,
     ) -> Result<(), CacheError> {
+        let mut realisation = realisation.clone();
+        if let Some(key) = &self.secret_key {
+            realisation.sign(key);
+        }
         Ok(self.backend.put(
             &format!("realisations/{}.doi", realisation.id),
             Body::Bytes(realisation.to_json().as_bytes()),

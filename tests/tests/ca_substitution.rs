@@ -9,6 +9,10 @@
 //!   both realisations (a later build without substituters builds nothing);
 //! - with the key not trusted (`require-sigs`), ignores the realisation with a warning
 //!   and builds (another path).
+//!
+//! And back: `arca copy --to file://…?secret-key=… DRV^out` pushes Arca's own build with
+//! both realisations, signed by Arca's key; real Nix (`nix-store -r DRV`) and another
+//! Arca store trusting only that key substitute it instead of building.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -201,5 +205,94 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), nix_out);
+    assert!(!stderr.contains("building"), "{stderr}");
+
+    // Back: Arca's own build of `b` (in `untrusted`), pushed with its realisations.
+    let (arca_sk, arca_pk) = arca_tests::cache::arca_keys(dir, "arca-ca-1");
+    let arca_cache = format!("file://{}", dir.join("arca-cache").display());
+    let pushed = arca_tests::cache::arca(
+        &untrusted,
+        &[
+            "copy",
+            "--to",
+            &format!("{arca_cache}?secret-key={}", arca_sk.display()),
+            &format!("{drv}^out"),
+        ],
+    );
+    let stderr = arca_tests::cache::stderr(&pushed);
+    assert!(pushed.status.success(), "{stderr}");
+    assert!(stderr.contains(", 2 realisations"), "{stderr}");
+    let mut realisations: Vec<Value> = std::fs::read_dir(dir.join("arca-cache/realisations"))
+        .unwrap()
+        .map(|entry| {
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap()
+        })
+        .collect();
+    realisations.sort_by_key(|r| r["outPath"].as_str().unwrap().to_owned());
+    assert_eq!(realisations.len(), 2, "{realisations:?}");
+    let key_name = format!("{}:", arca_pk.trim().split(':').next().unwrap());
+    for realisation in &realisations {
+        let signatures = realisation["signatures"].as_array().unwrap();
+        assert!(
+            signatures
+                .iter()
+                .any(|s| s.as_str().unwrap().starts_with(&key_name)),
+            "signed by the cache's key: {realisation}"
+        );
+    }
+    assert!(
+        realisations.iter().any(|r| r["outPath"].as_str().unwrap()
+            == rebuilt.rsplit('/').next().unwrap()
+            && r["dependentRealisations"].as_object().unwrap().len() == 1),
+        "b's realisation names a's: {realisations:?}"
+    );
+
+    // Real Nix substitutes Arca's `b` (and `a`) instead of building them.
+    let nix_again = format!("local?root={}", dir.join("nix-again").display());
+    let mut command = Command::new("nix-store");
+    command
+        .args(["--store", &nix_again, "--import"])
+        .env("NIX_CONFIG", NIX_CA)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &export).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let substituted = String::from_utf8(nix_ok(&[
+        "nix-store",
+        "--store",
+        &nix_again,
+        "-r",
+        &drv,
+        "--option",
+        "substituters",
+        &arca_cache,
+        "--option",
+        "trusted-public-keys",
+        arca_pk.trim(),
+    ]))
+    .unwrap();
+    assert_eq!(substituted.trim(), rebuilt);
+
+    // And an Arca store that trusts only Arca's key, which checks the realisations'
+    // signatures.
+    let again = dir.join("again");
+    import(&again);
+    let output = arca_build(
+        &again,
+        &[
+            "--option",
+            "substituters",
+            &arca_cache,
+            "--option",
+            "trusted-public-keys",
+            arca_pk.trim(),
+        ],
+        &drv,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), rebuilt);
     assert!(!stderr.contains("building"), "{stderr}");
 }
