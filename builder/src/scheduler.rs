@@ -24,6 +24,7 @@ use arca_store_sqlite::{LocalStore, PublishedPaths};
 use crate::job::{Begun, Gate, Job, JobOutcome, Leftovers, Start};
 use crate::pending::Pending;
 use crate::remote::{Machines, Placement, RemoteFailure};
+use crate::substitution::Substituters;
 use arca_store_core::BuildEvent;
 
 use crate::types::{BuildError, BuildOptions, BuildResult, BuildTarget};
@@ -80,16 +81,11 @@ fn run(
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> Result<BTreeMap<StorePath, BuildResult>, BuildError> {
     // A rebuild (check, repair) builds; anything else is substituted where it can be.
+    let substituters = Substituters::new(&options.substitution);
     if !options.check && !options.repair && !options.substitution.substituters.is_empty() {
-        crate::substitution::substitute_targets(
-            store,
-            targets,
-            given,
-            &options.substitution,
-            on_event,
-        )?;
+        crate::substitution::substitute_targets(store, targets, given, &substituters, on_event)?;
     }
-    let graph = Graph::load(store, targets, given, options, on_event)?;
+    let graph = Graph::load(store, targets, given, options, &substituters, on_event)?;
     let mut results: BTreeMap<StorePath, BuildResult> = BTreeMap::new();
     for (drv, node) in &graph.nodes {
         if !node.needed {
@@ -223,6 +219,7 @@ impl Graph {
         targets: &[BuildTarget],
         given: &BTreeMap<StorePath, Derivation>,
         options: &BuildOptions,
+        substituters: &Substituters<'_>,
         on_event: &mut dyn FnMut(BuildEvent),
     ) -> Result<Graph, BuildError> {
         let mut nodes: BTreeMap<StorePath, Node> = BTreeMap::new();
@@ -295,7 +292,7 @@ impl Graph {
                                 store,
                                 &drv,
                                 hash,
-                                &options.substitution,
+                                substituters,
                                 on_event,
                             );
                             if substituted.is_empty() {

@@ -10,13 +10,15 @@
 //! `preferLocalBuild` says nothing about substitution there, and says nothing here).
 //! Outputs whose paths are not known before building (floating content-addressed
 //! derivations) are substituted through their realisations when the substituters have
-//! them, signed by a trusted key (`substitute_realisations`), and built otherwise. A substituter that cannot be opened is skipped with a
-//! warning, as Nix disables it; one that fails while being asked makes the build go on
+//! them, signed by a trusted key (`substitute_realisations`), and built otherwise. The
+//! substituters are opened once per build ([`Substituters`]), when first needed; one
+//! that cannot be opened is skipped with a warning, as Nix disables it; one that fails while being asked makes the build go on
 //! without substitution, with a warning. A failed fetch (a NAR gone, a hash mismatch, a cut
 //! stream) leaves nothing in the store; with `fallback` the derivations whose outputs
 //! could not be fetched are built instead (their inputs substituted where possible),
 //! without it the build fails saying what went wrong.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use arca_cache::{BinaryCache, OpenMode, SubstituteOptions};
@@ -65,18 +67,74 @@ pub fn substitute_paths(
     substitution: &Substitution,
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> Vec<StorePath> {
-    let caches = open_caches(store, substitution, on_event);
+    let substituters = Substituters::new(substitution);
+    fetch_closures(store, &substituters, paths, on_event)
+}
+
+/// The substituters of one build: opened once, when first asked for, so that a build
+/// that looks many derivations up reads each cache's `nix-cache-info` once and keeps
+/// its connections.
+pub(crate) struct Substituters<'a> {
+    pub(crate) substitution: &'a Substitution,
+    opened: OnceCell<Vec<BinaryCache>>,
+}
+
+impl<'a> Substituters<'a> {
+    pub(crate) fn new(substitution: &'a Substitution) -> Substituters<'a> {
+        Substituters {
+            substitution,
+            opened: OnceCell::new(),
+        }
+    }
+
+    /// The substituters that open; a warning for each that does not (the first time),
+    /// as Nix disables it.
+    fn caches(&self, store: &LocalStore, on_event: &mut dyn FnMut(BuildEvent)) -> &[BinaryCache] {
+        self.opened.get_or_init(|| {
+            let mut caches = Vec::new();
+            for url in &self.substitution.substituters {
+                match BinaryCache::open(url, store.store_dir(), OpenMode::Read) {
+                    Ok(cache) => caches.push(cache),
+                    Err(error) => on_event(BuildEvent::Message {
+                        text: format!(
+                            "warning: disabling substituter '{url}': {}\n",
+                            crate::error_chain(&error)
+                        ),
+                    }),
+                }
+            }
+            caches
+        })
+    }
+
+    fn options(&self) -> SubstituteOptions<'a> {
+        let mut options = SubstituteOptions::new(
+            &self.substitution.trusted_keys,
+            self.substitution.require_sigs,
+        );
+        options.downloads = self.substitution.downloads.max(1);
+        options
+    }
+}
+
+/// [`substitute_paths`] through the build's substituters.
+fn fetch_closures(
+    store: &LocalStore,
+    substituters: &Substituters<'_>,
+    paths: &BTreeSet<StorePath>,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Vec<StorePath> {
+    let caches = substituters.caches(store, on_event);
     if caches.is_empty() {
         return Vec::new();
     }
-    let mut options = SubstituteOptions::new(&substitution.trusted_keys, substitution.require_sigs);
-    options.downloads = substitution.downloads.max(1);
+    let options = substituters.options();
     let warn = |on_event: &mut dyn FnMut(BuildEvent), error: &arca_cache::CacheError| {
         on_event(BuildEvent::Message {
             text: format!("warning: {}\n", crate::error_chain(error)),
         })
     };
-    let plan = match arca_cache::plan(store, &caches, paths, options) {
+    let plan = match arca_cache::plan(store, caches, paths, options) {
         Ok(plan) => plan,
         Err(error) => {
             warn(on_event, &error);
@@ -91,7 +149,7 @@ pub fn substitute_paths(
     if found.is_empty() {
         return Vec::new();
     }
-    match arca_cache::fetch(store, &caches, &plan, &found, options) {
+    match arca_cache::fetch(store, caches, &plan, &found, options) {
         Ok(fetched) => {
             for (_, error) in &fetched.failed {
                 warn(on_event, error);
@@ -120,17 +178,18 @@ pub(crate) fn substitute_realisations(
     store: &LocalStore,
     drv: &Derivation,
     hash: &arca_store_core::Hash,
-    substitution: &Substitution,
+    substituters: &Substituters<'_>,
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> BTreeMap<OutputName, StorePath> {
-    let caches = open_caches(store, substitution, on_event);
+    let substitution = substituters.substitution;
+    let caches = substituters.caches(store, on_event);
     let mut found = BTreeMap::new();
     for name in drv.outputs.keys() {
         let id = arca_store_core::DrvOutput {
             drv_hash: hash.clone(),
             output: name.clone(),
         };
-        match trusted_realisation(&caches, &id, substitution, on_event) {
+        match trusted_realisation(caches, &id, substitution, on_event) {
             Some(realisation) => {
                 found.insert(name.clone(), realisation);
             }
@@ -138,14 +197,14 @@ pub(crate) fn substitute_realisations(
         }
     }
     let paths: BTreeSet<StorePath> = found.values().map(|r| r.out_path.clone()).collect();
-    substitute_paths(store, &paths, substitution, on_event);
+    fetch_closures(store, substituters, &paths, on_event);
     let mut outputs = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for (name, realisation) in found {
         let path = realisation.out_path.clone();
         if !register_with_dependents(
             store,
-            &caches,
+            caches,
             realisation,
             substitution,
             &mut seen,
@@ -250,47 +309,25 @@ fn register_with_dependents(
     true
 }
 
-/// The substituters that open; a warning for each that does not, as Nix disables it.
-fn open_caches(
-    store: &LocalStore,
-    substitution: &Substitution,
-    on_event: &mut dyn FnMut(BuildEvent),
-) -> Vec<BinaryCache> {
-    let mut caches = Vec::new();
-    for url in &substitution.substituters {
-        match BinaryCache::open(url, store.store_dir(), OpenMode::Read) {
-            Ok(cache) => caches.push(cache),
-            Err(error) => on_event(BuildEvent::Message {
-                text: format!(
-                    "warning: disabling substituter '{url}': {}\n",
-                    crate::error_chain(&error)
-                ),
-            }),
-        }
-    }
-    caches
-}
-
 /// Substitutes what it can of `targets` (see the module docs).
 pub(crate) fn substitute_targets(
     store: &LocalStore,
     targets: &[BuildTarget],
     given: &BTreeMap<StorePath, Derivation>,
-    substitution: &Substitution,
+    substituters: &Substituters<'_>,
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> Result<(), BuildError> {
     let store_dir = store.store_dir();
-    let caches = open_caches(store, substitution, on_event);
+    let substitution = substituters.substitution;
+    let caches = substituters.caches(store, on_event);
     if caches.is_empty() {
         return Ok(());
     }
-    let mut options = SubstituteOptions::new(&substitution.trusted_keys, substitution.require_sigs);
-    options.downloads = substitution.downloads.max(1);
+    let options = substituters.options();
     // Derivations not to substitute: their outputs failed to fetch (with `fallback`).
     let mut build_instead: BTreeSet<StorePath> = BTreeSet::new();
     loop {
-        let (planned, wanted) = match plan(store, &caches, targets, given, &build_instead, options)
-        {
+        let (planned, wanted) = match plan(store, caches, targets, given, &build_instead, options) {
             Ok(planned) => planned,
             // A cache that cannot be asked (down, unreachable, answering errors): build,
             // as Nix does when it disables a substituter.
@@ -320,7 +357,7 @@ pub(crate) fn substitute_targets(
             });
         }
         let fetched =
-            arca_cache::fetch(store, &caches, &planned, &paths, options).map_err(|error| {
+            arca_cache::fetch(store, caches, &planned, &paths, options).map_err(|error| {
                 BuildError::Substitution {
                     drv: None,
                     source: Box::new(error),

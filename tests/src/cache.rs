@@ -53,10 +53,16 @@ pub struct HttpDirServer {
 
 impl HttpDirServer {
     pub fn start(dir: &Path) -> HttpDirServer {
+        HttpDirServer::start_with_log(dir, None)
+    }
+
+    /// With `log`, the server appends `METHOD PATH` to it for every request.
+    pub fn start_with_log(dir: &Path, log: Option<&Path>) -> HttpDirServer {
         std::fs::create_dir_all(dir).unwrap();
         let mut child = Command::new("python3")
             .arg(fixture("http_cache_server.py"))
             .arg(dir)
+            .args(log)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

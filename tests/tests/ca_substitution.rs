@@ -3,7 +3,8 @@
 //! output names the output of `a`, another (each builder prints a random number, so that
 //! a rebuild gives other paths), signing the realisations with its `secret-key-files`,
 //! and `nix copy --to file://…` writes the outputs and `realisations/<id>.doi` (`b`'s
-//! depends on `a`'s). Then `arca build` of `b`'s `.drv`:
+//! depends on `a`'s). Then `arca build` of `b`'s `.drv`, from that cache served over
+//! HTTP (opened once per build: one `nix-cache-info` request):
 //!
 //! - with the key trusted, gets Nix's output path without building anything, and records
 //!   both realisations (a later build without substituters builds nothing);
@@ -18,6 +19,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use arca_tests::build::{busybox, busybox_available};
+use arca_tests::cache::HttpDirServer;
 use arca_tests::{arca_bin, nix_available};
 use serde_json::Value;
 
@@ -157,10 +159,31 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
         );
     };
 
+    // Both builds read Nix's cache over HTTP, the server logging each request: the
+    // build opens its substituter once (one `nix-cache-info`), however many derivations
+    // it looks up.
+    let served = |name: &str| {
+        let log = dir.join(format!("{name}.log"));
+        let server = HttpDirServer::start_with_log(&dir.join("cache"), Some(&log));
+        (server, log)
+    };
+    let cache_infos = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .filter(|line| *line == "GET /nix-cache-info")
+            .count()
+    };
+
     // Not trusted: ignored, with a warning, and built.
     let untrusted = dir.join("untrusted");
     import(&untrusted);
-    let output = arca_build(&untrusted, &["--option", "substituters", &cache], &drv);
+    let (server, log) = served("untrusted");
+    let output = arca_build(
+        &untrusted,
+        &["--option", "substituters", &server.url()],
+        &drv,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
@@ -170,16 +193,21 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
     assert!(stderr.contains("building '"), "{stderr}");
     let rebuilt = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     assert_ne!(rebuilt, nix_out, "a rebuild prints another number");
+    // Both `b` and `a` were looked up.
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(requests.matches(".doi").count(), 2, "{requests}");
+    assert_eq!(cache_infos(&log), 1, "{requests}");
 
     // Trusted: Nix's path, substituted, nothing built.
     let trusted = dir.join("trusted");
     import(&trusted);
+    let (server, log) = served("trusted");
     let output = arca_build(
         &trusted,
         &[
             "--option",
             "substituters",
-            &cache,
+            &server.url(),
             "--option",
             "trusted-public-keys",
             pk.trim(),
@@ -190,6 +218,12 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
     assert!(output.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), nix_out);
     assert!(!stderr.contains("building"), "{stderr}");
+    assert_eq!(
+        cache_infos(&log),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     arca_tests::arca_ok_with_stdin(
         &[
             "--store".as_ref(),
