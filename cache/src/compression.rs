@@ -11,6 +11,9 @@
 //! memory stays bounded whatever the NAR's size.
 
 use std::io::{self, BufRead, Read, Write};
+use std::sync::Mutex;
+
+use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 use crate::narinfo::Compression;
 
@@ -69,27 +72,126 @@ pub fn decompress<'a>(
         }
         Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
-        Compression::Zstd => {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|source| CompressionError::Io { method, source })?;
-            decoder
-                .window_log_max(ZSTD_MAX_WINDOW_LOG)
-                .map_err(|source| CompressionError::Io { method, source })?;
-            Box::new(decoder)
-        }
+        Compression::Zstd => Box::new(
+            ZstdReader::new(input).map_err(|source| CompressionError::Io { method, source })?,
+        ),
         Compression::None | Compression::Brotli => unreachable!("handled above"),
     })
+}
+
+/// Decompression contexts of finished zstd streams, kept for the next ones (at most
+/// [`ZSTD_CONTEXTS_KEPT`]): a context allocates its window (8 MiB for a NAR compressed at
+/// level 3) when it first decodes, and a new context per NAR faulted those pages in
+/// anew each time, a tenth of the CPU time of a substitution.
+static ZSTD_CONTEXTS: Mutex<Vec<DCtx<'static>>> = Mutex::new(Vec::new());
+const ZSTD_CONTEXTS_KEPT: usize = 16;
+
+/// A zstd stream of one or more frames, decoded from `input` with a context from
+/// [`ZSTD_CONTEXTS`] (given back when dropped). Input that ends inside a frame is an
+/// `UnexpectedEof` error, not a short stream.
+struct ZstdReader<R> {
+    input: R,
+    /// Taken back to [`ZSTD_CONTEXTS`] when dropped.
+    context: Option<DCtx<'static>>,
+    /// Whether a frame is started and not finished.
+    in_frame: bool,
+}
+
+impl<R: BufRead> ZstdReader<R> {
+    fn new(input: R) -> io::Result<ZstdReader<R>> {
+        let kept = ZSTD_CONTEXTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut context = match kept {
+            Some(context) => context,
+            None => DCtx::try_create()
+                .ok_or_else(|| io::Error::other("cannot allocate a zstd decompression context"))?,
+        };
+        context
+            .set_parameter(DParameter::WindowLogMax(ZSTD_MAX_WINDOW_LOG))
+            .map_err(zstd_error)?;
+        Ok(ZstdReader {
+            input,
+            context: Some(context),
+            in_frame: false,
+        })
+    }
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code)))
+}
+
+impl<R: BufRead> Read for ZstdReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(context) = self.context.as_mut() else {
+            return Ok(0);
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let data = self.input.fill_buf()?;
+            if data.is_empty() {
+                if self.in_frame {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the zstd stream ends inside a frame",
+                    ));
+                }
+                return Ok(0);
+            }
+            let mut input = InBuffer::around(data);
+            let mut output = OutBuffer::around(buf);
+            // 0 once a frame is decoded and all of it given out.
+            let hint = context
+                .decompress_stream(&mut output, &mut input)
+                .map_err(zstd_error)?;
+            let (consumed, produced) = (input.pos(), output.pos());
+            self.input.consume(consumed);
+            self.in_frame = hint != 0;
+            if produced > 0 {
+                return Ok(produced);
+            }
+            if consumed == 0 {
+                return Err(io::Error::other("zstd: the decoder makes no progress"));
+            }
+        }
+    }
+}
+
+impl<R> Drop for ZstdReader<R> {
+    fn drop(&mut self) {
+        let Some(mut context) = self.context.take() else {
+            return;
+        };
+        if context.reset(ResetDirective::SessionOnly).is_err() {
+            return;
+        }
+        let mut kept = ZSTD_CONTEXTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if kept.len() < ZSTD_CONTEXTS_KEPT {
+            kept.push(context);
+        }
+    }
 }
 
 /// `reader`, read on a thread of its own, 256 KiB at a time, at most four chunks ahead:
 /// decompressing a NAR then overlaps with the hashing and unpacking of what came before,
 /// on another core, with memory still bounded. A read error is passed on, in its place.
 pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
+    const CHUNK: usize = 1 << 18;
     let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    // Chunks read go back to the thread, to be filled again: no allocating and zeroing
+    // 256 KiB for every chunk.
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut reader = reader;
         loop {
-            let mut chunk = vec![0; 1 << 18];
+            let mut chunk = recycled.try_recv().unwrap_or_default();
+            chunk.resize(CHUNK, 0);
             let read = loop {
                 match reader.read(&mut chunk) {
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -109,6 +211,7 @@ pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
     });
     ReadAhead {
         receiver,
+        recycle,
         chunk: Vec::new(),
         offset: 0,
         done: false,
@@ -117,6 +220,7 @@ pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
 
 struct ReadAhead {
     receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     offset: usize,
     done: bool,
@@ -131,7 +235,9 @@ impl Read for ReadAhead {
             match self.receiver.recv() {
                 Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
                 Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
+                    let used = std::mem::replace(&mut self.chunk, chunk);
+                    // The thread may have ended: the chunk is then dropped.
+                    let _ = self.recycle.send(used);
                     self.offset = 0;
                 }
                 Ok(Err(error)) => {
@@ -302,6 +408,54 @@ mod tests {
         let cut = compressed[..compressed.len() / 2].to_vec();
         let decoder = decompress(Compression::Zstd, io::Cursor::new(cut)).unwrap();
         assert!(read_ahead(decoder).read_to_end(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn zstd_frames_follow_one_another() {
+        let mut both = compress(Compression::Zstd, b"hello, ");
+        both.extend(compress(Compression::Zstd, b"world"));
+        assert_eq!(read_all(Compression::Zstd, &both).unwrap(), b"hello, world");
+        // Bytes after a frame that are not one are an error, not ignored.
+        let mut trailing = compress(Compression::Zstd, b"hello");
+        trailing.extend_from_slice(b"junk");
+        assert!(read_all(Compression::Zstd, &trailing).is_err());
+    }
+
+    #[test]
+    fn zstd_frames_asking_for_a_window_over_the_limit_are_refused() {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder
+            .set_parameter(zstd::stream::raw::CParameter::WindowLog(
+                ZSTD_MAX_WINDOW_LOG + 1,
+            ))
+            .unwrap();
+        encoder.write_all(b"a window of 256 MiB").unwrap();
+        let error = read_all(Compression::Zstd, &encoder.finish().unwrap()).unwrap_err();
+        assert!(error.to_string().contains("memory"), "{error}");
+    }
+
+    #[test]
+    fn zstd_contexts_kept_after_errors_decode_the_next_streams_right() {
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let good = compress(Compression::Zstd, &bytes);
+        let mut corrupt = good.clone();
+        let middle = corrupt.len() / 2;
+        corrupt[middle] ^= 0xff;
+        for _ in 0..2 * ZSTD_CONTEXTS_KEPT {
+            assert!(read_all(Compression::Zstd, &good[..middle]).is_err());
+            // zstd frames carry no checksum here: a flipped byte may decode to other
+            // bytes (the NAR's hash catches it) or be an error; either way the context
+            // is reused.
+            assert_ne!(
+                read_all(Compression::Zstd, &corrupt).ok(),
+                Some(bytes.clone())
+            );
+            // Dropped half read: the context goes back in mid-frame.
+            let mut half = decompress(Compression::Zstd, &good[..]).unwrap();
+            half.read_exact(&mut [0; 1000]).unwrap();
+            drop(half);
+            assert_eq!(read_all(Compression::Zstd, &good).unwrap(), bytes);
+        }
     }
 
     #[test]
