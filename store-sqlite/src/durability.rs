@@ -17,10 +17,14 @@
 //!   then deletes the records it covered) one second after the first registration not
 //!   flushed yet, so that, busy or idle, a handle's adds reach the disk within about a
 //!   second; [`LocalStore::sync`] flushes at once. When the handle is dropped, the thread
-//!   flushes what is left without waiting and ends: a long-lived program (the daemon's
-//!   connections) gets it on disk at once, a short one (a CLI invocation) does not wait
-//!   for it on its way out — its records stay, and after a reboot they are checked
-//!   instead. So that the journal cannot grow without end, a handle dropped while the
+//!   still flushes at that time, and then ends: a long-lived program (the daemon's
+//!   connections) gets it on disk within the second, a short one (a CLI invocation) that
+//!   is gone by then leaves its records, and after a reboot they are checked instead.
+//!   (The thread used to flush at once when its handle was dropped; a process cannot
+//!   exit while one of its threads is in `syncfs`, so a command that had just written
+//!   hundreds of MiB then waited for all of it to reach the disk, as often as that
+//!   thread won the race to `syncfs` against the exit: a substitution took 0.5 s or
+//!   1-1.5 s at random.) So that the journal cannot grow without end, a handle dropped while the
 //!   journal holds records of this boot older than 30 seconds flushes them itself.
 //!   When a store is opened after a reboot, the records left from the earlier
 //!   boot name exactly the paths that may be damaged: each is checked against its NAR
@@ -178,7 +182,8 @@ impl Flusher {
         }
     }
 
-    /// The handle is being dropped: the thread flushes what is left at once and ends.
+    /// The handle is being dropped: the thread flushes what is left when it is due, and
+    /// ends.
     fn close(&self) {
         self.shared.state().closing = true;
         self.shared.wake.notify_all();
@@ -204,7 +209,6 @@ impl Worker {
                     match state.dirty_since {
                         None if state.closing => return,
                         None => {}
-                        Some(_) if state.closing => break,
                         Some(since) => {
                             let due = since + FLUSH_INTERVAL;
                             let now = Instant::now();
@@ -292,8 +296,8 @@ impl LocalStore {
         self.sync_now()
     }
 
-    /// When the handle is dropped: its thread flushes what is left (not waited for), and
-    /// records of this boot older than [`FLUSH_AGE`] are flushed here and now.
+    /// When the handle is dropped: its thread flushes what is left when due (not waited
+    /// for), and records of this boot older than [`FLUSH_AGE`] are flushed here and now.
     pub(crate) fn on_drop(&self) -> Result<(), StoreError> {
         self.flusher().close();
         let Some(boot) = self.flusher().boot() else {

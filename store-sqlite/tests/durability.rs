@@ -78,10 +78,19 @@ fn deferred_registrations_are_journalled_until_a_flush() {
     );
     store.sync().unwrap();
     assert_eq!(journal(root.path()), vec![]);
-    // Dropping the handle has its thread flush what it added since (not waited for).
+    // Dropping the handle has its thread flush what it added since (not waited for),
+    // when due: a second after the add, not at once (a process cannot exit while one of
+    // its threads is in `syncfs`, so a command would wait for the whole flush).
+    let added = Instant::now();
     let c = text(&store, "c", "c", &[]);
     assert_eq!(journal(root.path()).len(), 1);
     drop(store);
+    std::thread::sleep(Duration::from_millis(300));
+    let journalled = journal(root.path()).len();
+    // Only when this thread was not held up for the whole second.
+    if added.elapsed() < Duration::from_millis(900) {
+        assert_eq!(journalled, 1, "flushed at once when dropped");
+    }
     assert!(journal_empties_within(root.path(), Duration::from_secs(5)));
     let store = open_immediate(root.path());
     assert!(store.is_valid_path(&c).unwrap());
