@@ -281,6 +281,25 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
         "b's realisation names a's: {realisations:?}"
     );
 
+    // Between stores too: the realisations go with the outputs, so the other store
+    // (which has the derivations) knows `b` is built.
+    let copied = dir.join("copied");
+    import(&copied);
+    arca_tests::cache::arca_ok(
+        &untrusted,
+        &[
+            "copy",
+            "--to",
+            &format!("local?root={}", copied.display()),
+            &format!("{drv}^out"),
+        ],
+    );
+    let output = arca_build(&copied, &[], &drv);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), rebuilt);
+    assert!(!stderr.contains("building"), "{stderr}");
+
     // Real Nix substitutes Arca's `b` (and `a`) instead of building them.
     let nix_again = format!("local?root={}", dir.join("nix-again").display());
     let mut command = Command::new("nix-store");
