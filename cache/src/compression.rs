@@ -80,11 +80,15 @@ pub fn decompress<'a>(
 }
 
 /// Decompression contexts of finished zstd streams, kept for the next ones (at most
-/// [`ZSTD_CONTEXTS_KEPT`]): a context allocates its window (8 MiB for a NAR compressed at
-/// level 3) when it first decodes, and a new context per NAR faulted those pages in
-/// anew each time, a tenth of the CPU time of a substitution.
+/// [`ZSTD_CONTEXTS_KEPT`], each of at most [`ZSTD_CONTEXT_KEPT_BYTES`]): a context
+/// allocates its window (2 MiB for level 3, Nix's default, up to 8 MiB for higher
+/// levels) when it first decodes, and a new context per NAR faulted those pages in anew
+/// each time, a tenth of the CPU time of a substitution. A context that grew bigger (a
+/// frame with a larger window, up to [`ZSTD_MAX_WINDOW_LOG`]) is freed, so what is kept
+/// stays under 80 MiB.
 static ZSTD_CONTEXTS: Mutex<Vec<DCtx<'static>>> = Mutex::new(Vec::new());
-const ZSTD_CONTEXTS_KEPT: usize = 16;
+const ZSTD_CONTEXTS_KEPT: usize = 8;
+const ZSTD_CONTEXT_KEPT_BYTES: usize = 10 << 20;
 
 /// A zstd stream of one or more frames, decoded from `input` with a context from
 /// [`ZSTD_CONTEXTS`] (given back when dropped). Input that ends inside a frame is an
@@ -166,7 +170,9 @@ impl<R> Drop for ZstdReader<R> {
         let Some(mut context) = self.context.take() else {
             return;
         };
-        if context.reset(ResetDirective::SessionOnly).is_err() {
+        if context.sizeof() > ZSTD_CONTEXT_KEPT_BYTES
+            || context.reset(ResetDirective::SessionOnly).is_err()
+        {
             return;
         }
         let mut kept = ZSTD_CONTEXTS
@@ -432,6 +438,27 @@ mod tests {
         encoder.write_all(b"a window of 256 MiB").unwrap();
         let error = read_all(Compression::Zstd, &encoder.finish().unwrap()).unwrap_err();
         assert!(error.to_string().contains("memory"), "{error}");
+    }
+
+    #[test]
+    fn zstd_contexts_grown_past_the_limit_are_not_kept() {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder
+            .set_parameter(zstd::stream::raw::CParameter::WindowLog(26))
+            .unwrap();
+        let bytes: Vec<u8> = (0..(20u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        encoder.write_all(&bytes).unwrap();
+        let compressed = encoder.finish().unwrap();
+        assert_eq!(read_all(Compression::Zstd, &compressed).unwrap(), bytes);
+        let kept = ZSTD_CONTEXTS.lock().unwrap();
+        assert!(
+            kept.iter()
+                .all(|context| context.sizeof() <= ZSTD_CONTEXT_KEPT_BYTES),
+            "{:?}",
+            kept.iter().map(DCtx::sizeof).collect::<Vec<_>>()
+        );
     }
 
     #[test]
