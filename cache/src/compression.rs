@@ -352,6 +352,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     const WRITABLE: [Compression; 5] = [
         Compression::None,
         Compression::Xz,
@@ -417,52 +419,51 @@ mod tests {
     }
 
     #[test]
-    fn zstd_frames_follow_one_another() {
+    fn zstd_frames_follow_one_another() -> TestResult {
         let mut both = compress(Compression::Zstd, b"hello, ");
         both.extend(compress(Compression::Zstd, b"world"));
-        assert_eq!(read_all(Compression::Zstd, &both).unwrap(), b"hello, world");
+        assert_eq!(read_all(Compression::Zstd, &both)?, b"hello, world");
         // Bytes after a frame that are not one are an error, not ignored.
         let mut trailing = compress(Compression::Zstd, b"hello");
         trailing.extend_from_slice(b"junk");
         assert!(read_all(Compression::Zstd, &trailing).is_err());
+        Ok(())
     }
 
     #[test]
-    fn zstd_frames_asking_for_a_window_over_the_limit_are_refused() {
-        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-        encoder
-            .set_parameter(zstd::stream::raw::CParameter::WindowLog(
-                ZSTD_MAX_WINDOW_LOG + 1,
-            ))
-            .unwrap();
-        encoder.write_all(b"a window of 256 MiB").unwrap();
-        let error = read_all(Compression::Zstd, &encoder.finish().unwrap()).unwrap_err();
+    fn zstd_frames_asking_for_a_window_over_the_limit_are_refused() -> TestResult {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+        encoder.set_parameter(zstd::stream::raw::CParameter::WindowLog(
+            ZSTD_MAX_WINDOW_LOG + 1,
+        ))?;
+        encoder.write_all(b"a window of 256 MiB")?;
+        let error = read_all(Compression::Zstd, &encoder.finish()?).unwrap_err();
         assert!(error.to_string().contains("memory"), "{error}");
+        Ok(())
     }
 
     #[test]
-    fn zstd_contexts_grown_past_the_limit_are_not_kept() {
-        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-        encoder
-            .set_parameter(zstd::stream::raw::CParameter::WindowLog(26))
-            .unwrap();
+    fn zstd_contexts_grown_past_the_limit_are_not_kept() -> TestResult {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+        encoder.set_parameter(zstd::stream::raw::CParameter::WindowLog(26))?;
         let bytes: Vec<u8> = (0..(20u32 << 20))
             .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
             .collect();
-        encoder.write_all(&bytes).unwrap();
-        let compressed = encoder.finish().unwrap();
-        assert_eq!(read_all(Compression::Zstd, &compressed).unwrap(), bytes);
-        let kept = ZSTD_CONTEXTS.lock().unwrap();
+        encoder.write_all(&bytes)?;
+        let compressed = encoder.finish()?;
+        assert_eq!(read_all(Compression::Zstd, &compressed)?, bytes);
+        let kept = ZSTD_CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
             kept.iter()
                 .all(|context| context.sizeof() <= ZSTD_CONTEXT_KEPT_BYTES),
             "{:?}",
             kept.iter().map(DCtx::sizeof).collect::<Vec<_>>()
         );
+        Ok(())
     }
 
     #[test]
-    fn zstd_contexts_kept_after_errors_decode_the_next_streams_right() {
+    fn zstd_contexts_kept_after_errors_decode_the_next_streams_right() -> TestResult {
         let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
         let good = compress(Compression::Zstd, &bytes);
         let mut corrupt = good.clone();
@@ -478,11 +479,12 @@ mod tests {
                 Some(bytes.clone())
             );
             // Dropped half read: the context goes back in mid-frame.
-            let mut half = decompress(Compression::Zstd, &good[..]).unwrap();
-            half.read_exact(&mut [0; 1000]).unwrap();
+            let mut half = decompress(Compression::Zstd, &good[..])?;
+            half.read_exact(&mut [0; 1000])?;
             drop(half);
-            assert_eq!(read_all(Compression::Zstd, &good).unwrap(), bytes);
+            assert_eq!(read_all(Compression::Zstd, &good)?, bytes);
         }
+        Ok(())
     }
 
     #[test]
