@@ -12,11 +12,12 @@
 //! derivations) are substituted through their realisations when the substituters have
 //! them, signed by a trusted key (`substitute_realisations`), and built otherwise. The
 //! substituters are opened once per build ([`Substituters`]), when first needed; one
-//! that cannot be opened is skipped with a warning, as Nix disables it; one that fails while being asked makes the build go on
-//! without substitution, with a warning. A failed fetch (a NAR gone, a hash mismatch, a cut
-//! stream) leaves nothing in the store; with `fallback` the derivations whose outputs
-//! could not be fetched are built instead (their inputs substituted where possible),
-//! without it the build fails saying what went wrong.
+//! that cannot be opened is skipped with a warning, as Nix disables it; one that fails
+//! while being asked makes the build go on without substitution, with a warning. A
+//! failed fetch (a NAR gone, a hash mismatch, a cut stream) leaves nothing in the store;
+//! with `fallback` the derivations whose outputs could not be fetched are built instead
+//! (their inputs substituted where possible), without it the build fails saying what
+//! went wrong.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
