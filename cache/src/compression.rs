@@ -8,7 +8,9 @@
 //! Brotli is refused by name.
 //!
 //! Writing: `none`, `xz` (Nix's default), `zstd`, `bzip2` and `gzip`, each a stream:
-//! memory stays bounded whatever the NAR's size.
+//! memory stays bounded whatever the NAR's size. zstd decompression contexts outlive
+//! their streams (a few, and small ones only), so that a
+//! substitution of many NARs does not allocate a window for each.
 
 use std::io::{self, BufRead, Read, Write};
 use std::sync::Mutex;
@@ -186,7 +188,8 @@ impl<R> Drop for ZstdReader<R> {
 
 /// `reader`, read on a thread of its own, 256 KiB at a time, at most four chunks ahead:
 /// decompressing a NAR then overlaps with the hashing and unpacking of what came before,
-/// on another core, with memory still bounded. A read error is passed on, in its place.
+/// on another core, with memory still bounded (the chunks read go back to the thread to
+/// be filled again: about six in all). A read error is passed on, in its place.
 pub fn read_ahead(reader: Box<dyn Read + Send>) -> impl Read + Send {
     const CHUNK: usize = 1 << 18;
     let (sender, receiver) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);

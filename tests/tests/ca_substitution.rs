@@ -54,6 +54,14 @@ fn arca_build(store: &Path, options: &[&str], drv: &str) -> Output {
         .unwrap()
 }
 
+/// `arca build` succeeded, printed `path` and built nothing.
+fn assert_built_nothing(output: &Output, path: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), path);
+    assert!(!stderr.contains("building"), "{stderr}");
+}
+
 #[test]
 fn floating_ca_outputs_are_substituted_through_signed_realisations() {
     let test = "floating_ca_outputs_are_substituted_through_signed_realisations";
@@ -214,10 +222,7 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
         ],
         &drv,
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), nix_out);
-    assert!(!stderr.contains("building"), "{stderr}");
+    assert_built_nothing(&output, &nix_out);
     assert_eq!(
         cache_infos(&log),
         1,
@@ -236,10 +241,7 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
     );
     // The realisation is recorded: without substituters, nothing is built either.
     let output = arca_build(&trusted, &[], &drv);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), nix_out);
-    assert!(!stderr.contains("building"), "{stderr}");
+    assert_built_nothing(&output, &nix_out);
 
     // Back: Arca's own build of `b` (in `untrusted`), pushed with its realisations.
     let (arca_sk, arca_pk) = arca_tests::cache::arca_keys(dir, "arca-ca-1");
@@ -295,10 +297,7 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
         ],
     );
     let output = arca_build(&copied, &[], &drv);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), rebuilt);
-    assert!(!stderr.contains("building"), "{stderr}");
+    assert_built_nothing(&output, &rebuilt);
 
     // Real Nix substitutes Arca's `b` (and `a`) instead of building them.
     let nix_again = format!("local?root={}", dir.join("nix-again").display());
@@ -344,8 +343,5 @@ in mk "ca-b" "echo ${a} $RANDOM$RANDOM$RANDOM > $out"
         ],
         &drv,
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), rebuilt);
-    assert!(!stderr.contains("building"), "{stderr}");
+    assert_built_nothing(&output, &rebuilt);
 }
