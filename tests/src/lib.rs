@@ -127,12 +127,26 @@ pub fn nix_available(test: &str) -> bool {
     found
 }
 
+/// Runs real Nix's `command` with a disk cache of its own, deleted after: Nix remembers
+/// the `.narinfo`s of a binary cache under `$XDG_CACHE_HOME/nix` by URL, for days, and a
+/// test server listening on a port an earlier one used (another test's, another run's)
+/// would otherwise be answered from what the earlier one served.
+pub fn nix_output(command: &mut Command) -> Output {
+    let cache_home = tempfile::tempdir().expect("a temporary directory");
+    command
+        .env("XDG_CACHE_HOME", cache_home.path())
+        .output()
+        .expect("nix runs")
+}
+
 /// Runs a real Nix command with substituters off (there is no network) and returns its
 /// stdout, panicking with its stderr when it fails.
 pub fn nix(program: &str, args: &[&OsStr], stdin: Option<&[u8]>) -> Vec<u8> {
     use std::io::Write;
+    let cache_home = tempfile::tempdir().expect("a temporary directory");
     let mut command = Command::new(program);
     command
+        .env("XDG_CACHE_HOME", cache_home.path())
         .args(args)
         .env("NIX_CONFIG", NIX_CONFIG)
         .stdin(if stdin.is_some() {

@@ -26,11 +26,11 @@ use serde_json::Value;
 const NIX_CA: &str = "substituters =\nexperimental-features = nix-command ca-derivations";
 
 fn nix_ok(args: &[&str]) -> Vec<u8> {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .env("NIX_CONFIG", NIX_CA)
-        .output()
-        .unwrap();
+    let output = arca_tests::nix_output(
+        Command::new(args[0])
+            .args(&args[1..])
+            .env("NIX_CONFIG", NIX_CA),
+    );
     assert!(
         output.status.success(),
         "{args:?}: {}",

@@ -23,7 +23,7 @@ use arca_tests::cache::{
     arca, arca_keys, arca_ok, backends, nix_verify_contents, s3_available, s3_env, source_store,
     stderr, with_parameters,
 };
-use arca_tests::{arca_bin, nix_available};
+use arca_tests::{arca_bin, nix_available, nix_output};
 use serde_json::Value;
 
 /// `arca --store STORE ARGS...` reading `stdin`, with the S3 test credentials.
@@ -277,11 +277,11 @@ fn store_commands_work_on_a_cache_on_every_backend() {
         let mut nix_args = vec!["path-info", "--json", "--store", backend.url.as_str()];
         nix_args.extend(chain.iter().map(String::as_str));
         nix_args.push(added);
-        let nix_info = Command::new("nix")
-            .args(&nix_args)
-            .env("NIX_CONFIG", "experimental-features = nix-command")
-            .output()
-            .unwrap();
+        let nix_info = nix_output(
+            Command::new("nix")
+                .args(&nix_args)
+                .env("NIX_CONFIG", "experimental-features = nix-command"),
+        );
         assert!(
             nix_info.status.success(),
             "{}",
@@ -294,11 +294,11 @@ fn store_commands_work_on_a_cache_on_every_backend() {
             serde_json::from_str(&arca_ok(Path::new(&backend.url), &arca_args)).unwrap();
         let theirs: Value = serde_json::from_slice(&nix_info.stdout).unwrap();
         assert_eq!(ours, theirs, "{name}");
-        let nix_shown = Command::new("nix")
-            .args(["show-derivation", "--store", backend.url.as_str(), drv])
-            .env("NIX_CONFIG", "experimental-features = nix-command")
-            .output()
-            .unwrap();
+        let nix_shown = nix_output(
+            Command::new("nix")
+                .args(["show-derivation", "--store", backend.url.as_str(), drv])
+                .env("NIX_CONFIG", "experimental-features = nix-command"),
+        );
         assert!(
             nix_shown.status.success(),
             "{}",
@@ -307,14 +307,14 @@ fn store_commands_work_on_a_cache_on_every_backend() {
         let nix_shown: Value = serde_json::from_slice(&nix_shown.stdout).unwrap();
         assert_eq!(shown, nix_shown, "{name}");
         let nix_root = d.path().join(format!("nix-{name}"));
-        let realised = Command::new("nix-store")
-            .arg("--store")
-            .arg(format!("local?root={}", nix_root.display()))
-            .args(["-r", &chain[0], added])
-            .args(["--option", "substituters", &backend.url])
-            .args(["--option", "trusted-public-keys", pk.trim()])
-            .output()
-            .unwrap();
+        let realised = nix_output(
+            Command::new("nix-store")
+                .arg("--store")
+                .arg(format!("local?root={}", nix_root.display()))
+                .args(["-r", &chain[0], added])
+                .args(["--option", "substituters", &backend.url])
+                .args(["--option", "trusted-public-keys", pk.trim()]),
+        );
         assert!(
             realised.status.success(),
             "{name}: {}",
